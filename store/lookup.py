@@ -1,0 +1,59 @@
+"""Stored input hashes, looked up batch by batch from the pipeline's workers.
+
+Refresh decides by content: an item is encoded again when the hash of its input differs
+from the one stored with its value (or with its errors row: an input that failed and has
+not changed is not retried, unless the job asks to retry errors). Workers ask only for the
+ids of the batch in hand, against the table versions pinned when the job started, so no
+process ever holds the store's hashes for the whole catalog.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from itemlens.store import lance_io
+
+
+@dataclass
+class StoredHashes:
+    feature_uri: str | None
+    feature_version: int | None
+    errors_uri: str | None           # None: errors are retried
+    errors_version: int | None
+    fingerprint: str
+    storage_options: dict[str, str] | None = None
+    _datasets: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:  # shipped to Ray workers without open handles
+        state = dict(self.__dict__)
+        state["_datasets"] = {}
+        return state
+
+    def _dataset(self, uri: str, version: int | None):
+        key = f"{uri}@{version}"
+        if key not in self._datasets:
+            self._datasets[key] = lance_io.open_dataset(uri, version, self.storage_options)
+        return self._datasets[key]
+
+    def lookup(self, ids: list[str]) -> dict[str, str]:
+        """item_id -> stored input hash, for the ids that have one."""
+        if not ids:
+            return {}
+        found: dict[str, str] = {}
+        if self.errors_uri is not None:
+            errors = self._dataset(self.errors_uri, self.errors_version)
+            flt = lance_io.isin_filter("item_id", ids) & _equals("version", self.fingerprint)
+            table = errors.to_table(columns=["item_id", "input_hash"], filter=flt)
+            found.update(zip(table.column(0).to_pylist(), table.column(1).to_pylist()))
+        if self.feature_uri is not None:
+            feature = self._dataset(self.feature_uri, self.feature_version)
+            table = feature.to_table(columns=["item_id", "input_hash"], filter=lance_io.isin_filter("item_id", ids))
+            found.update(zip(table.column(0).to_pylist(), table.column(1).to_pylist()))
+        return {k: v for k, v in found.items() if v is not None}
+
+
+def _equals(column: str, value: str):
+    import pyarrow.compute as pc
+
+    return pc.field(column) == value

@@ -1,0 +1,369 @@
+"""The store's single writer: items, feature versions, staging, merges, publishing.
+
+A job (``itemlens ingest`` or ``Lens.put_vectors``) opens a :class:`StoreWriter`, which takes
+the writer lock and reads the latest snapshot as its base. Everything it writes goes to new
+Lance versions of the tables; readers see none of it until :meth:`StoreWriter.publish`
+appends the snapshot that names those versions.
+
+Staging makes jobs resumable: encoded rows are committed to a per-feature-version staging
+table while the job runs; at the end they are merged into the feature table (and errors
+table) and the staging table is dropped. A job that died leaves its staging table behind;
+the next job merges it first (:meth:`StoreWriter.recover_staging`), so the work is kept and
+its items are not encoded again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+
+from itemlens.errors import CatalogError, StoreError, StoreFormatError, StoreNotFoundError
+from itemlens.store import lance_io
+from itemlens.store.layout import (
+    ERRORS_SCHEMA, ERRORS_TABLE, FEATURE_NAME, FORMAT_VERSION, ITEMS_SCHEMA, ITEMS_TABLE, META_SCHEMA,
+    META_TABLE, SNAPSHOTS_SCHEMA, SNAPSHOTS_TABLE, TIMESTAMP, WORK_IDS_PATH, WORK_IDS_SCHEMA,
+    StoreLocation, feature_table, staging_path, value_column,
+)
+from itemlens.store.lock import WriterLock
+from itemlens.store.snapshots import FeatureEntry, FeatureVersion, SnapshotDoc, append_doc, now_iso, read_doc
+
+
+@dataclass
+class Registration:
+    """What registering the catalog's ids found."""
+
+    seen: int = 0          # catalog rows (= distinct ids: duplicates are refused)
+    new: int = 0           # ids the store had never seen, given item indexes now
+    digest: str = ""       # order-independent digest of the catalog's rows
+
+
+@dataclass
+class MergeStats:
+    inserted: int = 0      # items that had no value before
+    updated: int = 0       # items whose value was replaced
+    failed: int = 0        # items that got an errors row
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: MergeStats) -> None:
+        self.inserted += other.inserted
+        self.updated += other.updated
+        self.failed += other.failed
+        for k, v in other.by_reason.items():
+            self.by_reason[k] = self.by_reason.get(k, 0) + v
+
+
+def check_store_format(location: StoreLocation) -> None:
+    """Raise unless ``location`` holds an itemlens store whose format this version reads."""
+    meta = lance_io.open_dataset(location.table_uri(META_TABLE), storage_options=location.options())
+    if meta is None:
+        raise StoreNotFoundError(
+            f"no itemlens store at {location.uri} (run `itemlens ingest CATALOG --config FILE --store "
+            f"{location.uri}` to create one)")
+    values = {r["key"]: r["value"] for r in meta.to_table().to_pylist()}
+    fmt = int(values.get("format_version", "0") or 0)
+    if fmt != FORMAT_VERSION:
+        newer = "a newer" if fmt > FORMAT_VERSION else "an unknown older"
+        raise StoreFormatError(
+            f"store {location.uri} has format version {fmt} ({newer} format, written by itemlens "
+            f"{values.get('created_by', '?')}); this itemlens reads format {FORMAT_VERSION} only")
+
+
+class StoreWriter:
+    def __init__(self, location: StoreLocation, lock: WriterLock):
+        self.location = location
+        self.lock = lock
+        self.run_id = uuid.uuid4().hex[:12]
+        self._ensure_store()
+        self.base: SnapshotDoc = read_doc(location) or SnapshotDoc()
+        self._table_versions: dict[str, int] = {}   # tables written by this job -> their new version
+        self._touched: dict[str, FeatureVersion] = {}
+
+    @classmethod
+    def open(cls, uri: str, *, storage_options: dict[str, str] | None = None, lock_wait: float = 0.0,
+             command: str | None = None) -> StoreWriter:
+        """Take the writer lock on ``uri`` (creating the store if needed) and return a writer."""
+        location = StoreLocation.parse(uri, storage_options)
+        lock = WriterLock(location).acquire(wait=lock_wait, command=command)
+        try:
+            return cls(location, lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    def close(self) -> None:
+        self.lock.release()
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- store creation and format --------------------------------------------------------
+    def _uri(self, table: str) -> str:
+        return self.location.table_uri(table)
+
+    def _open(self, table: str):
+        return lance_io.open_dataset(self._uri(table), storage_options=self.location.options())
+
+    def _ensure_store(self) -> None:
+        if self._open(META_TABLE) is not None:
+            check_store_format(self.location)
+            return
+        import lancedb
+
+        if self.location.is_local:
+            existing = lancedb.connect(self.location.uri).list_tables().tables
+            if existing:
+                raise StoreError(
+                    f"{self.location.uri} is a LanceDB database but not an itemlens store "
+                    f"(it has tables {', '.join(existing[:5])}); use an empty folder")
+        from itemlens import __version__
+
+        opts = self.location.options()
+        for table, schema in ((ITEMS_TABLE, ITEMS_SCHEMA), (ERRORS_TABLE, ERRORS_SCHEMA),
+                              (SNAPSHOTS_TABLE, SNAPSHOTS_SCHEMA)):
+            if self._open(table) is None:
+                lance_io.create_empty(self._uri(table), schema, opts)
+        # meta last: a store is an itemlens store once it has its format recorded
+        import lance
+
+        meta = pa.table({"key": ["format_version", "created_by", "created_at"],
+                         "value": [str(FORMAT_VERSION), f"itemlens {__version__}", now_iso()]},
+                        schema=META_SCHEMA)
+        lance.write_dataset(meta, self._uri(META_TABLE), mode="create", storage_options=opts)
+
+    def _record(self, table: str, dataset) -> None:
+        self._table_versions[table] = dataset.version
+
+    # -- items ----------------------------------------------------------------------------
+    @property
+    def work_ids_uri(self) -> str:
+        return self.location.path(WORK_IDS_PATH)
+
+    def reset_work_ids(self) -> str:
+        lance_io.remove_tree(self.work_ids_uri)
+        return self.work_ids_uri
+
+    def register_catalog_ids(self, fragments: list[str]) -> Registration:
+        """Commit the catalog's ids written by the workers, refuse duplicates, and give every
+        id the store has not seen an item index (in catalog order, after the existing ones)."""
+        work = lance_io.commit_fragments(self.work_ids_uri, fragments, WORK_IDS_SCHEMA, self.location.options())
+        return self._register(work)
+
+    def register_ids(self, ids: list[str]) -> Registration:
+        """Register ids given in memory (``put_vectors``)."""
+        import hashlib
+
+        import lance
+
+        self.reset_work_ids()
+        hashes = [int.from_bytes(hashlib.sha256(i.encode()).digest()[:8], "little", signed=True) for i in ids]
+        work = lance.write_dataset(pa.table({"item_id": ids, "row_hash": pa.array(hashes, pa.int64())},
+                                            schema=WORK_IDS_SCHEMA), self.work_ids_uri)
+        return self._register(work)
+
+    def _register(self, work) -> Registration:
+        import lance
+
+        seen = work.count_rows()
+        dups = lance_io.sql_rows(
+            work, "SELECT item_id, COUNT(*) AS n FROM dataset GROUP BY item_id HAVING COUNT(*) > 1 "
+                  "ORDER BY n DESC, item_id LIMIT 5")
+        if dups:
+            total = lance_io.sql_rows(
+                work, "SELECT COUNT(*) AS n FROM (SELECT item_id FROM dataset GROUP BY item_id HAVING COUNT(*) > 1)")
+            shown = ", ".join(f"{d['item_id']!r} ({d['n']} rows)" for d in dups)
+            raise CatalogError(
+                f"the catalog has {total[0]['n']} duplicated item id(s), e.g. {shown}; each item must "
+                "appear once (which row should win is ambiguous), so nothing was ingested")
+        digest_rows = lance_io.sql_rows(work, "SELECT bit_xor(row_hash) AS x FROM dataset")
+        digest = digest_rows[0]["x"] if digest_rows and digest_rows[0]["x"] is not None else 0
+        items = self._open(ITEMS_TABLE)
+        next_index = items.count_rows()  # append-only, never deleted: count == max index + 1
+        if next_index and seen:
+            work.merge_insert("item_id").when_matched_delete().execute(
+                items.scanner(columns=["item_id"]).to_reader())
+            work = lance.dataset(self.work_ids_uri, storage_options=self.location.options())
+        new = work.count_rows()
+        if new:
+            stamp = datetime.now(timezone.utc)
+
+            def batches():
+                index = next_index
+                for batch in work.to_batches(columns=["item_id"]):
+                    n = batch.num_rows
+                    yield pa.record_batch([
+                        batch.column(0),
+                        pa.array(range(index, index + n), pa.int64()),
+                        pa.array([stamp] * n, TIMESTAMP),
+                    ], schema=ITEMS_SCHEMA)
+                    index += n
+
+            ds = lance.write_dataset(pa.RecordBatchReader.from_batches(ITEMS_SCHEMA, batches()),
+                                     self._uri(ITEMS_TABLE), mode="append", storage_options=self.location.options())
+            self._record(ITEMS_TABLE, ds)
+        lance_io.remove_tree(self.work_ids_uri)
+        return Registration(seen=seen, new=new, digest=f"{digest & 0xFFFFFFFFFFFFFFFF:016x}")
+
+    # -- feature versions -----------------------------------------------------------------
+    def resolve_version(self, name: str, fingerprint: str, spec: dict[str, Any], *, dtype: str,
+                        pooling: str, encoder: dict[str, Any] | None = None) -> FeatureVersion:
+        """The feature version for this fingerprint: the stored one, or a new label."""
+        if not FEATURE_NAME.match(name):
+            raise StoreError(
+                f"feature name {name!r} is not allowed: use a letter then letters, digits or '_' (64 at most)")
+        entry = self.base.features.get(name)
+        existing = entry.by_fingerprint(fingerprint) if entry else None
+        if existing is not None:
+            version = existing.model_copy(deep=True)
+            version.spec = spec      # same fingerprint; keep the latest wording (note, resources)
+        else:
+            version = FeatureVersion(
+                name=name, label=entry.next_label() if entry else "v1", fingerprint=fingerprint,
+                table=feature_table(name, fingerprint), spec=spec, dtype=dtype, pooling=pooling,
+                created_at=now_iso())
+        if encoder:
+            version.encoder = encoder
+        self._touched[name] = version
+        return version
+
+    def staging_uri(self, version: FeatureVersion) -> str:
+        return self.location.path(staging_path(version.name, version.fingerprint))
+
+    def commit_staged(self, version: FeatureVersion, fragments: list[str], schema: pa.Schema) -> None:
+        """Commit fragments written by workers to the version's staging table (one transaction)."""
+        lance_io.commit_fragments(self.staging_uri(version), fragments, schema, self.location.options())
+
+    def stored_hashes(self, version: FeatureVersion, *, retry_errors: bool = False):
+        """What workers compare input hashes against: this version's rows as they are now."""
+        from itemlens.store.lookup import StoredHashes
+
+        feature = self._open(version.table)
+        errors = self._open(ERRORS_TABLE)
+        return StoredHashes(
+            feature_uri=self._uri(version.table) if feature is not None else None,
+            feature_version=feature.version if feature is not None else None,
+            errors_uri=None if retry_errors else self._uri(ERRORS_TABLE),
+            errors_version=errors.version,
+            fingerprint=version.fingerprint,
+            storage_options=self.location.options(),
+        )
+
+    def recover_staging(self, version: FeatureVersion) -> MergeStats | None:
+        """Merge what a job that died left staged for this version; None if nothing was left."""
+        staging = lance_io.open_dataset(self.staging_uri(version), storage_options=self.location.options())
+        if staging is None:
+            lance_io.remove_tree(self.staging_uri(version))  # data files of a never-committed write
+            return None
+        return self.merge_staged(version)
+
+    def merge_staged(self, version: FeatureVersion) -> MergeStats:
+        """Merge the staging table into the feature and errors tables, then drop it.
+
+        Each item ends in exactly one place: a value row (its errors row, if any, removed) or
+        an errors row (its old value, if any, removed: it no longer matches the input).
+        """
+        import lance
+
+        opts = self.location.options()
+        staging_uri = self.staging_uri(version)
+        staging = lance_io.open_dataset(staging_uri, storage_options=opts)
+        stats = MergeStats()
+        if staging is None:
+            return stats
+        value = value_column(version.pooling)
+        ok, bad = "error_stage IS NULL", "error_stage IS NOT NULL"
+        n_ok = staging.count_rows(filter=ok)
+        n_bad = staging.count_rows() - n_ok
+        columns = ["item_id", value, "n_parts", "input_hash", "computed_at"]
+        schema = pa.schema([staging.schema.field(c) for c in columns])
+        dim = schema.field(value).type
+        dim = (dim.value_type if version.pooling != "mean" else dim).list_size
+        if version.dim is not None and version.dim != dim:
+            raise StoreError(f"{version.qualified}: staged vectors have {dim} dimensions, the table {version.dim}")
+        version.dim = dim
+
+        target = self._open(version.table)
+        had_rows = target is not None and target.count_rows() > 0
+        if target is None:
+            reader = staging.scanner(columns=columns, filter=ok).to_reader()
+            target = lance.write_dataset(reader, self._uri(version.table), schema=schema, storage_options=opts)
+            stats.inserted = n_ok
+        elif n_ok:
+            result = (target.merge_insert("item_id").when_matched_update_all().when_not_matched_insert_all()
+                      .execute(staging.scanner(columns=columns, filter=ok).to_reader()))
+            stats.inserted, stats.updated = result["num_inserted_rows"], result["num_updated_rows"]
+            target = self._open(version.table)
+        if n_bad and had_rows:
+            target.merge_insert("item_id").when_matched_delete().execute(
+                staging.scanner(columns=["item_id"], filter=bad).to_reader())
+            target = self._open(version.table)
+        self._record(version.table, target)
+
+        errors = self._open(ERRORS_TABLE)
+        version_filter = f"version = '{version.fingerprint}'"
+        if n_ok and errors.count_rows(filter=version_filter):
+            errors.merge_insert(["version", "item_id"]).when_matched_delete().execute(
+                staging.scanner(columns={"version": f"'{version.fingerprint}'", "item_id": "item_id"},
+                                filter=ok).to_reader())
+            errors = self._open(ERRORS_TABLE)
+        if n_bad:
+            error_columns = {
+                "feature": f"'{version.name}'", "version": f"'{version.fingerprint}'", "item_id": "item_id",
+                "stage": "error_stage", "reason": "error_reason", "input_hash": "input_hash", "at": "computed_at",
+            }
+            errors.merge_insert(["version", "item_id"]).when_matched_update_all().when_not_matched_insert_all() \
+                .execute(staging.scanner(columns=error_columns, filter=bad).to_reader())
+            errors = self._open(ERRORS_TABLE)
+            stats.failed = n_bad
+            for row in lance_io.sql_rows(staging, "SELECT error_stage AS s, COUNT(*) AS n FROM dataset "
+                                                  "WHERE error_stage IS NOT NULL GROUP BY error_stage"):
+                stats.by_reason[row["s"]] = row["n"]
+        self._record(ERRORS_TABLE, errors)
+        lance_io.remove_tree(staging_uri)
+        return stats
+
+    # -- publishing -----------------------------------------------------------------------
+    def publish(self, *, catalog: dict[str, Any], report: dict[str, Any],
+                current: dict[str, FeatureVersion] | None = None, force: bool = False) -> SnapshotDoc | None:
+        """Append the snapshot naming every table version this job wrote (and the base's others).
+
+        ``current`` maps feature names to the version the configuration now specifies (default:
+        every version this job touched). Returns None when nothing changed (no new snapshot).
+        """
+        current = self._touched if current is None else current
+        doc = self.base.model_copy(deep=True)
+        changed = bool(self._table_versions) or force
+        errors = self._open(ERRORS_TABLE)
+        for name, version in current.items():
+            dataset = self._open(version.table)
+            version.count = dataset.count_rows() if dataset is not None else 0
+            version.errors = errors.count_rows(filter=f"version = '{version.fingerprint}'")
+            if dataset is not None:
+                doc.tables[version.table] = self._table_versions.get(version.table, dataset.version)
+            entry = doc.features.get(name)
+            if entry is None:
+                doc.features[name] = FeatureEntry(current=version.label, versions={version.label: version})
+                changed = True
+            else:
+                changed |= entry.current != version.label or version.label not in entry.versions
+                entry.versions[version.label] = version
+                entry.current = version.label
+        if not changed:
+            return None
+        for table in (ITEMS_TABLE, ERRORS_TABLE):
+            doc.tables[table] = self._open(table).version
+        doc.snapshot_id = self.base.snapshot_id + 1
+        doc.created_at = now_iso()
+        doc.format_version = FORMAT_VERSION
+        doc.catalog = catalog
+        doc.report = report
+        append_doc(self.location, doc)
+        self.base = doc
+        self._table_versions.clear()
+        return doc

@@ -1,0 +1,178 @@
+"""The store and its client, without Ray: snapshots, lookups, versions, the writer lock, format."""
+
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import itemlens
+from itemlens.errors import (
+    SnapshotNotFoundError, StoreError, StoreFormatError, StoreLockedError, StoreNotFoundError,
+    UnknownFeatureError, UnknownItemsError,
+)
+from itemlens.store.writer import StoreWriter
+
+
+@pytest.fixture
+def store(tmp_path):
+    uri = tmp_path / "lens"
+    StoreWriter.open(uri).close()
+    return uri
+
+
+def _vectors(n: int, dim: int = 8, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+
+
+def test_vectors_come_back_exactly_in_the_order_asked(store):
+    lens = itemlens.connect(store)
+    ids = [f"item-{i}" for i in range(1000)]
+    values = _vectors(1000)
+    assert lens.put_vectors("emb", ids, values, spec={"model": "two-tower", "version": 3}) == 1
+    rng = np.random.default_rng(1)
+    for n in (1, 17, 1000):
+        pick = rng.integers(0, 1000, size=n)
+        asked = [ids[i] for i in pick]
+        assert np.array_equal(lens.vectors("emb", asked), values[pick])
+    dup = ["item-5", "item-5", "item-0", "item-5"]
+    assert np.array_equal(lens.vectors("emb", dup), values[[5, 5, 0, 5]])
+    assert lens.vectors("emb", []).shape == (0, 8)
+
+
+def test_unknown_ids_raise_naming_them_unless_a_fill_is_given(store):
+    lens = itemlens.connect(store)
+    lens.put_vectors("emb", ["a", "b"], _vectors(2), spec={"model": "m"})
+    with pytest.raises(KeyError) as info:
+        lens.vectors("emb", ["a", "zz", "yy", "zz"])
+    assert isinstance(info.value, UnknownItemsError)
+    assert info.value.missing == ["zz", "yy"] and "'zz'" in str(info.value)
+    filled = lens.vectors("emb", ["zz", "a"], fill=np.nan)
+    assert np.isnan(filled[0]).all() and np.array_equal(filled[1], _vectors(2)[0])
+    with pytest.raises(UnknownFeatureError, match="no feature 'nope'.*emb@v1"):
+        lens.vectors("nope", ["a"])
+
+
+def test_a_pinned_snapshot_keeps_its_values_after_later_writes(store):
+    first = itemlens.connect(store)
+    first.put_vectors("emb", ["a", "b"], _vectors(2, seed=1), spec={"model": "m"})
+    pinned = itemlens.connect(store, snapshot=1)
+    latest = itemlens.connect(store)
+    latest.put_vectors("emb", ["a", "c"], _vectors(2, seed=2), spec={"model": "m"})
+    assert latest.snapshot == 2
+    assert np.array_equal(pinned.vectors("emb", ["a"]), _vectors(2, seed=1)[:1])
+    assert np.array_equal(latest.vectors("emb", ["a", "b", "c"]),
+                          np.vstack([_vectors(2, seed=2)[0], _vectors(2, seed=1)[1], _vectors(2, seed=2)[1]]))
+    with pytest.raises(KeyError):
+        pinned.vectors("emb", ["c"])
+    stale = itemlens.connect(store, snapshot=1)
+    assert stale.refresh() == 2 and stale.vectors("emb", ["c"]).shape == (1, 8)
+    assert [s["snapshot_id"] for s in latest.snapshots()] == [1, 2]
+    with pytest.raises(SnapshotNotFoundError, match="no snapshot 7"):
+        itemlens.connect(store, snapshot=7)
+
+
+def test_a_new_spec_makes_a_new_version_and_the_old_stays_readable(store):
+    lens = itemlens.connect(store)
+    lens.put_vectors("emb", ["a", "b"], _vectors(2, seed=1), spec={"model": "m1"})
+    lens.put_vectors("emb", ["a", "b"], _vectors(2, 4, seed=2), spec={"model": "m2"})
+    infos = {f.qualified: f for f in lens.features()}
+    assert set(infos) == {"emb@v1", "emb@v2"}
+    assert infos["emb@v2"].current and not infos["emb@v1"].current
+    assert lens.vectors("emb", ["a"]).shape == (1, 4)
+    assert np.array_equal(lens.vectors("emb@v1", ["a"]), _vectors(2, seed=1)[:1])
+    # back to the first spec: v1 is current again, no v3
+    lens.put_vectors("emb", ["a"], _vectors(1, seed=3), spec={"model": "m1"})
+    assert [f.qualified for f in lens.features() if f.current] == ["emb@v1"]
+
+
+def test_item_indexes_are_stable_and_never_reused(store):
+    lens = itemlens.connect(store)
+    lens.put_vectors("emb", ["a", "b"], _vectors(2), spec={"model": "m"})
+    lens.put_vectors("emb", ["c", "a"], _vectors(2), spec={"model": "m"})
+    index = dict(zip(*lens.items().to_pydict().values()))
+    assert index == {"a": 0, "b": 1, "c": 2}
+
+
+def test_search_with_a_vector(store):
+    lens = itemlens.connect(store)
+    values = _vectors(50, 16)
+    lens.put_vectors("emb", [str(i) for i in range(50)], values, spec={"model": "m"})
+    hits = lens.search("emb", values[7], k=5)
+    assert hits[0].item_id == "7" and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert len(hits) == 5 and all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+
+
+def test_bad_put_vectors_input_is_refused(store):
+    lens = itemlens.connect(store)
+    with pytest.raises(ValueError, match="unique"):
+        lens.put_vectors("emb", ["a", "a"], _vectors(2), spec={})
+    with pytest.raises(ValueError, match="NaN"):
+        lens.put_vectors("emb", ["a"], np.full((1, 3), np.nan), spec={})
+    with pytest.raises(ValueError, match=r"\[len\(ids\), dim\]"):
+        lens.put_vectors("emb", ["a", "b"], _vectors(3), spec={})
+    with pytest.raises(StoreError, match="feature name"):
+        lens.put_vectors("bad name", ["a"], _vectors(1), spec={})
+    assert lens.snapshot == 0
+
+
+def test_not_a_store_and_unknown_format(tmp_path, store):
+    with pytest.raises(StoreNotFoundError, match="no itemlens store"):
+        itemlens.connect(tmp_path / "nothing-here")
+    import lance
+    import pyarrow as pa
+
+    lance.write_dataset(pa.table({"key": ["format_version"], "value": ["99"]}),
+                        str(store / "meta.lance"), mode="overwrite")
+    with pytest.raises(StoreFormatError, match="format version 99.*reads format 1"):
+        itemlens.connect(store)
+    with pytest.raises(StoreFormatError):
+        StoreWriter.open(store)
+    other = tmp_path / "plain-lancedb"
+    import lancedb
+
+    lancedb.connect(other).create_table("t", pa.table({"x": [1]}))
+    with pytest.raises(StoreError, match="not an itemlens store"):
+        StoreWriter.open(other)
+
+
+def test_one_writer_at_a_time(store):
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from itemlens.store.writer import StoreWriter
+        w = StoreWriter.open({str(store)!r}, command="itemlens ingest held-by-test")
+        print("locked", flush=True)
+        time.sleep(float(sys.argv[1]))
+        w.close()
+        """), "3"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(StoreLockedError) as info:
+            StoreWriter.open(store)
+        message = str(info.value)
+        assert f"pid {holder.pid}" in message and "held-by-test" in message and "--wait-for-lock" in message
+        lens = itemlens.connect(store)            # readers are never blocked
+        with pytest.raises(StoreLockedError, match="after waiting 0.5 s"):
+            lens.put_vectors("emb", ["a"], _vectors(1), spec={}, lock_wait=0.5)
+        start = time.monotonic()
+        assert lens.put_vectors("emb", ["a"], _vectors(1), spec={}, lock_wait=30) == 1
+        assert time.monotonic() - start < 30
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_killed_writer_leaves_no_stale_lock(store):
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from itemlens.store.writer import StoreWriter
+        w = StoreWriter.open({str(store)!r})
+        print("locked", flush=True)
+        time.sleep(60)
+        """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    holder.kill()
+    holder.wait()
+    StoreWriter.open(store).close()

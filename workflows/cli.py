@@ -1,0 +1,124 @@
+"""The ``itemlens`` command line (also the entrypoint of ``ray job submit``).
+
+::
+
+    itemlens ingest CATALOG --config lens.yaml --store ./lens [--address ADDR]
+    itemlens show ./lens [--snapshot N] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+
+from itemlens.errors import ItemlensError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="itemlens", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingest", help="encode a catalog into a store (full or incremental: it diffs)")
+    p.add_argument("catalog", help="Parquet, JSONL or CSV file (or folder of them); a path or URI")
+    p.add_argument("--config", required=True, help="YAML configuration (features, catalog, decode)")
+    p.add_argument("--store", required=True, help="store URI (a local folder)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--wait-for-lock", type=float, default=0.0, metavar="SECONDS",
+                   help="wait this long for another writer to finish (default: fail at once)")
+    p.add_argument("--retry-errors", action="store_true", help="retry items whose unchanged input failed before")
+    p.add_argument("--report", metavar="FILE", help="also write the job report as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no Ray Data progress bars")
+    p.add_argument("--verbose", action="store_true", help="show Ray worker logs and debug messages")
+
+    s = sub.add_parser("show", help="features, versions, counts, errors and snapshots of a store")
+    s.add_argument("store")
+    s.add_argument("--snapshot", type=int, default=None)
+    s.add_argument("--json", action="store_true", help="print the snapshot document as JSON")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "ingest":
+            return _ingest(args)
+        return _show(args)
+    except ItemlensError as exc:
+        print(f"itemlens: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("itemlens: interrupted; staged work is kept and the next run resumes it", file=sys.stderr)
+        return 130
+
+
+def _ingest(args) -> int:
+    from itemlens.workflows.ingest import configure_logging, ingest
+
+    configure_logging(args.verbose)
+    report = ingest(args.catalog, args.config, args.store, address=args.address, lock_wait=args.wait_for_lock,
+                    retry_errors=args.retry_errors, progress=False if args.no_progress else None,
+                    log_to_driver=args.verbose)
+    print(report.summary())
+    if args.report:
+        with open(args.report, "w") as f:
+            json.dump({**report.to_doc(), "snapshot": report.snapshot, "store": report.store}, f, indent=2)
+    return 0
+
+
+def _show(args) -> int:
+    import itemlens
+
+    lens = itemlens.connect(args.store, snapshot=args.snapshot)
+    if args.json:
+        print(lens.doc.model_dump_json(indent=2))
+        return 0
+    snapshots = lens.snapshots()
+    print(f"store {lens.uri}")
+    if not lens.snapshot:
+        print("no snapshot yet: run `itemlens ingest` first")
+        return 0
+    latest = snapshots[-1]["snapshot_id"] if snapshots else lens.snapshot
+    print(f"snapshot {lens.snapshot} of {latest}, created {lens.doc.created_at}")
+    catalog = lens.doc.catalog
+    if catalog:
+        print(f"catalog {catalog.get('uri')} ({catalog.get('items')} items, digest {catalog.get('digest')})")
+    print(f"items known to the store: {lens.items().num_rows}")
+    print()
+    print(f"{'feature':<22}{'encoder':<23}{'dim':>5} {'dtype':<8}{'values':>8}{'errors':>8}  model")
+    for f in lens.features():
+        name = f.qualified + ("*" if f.current else "")
+        weights = f.spec.get("checkpoint") or f.spec.get("pretrained") or ""
+        model = f.model + (f" ({weights})" if weights and weights != f.model else "")
+        print(f"{name:<22}{f.encoder:<23}{f.dim or '-':>5} {f.dtype:<8}{f.count:>8}{f.errors:>8}  {model}")
+        if f.note:
+            print(f"{'':<22}note: {f.note}")
+    print("(* = current version; older versions stay readable as name@vN)")
+    errors = lens.errors()
+    if errors.num_rows:
+        print()
+        print("errors (feature, stage: count; first reason):")
+        rows = errors.to_pylist()
+        counts = Counter((r["feature"], r["stage"]) for r in rows)
+        first = {}
+        for r in rows:
+            first.setdefault((r["feature"], r["stage"]), f"{r['item_id']}: {r['reason']}")
+        for (feature, stage), n in sorted(counts.items()):
+            print(f"  {feature}, {stage}: {n}; e.g. {first[(feature, stage)]}")
+    report = lens.doc.report
+    if report:
+        print()
+        print(f"last job: {report.get('summary', '')}")
+        timings = report.get("timings", {})
+        if timings:
+            print("  time: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+    print()
+    print("snapshots:")
+    for snap in snapshots[-10:]:
+        marker = "*" if snap["snapshot_id"] == lens.snapshot else " "
+        features = ", ".join(f"{k}@{v}" for k, v in snap["features"].items())
+        print(f" {marker}{snap['snapshot_id']:>4}  {snap['created_at']:%Y-%m-%d %H:%M:%S}  {features}  {snap['summary']}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""The ingestion configuration: one YAML file, validated before any work starts.
+
+.. code-block:: yaml
+
+    catalog:
+      id_column: item_id          # default item_id
+      format: auto                # auto (by extension) | parquet | jsonl | csv
+    decode:                       # the CPU stage that reads, decodes and preprocesses inputs
+      batch_size: 32              # items per decode task call (images)
+      text_batch_size: 1024       # items per text-preparation call (sorted by length within)
+      num_cpus: 1
+      max_image_pixels: 64000000  # larger images are decompression-bomb errors
+      max_image_bytes: 67108864
+    features:
+      text:                       # a feature name: letters, digits, _
+        encoder: sentence-transformers
+        model: sentence-transformers/all-MiniLM-L6-v2
+        input: {template: "{title}. {bullet_points}"}
+        resources: {num_gpus: 0.25, concurrency: 1, batch_size: 128}
+      image:
+        encoder: open-clip
+        model: ViT-B-32
+        pretrained: laion2b_s34b_b79k
+        input: {image: images}    # a path/URI per item, or a list of them
+        pooling: mean             # or per_image
+
+Errors name the field, the bad value and what is allowed. Relative paths in a spec
+(``checkpoint``, ``model_config_file``, a ``model`` folder) resolve against the YAML file's
+folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from itemlens.errors import ConfigError
+from itemlens.extractors.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+from itemlens.extractors.spec import FeatureSpec
+from itemlens.store.layout import FEATURE_NAME
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CatalogConfig(_Strict):
+    id_column: str = "item_id"
+    format: Literal["auto", "parquet", "jsonl", "csv"] = "auto"
+
+
+class DecodeConfig(_Strict):
+    batch_size: int = Field(32, ge=1)
+    text_batch_size: int = Field(1024, ge=1)
+    num_cpus: float = Field(1.0, gt=0)
+    max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, ge=1)
+    max_image_bytes: int = Field(DEFAULT_MAX_IMAGE_BYTES, ge=1)
+
+
+class IngestConfig(_Strict):
+    catalog: CatalogConfig = CatalogConfig()
+    decode: DecodeConfig = DecodeConfig()
+    features: dict[str, FeatureSpec] = Field(min_length=1)
+
+    @field_validator("features")
+    @classmethod
+    def _names(cls, features: dict[str, FeatureSpec]) -> dict[str, FeatureSpec]:
+        for name in features:
+            if not FEATURE_NAME.match(name):
+                raise ValueError(f"feature name {name!r}: use a letter, then letters, digits or '_'")
+        return features
+
+
+def load_config(source: str | os.PathLike | dict[str, Any] | IngestConfig) -> IngestConfig:
+    """Parse and validate a configuration (a YAML path, a dict or an IngestConfig)."""
+    if isinstance(source, IngestConfig):
+        return source
+    base: Path | None = None
+    label = "configuration"
+    if isinstance(source, dict):
+        raw = source
+    else:
+        path = Path(source)
+        label = str(path)
+        if not path.is_file():
+            raise ConfigError(f"configuration file not found: {path.resolve()}")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{label} is not valid YAML: {exc}") from None
+        base = path.resolve().parent
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{label} must be a mapping with a `features:` section")
+    if base is not None:
+        raw = _resolve_paths(raw, base)
+    try:
+        return IngestConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{label} is invalid:\n" + format_validation_error(exc)) from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-union")))
+        value = err.get("input")
+        shown = "" if err["type"] == "missing" else f" = {value!r}"
+        if isinstance(value, dict) and err["type"] != "extra_forbidden":
+            shown = ""
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown field (check its spelling)"
+        lines.append(f"  {loc}{shown}: {message}")
+    return "\n".join(lines)
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    features = raw.get("features")
+    if not isinstance(features, dict):
+        return raw
+    resolved = {}
+    for name, spec in features.items():
+        if isinstance(spec, dict):
+            spec = dict(spec)
+            for key in ("checkpoint", "model_config_file"):
+                if isinstance(spec.get(key), str) and not os.path.isabs(os.path.expanduser(spec[key])):
+                    spec[key] = str((base / spec[key]).resolve())
+            model = spec.get("model")
+            if isinstance(model, str) and model.startswith(".") and (base / model).exists():
+                spec["model"] = str((base / model).resolve())
+        resolved[name] = spec
+    return {**raw, "features": resolved}

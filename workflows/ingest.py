@@ -1,0 +1,348 @@
+"""``itemlens ingest``: catalog -> Ray encoders -> versioned store, one snapshot per run.
+
+The flow (see DESIGN.md, "Flow of one ingestion or refresh"):
+
+1. validate the configuration, the catalog's columns and the weights (before any work);
+2. take the store's writer lock, start or join Ray;
+3. register the catalog's ids (refusing duplicates; new ids get item indexes);
+4. per feature: merge what a dead job left staged, then run read -> prepare -> encode ->
+   write as one streaming Ray Data pipeline into the staging table (committed as it goes),
+   and merge the staging table into the feature and errors tables;
+5. publish one snapshot naming every table version written (nothing changed: no snapshot).
+
+Items whose input hash matches the stored one are dropped in step 4's prepare stage, so a
+second run over an unchanged catalog encodes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from itemlens.errors import ConfigError, ItemlensError
+from itemlens.extractors import build_encoder
+from itemlens.store.layout import staging_schema, value_column
+from itemlens.store.writer import MergeStats, StoreWriter
+from itemlens.workflows.catalog import CatalogSource
+from itemlens.workflows.config import IngestConfig, load_config
+from itemlens.workflows.runtime import RayRuntime, start_ray
+from itemlens.workflows import stages
+
+log = logging.getLogger("itemlens")
+
+# Staging commits: after this many fragments or seconds, whichever comes first. Each commit
+# is what a killed job keeps.
+COMMIT_EVERY_FRAGMENTS = 16
+COMMIT_EVERY_SECONDS = 30.0
+# Rows per staging data file (the write stage's batch size).
+WRITE_BATCH_ROWS = 1024
+
+
+@dataclass
+class FeatureReport:
+    name: str
+    version: str = ""
+    fingerprint: str = ""
+    encoder: str = ""
+    device: str = ""
+    encoded: int = 0            # items given a value by this run
+    errors: int = 0             # items given an errors row by this run
+    errors_by_stage: dict[str, int] = field(default_factory=dict)
+    unchanged: int = 0          # items whose input hash matched the store: not encoded
+    recovered: int = 0          # items merged from a previous, interrupted run's staging
+    inserted: int = 0           # items that had no value for this version before
+    updated: int = 0            # items whose value was replaced
+    seconds: float = 0.0
+    operators: list[dict[str, Any]] = field(default_factory=list)
+    plan: str = ""              # Ray Data's optimized physical plan (not stored in the snapshot)
+    stats: str = ""             # Ray Data's execution stats (not stored in the snapshot)
+
+    def to_doc(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc.pop("plan")
+        doc.pop("stats")
+        return doc
+
+
+@dataclass
+class IngestReport:
+    catalog: str
+    store: str
+    snapshot: int | None = None        # published snapshot (None: nothing changed)
+    items_seen: int = 0
+    new_items: int = 0
+    digest: str = ""
+    ray: str = ""
+    features: dict[str, FeatureReport] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "summary": self.headline(),
+            "catalog": self.catalog, "items_seen": self.items_seen, "new_items": self.new_items,
+            "features": {n: f.to_doc() for n, f in self.features.items()},
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "ray": self.ray,
+        }
+
+    def headline(self) -> str:
+        encoded = sum(f.encoded for f in self.features.values())
+        errors = sum(f.errors for f in self.features.values())
+        return (f"ingest of {self.items_seen} items ({self.new_items} new): "
+                f"{encoded} values encoded, {errors} errors")
+
+    def summary(self) -> str:
+        lines = [self.headline()]
+        if self.snapshot is None:
+            lines.append(f"nothing changed: no new snapshot published in {self.store}")
+        else:
+            lines.append(f"published snapshot {self.snapshot} in {self.store}")
+        lines.append(f"{'feature':<14}{'version':<9}{'device':<8}{'encoded':>9}{'errors':>8}"
+                     f"{'unchanged':>11}{'seconds':>9}")
+        for f in self.features.values():
+            lines.append(f"{f.name:<14}{f.version:<9}{f.device:<8}{f.encoded:>9}{f.errors:>8}"
+                         f"{f.unchanged:>11}{f.seconds:>9.1f}")
+            for stage, count in sorted(f.errors_by_stage.items()):
+                lines.append(f"{'':<14}errors at {stage}: {count}")
+        lines.append("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items()))
+        return "\n".join(lines)
+
+
+def ingest(catalog: str | os.PathLike, config: str | os.PathLike | dict | IngestConfig, store: str | os.PathLike,
+           *, address: str | None = None, lock_wait: float = 0.0, retry_errors: bool = False,
+           storage_options: dict[str, str] | None = None, progress: bool | None = None,
+           log_to_driver: bool = False) -> IngestReport:
+    """Ingest ``catalog`` into ``store`` as ``config`` says; returns the job report."""
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    cfg = load_config(config)
+    source = CatalogSource.open(catalog, cfg.catalog)
+    encoders = {}
+    for name, spec in cfg.features.items():
+        encoder = build_encoder(spec)
+        encoder.check_weights()           # missing weights: an error now, not after an hour of decoding
+        encoder.fingerprint()
+        encoders[name] = encoder
+    report = IngestReport(catalog=source.uri, store=os.fspath(store))
+    timings["validate"] = time.perf_counter() - t_start
+    log.info("catalog %s (%s) -> store %s", source.uri, source.format, report.store)
+
+    command = f"itemlens ingest {source.uri}"
+    with StoreWriter.open(store, storage_options=storage_options, lock_wait=lock_wait, command=command) as writer:
+        report.store = writer.location.uri
+        runtime = start_ray(address, log_to_driver=log_to_driver, progress=progress)
+        report.ray = runtime.describe()
+        timings["ray_start"] = runtime.seconds
+        log.info("%s", report.ray)
+
+        t = time.perf_counter()
+        _check_columns(source, cfg)
+        registration = _run(lambda: _register_items(source, writer))
+        report.items_seen, report.new_items, report.digest = registration.seen, registration.new, registration.digest
+        timings["register_items"] = time.perf_counter() - t
+        log.info("catalog has %d items (%d new to the store)", registration.seen, registration.new)
+
+        for name, encoder in encoders.items():
+            t = time.perf_counter()
+            feature = _run(lambda: _ingest_feature(name, encoder, cfg, source, writer, runtime, retry_errors))
+            feature.unchanged = max(registration.seen - feature.encoded - feature.errors, 0)
+            feature.seconds = time.perf_counter() - t
+            report.features[name] = feature
+            timings[f"feature:{name}"] = feature.seconds
+            log.info("%s@%s: %d encoded, %d errors, %d unchanged in %.1f s", name, feature.version,
+                     feature.encoded, feature.errors, feature.unchanged, feature.seconds)
+
+        t = time.perf_counter()
+        doc = writer.publish(
+            catalog={"uri": source.uri, "format": source.format, "digest": registration.digest,
+                     "items": registration.seen},
+            report=report.to_doc())
+        report.snapshot = doc.snapshot_id if doc is not None else None
+        timings["publish"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t_start
+    report.timings = timings
+    return report
+
+
+# -- steps -----------------------------------------------------------------------------------------
+
+def _check_columns(source: CatalogSource, cfg: IngestConfig) -> None:
+    schema = source.read().schema()
+    if schema is None:
+        return  # an empty catalog: nothing to check
+    source.check_columns(list(schema.names), {n: s.input.columns for n, s in cfg.features.items()})
+
+
+def _register_items(source: CatalogSource, writer: StoreWriter):
+    ds = source.read()
+    # Item indexes of new ids follow the catalog's order.
+    ds.context.execution_options.preserve_order = True
+    work_uri = writer.reset_work_ids()
+    ds = (ds.map_batches(stages.catalog_ids, fn_kwargs={"id_column": source.id_column}, batch_format="pyarrow")
+          .map_batches(stages.write_fragments, fn_kwargs={"uri": work_uri,
+                                                          "storage_options": writer.location.options()},
+                       batch_format="pyarrow"))
+    fragments = [f for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow")
+                 for f in batch.column("fragment").to_pylist()]
+    return writer.register_catalog_ids(fragments)
+
+
+def _own_stage() -> dict:
+    # Ray Data fuses a task stage into the next actor stage when their resource requests are
+    # equal, as they are on a CPU-only run; a ray_remote_args_fn stops that fusion, so that
+    # decoding stays in its own CPU tasks and the encoder actors only encode. (Ray 2.60 marks
+    # ray_remote_args_fn deprecated for 2.64; the pin in constraints.txt keeps it.)
+    return {}
+
+
+warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*deprecated", category=Warning)
+
+
+def _ingest_feature(name: str, encoder, cfg: IngestConfig, source: CatalogSource, writer: StoreWriter,
+                    runtime: RayRuntime, retry_errors: bool) -> FeatureReport:
+    import ray.data
+
+    spec = encoder.spec
+    version = writer.resolve_version(name, encoder.fingerprint(), spec.model_dump(mode="json"),
+                                     dtype=spec.dtype, pooling=spec.pooling, encoder=encoder.describe())
+    report = FeatureReport(name=name, version=version.label, fingerprint=version.fingerprint,
+                           encoder=spec.encoder)
+
+    recovered = writer.recover_staging(version)
+    if recovered is not None:
+        report.recovered = recovered.inserted + recovered.updated + recovered.failed
+        log.info("%s: merged %d items staged by an interrupted run", name, report.recovered)
+
+    num_gpus = spec.resources.num_gpus
+    if num_gpus > 0 and runtime.gpus == 0:
+        log.warning("no GPU in the Ray cluster: feature %r runs on CPU (its spec asks for num_gpus=%g)",
+                    name, num_gpus)
+        num_gpus = 0.0
+    elif num_gpus > runtime.gpus:
+        raise ConfigError(f"feature {name!r} asks for num_gpus={num_gpus:g} per actor; the cluster has "
+                          f"{runtime.gpus:g} GPUs in all")
+    report.device = "cuda" if num_gpus > 0 else "cpu"
+
+    stored = writer.stored_hashes(version, retry_errors=retry_errors)
+    spec_json = spec.model_dump_json()
+    cpu_args = {"num_cpus": cfg.decode.num_cpus, "ray_remote_args_fn": _own_stage, "batch_format": "pyarrow"}
+    ds = source.read([source.id_column] + spec.input.columns)
+    if spec.input.kind == "text":
+        ds = ds.map_batches(stages.prepare_texts, batch_size=cfg.decode.text_batch_size, fn_kwargs={
+            "spec_json": spec_json, "id_column": source.id_column, "stored": stored}, **cpu_args)
+    else:
+        ds = ds.map_batches(stages.prepare_images, batch_size=cfg.decode.batch_size, fn_kwargs={
+            "spec_json": spec_json, "id_column": source.id_column, "base": source.base, "stored": stored,
+            "max_bytes": cfg.decode.max_image_bytes, "max_pixels": cfg.decode.max_image_pixels}, **cpu_args)
+    ds = ds.map_batches(
+        stages.EncodeBatches.for_feature(spec_json, report.device, writer.run_id),
+        compute=ray.data.ActorPoolStrategy(size=spec.resources.concurrency),
+        num_gpus=num_gpus, num_cpus=spec.resources.num_cpus or 1,
+        batch_size=spec.resources.batch_size, batch_format="pyarrow")
+    ds = ds.map_batches(stages.write_fragments, batch_size=WRITE_BATCH_ROWS, batch_format="pyarrow", num_cpus=0.25,
+                        fn_kwargs={"uri": writer.staging_uri(version), "storage_options": writer.location.options(),
+                                   "value_column": value_column(spec.pooling)})
+
+    pending: list[str] = []
+    schema = None
+    last_commit = time.monotonic()
+    log.info("%s@%s: %s %s on %s", name, version.label, spec.encoder, spec.model, report.device)
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        rows = batch.to_pydict()
+        pending += rows["fragment"]
+        report.errors += sum(rows["errors"])
+        report.encoded += sum(rows["rows"]) - sum(rows["errors"])
+        if schema is None and rows["dim"]:
+            schema = staging_schema(spec.dtype, rows["dim"][0], spec.pooling)
+        if len(pending) >= COMMIT_EVERY_FRAGMENTS or time.monotonic() - last_commit > COMMIT_EVERY_SECONDS:
+            writer.commit_staged(version, pending, schema)
+            pending, last_commit = [], time.monotonic()
+            log.info("%s: %d staged", name, report.encoded + report.errors)
+    if pending:
+        writer.commit_staged(version, pending, schema)
+
+    report.plan = _physical_plan(ds)
+    report.stats = ds.stats()
+    report.operators = _operators(report.plan, ds)
+    merged: MergeStats = writer.merge_staged(version)
+    report.inserted, report.updated = merged.inserted, merged.updated
+    report.errors_by_stage = merged.by_reason
+    return report
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+
+def _run(step):
+    """Run a step that executes Ray work; an itemlens error raised inside a Ray worker is
+    re-raised here as itself, without the wall of Ray frames around it."""
+    try:
+        return step()
+    except ItemlensError:
+        raise
+    except Exception as exc:
+        cause = _itemlens_cause(exc)
+        if cause is not None:
+            raise cause from None
+        raise
+
+
+def _itemlens_cause(exc: BaseException) -> ItemlensError | None:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ItemlensError):
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return None
+
+
+def _physical_plan(ds) -> str:
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        ds.explain()
+    text = buffer.getvalue()
+    marker = "-------- Physical Plan (Optimized) --------"
+    return text[text.index(marker) + len(marker):].strip() if marker in text else text
+
+
+_OPERATOR = re.compile(r"(\w+)\[(.+)\]")
+
+
+def _operators(plan: str, ds) -> list[dict[str, Any]]:
+    """The pipeline's physical operators, in execution order, with their kind and wall time."""
+    walls: dict[str, float] = {}
+    with contextlib.suppress(Exception):
+        def walk(summary):
+            for op in summary.operators_stats:
+                wall = op.wall_time.get("sum") if isinstance(op.wall_time, dict) else getattr(op.wall_time, "sum", None)
+                walls[op.operator_name] = float(wall or 0.0)
+            for parent in summary.parents:
+                walk(parent)
+        walk(ds.get_stats_summary())
+    ops = []
+    for line in reversed(plan.splitlines()):
+        match = _OPERATOR.search(line)
+        if not match or match.group(1) == "InputDataBuffer":
+            continue
+        kind = {"TaskPoolMapOperator": "tasks", "ActorPoolMapOperator": "actors"}.get(match.group(1), match.group(1))
+        ops.append({"operator": match.group(2), "kind": kind,
+                    "wall_s": round(sum(walls.get(part, 0.0) for part in match.group(2).split("->")), 3)})
+    return ops
+
+
+def configure_logging(verbose: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("itemlens: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+    if not verbose:  # Ray Data's per-dataset INFO lines would drown the job's own progress
+        logging.getLogger("ray.data").setLevel(logging.WARNING)

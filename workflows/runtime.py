@@ -1,0 +1,54 @@
+"""Starting or joining Ray, and what the cluster offers.
+
+``itemlens ingest`` is the same command on a laptop and as the entrypoint of ``ray job
+submit``: without an address it starts a local Ray (or joins the one ``RAY_ADDRESS`` names,
+as a Ray job does). A local Ray inherits the variables that steer model loading
+(``HF_HUB_OFFLINE`` ...) through its runtime environment; on a cluster they belong in the
+job's runtime environment (see cluster/README.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+# Variables the workers need to load models the way the driver would.
+PROPAGATED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "HF_HUB_CACHE", "LANCE_LOG")
+
+
+@dataclass(frozen=True)
+class RayRuntime:
+    started_here: bool      # False when joining a running Ray (a cluster, a job, a test session)
+    seconds: float          # time to start or join
+    cpus: float
+    gpus: float
+
+    def describe(self) -> str:
+        where = "local Ray started" if self.started_here else "joined Ray"
+        gpus = f"{self.gpus:g} GPU" if self.gpus else "no GPU"
+        return f"{where} in {self.seconds:.1f} s ({self.cpus:g} CPUs, {gpus})"
+
+
+def start_ray(address: str | None = None, *, log_to_driver: bool = False, progress: bool | None = None) -> RayRuntime:
+    import ray
+    import ray.data
+
+    start = time.perf_counter()
+    started_here = False
+    if not ray.is_initialized():
+        kwargs: dict = {"address": address, "log_to_driver": log_to_driver, "logging_level": logging.WARNING}
+        if address is None and not os.environ.get("RAY_ADDRESS"):
+            started_here = True
+            kwargs["include_dashboard"] = False
+            env = {k: os.environ[k] for k in PROPAGATED_ENV if k in os.environ}
+            if env:
+                kwargs["runtime_env"] = {"env_vars": env}
+        ray.init(**kwargs)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = sys.stderr.isatty() if progress is None else progress
+    resources = ray.cluster_resources()
+    return RayRuntime(started_here, time.perf_counter() - start,
+                      float(resources.get("CPU", 0)), float(resources.get("GPU", 0)))

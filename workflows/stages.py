@@ -1,0 +1,322 @@
+"""The Ray Data stages of an ingestion, one function or class per stage.
+
+::
+
+    catalog ──read──> prepare (CPU tasks) ──> encode (actor pool, GPU) ──> write (CPU tasks) ──> driver
+                      text: render template,     load the model once per     write Lance fragments      commits
+                      hash, skip unchanged,       actor; encode; pool the     of staging rows; return    fragments in
+                      sort by length              images of an item           only their metadata        transactions
+                      image: read bytes, hash,
+                      skip unchanged, decode,
+                      open_clip's transform
+
+Stages receive the feature spec as JSON and build what they need inside the worker (the
+model, the transform), cached per worker process. Every item that enters ``prepare`` and
+needs work leaves ``encode`` as one staging row: a value, or an error stage and reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from datetime import datetime, timezone
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from itemlens.errors import CatalogError
+from itemlens.extractors import FeatureSpec, ItemError, build_encoder
+from itemlens.extractors.base import Encoder
+from itemlens.extractors.images import decode_image, read_bytes, resolve_uri
+from itemlens.extractors.text import TextTemplate, text_hash
+from itemlens.store import lance_io
+from itemlens.store.layout import TIMESTAMP, WORK_IDS_SCHEMA, staging_schema
+from itemlens.store.lookup import StoredHashes
+
+PREPARED_TEXT_SCHEMA = pa.schema([
+    ("item_id", pa.string()), ("input_hash", pa.string()), ("text", pa.string()),
+    ("error_stage", pa.string()), ("error_reason", pa.string()),
+])
+PREPARED_IMAGE_SCHEMA = pa.schema([
+    ("item_id", pa.string()), ("input_hash", pa.string()),
+    ("pixels", pa.large_binary()),        # float32 [n_parts, 3, H, W], C order
+    ("n_parts", pa.int32()), ("height", pa.int32()), ("width", pa.int32()),
+    ("error_stage", pa.string()), ("error_reason", pa.string()),
+])
+WRITTEN_SCHEMA = pa.schema([
+    ("fragment", pa.string()), ("rows", pa.int64()), ("errors", pa.int64()), ("dim", pa.int64()),
+])
+
+
+# -- per-worker-process caches ---------------------------------------------------------------
+
+@functools.lru_cache(maxsize=8)
+def _spec(spec_json: str) -> FeatureSpec:
+    return FeatureSpec.model_validate_json(spec_json)
+
+
+@functools.lru_cache(maxsize=8)
+def _image_transform(spec_json: str):
+    return build_encoder(_spec(spec_json)).image_transform()
+
+
+def error_hash(error: ItemError) -> str:
+    """The input hash recorded for an input that failed: an unchanged failure is not retried."""
+    return "error:" + hashlib.sha256(f"{error.stage}\0{error.reason}".encode()).hexdigest()
+
+
+def item_ids(batch: pa.Table, id_column: str) -> list[str]:
+    """The batch's ids as strings; a missing or empty id fails the job (there is nothing to
+    record an error against)."""
+    column = batch.column(id_column)
+    if column.null_count:
+        raise CatalogError(
+            f"{column.null_count} catalog row(s) have no {id_column!r}; every row needs an id")
+    strings = pc.cast(column, pa.string())
+    empty = pc.sum(pc.equal(pc.utf8_trim_whitespace(strings), "")).as_py() or 0
+    if empty:
+        raise CatalogError(f"{empty} catalog row(s) have an empty {id_column!r}; every row needs an id")
+    return strings.to_pylist()
+
+
+# -- registration of the catalog's ids -----------------------------------------------------------
+
+def catalog_ids(batch: pa.Table, *, id_column: str) -> pa.Table:
+    """Ids and a 64-bit hash of each whole row (for the catalog's digest)."""
+    ids = item_ids(batch, id_column)
+    hashes = [
+        int.from_bytes(hashlib.sha256(json.dumps(row, sort_keys=True, default=str).encode()).digest()[:8],
+                       "little", signed=True)
+        for row in batch.to_pylist()
+    ]
+    return pa.table({"item_id": ids, "row_hash": pa.array(hashes, pa.int64())}, schema=WORK_IDS_SCHEMA)
+
+
+# -- prepare: CPU tasks ---------------------------------------------------------------------
+
+def prepare_texts(batch: pa.Table, *, spec_json: str, id_column: str, stored: StoredHashes) -> pa.Table:
+    """Render each row's text, hash it, drop unchanged items; rows sorted by text length so
+    that the encoder's batches, cut from consecutive rows, need little padding."""
+    template = TextTemplate(_spec(spec_json).input.template)
+    ids = item_ids(batch, id_column)
+    rows = batch.select(template.columns).to_pylist()
+    known = stored.lookup(ids)
+    out: list[tuple[str, str, str, str | None, str | None]] = []
+    for item_id, row in zip(ids, rows):
+        try:
+            text = template.render(row)
+            out.append((item_id, text_hash(text), text, None, None))
+        except ItemError as error:
+            out.append((item_id, error_hash(error), "", error.stage, error.reason))
+        if known.get(item_id) == out[-1][1]:
+            out.pop()
+    out.sort(key=lambda r: len(r[2]))
+    columns = list(zip(*out)) if out else [[]] * 5
+    return pa.table([pa.array(c, f.type) for c, f in zip(columns, PREPARED_TEXT_SCHEMA)], schema=PREPARED_TEXT_SCHEMA)
+
+
+def image_uris(cell: Any) -> list[str]:
+    """A catalog cell as a list of image paths/URIs; ItemError("input") when unusable."""
+    if cell is None:
+        raise ItemError("input", "no image (empty cell)")
+    values = [cell] if isinstance(cell, str) else cell
+    if not isinstance(values, (list, tuple)) and type(values).__name__ != "ndarray":
+        raise ItemError("input", f"image cell must be a path/URI or a list of them, not {type(cell).__name__}")
+    uris = []
+    for value in values:
+        if not isinstance(value, str):
+            raise ItemError("input", f"image cell must hold strings, found {type(value).__name__}: {value!r}")
+        if value.strip():
+            uris.append(value.strip())
+    if not uris:
+        raise ItemError("input", "no image (empty path)")
+    return uris
+
+
+def prepare_images(batch: pa.Table, *, spec_json: str, id_column: str, base: str, stored: StoredHashes,
+                   max_bytes: int, max_pixels: int) -> pa.Table:
+    """Read each item's images, hash their bytes, drop unchanged items, decode the rest and
+    apply the encoder's own preprocessing; ship float32 pixels, not images."""
+    spec = _spec(spec_json)
+    transform = _image_transform(spec_json)
+    ids = item_ids(batch, id_column)
+    cells = batch.column(spec.input.image).to_pylist()
+    known = stored.lookup(ids)
+    out: list[tuple] = []
+    for item_id, cell in zip(ids, cells):
+        try:
+            datas = [read_bytes(resolve_uri(uri, base), max_bytes) for uri in image_uris(cell)]
+        except ItemError as error:
+            digest = error_hash(error)
+            if known.get(item_id) != digest:
+                out.append((item_id, digest, b"", 0, 0, 0, error.stage, error.reason))
+            continue
+        digest = hashlib.sha256(b"".join(hashlib.sha256(d).digest() for d in datas)).hexdigest()
+        if known.get(item_id) == digest:
+            continue
+        try:
+            pixels = np.stack([_apply(transform, decode_image(d, max_pixels)) for d in datas])
+        except ItemError as error:
+            out.append((item_id, digest, b"", 0, 0, 0, error.stage, error.reason))
+            continue
+        n, _, height, width = pixels.shape
+        out.append((item_id, digest, pixels.tobytes(), n, height, width, None, None))
+    columns = list(zip(*out)) if out else [[]] * len(PREPARED_IMAGE_SCHEMA)
+    return pa.table([pa.array(c, f.type) for c, f in zip(columns, PREPARED_IMAGE_SCHEMA)],
+                    schema=PREPARED_IMAGE_SCHEMA)
+
+
+def _apply(transform, image) -> np.ndarray:
+    try:
+        return transform(image)
+    except Exception as exc:  # a transform that cannot handle this image is this item's problem
+        raise ItemError("decode", f"preprocessing failed: {type(exc).__name__}: {exc}") from None
+
+
+# -- encode: the actor pool -----------------------------------------------------------------------
+
+class EncodeBatches:
+    """A Ray Data callable class: one model per actor, loaded on the first batch with work
+    (a run where nothing changed loads no model).
+
+    Use :meth:`for_feature`: Ray then creates the actors without constructor arguments, which
+    it would otherwise keep in the object store (an actor restarted after a crash needs them).
+
+    When a batch fails, its items are encoded one by one so that one bad item becomes an
+    ``encode`` error row instead of failing the job; when every item fails alone too, the
+    failure is the model's, not the data's, and the original error is raised.
+    """
+
+    spec_json: ClassVar[str]
+    device: ClassVar[str]
+    run_id: ClassVar[str]
+
+    @classmethod
+    def for_feature(cls, spec_json: str, device: str, run_id: str) -> type[EncodeBatches]:
+        attrs = {"spec_json": spec_json, "device": device, "run_id": run_id, "__module__": cls.__module__}
+        return type(cls.__name__, (cls,), attrs)
+
+    def __init__(self):
+        self.spec = _spec(self.spec_json)
+        self.kind = self.spec.input.kind
+        self.encoder: Encoder = build_encoder(self.spec)
+        self.dtype = np.float16 if self.spec.dtype == "float16" else np.float32
+        self.schema: pa.Schema | None = None
+        self.encoded_items = 0   # counted inside the actor
+
+    def _load(self) -> None:
+        if self.schema is None:
+            self.encoder.load(self.device)
+            self.dim = self.encoder.dim
+            self.schema = staging_schema(self.spec.dtype, self.dim, self.spec.pooling)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        self._load()
+        ok = pc.is_null(batch.column("error_stage")).to_numpy(zero_copy_only=False)
+        stages = batch.column("error_stage").to_pylist()
+        reasons = batch.column("error_reason").to_pylist()
+        todo = np.flatnonzero(ok)
+        if self.kind == "text":
+            texts = batch.column("text").to_pylist()
+            inputs = [texts[i] for i in todo]
+            results = self._isolating(inputs, self.encoder.encode_texts, lambda x: [x])
+        else:
+            inputs = [self._pixels(batch, i) for i in todo]
+            results = self._isolating(inputs, self._encode_items, lambda x: [x])
+        values: list[Any] = [None] * batch.num_rows
+        for i, result in zip(todo, results):
+            if isinstance(result, ItemError):
+                stages[i], reasons[i] = result.stage, result.reason
+            else:
+                values[i] = result
+                self.encoded_items += 1
+        return self._staging_rows(batch, values, stages, reasons)
+
+    def _pixels(self, batch: pa.Table, i: int) -> np.ndarray:
+        n, h, w = (batch.column(c)[i].as_py() for c in ("n_parts", "height", "width"))
+        return np.frombuffer(batch.column("pixels")[i].as_py(), np.float32).reshape(n, 3, h, w)
+
+    def _encode_items(self, items: list[np.ndarray]) -> list[np.ndarray]:
+        """Images of several items in one call; each item's vectors pooled (or kept)."""
+        vectors = self.encoder.encode_images(np.concatenate(items))
+        out, start = [], 0
+        for item in items:
+            part = vectors[start:start + len(item)]
+            start += len(item)
+            if self.spec.pooling == "mean":
+                part = part.mean(axis=0)
+                if self.spec.normalize:
+                    part = part / max(float(np.linalg.norm(part)), 1e-12)
+            out.append(part)
+        return out
+
+    @staticmethod
+    def _isolating(inputs: list, encode, wrap) -> list:
+        if not inputs:
+            return []
+        try:
+            return list(encode(inputs))
+        except Exception as batch_error:
+            if len(inputs) == 1:
+                raise
+            results = []
+            for x in inputs:
+                try:
+                    results.append(encode(wrap(x))[0])
+                except Exception as exc:
+                    results.append(ItemError("encode", f"{type(exc).__name__}: {exc}"))
+            if all(isinstance(r, ItemError) for r in results):
+                raise batch_error
+            return results
+
+    def _staging_rows(self, batch: pa.Table, values: list, stages: list, reasons: list) -> pa.Table:
+        n = batch.num_rows
+        missing = np.array([v is None for v in values], dtype=bool)
+        if self.spec.pooling == "mean":
+            matrix = np.zeros((n, self.dim), self.dtype)
+            for i, v in enumerate(values):
+                if v is not None:
+                    matrix[i] = v
+            flat = pa.array(matrix.reshape(-1), self.schema.field("vector").type.value_type)
+            value_array = pa.FixedSizeListArray.from_arrays(flat, self.dim, mask=pa.array(missing))
+        else:
+            value_array = pa.array(
+                [None if v is None else np.asarray(v, self.dtype).tolist() for v in values],
+                self.schema.field("vectors").type)
+        parts = (batch.column("n_parts").to_numpy().astype(np.int32) if "n_parts" in batch.column_names
+                 else np.ones(n, np.int32))
+        now = datetime.now(timezone.utc)
+        return pa.table([
+            batch.column("item_id"),
+            value_array,
+            pa.array(np.where(missing, 0, parts).astype(np.int32)),
+            batch.column("input_hash"),
+            pa.array([now] * n, TIMESTAMP),
+            pa.array(stages, pa.string()),
+            pa.array(reasons, pa.string()),
+            pa.array([self.run_id] * n, pa.string()),
+        ], schema=self.schema)
+
+
+# -- write: CPU tasks ---------------------------------------------------------------------------
+
+def write_fragments(batch: pa.Table, *, uri: str, storage_options: dict | None = None,
+                    value_column: str | None = None) -> pa.Table:
+    """Write the batch as Lance data files; return one row of metadata per fragment."""
+    fragments = lance_io.write_fragments(batch, uri, storage_options)
+    errors = 0
+    dim = 0
+    if value_column is not None:
+        errors = batch.num_rows - batch.column("error_stage").null_count
+        vtype = batch.schema.field(value_column).type
+        dim = (vtype.value_type if pa.types.is_list(vtype) else vtype).list_size
+    n = len(fragments)
+    return pa.table({
+        "fragment": fragments,
+        "rows": [batch.num_rows] + [0] * (n - 1) if n else [],
+        "errors": [errors] + [0] * (n - 1) if n else [],
+        "dim": [dim] * n,
+    }, schema=WRITTEN_SCHEMA)
