@@ -149,11 +149,12 @@ class StoreWriter:
         lance_io.remove_tree(self.work_ids_uri)
         return self.work_ids_uri
 
-    def register_catalog_ids(self, fragments: list[str]) -> Registration:
-        """Commit the catalog's ids written by the workers, refuse duplicates, and give every
-        id the store has not seen an item index (in catalog order, after the existing ones)."""
+    def register_catalog_ids(self, fragments: list[str], id_column: str = "item_id") -> Registration:
+        """Commit the catalog's ids written by the workers, refuse missing and duplicate ids,
+        and give every id the store has not seen an item index (in catalog order, after the
+        existing ones)."""
         work = lance_io.commit_fragments(self.work_ids_uri, fragments, WORK_IDS_SCHEMA, self.location.options())
-        return self._register(work)
+        return self._register(work, id_column)
 
     def register_ids(self, ids: list[str]) -> Registration:
         """Register ids given in memory (``put_vectors``)."""
@@ -165,12 +166,18 @@ class StoreWriter:
         hashes = [int.from_bytes(hashlib.sha256(i.encode()).digest()[:8], "little", signed=True) for i in ids]
         work = lance.write_dataset(pa.table({"item_id": ids, "row_hash": pa.array(hashes, pa.int64())},
                                             schema=WORK_IDS_SCHEMA), self.work_ids_uri)
-        return self._register(work)
+        return self._register(work, "item_id")
 
-    def _register(self, work) -> Registration:
+    def _register(self, work, id_column: str) -> Registration:
         import lance
 
         seen = work.count_rows()
+        blank = lance_io.sql_rows(work, "SELECT COUNT(*) AS n FROM dataset WHERE item_id IS NULL OR trim(item_id) = ''")
+        blank = blank[0]["n"] if blank else 0
+        if blank:
+            raise CatalogError(
+                f"{blank} catalog row(s) have no {id_column!r} (missing or empty); every row needs an id, "
+                "so nothing was ingested")
         dups = lance_io.sql_rows(
             work, "SELECT item_id, COUNT(*) AS n FROM dataset GROUP BY item_id HAVING COUNT(*) > 1 "
                   "ORDER BY n DESC, item_id LIMIT 5")

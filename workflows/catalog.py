@@ -53,12 +53,12 @@ class CatalogSource:
         return cls(uri=text, format=fmt, base=base, id_column=config.id_column)
 
     def read(self, columns: list[str] | None = None) -> ray.data.Dataset:
-        """The catalog as a Ray Dataset (only ``columns`` where the format allows)."""
+        """The catalog as a Ray Dataset (Ray pushes a column selection down into Parquet reads)."""
         import ray.data
 
         if self.format == "parquet":
-            return ray.data.read_parquet(self.uri, columns=columns)
-        if self.format == "jsonl":
+            ds = ray.data.read_parquet(self.uri)
+        elif self.format == "jsonl":
             ds = ray.data.read_json(self.uri, lines=True)
         else:
             from pyarrow import csv

@@ -61,6 +61,7 @@ class FeatureReport:
     inserted: int = 0           # items that had no value for this version before
     updated: int = 0            # items whose value was replaced
     seconds: float = 0.0
+    fragments: int = 0          # staging data files written (what the driver received: their metadata)
     operators: list[dict[str, Any]] = field(default_factory=list)
     plan: str = ""              # Ray Data's optimized physical plan (not stored in the snapshot)
     stats: str = ""             # Ray Data's execution stats (not stored in the snapshot)
@@ -192,7 +193,7 @@ def _register_items(source: CatalogSource, writer: StoreWriter):
                        batch_format="pyarrow"))
     fragments = [f for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow")
                  for f in batch.column("fragment").to_pylist()]
-    return writer.register_catalog_ids(fragments)
+    return writer.register_catalog_ids(fragments, source.id_column)
 
 
 def _own_stage() -> dict:
@@ -203,7 +204,7 @@ def _own_stage() -> dict:
     return {}
 
 
-warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*deprecated", category=Warning)
+
 
 
 def _ingest_feature(name: str, encoder, cfg: IngestConfig, source: CatalogSource, writer: StoreWriter,
@@ -235,13 +236,15 @@ def _ingest_feature(name: str, encoder, cfg: IngestConfig, source: CatalogSource
     spec_json = spec.model_dump_json()
     cpu_args = {"num_cpus": cfg.decode.num_cpus, "ray_remote_args_fn": _own_stage, "batch_format": "pyarrow"}
     ds = source.read([source.id_column] + spec.input.columns)
-    if spec.input.kind == "text":
-        ds = ds.map_batches(stages.prepare_texts, batch_size=cfg.decode.text_batch_size, fn_kwargs={
-            "spec_json": spec_json, "id_column": source.id_column, "stored": stored}, **cpu_args)
-    else:
-        ds = ds.map_batches(stages.prepare_images, batch_size=cfg.decode.batch_size, fn_kwargs={
-            "spec_json": spec_json, "id_column": source.id_column, "base": source.base, "stored": stored,
-            "max_bytes": cfg.decode.max_image_bytes, "max_pixels": cfg.decode.max_image_pixels}, **cpu_args)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*deprecated")
+        if spec.input.kind == "text":
+            ds = ds.map_batches(stages.prepare_texts, batch_size=cfg.decode.text_batch_size, fn_kwargs={
+                "spec_json": spec_json, "id_column": source.id_column, "stored": stored}, **cpu_args)
+        else:
+            ds = ds.map_batches(stages.prepare_images, batch_size=cfg.decode.batch_size, fn_kwargs={
+                "spec_json": spec_json, "id_column": source.id_column, "base": source.base, "stored": stored,
+                "max_bytes": cfg.decode.max_image_bytes, "max_pixels": cfg.decode.max_image_pixels}, **cpu_args)
     ds = ds.map_batches(
         stages.EncodeBatches.for_feature(spec_json, report.device, writer.run_id),
         compute=ray.data.ActorPoolStrategy(size=spec.resources.concurrency),
@@ -258,6 +261,7 @@ def _ingest_feature(name: str, encoder, cfg: IngestConfig, source: CatalogSource
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         rows = batch.to_pydict()
         pending += rows["fragment"]
+        report.fragments += len(rows["fragment"])
         report.errors += sum(rows["errors"])
         report.encoded += sum(rows["rows"]) - sum(rows["errors"])
         if schema is None and rows["dim"]:
@@ -290,17 +294,29 @@ def _run(step):
     except Exception as exc:
         cause = _itemlens_cause(exc)
         if cause is not None:
+            log.debug("error raised in a Ray worker", exc_info=exc)
             raise cause from None
         raise
 
 
+_REMOTE_ERROR = re.compile(r"itemlens\.errors\.(\w+): (.+)")
+
+
 def _itemlens_cause(exc: BaseException) -> ItemlensError | None:
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, ItemlensError):
-            return exc
-        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    """The itemlens error behind a Ray error. Ray keeps a remote exception's type and message
+    only as text (in the traceback it carries), so the error is rebuilt from that text."""
+    from itemlens import errors
+
+    seen, current = set(), exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ItemlensError):
+            return current
+        current = getattr(current, "cause", None) or current.__cause__ or current.__context__
+    for name, message in _REMOTE_ERROR.findall(str(exc)):
+        cls = getattr(errors, name, None)
+        if isinstance(cls, type) and issubclass(cls, ItemlensError) and cls is not errors.UnknownItemsError:
+            return cls(message.strip())
     return None
 
 

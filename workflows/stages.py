@@ -69,24 +69,20 @@ def error_hash(error: ItemError) -> str:
 
 
 def item_ids(batch: pa.Table, id_column: str) -> list[str]:
-    """The batch's ids as strings; a missing or empty id fails the job (there is nothing to
-    record an error against)."""
+    """The batch's ids as strings. Registration has refused catalogs with missing ids, so a
+    missing one here means the catalog changed during the job."""
     column = batch.column(id_column)
     if column.null_count:
-        raise CatalogError(
-            f"{column.null_count} catalog row(s) have no {id_column!r}; every row needs an id")
-    strings = pc.cast(column, pa.string())
-    empty = pc.sum(pc.equal(pc.utf8_trim_whitespace(strings), "")).as_py() or 0
-    if empty:
-        raise CatalogError(f"{empty} catalog row(s) have an empty {id_column!r}; every row needs an id")
-    return strings.to_pylist()
+        raise CatalogError(f"a catalog row has no {id_column!r}: did the catalog change during the job?")
+    return pc.cast(column, pa.string()).to_pylist()
 
 
 # -- registration of the catalog's ids -----------------------------------------------------------
 
 def catalog_ids(batch: pa.Table, *, id_column: str) -> pa.Table:
-    """Ids and a 64-bit hash of each whole row (for the catalog's digest)."""
-    ids = item_ids(batch, id_column)
+    """Ids (null where a row has none: the driver refuses such a catalog) and a 64-bit hash
+    of each whole row (for the catalog's digest)."""
+    ids = pc.cast(batch.column(id_column), pa.string())
     hashes = [
         int.from_bytes(hashlib.sha256(json.dumps(row, sort_keys=True, default=str).encode()).digest()[:8],
                        "little", signed=True)
