@@ -308,6 +308,7 @@ class Lens:
                 "vector": pa.FixedSizeListArray.from_arrays(pa.array(array.reshape(-1)), dim),
                 "n_parts": pa.array(np.ones(len(ids), np.int32)),
                 "input_hash": [hashlib.sha256(row.tobytes()).hexdigest() for row in array],
+                "fingerprint": [fingerprint] * len(ids),
                 "computed_at": now,
                 "error_stage": pa.nulls(len(ids), pa.string()),
                 "error_reason": pa.nulls(len(ids), pa.string()),

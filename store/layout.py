@@ -86,7 +86,8 @@ def feature_fields(dtype: str, dim: int, pooling: str) -> list[pa.Field]:
         pa.field("item_id", pa.string()),
         value,
         pa.field("n_parts", pa.int32()),          # images pooled into the vector (1 for text)
-        pa.field("input_hash", pa.string()),
+        pa.field("input_hash", pa.string()),      # what the value was computed from
+        pa.field("fingerprint", pa.string()),     # the feature version (spec) that computed it
         pa.field("computed_at", TIMESTAMP),
     ]
 

@@ -9,36 +9,38 @@ process ever holds the store's hashes for the whole catalog.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import functools
+from dataclasses import dataclass
 
 from itemlens.store import lance_io
 
 
-@dataclass
+@functools.lru_cache(maxsize=16)
+def _open_pinned(uri: str, version: int | None, options: tuple):
+    # A dataset at a fixed version never changes, so a worker process can keep it open
+    # across tasks (opening costs tens of milliseconds, paid per task otherwise).
+    return lance_io.open_dataset(uri, version, dict(options) or None)
+
+
+@dataclass(frozen=True)
 class StoredHashes:
-    feature_uri: str | None
+    feature_uri: str | None          # None: no stored values for this version yet
     feature_version: int | None
-    errors_uri: str | None           # None: errors are retried
+    errors_uri: str | None           # None: no errors rows to compare with (or errors are retried)
     errors_version: int | None
     fingerprint: str
     storage_options: dict[str, str] | None = None
-    _datasets: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
-    def __getstate__(self) -> dict[str, Any]:  # shipped to Ray workers without open handles
-        state = dict(self.__dict__)
-        state["_datasets"] = {}
-        return state
+    @property
+    def empty(self) -> bool:
+        return self.feature_uri is None and self.errors_uri is None
 
     def _dataset(self, uri: str, version: int | None):
-        key = f"{uri}@{version}"
-        if key not in self._datasets:
-            self._datasets[key] = lance_io.open_dataset(uri, version, self.storage_options)
-        return self._datasets[key]
+        return _open_pinned(uri, version, tuple(sorted((self.storage_options or {}).items())))
 
     def lookup(self, ids: list[str]) -> dict[str, str]:
         """item_id -> stored input hash, for the ids that have one."""
-        if not ids:
+        if not ids or self.empty:
             return {}
         found: dict[str, str] = {}
         if self.errors_uri is not None:

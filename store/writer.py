@@ -251,12 +251,14 @@ class StoreWriter:
         from itemlens.store.lookup import StoredHashes
 
         feature = self._open(version.table)
+        has_values = feature is not None and feature.count_rows() > 0
         errors = self._open(ERRORS_TABLE)
+        has_errors = not retry_errors and errors.count_rows(filter=f"version = '{version.fingerprint}'") > 0
         return StoredHashes(
-            feature_uri=self._uri(version.table) if feature is not None else None,
-            feature_version=feature.version if feature is not None else None,
-            errors_uri=None if retry_errors else self._uri(ERRORS_TABLE),
-            errors_version=errors.version,
+            feature_uri=self._uri(version.table) if has_values else None,
+            feature_version=feature.version if has_values else None,
+            errors_uri=self._uri(ERRORS_TABLE) if has_errors else None,
+            errors_version=errors.version if has_errors else None,
             fingerprint=version.fingerprint,
             storage_options=self.location.options(),
         )
@@ -287,7 +289,7 @@ class StoreWriter:
         ok, bad = "error_stage IS NULL", "error_stage IS NOT NULL"
         n_ok = staging.count_rows(filter=ok)
         n_bad = staging.count_rows() - n_ok
-        columns = ["item_id", value, "n_parts", "input_hash", "computed_at"]
+        columns = ["item_id", value, "n_parts", "input_hash", "fingerprint", "computed_at"]
         schema = pa.schema([staging.schema.field(c) for c in columns])
         dim = schema.field(value).type
         dim = (dim.value_type if version.pooling != "mean" else dim).list_size

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import os
 import re
 import sys
@@ -153,7 +154,8 @@ def ingest(catalog: str | os.PathLike, config: str | os.PathLike | dict | Ingest
 
         for name, encoder in encoders.items():
             t = time.perf_counter()
-            feature = _run(lambda: _ingest_feature(name, encoder, cfg, source, writer, runtime, retry_errors))
+            feature = _run(lambda: _ingest_feature(name, encoder, cfg, source, writer, runtime,
+                                                   registration.seen, retry_errors))
             feature.unchanged = max(registration.seen - feature.encoded - feature.errors, 0)
             feature.seconds = time.perf_counter() - t
             report.features[name] = feature
@@ -208,7 +210,7 @@ def _own_stage() -> dict:
 
 
 def _ingest_feature(name: str, encoder, cfg: IngestConfig, source: CatalogSource, writer: StoreWriter,
-                    runtime: RayRuntime, retry_errors: bool) -> FeatureReport:
+                    runtime: RayRuntime, items: int, retry_errors: bool) -> FeatureReport:
     import ray.data
 
     spec = encoder.spec
@@ -231,6 +233,10 @@ def _ingest_feature(name: str, encoder, cfg: IngestConfig, source: CatalogSource
         raise ConfigError(f"feature {name!r} asks for num_gpus={num_gpus:g} per actor; the cluster has "
                           f"{runtime.gpus:g} GPUs in all")
     report.device = "cuda" if num_gpus > 0 else "cpu"
+    # On CPU the actor reserves num_cpus (default 1) in Ray's accounting, so that decode tasks
+    # still get scheduled, but runs torch on its share of the node's cores: encoding is the
+    # bottleneck, and the decode tasks beside it are light (see README, Performance).
+    cpu_threads = int(spec.resources.num_cpus or max(1, runtime.node_cpus // spec.resources.concurrency))
 
     stored = writer.stored_hashes(version, retry_errors=retry_errors)
     spec_json = spec.model_dump_json()
@@ -242,11 +248,18 @@ def _ingest_feature(name: str, encoder, cfg: IngestConfig, source: CatalogSource
             ds = ds.map_batches(stages.prepare_texts, batch_size=cfg.decode.text_batch_size, fn_kwargs={
                 "spec_json": spec_json, "id_column": source.id_column, "stored": stored}, **cpu_args)
         else:
+            # A catalog file is read as a few large blocks (its rows are small), and a block is
+            # one decode task: cut them (streaming, no shuffle) into about four per CPU so that
+            # decoding runs in parallel, but no smaller, since each task has a fixed cost.
+            rows = max(cfg.decode.batch_size, math.ceil(items / (4 * max(runtime.cpus, 1))))
+            ds = ds.repartition(target_num_rows_per_block=rows)
             ds = ds.map_batches(stages.prepare_images, batch_size=cfg.decode.batch_size, fn_kwargs={
                 "spec_json": spec_json, "id_column": source.id_column, "base": source.base, "stored": stored,
                 "max_bytes": cfg.decode.max_image_bytes, "max_pixels": cfg.decode.max_image_pixels}, **cpu_args)
     ds = ds.map_batches(
-        stages.EncodeBatches.for_feature(spec_json, report.device, writer.run_id),
+        stages.EncodeBatches,
+        fn_constructor_kwargs={"spec_json": spec_json, "fingerprint": version.fingerprint, "device": report.device,
+                               "cpu_threads": cpu_threads, "run_id": writer.run_id},
         compute=ray.data.ActorPoolStrategy(size=spec.resources.concurrency),
         num_gpus=num_gpus, num_cpus=spec.resources.num_cpus or 1,
         batch_size=spec.resources.batch_size, batch_format="pyarrow")

@@ -25,6 +25,7 @@ class RayRuntime:
     seconds: float          # time to start or join
     cpus: float
     gpus: float
+    node_cpus: float        # CPUs of the largest node
 
     def describe(self) -> str:
         where = "local Ray started" if self.started_here else "joined Ray"
@@ -50,5 +51,6 @@ def start_ray(address: str | None = None, *, log_to_driver: bool = False, progre
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty() if progress is None else progress
     resources = ray.cluster_resources()
+    node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
     return RayRuntime(started_here, time.perf_counter() - start,
-                      float(resources.get("CPU", 0)), float(resources.get("GPU", 0)))
+                      float(resources.get("CPU", 0)), float(resources.get("GPU", 0)), float(node_cpus))

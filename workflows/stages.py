@@ -21,7 +21,7 @@ import functools
 import hashlib
 import json
 from datetime import datetime, timezone
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -178,33 +178,28 @@ class EncodeBatches:
     """A Ray Data callable class: one model per actor, loaded on the first batch with work
     (a run where nothing changed loads no model).
 
-    Use :meth:`for_feature`: Ray then creates the actors without constructor arguments, which
-    it would otherwise keep in the object store (an actor restarted after a crash needs them).
-
     When a batch fails, its items are encoded one by one so that one bad item becomes an
     ``encode`` error row instead of failing the job; when every item fails alone too, the
     failure is the model's, not the data's, and the original error is raised.
     """
 
-    spec_json: ClassVar[str]
-    device: ClassVar[str]
-    run_id: ClassVar[str]
-
-    @classmethod
-    def for_feature(cls, spec_json: str, device: str, run_id: str) -> type[EncodeBatches]:
-        attrs = {"spec_json": spec_json, "device": device, "run_id": run_id, "__module__": cls.__module__}
-        return type(cls.__name__, (cls,), attrs)
-
-    def __init__(self):
-        self.spec = _spec(self.spec_json)
+    def __init__(self, spec_json: str, fingerprint: str, device: str, cpu_threads: int, run_id: str):
+        self.spec = _spec(spec_json)
+        self.fingerprint = fingerprint
+        self.device = device
+        self.cpu_threads = cpu_threads
+        self.run_id = run_id
         self.kind = self.spec.input.kind
         self.encoder: Encoder = build_encoder(self.spec)
         self.dtype = np.float16 if self.spec.dtype == "float16" else np.float32
         self.schema: pa.Schema | None = None
-        self.encoded_items = 0   # counted inside the actor
 
     def _load(self) -> None:
         if self.schema is None:
+            if self.device == "cpu":
+                import torch
+
+                torch.set_num_threads(self.cpu_threads)
             self.encoder.load(self.device)
             self.dim = self.encoder.dim
             self.schema = staging_schema(self.spec.dtype, self.dim, self.spec.pooling)
@@ -228,7 +223,6 @@ class EncodeBatches:
                 stages[i], reasons[i] = result.stage, result.reason
             else:
                 values[i] = result
-                self.encoded_items += 1
         return self._staging_rows(batch, values, stages, reasons)
 
     def _pixels(self, batch: pa.Table, i: int) -> np.ndarray:
@@ -290,6 +284,7 @@ class EncodeBatches:
             value_array,
             pa.array(np.where(missing, 0, parts).astype(np.int32)),
             batch.column("input_hash"),
+            pa.array([self.fingerprint] * n, pa.string()),
             pa.array([now] * n, TIMESTAMP),
             pa.array(stages, pa.string()),
             pa.array(reasons, pa.string()),
