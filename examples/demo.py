@@ -36,13 +36,13 @@ def main() -> None:
     raw = yaml.safe_load(Path(args.config).read_text())
     print("itemlens demo: the example catalog (3 ABO products, 12 photos, CC BY 4.0 Amazon.com)")
     for name, spec in raw["features"].items():
+        model = " ".join(filter(None, (spec["model"], spec.get("pretrained"))))
         try:
             build_encoder(FeatureSpec.model_validate(spec)).check_weights()
-            print(f"  {name}: {spec['encoder']} {spec['model']} {spec.get('pretrained', '')}: weights found")
+            print(f"  {name}: {spec['encoder']} {model}: weights found")
         except WeightsNotFoundError as missing:
             raw["features"][name] = stand_in(name, spec)
-            print(f"  {name}: the weights of {spec['model']} {spec.get('pretrained', '')} are not available here "
-                  f"({str(missing).split(':')[0]}).")
+            print(f"  {name}: the weights of {model} are not available here ({str(missing).split(':')[0]}).")
             print(f"  {name}: STAND-IN: {raw['features'][name]['note']}")
     print()
 

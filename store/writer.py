@@ -46,14 +46,7 @@ class MergeStats:
     inserted: int = 0      # items that had no value before
     updated: int = 0       # items whose value was replaced
     failed: int = 0        # items that got an errors row
-    by_reason: dict[str, int] = field(default_factory=dict)
-
-    def add(self, other: MergeStats) -> None:
-        self.inserted += other.inserted
-        self.updated += other.updated
-        self.failed += other.failed
-        for k, v in other.by_reason.items():
-            self.by_reason[k] = self.by_reason.get(k, 0) + v
+    by_stage: dict[str, int] = field(default_factory=dict)   # errors per stage (input, read, ...)
 
 
 def check_store_format(location: StoreLocation) -> None:
@@ -332,7 +325,7 @@ class StoreWriter:
             stats.failed = n_bad
             for row in lance_io.sql_rows(staging, "SELECT error_stage AS s, COUNT(*) AS n FROM dataset "
                                                   "WHERE error_stage IS NOT NULL GROUP BY error_stage"):
-                stats.by_reason[row["s"]] = row["n"]
+                stats.by_stage[row["s"]] = row["n"]
         self._record(ERRORS_TABLE, errors)
         lance_io.remove_tree(staging_uri)
         return stats

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -318,3 +319,44 @@ def test_the_demo_runs_and_labels_its_stand_ins(ray_session, tmp_path, monkeypat
     assert "search text 'an LED light bulb': B074M5HPBD" in out
     lens = itemlens.connect(tmp_path / "demo-lens")
     assert all(f.note for f in lens.features())
+
+
+def test_work_staged_by_a_dead_job_is_merged_not_encoded_again(ray_session, tmp_path, catalog, minilm_path):
+    from itemlens.extractors import build_encoder
+    from itemlens.extractors.text import text_hash
+    from itemlens.store import lance_io
+    from itemlens.store.layout import staging_schema
+    from itemlens.store.writer import StoreWriter
+    from itemlens.workflows.config import load_config
+
+    store = tmp_path / "lens"
+    config = {"features": {"text": text_spec(minilm_path)}}
+    spec = load_config(config).features["text"]
+    rows = _rows(catalog)
+    dead = rows[:5]
+    marker = np.full((5, 384), 0.05, np.float32)     # not what the model would give: proves no re-encoding
+    with StoreWriter.open(store) as writer:           # a job that staged 5 items, then died
+        version = writer.resolve_version("text", build_encoder(spec).fingerprint(), spec.model_dump(mode="json"),
+                                         dtype="float32", pooling="mean")
+        schema = staging_schema("float32", 384, "mean")
+        template = TextTemplate(spec.input.template)
+        staged = pa.table({
+            "item_id": [r["item_id"] for r in dead],
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(marker.reshape(-1)), 384),
+            "n_parts": pa.array([1] * 5, pa.int32()),
+            "input_hash": [text_hash(template.render(r)) for r in dead],
+            "fingerprint": [version.fingerprint] * 5,
+            "computed_at": pa.array([datetime(2026, 1, 1, tzinfo=timezone.utc)] * 5, schema.field("computed_at").type),
+            "error_stage": pa.nulls(5, pa.string()), "error_reason": pa.nulls(5, pa.string()),
+            "run_id": ["dead-job"] * 5,
+        }, schema=schema)
+        writer.commit_staged(version, lance_io.write_fragments(staged, writer.staging_uri(version)), schema)
+    assert itemlens.connect(store).snapshot == 0      # staged work is not visible
+
+    report = ingest(catalog, config, store, progress=False)
+    feature = report.features["text"]
+    assert (feature.recovered, feature.encoded, feature.unchanged) == (5, 10, 5)
+    lens = itemlens.connect(store)
+    assert np.array_equal(lens.vectors("text", [r["item_id"] for r in dead]), marker)
+    assert lens.vectors("text", [r["item_id"] for r in rows]).shape == (15, 384)
+    assert not (store / "_staging").exists() or not any((store / "_staging").iterdir())

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 
 # Variables the workers need to load models the way the driver would.
@@ -47,7 +48,17 @@ def start_ray(address: str | None = None, *, log_to_driver: bool = False, progre
             env = {k: os.environ[k] for k in PROPAGATED_ENV if k in os.environ}
             if env:
                 kwargs["runtime_env"] = {"env_vars": env}
-        ray.init(**kwargs)
+        with warnings.catch_warnings():
+            # ray.init starts its daemons with fork+exec; lance and lancedb (already opened by
+            # the writer) warn on any fork, but the children exec at once and share nothing.
+            warnings.filterwarnings("ignore", message="lance is not fork-safe")
+            warnings.filterwarnings("ignore", message="lancedb fork support is experimental")
+            ray.init(**kwargs)
+    if not log_to_driver:
+        # Ray Data prints an INFO line per dataset on the console; its log file keeps them.
+        for handler in logging.getLogger("ray.data").handlers:
+            if handler.name == "console":
+                handler.setLevel(logging.WARNING)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty() if progress is None else progress
     resources = ray.cluster_resources()
