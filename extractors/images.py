@@ -95,7 +95,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Ima
                               f"> max_image_pixels {max_pixels:,} (decompression-bomb guard)")
             img.load()
             img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+            return to_rgb(img)
     except ItemError:
         raise
     except UnidentifiedImageError:
@@ -106,7 +106,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Ima
         raise ItemError("decode", f"{type(exc).__name__}: {exc}") from None
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB by the rules above (16-bit, transparency, CMYK ...)."""
     from PIL import Image
 
     mode = img.mode

@@ -154,7 +154,9 @@ def template_columns(template: str) -> list[str]:
             continue
         if field == "" or field.isdigit():
             raise ValueError(f"template {template!r}: use column names in braces, e.g. {{title}}")
-        name = field.split(".")[0].split("[")[0]
-        if name not in columns:
-            columns.append(name)
+        if "." in field or "[" in field:
+            raise ValueError(f"template {template!r}: {{{field}}} reaches into a column; use plain column "
+                             "names (a list column is joined with '; ')")
+        if field not in columns:
+            columns.append(field)
     return columns

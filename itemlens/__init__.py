@@ -24,6 +24,7 @@ _LAZY = {
     "StoreFormatError": "itemlens.errors",
     "StoreLockedError": "itemlens.errors",
     "UnknownItemsError": "itemlens.errors",
+    "QueryError": "itemlens.errors",
     "WeightsNotFoundError": "itemlens.errors",
 }
 
@@ -31,7 +32,7 @@ __all__ = sorted(_LAZY) + ["__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from itemlens.errors import (  # noqa: F401
-        CatalogError, ConfigError, ItemlensError, StoreError, StoreFormatError,
+        CatalogError, ConfigError, ItemlensError, QueryError, StoreError, StoreFormatError,
         StoreLockedError, UnknownItemsError, WeightsNotFoundError,
     )
     from itemlens.store.client import FeatureInfo, Lens, SearchResult, connect  # noqa: F401

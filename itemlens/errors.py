@@ -56,6 +56,10 @@ class UnknownFeatureError(StoreError, LookupError):
     """The store has no feature (or feature version) of that name in this snapshot."""
 
 
+class QueryError(ItemlensError, ValueError):
+    """A raw query (text or image for ``search``/``encode``) cannot be used."""
+
+
 class UnknownItemsError(ItemlensError, KeyError):
     """Some requested item ids have no value in this snapshot.
 

@@ -19,9 +19,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from itemlens.errors import ConfigError, StoreError, UnknownFeatureError, UnknownItemsError
+from itemlens.errors import ConfigError, QueryError, StoreError, UnknownFeatureError, UnknownItemsError
 from itemlens.store import lance_io
-from itemlens.store.layout import ERRORS_TABLE, ITEMS_TABLE, StoreLocation, staging_schema, value_column
+from itemlens.store.layout import ERRORS_SCHEMA, ERRORS_TABLE, ITEMS_TABLE, StoreLocation, staging_schema, value_column
 from itemlens.store.snapshots import FeatureVersion, SnapshotDoc, list_snapshots, read_doc
 from itemlens.store.writer import StoreWriter, check_store_format
 
@@ -138,12 +138,18 @@ class Lens:
             {"item_id": pa.array([], pa.string()), "item_index": pa.array([], pa.int64())})
 
     def errors(self, feature: str | None = None) -> pa.Table:
-        """The errors rows of this snapshot (of one feature version if named)."""
+        """Items without a value, with stage and reason: for one feature version if named
+        (``"image"`` is its current version, ``"image@v1"`` an older one), else for the current
+        version of every feature."""
+        columns = ["feature", "item_id", "stage", "reason", "at"]
         ds = self._dataset(ERRORS_TABLE)
-        flt = None
+        if ds is None:
+            return pa.schema([ERRORS_SCHEMA.field(c) for c in columns]).empty_table()
         if feature is not None:
-            flt = f"version = '{self._version(feature).fingerprint}'"
-        return ds.to_table(columns=["feature", "item_id", "stage", "reason", "at"], filter=flt)
+            versions = [self._version(feature).fingerprint]
+        else:
+            versions = [e.versions[e.current].fingerprint for e in self.doc.features.values()]
+        return ds.to_table(columns=columns, filter=lance_io.isin_filter("version", versions))
 
     # -- vectors ------------------------------------------------------------------------------
     def vectors(self, name: str, ids: Sequence[str], *, fill: float | None = None) -> np.ndarray:
@@ -240,12 +246,21 @@ class Lens:
             return np.zeros((0, encoder.dim), np.float32)
         if kinds == {"text"}:
             return encoder.encode_texts([str(x) for x in inputs])
-        from itemlens.extractors.images import load_image
+        from itemlens.extractors import ItemError
+        from itemlens.extractors.images import load_image, to_rgb
 
         transform = encoder.image_transform()
-        pixels = np.stack([transform(x if not isinstance(x, (str, os.PathLike)) else load_image(os.fspath(x)))
-                           for x in inputs])
-        return encoder.encode_images(pixels)
+        pixels = []
+        for x in inputs:
+            try:
+                if isinstance(x, (str, os.PathLike)):
+                    image = load_image(os.fspath(x))
+                else:   # a PIL image: the same mode rules as the pipeline (alpha on white, ...)
+                    image = to_rgb(x)
+            except ItemError as error:
+                raise QueryError(f"cannot use image query {x!r}: {error.reason}") from None
+            pixels.append(transform(image))
+        return encoder.encode_images(np.stack(pixels))
 
     def search(self, name: str, query: Any, k: int = 10, *, kind: str = "auto") -> list[SearchResult]:
         """The ``k`` items nearest to ``query`` by cosine similarity.
@@ -288,10 +303,11 @@ class Lens:
             raise ValueError("ids must be unique")
         if not np.isfinite(array).all():
             raise ValueError("vectors contain NaN or infinite values")
-        spec = dict(spec or {})
-        spec["encoder"] = "external"
         dtype = "float16" if array.dtype == np.float16 else "float32"
         array = array.astype(np.float16 if dtype == "float16" else np.float32, copy=False)
+        # The size and dtype are part of the version: other vectors under the same words are
+        # still other vectors.
+        spec = {**(spec or {}), "encoder": "external", "dim": int(array.shape[1]), "dtype": dtype}
         fingerprint = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
         with StoreWriter.open(self.location.uri, storage_options=self.location.options(),
@@ -351,6 +367,9 @@ def _is_vector(query: Any) -> bool:
     return isinstance(query, (list, tuple)) and bool(query) and all(isinstance(x, (int, float)) for x in query)
 
 
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif")
+
+
 def _query_kind(query: Any, kind: str) -> str:
     if kind in ("text", "image"):
         return kind
@@ -361,7 +380,10 @@ def _query_kind(query: Any, kind: str) -> str:
     if isinstance(query, str):
         from itemlens.extractors.images import has_scheme
 
-        return "image" if has_scheme(query) or os.path.isfile(query) else "text"
+        # A string naming an image file is an image query, also when the file is missing (a
+        # mistyped path must fail, not be embedded as text); pass kind="text" to force text.
+        looks_like_image = query.lower().endswith(_IMAGE_SUFFIXES) and " " not in query.strip()
+        return "image" if has_scheme(query) or os.path.isfile(query) or looks_like_image else "text"
     if type(query).__module__.startswith("PIL."):
         return "image"
     raise ConfigError(f"cannot tell whether {type(query).__name__} is a text or an image query")

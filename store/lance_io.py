@@ -77,8 +77,13 @@ def remove_tree(uri: str) -> None:
     from pyarrow import fs
 
     filesystem, path = fs.FileSystem.from_uri(uri)
-    if filesystem.get_file_info(path).type != fs.FileType.NotFound:
-        filesystem.delete_dir(path)
+    if filesystem.get_file_info(path).type == fs.FileType.NotFound:
+        return
+    # Manifests first: a deletion cut short then leaves data files, not a dataset without data.
+    versions = f"{path}/_versions"
+    if filesystem.get_file_info(versions).type != fs.FileType.NotFound:
+        filesystem.delete_dir(versions)
+    filesystem.delete_dir(path)
 
 
 def sql_rows(dataset, query: str) -> list[dict]:

@@ -72,7 +72,6 @@ class StoreWriter:
         self.run_id = uuid.uuid4().hex[:12]
         self._ensure_store()
         self.base: SnapshotDoc = read_doc(location) or SnapshotDoc()
-        self._table_versions: dict[str, int] = {}   # tables written by this job -> their new version
         self._touched: dict[str, FeatureVersion] = {}
 
     @classmethod
@@ -110,7 +109,9 @@ class StoreWriter:
         import lancedb
 
         if self.location.is_local:
-            existing = lancedb.connect(self.location.uri).list_tables().tables
+            # A store whose creation was interrupted has some of its own tables and no meta yet.
+            own = {ITEMS_TABLE, ERRORS_TABLE, SNAPSHOTS_TABLE}
+            existing = [t for t in lancedb.connect(self.location.uri).list_tables().tables if t not in own]
             if existing:
                 raise StoreError(
                     f"{self.location.uri} is a LanceDB database but not an itemlens store "
@@ -129,9 +130,6 @@ class StoreWriter:
                          "value": [str(FORMAT_VERSION), f"itemlens {__version__}", now_iso()]},
                         schema=META_SCHEMA)
         lance.write_dataset(meta, self._uri(META_TABLE), mode="create", storage_options=opts)
-
-    def _record(self, table: str, dataset) -> None:
-        self._table_versions[table] = dataset.version
 
     # -- items ----------------------------------------------------------------------------
     @property
@@ -204,9 +202,8 @@ class StoreWriter:
                     ], schema=ITEMS_SCHEMA)
                     index += n
 
-            ds = lance.write_dataset(pa.RecordBatchReader.from_batches(ITEMS_SCHEMA, batches()),
-                                     self._uri(ITEMS_TABLE), mode="append", storage_options=self.location.options())
-            self._record(ITEMS_TABLE, ds)
+            lance.write_dataset(pa.RecordBatchReader.from_batches(ITEMS_SCHEMA, batches()),
+                                self._uri(ITEMS_TABLE), mode="append", storage_options=self.location.options())
         lance_io.remove_tree(self.work_ids_uri)
         return Registration(seen=seen, new=new, digest=f"{digest & 0xFFFFFFFFFFFFFFFF:016x}")
 
@@ -256,6 +253,20 @@ class StoreWriter:
             storage_options=self.location.options(),
         )
 
+    def discard_other_staging(self, keep: list[FeatureVersion]) -> list[str]:
+        """Drop staging left by dead jobs for feature versions no longer configured (their
+        work is for a spec nobody asks for now); returns what was dropped."""
+        from pyarrow import fs
+
+        filesystem, root = fs.FileSystem.from_uri(self.location.path("_staging"))
+        wanted = {self.staging_uri(v).rsplit("/", 1)[-1] for v in keep}
+        dropped = []
+        for info in filesystem.get_file_info(fs.FileSelector(root, allow_not_found=True)):
+            if info.type == fs.FileType.Directory and info.base_name not in wanted:
+                lance_io.remove_tree(self.location.path(f"_staging/{info.base_name}"))
+                dropped.append(info.base_name)
+        return dropped
+
     def recover_staging(self, version: FeatureVersion) -> MergeStats | None:
         """Merge what a job that died left staged for this version; None if nothing was left."""
         staging = lance_io.open_dataset(self.staging_uri(version), storage_options=self.location.options())
@@ -304,16 +315,16 @@ class StoreWriter:
         if n_bad and had_rows:
             target.merge_insert("item_id").when_matched_delete().execute(
                 staging.scanner(columns=["item_id"], filter=bad).to_reader())
-            target = self._open(version.table)
-        self._record(version.table, target)
+        if n_ok or had_rows:
+            _index_item_ids(self._open(version.table))
 
         errors = self._open(ERRORS_TABLE)
-        version_filter = f"version = '{version.fingerprint}'"
-        if n_ok and errors.count_rows(filter=version_filter):
+        errors_touched = bool(n_bad)
+        if n_ok and errors.count_rows(filter=f"version = '{version.fingerprint}'"):
             errors.merge_insert(["version", "item_id"]).when_matched_delete().execute(
                 staging.scanner(columns={"version": f"'{version.fingerprint}'", "item_id": "item_id"},
                                 filter=ok).to_reader())
-            errors = self._open(ERRORS_TABLE)
+            errors, errors_touched = self._open(ERRORS_TABLE), True
         if n_bad:
             error_columns = {
                 "feature": f"'{version.name}'", "version": f"'{version.fingerprint}'", "item_id": "item_id",
@@ -321,33 +332,35 @@ class StoreWriter:
             }
             errors.merge_insert(["version", "item_id"]).when_matched_update_all().when_not_matched_insert_all() \
                 .execute(staging.scanner(columns=error_columns, filter=bad).to_reader())
-            errors = self._open(ERRORS_TABLE)
             stats.failed = n_bad
             for row in lance_io.sql_rows(staging, "SELECT error_stage AS s, COUNT(*) AS n FROM dataset "
                                                   "WHERE error_stage IS NOT NULL GROUP BY error_stage"):
                 stats.by_stage[row["s"]] = row["n"]
-        self._record(ERRORS_TABLE, errors)
+        if errors_touched:
+            _index_item_ids(self._open(ERRORS_TABLE))
         lance_io.remove_tree(staging_uri)
         return stats
 
     # -- publishing -----------------------------------------------------------------------
     def publish(self, *, catalog: dict[str, Any], report: dict[str, Any],
                 current: dict[str, FeatureVersion] | None = None, force: bool = False) -> SnapshotDoc | None:
-        """Append the snapshot naming every table version this job wrote (and the base's others).
+        """Append the snapshot naming the latest version of every table it covers.
 
         ``current`` maps feature names to the version the configuration now specifies (default:
-        every version this job touched). Returns None when nothing changed (no new snapshot).
+        every version this job touched). The writer holds the lock, so the latest versions are
+        this job's writes, or those of a job that died after merging and before publishing:
+        either way they belong in the next snapshot. Returns None when nothing changed.
         """
         current = self._touched if current is None else current
         doc = self.base.model_copy(deep=True)
-        changed = bool(self._table_versions) or force
+        changed = force
         errors = self._open(ERRORS_TABLE)
         for name, version in current.items():
             dataset = self._open(version.table)
             version.count = dataset.count_rows() if dataset is not None else 0
             version.errors = errors.count_rows(filter=f"version = '{version.fingerprint}'")
             if dataset is not None:
-                doc.tables[version.table] = self._table_versions.get(version.table, dataset.version)
+                doc.tables[version.table] = dataset.version
             entry = doc.features.get(name)
             if entry is None:
                 doc.features[name] = FeatureEntry(current=version.label, versions={version.label: version})
@@ -356,10 +369,11 @@ class StoreWriter:
                 changed |= entry.current != version.label or version.label not in entry.versions
                 entry.versions[version.label] = version
                 entry.current = version.label
-        if not changed:
-            return None
         for table in (ITEMS_TABLE, ERRORS_TABLE):
             doc.tables[table] = self._open(table).version
+        changed |= doc.tables != self.base.tables
+        if not changed:
+            return None
         doc.snapshot_id = self.base.snapshot_id + 1
         doc.created_at = now_iso()
         doc.format_version = FORMAT_VERSION
@@ -367,5 +381,19 @@ class StoreWriter:
         doc.report = report
         append_doc(self.location, doc)
         self.base = doc
-        self._table_versions.clear()
         return doc
+
+
+def _index_item_ids(dataset) -> None:
+    """Keep a BTREE index on item_id: the pipeline looks rows up by id batch after batch."""
+    if dataset is None or dataset.count_rows() == 0:
+        return
+    if any("item_id" in _index_fields(d) for d in dataset.describe_indices()):
+        dataset.optimize.optimize_indices()
+    else:
+        dataset.create_scalar_index("item_id", "BTREE")
+
+
+def _index_fields(description) -> list[str]:
+    fields = getattr(description, "field_names", None) or getattr(description, "fields", None) or []
+    return [str(f) for f in fields]

@@ -67,3 +67,22 @@ def test_encoder_specific_rules():
     with pytest.raises(ConfigError, match="no model 'ViT-B-33'.*ViT-B-32"):
         build_encoder(FeatureSpec(encoder="open-clip", model="ViT-B-33", pretrained="x",
                                   input={"image": "i"})).fingerprint()
+
+
+def test_templates_use_plain_column_names():
+    with pytest.raises(ConfigError, match=r"\{meta.brand\} reaches into a column"):
+        load_config(_features(input={"template": "{meta.brand}"}))
+    with pytest.raises(ConfigError, match=r"\{tags\[0\]\} reaches into a column"):
+        load_config(_features(input={"template": "{tags[0]}"}))
+
+
+def test_remote_catalog_folders_and_files():
+    from itemlens.workflows.catalog import CatalogSource
+    from itemlens.workflows.config import CatalogConfig
+
+    folder = CatalogSource.open("s3://bucket/catalog", CatalogConfig(format="parquet"))
+    assert folder.base == "s3://bucket/catalog"
+    file = CatalogSource.open("s3://bucket/catalog/items.jsonl", CatalogConfig())
+    assert (file.base, file.format) == ("s3://bucket/catalog", "jsonl")
+    with pytest.raises(ConfigError, match="set catalog.format"):
+        CatalogSource.open("s3://bucket/catalog", CatalogConfig())

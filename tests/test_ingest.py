@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import itemlens
-from itemlens.errors import CatalogError, ConfigError, StoreLockedError, WeightsNotFoundError
+from itemlens.errors import CatalogError, ConfigError, QueryError, StoreLockedError, WeightsNotFoundError
 from itemlens.extractors.text import TextTemplate
 from itemlens.workflows.ingest import ingest
 
@@ -99,6 +99,8 @@ def test_ingest_gives_the_libraries_own_vectors(ray_session, tmp_path, catalog, 
     photo = rows[3]["images"][0]
     assert lens.search("image", str(catalog.parent / photo), k=1)[0].item_id == rows[3]["item_id"]
     assert len(lens.search("image", "a grey yoga bag", k=4)) == 4   # text query through the CLIP text tower
+    with pytest.raises(QueryError, match="file not found"):           # a mistyped path is not a text query
+        lens.search("image", "photos/no-such-photo.jpg")
 
     again = ingest(catalog, config, store, progress=False)
     assert again.snapshot is None
@@ -228,7 +230,7 @@ def test_parquet_csv_and_jsonl_catalogs_give_the_same_vectors(ray_session, tmp_p
         del r["images"]
     folder = catalog.parent
     write_jsonl(folder / "flat.jsonl", rows)
-    pq.write_table(pa.Table.from_pylist(rows), folder / "flat.parquet")
+    pq.write_table(pa.Table.from_pylist(rows), folder / "flat.pq")
     import csv
 
     with open(folder / "flat.csv", "w", newline="") as f:
@@ -237,12 +239,12 @@ def test_parquet_csv_and_jsonl_catalogs_give_the_same_vectors(ray_session, tmp_p
         writer.writerows(rows)
     config = _config(minilm_path, tiny_clip, image=image_spec(tiny_clip, column="image"))
     vectors = {}
-    for ext in ("jsonl", "parquet", "csv"):
+    for ext in ("jsonl", "pq", "csv"):
         ingest(folder / f"flat.{ext}", config, tmp_path / ext, progress=False)
         lens = itemlens.connect(tmp_path / ext)
         ids = [r["item_id"] for r in rows]
         vectors[ext] = (lens.vectors("text", ids), lens.vectors("image", ids))
-    for ext in ("parquet", "csv"):
+    for ext in ("pq", "csv"):
         for ours, ref in zip(vectors[ext], vectors["jsonl"]):
             assert _cos(ours, ref).min() >= 0.99999
 
@@ -355,8 +357,15 @@ def test_work_staged_by_a_dead_job_is_merged_not_encoded_again(ray_session, tmp_
 
     report = ingest(catalog, config, store, progress=False)
     feature = report.features["text"]
-    assert (feature.recovered, feature.encoded, feature.unchanged) == (5, 10, 5)
+    assert (feature.recovered, feature.encoded, feature.unchanged) == (5, 10, 0)
     lens = itemlens.connect(store)
     assert np.array_equal(lens.vectors("text", [r["item_id"] for r in dead]), marker)
     assert lens.vectors("text", [r["item_id"] for r in rows]).shape == (15, 384)
     assert not (store / "_staging").exists() or not any((store / "_staging").iterdir())
+
+
+def test_more_actors_than_the_cluster_can_feed_are_scaled_down_not_left_waiting(
+        ray_session, tmp_path, catalog, minilm_path):
+    config = {"features": {"text": text_spec(minilm_path, resources={"num_gpus": 1, "concurrency": 3})}}
+    report = ingest(catalog, config, tmp_path / "lens", progress=False)
+    assert report.features["text"].actors == 1 and report.features["text"].encoded == 15

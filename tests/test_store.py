@@ -176,3 +176,70 @@ def test_a_killed_writer_leaves_no_stale_lock(store):
     holder.kill()
     holder.wait()
     StoreWriter.open(store).close()
+
+
+def test_work_merged_by_a_job_that_died_before_publishing_is_published_next_time(store, monkeypatch):
+    lens = itemlens.connect(store)
+    lens.put_vectors("emb", ["a"], _vectors(1, seed=1), spec={"model": "m"})
+    monkeypatch.setattr(StoreWriter, "publish", lambda self, **kw: (_ for _ in ()).throw(RuntimeError("died")))
+    with pytest.raises(RuntimeError, match="died"):
+        lens.put_vectors("emb", ["b"], _vectors(1, seed=2), spec={"model": "m"})
+    monkeypatch.undo()
+    assert itemlens.connect(store).snapshot == 1
+    version = itemlens.connect(store).features()[0]
+    with StoreWriter.open(store) as writer:          # a rerun that has nothing new to write itself
+        writer.resolve_version("emb", version.fingerprint, version.spec, dtype="float32", pooling="mean")
+        doc = writer.publish(catalog={}, report={})
+    assert doc is not None and doc.snapshot_id == 2
+    assert np.array_equal(itemlens.connect(store).vectors("emb", ["b"]), _vectors(1, seed=2))
+
+
+def test_other_sizes_and_dtypes_make_new_versions(store):
+    lens = itemlens.connect(store)
+    lens.put_vectors("emb", ["a"], _vectors(1, dim=4), spec={"model": "m"})
+    lens.put_vectors("emb", ["a"], _vectors(1, dim=8), spec={"model": "m"})
+    lens.put_vectors("emb", ["a"], _vectors(1, dim=8).astype(np.float16), spec={"model": "m"})
+    assert [(f.version, f.dim, f.dtype) for f in lens.features()] == [
+        ("v1", 4, "float32"), ("v2", 8, "float32"), ("v3", 8, "float16")]
+    assert lens.vectors("emb", ["a"]).dtype == np.float16
+    assert lens.vectors("emb@v1", ["a"]).shape == (1, 4)
+
+
+def test_feature_tables_index_item_ids(store):
+    import lance
+
+    lens = itemlens.connect(store)
+    lens.put_vectors("emb", ["a", "b"], _vectors(2), spec={"model": "m"})
+    table = lens.doc.feature_version("emb").table
+    indices = lance.dataset(str(store / f"{table}.lance")).describe_indices()
+    assert [list(i.field_names) for i in indices] == [["item_id"]]
+
+
+def test_an_interrupted_store_creation_is_finished_and_errors_of_an_empty_store_are_empty(tmp_path):
+    import lance
+    import pyarrow as pa
+
+    from itemlens.store.layout import ITEMS_SCHEMA
+
+    uri = tmp_path / "half"
+    lance.write_dataset(ITEMS_SCHEMA.empty_table(), str(uri / "items.lance"))   # died after the first table
+    StoreWriter.open(uri).close()
+    lens = itemlens.connect(uri)
+    assert lens.snapshot == 0 and lens.errors().num_rows == 0
+    assert lens.errors().schema.names == ["feature", "item_id", "stage", "reason", "at"]
+    del pa
+
+
+def test_staging_for_versions_no_longer_configured_is_dropped(store):
+    from itemlens.store import lance_io
+    import pyarrow as pa
+
+    with StoreWriter.open(store) as writer:
+        old = writer.resolve_version("emb", "0123456789abcdef", {"model": "old"}, dtype="float32", pooling="mean")
+        keep = writer.resolve_version("txt", "fedcba9876543210", {"model": "new"}, dtype="float32", pooling="mean")
+        for version in (old, keep):
+            table = pa.table({"item_id": ["a"]})
+            lance_io.commit_fragments(writer.staging_uri(version), lance_io.write_fragments(
+                table, writer.staging_uri(version)), table.schema)
+        assert writer.discard_other_staging([keep]) == ["emb__0123456789abcdef.lance"]
+    assert sorted(p.name for p in (store / "_staging").iterdir()) == ["txt__fedcba9876543210.lance"]

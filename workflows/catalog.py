@@ -20,11 +20,7 @@ from itemlens.workflows.config import CatalogConfig
 if TYPE_CHECKING:  # pragma: no cover
     import ray.data
 
-_EXTENSIONS = {
-    ".parquet": "parquet", ".pq": "parquet",
-    ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
-    ".csv": "csv",
-}
+_EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv"}
 
 
 @dataclass(frozen=True)
@@ -44,8 +40,9 @@ class CatalogSource:
                 raise CatalogError(f"catalog not found: {path}")
             text = str(path)
             is_dir = path.is_dir()
-        else:
-            is_dir = text.endswith("/")
+        else:   # a remote URI names a folder unless it ends in a catalog file's extension
+            name = text.rstrip("/").rsplit("/", 1)[-1].lower()
+            is_dir = not any(name.endswith(ext) or name.endswith(ext + ".gz") for ext in _EXTENSIONS)
         fmt = config.format
         if fmt == "auto":
             fmt = _detect_format(text, is_dir)
@@ -57,7 +54,7 @@ class CatalogSource:
         import ray.data
 
         if self.format == "parquet":
-            ds = ray.data.read_parquet(self.uri)
+            ds = ray.data.read_parquet(self.uri, file_extensions=["parquet", "pq"])
         elif self.format == "jsonl":
             ds = ray.data.read_json(self.uri, lines=True)
         else:

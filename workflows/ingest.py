@@ -43,8 +43,10 @@ log = logging.getLogger("itemlens")
 # is what a killed job keeps.
 COMMIT_EVERY_FRAGMENTS = 16
 COMMIT_EVERY_SECONDS = 30.0
-# Rows per staging data file (the write stage's batch size).
+# Rows per staging data file (the write stage's batch size), and the CPU a write task reserves
+# (it is mostly I/O).
 WRITE_BATCH_ROWS = 1024
+WRITE_TASK_CPUS = 0.25
 
 
 @dataclass
@@ -54,6 +56,7 @@ class FeatureReport:
     fingerprint: str = ""
     encoder: str = ""
     device: str = ""
+    actors: int = 0             # encoder actors that ran
     encoded: int = 0            # items given a value by this run
     errors: int = 0             # items given an errors row by this run
     errors_by_stage: dict[str, int] = field(default_factory=dict)
@@ -120,8 +123,7 @@ class IngestReport:
 
 def ingest(catalog: str | os.PathLike, config: str | os.PathLike | dict | IngestConfig, store: str | os.PathLike,
            *, address: str | None = None, lock_wait: float = 0.0, retry_errors: bool = False,
-           storage_options: dict[str, str] | None = None, progress: bool | None = None,
-           log_to_driver: bool = False) -> IngestReport:
+           progress: bool | None = None, log_to_driver: bool = False) -> IngestReport:
     """Ingest ``catalog`` into ``store`` as ``config`` says; returns the job report."""
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -138,7 +140,7 @@ def ingest(catalog: str | os.PathLike, config: str | os.PathLike | dict | Ingest
     log.info("catalog %s (%s) -> store %s", source.uri, source.format, report.store)
 
     command = f"itemlens ingest {source.uri}"
-    with StoreWriter.open(store, storage_options=storage_options, lock_wait=lock_wait, command=command) as writer:
+    with StoreWriter.open(store, lock_wait=lock_wait, command=command) as writer:
         report.store = writer.location.uri
         runtime = start_ray(address, log_to_driver=log_to_driver, progress=progress)
         report.ray = runtime.describe()
@@ -152,11 +154,16 @@ def ingest(catalog: str | os.PathLike, config: str | os.PathLike | dict | Ingest
         timings["register_items"] = time.perf_counter() - t
         log.info("catalog has %d items (%d new to the store)", registration.seen, registration.new)
 
+        versions = {name: writer.resolve_version(name, e.fingerprint(), e.spec.model_dump(mode="json"),
+                                                 dtype=e.spec.dtype, pooling=e.spec.pooling, encoder=e.describe())
+                    for name, e in encoders.items()}
+        for dropped in writer.discard_other_staging(list(versions.values())):
+            log.info("dropped %s, staged by an interrupted run for a spec no longer configured", dropped)
         for name, encoder in encoders.items():
             t = time.perf_counter()
-            feature = _run(lambda: _ingest_feature(name, encoder, cfg, source, writer, runtime,
+            feature = _run(lambda: _ingest_feature(encoder, versions[name], cfg, source, writer, runtime,
                                                    registration.seen, retry_errors))
-            feature.unchanged = max(registration.seen - feature.encoded - feature.errors, 0)
+            feature.unchanged = max(registration.seen - feature.encoded - feature.errors - feature.recovered, 0)
             feature.seconds = time.perf_counter() - t
             report.features[name] = feature
             timings[f"feature:{name}"] = feature.seconds
@@ -210,11 +217,13 @@ def _own_stage() -> dict:
 class _Placement:
     device: str             # "cuda" or "cpu"
     num_gpus: float         # per actor, as requested (0 where the cluster has none)
+    concurrency: int        # actors, as requested unless the cluster is too small
     cpu_threads: int        # torch threads of an actor running on CPU
 
 
-def _place(name: str, spec, runtime: RayRuntime) -> _Placement:
-    """Where a feature's actors run. GPU counts are requests: without GPUs, run on CPU."""
+def _place(name: str, spec, runtime: RayRuntime, cfg: IngestConfig) -> _Placement:
+    """Where a feature's actors run, and how many. GPU counts are requests: without GPUs, run
+    on CPU. Actors must leave CPUs to the decode tasks, or the pipeline would wait forever."""
     num_gpus = spec.resources.num_gpus
     if num_gpus > 0 and runtime.gpus == 0:
         log.warning("no GPU in the Ray cluster: feature %r runs on CPU (its spec asks for num_gpus=%g)",
@@ -223,11 +232,22 @@ def _place(name: str, spec, runtime: RayRuntime) -> _Placement:
     elif num_gpus > runtime.gpus:
         raise ConfigError(f"feature {name!r} asks for num_gpus={num_gpus:g} per actor; the cluster has "
                           f"{runtime.gpus:g} GPUs in all")
+    actor_cpus = spec.resources.num_cpus or 1.0
+    concurrency = spec.resources.concurrency
+    fits = int((runtime.cpus - cfg.decode.num_cpus) // actor_cpus)   # write tasks can wait their turn
+    if fits < 1:
+        raise ConfigError(
+            f"feature {name!r}: one encoder actor ({actor_cpus:g} CPU) and the decode tasks ({cfg.decode.num_cpus:g} "
+            f"CPU) need more than the cluster's {runtime.cpus:g} CPUs; lower resources.num_cpus or decode.num_cpus")
+    if concurrency > fits:
+        log.warning("feature %r: %d actors of %g CPU would leave no CPU for decoding on this cluster (%g CPUs): "
+                    "running %d", name, concurrency, actor_cpus, runtime.cpus, fits)
+        concurrency = fits
     # On CPU an actor reserves num_cpus (default 1) in Ray's accounting, so that decode tasks
     # still get scheduled, but runs torch on its share of the node's cores: encoding is the
     # heavy part, and 2 threads encode text ~1.7x faster than 1 on the 2-CPU test machine.
-    threads = int(spec.resources.num_cpus or max(1, runtime.node_cpus // spec.resources.concurrency))
-    return _Placement("cuda" if num_gpus > 0 else "cpu", num_gpus, threads)
+    share = spec.resources.num_cpus or runtime.node_cpus / concurrency
+    return _Placement("cuda" if num_gpus > 0 else "cpu", num_gpus, concurrency, max(1, round(share)))
 
 
 def _pipeline(spec, version, placement: _Placement, stored, cfg: IngestConfig, source: CatalogSource,
@@ -257,11 +277,11 @@ def _pipeline(spec, version, placement: _Placement, stored, cfg: IngestConfig, s
         fn_constructor_kwargs={"spec_json": spec_json, "fingerprint": version.fingerprint,
                                "device": placement.device, "cpu_threads": placement.cpu_threads,
                                "run_id": writer.run_id},
-        compute=ray.data.ActorPoolStrategy(size=spec.resources.concurrency),
+        compute=ray.data.ActorPoolStrategy(size=placement.concurrency),
         num_gpus=placement.num_gpus, num_cpus=spec.resources.num_cpus or 1,
         batch_size=spec.resources.batch_size, batch_format="pyarrow")
     return ds.map_batches(
-        stages.write_fragments, batch_size=WRITE_BATCH_ROWS, batch_format="pyarrow", num_cpus=0.25,
+        stages.write_fragments, batch_size=WRITE_BATCH_ROWS, batch_format="pyarrow", num_cpus=WRITE_TASK_CPUS,
         fn_kwargs={"uri": writer.staging_uri(version), "storage_options": writer.location.options(),
                    "value_column": value_column(spec.pooling)})
 
@@ -287,11 +307,9 @@ def _stage(ds, spec, version, writer: StoreWriter, report: FeatureReport) -> Non
         writer.commit_staged(version, pending, schema)
 
 
-def _ingest_feature(name: str, encoder, cfg: IngestConfig, source: CatalogSource, writer: StoreWriter,
+def _ingest_feature(encoder, version, cfg: IngestConfig, source: CatalogSource, writer: StoreWriter,
                     runtime: RayRuntime, items: int, retry_errors: bool) -> FeatureReport:
-    spec = encoder.spec
-    version = writer.resolve_version(name, encoder.fingerprint(), spec.model_dump(mode="json"),
-                                     dtype=spec.dtype, pooling=spec.pooling, encoder=encoder.describe())
+    spec, name = encoder.spec, version.name
     report = FeatureReport(name=name, version=version.label, fingerprint=version.fingerprint,
                            encoder=spec.encoder)
     recovered = writer.recover_staging(version)
@@ -299,8 +317,8 @@ def _ingest_feature(name: str, encoder, cfg: IngestConfig, source: CatalogSource
         report.recovered = recovered.inserted + recovered.updated + recovered.failed
         log.info("%s: merged %d items staged by an interrupted run", name, report.recovered)
 
-    placement = _place(name, spec, runtime)
-    report.device = placement.device
+    placement = _place(name, spec, runtime, cfg)
+    report.device, report.actors = placement.device, placement.concurrency
     stored = writer.stored_hashes(version, retry_errors=retry_errors)
     ds = _pipeline(spec, version, placement, stored, cfg, source, writer, runtime, items)
     log.info("%s@%s: %s %s on %s", name, version.label, spec.encoder, spec.model, placement.device)

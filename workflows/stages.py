@@ -213,10 +213,11 @@ class EncodeBatches:
         if self.kind == "text":
             texts = batch.column("text").to_pylist()
             inputs = [texts[i] for i in todo]
-            results = self._isolating(inputs, self.encoder.encode_texts, lambda x: [x])
+            results = self._isolating(inputs, self.encoder.encode_texts, canary="itemlens self-check")
         else:
             inputs = [self._pixels(batch, i) for i in todo]
-            results = self._isolating(inputs, self._encode_items, lambda x: [x])
+            canary = np.zeros((1, *inputs[0].shape[1:]), np.float32) if inputs else None
+            results = self._isolating(inputs, self._encode_items, canary=canary)
         values: list[Any] = [None] * batch.num_rows
         for i, result in zip(todo, results):
             if isinstance(result, ItemError):
@@ -244,22 +245,28 @@ class EncodeBatches:
         return out
 
     @staticmethod
-    def _isolating(inputs: list, encode, wrap) -> list:
+    def _isolating(inputs: list, encode, canary) -> list:
+        """Encode ``inputs``; if the batch fails, encode its items one by one and record those
+        that fail alone as ``encode`` errors. When every item fails, a known-good input (the
+        canary) tells a broken model from bad inputs: the model's failure is raised."""
         if not inputs:
             return []
         try:
             return list(encode(inputs))
         except Exception as batch_error:
-            if len(inputs) == 1:
-                raise
-            results = []
-            for x in inputs:
+            results: list = []
+            for x in inputs if len(inputs) > 1 else []:
                 try:
-                    results.append(encode(wrap(x))[0])
+                    results.append(encode([x])[0])
                 except Exception as exc:
                     results.append(ItemError("encode", f"{type(exc).__name__}: {exc}"))
+            if len(inputs) == 1:
+                results = [ItemError("encode", f"{type(batch_error).__name__}: {batch_error}")]
             if all(isinstance(r, ItemError) for r in results):
-                raise batch_error
+                try:
+                    encode([canary])
+                except Exception:
+                    raise batch_error from None
             return results
 
     def _staging_rows(self, batch: pa.Table, values: list, stages: list, reasons: list) -> pa.Table:

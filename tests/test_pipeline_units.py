@@ -1,0 +1,67 @@
+"""Pipeline decisions that need no Ray: actor placement, per-item isolation of encode failures."""
+
+import logging
+
+import numpy as np
+import pytest
+
+from itemlens.errors import ConfigError
+from itemlens.extractors import FeatureSpec, ItemError
+from itemlens.workflows.config import load_config
+from itemlens.workflows.ingest import _place
+from itemlens.workflows.runtime import RayRuntime
+from itemlens.workflows.stages import EncodeBatches
+
+
+def _spec(**resources) -> FeatureSpec:
+    return FeatureSpec(encoder="sentence-transformers", model="m", input={"template": "{t}"}, resources=resources)
+
+
+CFG = load_config({"features": {"t": {"encoder": "sentence-transformers", "model": "m", "input": {"template": "{t}"}}}})
+
+
+def test_gpu_requests_fall_back_to_cpu_with_a_message(caplog):
+    caplog.set_level(logging.INFO, logger="itemlens")
+    placement = _place("text", _spec(num_gpus=1), RayRuntime(True, 1.0, 8, 0, 8), CFG)
+    assert (placement.device, placement.num_gpus, placement.concurrency) == ("cpu", 0, 1)
+    assert "no GPU in the Ray cluster: feature 'text' runs on CPU" in caplog.text
+    gpu = _place("text", _spec(num_gpus=0.5, concurrency=2), RayRuntime(True, 1.0, 8, 1, 8), CFG)
+    assert (gpu.device, gpu.num_gpus, gpu.concurrency) == ("cuda", 0.5, 2)
+    with pytest.raises(ConfigError, match="num_gpus=2"):
+        _place("text", _spec(num_gpus=2), RayRuntime(True, 1.0, 8, 1, 8), CFG)
+
+
+def test_actors_always_leave_cpus_to_the_decode_tasks(caplog):
+    placement = _place("text", _spec(num_gpus=0, concurrency=3), RayRuntime(True, 1.0, 2, 0, 2), CFG)
+    assert placement.concurrency == 1 and "running 1" in caplog.text
+    with pytest.raises(ConfigError, match="need more than the cluster's 2 CPUs"):
+        _place("text", _spec(num_gpus=0, num_cpus=2), RayRuntime(True, 1.0, 2, 0, 2), CFG)
+
+
+def test_cpu_threads_are_the_actors_share_of_the_node_and_never_zero():
+    assert _place("t", _spec(num_gpus=0), RayRuntime(True, 1.0, 16, 0, 16), CFG).cpu_threads == 16
+    assert _place("t", _spec(num_gpus=0, concurrency=4), RayRuntime(True, 1.0, 16, 0, 16), CFG).cpu_threads == 4
+    assert _place("t", _spec(num_gpus=0, num_cpus=0.5), RayRuntime(True, 1.0, 2, 0, 2), CFG).cpu_threads == 1
+
+
+def _encoder(bad: set, broken: bool = False):
+    def encode(items):
+        if broken or any(x in bad for x in items):
+            raise ValueError(f"cannot encode {items}")
+        return [np.full(2, float(len(x))) for x in items]
+    return encode
+
+
+def test_one_bad_item_becomes_an_error_row_in_any_batch_size():
+    results = EncodeBatches._isolating(["ab", "BAD", "c"], _encoder({"BAD"}), canary="ok")
+    assert isinstance(results[1], ItemError) and results[1].stage == "encode"
+    assert [r.tolist() for r in (results[0], results[2])] == [[2, 2], [1, 1]]
+    alone = EncodeBatches._isolating(["BAD"], _encoder({"BAD"}), canary="ok")   # an incremental run of one
+    assert isinstance(alone[0], ItemError) and "cannot encode" in alone[0].reason
+
+
+def test_a_broken_model_fails_the_job_instead_of_recording_every_item():
+    with pytest.raises(ValueError, match="cannot encode"):
+        EncodeBatches._isolating(["a", "b"], _encoder(set(), broken=True), canary="ok")
+    with pytest.raises(ValueError):
+        EncodeBatches._isolating(["a"], _encoder(set(), broken=True), canary="ok")
