@@ -71,6 +71,16 @@ class Resources(_Strict):
     batch_size: int = Field(64, ge=1, description="items per encoder call")
 
 
+class IndexSpec(_Strict):
+    """A vector index the ingest builds once the feature has ``min_rows`` vectors, and keeps
+    current after that."""
+
+    kind: Literal["IVF_PQ", "IVF_HNSW_SQ"] = "IVF_PQ"
+    min_rows: int = Field(100_000, ge=1, description="build once the table has this many vectors")
+    num_partitions: int | None = Field(None, ge=1)
+    num_sub_vectors: int | None = Field(None, ge=1)
+
+
 class FeatureSpec(_Strict):
     """How one feature is made. See README, "Configuration"."""
 
@@ -91,6 +101,7 @@ class FeatureSpec(_Strict):
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="auto: bf16/fp16 autocast on GPU, fp32 on CPU")
     resources: Resources = Resources()
+    index: IndexSpec | None = Field(None, description="a vector index to build and keep current")
     note: str | None = Field(None, description="free text shown by `itemlens show` (e.g. a stand-in label)")
 
     @field_validator("input", mode="before")

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 
 from itemlens.errors import ConfigError, QueryError, StoreError, UnknownFeatureError, UnknownItemsError
 from itemlens.store import lance_io
+from itemlens.store.cache import DEFAULT_CACHE_BYTES, CachedTable, TableCache, load_table
 from itemlens.store.layout import ERRORS_SCHEMA, ERRORS_TABLE, ITEMS_TABLE, StoreLocation, staging_schema, value_column
 from itemlens.store.snapshots import FeatureVersion, SnapshotDoc, list_snapshots, read_doc
 from itemlens.store.writer import StoreWriter, check_store_format
@@ -37,6 +38,7 @@ class FeatureInfo:
     version: str            # "v1", "v2", ...
     current: bool           # the version that ``name`` alone resolves to
     fingerprint: str
+    kind: str               # "vector" or "caption"
     encoder: str
     model: str
     dim: int | None
@@ -47,10 +49,14 @@ class FeatureInfo:
     note: str | None
     spec: dict[str, Any]
     created_at: str
+    index: dict[str, Any] | None = None     # vector index: kind, params, rows, recall_at_10
 
     @property
     def qualified(self) -> str:
         return f"{self.name}@{self.version}"
+
+
+OUTPUTS = ("numpy", "torch", "arrow", "pandas")
 
 
 class SearchResult(NamedTuple):
@@ -59,23 +65,52 @@ class SearchResult(NamedTuple):
 
 
 def connect(uri: str | os.PathLike, snapshot: int | None = None, *,
-            storage_options: dict[str, str] | None = None) -> Lens:
-    """Open the store at ``uri`` on its latest snapshot (or on ``snapshot``)."""
+            storage_options: dict[str, str] | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES) -> Lens:
+    """Open the store at ``uri`` on its latest snapshot (or on ``snapshot``).
+
+    ``cache_bytes`` bounds what the reader keeps in memory for fast lookups (4 GiB by default):
+    a feature table whose vectors fit is read once and looked up as an array; a larger one
+    keeps only its id map and takes rows from Lance.
+    """
     location = StoreLocation.parse(uri, storage_options)
     check_store_format(location)
     doc = read_doc(location, snapshot)
-    return Lens(location, doc or SnapshotDoc())
+    return Lens(location, doc or SnapshotDoc(), cache_bytes=cache_bytes)
 
 
 class Lens:
-    """A reader on one snapshot of a store."""
+    """A reader on one snapshot of a store.
 
-    def __init__(self, location: StoreLocation, doc: SnapshotDoc):
+    Safe in PyTorch DataLoader workers: pickled into a spawned worker it carries only its
+    location, snapshot and settings; in a forked worker it drops the parent's Lance handles
+    (Lance is not fork-safe) and keeps the arrays it had loaded (plain memory, shared
+    copy-on-write).
+    """
+
+    def __init__(self, location: StoreLocation, doc: SnapshotDoc, *, cache_bytes: int = DEFAULT_CACHE_BYTES):
         self.location = location
         self.doc = doc
+        self.cache_bytes = cache_bytes
+        self._cache = TableCache(cache_bytes)
+        self._open_handles()
+
+    def _open_handles(self) -> None:
         self._datasets: dict[tuple[str, int], Any] = {}
         self._encoders: dict[str, Encoder] = {}
         self._db = None
+        self._pid = os.getpid()
+
+    def _here(self) -> None:
+        if self._pid != os.getpid():   # a forked child: the parent's Lance handles are unusable here
+            self._open_handles()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"location": self.location, "doc": self.doc, "cache_bytes": self.cache_bytes}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._cache = TableCache(self.cache_bytes)
+        self._open_handles()
 
     def __repr__(self) -> str:
         names = ", ".join(sorted(self.doc.features)) or "no features"
@@ -108,9 +143,9 @@ class Lens:
             for label, v in sorted(entry.versions.items(), key=lambda kv: int(kv[0][1:])):
                 out.append(FeatureInfo(
                     name=name, version=label, current=label == entry.current, fingerprint=v.fingerprint,
-                    encoder=v.spec.get("encoder", ""), model=v.spec.get("model", ""), dim=v.dim,
+                    kind=v.kind, encoder=v.spec.get("encoder", ""), model=v.spec.get("model", ""), dim=v.dim,
                     dtype=v.dtype, pooling=v.pooling, count=v.count, errors=v.errors, note=v.spec.get("note"),
-                    spec=v.spec, created_at=v.created_at))
+                    spec=v.spec, created_at=v.created_at, index=v.index))
         return out
 
     def _version(self, name: str) -> FeatureVersion:
@@ -122,6 +157,7 @@ class Lens:
         return version
 
     def _dataset(self, table: str):
+        self._here()
         version = self.doc.tables.get(table)
         if version is None:
             return None
@@ -151,54 +187,98 @@ class Lens:
             versions = [e.versions[e.current].fingerprint for e in self.doc.features.values()]
         return ds.to_table(columns=columns, filter=lance_io.isin_filter("version", versions))
 
-    # -- vectors ------------------------------------------------------------------------------
-    def vectors(self, name: str, ids: Sequence[str], *, fill: float | None = None) -> np.ndarray:
+    # -- lookups ------------------------------------------------------------------------------
+    def vectors(self, name: str, ids: Sequence[str], *, fill: float | None = None,
+                output: str = "numpy") -> Any:
         """Vectors of ``ids`` in their order, [len(ids), dim], in the stored dtype.
 
         Duplicates in ``ids`` are repeated. An id with no vector raises
         :class:`~itemlens.errors.UnknownItemsError` (a KeyError) naming it, unless ``fill`` is
         given: its row is then filled with that value (``np.nan`` to mask, ``0.0`` to zero).
+        ``output``: ``"numpy"`` (default), ``"torch"`` (a tensor sharing the array), ``"arrow"``
+        (a table of item_id, vector) or ``"pandas"`` (a frame indexed by item_id).
         """
         version = self._version(name)
+        if version.kind != "vector":
+            raise ConfigError(f"{version.qualified} holds captions: use lens.captions()")
         if version.pooling != "mean":
             raise ConfigError(f"{version.qualified} keeps one vector per image: use lens.part_vectors()")
         ids = _as_ids(ids)
-        table, index = self._rows(version, ids)
-        dtype = np.float16 if version.dtype == "float16" else np.float32
-        dim = version.dim or 0
-        values = _fixed_size_to_numpy(table.column("vector"), dim, dtype) if table.num_rows else np.zeros((0, dim), dtype)
-        found = index >= 0
-        if not found.all() and fill is None:
-            self._raise_missing(version, [i for i, ok in zip(ids, found) if not ok])
-        out = np.empty((len(ids), dim), dtype)
-        out[found] = values[index[found]]
-        if not found.all():
-            out[~found] = fill
-        return out
+        values, _ = self._lookup(version, ids, fill)
+        return values if output == "numpy" else _as_output(values, _strings(ids), "vector", output)
 
     def part_vectors(self, name: str, ids: Sequence[str]) -> list[np.ndarray]:
         """Per-image vectors of ``ids`` (features with ``pooling: per_image``): one [n_i, dim] each."""
         version = self._version(name)
-        if version.pooling == "mean":
-            raise ConfigError(f"{version.qualified} stores one pooled vector per item: use lens.vectors()")
-        ids = _as_ids(ids)
-        table, index = self._rows(version, ids)
-        if (index < 0).any():
-            self._raise_missing(version, [i for i, j in zip(ids, index) if j < 0])
+        if version.kind != "vector" or version.pooling == "mean":
+            raise ConfigError(f"{version.qualified} has no per-image vectors: use lens.vectors()")
         dtype = np.float16 if version.dtype == "float16" else np.float32
-        column = table.column("vectors").to_pylist()
-        return [np.asarray(column[j], dtype=dtype).reshape(-1, version.dim) for j in index]
+        values, _ = self._lookup(version, _as_ids(ids), None)
+        return [np.asarray(v, dtype=dtype).reshape(-1, version.dim) for v in values]
 
-    def _rows(self, version: FeatureVersion, ids: list[str]) -> tuple[pa.Table, np.ndarray]:
-        ds = self._dataset(version.table)
-        column = value_column(version.pooling)
-        if ds is None or not ids:
-            return pa.table({"item_id": pa.array([], pa.string())}), np.full(len(ids), -1, np.int64)
-        unique = list(dict.fromkeys(ids))
-        table = ds.to_table(columns=["item_id", column], filter=lance_io.isin_filter("item_id", unique))
-        position = {item: i for i, item in enumerate(table.column("item_id").to_pylist())}
-        index = np.fromiter((position.get(i, -1) for i in ids), np.int64, count=len(ids))
-        return table, index
+    def captions(self, name: str, ids: Sequence[str], *, fill: str | None = None, output: str = "list") -> Any:
+        """Captions of ``ids`` in their order. ``output``: ``"list"`` (default), ``"arrow"`` or
+        ``"pandas"`` (both with the model that wrote them)."""
+        version = self._version(name)
+        if version.kind != "caption":
+            raise ConfigError(f"{version.qualified} holds vectors, not captions: use lens.vectors()")
+        ids = _as_ids(ids)
+        values, _ = self._lookup(version, ids, fill)
+        texts = values.tolist()
+        if output == "list":
+            return texts
+        model = version.spec.get("model", "")
+        table = pa.table({"item_id": _strings(ids), "caption": pa.array(texts, pa.string()), "model": [model] * len(ids)})
+        if output == "arrow":
+            return table
+        if output == "pandas":
+            return table.to_pandas().set_index("item_id")
+        raise ConfigError(f"output must be one of list, arrow, pandas; not {output!r}")
+
+    def _lookup(self, version: FeatureVersion, ids: list[str], fill: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Values of ``ids`` (fill where missing, or raise) and a mask of those found."""
+        entry = self._entry(version)
+        rows = entry.index.rows(ids)
+        found = rows >= 0
+        complete = bool(found.all())
+        if not complete and fill is None:
+            self._raise_missing(version, _strings([i for i, ok in zip(ids, found) if not ok]))
+        if entry.values is not None and len(entry.values):
+            values = entry.values[rows] if complete else entry.values[np.where(found, rows, 0)]
+        else:
+            values = self._take(version, rows, found)
+        if not complete:
+            values[~found] = fill
+        return values, found
+
+    def _entry(self, version: FeatureVersion) -> CachedTable:
+        dataset = self._dataset(version.table)
+        column = value_column(version.pooling, version.kind)
+        if dataset is None:   # nothing stored yet
+            from itemlens.store.cache import IdIndex
+
+            return CachedTable(IdIndex(pa.array([], pa.string())), None)
+        key = (self.location.uri, version.table, self.doc.tables[version.table])
+        return self._cache.get(key, lambda budget: load_table(dataset, column, budget))
+
+    def _take(self, version: FeatureVersion, rows: np.ndarray, found: np.ndarray) -> np.ndarray:
+        """Rows from Lance, for tables too large for the cache."""
+        column = value_column(version.pooling, version.kind)
+        wanted, inverse = np.unique(rows[found], return_inverse=True)
+        dataset = self._dataset(version.table)
+        taken = dataset.take(wanted.tolist(), columns=[column]).column(column) if len(wanted) else None
+        if version.kind == "vector" and version.pooling == "mean":
+            dtype = np.float16 if version.dtype == "float16" else np.float32
+            out = np.zeros((len(rows), version.dim or 0), dtype)
+            if taken is not None:
+                out[found] = _fixed_size_to_numpy(taken, version.dim, dtype)[inverse]
+            return out
+        out = np.empty(len(rows), dtype=object)
+        if taken is not None:
+            objects = taken.to_pylist()
+            for position, j in zip(np.flatnonzero(found), inverse):
+                out[position] = objects[j]
+        return out
 
     def _raise_missing(self, version: FeatureVersion, missing: list[str]) -> None:
         missing = list(dict.fromkeys(missing))
@@ -262,11 +342,15 @@ class Lens:
             pixels.append(transform(image))
         return encoder.encode_images(np.stack(pixels))
 
-    def search(self, name: str, query: Any, k: int = 10, *, kind: str = "auto") -> list[SearchResult]:
+    def search(self, name: str, query: Any, k: int = 10, *, kind: str = "auto", exact: bool = False,
+               nprobes: int | None = None, refine_factor: int | None = None) -> list[SearchResult]:
         """The ``k`` items nearest to ``query`` by cosine similarity.
 
         ``query`` is a vector, or raw text / an image (path, URI or PIL image) encoded with the
         feature's own spec; an open-clip image feature takes text queries through its text tower.
+        With a vector index (``create_index``) the search is approximate: IVF_PQ results are
+        re-ranked on the stored vectors (at least 500 candidates unless ``refine_factor`` says
+        otherwise); ``exact=True`` scans every vector instead.
         """
         version = self._version(name)
         if version.pooling != "mean":
@@ -281,11 +365,22 @@ class Lens:
             raise ConfigError(f"query has {vector.shape[0]} dimensions, {version.qualified} has {version.dim}")
         import lancedb
 
+        self._here()
         if self._db is None:
             self._db = lancedb.connect(self.location.uri, storage_options=self.location.options())
         table = self._db.open_table(version.table, version=self.doc.tables[version.table])
-        hits = (table.search(vector, vector_column_name="vector").metric("cosine").limit(k)
-                .select(["item_id", "_distance"]).to_arrow())
+        query_builder = table.search(vector, vector_column_name="vector").distance_type("cosine").limit(k)
+        if exact:
+            query_builder = query_builder.bypass_vector_index()
+        elif version.index is not None:
+            from itemlens.store.indexes import refine_factor as refine
+
+            if nprobes is not None:
+                query_builder = query_builder.nprobes(nprobes)
+            factor = refine(version.index["kind"], k, refine_factor)
+            if factor:
+                query_builder = query_builder.refine_factor(factor)
+        hits = query_builder.select(["item_id", "_distance"]).to_arrow()
         return [SearchResult(i, 1.0 - float(d)) for i, d in
                 zip(hits.column("item_id").to_pylist(), hits.column("_distance").to_pylist())]
 
@@ -294,41 +389,53 @@ class Lens:
                     spec: dict[str, Any] | None = None, *, lock_wait: float = 0.0) -> int:
         """Store your own vectors as feature ``name`` and publish a new snapshot (this reader
         moves to it). ``spec`` describes where they came from (model, version, ...): a different
-        spec makes a new feature version. Returns the new snapshot id."""
-        ids = _as_ids(ids)
+        spec, size or dtype makes a new feature version. Returns the new snapshot id."""
+        ids = _unique_ids(ids)
         array = np.asarray(vectors)
         if array.ndim != 2 or array.shape[0] != len(ids):
             raise ValueError(f"vectors must be [len(ids), dim]; got {array.shape} for {len(ids)} ids")
-        if len(set(ids)) != len(ids):
-            raise ValueError("ids must be unique")
         if not np.isfinite(array).all():
             raise ValueError("vectors contain NaN or infinite values")
         dtype = "float16" if array.dtype == np.float16 else "float32"
         array = array.astype(np.float16 if dtype == "float16" else np.float32, copy=False)
+        dim = int(array.shape[1])
         # The size and dtype are part of the version: other vectors under the same words are
         # still other vectors.
-        spec = {**(spec or {}), "encoder": "external", "dim": int(array.shape[1]), "dtype": dtype}
-        fingerprint = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        spec = {**(spec or {}), "encoder": "external", "dim": dim, "dtype": dtype}
+        values = pa.FixedSizeListArray.from_arrays(pa.array(array.reshape(-1)), dim)
+        hashes = [hashlib.sha256(row.tobytes()).hexdigest() for row in array]
+        return self._put(name, ids, values, hashes, spec, kind="vector", dtype=dtype, dim=dim, lock_wait=lock_wait)
 
+    def put_captions(self, name: str, ids: Sequence[str], captions: Sequence[str],
+                     spec: dict[str, Any] | None = None, *, lock_wait: float = 0.0) -> int:
+        """Store your own captions as feature ``name`` (``spec``: the model, prompt ... that
+        wrote them) and publish a new snapshot. Returns its id."""
+        ids = _unique_ids(ids)
+        texts = [str(c) for c in captions]
+        if len(texts) != len(ids):
+            raise ValueError(f"{len(texts)} captions for {len(ids)} ids")
+        spec = {**(spec or {}), "encoder": "external", "kind": "caption"}
+        hashes = [hashlib.sha256(t.encode()).hexdigest() for t in texts]
+        return self._put(name, ids, pa.array(texts, pa.string()), hashes, spec, kind="caption",
+                         dtype="float32", dim=None, lock_wait=lock_wait)
+
+    def _put(self, name: str, ids: list[str], values: pa.Array, hashes: list[str], spec: dict[str, Any], *,
+             kind: str, dtype: str, dim: int | None, lock_wait: float) -> int:
+        fingerprint = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
         with StoreWriter.open(self.location.uri, storage_options=self.location.options(),
-                              lock_wait=lock_wait, command=f"put_vectors({name!r})") as writer:
+                              lock_wait=lock_wait, command=f"put ({name!r})") as writer:
             registration = writer.register_ids(ids)
-            version = writer.resolve_version(name, fingerprint, spec, dtype=dtype, pooling="mean",
+            version = writer.resolve_version(name, fingerprint, spec, dtype=dtype, pooling="mean", kind=kind,
                                              encoder={"encoder": "external"})
             writer.recover_staging(version)
-            dim = array.shape[1]
-            schema = staging_schema(dtype, dim, "mean")
-            now = pa.array([datetime.now(timezone.utc)] * len(ids), schema.field("computed_at").type)
+            schema = staging_schema(dtype, dim, "mean", kind)
+            n = len(ids)
             rows = pa.table({
-                "item_id": ids,
-                "vector": pa.FixedSizeListArray.from_arrays(pa.array(array.reshape(-1)), dim),
-                "n_parts": pa.array(np.ones(len(ids), np.int32)),
-                "input_hash": [hashlib.sha256(row.tobytes()).hexdigest() for row in array],
-                "fingerprint": [fingerprint] * len(ids),
-                "computed_at": now,
-                "error_stage": pa.nulls(len(ids), pa.string()),
-                "error_reason": pa.nulls(len(ids), pa.string()),
-                "run_id": [writer.run_id] * len(ids),
+                "item_id": ids, value_column("mean", kind): values,
+                "n_parts": pa.array(np.ones(n, np.int32)), "input_hash": hashes, "fingerprint": [fingerprint] * n,
+                "computed_at": pa.array([datetime.now(timezone.utc)] * n, schema.field("computed_at").type),
+                "error_stage": pa.nulls(n, pa.string()), "error_reason": pa.nulls(n, pa.string()),
+                "run_id": [writer.run_id] * n,
             }, schema=schema)
             writer.commit_staged(version, lance_io.write_fragments(rows, writer.staging_uri(version),
                                                                    self.location.options()), schema)
@@ -336,22 +443,85 @@ class Lens:
             catalog = dict(writer.base.catalog)
             catalog["items"] = catalog.get("items") or registration.seen
             doc = writer.publish(catalog=catalog, report={
-                "summary": f"put_vectors {name}: {stats.inserted} new, {stats.updated} replaced",
-                "put_vectors": {"feature": version.qualified, "new_items": registration.new,
-                                "inserted": stats.inserted, "updated": stats.updated}},
+                "summary": f"put {name}: {stats.inserted} new, {stats.updated} replaced",
+                "put": {"feature": version.qualified, "new_items": registration.new,
+                        "inserted": stats.inserted, "updated": stats.updated}},
                 current={name: version})
         if doc is not None:
             self.doc = doc
         return self.snapshot
 
+    def create_index(self, name: str, kind: str = "IVF_PQ", *, lock_wait: float = 0.0,
+                     **params: Any) -> dict[str, Any]:
+        """Build a vector index on feature ``name`` (``IVF_PQ`` or ``IVF_HNSW_SQ``; parameters
+        derived from its size unless given), measure its recall@10 against exact search, and
+        publish a snapshot (this reader moves to it). Later writes keep the index current."""
+        version = self._version(name)
+        with StoreWriter.open(self.location.uri, storage_options=self.location.options(),
+                              lock_wait=lock_wait, command=f"create_index({name!r})") as writer:
+            latest = writer.base.feature_version(version.qualified)
+            if latest is None:
+                raise UnknownFeatureError(f"{version.qualified} is not in the latest snapshot")
+            info = writer.build_index(latest, kind, params)
+            entry = writer.base.features[latest.name]
+            doc = writer.publish(catalog=dict(writer.base.catalog), force=True, report={
+                "summary": f"index {latest.qualified}: {kind}, recall@10 {info['recall_at_10']}"},
+                current={latest.name: latest} if entry.current == latest.label else {})
+        if doc is not None:
+            self.doc = doc
+        return info
+
+    def export(self, fmt: str, out: str | os.PathLike, *, features: Sequence[str] | None = None,
+               ids: Sequence[str] | None = None, fill: float = 0.0, **options: Any) -> list[str]:
+        """Write features in a format recommender code reads (``mmrec``, ``npz``, ``parquet``);
+        rows follow the store's item index, or ``ids`` when given; items without a value get
+        ``fill`` and a mask. See itemlens.store.exports. Returns the files written."""
+        from itemlens.store import exports
+
+        return exports.export(self, fmt, out, features=features, ids=ids, fill=fill, **options)
+
 
 # -- helpers ------------------------------------------------------------------------------------
 
-def _as_ids(ids: Sequence[Any]) -> list[str]:
+def _as_output(values: np.ndarray, ids: list[str], column: str, output: str) -> Any:
+    if output == "numpy":
+        return values
+    if output == "torch":
+        import torch
+
+        return torch.from_numpy(values)
+    if output == "arrow":
+        flat = pa.array(values.reshape(-1))
+        return pa.table({"item_id": pa.array(ids, pa.string()),
+                         column: pa.FixedSizeListArray.from_arrays(flat, values.shape[1])})
+    if output == "pandas":
+        import pandas as pd
+
+        return pd.DataFrame({column: list(values)}, index=pd.Index(ids, name="item_id"))
+    raise ConfigError(f"output must be one of {', '.join(OUTPUTS)}; not {output!r}")
+
+
+def _unique_ids(ids: Sequence[Any]) -> list[str]:
+    ids = _strings(_as_ids(ids))
+    if len(set(ids)) != len(ids):
+        raise ValueError("ids must be unique")
+    return ids
+
+
+def _as_ids(ids: Sequence[Any]) -> list:
+    """Ids as a list, cheaply: a list passes as it is (its non-string ids count as str(id))."""
     if isinstance(ids, (str, bytes)):
         raise TypeError("ids must be a sequence of item ids, not a single string")
+    if isinstance(ids, list):
+        return ids
+    if isinstance(ids, np.ndarray):
+        return ids.tolist()
     if isinstance(ids, (pa.Array, pa.ChunkedArray)):
-        ids = ids.to_pylist()
+        return ids.to_pylist()
+    return list(ids)
+
+
+def _strings(ids: list) -> list[str]:
     return [i if isinstance(i, str) else str(i) for i in ids]
 
 

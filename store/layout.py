@@ -78,32 +78,37 @@ def vector_type(dtype: str, dim: int) -> pa.DataType:
     return pa.list_(value, dim)
 
 
-def feature_fields(dtype: str, dim: int, pooling: str) -> list[pa.Field]:
-    """Columns of a feature table: one row per item, its vector (or per-image vectors)."""
-    vec = vector_type(dtype, dim)
-    value = pa.field("vector", vec) if pooling == "mean" else pa.field("vectors", pa.list_(vec))
+def feature_fields(dtype: str, dim: int | None, pooling: str, kind: str = "vector") -> list[pa.Field]:
+    """Columns of a feature table: one row per item, its value (a vector, per-image vectors,
+    or a caption) and where it came from."""
+    if kind == "caption":
+        value = pa.field("caption", pa.string())
+    elif pooling == "mean":
+        value = pa.field("vector", vector_type(dtype, dim))
+    else:
+        value = pa.field("vectors", pa.list_(vector_type(dtype, dim)))
     return [
         pa.field("item_id", pa.string()),
         value,
-        pa.field("n_parts", pa.int32()),          # images pooled into the vector (1 for text)
+        pa.field("n_parts", pa.int32()),          # inputs behind the value (images pooled; 1 for text)
         pa.field("input_hash", pa.string()),      # what the value was computed from
         pa.field("fingerprint", pa.string()),     # the feature version (spec) that computed it
         pa.field("computed_at", TIMESTAMP),
     ]
 
 
-def staging_schema(dtype: str, dim: int, pooling: str) -> pa.Schema:
+def staging_schema(dtype: str, dim: int | None, pooling: str, kind: str = "vector") -> pa.Schema:
     """A feature table's columns plus the outcome of items that failed and the run that staged them."""
-    fields = feature_fields(dtype, dim, pooling)
-    fields[0] = pa.field("item_id", pa.string())
-    return pa.schema(fields + [
+    return pa.schema(feature_fields(dtype, dim, pooling, kind) + [
         pa.field("error_stage", pa.string()),
         pa.field("error_reason", pa.string()),
         pa.field("run_id", pa.string()),
     ])
 
 
-def value_column(pooling: str) -> str:
+def value_column(pooling: str, kind: str = "vector") -> str:
+    if kind == "caption":
+        return "caption"
     return "vector" if pooling == "mean" else "vectors"
 
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from itemlens.errors import SnapshotNotFoundError, StoreFormatError
 from itemlens.store import lance_io
-from itemlens.store.layout import FORMAT_VERSION, SNAPSHOTS_TABLE, TIMESTAMP, StoreLocation
+from itemlens.store.layout import FORMAT_VERSION, ITEMS_TABLE, SNAPSHOTS_TABLE, TIMESTAMP, StoreLocation
 
 
 class FeatureVersion(BaseModel):
@@ -29,9 +29,11 @@ class FeatureVersion(BaseModel):
     fingerprint: str
     table: str
     spec: dict[str, Any]
-    dim: int | None = None          # None until the first vector is stored
+    kind: str = "vector"            # "vector" or "caption"
+    dim: int | None = None          # None until the first vector is stored (and for captions)
     dtype: str = "float32"
     pooling: str = "mean"
+    index: dict[str, Any] | None = None   # vector index: kind, params, rows, recall_at_10
     count: int = 0                  # items with a value
     errors: int = 0                 # items with an errors row instead
     encoder: dict[str, Any] = Field(default_factory=dict)
@@ -90,7 +92,7 @@ def read_doc(location: StoreLocation, snapshot_id: int | None = None,
     if table.num_rows == 0:
         known = list_snapshots(location)
         raise SnapshotNotFoundError(
-            f"store {location.uri} has no snapshot {snapshot_id}; it has "
+            f"store {location.uri} has no snapshot {snapshot_id} (never published, or pruned); it has "
             f"{', '.join(str(s['snapshot_id']) for s in known[-10:]) or 'none'}")
     doc = SnapshotDoc.model_validate_json(table.column("doc")[0].as_py())
     if doc.format_version > FORMAT_VERSION:
@@ -100,11 +102,28 @@ def read_doc(location: StoreLocation, snapshot_id: int | None = None,
     return doc
 
 
+PIN_PREFIX = "itemlens-pin-"
+
+
+def pin_tag(snapshot_id: int) -> str:
+    return f"{PIN_PREFIX}{snapshot_id}"
+
+
+def pinned_snapshots(location: StoreLocation) -> list[int]:
+    """Snapshots pinned with ``itemlens pin``: Lance tags on the versions they name (read off
+    the items table, which every snapshot names)."""
+    ds = lance_io.open_dataset(location.table_uri(ITEMS_TABLE), storage_options=location.options())
+    if ds is None:
+        return []
+    return sorted(int(tag[len(PIN_PREFIX):]) for tag in ds.tags.list() if tag.startswith(PIN_PREFIX))
+
+
 def list_snapshots(location: StoreLocation) -> list[dict[str, Any]]:
     ds = lance_io.open_dataset(location.table_uri(SNAPSHOTS_TABLE), storage_options=location.options())
     if ds is None:
         return []
     rows = ds.to_table(columns=["snapshot_id", "created_at", "doc"]).to_pylist()
+    pinned = set(pinned_snapshots(location))
     out = []
     for row in sorted(rows, key=lambda r: r["snapshot_id"]):
         doc = json.loads(row["doc"])
@@ -114,6 +133,7 @@ def list_snapshots(location: StoreLocation) -> list[dict[str, Any]]:
             "features": {name: e["current"] for name, e in doc.get("features", {}).items()},
             "items": doc.get("catalog", {}).get("items"),
             "summary": doc.get("report", {}).get("summary", ""),
+            "pinned": row["snapshot_id"] in pinned,
         })
     return out
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pyarrow as pa
@@ -29,7 +29,10 @@ from itemlens.store.layout import (
     StoreLocation, feature_table, staging_path, value_column,
 )
 from itemlens.store.lock import WriterLock
-from itemlens.store.snapshots import FeatureEntry, FeatureVersion, SnapshotDoc, append_doc, now_iso, read_doc
+from itemlens.store.snapshots import (
+    FeatureEntry, FeatureVersion, SnapshotDoc, append_doc, list_snapshots, now_iso, pin_tag, pinned_snapshots,
+    read_doc,
+)
 
 
 @dataclass
@@ -209,7 +212,7 @@ class StoreWriter:
 
     # -- feature versions -----------------------------------------------------------------
     def resolve_version(self, name: str, fingerprint: str, spec: dict[str, Any], *, dtype: str,
-                        pooling: str, encoder: dict[str, Any] | None = None) -> FeatureVersion:
+                        pooling: str, kind: str = "vector", encoder: dict[str, Any] | None = None) -> FeatureVersion:
         """The feature version for this fingerprint: the stored one, or a new label."""
         if not FEATURE_NAME.match(name):
             raise StoreError(
@@ -222,7 +225,7 @@ class StoreWriter:
         else:
             version = FeatureVersion(
                 name=name, label=entry.next_label() if entry else "v1", fingerprint=fingerprint,
-                table=feature_table(name, fingerprint), spec=spec, dtype=dtype, pooling=pooling,
+                table=feature_table(name, fingerprint), spec=spec, kind=kind, dtype=dtype, pooling=pooling,
                 created_at=now_iso())
         if encoder:
             version.encoder = encoder
@@ -289,17 +292,18 @@ class StoreWriter:
         stats = MergeStats()
         if staging is None:
             return stats
-        value = value_column(version.pooling)
+        value = value_column(version.pooling, version.kind)
         ok, bad = "error_stage IS NULL", "error_stage IS NOT NULL"
         n_ok = staging.count_rows(filter=ok)
         n_bad = staging.count_rows() - n_ok
         columns = ["item_id", value, "n_parts", "input_hash", "fingerprint", "computed_at"]
         schema = pa.schema([staging.schema.field(c) for c in columns])
-        dim = schema.field(value).type
-        dim = (dim.value_type if version.pooling != "mean" else dim).list_size
-        if version.dim is not None and version.dim != dim:
-            raise StoreError(f"{version.qualified}: staged vectors have {dim} dimensions, the table {version.dim}")
-        version.dim = dim
+        if version.kind == "vector":
+            vtype = schema.field(value).type
+            dim = (vtype.value_type if version.pooling != "mean" else vtype).list_size
+            if version.dim is not None and version.dim != dim:
+                raise StoreError(f"{version.qualified}: staged vectors have {dim} dimensions, the table {version.dim}")
+            version.dim = dim
 
         target = self._open(version.table)
         had_rows = target is not None and target.count_rows() > 0
@@ -316,7 +320,9 @@ class StoreWriter:
             target.merge_insert("item_id").when_matched_delete().execute(
                 staging.scanner(columns=["item_id"], filter=bad).to_reader())
         if n_ok or had_rows:
-            _index_item_ids(self._open(version.table))
+            _index_item_ids(self._open(version.table))   # also folds new rows into a vector index
+            if version.index is not None:
+                self._measure_index(version)
 
         errors = self._open(ERRORS_TABLE)
         errors_touched = bool(n_bad)
@@ -340,6 +346,85 @@ class StoreWriter:
             _index_item_ids(self._open(ERRORS_TABLE))
         lance_io.remove_tree(staging_uri)
         return stats
+
+    def count_values(self, version: FeatureVersion) -> int:
+        dataset = self._open(version.table)
+        return dataset.count_rows() if dataset is not None else 0
+
+    # -- vector indexes ---------------------------------------------------------------------
+    def build_index(self, version: FeatureVersion, kind: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Build (or rebuild) the version's vector index and measure its recall@10."""
+        from itemlens.store import indexes
+
+        if version.kind != "vector" or version.pooling != "mean":
+            raise StoreError(f"{version.qualified}: only pooled vector features can be indexed")
+        dataset = self._open(version.table)
+        if dataset is None or dataset.count_rows() == 0:
+            raise StoreError(f"{version.qualified} has no vectors to index")
+        version.index = indexes.build(dataset, kind, params)
+        self._measure_index(version)
+        self._touched[version.name] = version
+        return version.index
+
+    def _measure_index(self, version: FeatureVersion) -> None:
+        from itemlens.store import indexes
+
+        dataset = self._open(version.table)
+        version.index = {**(version.index or {}), "rows": dataset.count_rows(),
+                         "recall_at_10": round(indexes.recall_at_k(dataset, version.index["kind"], k=10), 4)}
+
+    # -- pins and pruning ----------------------------------------------------------------------
+    def pin(self, snapshot_id: int) -> None:
+        """Protect a snapshot from pruning: a Lance tag on every table version it names."""
+        doc = read_doc(self.location, snapshot_id)
+        for table, version in doc.tables.items():
+            tags = self._open(table).tags
+            if pin_tag(snapshot_id) not in tags.list():
+                tags.create(pin_tag(snapshot_id), version)
+
+    def unpin(self, snapshot_id: int) -> None:
+        doc = read_doc(self.location, snapshot_id)
+        for table in doc.tables:
+            dataset = self._open(table)
+            if dataset is not None and pin_tag(snapshot_id) in dataset.tags.list():
+                dataset.tags.delete(pin_tag(snapshot_id))
+
+    def prune(self, keep: int) -> dict[str, Any]:
+        """Keep the newest ``keep`` snapshots and the pinned ones; delete every other snapshot
+        and every table version or table that no kept snapshot names."""
+        if keep < 1:
+            raise StoreError("prune needs keep >= 1: the newest snapshot always stays")
+        ids = [s["snapshot_id"] for s in list_snapshots(self.location)]
+        pinned = set(pinned_snapshots(self.location))
+        kept = sorted(set(ids[-keep:]) | (pinned & set(ids)))
+        dropped = [i for i in ids if i not in kept]
+        named: dict[str, set[int]] = {}
+        for snapshot_id in kept:
+            for table, version in read_doc(self.location, snapshot_id).tables.items():
+                named.setdefault(table, set()).add(version)
+        deleted_versions, dropped_tables = 0, []
+        import lancedb
+
+        for table in lancedb.connect(self.location.uri).list_tables().tables:
+            if table in (META_TABLE, SNAPSHOTS_TABLE):
+                continue
+            dataset = self._open(table)
+            if table not in named:
+                if table.startswith("feature__"):   # a version no kept snapshot names
+                    lance_io.remove_tree(self._uri(table))
+                    dropped_tables.append(table)
+                continue
+            latest = dataset.latest_version
+            old = [v["version"] for v in dataset.versions() if v["version"] not in named[table] and v["version"] != latest]
+            if old:
+                deleted_versions += dataset.cleanup_old_versions(versions=old).old_versions
+        snapshots = self._open(SNAPSHOTS_TABLE)
+        if dropped:
+            snapshots.delete(f"snapshot_id IN ({', '.join(map(str, dropped))})")
+            snapshots = self._open(SNAPSHOTS_TABLE)
+            deleted_versions += snapshots.cleanup_old_versions(older_than=timedelta(0)).old_versions
+        return {"kept": kept, "dropped": dropped, "pinned": sorted(pinned), "versions_deleted": deleted_versions,
+                "tables_dropped": dropped_tables}
 
     # -- publishing -----------------------------------------------------------------------
     def publish(self, *, catalog: dict[str, Any], report: dict[str, Any],

@@ -77,6 +77,8 @@ def test_ingest_gives_the_libraries_own_vectors(ray_session, tmp_path, catalog, 
     texts = [TextTemplate("{title}. {bullet_points}").render(r) for r in rows]
     expected_text = SentenceTransformer(minilm_path, device="cpu").encode(texts, normalize_embeddings=True)
     assert _cos(lens.vectors("text", ids), expected_text).min() >= 0.99999
+    # encode() embeds new raw inputs online with the stored spec: the same vectors as the ingest
+    assert _cos(lens.encode("text", texts[:4]), expected_text[:4]).min() >= 0.99999
 
     model, _, preprocess = open_clip.create_model_and_transforms("tiny-clip", pretrained=tiny_clip["checkpoint"])
     model.eval()
@@ -93,6 +95,8 @@ def test_ingest_gives_the_libraries_own_vectors(ray_session, tmp_path, catalog, 
         parts = lens.part_vectors("image_parts", [row["item_id"]])[0]
         assert parts.shape == (len(row["images"]), 32)
         assert _cos(parts, per_image).min() >= 0.9999
+    online = lens.encode("image_parts", [str(catalog.parent / p) for p in rows[0]["images"]])
+    assert _cos(online, clip(rows[0]["images"])).min() >= 0.9999
 
     hits = lens.search("text", "LED light bulb with warm white light", k=3)
     assert hits[0].item_id in {r["item_id"] for r in rows if r["brand"] == "AmazonBasics"}
@@ -207,6 +211,15 @@ def test_a_reader_on_snapshot_n_sees_n_while_a_second_ingest_writes(
     assert reader.refresh() == 2
     after = reader.vectors("text", ids)
     assert _cos(after, before).max() < 0.9999                            # every title changed
+
+
+def test_an_index_declared_in_the_config_is_built_once_big_enough(ray_session, tmp_path, catalog, minilm_path):
+    spec = text_spec(minilm_path, index={"kind": "IVF_PQ", "min_rows": 10, "num_partitions": 2})
+    report = ingest(catalog, {"features": {"text": spec}}, tmp_path / "lens", progress=False)
+    info = itemlens.connect(tmp_path / "lens").features()[0].index
+    assert report.features["text"].encoded == 15
+    assert info["kind"] == "IVF_PQ" and info["params"]["num_partitions"] == 2 and info["rows"] == 15
+    assert 0 < info["recall_at_10"] <= 1
 
 
 def test_a_changed_spec_makes_a_new_version_and_leaves_the_rest_alone(
@@ -369,3 +382,24 @@ def test_more_actors_than_the_cluster_can_feed_are_scaled_down_not_left_waiting(
     config = {"features": {"text": text_spec(minilm_path, resources={"num_gpus": 1, "concurrency": 3})}}
     report = ingest(catalog, config, tmp_path / "lens", progress=False)
     assert report.features["text"].actors == 1 and report.features["text"].encoded == 15
+
+
+def test_a_snapshot_pinned_before_an_ingest_and_a_prune_keeps_its_vectors(ray_session, tmp_path, catalog, minilm_path):
+    from itemlens.store.writer import StoreWriter
+
+    store = tmp_path / "lens"
+    config = {"features": {"text": text_spec(minilm_path)}}
+    ingest(catalog, config, store, progress=False)
+    ids = [r["item_id"] for r in _rows(catalog)]
+    before = itemlens.connect(store).vectors("text", ids)
+    with StoreWriter.open(store) as writer:
+        writer.pin(1)
+    rows = _rows(catalog)
+    for row in rows:
+        row["title"] = "New " + row["title"]
+    write_jsonl(catalog, rows)
+    assert ingest(catalog, config, store, progress=False).snapshot == 2
+    with StoreWriter.open(store) as writer:
+        assert writer.prune(keep=1)["kept"] == [1, 2]
+    assert np.array_equal(itemlens.connect(store, snapshot=1).vectors("text", ids), before)
+    assert _cos(itemlens.connect(store).vectors("text", ids), before).max() < 0.9999

@@ -4,6 +4,11 @@
 
     itemlens ingest CATALOG --config lens.yaml --store ./lens [--address ADDR]
     itemlens show ./lens [--snapshot N] [--json]
+    itemlens snapshots ./lens
+    itemlens pin ./lens N          |  itemlens unpin ./lens N
+    itemlens prune ./lens --keep K
+    itemlens index ./lens FEATURE [--kind IVF_PQ|IVF_HNSW_SQ] [--num-partitions P] [--num-sub-vectors S]
+    itemlens export ./lens --format mmrec|npz|parquet --out DIR [--feature F ...] [--ids FILE] [--fill nan]
 """
 
 from __future__ import annotations
@@ -38,11 +43,36 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--snapshot", type=int, default=None)
     s.add_argument("--json", action="store_true", help="print the snapshot document as JSON")
 
+    sub.add_parser("snapshots", help="list the store's snapshots (* pinned)").add_argument("store")
+    for verb, text in (("pin", "keep snapshot N through prunes"), ("unpin", "let prune remove snapshot N")):
+        p = sub.add_parser(verb, help=text)
+        p.add_argument("store")
+        p.add_argument("snapshot", type=int)
+    p = sub.add_parser("prune", help="delete all but the newest K snapshots (and the pinned ones)")
+    p.add_argument("store")
+    p.add_argument("--keep", type=int, required=True)
+    p = sub.add_parser("index", help="build a vector index on a feature and measure its recall@10")
+    p.add_argument("store")
+    p.add_argument("feature")
+    p.add_argument("--kind", default="IVF_PQ", choices=["IVF_PQ", "IVF_HNSW_SQ"])
+    p.add_argument("--num-partitions", type=int, default=None)
+    p.add_argument("--num-sub-vectors", type=int, default=None)
+    p = sub.add_parser("export", help="write features in a recommender format (mmrec, npz, parquet)")
+    p.add_argument("store")
+    p.add_argument("--format", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--feature", action="append", default=None, help="a feature to export (repeat; default all)")
+    p.add_argument("--ids", default=None, help="a file of item ids, one per line: rows follow its order")
+    p.add_argument("--fill", default="0", help="value for items without a vector: a number or nan (default 0)")
+    p.add_argument("--snapshot", type=int, default=None)
+    for p in sub.choices.values():
+        if "--wait-for-lock" not in p._option_string_actions and p.prog.split()[-1] in ("pin", "unpin", "prune", "index"):
+            p.add_argument("--wait-for-lock", type=float, default=0.0, metavar="SECONDS")
+
     args = parser.parse_args(argv)
     try:
-        if args.command == "ingest":
-            return _ingest(args)
-        return _show(args)
+        return {"ingest": _ingest, "show": _show, "snapshots": _snapshots, "pin": _pin, "unpin": _pin,
+                "prune": _prune, "index": _index, "export": _export}[args.command](args)
     except ItemlensError as exc:
         print(f"itemlens: error: {exc}", file=sys.stderr)
         return 2
@@ -65,6 +95,61 @@ def _ingest(args) -> int:
     return 0
 
 
+def _snapshots(args) -> int:
+    import itemlens
+
+    for snap in itemlens.connect(args.store).snapshots():
+        marker = "*" if snap["pinned"] else " "
+        features = ", ".join(f"{k}@{v}" for k, v in snap["features"].items())
+        print(f"{marker}{snap['snapshot_id']:>5}  {snap['created_at']:%Y-%m-%d %H:%M:%S}  {features}  {snap['summary']}")
+    print("(* pinned: kept by itemlens prune)")
+    return 0
+
+
+def _pin(args) -> int:
+    from itemlens.store.writer import StoreWriter
+
+    with StoreWriter.open(args.store, lock_wait=args.wait_for_lock, command=f"itemlens {args.command}") as writer:
+        (writer.pin if args.command == "pin" else writer.unpin)(args.snapshot)
+    print(f"snapshot {args.snapshot} {'pinned' if args.command == 'pin' else 'unpinned'}")
+    return 0
+
+
+def _prune(args) -> int:
+    from itemlens.store.writer import StoreWriter
+
+    with StoreWriter.open(args.store, lock_wait=args.wait_for_lock, command="itemlens prune") as writer:
+        report = writer.prune(args.keep)
+    print(f"kept snapshots {report['kept']} (pinned: {report['pinned']}); dropped {report['dropped']}; "
+          f"{report['versions_deleted']} table versions and {len(report['tables_dropped'])} tables deleted")
+    return 0
+
+
+def _index(args) -> int:
+    import itemlens
+
+    params = {k: v for k, v in (("num_partitions", args.num_partitions), ("num_sub_vectors", args.num_sub_vectors))
+              if v is not None}
+    info = itemlens.connect(args.store).create_index(args.feature, args.kind, lock_wait=args.wait_for_lock, **params)
+    print(f"{args.feature}: {info['kind']} {info['params']} on {info['rows']} rows in {info['build_seconds']} s; "
+          f"recall@10 against exact search: {info['recall_at_10']}")
+    return 0
+
+
+def _export(args) -> int:
+    import itemlens
+
+    ids = None
+    if args.ids:
+        with open(args.ids) as f:
+            ids = [line.strip() for line in f if line.strip()]
+    fill = float(args.fill)
+    lens = itemlens.connect(args.store, snapshot=args.snapshot)
+    files = lens.export(args.format, args.out, features=args.feature, ids=ids, fill=fill)
+    print(f"wrote {', '.join(files)} to {args.out} (snapshot {lens.snapshot})")
+    return 0
+
+
 def _show(args) -> int:
     import itemlens
 
@@ -80,8 +165,8 @@ def _show(args) -> int:
     latest = snapshots[-1]["snapshot_id"] if snapshots else lens.snapshot
     print(f"snapshot {lens.snapshot} of {latest}, created {lens.doc.created_at}")
     catalog = lens.doc.catalog
-    if catalog:
-        print(f"catalog {catalog.get('uri')} ({catalog.get('items')} items, digest {catalog.get('digest')})")
+    if catalog.get("uri"):
+        print(f"catalog {catalog['uri']} ({catalog.get('items')} items, digest {catalog.get('digest')})")
     print(f"items known to the store: {lens.items().num_rows}")
     print()
     print(f"{'feature':<22}{'encoder':<23}{'dim':>5} {'dtype':<8}{'values':>8}{'errors':>8}  model")
@@ -92,6 +177,9 @@ def _show(args) -> int:
         print(f"{name:<22}{f.encoder:<23}{f.dim or '-':>5} {f.dtype:<8}{f.count:>8}{f.errors:>8}  {model}")
         if f.note:
             print(f"{'':<22}note: {f.note}")
+        if f.index:
+            print(f"{'':<22}index: {f.index['kind']} {f.index.get('params', {})}, {f.index.get('rows')} rows, "
+                  f"recall@10 {f.index.get('recall_at_10')} (against exact search)")
     print("(* = current version; older versions stay readable as name@vN)")
     errors = lens.errors()
     if errors.num_rows:
@@ -112,9 +200,9 @@ def _show(args) -> int:
         if timings:
             print("  time: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
     print()
-    print("snapshots:")
+    print("snapshots (> this one, * pinned):")
     for snap in snapshots[-10:]:
-        marker = "*" if snap["snapshot_id"] == lens.snapshot else " "
+        marker = ">" if snap["snapshot_id"] == lens.snapshot else ("*" if snap["pinned"] else " ")
         features = ", ".join(f"{k}@{v}" for k, v in snap["features"].items())
         print(f" {marker}{snap['snapshot_id']:>4}  {snap['created_at']:%Y-%m-%d %H:%M:%S}  {features}  {snap['summary']}")
     return 0

@@ -330,7 +330,20 @@ def _ingest_feature(encoder, version, cfg: IngestConfig, source: CatalogSource, 
     merged: MergeStats = writer.merge_staged(version)
     report.inserted, report.updated = merged.inserted, merged.updated
     report.errors_by_stage = merged.by_stage
+    _build_index_when_due(spec, version, writer)
     return report
+
+
+def _build_index_when_due(spec, version, writer: StoreWriter) -> None:
+    """The spec's vector index, once the table is big enough (later merges keep it current)."""
+    if spec.index is None or version.index is not None or spec.pooling != "mean":
+        return
+    rows = writer.count_values(version)
+    if rows >= spec.index.min_rows:
+        params = spec.index.model_dump(exclude={"kind", "min_rows"}, exclude_none=True)
+        info = writer.build_index(version, spec.index.kind, params)
+        log.info("%s: built a %s index on %d vectors, recall@10 %.3f", version.qualified, info["kind"], rows,
+                 info["recall_at_10"])
 
 
 # -- helpers -----------------------------------------------------------------------------------------
