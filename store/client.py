@@ -23,7 +23,7 @@ from itemlens.errors import ConfigError, QueryError, StoreError, UnknownFeatureE
 from itemlens.store import lance_io
 from itemlens.store.cache import DEFAULT_CACHE_BYTES, CachedTable, TableCache, load_table
 from itemlens.store.layout import ERRORS_SCHEMA, ERRORS_TABLE, ITEMS_TABLE, StoreLocation, staging_schema, value_column
-from itemlens.store.snapshots import FeatureVersion, SnapshotDoc, list_snapshots, read_doc
+from itemlens.store.snapshots import FeatureVersion, SemanticIdVersion, SnapshotDoc, list_snapshots, read_doc
 from itemlens.store.writer import StoreWriter, check_store_format
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -98,6 +98,8 @@ class Lens:
         self._datasets: dict[tuple[str, int], Any] = {}
         self._encoders: dict[str, Encoder] = {}
         self._db = None
+        self._codes: dict[tuple, _CodesEntry] = {}      # semantic IDs: small, held whole
+        self._reverse: dict[tuple, dict[tuple[int, ...], str]] = {}
         self._pid = os.getpid()
 
     def _here(self) -> None:
@@ -471,14 +473,100 @@ class Lens:
             self.doc = doc
         return info
 
+    # -- semantic IDs ---------------------------------------------------------------------------
+    def semantic_id_info(self, name: str) -> SemanticIdVersion:
+        """The semantic-ID version ``name`` resolves to (``"sid"`` current, ``"sid@v1"`` older):
+        its definition, inputs, width and metrics."""
+        version = self.doc.semantic_id_version(name)
+        if version is None:
+            known = [f"{n}@{v}" for n, e in sorted(self.doc.semantic_ids.items()) for v in e.versions]
+            raise UnknownFeatureError(
+                f"snapshot {self.snapshot} of {self.uri} has no semantic IDs {name!r}; it has: "
+                f"{', '.join(known) or 'none'}")
+        return version
+
+    def semantic_ids(self, name: str, ids: Sequence[str], *, fill: int | None = None) -> np.ndarray:
+        """Codes of ``ids`` in their order: int64 [len(ids), levels (+1 with the suffix)].
+
+        An item without an ID raises UnknownItemsError (a KeyError) unless ``fill`` is given
+        (``-1`` is the usual choice), which then fills its row."""
+        version = self.semantic_id_info(name)
+        entry = self._sid_entry(version)
+        ids = _as_ids(ids)
+        rows = entry.index.rows(ids)
+        found = rows >= 0
+        if not found.all() and fill is None:
+            missing = list(dict.fromkeys(_strings([i for i, ok in zip(ids, found) if not ok])))
+            raise UnknownItemsError(version.qualified, missing, detail="no semantic ID (no vector for "
+                                    f"every input of {', '.join(version.inputs.values())}, or not in this snapshot)")
+        codes = entry.values[np.where(found, rows, 0)] if len(entry.values) else np.zeros((len(ids), version.width), np.int64)
+        if not found.all():
+            codes[~found] = fill
+        return codes
+
+    def item_for(self, name: str, codes: Sequence[int] | np.ndarray) -> str | list[str]:
+        """The item holding a semantic ID (one tuple), or the items of many ([n, width]).
+        Tuples no item holds in this snapshot (never handed out, or retired) raise KeyError."""
+        version = self.semantic_id_info(name)
+        array = np.asarray(codes, dtype=np.int64)
+        single = array.ndim == 1
+        if array.ndim not in (1, 2) or (array.size and array.shape[-1] != version.width):
+            raise ValueError(f"{version.qualified} IDs have {version.width} codes; got an array of shape {array.shape}")
+        array = array.reshape(-1, version.width)
+        key = ("reverse", version.table, self.doc.tables[version.table])
+        reverse = self._reverse.get(key)
+        if reverse is None:
+            entry = self._sid_entry(version)
+            reverse = self._reverse[key] = {tuple(row): i for i, row in zip(entry.ids, entry.values.tolist())}
+        out, unknown = [], []
+        for row in map(tuple, array.tolist()):
+            item = reverse.get(row)
+            if item is None:
+                unknown.append(row)
+            out.append(item)
+        if unknown:
+            raise KeyError(f"{version.qualified}: no item holds {', '.join(map(str, unknown[:5]))}"
+                           + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""))
+        return out[0] if single else out
+
+    def semantic_id_plot(self, name: str) -> bytes:
+        """The PNG of code usage per level, as stored with the version."""
+        version = self.semantic_id_info(name)
+        rows = self._dataset(version.quantizer_table).to_table(filter=pc.field("key") == "plot").to_pylist()
+        return rows[0]["value"]
+
+    def _sid_entry(self, version: SemanticIdVersion) -> _CodesEntry:
+        key = ("codes", version.table, self.doc.tables[version.table])
+        entry = self._codes.get(key)
+        if entry is None:
+            from itemlens.store.cache import IdIndex
+
+            table = self._dataset(version.table).to_table(columns=["item_id", "codes"], filter=pc.field("active"))
+            ids = table.column("item_id")
+            codes = table.column("codes").combine_chunks()
+            values = (codes.flatten().to_numpy().reshape(-1, version.width).astype(np.int64)
+                      if len(codes) else np.zeros((0, version.width), np.int64))
+            entry = self._codes[key] = _CodesEntry(IdIndex(ids), values, ids.to_pylist())
+        return entry
+
     def export(self, fmt: str, out: str | os.PathLike, *, features: Sequence[str] | None = None,
-               ids: Sequence[str] | None = None, fill: float = 0.0, **options: Any) -> list[str]:
-        """Write features in a format recommender code reads (``mmrec``, ``npz``, ``parquet``);
-        rows follow the store's item index, or ``ids`` when given; items without a value get
-        ``fill`` and a mask. See itemlens.store.exports. Returns the files written."""
+               semantic_ids: Sequence[str] | None = None, ids: Sequence[str] | None = None,
+               fill: float = 0.0, **options: Any) -> list[str]:
+        """Write features (``mmrec``, ``npz``, ``parquet``) or semantic IDs (``sid-grid``,
+        ``sid-tokens``, ``sid-parquet``) in a format recommender code reads; rows follow the
+        store's item index, or ``ids`` when given; items without a value get ``fill`` (-1 for
+        codes) and a mask. See itemlens.store.exports. Returns the files written."""
         from itemlens.store import exports
 
-        return exports.export(self, fmt, out, features=features, ids=ids, fill=fill, **options)
+        return exports.export(self, fmt, out, features=features, semantic_ids=semantic_ids, ids=ids,
+                              fill=fill, **options)
+
+
+@dataclass
+class _CodesEntry:
+    index: Any              # IdIndex over the active rows' item ids
+    values: np.ndarray      # [rows, width] int64
+    ids: list[str]
 
 
 # -- helpers ------------------------------------------------------------------------------------

@@ -55,12 +55,44 @@ class FeatureEntry(BaseModel):
         return f"v{1 + max((int(label[1:]) for label in self.versions), default=0)}"
 
 
+class SemanticIdVersion(BaseModel):
+    """One trained quantizer and the IDs it handed out (see store/semantic_ids.py)."""
+
+    name: str
+    label: str
+    fingerprint: str                # the spec and its input feature versions
+    table: str                      # codes: one active row per item, plus retired tuples
+    quantizer_table: str            # weights (safetensors) and the code-usage plot
+    spec: dict[str, Any]
+    inputs: dict[str, str]          # input feature -> its qualified version ("text@v2")
+    input_dim: int
+    width: int                      # codes per item: levels (+1 with the suffix)
+    count: int = 0                  # items with an ID
+    retired: int = 0                # tuples retired (changed or deleted items), never reused
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    created_at: str
+    refreshed_at: str = ""
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.name}@{self.label}"
+
+
+class SemanticIdEntry(BaseModel):
+    current: str
+    versions: dict[str, SemanticIdVersion]
+
+    def next_label(self) -> str:
+        return f"v{1 + max((int(label[1:]) for label in self.versions), default=0)}"
+
+
 class SnapshotDoc(BaseModel):
     snapshot_id: int = 0
     created_at: str = ""
     format_version: int = FORMAT_VERSION
     tables: dict[str, int] = Field(default_factory=dict)   # table name -> Lance version
     features: dict[str, FeatureEntry] = Field(default_factory=dict)
+    semantic_ids: dict[str, SemanticIdEntry] = Field(default_factory=dict)
     catalog: dict[str, Any] = Field(default_factory=dict)  # uri, digest, items
     report: dict[str, Any] = Field(default_factory=dict)
 
@@ -68,6 +100,14 @@ class SnapshotDoc(BaseModel):
         """``"text"`` (current version) or ``"text@v1"``; None when unknown."""
         base, _, label = name.partition("@")
         entry = self.features.get(base)
+        if entry is None:
+            return None
+        return entry.versions.get(label or entry.current)
+
+
+    def semantic_id_version(self, name: str) -> SemanticIdVersion | None:
+        base, _, label = name.partition("@")
+        entry = self.semantic_ids.get(base)
         if entry is None:
             return None
         return entry.versions.get(label or entry.current)
@@ -131,6 +171,7 @@ def list_snapshots(location: StoreLocation) -> list[dict[str, Any]]:
             "snapshot_id": row["snapshot_id"],
             "created_at": row["created_at"],
             "features": {name: e["current"] for name, e in doc.get("features", {}).items()},
+            "semantic_ids": {name: e["current"] for name, e in doc.get("semantic_ids", {}).items()},
             "items": doc.get("catalog", {}).get("items"),
             "summary": doc.get("report", {}).get("summary", ""),
             "pinned": row["snapshot_id"] in pinned,

@@ -30,7 +30,7 @@ from itemlens.store.layout import (
 )
 from itemlens.store.lock import WriterLock
 from itemlens.store.snapshots import (
-    FeatureEntry, FeatureVersion, SnapshotDoc, append_doc, list_snapshots, now_iso, pin_tag, pinned_snapshots,
+    FeatureEntry, FeatureVersion, SemanticIdEntry, SemanticIdVersion, SnapshotDoc, append_doc, list_snapshots, now_iso, pin_tag, pinned_snapshots,
     read_doc,
 )
 
@@ -76,6 +76,7 @@ class StoreWriter:
         self._ensure_store()
         self.base: SnapshotDoc = read_doc(location) or SnapshotDoc()
         self._touched: dict[str, FeatureVersion] = {}
+        self._semantic_ids: dict[str, SemanticIdVersion] = {}
 
     @classmethod
     def open(cls, uri: str, *, storage_options: dict[str, str] | None = None, lock_wait: float = 0.0,
@@ -373,6 +374,11 @@ class StoreWriter:
         version.index = {**(version.index or {}), "rows": dataset.count_rows(),
                          "recall_at_10": round(indexes.recall_at_k(dataset, version.index["kind"], k=10), 4)}
 
+    # -- semantic IDs -----------------------------------------------------------------------------
+    def stage_semantic_ids(self, version: SemanticIdVersion) -> None:
+        """A semantic-ID version whose tables this job wrote: named by the next snapshot."""
+        self._semantic_ids[version.name] = version
+
     # -- pins and pruning ----------------------------------------------------------------------
     def pin(self, snapshot_id: int) -> None:
         """Protect a snapshot from pruning: a Lance tag on every table version it names."""
@@ -410,7 +416,7 @@ class StoreWriter:
                 continue
             dataset = self._open(table)
             if table not in named:
-                if table.startswith("feature__"):   # a version no kept snapshot names
+                if table.startswith(("feature__", "sid__", "sidq__")):   # a version no kept snapshot names
                     lance_io.remove_tree(self._uri(table))
                     dropped_tables.append(table)
                 continue
@@ -454,6 +460,16 @@ class StoreWriter:
                 changed |= entry.current != version.label or version.label not in entry.versions
                 entry.versions[version.label] = version
                 entry.current = version.label
+        for name, sid in self._semantic_ids.items():
+            for table in (sid.table, sid.quantizer_table):
+                doc.tables[table] = self._open(table).version
+            entry = doc.semantic_ids.get(name)
+            if entry is None:
+                doc.semantic_ids[name] = SemanticIdEntry(current=sid.label, versions={sid.label: sid})
+            else:
+                changed |= entry.current != sid.label
+                entry.versions[sid.label] = sid
+                entry.current = sid.label
         for table in (ITEMS_TABLE, ERRORS_TABLE):
             doc.tables[table] = self._open(table).version
         changed |= doc.tables != self.base.tables

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-HEAVY = ("torch", "ray", "transformers", "open_clip", "sentence_transformers")
+HEAVY = ("torch", "ray", "transformers", "open_clip", "sentence_transformers", "faiss", "matplotlib")
 
 
 def _modules_after(code: str) -> set[str]:

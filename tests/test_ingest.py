@@ -222,6 +222,33 @@ def test_an_index_declared_in_the_config_is_built_once_big_enough(ray_session, t
     assert 0 < info["recall_at_10"] <= 1
 
 
+def test_ingest_derives_semantic_ids_and_a_refresh_keeps_them(ray_session, tmp_path, catalog, minilm_path):
+    from itemlens.store import quantizers
+
+    config = {"features": {"text": text_spec(minilm_path)},
+              "semantic_ids": {"sid": {"features": ["text"], "levels": 2, "codebook_size": 4}}}
+    first = ingest(catalog, config, tmp_path / "lens", progress=False)
+    assert first.semantic_ids["sid"].trained and first.semantic_ids["sid"].items == 15
+    lens = itemlens.connect(tmp_path / "lens")
+    ids = [r["item_id"] for r in _rows(catalog)]
+    before = lens.semantic_ids("sid", ids)
+    assert len({tuple(c) for c in before.tolist()}) == 15 and lens.item_for("sid", before) == ids
+
+    rows = _rows(catalog)
+    rows[4]["title"] = "A completely different product: cast iron frying pan"
+    write_jsonl(catalog, rows)
+    trainings = quantizers.TRAININGS["count"]
+    second = ingest(catalog, config, tmp_path / "lens", progress=False)
+    assert quantizers.TRAININGS["count"] == trainings
+    report = second.semantic_ids["sid"]
+    assert (report.trained, report.changed, report.retired, report.unchanged) == (False, 1, 1, 14)
+    lens.refresh()
+    after = lens.semantic_ids("sid", ids)
+    keep = [i for i in range(15) if i != 4]
+    assert np.array_equal(after[keep], before[keep]) and tuple(after[4]) not in {tuple(c) for c in before.tolist()}
+    assert lens.doc.report["semantic_ids"]["sid"]["changed"] == 1
+
+
 def test_a_changed_spec_makes_a_new_version_and_leaves_the_rest_alone(
         ray_session, tmp_path, catalog, minilm_path, tiny_clip):
     store = tmp_path / "lens"

@@ -9,6 +9,9 @@
     itemlens prune ./lens --keep K
     itemlens index ./lens FEATURE [--kind IVF_PQ|IVF_HNSW_SQ] [--num-partitions P] [--num-sub-vectors S]
     itemlens export ./lens --format mmrec|npz|parquet --out DIR [--feature F ...] [--ids FILE] [--fill nan]
+    itemlens export ./lens --format sid-grid|sid-tokens|sid-parquet --out DIR [--semantic-ids NAME ...]
+    itemlens semantic-ids ./lens --config lens.yaml [--name NAME ...] [--retrain]
+    itemlens show ./lens --plots DIR      (also writes the code-usage plots of semantic IDs)
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("store")
     s.add_argument("--snapshot", type=int, default=None)
     s.add_argument("--json", action="store_true", help="print the snapshot document as JSON")
+    s.add_argument("--plots", metavar="DIR", default=None, help="write plots (semantic-ID code usage) as PNG here")
 
     sub.add_parser("snapshots", help="list the store's snapshots (* pinned)").add_argument("store")
     for verb, text in (("pin", "keep snapshot N through prunes"), ("unpin", "let prune remove snapshot N")):
@@ -64,15 +68,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--feature", action="append", default=None, help="a feature to export (repeat; default all)")
     p.add_argument("--ids", default=None, help="a file of item ids, one per line: rows follow its order")
     p.add_argument("--fill", default="0", help="value for items without a vector: a number or nan (default 0)")
+    p.add_argument("--semantic-ids", action="append", default=None, metavar="NAME",
+                   help="semantic IDs to export with a sid-* format (repeat; default all)")
     p.add_argument("--snapshot", type=int, default=None)
+    p = sub.add_parser("semantic-ids", help="train or refresh the semantic IDs a configuration defines")
+    p.add_argument("store")
+    p.add_argument("--config", required=True, help="YAML configuration with a semantic_ids: section")
+    p.add_argument("--name", action="append", default=None, help="only this definition (repeat; default all)")
+    p.add_argument("--retrain", action="store_true",
+                   help="train a new version even if the definition and inputs are unchanged")
     for p in sub.choices.values():
-        if "--wait-for-lock" not in p._option_string_actions and p.prog.split()[-1] in ("pin", "unpin", "prune", "index"):
+        if "--wait-for-lock" not in p._option_string_actions and p.prog.split()[-1] in ("pin", "unpin", "prune", "index", "semantic-ids"):
             p.add_argument("--wait-for-lock", type=float, default=0.0, metavar="SECONDS")
 
     args = parser.parse_args(argv)
     try:
         return {"ingest": _ingest, "show": _show, "snapshots": _snapshots, "pin": _pin, "unpin": _pin,
-                "prune": _prune, "index": _index, "export": _export}[args.command](args)
+                "prune": _prune, "index": _index, "export": _export,
+                "semantic-ids": _semantic_ids}[args.command](args)
     except ItemlensError as exc:
         print(f"itemlens: error: {exc}", file=sys.stderr)
         return 2
@@ -145,8 +158,30 @@ def _export(args) -> int:
             ids = [line.strip() for line in f if line.strip()]
     fill = float(args.fill)
     lens = itemlens.connect(args.store, snapshot=args.snapshot)
-    files = lens.export(args.format, args.out, features=args.feature, ids=ids, fill=fill)
+    files = lens.export(args.format, args.out, features=args.feature, semantic_ids=args.semantic_ids, ids=ids,
+                        fill=fill)
     print(f"wrote {', '.join(files)} to {args.out} (snapshot {lens.snapshot})")
+    return 0
+
+
+def _semantic_ids(args) -> int:
+    from itemlens.errors import ConfigError
+    from itemlens.store.semantic_ids import build
+    from itemlens.workflows.config import load_config
+    from itemlens.workflows.ingest import configure_logging
+
+    configure_logging(False)
+    specs = load_config(args.config).semantic_ids
+    names = args.name or list(specs)
+    unknown = [n for n in names if n not in specs]
+    if unknown or not names:
+        raise ConfigError(f"{args.config} defines semantic IDs {', '.join(specs) or 'none'}; "
+                          f"not {', '.join(unknown) or 'any'}")
+    reports, snapshot = build(args.store, {n: specs[n] for n in names}, retrain=args.retrain,
+                              lock_wait=args.wait_for_lock)
+    for r in reports.values():
+        print(r.line())
+    print(f"published snapshot {snapshot}" if snapshot else "nothing changed: no new snapshot")
     return 0
 
 
@@ -181,6 +216,29 @@ def _show(args) -> int:
             print(f"{'':<22}index: {f.index['kind']} {f.index.get('params', {})}, {f.index.get('rows')} rows, "
                   f"recall@10 {f.index.get('recall_at_10')} (against exact search)")
     print("(* = current version; older versions stay readable as name@vN)")
+    if lens.doc.semantic_ids:
+        print()
+        print(f"{'semantic IDs':<22}{'method':<11}{'codes':<9}{'items':>8}{'retired':>9}{'collisions':>12}"
+              f"{'largest':>9}{'recon err':>11}  inputs")
+        for name, entry in sorted(lens.doc.semantic_ids.items()):
+            for label, v in sorted(entry.versions.items(), key=lambda kv: int(kv[0][1:])):
+                m = v.metrics
+                shape = f"{v.spec['levels']}x{v.spec['codebook_size']}" + ("+s" if v.width > v.spec["levels"] else "")
+                current = "*" if label == entry.current else ""
+                print(f"{v.qualified + current:<22}{v.spec['method']:<11}{shape:<9}{v.count:>8}{v.retired:>9}"
+                      f"{m.get('collision_rate', 0):>12.2%}{m.get('largest_group', 0):>9}"
+                      f"{m.get('reconstruction_error', float('nan')):>11.4f}  {', '.join(v.inputs.values())}")
+                if m.get("utilization"):
+                    print(f"{'':<22}per level: utilization {', '.join(f'{u:.0%}' for u in m['utilization'])}; "
+                          f"perplexity {', '.join(f'{p:g}' for p in m['perplexity'])}")
+                if args.plots and label == entry.current:
+                    import os
+
+                    os.makedirs(args.plots, exist_ok=True)
+                    path = os.path.join(args.plots, f"{name}_code_usage.png")
+                    with open(path, "wb") as f:
+                        f.write(lens.semantic_id_plot(name))
+                    print(f"{'':<22}code usage plot: {path}")
     errors = lens.errors()
     if errors.num_rows:
         print()

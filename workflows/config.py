@@ -23,6 +23,13 @@
         pretrained: laion2b_s34b_b79k
         input: {image: images}    # a path/URI per item, or a list of them
         pooling: mean             # or per_image
+    semantic_ids:                 # optional: derived after the features, in the same snapshot
+      sid:
+        features: {image: 0.1, text: 0.9}   # or a list of feature names (weight 1)
+        method: rq-kmeans         # or rq-vae
+        levels: 3
+        codebook_size: 256
+        uniqueness: suffix        # or nearest-free
 
 Errors name the field, the bad value and what is allowed. Relative paths in a spec
 (``checkpoint``, ``model_config_file``, a ``model`` folder) resolve against the YAML file's
@@ -36,12 +43,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from itemlens.errors import ConfigError
 from itemlens.extractors.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from itemlens.extractors.spec import FeatureSpec
 from itemlens.store.layout import FEATURE_NAME
+from itemlens.store.semantic_ids import SemanticIdSpec
 
 
 class _Strict(BaseModel):
@@ -65,14 +73,24 @@ class IngestConfig(_Strict):
     catalog: CatalogConfig = CatalogConfig()
     decode: DecodeConfig = DecodeConfig()
     features: dict[str, FeatureSpec] = Field(min_length=1)
+    semantic_ids: dict[str, SemanticIdSpec] = Field(default_factory=dict)
 
-    @field_validator("features")
+    @field_validator("features", "semantic_ids")
     @classmethod
-    def _names(cls, features: dict[str, FeatureSpec]) -> dict[str, FeatureSpec]:
-        for name in features:
+    def _names(cls, entries: dict[str, Any]) -> dict[str, Any]:
+        for name in entries:
             if not FEATURE_NAME.match(name):
-                raise ValueError(f"feature name {name!r}: use a letter, then letters, digits or '_'")
-        return features
+                raise ValueError(f"name {name!r}: use a letter, then letters, digits or '_'")
+        return entries
+
+    @model_validator(mode="after")
+    def _inputs_are_features(self) -> IngestConfig:
+        for name, spec in self.semantic_ids.items():
+            unknown = [f for f in spec.weights if f not in self.features]
+            if unknown:
+                raise ValueError(f"semantic_ids.{name}.features: {', '.join(map(repr, unknown))} is not a feature "
+                                 f"of this configuration (features: {', '.join(self.features)})")
+        return self
 
 
 def load_config(source: str | os.PathLike | dict[str, Any] | IngestConfig) -> IngestConfig:

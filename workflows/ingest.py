@@ -8,7 +8,9 @@ The flow (see DESIGN.md, "Flow of one ingestion or refresh"):
 4. per feature: merge what a dead job left staged, then run read -> prepare -> encode ->
    write as one streaming Ray Data pipeline into the staging table (committed as it goes),
    and merge the staging table into the feature and errors tables;
-5. publish one snapshot naming every table version written (nothing changed: no snapshot).
+5. derive the configured semantic IDs from the merged vectors (train once, then refresh with
+   the frozen quantizer: store/semantic_ids.py);
+6. publish one snapshot naming every table version written (nothing changed: no snapshot).
 
 Items whose input hash matches the stored one are dropped in step 4's prepare stage, so a
 second run over an unchanged catalog encodes nothing.
@@ -30,6 +32,7 @@ from typing import Any
 
 from itemlens.errors import ConfigError, ItemlensError
 from itemlens.extractors import build_encoder
+from itemlens.store import semantic_ids
 from itemlens.store.layout import staging_schema, value_column
 from itemlens.store.writer import MergeStats, StoreWriter
 from itemlens.workflows.catalog import CatalogSource
@@ -87,6 +90,7 @@ class IngestReport:
     digest: str = ""
     ray: str = ""
     features: dict[str, FeatureReport] = field(default_factory=dict)
+    semantic_ids: dict[str, semantic_ids.SemanticIdReport] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_doc(self) -> dict[str, Any]:
@@ -94,6 +98,7 @@ class IngestReport:
             "summary": self.headline(),
             "catalog": self.catalog, "items_seen": self.items_seen, "new_items": self.new_items,
             "features": {n: f.to_doc() for n, f in self.features.items()},
+            "semantic_ids": {n: r.to_doc() for n, r in self.semantic_ids.items()},
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "ray": self.ray,
         }
@@ -117,6 +122,8 @@ class IngestReport:
                          f"{f.unchanged:>11}{f.seconds:>9.1f}")
             for stage, count in sorted(f.errors_by_stage.items()):
                 lines.append(f"{'':<14}errors at {stage}: {count}")
+        for r in self.semantic_ids.values():
+            lines.append(f"semantic IDs {r.line()}")
         lines.append("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items()))
         return "\n".join(lines)
 
@@ -169,6 +176,11 @@ def ingest(catalog: str | os.PathLike, config: str | os.PathLike | dict | Ingest
             timings[f"feature:{name}"] = feature.seconds
             log.info("%s@%s: %d encoded, %d errors, %d unchanged in %.1f s", name, feature.version,
                      feature.encoded, feature.errors, feature.unchanged, feature.seconds)
+
+        for name, sid_spec in cfg.semantic_ids.items():
+            t = time.perf_counter()
+            report.semantic_ids[name] = _run(lambda: semantic_ids.derive(writer, name, sid_spec, features=versions))
+            timings[f"semantic_ids:{name}"] = time.perf_counter() - t
 
         t = time.perf_counter()
         doc = writer.publish(
