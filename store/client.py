@@ -23,7 +23,7 @@ from itemlens.errors import ConfigError, QueryError, StoreError, UnknownFeatureE
 from itemlens.store import lance_io
 from itemlens.store.cache import DEFAULT_CACHE_BYTES, CachedTable, TableCache, load_table
 from itemlens.store.layout import ERRORS_SCHEMA, ERRORS_TABLE, ITEMS_TABLE, StoreLocation, staging_schema, value_column
-from itemlens.store.snapshots import FeatureVersion, SemanticIdVersion, SnapshotDoc, list_snapshots, read_doc
+from itemlens.store.snapshots import FeatureVersion, GraphVersion, SemanticIdVersion, SnapshotDoc, list_snapshots, read_doc
 from itemlens.store.writer import StoreWriter, check_store_format
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -99,6 +99,7 @@ class Lens:
         self._encoders: dict[str, Encoder] = {}
         self._db = None
         self._codes: dict[tuple, _CodesEntry] = {}      # semantic IDs: small, held whole
+        self._graph_tables: dict[tuple, pa.Table] = {}
         self._reverse: dict[tuple, dict[tuple[int, ...], str]] = {}
         self._pid = os.getpid()
 
@@ -549,17 +550,74 @@ class Lens:
             entry = self._codes[key] = _CodesEntry(IdIndex(ids), values, ids.to_pylist())
         return entry
 
+    # -- graphs -----------------------------------------------------------------------------------
+    def graph_info(self, name: str) -> GraphVersion:
+        """The graph version ``name`` resolves to: definition, inputs, counts, statistics."""
+        version = self.doc.graph_version(name)
+        if version is None:
+            known = [f"{n}@{v}" for n, e in sorted(self.doc.graphs.items()) for v in e.versions]
+            raise UnknownFeatureError(f"snapshot {self.snapshot} of {self.uri} has no graph {name!r}; it has: "
+                                      f"{', '.join(known) or 'none'}")
+        return version
+
+    def item_order(self) -> list[str]:
+        """Item ids in the store's stable item-index order (row i = item_index i)."""
+        items = self.items().sort_by("item_index")
+        return items.column("item_id").to_pylist()
+
+    def graph(self, name: str, preset: str | None = None):
+        """The graph as a model reads it: (scipy.sparse.csr_matrix [N, N], item ids of its rows),
+        rows and columns in item-index order, each input normalized by ``preset`` (default: the
+        definition's) and fused with its weight. See itemlens.store.graphs for the presets."""
+        from itemlens.store import graphs
+
+        version = self.graph_info(name)
+        order = self.item_order()
+        key = ("graph", version.table, self.doc.tables[version.table])
+        table = self._graph_tables.get(key)
+        if table is None:
+            table = self._graph_tables[key] = self._dataset(version.table).to_table()
+        return graphs.fused_matrix(table, version.spec, len(order), preset), order
+
+    def neighbors(self, name: str, ids: Sequence[str], k: int | None = None, *,
+                  preset: str | None = "cosine") -> list[list[tuple[str, float]]]:
+        """Per id, its neighbours as (item_id, weight), heaviest first: cosine scores by
+        default (``preset="cosine"``; several inputs are summed with their weights), or the
+        weights of another preset. Ids without a list get []; unknown ids raise KeyError."""
+        matrix, order = self.graph(name, preset)
+        ids = _strings(_as_ids(ids))
+        index = {item: i for i, item in enumerate(order)}
+        unknown = [i for i in ids if i not in index]
+        if unknown:
+            raise UnknownItemsError(name, unknown, detail="not in the store")
+        out = []
+        for item in ids:
+            row = index[item]
+            cols = matrix.indices[matrix.indptr[row]:matrix.indptr[row + 1]]
+            vals = matrix.data[matrix.indptr[row]:matrix.indptr[row + 1]]
+            best = np.lexsort((cols, -vals))[: k if k is not None else len(cols)]
+            out.append([(order[cols[j]], float(vals[j])) for j in best])
+        return out
+
+    def graph_plot(self, name: str) -> bytes:
+        """A PNG of the in-degree histogram per input of graph ``name``."""
+        from itemlens.store import graphs
+
+        version = self.graph_info(name)
+        return graphs.degree_plot(version.stats, f"{version.qualified}: k = {version.spec['k']}")
+
     def export(self, fmt: str, out: str | os.PathLike, *, features: Sequence[str] | None = None,
-               semantic_ids: Sequence[str] | None = None, ids: Sequence[str] | None = None,
-               fill: float = 0.0, **options: Any) -> list[str]:
-        """Write features (``mmrec``, ``npz``, ``parquet``) or semantic IDs (``sid-grid``,
-        ``sid-tokens``, ``sid-parquet``) in a format recommender code reads; rows follow the
-        store's item index, or ``ids`` when given; items without a value get ``fill`` (-1 for
-        codes) and a mask. See itemlens.store.exports. Returns the files written."""
+               semantic_ids: Sequence[str] | None = None, graphs: Sequence[str] | None = None,
+               ids: Sequence[str] | None = None, fill: float = 0.0, **options: Any) -> list[str]:
+        """Write features (``mmrec``, ``npz``, ``parquet``), semantic IDs (``sid-grid``,
+        ``sid-tokens``, ``sid-parquet``) or graphs (``pyg``, ``scipy-npz``, ``mmrec-adj``; option
+        ``preset``) in a format recommender code reads; rows follow the store's item index, or
+        ``ids`` when given; items without a value get ``fill`` (-1 for codes, no edges in a
+        graph) and a mask. See itemlens.store.exports. Returns the files written."""
         from itemlens.store import exports
 
-        return exports.export(self, fmt, out, features=features, semantic_ids=semantic_ids, ids=ids,
-                              fill=fill, **options)
+        return exports.export(self, fmt, out, features=features, semantic_ids=semantic_ids, graphs=graphs,
+                              ids=ids, fill=fill, **options)
 
 
 @dataclass

@@ -7,8 +7,10 @@ request) and flagged in a mask written beside them, so the fill is never mistake
 Every export also writes ``export.json``: the snapshot, feature versions, order and fill used.
 
 Formats here: ``mmrec``, ``npz``, ``parquet`` (features) and ``sid-grid``, ``sid-tokens``,
-``sid-parquet`` (semantic IDs; items without an ID get codes -1 and mask false). Other
-artifacts register theirs with :func:`register_exporter`.
+``sid-parquet`` (semantic IDs; items without an ID get codes -1 and mask false), ``pyg``,
+``scipy-npz``, ``mmrec-adj`` (graphs, normalized by a preset; items without a neighbour list
+have no edges, and their mask is false). Other artifacts register theirs with
+:func:`register_exporter`.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class Aligned:
     present: dict[str, np.ndarray] = field(default_factory=dict)     # name -> bool [rows]
     semantic_ids: dict[str, np.ndarray] = field(default_factory=dict)   # name -> int64 [rows, width], -1 fill
     semantic_id_info: dict[str, Any] = field(default_factory=dict)      # name -> SemanticIdVersion
+    graphs: dict[str, Any] = field(default_factory=dict)                # name -> scipy CSR [rows, rows]
+    graph_info: dict[str, Any] = field(default_factory=dict)            # name -> GraphVersion
 
 
 Exporter = Callable[[Aligned, Path, dict[str, Any]], list[str]]
@@ -47,12 +51,12 @@ _TAKES: dict[str, str] = {}      # format -> "features" or "semantic_ids"
 
 
 def register_exporter(name: str, exporter: Exporter, *, replace: bool = False, takes: str = "features") -> None:
-    """Add a format. ``takes``: what ``export`` aligns for it, ``"features"`` (pooled vectors)
-    or ``"semantic_ids"`` (codes)."""
+    """Add a format. ``takes``: what ``export`` aligns for it, ``"features"`` (pooled vectors),
+    ``"semantic_ids"`` (codes) or ``"graphs"`` (normalized sparse matrices)."""
     if name in _EXPORTERS and not replace:
         raise ValueError(f"exporter {name!r} is already registered; pass replace=True to replace it")
-    if takes not in ("features", "semantic_ids"):
-        raise ValueError("takes must be 'features' or 'semantic_ids'")
+    if takes not in ("features", "semantic_ids", "graphs"):
+        raise ValueError("takes must be 'features', 'semantic_ids' or 'graphs'")
     _EXPORTERS[name] = exporter
     _TAKES[name] = takes
 
@@ -62,20 +66,23 @@ def export_formats() -> list[str]:
 
 
 def export(lens: Lens, fmt: str, out: str | os.PathLike, *, features: Sequence[str] | None = None,
-           semantic_ids: Sequence[str] | None = None, ids: Sequence[str] | None = None, fill: float = 0.0,
-           **options: Any) -> list[str]:
+           semantic_ids: Sequence[str] | None = None, graphs: Sequence[str] | None = None,
+           ids: Sequence[str] | None = None, fill: float = 0.0, **options: Any) -> list[str]:
     """Write ``features`` (default: every feature's current version), or for a semantic-ID
     format ``semantic_ids`` (default: all), of the reader's snapshot in format ``fmt`` under
     ``out``; returns the files written."""
     if fmt not in _EXPORTERS:
         raise ConfigError(f"unknown export format {fmt!r}; formats: {', '.join(export_formats())}")
-    takes_codes = _TAKES[fmt] == "semantic_ids"
+    takes = _TAKES[fmt]
+    takes_codes = takes == "semantic_ids"
     if takes_codes:
         names = list(semantic_ids) if semantic_ids is not None else sorted(lens.doc.semantic_ids)
+    elif takes == "graphs":
+        names = list(graphs) if graphs is not None else sorted(lens.doc.graphs)
     else:
         names = list(features) if features is not None else sorted(lens.doc.features)
     if not names:
-        what = "semantic IDs" if takes_codes else "features"
+        what = {"semantic_ids": "semantic IDs", "graphs": "graphs", "features": "features"}[takes]
         raise ConfigError(f"snapshot {lens.snapshot} of {lens.uri} has no {what} to export as {fmt}")
     items = lens.items()
     by_index = np.argsort(items.column("item_index").to_numpy())
@@ -96,7 +103,21 @@ def export(lens: Lens, fmt: str, out: str | os.PathLike, *, features: Sequence[s
         aligned.present[info.name] = (codes >= 0).all(axis=1) if codes.size else np.zeros(len(order), bool)
         aligned.semantic_id_info[info.name] = info
         versions[info.name] = info.qualified
-    for name in [] if takes_codes else names:
+    for name in names if takes == "graphs" else []:
+        info = lens.graph_info(name)
+        matrix, store_order = lens.graph(name, options.get("preset"))
+        # rows and columns in export order; an id the store does not know gets an empty row
+        position = np.array(index, np.int64)
+        known = position >= 0
+        selector = _selector(position[known], matrix.shape[0])
+        aligned_matrix = (selector @ matrix @ selector.T).tocsr()
+        if not known.all():
+            aligned_matrix = _expand(aligned_matrix, np.flatnonzero(known), len(order))
+        aligned.graphs[info.name] = aligned_matrix
+        aligned.present[info.name] = np.diff(aligned_matrix.indptr) > 0
+        aligned.graph_info[info.name] = info
+        versions[info.name] = f"{info.qualified} ({options.get('preset') or info.spec.get('preset')})"
+    for name in [] if takes != "features" else names:
         version = lens._version(name)
         if version.kind != "vector" or version.pooling != "mean":
             raise ConfigError(f"{version.qualified} holds {version.kind}s per {version.pooling}; "
@@ -111,7 +132,7 @@ def export(lens: Lens, fmt: str, out: str | os.PathLike, *, features: Sequence[s
     manifest = {
         "format": fmt, "store": lens.uri, "snapshot": lens.snapshot, "features": versions,
         "rows": len(order), "order": "item_index" if ids is None else "given ids",
-        "fill": -1 if takes_codes else ("nan" if np.isnan(fill) else fill),
+        "fill": -1 if takes_codes else ("no edges" if takes == "graphs" else ("nan" if np.isnan(fill) else fill)),
         "missing": {n: int((~p).sum()) for n, p in aligned.present.items()},
         "files": files,
     }
@@ -225,9 +246,66 @@ def _sid_parquet(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[s
     return ["semantic_ids.parquet"]
 
 
+def _selector(positions: np.ndarray, size: int):
+    """A [len(positions), size] 0/1 matrix picking rows ``positions``."""
+    import scipy.sparse as sp
+
+    return sp.csr_matrix((np.ones(len(positions)), (np.arange(len(positions)), positions)),
+                         shape=(len(positions), size))
+
+
+def _expand(matrix, rows: np.ndarray, size: int):
+    """``matrix`` (over ``rows`` of the export) placed in a [size, size] matrix."""
+    placed = _selector(rows, size).T
+    return (placed @ matrix @ placed.T).tocsr()
+
+
+def _pyg(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[str]:
+    """PyTorch Geometric's layout: <name>_edge_index.npy int64 [2, E] (source row, target row)
+    and <name>_edge_weight.npy float32 [E]; torch.from_numpy gives PyG its tensors."""
+    files = []
+    for name, matrix in aligned.graphs.items():
+        coo = matrix.tocoo()
+        np.save(out / f"{name}_edge_index.npy", np.vstack([coo.row, coo.col]).astype(np.int64))
+        np.save(out / f"{name}_edge_weight.npy", coo.data.astype(np.float32))
+        files += [f"{name}_edge_index.npy", f"{name}_edge_weight.npy"]
+    return files + [_id_mapping(aligned, out)]
+
+
+def _scipy_npz(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[str]:
+    """scipy.sparse.save_npz of each graph's CSR matrix: <name>.npz (scipy.sparse.load_npz)."""
+    import scipy.sparse as sp
+
+    files = []
+    for name, matrix in aligned.graphs.items():
+        sp.save_npz(out / f"{name}.npz", matrix.astype(np.float32))
+        files.append(f"{name}.npz")
+    return files + [_id_mapping(aligned, out)]
+
+
+def _mmrec_adj(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[str]:
+    """The sparse torch tensors MMRec-style models cache: <name>_adj_<k>.pt, a torch sparse COO
+    float32 tensor [N, N] written with torch.save (load with torch.load(..., weights_only=True))."""
+    import torch
+
+    files = []
+    for name, matrix in aligned.graphs.items():
+        coo = matrix.tocoo()
+        tensor = torch.sparse_coo_tensor(np.vstack([coo.row, coo.col]).astype(np.int64),
+                                         coo.data.astype(np.float32), matrix.shape,
+                                         check_invariants=True).coalesce()
+        file = f"{name}_adj_{aligned.graph_info[name].spec['k']}.pt"
+        torch.save(tensor, out / file)
+        files.append(file)
+    return files + [_id_mapping(aligned, out)]
+
+
 register_exporter("mmrec", _mmrec)
 register_exporter("npz", _npz)
 register_exporter("parquet", _parquet)
 register_exporter("sid-grid", _sid_grid, takes="semantic_ids")
 register_exporter("sid-tokens", _sid_tokens, takes="semantic_ids")
 register_exporter("sid-parquet", _sid_parquet, takes="semantic_ids")
+register_exporter("pyg", _pyg, takes="graphs")
+register_exporter("scipy-npz", _scipy_npz, takes="graphs")
+register_exporter("mmrec-adj", _mmrec_adj, takes="graphs")

@@ -113,8 +113,9 @@ def balanced_kmeans(x: np.ndarray, k: int, *, niter: int, seed: int, rounds: int
 
 @dataclass
 class Encoded:
-    codes: np.ndarray           # [n, levels] int64
-    last_distances: np.ndarray  # [n, K] squared distance of the last residual to each last-level code
+    codes: np.ndarray                   # [n, levels] int64
+    last_distances: np.ndarray | None   # [n, K] squared distances of the last residual to each
+                                        # last-level code (asked for by nearest-free uniqueness)
 
 
 class RQKMeans:
@@ -138,7 +139,7 @@ class RQKMeans:
         self.fit_encode(x)
         return self
 
-    def fit_encode(self, x: np.ndarray) -> Encoded:
+    def fit_encode(self, x: np.ndarray, distances: bool = False) -> Encoded:
         """Train, and return the training vectors' codes (balanced: as assigned in training)."""
         TRAININGS["count"] += 1
         r = np.array(x, dtype=np.float32)
@@ -151,7 +152,7 @@ class RQKMeans:
                 centroids = kmeans(u, self.k, niter=self.niter, seed=self.seed + level)
                 codes = nearest(u, centroids)
             if level == self.levels - 1:
-                last = squared_distances(u, centroids)
+                last = squared_distances(u, centroids) if distances else None
             codebooks.append(centroids)
             all_codes.append(codes)
             scales.append(float(norms.mean()))
@@ -159,7 +160,7 @@ class RQKMeans:
         self.codebooks, self.scales = np.stack(codebooks), np.array(scales, np.float32)
         return Encoded(np.stack(all_codes, 1).astype(np.int64), last)
 
-    def encode(self, x: np.ndarray) -> Encoded:
+    def encode(self, x: np.ndarray, distances: bool = False) -> Encoded:
         """Codes of new vectors with the frozen codebooks (nearest code; a balanced quantizer's
         capacities apply to its training set only)."""
         r = np.array(x, dtype=np.float32)
@@ -167,7 +168,7 @@ class RQKMeans:
         for level in range(self.levels):
             u, norms = self._unit(r)
             if level == self.levels - 1:
-                last = squared_distances(u, self.codebooks[level])
+                last = squared_distances(u, self.codebooks[level]) if distances else None
             codes[:, level] = nearest(u, self.codebooks[level])
             r = r - norms[:, None] * self.codebooks[level][codes[:, level]]
         return Encoded(codes, last)
@@ -283,10 +284,10 @@ class RQVAE:
                 book = self.codebooks[level]
                 r = r - book[torch.cdist(r, book).argmin(1)]
 
-    def fit_encode(self, x: np.ndarray) -> Encoded:
-        return self.fit(x).encode(x)
+    def fit_encode(self, x: np.ndarray, distances: bool = False) -> Encoded:
+        return self.fit(x).encode(x, distances)
 
-    def encode(self, x: np.ndarray) -> Encoded:
+    def encode(self, x: np.ndarray, distances: bool = False) -> Encoded:
         import torch
 
         codes, last = [], []
@@ -294,12 +295,13 @@ class RQVAE:
             for start in range(0, len(x), 8192):
                 z = self.encoder(torch.as_tensor(np.asarray(x[start:start + 8192], np.float32)).to(self.device))
                 c, _, _ = self._quantize(z)
-                r = z - sum(self.codebooks[i][c[:, i]] for i in range(self.levels - 1)) if self.levels > 1 else z
-                last.append((torch.cdist(r, self.codebooks[-1]) ** 2).cpu().numpy())
+                if distances:
+                    r = z - sum(self.codebooks[i][c[:, i]] for i in range(self.levels - 1)) if self.levels > 1 else z
+                    last.append((torch.cdist(r, self.codebooks[-1]) ** 2).cpu().numpy())
                 codes.append(c.cpu().numpy())
         if not codes:
-            return Encoded(np.zeros((0, self.levels), np.int64), np.zeros((0, self.k), np.float32))
-        return Encoded(np.concatenate(codes).astype(np.int64), np.concatenate(last))
+            return Encoded(np.zeros((0, self.levels), np.int64), np.zeros((0, self.k), np.float32) if distances else None)
+        return Encoded(np.concatenate(codes).astype(np.int64), np.concatenate(last) if distances else None)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         import torch

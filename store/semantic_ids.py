@@ -163,16 +163,17 @@ class Inputs:
     versions: dict[str, str]       # feature -> qualified version
 
 
-def read_inputs(writer: StoreWriter, spec: SemanticIdSpec, versions: dict[str, FeatureVersion],
+def read_inputs(writer: StoreWriter, weights: dict[str, float], versions: dict[str, FeatureVersion],
                 table_versions: dict[str, int | None]) -> Inputs:
-    """The input vectors of every item that has all of them, in stable item-index order."""
+    """The input vectors (times their weights, concatenated) of every item that has all of
+    them, in stable item-index order."""
     from itemlens.store.cache import IdIndex
 
     items = writer._open(ITEMS_TABLE).to_table(columns=["item_id", "item_index"]).sort_by("item_index")
     ids = items.column("item_id").to_pylist()
     present = np.ones(len(ids), bool)
     parts, hashes = [], []
-    for name, weight in spec.weights.items():
+    for name, weight in weights.items():
         version = versions[name]
         if version.kind != "vector" or version.pooling != "mean":
             raise ConfigError(f"semantic IDs take pooled vector features; {version.qualified} holds "
@@ -200,7 +201,7 @@ def read_inputs(writer: StoreWriter, spec: SemanticIdSpec, versions: dict[str, F
     x = np.concatenate([p[keep] for p in parts], axis=1) if len(keep) else np.zeros((0, 0), np.float32)
     source = [hashlib.sha256("\0".join(h[i] for h in hashes).encode()).hexdigest()[:32] for i in keep.tolist()]
     return Inputs([ids[i] for i in keep.tolist()], np.ascontiguousarray(x), source, int(len(ids) - len(keep)),
-                  {n: versions[n].qualified for n in spec.weights})
+                  {n: versions[n].qualified for n in weights})
 
 
 # -- uniqueness ------------------------------------------------------------------------------
@@ -256,7 +257,7 @@ def derive(writer: StoreWriter, name: str, spec: SemanticIdSpec, *, retrain: boo
         versions[feature] = version
         # a feature this job wrote: its latest table version; else the one the base snapshot names
         table_versions[version.table] = None if features and feature in features else writer.base.tables.get(version.table)
-    inputs = read_inputs(writer, spec, versions, table_versions)
+    inputs = read_inputs(writer, spec.weights, versions, table_versions)
     report.missing_inputs = inputs.missing
     report.seconds["read_inputs"] = time.perf_counter() - t0
     fingerprint = spec.fingerprint(inputs.versions)
@@ -270,7 +271,7 @@ def derive(writer: StoreWriter, name: str, spec: SemanticIdSpec, *, retrain: boo
         label = entry.next_label() if entry else "v1"
         t = time.perf_counter()
         quantizer = quantizers.build(spec.method, params, inputs.x.shape[1])
-        trained_codes = quantizer.fit_encode(inputs.x)
+        trained_codes = quantizer.fit_encode(inputs.x, distances=spec.uniqueness == "nearest-free")
         report.seconds["train"] = time.perf_counter() - t
         report.trained = True
         version = SemanticIdVersion(
@@ -355,7 +356,7 @@ def _assign(old: pa.Table, inputs: Inputs, quantizer, spec: SemanticIdSpec, repo
     if trained is not None:       # a new version: every item, coded as in training
         encoded = trained
     else:
-        encoded = quantizer.encode(inputs.x[todo]) if todo else None
+        encoded = quantizer.encode(inputs.x[todo], distances=spec.uniqueness == "nearest-free") if todo else None
     taken = set(map(tuple, codes.tolist()))
     next_suffix: dict[tuple[int, ...], int] = {}
     if spec.uniqueness == "suffix":

@@ -86,6 +86,33 @@ class SemanticIdEntry(BaseModel):
         return f"v{1 + max((int(label[1:]) for label in self.versions), default=0)}"
 
 
+class GraphVersion(BaseModel):
+    """One set of stored neighbour lists (see store/graphs.py)."""
+
+    name: str
+    label: str
+    fingerprint: str                # k, self-loops, method and the input feature versions
+    table: str
+    spec: dict[str, Any]            # the definition as last built (preset and weights apply when read)
+    inputs: dict[str, str]
+    count: int = 0                  # items with a list
+    stats: dict[str, Any] = Field(default_factory=dict)
+    created_at: str
+    refreshed_at: str = ""
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.name}@{self.label}"
+
+
+class GraphEntry(BaseModel):
+    current: str
+    versions: dict[str, GraphVersion]
+
+    def next_label(self) -> str:
+        return f"v{1 + max((int(label[1:]) for label in self.versions), default=0)}"
+
+
 class SnapshotDoc(BaseModel):
     snapshot_id: int = 0
     created_at: str = ""
@@ -93,6 +120,7 @@ class SnapshotDoc(BaseModel):
     tables: dict[str, int] = Field(default_factory=dict)   # table name -> Lance version
     features: dict[str, FeatureEntry] = Field(default_factory=dict)
     semantic_ids: dict[str, SemanticIdEntry] = Field(default_factory=dict)
+    graphs: dict[str, GraphEntry] = Field(default_factory=dict)
     catalog: dict[str, Any] = Field(default_factory=dict)  # uri, digest, items
     report: dict[str, Any] = Field(default_factory=dict)
 
@@ -108,6 +136,14 @@ class SnapshotDoc(BaseModel):
     def semantic_id_version(self, name: str) -> SemanticIdVersion | None:
         base, _, label = name.partition("@")
         entry = self.semantic_ids.get(base)
+        if entry is None:
+            return None
+        return entry.versions.get(label or entry.current)
+
+
+    def graph_version(self, name: str) -> GraphVersion | None:
+        base, _, label = name.partition("@")
+        entry = self.graphs.get(base)
         if entry is None:
             return None
         return entry.versions.get(label or entry.current)
@@ -172,6 +208,7 @@ def list_snapshots(location: StoreLocation) -> list[dict[str, Any]]:
             "created_at": row["created_at"],
             "features": {name: e["current"] for name, e in doc.get("features", {}).items()},
             "semantic_ids": {name: e["current"] for name, e in doc.get("semantic_ids", {}).items()},
+            "graphs": {name: e["current"] for name, e in doc.get("graphs", {}).items()},
             "items": doc.get("catalog", {}).get("items"),
             "summary": doc.get("report", {}).get("summary", ""),
             "pinned": row["snapshot_id"] in pinned,

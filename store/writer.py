@@ -30,7 +30,7 @@ from itemlens.store.layout import (
 )
 from itemlens.store.lock import WriterLock
 from itemlens.store.snapshots import (
-    FeatureEntry, FeatureVersion, SemanticIdEntry, SemanticIdVersion, SnapshotDoc, append_doc, list_snapshots, now_iso, pin_tag, pinned_snapshots,
+    FeatureEntry, FeatureVersion, GraphEntry, GraphVersion, SemanticIdEntry, SemanticIdVersion, SnapshotDoc, append_doc, list_snapshots, now_iso, pin_tag, pinned_snapshots,
     read_doc,
 )
 
@@ -77,6 +77,7 @@ class StoreWriter:
         self.base: SnapshotDoc = read_doc(location) or SnapshotDoc()
         self._touched: dict[str, FeatureVersion] = {}
         self._semantic_ids: dict[str, SemanticIdVersion] = {}
+        self._graphs: dict[str, GraphVersion] = {}
 
     @classmethod
     def open(cls, uri: str, *, storage_options: dict[str, str] | None = None, lock_wait: float = 0.0,
@@ -379,6 +380,10 @@ class StoreWriter:
         """A semantic-ID version whose tables this job wrote: named by the next snapshot."""
         self._semantic_ids[version.name] = version
 
+    def stage_graph(self, version: GraphVersion) -> None:
+        """A graph version whose table this job wrote: named by the next snapshot."""
+        self._graphs[version.name] = version
+
     # -- pins and pruning ----------------------------------------------------------------------
     def pin(self, snapshot_id: int) -> None:
         """Protect a snapshot from pruning: a Lance tag on every table version it names."""
@@ -416,7 +421,7 @@ class StoreWriter:
                 continue
             dataset = self._open(table)
             if table not in named:
-                if table.startswith(("feature__", "sid__", "sidq__")):   # a version no kept snapshot names
+                if table.startswith(("feature__", "sid__", "sidq__", "graph__")):   # a version no kept snapshot names
                     lance_io.remove_tree(self._uri(table))
                     dropped_tables.append(table)
                 continue
@@ -470,6 +475,15 @@ class StoreWriter:
                 changed |= entry.current != sid.label
                 entry.versions[sid.label] = sid
                 entry.current = sid.label
+        for name, graph in self._graphs.items():
+            doc.tables[graph.table] = self._open(graph.table).version
+            entry = doc.graphs.get(name)
+            if entry is None:
+                doc.graphs[name] = GraphEntry(current=graph.label, versions={graph.label: graph})
+            else:
+                changed |= entry.current != graph.label
+                entry.versions[graph.label] = graph
+                entry.current = graph.label
         for table in (ITEMS_TABLE, ERRORS_TABLE):
             doc.tables[table] = self._open(table).version
         changed |= doc.tables != self.base.tables

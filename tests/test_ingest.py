@@ -222,11 +222,12 @@ def test_an_index_declared_in_the_config_is_built_once_big_enough(ray_session, t
     assert 0 < info["recall_at_10"] <= 1
 
 
-def test_ingest_derives_semantic_ids_and_a_refresh_keeps_them(ray_session, tmp_path, catalog, minilm_path):
+def test_ingest_derives_semantic_ids_and_graphs_and_a_refresh_keeps_them(ray_session, tmp_path, catalog, minilm_path):
     from itemlens.store import quantizers
 
     config = {"features": {"text": text_spec(minilm_path)},
-              "semantic_ids": {"sid": {"features": ["text"], "levels": 2, "codebook_size": 4}}}
+              "semantic_ids": {"sid": {"features": ["text"], "levels": 2, "codebook_size": 4}},
+              "graphs": {"knn": {"features": ["text"], "k": 3}}}
     first = ingest(catalog, config, tmp_path / "lens", progress=False)
     assert first.semantic_ids["sid"].trained and first.semantic_ids["sid"].items == 15
     lens = itemlens.connect(tmp_path / "lens")
@@ -247,6 +248,11 @@ def test_ingest_derives_semantic_ids_and_a_refresh_keeps_them(ray_session, tmp_p
     keep = [i for i in range(15) if i != 4]
     assert np.array_equal(after[keep], before[keep]) and tuple(after[4]) not in {tuple(c) for c in before.tolist()}
     assert lens.doc.report["semantic_ids"]["sid"]["changed"] == 1
+    # the graph: built with the first ingest, refreshed with the second; the edited item's list
+    # and the lists that held it were recomputed
+    assert first.graphs["knn"].rebuilt and second.graphs["knn"].recomputed["text"] >= 1
+    assert not second.graphs["knn"].rebuilt and lens.graph("knn")[0].shape == (15, 15)
+    assert len(lens.neighbors("knn", [ids[4]])[0]) == 3
 
 
 def test_a_changed_spec_makes_a_new_version_and_leaves_the_rest_alone(

@@ -11,7 +11,9 @@
     itemlens export ./lens --format mmrec|npz|parquet --out DIR [--feature F ...] [--ids FILE] [--fill nan]
     itemlens export ./lens --format sid-grid|sid-tokens|sid-parquet --out DIR [--semantic-ids NAME ...]
     itemlens semantic-ids ./lens --config lens.yaml [--name NAME ...] [--retrain]
-    itemlens show ./lens --plots DIR      (also writes the code-usage plots of semantic IDs)
+    itemlens graph ./lens --config lens.yaml [--name NAME ...] [--rebuild]
+    itemlens export ./lens --format pyg|scipy-npz|mmrec-adj --out DIR [--graph NAME ...] [--preset P]
+    itemlens show ./lens --plots DIR      (also writes semantic-ID code-usage and graph degree plots)
 """
 
 from __future__ import annotations
@@ -70,7 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fill", default="0", help="value for items without a vector: a number or nan (default 0)")
     p.add_argument("--semantic-ids", action="append", default=None, metavar="NAME",
                    help="semantic IDs to export with a sid-* format (repeat; default all)")
+    p.add_argument("--graph", action="append", default=None, metavar="NAME",
+                   help="graphs to export with pyg, scipy-npz or mmrec-adj (repeat; default all)")
+    p.add_argument("--preset", default=None, help="graph normalization preset (default: the definition's)")
     p.add_argument("--snapshot", type=int, default=None)
+    p = sub.add_parser("graph", help="build or refresh the kNN item graphs a configuration defines")
+    p.add_argument("store")
+    p.add_argument("--config", required=True, help="YAML configuration with a graphs: section")
+    p.add_argument("--name", action="append", default=None, help="only this graph (repeat; default all)")
+    p.add_argument("--rebuild", action="store_true", help="rebuild every list instead of refreshing")
     p = sub.add_parser("semantic-ids", help="train or refresh the semantic IDs a configuration defines")
     p.add_argument("store")
     p.add_argument("--config", required=True, help="YAML configuration with a semantic_ids: section")
@@ -78,14 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--retrain", action="store_true",
                    help="train a new version even if the definition and inputs are unchanged")
     for p in sub.choices.values():
-        if "--wait-for-lock" not in p._option_string_actions and p.prog.split()[-1] in ("pin", "unpin", "prune", "index", "semantic-ids"):
+        if "--wait-for-lock" not in p._option_string_actions and p.prog.split()[-1] in ("pin", "unpin", "prune", "index", "semantic-ids", "graph"):
             p.add_argument("--wait-for-lock", type=float, default=0.0, metavar="SECONDS")
 
     args = parser.parse_args(argv)
     try:
         return {"ingest": _ingest, "show": _show, "snapshots": _snapshots, "pin": _pin, "unpin": _pin,
                 "prune": _prune, "index": _index, "export": _export,
-                "semantic-ids": _semantic_ids}[args.command](args)
+                "semantic-ids": _semantic_ids, "graph": _graph}[args.command](args)
     except ItemlensError as exc:
         print(f"itemlens: error: {exc}", file=sys.stderr)
         return 2
@@ -158,8 +168,9 @@ def _export(args) -> int:
             ids = [line.strip() for line in f if line.strip()]
     fill = float(args.fill)
     lens = itemlens.connect(args.store, snapshot=args.snapshot)
-    files = lens.export(args.format, args.out, features=args.feature, semantic_ids=args.semantic_ids, ids=ids,
-                        fill=fill)
+    options = {"preset": args.preset} if args.preset else {}
+    files = lens.export(args.format, args.out, features=args.feature, semantic_ids=args.semantic_ids,
+                        graphs=args.graph, ids=ids, fill=fill, **options)
     print(f"wrote {', '.join(files)} to {args.out} (snapshot {lens.snapshot})")
     return 0
 
@@ -178,6 +189,26 @@ def _semantic_ids(args) -> int:
         raise ConfigError(f"{args.config} defines semantic IDs {', '.join(specs) or 'none'}; "
                           f"not {', '.join(unknown) or 'any'}")
     reports, snapshot = build(args.store, {n: specs[n] for n in names}, retrain=args.retrain,
+                              lock_wait=args.wait_for_lock)
+    for r in reports.values():
+        print(r.line())
+    print(f"published snapshot {snapshot}" if snapshot else "nothing changed: no new snapshot")
+    return 0
+
+
+def _graph(args) -> int:
+    from itemlens.errors import ConfigError
+    from itemlens.store.graphs import build
+    from itemlens.workflows.config import load_config
+    from itemlens.workflows.ingest import configure_logging
+
+    configure_logging(False)
+    specs = load_config(args.config).graphs
+    names = args.name or list(specs)
+    unknown = [n for n in names if n not in specs]
+    if unknown or not names:
+        raise ConfigError(f"{args.config} defines graphs {', '.join(specs) or 'none'}; not {', '.join(unknown) or 'any'}")
+    reports, snapshot = build(args.store, {n: specs[n] for n in names}, rebuild=args.rebuild,
                               lock_wait=args.wait_for_lock)
     for r in reports.values():
         print(r.line())
@@ -239,6 +270,27 @@ def _show(args) -> int:
                     with open(path, "wb") as f:
                         f.write(lens.semantic_id_plot(name))
                     print(f"{'':<22}code usage plot: {path}")
+    if lens.doc.graphs:
+        print()
+        print(f"{'graph':<22}{'k':>4}  {'preset':<11}{'items':>8}  inputs (weight): edges, mutual, in-degree min/median/max")
+        for name, entry in sorted(lens.doc.graphs.items()):
+            for label, g in sorted(entry.versions.items(), key=lambda kv: int(kv[0][1:])):
+                current = "*" if label == entry.current else ""
+                print(f"{g.qualified + current:<22}{g.spec['k']:>4}  {g.spec['preset']:<11}{g.count:>8}")
+                weights = g.spec["features"] if isinstance(g.spec["features"], dict) else {f: 1.0 for f in g.spec["features"]}
+                for feature, s in g.stats.get("inputs", {}).items():
+                    d = s["in_degree"]
+                    print(f"{'':<22}{feature} ({weights.get(feature, 1.0):g}): {s['edges']} edges, "
+                          f"{s['mutual_share']:.0%} mutual, in-degree {d['min']}/{d['median']:g}/{d['max']} "
+                          f"({d['zero']} items never a neighbour)")
+                if args.plots and label == entry.current:
+                    import os
+
+                    os.makedirs(args.plots, exist_ok=True)
+                    path = os.path.join(args.plots, f"{name}_degrees.png")
+                    with open(path, "wb") as f:
+                        f.write(lens.graph_plot(name))
+                    print(f"{'':<22}degree plot: {path}")
     errors = lens.errors()
     if errors.num_rows:
         print()

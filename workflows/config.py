@@ -49,6 +49,7 @@ from itemlens.errors import ConfigError
 from itemlens.extractors.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from itemlens.extractors.spec import FeatureSpec
 from itemlens.store.layout import FEATURE_NAME
+from itemlens.store.graphs import GraphSpec
 from itemlens.store.semantic_ids import SemanticIdSpec
 
 
@@ -74,8 +75,9 @@ class IngestConfig(_Strict):
     decode: DecodeConfig = DecodeConfig()
     features: dict[str, FeatureSpec] = Field(min_length=1)
     semantic_ids: dict[str, SemanticIdSpec] = Field(default_factory=dict)
+    graphs: dict[str, GraphSpec] = Field(default_factory=dict)
 
-    @field_validator("features", "semantic_ids")
+    @field_validator("features", "semantic_ids", "graphs")
     @classmethod
     def _names(cls, entries: dict[str, Any]) -> dict[str, Any]:
         for name in entries:
@@ -89,6 +91,11 @@ class IngestConfig(_Strict):
             unknown = [f for f in spec.weights if f not in self.features]
             if unknown:
                 raise ValueError(f"semantic_ids.{name}.features: {', '.join(map(repr, unknown))} is not a feature "
+                                 f"of this configuration (features: {', '.join(self.features)})")
+        for name, spec in self.graphs.items():
+            unknown = [f for f in spec.features if f not in self.features]
+            if unknown:
+                raise ValueError(f"graphs.{name}.features: {', '.join(map(repr, unknown))} is not a feature "
                                  f"of this configuration (features: {', '.join(self.features)})")
         return self
 
@@ -137,6 +144,16 @@ def format_validation_error(exc: ValidationError) -> str:
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    graphs = raw.get("graphs")
+    if isinstance(graphs, dict):     # an interactions file, relative to the YAML's folder
+        resolved_graphs = {}
+        for name, spec in graphs.items():
+            interactions = spec.get("interactions") if isinstance(spec, dict) else None
+            if isinstance(interactions, dict) and isinstance(interactions.get("path"), str) \
+                    and not os.path.isabs(os.path.expanduser(interactions["path"])):
+                spec = {**spec, "interactions": {**interactions, "path": str((base / interactions["path"]).resolve())}}
+            resolved_graphs[name] = spec
+        raw = {**raw, "graphs": resolved_graphs}
     features = raw.get("features")
     if not isinstance(features, dict):
         return raw

@@ -8,8 +8,9 @@ The flow (see DESIGN.md, "Flow of one ingestion or refresh"):
 4. per feature: merge what a dead job left staged, then run read -> prepare -> encode ->
    write as one streaming Ray Data pipeline into the staging table (committed as it goes),
    and merge the staging table into the feature and errors tables;
-5. derive the configured semantic IDs from the merged vectors (train once, then refresh with
-   the frozen quantizer: store/semantic_ids.py);
+5. derive the configured semantic IDs (train once, then refresh with the frozen quantizer:
+   store/semantic_ids.py) and graphs (recompute only the affected neighbour lists:
+   store/graphs.py) from the merged vectors;
 6. publish one snapshot naming every table version written (nothing changed: no snapshot).
 
 Items whose input hash matches the stored one are dropped in step 4's prepare stage, so a
@@ -32,7 +33,7 @@ from typing import Any
 
 from itemlens.errors import ConfigError, ItemlensError
 from itemlens.extractors import build_encoder
-from itemlens.store import semantic_ids
+from itemlens.store import graphs, semantic_ids
 from itemlens.store.layout import staging_schema, value_column
 from itemlens.store.writer import MergeStats, StoreWriter
 from itemlens.workflows.catalog import CatalogSource
@@ -91,6 +92,7 @@ class IngestReport:
     ray: str = ""
     features: dict[str, FeatureReport] = field(default_factory=dict)
     semantic_ids: dict[str, semantic_ids.SemanticIdReport] = field(default_factory=dict)
+    graphs: dict[str, graphs.GraphReport] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_doc(self) -> dict[str, Any]:
@@ -99,6 +101,7 @@ class IngestReport:
             "catalog": self.catalog, "items_seen": self.items_seen, "new_items": self.new_items,
             "features": {n: f.to_doc() for n, f in self.features.items()},
             "semantic_ids": {n: r.to_doc() for n, r in self.semantic_ids.items()},
+            "graphs": {n: r.to_doc() for n, r in self.graphs.items()},
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "ray": self.ray,
         }
@@ -124,6 +127,8 @@ class IngestReport:
                 lines.append(f"{'':<14}errors at {stage}: {count}")
         for r in self.semantic_ids.values():
             lines.append(f"semantic IDs {r.line()}")
+        for g in self.graphs.values():
+            lines.append(f"graph {g.line()}")
         lines.append("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items()))
         return "\n".join(lines)
 
@@ -181,6 +186,10 @@ def ingest(catalog: str | os.PathLike, config: str | os.PathLike | dict | Ingest
             t = time.perf_counter()
             report.semantic_ids[name] = _run(lambda: semantic_ids.derive(writer, name, sid_spec, features=versions))
             timings[f"semantic_ids:{name}"] = time.perf_counter() - t
+        for name, graph_spec in cfg.graphs.items():
+            t = time.perf_counter()
+            report.graphs[name] = _run(lambda: graphs.derive(writer, name, graph_spec, features=versions))
+            timings[f"graph:{name}"] = time.perf_counter() - t
 
         t = time.perf_counter()
         doc = writer.publish(

@@ -1,0 +1,585 @@
+"""Item-item graphs: k-nearest-neighbour lists per feature, normalized when read.
+
+A graph definition (``graphs:`` in the configuration) names its features (with fusion weights),
+``k`` and whether an item counts itself among its neighbours. The store keeps, per feature, each
+item's raw neighbour list with cosine scores (table ``graph__<name>__<label>``); presets turn
+the lists into the matrix a published model builds, when read or exported:
+
+===========  ==========================================  =====================================
+preset       edges and weights                           as in
+===========  ==========================================  =====================================
+freedom      binary kNN edges, D^-1/2 A D^-1/2,           FREEDOM (Zhou & Shen 2023), DRAGON
+             D = row sums (out-degree)                   (Zhou et al. 2023)
+lattice      cosine weights of the kNN edges,             LATTICE (Zhang et al. 2021),
+             D^-1/2 A D^-1/2, D = weighted row sums       MGCN (Yu et al. 2023)
+             (not symmetrized)
+row          cosine weights, D^-1 A (random walk)         the ``rw`` option of LATTICE/MGCN code
+cosine       cosine weights, not normalized               -
+hypergraph   H = [B_f1 | B_f2 ...], B_f[i, j] = 1 when    MMHCL's item hypergraph, HGNN's
+             i is among j's kNN; Dv^-1/2 H De^-1 H^T      normalization (Feng et al. 2019)
+             Dv^-1/2
+===========  ==========================================  =====================================
+
+Several features are fused after normalization, each matrix times its weight, overlapping
+edges summed (FREEDOM: 0.1 image + 0.9 text). ``dragon`` and ``mgcn`` are aliases. A degree of 0
+gives 0 weights, never NaN. An item-item co-occurrence graph from interactions (user, item) can
+be one of the inputs (``interactions:``), its scores the co-occurrence counts.
+
+A refresh recomputes only the lists of new and changed items and of items whose list held a
+changed or deleted item; lists that a new or changed item should now enter are updated by
+merging (exact: an unchanged list is the top-k of unchanged items). The result equals a full
+rebuild, up to ties between equal scores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from itemlens.errors import ConfigError, StoreError
+from itemlens.store.layout import FEATURE_NAME, ITEMS_TABLE
+
+if TYPE_CHECKING:  # pragma: no cover
+    from itemlens.store.snapshots import FeatureVersion, GraphVersion
+    from itemlens.store.writer import StoreWriter
+
+log = logging.getLogger("itemlens.graphs")
+
+PRESETS: dict[str, tuple[str, str]] = {     # name -> (edge weights, normalization)
+    "freedom": ("binary", "sym"), "dragon": ("binary", "sym"),
+    "lattice": ("cosine", "sym"), "mgcn": ("cosine", "sym"),
+    "row": ("cosine", "rw"), "cosine": ("cosine", "none"),
+    "hypergraph": ("binary", "hypergraph"),
+}
+COOCCURRENCE = "cooccurrence"        # the input name of an interactions graph
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InteractionsSpec(_Strict):
+    """Item co-occurrence from interactions: items two users' histories share, top-N per item."""
+
+    path: str
+    user_column: str = "user_id"
+    item_column: str = "item_id"
+    top_n: int = Field(10, ge=1)
+    weight: float = Field(1.0, gt=0)
+
+
+class GraphSpec(_Strict):
+    """``graphs: {name: spec}`` in the configuration."""
+
+    features: list[str] | dict[str, float] = Field(description="features, or feature -> fusion weight")
+    k: int = Field(10, ge=1, le=1000)
+    self_loops: bool = True          # FREEDOM/LATTICE count the item itself among its k
+    preset: Literal["freedom", "dragon", "lattice", "mgcn", "row", "cosine", "hypergraph"] = "freedom"
+    method: Literal["exact", "approximate"] = "exact"
+    nprobe: int = Field(32, ge=1)    # approximate: IVF lists searched
+    block: int = Field(4096, ge=64)  # exact: rows per block of products
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    interactions: InteractionsSpec | None = None
+
+    @field_validator("features")
+    @classmethod
+    def _inputs(cls, value):
+        if not list(value):
+            raise ValueError("name at least one input feature")
+        for name in value:
+            if not FEATURE_NAME.match(name):
+                raise ValueError(f"{name!r} is not a feature name")
+        if isinstance(value, dict) and any(w <= 0 for w in value.values()):
+            raise ValueError("fusion weights must be > 0")
+        return value
+
+    @property
+    def weights(self) -> dict[str, float]:
+        weights = dict(self.features) if isinstance(self.features, dict) else {f: 1.0 for f in self.features}
+        if self.interactions is not None:
+            weights[COOCCURRENCE] = self.interactions.weight
+        return weights
+
+    def fingerprint(self, inputs: dict[str, str]) -> str:
+        """What changes the stored lists: k, self-loops, method and the inputs' versions (the
+        preset and fusion weights apply when read)."""
+        doc = {"k": self.k, "self_loops": self.self_loops, "method": self.method, "inputs": inputs,
+               "nprobe": self.nprobe if self.method == "approximate" else None,
+               "interactions": self.interactions.model_dump(exclude={"weight"}) if self.interactions else None}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+GRAPH_SCHEMA = pa.schema([
+    pa.field("feature", pa.string()),
+    pa.field("item_id", pa.string()),
+    pa.field("item_index", pa.int64()),
+    pa.field("neighbors", pa.list_(pa.int64())),    # item indexes, best first
+    pa.field("scores", pa.list_(pa.float32())),     # cosine (co-occurrence: counts)
+    pa.field("source_hash", pa.string()),           # the input hash of the item's vector
+])
+
+
+@dataclass
+class GraphReport:
+    name: str
+    version: str = ""
+    rebuilt: bool = False
+    items: int = 0
+    recomputed: dict[str, int] = field(default_factory=dict)   # lists computed from scratch, per input
+    merged: dict[str, int] = field(default_factory=dict)       # lists a new or changed item entered
+    deleted: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def to_doc(self) -> dict[str, Any]:
+        return {**self.__dict__, "stats": {k: v for k, v in self.stats.items() if k != "in_degree_histogram"}}
+
+    def line(self) -> str:
+        what = "built" if self.rebuilt else "refreshed"
+        return (f"{self.name}@{self.version}: {what}, {self.items} items; recomputed "
+                f"{sum(self.recomputed.values())} lists, merged {sum(self.merged.values())}; mutual edges "
+                f"{self.stats.get('mutual_share', 0):.0%}")
+
+
+# -- building and refreshing ---------------------------------------------------------------------
+
+def derive(writer: StoreWriter, name: str, spec: GraphSpec, *, rebuild: bool = False,
+           features: dict[str, FeatureVersion] | None = None) -> GraphReport:
+    """Bring graph ``name`` up to date with the writer's vectors (publishing is the caller's)."""
+    from itemlens.store.semantic_ids import read_inputs
+    from itemlens.store.snapshots import GraphVersion, now_iso
+
+    report = GraphReport(name=name)
+    t0 = time.perf_counter()
+    versions: dict[str, FeatureVersion] = {}
+    for feature in spec.weights:
+        if feature == COOCCURRENCE:
+            continue
+        version = (features or {}).get(feature) or writer.base.feature_version(feature)
+        if version is None:
+            raise ConfigError(f"graph {name!r}: the store has no feature {feature!r}")
+        versions[feature] = version
+    inputs_by_feature = {}
+    for feature, version in versions.items():
+        table_version = None if features and feature in features else writer.base.tables.get(version.table)
+        inputs_by_feature[feature] = read_inputs(writer, {feature: 1.0}, {feature: version},
+                                                 {version.table: table_version})
+    qualified = {f: v.qualified for f, v in versions.items()}
+    if spec.interactions is not None:
+        qualified[COOCCURRENCE] = _file_digest(spec.interactions.path)
+    fingerprint = spec.fingerprint(qualified)
+    report.seconds["read_inputs"] = time.perf_counter() - t0
+
+    entry = writer.base.graphs.get(name)
+    existing = None if (rebuild or entry is None) else next(
+        (v for v in entry.versions.values() if v.fingerprint == fingerprint), None)
+    if existing is None:
+        label = entry.next_label() if entry else "v1"
+        version = GraphVersion(name=name, label=label, fingerprint=fingerprint, table=f"graph__{name}__{label}",
+                               spec=spec.model_dump(mode="json"), inputs=qualified, created_at=now_iso())
+        old = GRAPH_SCHEMA.empty_table()
+        report.rebuilt = True
+    else:
+        version = existing.model_copy(deep=True)
+        version.spec = spec.model_dump(mode="json")    # preset and weights: read-time choices
+        from itemlens.store import lance_io
+
+        old = lance_io.open_dataset(writer.location.table_uri(version.table), None,
+                                    writer.location.options()).to_table()
+    report.version = version.label
+    index_of = _item_indexes(writer)
+    device = _device(spec)
+
+    upserts, deletions = [], {}
+    for feature, inputs in inputs_by_feature.items():
+        t = time.perf_counter()
+        rows, deleted, recomputed, merged = _refresh_lists(
+            old.filter(pa.compute.equal(old.column("feature"), feature)), inputs, index_of, spec, device)
+        upserts.append(rows.append_column("feature", pa.array([feature] * rows.num_rows, pa.string())))
+        deletions[feature] = deleted
+        report.recomputed[feature], report.merged[feature], report.deleted[feature] = recomputed, merged, len(deleted)
+        report.seconds[f"knn:{feature}"] = time.perf_counter() - t
+    if spec.interactions is not None:
+        t = time.perf_counter()
+        rows = _cooccurrence_lists(spec.interactions, index_of)
+        previous = old.filter(pa.compute.equal(old.column("feature"), COOCCURRENCE))
+        gone = sorted(set(previous.column("item_id").to_pylist()) - set(rows.column("item_id").to_pylist()))
+        upserts.append(rows.append_column("feature", pa.array([COOCCURRENCE] * rows.num_rows, pa.string())))
+        deletions[COOCCURRENCE] = gone
+        report.recomputed[COOCCURRENCE], report.deleted[COOCCURRENCE] = rows.num_rows, len(gone)
+        report.seconds["cooccurrence"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    upsert = pa.concat_tables([u.select(GRAPH_SCHEMA.names).cast(GRAPH_SCHEMA) for u in upserts])
+    changed = upsert.num_rows or any(deletions.values())
+    if not report.rebuilt and not changed:
+        report.items = version.count
+        report.stats = dict(version.stats)
+        report.seconds["total"] = time.perf_counter() - t0
+        return report
+    _write(writer, version.table, upsert, deletions, replace=report.rebuilt)
+    report.seconds["write"] = time.perf_counter() - t
+    from itemlens.store import lance_io
+
+    table = lance_io.open_dataset(writer.location.table_uri(version.table), None, writer.location.options()).to_table()
+    report.items = len(set(table.column("item_id").to_pylist()))
+    report.stats = graph_stats(table, spec)
+    if spec.method == "approximate":
+        report.stats["recall_at_k"] = _sampled_recall(table, inputs_by_feature, index_of, spec, device)
+    version.count, version.stats, version.refreshed_at = report.items, report.stats, now_iso()
+    writer.stage_graph(version)
+    report.seconds["total"] = time.perf_counter() - t0
+    log.info("%s", report.line())
+    return report
+
+
+def _refresh_lists(old: pa.Table, inputs, index_of: dict[str, int], spec: GraphSpec, device: str):
+    """New neighbour lists of one feature: (rows to upsert, ids to delete, recomputed, merged)."""
+    from itemlens.store import knn
+
+    ids, x, hashes = inputs.ids, inputs.x, inputs.source_hash
+    n = len(ids)
+    item_index = np.array([index_of[i] for i in ids], np.int64)
+    position = np.full(max(index_of.values(), default=-1) + 2, -1, np.int64)
+    position[item_index] = np.arange(n)
+    k = spec.k
+    if old.num_rows == 0:
+        if spec.method == "approximate":
+            found, sims, _ = knn.approximate_knn(x, k, self_loops=spec.self_loops, nprobe=spec.nprobe)
+        else:
+            found, sims = knn.exact_knn(x, k, self_loops=spec.self_loops, block=spec.block, device=device)
+        return _rows(ids, item_index, found, sims, hashes, np.arange(n)), [], n, 0
+
+    old_ids = old.column("item_id").to_pylist()
+    old_hash = dict(zip(old_ids, old.column("source_hash").to_pylist()))
+    current = set(ids)
+    deleted = [i for i in old_ids if i not in current]
+    fresh = np.array([old_hash.get(i) != h for i, h in zip(ids, hashes)], bool)      # new or changed
+    if spec.method == "approximate":      # an approximate graph is rebuilt whole when anything changed
+        if not fresh.any() and not deleted:
+            return _rows([], item_index[:0], np.zeros((0, k), np.int64), np.zeros((0, k), np.float32), [], []), [], 0, 0
+        found, sims, _ = knn.approximate_knn(x, k, self_loops=spec.self_loops, nprobe=spec.nprobe)
+        return _rows(ids, item_index, found, sims, hashes, np.arange(n)), deleted, n, 0
+
+    # old lists as positions in today's rows (-1: empty slot; -2: an item that is gone)
+    old_rows = {i: r for r, i in enumerate(old_ids)}
+    old_neighbors = old.column("neighbors").to_pylist()
+    old_scores = old.column("scores").to_pylist()
+    lists = np.full((n, k), knn.NO_NEIGHBOUR, np.int64)
+    scores = np.full((n, k), -np.inf, np.float32)
+    stale = fresh.copy()
+    changed_index = set(item_index[fresh].tolist()) | {index_of[i] for i in deleted if i in index_of}
+    for r in np.flatnonzero(~fresh).tolist():
+        neighbours = old_neighbors[old_rows[ids[r]]]
+        if any(j in changed_index for j in neighbours):
+            stale[r] = True                       # held a changed or deleted item: recompute
+            continue
+        m = min(len(neighbours), k)
+        lists[r, :m] = position[np.array(neighbours[:m], np.int64)] if m else lists[r, :m]
+        scores[r, :m] = old_scores[old_rows[ids[r]]][:m]
+    recompute = np.flatnonzero(stale)
+    if len(recompute):
+        found, sims = knn.knn_rows(x, recompute, k, self_loops=spec.self_loops, block=spec.block, device=device)
+        lists[recompute], scores[recompute] = found, sims
+    merged_rows = np.zeros(0, np.int64)
+    sources = np.flatnonzero(fresh)
+    if len(sources):
+        keep = np.flatnonzero(~stale)
+        cand, cand_scores = knn.candidates_from(x, sources, k, self_loops=spec.self_loops, device=device)
+        new_lists, new_scores = knn.merge_lists(lists[keep], scores[keep], cand[keep], cand_scores[keep], k)
+        entered = (new_lists != lists[keep]).any(axis=1)
+        lists[keep], scores[keep] = new_lists, new_scores
+        merged_rows = keep[entered]
+    touched = np.union1d(recompute, merged_rows)
+    return _rows(ids, item_index, lists, scores, hashes, touched), deleted, len(recompute), len(merged_rows)
+
+
+def _sampled_recall(table: pa.Table, inputs_by_feature, index_of: dict[str, int], spec: GraphSpec, device: str,
+                    sample: int = 200) -> float:
+    """Recall@k of the stored (approximate) lists against exact search, on a seeded sample of
+    rows of every input feature."""
+    from itemlens.store import knn
+
+    recalls = []
+    rows = {(r["feature"], r["item_id"]): r["neighbors"] for r in
+            table.select(["feature", "item_id", "neighbors"]).to_pylist()}
+    for feature, inputs in inputs_by_feature.items():
+        if not inputs.ids:
+            continue
+        picks = np.random.default_rng(0).choice(len(inputs.ids), min(sample, len(inputs.ids)), replace=False)
+        exact, _ = knn.knn_rows(inputs.x, picks, spec.k, self_loops=spec.self_loops, block=spec.block, device=device)
+        item_index = np.array([index_of[i] for i in inputs.ids], np.int64)
+        for p, truth in zip(picks.tolist(), exact):
+            truth = set(item_index[truth[truth >= 0]].tolist())
+            if truth:
+                recalls.append(len(truth & set(rows.get((feature, inputs.ids[p]), []))) / len(truth))
+    return round(float(np.mean(recalls)), 4) if recalls else 0.0
+
+
+def _rows(ids, item_index, positions, scores, hashes, which) -> pa.Table:
+    """Rows for ``which`` (positions into ids), neighbours mapped to item indexes."""
+    which = np.asarray(which, np.int64)
+    neighbors, weights = [], []
+    for r in which.tolist():
+        ok = positions[r] >= 0
+        neighbors.append(item_index[positions[r][ok]].tolist())
+        weights.append(scores[r][ok].astype(np.float32).tolist())
+    return pa.table({
+        "item_id": pa.array([ids[r] for r in which.tolist()], pa.string()),
+        "item_index": pa.array(item_index[which] if len(which) else [], pa.int64()),
+        "neighbors": pa.array(neighbors, pa.list_(pa.int64())),
+        "scores": pa.array(weights, pa.list_(pa.float32())),
+        "source_hash": pa.array([hashes[r] for r in which.tolist()], pa.string()),
+    })
+
+
+def _write(writer: StoreWriter, table: str, upsert: pa.Table, deletions: dict[str, list[str]], *, replace: bool) -> None:
+    """One Lance commit: the whole table (a new version), or an upsert keyed on (feature,
+    item_id) that also deletes the lists of items that are gone."""
+    import lance
+
+    uri, opts = writer.location.table_uri(table), writer.location.options()
+    if replace:
+        lance.write_dataset(upsert, uri, mode="overwrite", storage_options=opts)
+        return
+    dataset = lance.dataset(uri, storage_options=opts)
+    gone = " OR ".join(f"(feature = '{f}' AND item_id IN ({', '.join(_sql(i) for i in ids)}))"
+                       for f, ids in deletions.items() if ids)
+    builder = dataset.merge_insert(["feature", "item_id"]).when_matched_update_all().when_not_matched_insert_all()
+    if gone:
+        builder = builder.when_not_matched_by_source_delete(gone)
+    builder.execute(upsert)
+
+
+def _sql(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _item_indexes(writer: StoreWriter) -> dict[str, int]:
+    items = writer._open(ITEMS_TABLE).to_table(columns=["item_id", "item_index"])
+    return dict(zip(items.column("item_id").to_pylist(), items.column("item_index").to_pylist()))
+
+
+def _device(spec: GraphSpec) -> str:
+    if spec.device != "auto":
+        return spec.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _file_digest(path: str) -> str:
+    import os
+
+    stat = os.stat(path)
+    return f"{os.path.abspath(path)}:{stat.st_size}:{int(stat.st_mtime)}"
+
+
+# -- co-occurrence ---------------------------------------------------------------------------
+
+def _read_interactions(spec: InteractionsSpec) -> pa.Table:
+    import pyarrow.csv as pcsv
+    import pyarrow.json as pjson
+    import pyarrow.parquet as pq
+
+    path = spec.path
+    if path.endswith(".parquet") or path.endswith(".pq"):
+        table = pq.read_table(path)
+    elif path.endswith((".jsonl", ".json")):
+        table = pjson.read_json(path)
+    elif path.endswith((".csv", ".tsv", ".txt")):
+        options = pcsv.ParseOptions(delimiter="\t" if path.endswith((".tsv", ".txt")) else ",")
+        table = pcsv.read_csv(path, parse_options=options)
+    else:
+        raise ConfigError(f"interactions file {path!r}: use .parquet, .jsonl or .csv/.tsv")
+    for column in (spec.user_column, spec.item_column):
+        if column not in table.column_names:
+            raise ConfigError(f"interactions file {path!r} has no column {column!r} (it has {', '.join(table.column_names)})")
+    return table
+
+
+def _cooccurrence_lists(spec: InteractionsSpec, index_of: dict[str, int]) -> pa.Table:
+    """Per item, the top-N items most often in the same users' histories (counts as scores;
+    ties by item index)."""
+    import scipy.sparse as sp
+
+    table = _read_interactions(spec)
+    users = pa.compute.cast(table.column(spec.user_column), pa.string()).to_pylist()
+    items = pa.compute.cast(table.column(spec.item_column), pa.string()).to_pylist()
+    pairs = {(u, index_of[i]) for u, i in zip(users, items) if i in index_of}      # known items, deduplicated
+    if not pairs:
+        return _rows([], np.zeros(0, np.int64), np.zeros((0, spec.top_n), np.int64), np.zeros((0, spec.top_n)), [], [])
+    user_ids = {u: n for n, u in enumerate(sorted({u for u, _ in pairs}))}
+    rows = np.array([user_ids[u] for u, _ in pairs])
+    cols = np.array([i for _, i in pairs])
+    size = max(index_of.values()) + 1
+    b = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(user_ids), size))
+    c = (b.T @ b).tocsr()
+    c.setdiag(0)
+    c.eliminate_zeros()
+    by_index = {v: k for k, v in index_of.items()}
+    out_ids, out_index, neighbors, counts = [], [], [], []
+    for i in np.flatnonzero(np.diff(c.indptr)).tolist():
+        cols_i = c.indices[c.indptr[i]:c.indptr[i + 1]]
+        vals_i = c.data[c.indptr[i]:c.indptr[i + 1]]
+        order = np.lexsort((cols_i, -vals_i))[: spec.top_n]
+        out_ids.append(by_index[i])
+        out_index.append(i)
+        neighbors.append(cols_i[order].astype(np.int64).tolist())
+        counts.append(vals_i[order].astype(np.float32).tolist())
+    return pa.table({"item_id": pa.array(out_ids, pa.string()), "item_index": pa.array(out_index, pa.int64()),
+                     "neighbors": pa.array(neighbors, pa.list_(pa.int64())),
+                     "scores": pa.array(counts, pa.list_(pa.float32())),
+                     "source_hash": pa.array([""] * len(out_ids), pa.string())})
+
+
+# -- reading: presets, fusion, statistics ----------------------------------------------------
+
+def knn_matrix(table: pa.Table, feature: str, size: int):
+    """The raw kNN lists of one input as a CSR matrix [size, size] of scores (row i: item i's list)."""
+    import scipy.sparse as sp
+
+    part = table.filter(pa.compute.equal(table.column("feature"), feature))
+    rows = part.column("item_index").to_numpy()
+    neighbors = part.column("neighbors").combine_chunks() if part.num_rows else pa.array([], pa.list_(pa.int64()))
+    scores = part.column("scores").combine_chunks() if part.num_rows else pa.array([], pa.list_(pa.float32()))
+    lengths = np.diff(neighbors.offsets.to_numpy()) if part.num_rows else np.zeros(0, np.int64)
+    r = np.repeat(rows, lengths)
+    c = neighbors.flatten().to_numpy() if part.num_rows else np.zeros(0, np.int64)
+    v = scores.flatten().to_numpy() if part.num_rows else np.zeros(0, np.float32)
+    return sp.csr_matrix((v.astype(np.float64), (r, c)), shape=(size, size))
+
+
+def normalize(a, preset: str):
+    """One input's kNN matrix as ``preset`` defines it (see the module's table)."""
+    import scipy.sparse as sp
+
+    weights, norm = PRESETS[preset]
+    a = a.tocsr(copy=True)
+    if weights == "binary":
+        a.data[:] = 1.0
+    if norm == "none":
+        return a
+    degree = np.asarray(a.sum(axis=1)).ravel()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if norm == "sym":
+            d = np.where(degree > 0, degree ** -0.5, 0.0)
+            return (sp.diags(d) @ a @ sp.diags(d)).tocsr()
+        if norm == "rw":
+            d = np.where(degree > 0, 1.0 / degree, 0.0)
+            return (sp.diags(d) @ a).tocsr()
+    raise ValueError(norm)
+
+
+def hypergraph(incidences: list, weights: list[float] | None = None):
+    """HGNN's normalized item-item matrix of a hypergraph with incidence H = [B_1 | B_2 ...]
+    (B[i, j] = 1 when item i is in hyperedge j, the kNN list of item j); a feature weight
+    scales its hyperedges (W). Dv^-1/2 H W De^-1 H^T Dv^-1/2, zero degrees giving 0."""
+    import scipy.sparse as sp
+
+    h = sp.hstack(incidences).tocsr()
+    w = np.concatenate([np.full(b.shape[1], wt) for b, wt in zip(incidences, weights or [1.0] * len(incidences))])
+    dv = np.asarray(h @ w).ravel()
+    de = np.asarray(h.sum(axis=0)).ravel()
+    with np.errstate(divide="ignore"):
+        dv_inv = np.where(dv > 0, dv ** -0.5, 0.0)
+        de_inv = np.where(de > 0, 1.0 / de, 0.0)
+    return (sp.diags(dv_inv) @ h @ sp.diags(w * de_inv) @ h.T @ sp.diags(dv_inv)).tocsr()
+
+
+def fused_matrix(table: pa.Table, spec: dict[str, Any], size: int, preset: str | None = None):
+    """The graph a model reads: each input normalized by ``preset``, times its weight, summed."""
+    definition = GraphSpec.model_validate(spec)
+    preset = preset or definition.preset
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown graph preset {preset!r}; presets: {', '.join(PRESETS)}")
+    weights = definition.weights
+    if preset == "hypergraph":
+        # B_f = A_f^T: column j holds item j's neighbours
+        return hypergraph([(knn_matrix(table, f, size) != 0).astype(np.float64).T.tocsr() for f in weights],
+                          list(weights.values()))
+    total = None
+    for feature, weight in weights.items():
+        part = normalize(knn_matrix(table, feature, size), preset) * weight
+        total = part if total is None else total + part
+    return total.tocsr()
+
+
+def graph_stats(table: pa.Table, spec: GraphSpec) -> dict[str, Any]:
+    """Per input: in-degree distribution (out-degree is k), share of mutual edges, a histogram."""
+    stats: dict[str, Any] = {"inputs": {}}
+    size = int(table.column("item_index").to_numpy().max()) + 1 if table.num_rows else 0
+    for feature in sorted(set(table.column("feature").to_pylist())):
+        a = knn_matrix(table, feature, size)
+        a.setdiag(0)
+        a.eliminate_zeros()
+        a.data[:] = 1.0
+        rows = np.unique(table.filter(pa.compute.equal(table.column("feature"), feature)).column("item_index").to_numpy())
+        in_degree = np.asarray(a.sum(axis=0)).ravel()[rows]
+        mutual = a.multiply(a.T).nnz
+        histogram = np.bincount(in_degree.astype(np.int64))
+        stats["inputs"][feature] = {
+            "items": int(len(rows)), "edges": int(a.nnz),
+            "mutual_share": round(mutual / a.nnz, 4) if a.nnz else 0.0,
+            "in_degree": {"min": int(in_degree.min(initial=0)), "median": float(np.median(in_degree)) if len(rows) else 0.0,
+                          "max": int(in_degree.max(initial=0)), "zero": int((in_degree == 0).sum())},
+            "in_degree_histogram": histogram.tolist(),
+        }
+    shares = [s["mutual_share"] for s in stats["inputs"].values()]
+    stats["mutual_share"] = round(float(np.mean(shares)), 4) if shares else 0.0
+    return stats
+
+
+def degree_plot(stats: dict[str, Any], title: str) -> bytes:
+    """A PNG: in-degree histogram per input."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    inputs = stats.get("inputs", {})
+    fig, axes = plt.subplots(1, max(len(inputs), 1), figsize=(4 * max(len(inputs), 1), 3), squeeze=False)
+    for ax, (feature, s) in zip(axes[0], inputs.items()):
+        counts = s.get("in_degree_histogram", [])
+        ax.bar(range(len(counts)), counts, width=1.0)
+        ax.set_title(f"{feature}: in-degree (mutual edges {s['mutual_share']:.0%})", fontsize=9)
+        ax.set_xlabel("in-degree")
+        ax.set_ylabel("items")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def build(uri: str, specs: dict[str, GraphSpec | dict[str, Any]], *, rebuild: bool = False,
+          lock_wait: float = 0.0, storage_options: dict[str, str] | None = None
+          ) -> tuple[dict[str, GraphReport], int | None]:
+    """Build or refresh graph definitions from the store's latest snapshot and publish a
+    snapshot (``itemlens graph``). Returns the reports and the new snapshot (None: unchanged)."""
+    from itemlens.store.writer import StoreWriter
+
+    parsed = {n: s if isinstance(s, GraphSpec) else GraphSpec.model_validate(s) for n, s in specs.items()}
+    for name in parsed:
+        if not FEATURE_NAME.match(name):
+            raise ConfigError(f"graph name {name!r}: use a letter, then letters, digits or '_'")
+    with StoreWriter.open(uri, storage_options=storage_options, lock_wait=lock_wait,
+                          command="itemlens graph") as writer:
+        if writer.base.snapshot_id == 0:
+            raise StoreError(f"{writer.location.uri} has no snapshot yet: ingest features first")
+        reports = {name: derive(writer, name, spec, rebuild=rebuild) for name, spec in parsed.items()}
+        doc = writer.publish(catalog=dict(writer.base.catalog), current={}, report={
+            "summary": "graphs: " + "; ".join(r.line() for r in reports.values()),
+            "graphs": {n: r.to_doc() for n, r in reports.items()}})
+    return reports, (doc.snapshot_id if doc is not None else None)

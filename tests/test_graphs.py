@@ -1,0 +1,273 @@
+"""Item-item graphs: presets against direct numpy definitions, refresh against rebuild, odd
+vectors, neighbours, co-occurrence, exports and the command line."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import scipy.sparse as sp
+
+import itemlens
+from itemlens.errors import ConfigError
+from itemlens.store import knn
+from itemlens.store.graphs import GRAPH_SCHEMA, GraphSpec, _refresh_lists, build
+from itemlens.store.semantic_ids import Inputs
+from itemlens.store.writer import StoreWriter
+from itemlens.workflows.cli import main as cli
+from itemlens.workflows.config import load_config
+
+
+def _store(tmp_path, features: dict[str, np.ndarray], n: int):
+    StoreWriter.open(tmp_path / "lens").close()
+    lens = itemlens.connect(tmp_path / "lens")
+    ids = [f"item{i:04d}" for i in range(n)]
+    for name, x in features.items():
+        lens.put_vectors(name, ids, x)
+    return lens, ids
+
+
+def _cos(x):
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return u @ u.T
+
+
+def _knn_dense(x, k, self_loops=True):
+    """Published construction: topk of the full similarity matrix, kept values (LATTICE) or ones."""
+    s = _cos(x.astype(np.float64))
+    if not self_loops:
+        np.fill_diagonal(s, -np.inf)
+    top = np.argsort(-s, axis=1)[:, :k]
+    weighted = np.zeros_like(s)
+    np.put_along_axis(weighted, top, np.take_along_axis(s, top, 1), 1)
+    binary = (weighted != 0).astype(np.float64)
+    return weighted, binary
+
+
+def _sym(a):
+    d = a.sum(1)
+    d = np.where(d > 0, d ** -0.5, 0.0)
+    return d[:, None] * a * d[None, :]
+
+
+def _rw(a):
+    d = a.sum(1)
+    return np.where(d > 0, 1.0 / d, 0.0)[:, None] * a
+
+
+@pytest.mark.parametrize("self_loops", [True, False])
+def test_each_preset_equals_a_direct_numpy_implementation(tmp_path, self_loops):
+    rng = np.random.default_rng(0)
+    n, k = 200, 6
+    image, text = rng.normal(size=(n, 24)).astype(np.float32), rng.normal(size=(n, 16)).astype(np.float32)
+    lens, ids = _store(tmp_path, {"image": image, "text": text}, n)
+    build(lens.uri, {"mm": {"features": {"image": 0.1, "text": 0.9}, "k": k, "self_loops": self_loops}})
+    lens.refresh()
+    wi, bi = _knn_dense(image, k, self_loops)
+    wt, bt = _knn_dense(text, k, self_loops)
+    expected = {
+        "freedom": 0.1 * _sym(bi) + 0.9 * _sym(bt),           # FREEDOM / DRAGON
+        "lattice": 0.1 * _sym(wi) + 0.9 * _sym(wt),           # LATTICE / MGCN
+        "row": 0.1 * _rw(wi) + 0.9 * _rw(wt),
+        "cosine": 0.1 * wi + 0.9 * wt,
+    }
+    h = np.hstack([bi.T, bt.T])                              # hyperedge j: item j's kNN list
+    w = np.concatenate([np.full(n, 0.1), np.full(n, 0.9)])
+    dv, de = h @ w, h.sum(0)
+    dv_is = np.where(dv > 0, dv ** -0.5, 0)
+    expected["hypergraph"] = dv_is[:, None] * (h * (w / de)[None, :]) @ h.T * dv_is[None, :]
+    for preset, dense in expected.items():
+        matrix, order = lens.graph("mm", preset)
+        assert order == ids and isinstance(matrix, sp.csr_matrix)
+        got = matrix.toarray()
+        assert np.array_equal(got != 0, dense != 0), preset        # identical edge sets
+        assert np.abs(got - dense).max() < 1e-6, preset
+    assert lens.graph("mm")[0].nnz == lens.graph("mm", "freedom")[0].nnz   # the definition's preset
+
+
+def _inputs(x, ids, hashes):
+    return Inputs(ids=list(ids), x=x.astype(np.float32), source_hash=list(hashes), missing=0, versions={})
+
+
+def _apply(old: pa.Table, upsert: pa.Table, deleted: list[str]) -> dict[str, tuple[list, list]]:
+    lists = {r["item_id"]: (r["neighbors"], r["scores"]) for r in old.to_pylist()}
+    for r in upsert.to_pylist():
+        lists[r["item_id"]] = (r["neighbors"], r["scores"])
+    for i in deleted:
+        lists.pop(i, None)
+    return lists
+
+
+def test_a_refresh_recomputes_only_affected_lists_and_equals_a_rebuild():
+    rng = np.random.default_rng(1)
+    n, k = 1000, 10
+    x = rng.normal(size=(n + 30, 32)).astype(np.float32)
+    ids = [f"i{j}" for j in range(n + 30)]
+    index_of = {i: j for j, i in enumerate(ids)}
+    spec = GraphSpec(features=["emb"], k=k, self_loops=False, block=256, device="cpu")
+    first, _, recomputed, _ = _refresh_lists(GRAPH_SCHEMA.empty_table(), _inputs(x[:n], ids[:n], ["h"] * n),
+                                             index_of, spec, "cpu")
+    assert recomputed == n
+    old = first.append_column("feature", pa.array(["emb"] * n)).select(GRAPH_SCHEMA.names).cast(GRAPH_SCHEMA)
+
+    # 2% changed, 1% deleted, 3% new
+    changed = rng.choice(np.arange(n), 20, replace=False)
+    deleted = rng.choice(np.setdiff1d(np.arange(n), changed), 10, replace=False)
+    y = x.copy()
+    y[changed] = rng.normal(size=(20, 32))
+    keep = np.setdiff1d(np.arange(n + 30), deleted)
+    hashes = ["c" if j in set(changed.tolist()) else ("new" if j >= n else "h") for j in keep.tolist()]
+    upsert, gone, recomputed, merged = _refresh_lists(old, _inputs(y[keep], [ids[j] for j in keep], hashes),
+                                                      index_of, spec, "cpu")
+    assert sorted(gone) == sorted(ids[j] for j in deleted)
+    # rebuilt from scratch: the lists of the new catalog
+    full, _, _, _ = _refresh_lists(GRAPH_SCHEMA.empty_table(), _inputs(y[keep], [ids[j] for j in keep], hashes),
+                                   index_of, spec, "cpu")
+    refreshed = _apply(old, upsert, gone)
+    rebuilt = {r["item_id"]: (r["neighbors"], r["scores"]) for r in full.to_pylist()}
+    assert refreshed.keys() == rebuilt.keys()
+    for item, (neighbors, scores) in rebuilt.items():
+        assert refreshed[item][0] == neighbors, item
+        assert np.allclose(refreshed[item][1], scores, atol=1e-5)
+    # what was recomputed: new and changed items, and the lists that held a changed or deleted item
+    before = {r["item_id"]: r["neighbors"] for r in old.to_pylist()}
+    moved = set(changed.tolist()) | set(deleted.tolist())
+    affected = {ids[j] for j in keep if j < n and any(nb in moved for nb in before[ids[j]])}
+    fresh = {ids[j] for j in changed} | set(ids[n:])
+    assert recomputed == len(fresh | affected) and recomputed < 0.3 * len(keep)
+    entered = {i for i, (nb, _) in rebuilt.items() if i not in fresh | affected and nb != before[i]}
+    assert merged == len(entered) > 0
+    assert set(upsert.column("item_id").to_pylist()) == fresh | affected | entered
+
+
+def test_zero_and_duplicate_vectors_give_no_nan(tmp_path):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(50, 8)).astype(np.float32)
+    x[3] = 0                       # no direction: no neighbours, nobody's neighbour
+    x[10] = x[11] = x[12]          # duplicates: neighbours of each other with cosine 1
+    lens, ids = _store(tmp_path, {"emb": x}, 50)
+    build(lens.uri, {"g": {"features": ["emb"], "k": 4, "self_loops": False}})
+    lens.refresh()
+    for preset in ("freedom", "lattice", "row", "cosine", "hypergraph"):
+        matrix, _ = lens.graph("g", preset)
+        assert np.isfinite(matrix.data).all(), preset
+        assert matrix[3].nnz == 0 and matrix[:, 3].nnz == 0, preset
+    near = dict(lens.neighbors("g", [ids[10]])[0])
+    assert near[ids[11]] == pytest.approx(1.0, abs=1e-6) and near[ids[12]] == pytest.approx(1.0, abs=1e-6)
+    assert lens.neighbors("g", [ids[3]]) == [[]]
+
+
+def test_neighbors_are_the_cosine_top_k(tmp_path):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, 16)).astype(np.float32)
+    lens, ids = _store(tmp_path, {"emb": x}, 300)
+    reports, _ = build(lens.uri, {"g": {"features": ["emb"], "k": 5, "self_loops": False}})
+    lens.refresh()
+    s = _cos(x.astype(np.float64))
+    np.fill_diagonal(s, -np.inf)
+    for item, row in zip(ids[:20], lens.neighbors("g", ids[:20], k=3)):
+        j = ids.index(item)
+        best = np.argsort(-s[j])[:3]
+        assert [n for n, _ in row] == [ids[b] for b in best]
+        assert np.allclose([w for _, w in row], s[j, best], atol=1e-5)
+    stats = lens.graph_info("g").stats["inputs"]["emb"]
+    assert stats["edges"] == 300 * 5 and 0 < stats["mutual_share"] < 1
+    assert sum(stats["in_degree_histogram"]) == 300
+    assert lens.graph_plot("g")[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(KeyError):
+        lens.neighbors("g", ["nobody"])
+
+
+def test_approximate_graph_reports_recall_against_exact(tmp_path):
+    rng = np.random.default_rng(4)
+    centers = rng.normal(size=(40, 32))
+    x = (centers[rng.integers(0, 40, 4000)] + 0.3 * rng.normal(size=(4000, 32))).astype(np.float32)
+    exact, _ = knn.exact_knn(x, 10)
+    found, _, params = knn.approximate_knn(x, 10, nprobe=8)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)])
+    assert recall > 0.8 and params["kind"] == "IVF_FLAT"
+    lens, ids = _store(tmp_path, {"emb": x}, 4000)
+    reports, _ = build(lens.uri, {"g": {"features": ["emb"], "k": 10, "method": "approximate", "self_loops": False}})
+    assert 0.8 < reports["g"].stats["recall_at_k"] <= 1.0
+
+
+def test_cooccurrence_from_interactions(tmp_path):
+    lens, ids = _store(tmp_path, {"emb": np.eye(6, dtype=np.float32) + 0.01}, 6)
+    interactions = tmp_path / "interactions.csv"
+    interactions.write_text("user_id,item_id\nu1,item0000\nu1,item0001\nu2,item0000\nu2,item0001\nu2,item0002\n"
+                            "u3,item0002\nu3,item0003\nu3,unknown\nu1,item0000\n")
+    build(lens.uri, {"co": {"features": ["emb"], "k": 2, "preset": "cosine",
+                            "interactions": {"path": str(interactions), "top_n": 2, "weight": 1.0}}})
+    lens.refresh()
+    table = lens._dataset(lens.graph_info("co").table).to_table().to_pylist()
+    lists = {r["item_id"]: (r["neighbors"], r["scores"]) for r in table if r["feature"] == "cooccurrence"}
+    assert lists["item0000"] == ([1, 2], [2.0, 1.0])       # u1 and u2 had 0 and 1 (u1's repeat counted once)
+    assert lists["item0003"] == ([2], [1.0]) and "item0004" not in lists
+    with pytest.raises(ConfigError, match="no column 'user'"):
+        build(lens.uri, {"bad": {"features": ["emb"], "interactions": {"path": str(interactions), "user_column": "user"}}})
+
+
+def test_graph_exports_load_with_their_libraries(tmp_path):
+    import torch
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(100, 8)).astype(np.float32)
+    lens, ids = _store(tmp_path, {"emb": x}, 100)
+    lens.put_vectors("other", ["extra"], np.ones((1, 2), np.float32))     # an item with no list
+    build(lens.uri, {"g": {"features": ["emb"], "k": 4}})
+    lens.refresh()
+    matrix, order = lens.graph("g")
+
+    lens.export("pyg", tmp_path / "pyg")
+    edge_index = np.load(tmp_path / "pyg" / "g_edge_index.npy")
+    weight = np.load(tmp_path / "pyg" / "g_edge_weight.npy")
+    rebuilt = sp.csr_matrix((weight, (edge_index[0], edge_index[1])), shape=matrix.shape)
+    assert abs(rebuilt - matrix).max() < 1e-6 and edge_index.shape == (2, 400)
+
+    lens.export("scipy-npz", tmp_path / "npz", preset="lattice")
+    assert abs(sp.load_npz(tmp_path / "npz" / "g.npz") - lens.graph("g", "lattice")[0]).max() < 1e-6
+
+    lens.export("mmrec-adj", tmp_path / "mmrec")
+    adj = torch.load(tmp_path / "mmrec" / "g_adj_4.pt", weights_only=True)
+    assert adj.is_sparse and abs(sp.csr_matrix(adj.to_dense().numpy()) - matrix).max() < 1e-6
+
+    wanted = [ids[7], "extra", "not-in-store", ids[2]]
+    lens.export("scipy-npz", tmp_path / "given", ids=wanted)
+    given = sp.load_npz(tmp_path / "given" / "g.npz").toarray()
+    dense = matrix.toarray()
+    assert given.shape == (4, 4) and given[0, 3] == pytest.approx(dense[7, 2], abs=1e-6)
+    assert not given[1].any() and not given[2].any()
+    manifest = json.loads((tmp_path / "given" / "export.json").read_text())
+    assert manifest["missing"]["g"] == 2 + int(not given[3].any())
+
+
+def test_command_line_graph_show_and_refresh(tmp_path, capsys):
+    rng = np.random.default_rng(6)
+    lens, ids = _store(tmp_path, {"text": rng.normal(size=(120, 8)).astype(np.float32)}, 120)
+    config = tmp_path / "lens.yaml"
+    config.write_text(textwrap.dedent("""
+        features:
+          text: {encoder: sentence-transformers, model: all-MiniLM-L6-v2, input: {template: "{title}"}}
+        graphs:
+          knn: {features: [text], k: 5, preset: lattice}
+    """))
+    assert cli(["graph", lens.uri, "--config", str(config)]) == 0
+    assert "knn@v1: built, 120 items" in capsys.readouterr().out
+    lens.put_vectors("text", ids[:3], rng.normal(size=(3, 8)).astype(np.float32))
+    assert cli(["graph", lens.uri, "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "knn@v1: refreshed, 120 items; recomputed" in out
+    assert cli(["show", lens.uri, "--plots", str(tmp_path / "plots")]) == 0
+    shown = capsys.readouterr().out
+    assert "knn@v1*" in shown and "lattice" in shown and "mutual" in shown
+    assert (tmp_path / "plots" / "knn_degrees.png").stat().st_size > 1000
+    assert cli(["export", lens.uri, "--format", "pyg", "--out", str(tmp_path / "x"), "--preset", "row"]) == 0
+    weights = np.load(tmp_path / "x" / "knn_edge_weight.npy")
+    assert np.allclose(np.bincount(np.load(tmp_path / "x" / "knn_edge_index.npy")[0], weights), 1.0)  # rows sum to 1
+    with pytest.raises(ConfigError, match=r"graphs.g.features: 'image' is not a feature"):
+        load_config({"features": {"text": {"encoder": "sentence-transformers", "model": "m",
+                                           "input": {"template": "{t}"}}}, "graphs": {"g": {"features": ["image"]}}})
