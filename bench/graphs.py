@@ -1,4 +1,5 @@
-"""kNN item graphs: itemlens' exact blocked kNN against faiss IndexFlatIP, in one run; a 2%
+"""kNN item graphs: itemlens' exact blocked kNN (with bf16 screening where the CPU has AMX, and
+with fp32 products only) against faiss IndexFlatIP, in one run; a 2%
 refresh against a full rebuild; the approximate path against exact on a sample of rows.
 
     .venv/bin/python bench/graphs.py [--quick]
@@ -51,6 +52,9 @@ def run_one(kind: str, n: int, d: int) -> dict:
         index.search(u, 10)
     elif kind == "itemlens":
         knn.exact_knn(x, 10, self_loops=True)
+        out["bf16_screening"] = knn.fast_bf16("cpu")
+    elif kind == "itemlens-fp32":
+        knn.exact_knn(x, 10, self_loops=True, screen=False)
     elif kind == "approx":
         found, _, params = knn.approximate_knn(x, 10, self_loops=True)
         out["seconds"] = time.perf_counter() - t
@@ -118,11 +122,12 @@ def main() -> None:
     results = []
     print(f"{os.cpu_count()} CPUs")
     for n, d in ((100_000 // scale, 384), (300_000 // scale, 128)):
-        for kind in ("faiss", "itemlens"):
+        for kind in ("faiss", "itemlens", "itemlens-fp32"):
             r = child(kind, n, d)
             results.append(r)
             print(json.dumps(r))
-        ours, theirs = results[-1], results[-2]
+        theirs, ours, plain = results[-3], results[-2], results[-1]
+        print(f"  fp32 products only: {plain['seconds']:.1f} s = {plain['seconds'] / theirs['seconds']:.2f} of faiss")
         print(f"exact kNN {n} x {d}: itemlens {ours['seconds']:.1f} s / faiss {theirs['seconds']:.1f} s = "
               f"{ours['seconds'] / theirs['seconds']:.2f}; peak RSS {ours['peak_rss_mib']:.0f} / "
               f"{theirs['peak_rss_mib']:.0f} MiB (input {ours['input_mib']:.0f} MiB)")

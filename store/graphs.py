@@ -81,6 +81,7 @@ class GraphSpec(_Strict):
 
     features: list[str] | dict[str, float] = Field(description="features, or feature -> fusion weight")
     k: int = Field(10, ge=1, le=1000)
+    depth: int | None = Field(None, ge=1)   # neighbours stored per item (default 2k): slack for refreshes
     self_loops: bool = True          # FREEDOM/LATTICE count the item itself among its k
     preset: Literal["freedom", "dragon", "lattice", "mgcn", "row", "cosine", "hypergraph"] = "freedom"
     method: Literal["exact", "approximate"] = "exact"
@@ -102,6 +103,10 @@ class GraphSpec(_Strict):
         return value
 
     @property
+    def list_depth(self) -> int:
+        return max(self.depth or 2 * self.k, self.k)
+
+    @property
     def weights(self) -> dict[str, float]:
         weights = dict(self.features) if isinstance(self.features, dict) else {f: 1.0 for f in self.features}
         if self.interactions is not None:
@@ -111,7 +116,7 @@ class GraphSpec(_Strict):
     def fingerprint(self, inputs: dict[str, str]) -> str:
         """What changes the stored lists: k, self-loops, method and the inputs' versions (the
         preset and fusion weights apply when read)."""
-        doc = {"k": self.k, "self_loops": self.self_loops, "method": self.method, "inputs": inputs,
+        doc = {"k": self.k, "depth": self.list_depth, "self_loops": self.self_loops, "method": self.method, "inputs": inputs,
                "nprobe": self.nprobe if self.method == "approximate" else None,
                "interactions": self.interactions.model_dump(exclude={"weight"}) if self.interactions else None}
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
@@ -123,6 +128,7 @@ GRAPH_SCHEMA = pa.schema([
     pa.field("item_index", pa.int64()),
     pa.field("neighbors", pa.list_(pa.int64())),    # item indexes, best first
     pa.field("scores", pa.list_(pa.float32())),     # cosine (co-occurrence: counts)
+    pa.field("exact", pa.int32()),                  # leading entries known to be the exact top
     pa.field("source_hash", pa.string()),           # the input hash of the item's vector
 ])
 
@@ -242,20 +248,29 @@ def derive(writer: StoreWriter, name: str, spec: GraphSpec, *, rebuild: bool = F
 
 
 def _refresh_lists(old: pa.Table, inputs, index_of: dict[str, int], spec: GraphSpec, device: str):
-    """New neighbour lists of one feature: (rows to upsert, ids to delete, recomputed, merged)."""
+    """New neighbour lists of one feature: (rows to upsert, ids to delete, recomputed, merged).
+
+    Lists are stored ``depth`` deep (2k by default) with the length of their prefix known to
+    be exact (``exact``). A list that loses changed or deleted neighbours keeps, in order, the
+    exact top of the unchanged items; merged with the best candidates among the new and changed
+    items it stays exact up to the first score either source cannot vouch for. Only lists
+    whose exact prefix falls under k, and those of new and changed items, are recomputed."""
     from itemlens.store import knn
 
     ids, x, hashes = inputs.ids, inputs.x, inputs.source_hash
     n = len(ids)
     item_index = np.array([index_of[i] for i in ids], np.int64)
-    position = np.full(max(index_of.values(), default=-1) + 2, -1, np.int64)
+    size = max(index_of.values(), default=-1) + 2
+    position = np.full(size, -1, np.int64)
     position[item_index] = np.arange(n)
-    k = spec.k
+    k, depth = spec.k, spec.list_depth
+    valid = knn.unit(x)[1]
+    reachable = int(valid.sum()) - (0 if spec.self_loops else 1)     # most neighbours a list can have
     if old.num_rows == 0:
         if spec.method == "approximate":
-            found, sims, _ = knn.approximate_knn(x, k, self_loops=spec.self_loops, nprobe=spec.nprobe)
+            found, sims, _ = knn.approximate_knn(x, depth, self_loops=spec.self_loops, nprobe=spec.nprobe)
         else:
-            found, sims = knn.exact_knn(x, k, self_loops=spec.self_loops, block=spec.block, device=device)
+            found, sims = knn.exact_knn(x, depth, self_loops=spec.self_loops, block=spec.block, device=device)
         return _rows(ids, item_index, found, sims, hashes, np.arange(n)), [], n, 0
 
     old_ids = old.column("item_id").to_pylist()
@@ -265,41 +280,73 @@ def _refresh_lists(old: pa.Table, inputs, index_of: dict[str, int], spec: GraphS
     fresh = np.array([old_hash.get(i) != h for i, h in zip(ids, hashes)], bool)      # new or changed
     if spec.method == "approximate":      # an approximate graph is rebuilt whole when anything changed
         if not fresh.any() and not deleted:
-            return _rows([], item_index[:0], np.zeros((0, k), np.int64), np.zeros((0, k), np.float32), [], []), [], 0, 0
-        found, sims, _ = knn.approximate_knn(x, k, self_loops=spec.self_loops, nprobe=spec.nprobe)
+            return _rows([], item_index[:0], np.zeros((0, depth), np.int64), np.zeros((0, depth), np.float32),
+                         [], []), [], 0, 0
+        found, sims, _ = knn.approximate_knn(x, depth, self_loops=spec.self_loops, nprobe=spec.nprobe)
         return _rows(ids, item_index, found, sims, hashes, np.arange(n)), deleted, n, 0
 
-    # old lists as positions in today's rows (-1: empty slot; -2: an item that is gone)
-    old_rows = {i: r for r, i in enumerate(old_ids)}
-    old_neighbors = old.column("neighbors").to_pylist()
-    old_scores = old.column("scores").to_pylist()
-    lists = np.full((n, k), knn.NO_NEIGHBOUR, np.int64)
-    scores = np.full((n, k), -np.inf, np.float32)
-    stale = fresh.copy()
-    changed_index = set(item_index[fresh].tolist()) | {index_of[i] for i in deleted if i in index_of}
-    for r in np.flatnonzero(~fresh).tolist():
-        neighbours = old_neighbors[old_rows[ids[r]]]
-        if any(j in changed_index for j in neighbours):
-            stale[r] = True                       # held a changed or deleted item: recompute
-            continue
-        m = min(len(neighbours), k)
-        lists[r, :m] = position[np.array(neighbours[:m], np.int64)] if m else lists[r, :m]
-        scores[r, :m] = old_scores[old_rows[ids[r]]][:m]
-    recompute = np.flatnonzero(stale)
-    if len(recompute):
-        found, sims = knn.knn_rows(x, recompute, k, self_loops=spec.self_loops, block=spec.block, device=device)
-        lists[recompute], scores[recompute] = found, sims
-    merged_rows = np.zeros(0, np.int64)
+    # the stored lists of today's items that stay (not new or changed), as dense [n, depth] arrays
+    moved = np.zeros(size, bool)                       # item indexes whose old scores are void
+    moved[item_index[fresh]] = True
+    moved[[index_of[i] for i in deleted if i in index_of]] = True
+    row_of_old = {i: r for r, i in enumerate(old_ids)}
+    old_row = np.array([row_of_old.get(i, -1) for i in ids], np.int64)
+    kept = np.flatnonzero(~fresh & (old_row >= 0))
+    old = old.take(pa.array(old_row[kept]))
+    neighbors = old.column("neighbors").combine_chunks()
+    lengths = np.diff(neighbors.offsets.to_numpy()) if len(kept) else np.zeros(0, np.int64)
+    flat = neighbors.flatten().to_numpy() if len(kept) else np.zeros(0, np.int64)
+    flat_scores = old.column("scores").combine_chunks().flatten().to_numpy() if len(kept) else np.zeros(0, np.float32)
+    row = np.repeat(np.arange(len(kept)), lengths)
+    rank = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    old_exact = old.column("exact").to_numpy() if len(kept) else np.zeros(0, np.int64)
+    gone = moved[flat]
+    lost = np.bincount(row[gone & (rank < old_exact[row])], minlength=len(kept))
+    exact_left = old_exact - lost                     # exact prefix among the unchanged items
+    stay = ~gone
+    row, flat, flat_scores = row[stay], flat[stay], flat_scores[stay]
+    new_rank = np.arange(len(row)) - np.repeat(np.cumsum(np.bincount(row, minlength=len(kept))) -
+                                              np.bincount(row, minlength=len(kept)),
+                                              np.bincount(row, minlength=len(kept)))
+    lists = np.full((n, depth), knn.NO_NEIGHBOUR, np.int64)
+    scores = np.full((n, depth), -np.inf, np.float32)
+    lists[kept[row], new_rank] = position[flat]
+    scores[kept[row], new_rank] = flat_scores
+    # what the unchanged items can vouch for: every score above the last exact one is known
+    complete = lengths < depth                        # the list held every item it could
+    bound = np.full(n, np.inf, np.float32)
+    has_prefix = exact_left > 0
+    bound[kept[has_prefix]] = scores[kept[has_prefix], exact_left[has_prefix] - 1]
+    bound[kept[complete]] = -np.inf
+    exact = np.zeros(n, np.int64)
+    exact[kept] = exact_left
+
     sources = np.flatnonzero(fresh)
+    merged_rows = np.zeros(0, np.int64)
     if len(sources):
-        keep = np.flatnonzero(~stale)
-        cand, cand_scores = knn.candidates_from(x, sources, k, self_loops=spec.self_loops, device=device)
-        new_lists, new_scores = knn.merge_lists(lists[keep], scores[keep], cand[keep], cand_scores[keep], k)
-        entered = (new_lists != lists[keep]).any(axis=1)
-        lists[keep], scores[keep] = new_lists, new_scores
-        merged_rows = keep[entered]
-    touched = np.union1d(recompute, merged_rows)
-    return _rows(ids, item_index, lists, scores, hashes, touched), deleted, len(recompute), len(merged_rows)
+        cand, cand_scores = knn.candidates_from(x, sources, depth, self_loops=spec.self_loops, device=device)
+        c_bound = cand_scores[:, -1] if len(sources) > depth else np.full(n, -np.inf, np.float32)
+        new_lists, new_scores = knn.merge_lists(lists[kept], scores[kept], cand[kept], cand_scores[kept], depth)
+        limit = np.maximum(bound[kept], c_bound[kept])
+        vouched = (new_scores >= limit[:, None]) & np.isfinite(new_scores)
+        exact[kept] = np.minimum(vouched.sum(axis=1), depth)
+        entered = (new_lists != lists[kept]).any(axis=1)
+        lists[kept], scores[kept] = new_lists, new_scores
+        merged_rows = kept[entered]
+    stale = fresh.copy()
+    stale[kept] = exact[kept] < min(k, max(reachable, 0))
+    stale &= valid
+    recompute = np.flatnonzero(stale | (fresh & ~valid))
+    if len(recompute):
+        found, sims = knn.knn_rows(x, recompute, depth, self_loops=spec.self_loops, block=spec.block, device=device)
+        lists[recompute], scores[recompute] = found, sims
+    shortened = kept[lost > 0]                        # lists that dropped a changed or deleted item
+    touched = np.union1d(np.union1d(recompute, merged_rows), shortened)
+    exact_of = {int(r): int(e) for r, e in zip(kept.tolist(), exact[kept].tolist())}
+    for r in recompute.tolist():     # computed whole just now
+        exact_of.pop(r, None)
+    return (_rows(ids, item_index, lists, scores, hashes, touched, exact_of), deleted, len(recompute),
+            len(np.setdiff1d(touched, recompute)))
 
 
 def _sampled_recall(table: pa.Table, inputs_by_feature, index_of: dict[str, int], spec: GraphSpec, device: str,
@@ -320,23 +367,31 @@ def _sampled_recall(table: pa.Table, inputs_by_feature, index_of: dict[str, int]
         for p, truth in zip(picks.tolist(), exact):
             truth = set(item_index[truth[truth >= 0]].tolist())
             if truth:
-                recalls.append(len(truth & set(rows.get((feature, inputs.ids[p]), []))) / len(truth))
+                recalls.append(len(truth & set(rows.get((feature, inputs.ids[p]), [])[: spec.k])) / len(truth))
     return round(float(np.mean(recalls)), 4) if recalls else 0.0
 
 
-def _rows(ids, item_index, positions, scores, hashes, which) -> pa.Table:
-    """Rows for ``which`` (positions into ids), neighbours mapped to item indexes."""
+def _rows(ids, item_index, positions, scores, hashes, which, exact_of: dict[int, int] | None = None) -> pa.Table:
+    """Rows for ``which`` (positions into ids), neighbours mapped to item indexes; ``exact``
+    from ``exact_of`` where given, else the whole (freshly computed) list. Built column-wise
+    (a refresh may rewrite tens of thousands of lists)."""
     which = np.asarray(which, np.int64)
-    neighbors, weights = [], []
-    for r in which.tolist():
-        ok = positions[r] >= 0
-        neighbors.append(item_index[positions[r][ok]].tolist())
-        weights.append(scores[r][ok].astype(np.float32).tolist())
+    chosen = positions[which]
+    ok = chosen >= 0
+    lengths = ok.sum(axis=1)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    neighbors = pa.ListArray.from_arrays(offsets, pa.array(item_index[chosen[ok]], pa.int64()))
+    weights = pa.ListArray.from_arrays(offsets, pa.array(scores[which][ok].astype(np.float32), pa.float32()))
+    exact = lengths.copy()
+    if exact_of:
+        known = np.array([exact_of.get(r, -1) for r in which.tolist()], np.int64)
+        exact = np.where(known >= 0, np.minimum(known, lengths), lengths)
     return pa.table({
         "item_id": pa.array([ids[r] for r in which.tolist()], pa.string()),
         "item_index": pa.array(item_index[which] if len(which) else [], pa.int64()),
-        "neighbors": pa.array(neighbors, pa.list_(pa.int64())),
-        "scores": pa.array(weights, pa.list_(pa.float32())),
+        "neighbors": neighbors,
+        "scores": weights,
+        "exact": pa.array(exact.astype(np.int32), pa.int32()),
         "source_hash": pa.array([hashes[r] for r in which.tolist()], pa.string()),
     })
 
@@ -438,24 +493,35 @@ def _cooccurrence_lists(spec: InteractionsSpec, index_of: dict[str, int]) -> pa.
     return pa.table({"item_id": pa.array(out_ids, pa.string()), "item_index": pa.array(out_index, pa.int64()),
                      "neighbors": pa.array(neighbors, pa.list_(pa.int64())),
                      "scores": pa.array(counts, pa.list_(pa.float32())),
+                     "exact": pa.array([len(c) for c in counts], pa.int32()),
                      "source_hash": pa.array([""] * len(out_ids), pa.string())})
 
 
 # -- reading: presets, fusion, statistics ----------------------------------------------------
 
-def knn_matrix(table: pa.Table, feature: str, size: int):
-    """The raw kNN lists of one input as a CSR matrix [size, size] of scores (row i: item i's list)."""
+def knn_matrix(table: pa.Table, feature: str, size: int, k: int | None = None):
+    """The kNN lists of one input as a CSR matrix [size, size] of scores (row i: item i's
+    first ``k`` neighbours; all stored ones when k is None)."""
     import scipy.sparse as sp
 
     part = table.filter(pa.compute.equal(table.column("feature"), feature))
+    if part.num_rows == 0:
+        return sp.csr_matrix((size, size))
     rows = part.column("item_index").to_numpy()
-    neighbors = part.column("neighbors").combine_chunks() if part.num_rows else pa.array([], pa.list_(pa.int64()))
-    scores = part.column("scores").combine_chunks() if part.num_rows else pa.array([], pa.list_(pa.float32()))
-    lengths = np.diff(neighbors.offsets.to_numpy()) if part.num_rows else np.zeros(0, np.int64)
+    neighbors = part.column("neighbors").combine_chunks()
+    lengths = np.diff(neighbors.offsets.to_numpy())
     r = np.repeat(rows, lengths)
-    c = neighbors.flatten().to_numpy() if part.num_rows else np.zeros(0, np.int64)
-    v = scores.flatten().to_numpy() if part.num_rows else np.zeros(0, np.float32)
+    c = neighbors.flatten().to_numpy()
+    v = part.column("scores").combine_chunks().flatten().to_numpy()
+    if k is not None:
+        rank = np.arange(len(c)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        first = rank < k
+        r, c, v = r[first], c[first], v[first]
     return sp.csr_matrix((v.astype(np.float64), (r, c)), shape=(size, size))
+
+
+def _depth_read(definition: GraphSpec, feature: str) -> int | None:
+    return None if feature == COOCCURRENCE else definition.k
 
 
 def normalize(a, preset: str):
@@ -504,11 +570,11 @@ def fused_matrix(table: pa.Table, spec: dict[str, Any], size: int, preset: str |
     weights = definition.weights
     if preset == "hypergraph":
         # B_f = A_f^T: column j holds item j's neighbours
-        return hypergraph([(knn_matrix(table, f, size) != 0).astype(np.float64).T.tocsr() for f in weights],
-                          list(weights.values()))
+        return hypergraph([(knn_matrix(table, f, size, _depth_read(definition, f)) != 0).astype(np.float64).T.tocsr()
+                           for f in weights], list(weights.values()))
     total = None
     for feature, weight in weights.items():
-        part = normalize(knn_matrix(table, feature, size), preset) * weight
+        part = normalize(knn_matrix(table, feature, size, _depth_read(definition, feature)), preset) * weight
         total = part if total is None else total + part
     return total.tocsr()
 
@@ -518,7 +584,7 @@ def graph_stats(table: pa.Table, spec: GraphSpec) -> dict[str, Any]:
     stats: dict[str, Any] = {"inputs": {}}
     size = int(table.column("item_index").to_numpy().max()) + 1 if table.num_rows else 0
     for feature in sorted(set(table.column("feature").to_pylist())):
-        a = knn_matrix(table, feature, size)
+        a = knn_matrix(table, feature, size, _depth_read(spec, feature))
         a.setdiag(0)
         a.eliminate_zeros()
         a.data[:] = 1.0

@@ -2,7 +2,11 @@
 
 - :func:`exact_knn`: blocked matrix products in torch (CPU or GPU). The similarity matrix is
   symmetric, so each block of pairs (I, J) with I <= J is computed once and serves the top-k of
-  both its rows (block I) and its columns (block J): half the products of a plain search.
+  both its rows (block I) and its columns (block J): half the products of a plain search. Once
+  every list is full, a block only matters where it beats a row's or a column's current k-th
+  best: a comparison finds those few entries. Where bf16 products are fast (CUDA, CPUs with
+  AMX) the comparison runs on bf16 products with a proven error margin and only the entries it
+  keeps are scored in fp32, so the lists are those of fp32 products.
 - :func:`knn_rows`: the neighbours of some rows only (a refresh recomputes those).
 - :func:`candidates_from`: for every row, its best matches among a few given rows (how a
   refresh finds the lists a new or changed item should now enter).
@@ -74,9 +78,13 @@ def _update(best_v, best_i, S, start: int, offset: int, k: int, by_column: bool)
     full, only scores above a row's current k-th best can matter: a comparison finds those
     (few, once some blocks are seen), which is far cheaper than a top-k over the block, above
     all down columns."""
+    import torch
+
     count = S.shape[1] if by_column else S.shape[0]
     threshold = best_v[start:start + count, -1]
-    if bool(torch_isinf(threshold).any()):       # lists not full yet: a plain top-k
+    # lists mostly not full yet: a plain top-k (the threshold pass is right either way, but it
+    # would keep every entry of a row whose list is not full)
+    if float(torch.isinf(threshold).float().mean()) > 0.5:
         kk = min(k, S.shape[0] if by_column else S.shape[1])
         v, i = S.topk(kk, dim=0 if by_column else 1)
         if by_column:
@@ -84,7 +92,7 @@ def _update(best_v, best_i, S, start: int, offset: int, k: int, by_column: bool)
         _merge(best_v, best_i, slice(start, start + count), v, i + offset, k)
         return
     hits = S > (threshold[None, :] if by_column else threshold[:, None])
-    r, c = hits.nonzero(as_tuple=True)
+    r, c = _nonzero(hits)
     if len(r) == 0:
         return
     values = S[r, c]
@@ -92,12 +100,6 @@ def _update(best_v, best_i, S, start: int, offset: int, k: int, by_column: bool)
         _merge_candidates(best_v, best_i, start, count, c, r + offset, values, k)
     else:
         _merge_candidates(best_v, best_i, start, count, r, c + offset, values, k)
-
-
-def torch_isinf(t):
-    import torch
-
-    return torch.isinf(t)
 
 
 def _finish(best_v, best_i, valid_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -111,11 +113,79 @@ def _finish(best_v, best_i, valid_rows: np.ndarray) -> tuple[np.ndarray, np.ndar
     return index, sims
 
 
+# bf16 screening: |x~.y~ - x.y| <= 2u + u^2 for unit vectors rounded to bf16 (u = 2^-8, by
+# Cauchy-Schwarz), plus fp32 accumulation (<= d 2^-24) and the bf16 rounding of the result (<= u).
+BF16_U = 2.0 ** -8
+
+
+def bf16_margin(dim: int) -> float:
+    return 3 * BF16_U + BF16_U ** 2 + dim * 2.0 ** -23
+
+
+def fast_bf16(device: str) -> bool:
+    """Whether bf16 products are much faster than fp32 here: CUDA, or a CPU with AMX."""
+    if str(device).startswith("cuda"):
+        return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " amx_bf16" in f.read()
+    except OSError:
+        return False
+
+
+# above this many candidates in a block, scoring them one by one costs more than fp32 products
+RESCORE_LIMIT = 20_000
+
+
+def _nonzero(mask):
+    """Row and column of every True of a 2-d mask (numpy reads a CPU mask ~4x faster than torch)."""
+    import torch
+
+    if mask.device.type != "cpu":
+        return mask.nonzero(as_tuple=True)
+    flat = torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return flat // mask.shape[1], flat % mask.shape[1]
+
+
+def _screened_update(best_v, best_i, X, X16, bi, ei, bj, ej, k: int, margin: float) -> bool:
+    """Fold block (I, J) into both I's and J's lists from bf16 products: only pairs whose bf16
+    score is within ``margin`` of a row's or column's current k-th best can enter, and those are
+    scored again in fp32, so the result is what fp32 products give. False where some list is not
+    full yet (the caller then takes the fp32 path)."""
+    import torch
+
+    thr_r, thr_c = best_v[bi:ei, -1], best_v[bj:ej, -1]
+    if bool(torch.isinf(thr_r).any()) or bool(torch.isinf(thr_c).any()):
+        return False
+    S16 = X16[bi:ei] @ X16[bj:ej].T
+    # thresholds lowered by the margin and by one more bf16 rounding (|t| <= 1: half an ulp
+    # <= 2^-9), so that comparing in bf16 (much faster than promoting to fp32) loses nothing
+    low_r = (thr_r - margin - BF16_U).to(torch.bfloat16)
+    low_c = (thr_c - margin - BF16_U).to(torch.bfloat16)
+    hits = S16 > low_r[:, None]
+    torch.logical_or(hits, S16 > low_c[None, :], out=hits)
+    r, c = _nonzero(hits)
+    if len(r) == 0:
+        return True
+    if len(r) > RESCORE_LIMIT:        # early blocks, low thresholds: fp32 products are cheaper
+        return False
+    exact = (X[bi + r] * X[bj + c]).sum(dim=1)          # fp32 scores of the few candidates
+    rows = exact > thr_r[r]
+    if bool(rows.any()):
+        _merge_candidates(best_v, best_i, bi, ei - bi, r[rows], c[rows] + bj, exact[rows], k)
+    cols = exact > thr_c[c]
+    if bool(cols.any()):
+        _merge_candidates(best_v, best_i, bj, ej - bj, c[cols], r[cols] + bi, exact[cols], k)
+    return True
+
+
 def exact_knn(x: np.ndarray, k: int, *, self_loops: bool = False, block: int = 4096,
-              device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+              device: str = "cpu", screen: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` cosine neighbours of every row: (index [n, k] int64, cosine [n, k] float32),
     best first. ``self_loops``: a row counts itself among its k (as FREEDOM and LATTICE build
-    their graphs), else its k others."""
+    their graphs), else its k others. ``screen`` (default: where bf16 is fast, see
+    :func:`fast_bf16`): blocks after the diagonal ones are screened with bf16 products and
+    their few candidates scored in fp32 (:func:`_screened_update`); the result is the same."""
     import torch
 
     xu, valid = unit(x)
@@ -125,21 +195,29 @@ def exact_knn(x: np.ndarray, k: int, *, self_loops: bool = False, block: int = 4
     any_invalid = not valid.all()
     best_v = torch.full((n, k), float("-inf"), device=device)
     best_i = torch.full((n, k), NO_NEIGHBOUR, dtype=torch.int64, device=device)
+    starts = list(range(0, n, block))
+    # Diagonal blocks first: every row then holds a full list (when a block has more than k
+    # rows), so that the other blocks are folded in by the cheap threshold pass, rows and columns.
+    pairs = [(b, b) for b in starts] + [(bi, bj) for bi in starts for bj in starts if bj > bi]
+    screen = fast_bf16(device) if screen is None else screen
+    X16 = X.to(torch.bfloat16) if screen else None
+    margin = bf16_margin(X.shape[1])
     with torch.inference_mode():
-        for bi in range(0, n, block):
-            ei = min(bi + block, n)
-            Xi = X[bi:ei]
-            for bj in range(bi, n, block):
-                ej = min(bj + block, n)
-                S = Xi @ X[bj:ej].T
-                if any_invalid:
-                    S.masked_fill_(invalid[bj:ej][None, :], float("-inf"))
-                    S.masked_fill_(invalid[bi:ei][:, None], float("-inf"))
-                if bi == bj and not self_loops:
-                    S.fill_diagonal_(float("-inf"))
-                _update(best_v, best_i, S, bi, bj, k, by_column=False)
-                if bj != bi:           # the same products, read by column: block J's rows
-                    _update(best_v, best_i, S, bj, bi, k, by_column=True)
+        for bi, bj in pairs:
+            ei, ej = min(bi + block, n), min(bj + block, n)
+            # zero vectors score 0 in bf16 too and are dropped below; only fp32 blocks mask them
+            if screen and bi != bj and not any_invalid and _screened_update(
+                    best_v, best_i, X, X16, bi, ei, bj, ej, k, margin):
+                continue
+            S = X[bi:ei] @ X[bj:ej].T
+            if any_invalid:
+                S.masked_fill_(invalid[bj:ej][None, :], float("-inf"))
+                S.masked_fill_(invalid[bi:ei][:, None], float("-inf"))
+            if bi == bj and not self_loops:
+                S.fill_diagonal_(float("-inf"))
+            _update(best_v, best_i, S, bi, bj, k, by_column=False)
+            if bj != bi:           # the same products, read by column: block J's rows
+                _update(best_v, best_i, S, bj, bi, k, by_column=True)
     return _finish(best_v, best_i, valid)
 
 
@@ -161,9 +239,9 @@ def knn_rows(x: np.ndarray, rows: np.ndarray, k: int, *, self_loops: bool = Fals
             ej = min(bj + block, len(xu))
             S = Q @ X[bj:ej].T
             S.masked_fill_(invalid[bj:ej][None, :], float("-inf"))
-            if not self_loops:
-                cols = torch.arange(bj, ej, device=device)
-                S.masked_fill_(row_ids[:, None] == cols[None, :], float("-inf"))
+            if not self_loops:        # each query row's own column, where it falls in this block
+                own = (row_ids >= bj) & (row_ids < ej)
+                S[own.nonzero(as_tuple=True)[0], row_ids[own] - bj] = float("-inf")
             v, i = S.topk(min(k, ej - bj), dim=1)
             _merge(best_v, best_i, slice(None), v, i + bj, k)
     return _finish(best_v, best_i, valid[rows])
@@ -188,9 +266,9 @@ def candidates_from(x: np.ndarray, sources: np.ndarray, k: int, *, self_loops: b
             e = min(b + block, len(xu))
             S = X[b:e] @ C.T
             S.masked_fill_(c_invalid[None, :], float("-inf"))
-            if not self_loops:
-                here = torch.arange(b, e, device=device)
-                S.masked_fill_(here[:, None] == src[None, :], float("-inf"))
+            if not self_loops:        # a source row does not match itself
+                own = (src >= b) & (src < e)
+                S[src[own] - b, own.nonzero(as_tuple=True)[0]] = float("-inf")
             v, i = S.topk(kk, dim=1)
             out_v[b:e, :kk] = v
             out_i[b:e, :kk] = src[i]

@@ -276,7 +276,10 @@ def _show(args) -> int:
         for name, entry in sorted(lens.doc.graphs.items()):
             for label, g in sorted(entry.versions.items(), key=lambda kv: int(kv[0][1:])):
                 current = "*" if label == entry.current else ""
-                print(f"{g.qualified + current:<22}{g.spec['k']:>4}  {g.spec['preset']:<11}{g.count:>8}")
+                method = g.spec.get("method", "exact")
+                if method == "approximate":
+                    method += f", recall@{g.spec['k']} {g.stats.get('recall_at_k', float('nan')):.3f} against exact"
+                print(f"{g.qualified + current:<22}{g.spec['k']:>4}  {g.spec['preset']:<11}{g.count:>8}  ({method})")
                 weights = g.spec["features"] if isinstance(g.spec["features"], dict) else {f: 1.0 for f in g.spec["features"]}
                 for feature, s in g.stats.get("inputs", {}).items():
                     d = s["in_degree"]

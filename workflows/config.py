@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from itemlens.errors import ConfigError
 from itemlens.extractors.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
@@ -79,10 +79,11 @@ class IngestConfig(_Strict):
 
     @field_validator("features", "semantic_ids", "graphs")
     @classmethod
-    def _names(cls, entries: dict[str, Any]) -> dict[str, Any]:
+    def _names(cls, entries: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        what = {"features": "feature", "semantic_ids": "semantic-ID", "graphs": "graph"}[info.field_name]
         for name in entries:
             if not FEATURE_NAME.match(name):
-                raise ValueError(f"name {name!r}: use a letter, then letters, digits or '_'")
+                raise ValueError(f"{what} name {name!r}: use a letter, then letters, digits or '_'")
         return entries
 
     @model_validator(mode="after")
