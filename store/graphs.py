@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from itemlens.errors import ConfigError, StoreError
 from itemlens.store.layout import FEATURE_NAME, ITEMS_TABLE
+from itemlens.store.semantic_ids import check_inputs
 
 if TYPE_CHECKING:  # pragma: no cover
     from itemlens.store.snapshots import FeatureVersion, GraphVersion
@@ -93,14 +94,7 @@ class GraphSpec(_Strict):
     @field_validator("features")
     @classmethod
     def _inputs(cls, value):
-        if not list(value):
-            raise ValueError("name at least one input feature")
-        for name in value:
-            if not FEATURE_NAME.match(name):
-                raise ValueError(f"{name!r} is not a feature name")
-        if isinstance(value, dict) and any(w <= 0 for w in value.values()):
-            raise ValueError("fusion weights must be > 0")
-        return value
+        return check_inputs(value)
 
     @property
     def list_depth(self) -> int:
@@ -606,27 +600,11 @@ def graph_stats(table: pa.Table, spec: GraphSpec) -> dict[str, Any]:
 
 def degree_plot(stats: dict[str, Any], title: str) -> bytes:
     """A PNG: in-degree histogram per input."""
-    import io
+    from itemlens.store.plots import bar_panels
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    inputs = stats.get("inputs", {})
-    fig, axes = plt.subplots(1, max(len(inputs), 1), figsize=(4 * max(len(inputs), 1), 3), squeeze=False)
-    for ax, (feature, s) in zip(axes[0], inputs.items()):
-        counts = s.get("in_degree_histogram", [])
-        ax.bar(range(len(counts)), counts, width=1.0)
-        ax.set_title(f"{feature}: in-degree (mutual edges {s['mutual_share']:.0%})", fontsize=9)
-        ax.set_xlabel("in-degree")
-        ax.set_ylabel("items")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
-    plt.close(fig)
-    return buffer.getvalue()
+    return bar_panels([(f"{feature}: in-degree (mutual edges {s['mutual_share']:.0%})",
+                        s.get("in_degree_histogram", []), "in-degree")
+                       for feature, s in stats.get("inputs", {}).items()], title)
 
 
 def build(uri: str, specs: dict[str, GraphSpec | dict[str, Any]], *, rebuild: bool = False,

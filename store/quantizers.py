@@ -20,7 +20,6 @@ Weights are saved with safetensors (no pickle).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -393,29 +392,8 @@ def code_metrics(codes: np.ndarray, codebook_size: int, x: np.ndarray | None = N
 
 def usage_plot(metrics: dict[str, Any], title: str) -> bytes:
     """A PNG: items per code, one panel per level, codes sorted by use."""
-    import io
+    from itemlens.store.plots import bar_panels
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    usage = metrics.get("usage") or []
-    fig, axes = plt.subplots(1, max(len(usage), 1), figsize=(4 * max(len(usage), 1), 3), squeeze=False)
-    for level, counts in enumerate(usage):
-        ax = axes[0][level]
-        ax.bar(range(len(counts)), sorted(counts, reverse=True), width=1.0)
-        ax.set_title(f"level {level + 1}: {metrics['utilization'][level]:.0%} used, "
-                     f"perplexity {metrics['perplexity'][level]:.0f}", fontsize=9)
-        ax.set_xlabel("code (sorted by use)")
-        ax.set_ylabel("items")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def describe(params: dict[str, Any]) -> str:
-    return json.dumps(params, sort_keys=True)
+    return bar_panels([(f"level {level + 1}: {metrics['utilization'][level]:.0%} used, "
+                        f"perplexity {metrics['perplexity'][level]:.0f}", sorted(counts, reverse=True),
+                        "code (sorted by use)") for level, counts in enumerate(metrics.get("usage") or [])], title)

@@ -51,6 +51,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def check_inputs(value: list[str] | dict[str, float]) -> list[str] | dict[str, float]:
+    """The ``features:`` of a derived artifact: feature names, or names -> weights > 0."""
+    if not list(value):
+        raise ValueError("name at least one input feature")
+    for name in value:
+        if not FEATURE_NAME.match(name):
+            raise ValueError(f"{name!r} is not a feature name")
+    if isinstance(value, dict) and any(w <= 0 for w in value.values()):
+        raise ValueError("feature weights must be > 0")
+    return value
+
+
 class VaeParams(_Strict):
     """RQ-VAE (TIGER's defaults: latent 32, 512-256 MLP, beta 0.25)."""
 
@@ -82,15 +94,7 @@ class SemanticIdSpec(_Strict):
     @field_validator("features")
     @classmethod
     def _inputs(cls, value):
-        names = list(value)
-        if not names:
-            raise ValueError("name at least one input feature")
-        for name in names:
-            if not FEATURE_NAME.match(name):
-                raise ValueError(f"{name!r} is not a feature name")
-        if isinstance(value, dict) and any(w <= 0 for w in value.values()):
-            raise ValueError("feature weights must be > 0")
-        return value
+        return check_inputs(value)
 
     @property
     def weights(self) -> dict[str, float]:

@@ -176,40 +176,32 @@ def _export(args) -> int:
 
 
 def _semantic_ids(args) -> int:
-    from itemlens.errors import ConfigError
     from itemlens.store.semantic_ids import build
-    from itemlens.workflows.config import load_config
-    from itemlens.workflows.ingest import configure_logging
 
-    configure_logging(False)
-    specs = load_config(args.config).semantic_ids
-    names = args.name or list(specs)
-    unknown = [n for n in names if n not in specs]
-    if unknown or not names:
-        raise ConfigError(f"{args.config} defines semantic IDs {', '.join(specs) or 'none'}; "
-                          f"not {', '.join(unknown) or 'any'}")
-    reports, snapshot = build(args.store, {n: specs[n] for n in names}, retrain=args.retrain,
-                              lock_wait=args.wait_for_lock)
-    for r in reports.values():
-        print(r.line())
-    print(f"published snapshot {snapshot}" if snapshot else "nothing changed: no new snapshot")
-    return 0
+    return _derive(args, "semantic_ids", "semantic IDs", lambda specs: build(
+        args.store, specs, retrain=args.retrain, lock_wait=args.wait_for_lock))
 
 
 def _graph(args) -> int:
-    from itemlens.errors import ConfigError
     from itemlens.store.graphs import build
+
+    return _derive(args, "graphs", "graphs", lambda specs: build(
+        args.store, specs, rebuild=args.rebuild, lock_wait=args.wait_for_lock))
+
+
+def _derive(args, section: str, what: str, build) -> int:
+    """Build the definitions of a configuration section (all, or --name ones) and publish."""
+    from itemlens.errors import ConfigError
     from itemlens.workflows.config import load_config
     from itemlens.workflows.ingest import configure_logging
 
     configure_logging(False)
-    specs = load_config(args.config).graphs
+    specs = getattr(load_config(args.config), section)
     names = args.name or list(specs)
     unknown = [n for n in names if n not in specs]
     if unknown or not names:
-        raise ConfigError(f"{args.config} defines graphs {', '.join(specs) or 'none'}; not {', '.join(unknown) or 'any'}")
-    reports, snapshot = build(args.store, {n: specs[n] for n in names}, rebuild=args.rebuild,
-                              lock_wait=args.wait_for_lock)
+        raise ConfigError(f"{args.config} defines {what} {', '.join(specs) or 'none'}; not {', '.join(unknown) or 'any'}")
+    reports, snapshot = build({n: specs[n] for n in names})
     for r in reports.values():
         print(r.line())
     print(f"published snapshot {snapshot}" if snapshot else "nothing changed: no new snapshot")
