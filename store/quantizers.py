@@ -236,6 +236,18 @@ class RQVAE:
     def fit(self, x: np.ndarray) -> RQVAE:
         import torch
 
+        # Same seed, same IDs: torch's default CPU kernels for some backward passes (scatter-adds
+        # of the codebook gradients) are not run-to-run deterministic; the deterministic ones are.
+        previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            return self._fit(x)
+        finally:
+            torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+    def _fit(self, x: np.ndarray) -> RQVAE:
+        import torch
+
         TRAININGS["count"] += 1
         generator = torch.Generator().manual_seed(self.seed)
         data = torch.as_tensor(np.asarray(x, np.float32)).to(self.device)
