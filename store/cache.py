@@ -9,7 +9,6 @@ it is asked for from Lance.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 from collections import OrderedDict
@@ -18,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 #: default bound of a reader's cache (connect(..., cache_bytes=...))
 DEFAULT_CACHE_BYTES = 4 * 1024**3

@@ -44,12 +44,12 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from itemlens.errors import ConfigError, StoreError
-from itemlens.store.layout import FEATURE_NAME, ITEMS_TABLE
+from itemlens.errors import ConfigError
+from itemlens.store.layout import ITEMS_TABLE
 from itemlens.store.semantic_ids import check_inputs
 
 if TYPE_CHECKING:  # pragma: no cover
-    from itemlens.store.snapshots import FeatureVersion, GraphVersion
+    from itemlens.store.snapshots import FeatureVersion
     from itemlens.store.writer import StoreWriter
 
 log = logging.getLogger("itemlens.graphs")
@@ -612,18 +612,8 @@ def build(uri: str, specs: dict[str, GraphSpec | dict[str, Any]], *, rebuild: bo
           ) -> tuple[dict[str, GraphReport], int | None]:
     """Build or refresh graph definitions from the store's latest snapshot and publish a
     snapshot (``itemlens graph``). Returns the reports and the new snapshot (None: unchanged)."""
-    from itemlens.store.writer import StoreWriter
+    from itemlens.store.writer import publish_derived
 
-    parsed = {n: s if isinstance(s, GraphSpec) else GraphSpec.model_validate(s) for n, s in specs.items()}
-    for name in parsed:
-        if not FEATURE_NAME.match(name):
-            raise ConfigError(f"graph name {name!r}: use a letter, then letters, digits or '_'")
-    with StoreWriter.open(uri, storage_options=storage_options, lock_wait=lock_wait,
-                          command="itemlens graph") as writer:
-        if writer.base.snapshot_id == 0:
-            raise StoreError(f"{writer.location.uri} has no snapshot yet: ingest features first")
-        reports = {name: derive(writer, name, spec, rebuild=rebuild) for name, spec in parsed.items()}
-        doc = writer.publish(catalog=dict(writer.base.catalog), current={}, report={
-            "summary": "graphs: " + "; ".join(r.line() for r in reports.values()),
-            "graphs": {n: r.to_doc() for n, r in reports.items()}})
-    return reports, (doc.snapshot_id if doc is not None else None)
+    return publish_derived(uri, specs, GraphSpec, lambda w, n, s: derive(w, n, s, rebuild=rebuild),
+                           what="graphs", section="graphs", command="itemlens graph",
+                           lock_wait=lock_wait, storage_options=storage_options)

@@ -444,19 +444,8 @@ def build(uri: str, specs: dict[str, SemanticIdSpec | dict[str, Any]], *, retrai
     """Train or refresh semantic-ID definitions from the store's latest snapshot and publish a
     snapshot (``itemlens semantic-ids``). Returns the reports and the new snapshot id (None
     when nothing changed)."""
-    from itemlens.store.writer import StoreWriter
+    from itemlens.store.writer import publish_derived
 
-    parsed = {name: s if isinstance(s, SemanticIdSpec) else SemanticIdSpec.model_validate(s) for name, s in specs.items()}
-    for name in parsed:
-        if not FEATURE_NAME.match(name):
-            raise ConfigError(f"semantic-ID name {name!r}: use a letter, then letters, digits or '_'")
-    with StoreWriter.open(uri, storage_options=storage_options, lock_wait=lock_wait,
-                          command="itemlens semantic-ids") as writer:
-        if writer.base.snapshot_id == 0:
-            raise StoreError(f"{writer.location.uri} has no snapshot yet: ingest features first")
-        reports = {name: derive(writer, name, spec, retrain=retrain) for name, spec in parsed.items()}
-        summary = "; ".join(r.line() for r in reports.values())
-        doc = writer.publish(catalog=dict(writer.base.catalog), current={},
-                             report={"summary": f"semantic IDs: {summary}",
-                                     "semantic_ids": {n: r.to_doc() for n, r in reports.items()}})
-    return reports, (doc.snapshot_id if doc is not None else None)
+    return publish_derived(uri, specs, SemanticIdSpec, lambda w, n, s: derive(w, n, s, retrain=retrain),
+                           what="semantic IDs", section="semantic_ids", command="itemlens semantic-ids",
+                           lock_wait=lock_wait, storage_options=storage_options)

@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from itemlens.errors import CatalogError, StoreError, StoreFormatError, StoreNotFoundError
+from itemlens.errors import CatalogError, ConfigError, StoreError, StoreFormatError, StoreNotFoundError
 from itemlens.store import lance_io
 from itemlens.store.layout import (
     ERRORS_SCHEMA, ERRORS_TABLE, FEATURE_NAME, FORMAT_VERSION, ITEMS_SCHEMA, ITEMS_TABLE, META_SCHEMA,
@@ -468,22 +468,10 @@ class StoreWriter:
         for name, sid in self._semantic_ids.items():
             for table in (sid.table, sid.quantizer_table):
                 doc.tables[table] = self._open(table).version
-            entry = doc.semantic_ids.get(name)
-            if entry is None:
-                doc.semantic_ids[name] = SemanticIdEntry(current=sid.label, versions={sid.label: sid})
-            else:
-                changed |= entry.current != sid.label
-                entry.versions[sid.label] = sid
-                entry.current = sid.label
+            changed |= _make_current(doc.semantic_ids, sid, SemanticIdEntry)
         for name, graph in self._graphs.items():
             doc.tables[graph.table] = self._open(graph.table).version
-            entry = doc.graphs.get(name)
-            if entry is None:
-                doc.graphs[name] = GraphEntry(current=graph.label, versions={graph.label: graph})
-            else:
-                changed |= entry.current != graph.label
-                entry.versions[graph.label] = graph
-                entry.current = graph.label
+            changed |= _make_current(doc.graphs, graph, GraphEntry)
         for table in (ITEMS_TABLE, ERRORS_TABLE):
             doc.tables[table] = self._open(table).version
         changed |= doc.tables != self.base.tables
@@ -497,6 +485,38 @@ class StoreWriter:
         append_doc(self.location, doc)
         self.base = doc
         return doc
+
+
+def publish_derived(uri: str, specs: dict[str, Any], spec_type, derive, *, what: str, section: str,
+                    command: str, lock_wait: float = 0.0, storage_options: dict[str, str] | None = None):
+    """Derive artifacts (semantic IDs, graphs) from the latest snapshot's vectors under the
+    writer lock, ``derive(writer, name, spec)`` per definition, and publish one snapshot.
+    Returns the reports and the new snapshot id (None when nothing changed)."""
+    parsed = {n: s if isinstance(s, spec_type) else spec_type.model_validate(s) for n, s in specs.items()}
+    for name in parsed:
+        if not FEATURE_NAME.match(name):
+            raise ConfigError(f"{what} name {name!r}: use a letter, then letters, digits or '_'")
+    with StoreWriter.open(uri, storage_options=storage_options, lock_wait=lock_wait, command=command) as writer:
+        if writer.base.snapshot_id == 0:
+            raise StoreError(f"{writer.location.uri} has no snapshot yet: ingest features first")
+        reports = {name: derive(writer, name, spec) for name, spec in parsed.items()}
+        doc = writer.publish(catalog=dict(writer.base.catalog), current={}, report={
+            "summary": f"{what}: " + "; ".join(r.line() for r in reports.values()),
+            section: {n: r.to_doc() for n, r in reports.items()}})
+    return reports, (doc.snapshot_id if doc is not None else None)
+
+
+def _make_current(entries: dict, version, entry_type) -> bool:
+    """Record a derived artifact's version (semantic IDs, graph) as its name's current one;
+    True when the name now resolves to another version."""
+    entry = entries.get(version.name)
+    if entry is None:
+        entries[version.name] = entry_type(current=version.label, versions={version.label: version})
+        return True
+    moved = entry.current != version.label
+    entry.versions[version.label] = version
+    entry.current = version.label
+    return moved
 
 
 def _index_item_ids(dataset) -> None:

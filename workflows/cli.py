@@ -208,6 +208,16 @@ def _derive(args, section: str, what: str, build) -> int:
     return 0
 
 
+def _save_plot(folder: str, filename: str, png: bytes) -> str:
+    import os
+
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, filename)
+    with open(path, "wb") as f:
+        f.write(png)
+    return path
+
+
 def _show(args) -> int:
     import itemlens
 
@@ -255,12 +265,7 @@ def _show(args) -> int:
                     print(f"{'':<22}per level: utilization {', '.join(f'{u:.0%}' for u in m['utilization'])}; "
                           f"perplexity {', '.join(f'{p:g}' for p in m['perplexity'])}")
                 if args.plots and label == entry.current:
-                    import os
-
-                    os.makedirs(args.plots, exist_ok=True)
-                    path = os.path.join(args.plots, f"{name}_code_usage.png")
-                    with open(path, "wb") as f:
-                        f.write(lens.semantic_id_plot(name))
+                    path = _save_plot(args.plots, f"{name}_code_usage.png", lens.semantic_id_plot(name))
                     print(f"{'':<22}code usage plot: {path}")
     if lens.doc.graphs:
         print()
@@ -279,12 +284,7 @@ def _show(args) -> int:
                           f"{s['mutual_share']:.0%} mutual, in-degree {d['min']}/{d['median']:g}/{d['max']} "
                           f"({d['zero']} items never a neighbour)")
                 if args.plots and label == entry.current:
-                    import os
-
-                    os.makedirs(args.plots, exist_ok=True)
-                    path = os.path.join(args.plots, f"{name}_degrees.png")
-                    with open(path, "wb") as f:
-                        f.write(lens.graph_plot(name))
+                    path = _save_plot(args.plots, f"{name}_degrees.png", lens.graph_plot(name))
                     print(f"{'':<22}degree plot: {path}")
     errors = lens.errors()
     if errors.num_rows:
