@@ -19,6 +19,7 @@ import contextlib
 import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -28,6 +29,20 @@ from itemlens.extractors.spec import FeatureSpec, fingerprint
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
+
+
+@dataclass(frozen=True)
+class AudioFormat:
+    """What an audio encoder takes: waveforms at ``sample_rate`` with ``channels`` channels,
+    at most ``window_seconds`` long (longer clips are cut into windows and pooled)."""
+
+    sample_rate: int
+    channels: int = 1
+    window_seconds: float = 30.0
+
+    @property
+    def window_samples(self) -> int:
+        return int(round(self.window_seconds * self.sample_rate))
 
 
 class ItemError(Exception):
@@ -47,8 +62,10 @@ class Encoder(ABC):
     """Base class of the registered encoders."""
 
     name: ClassVar[str]
-    #: catalog inputs it can encode ("text", "image")
+    #: catalog inputs it can encode ("text", "image", "video", "audio")
     input_kinds: ClassVar[frozenset[str]]
+    #: what a feature of this encoder stores per item: "vector" or "caption"
+    output_kind: ClassVar[str] = "vector"
     #: bump when itemlens changes how inputs become vectors, so fingerprints change too
     processing_version: ClassVar[str] = "1"
 
@@ -114,6 +131,22 @@ class Encoder(ABC):
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
         """Encode preprocessed images, float32 [n, 3, H, W] -> float32 [n, dim]."""
         raise ConfigError(f"encoder {self.name!r} does not take images")
+
+    def audio_format(self) -> AudioFormat:
+        """The model's sample rate, channels and window (from its config files, without
+        loading weights): CPU workers decode and resample audio to it."""
+        raise ConfigError(f"encoder {self.name!r} does not take audio")
+
+    def encode_audio(self, clips: Sequence[np.ndarray]) -> np.ndarray:
+        """Encode waveforms at :meth:`audio_format`'s rate, each float32 [channels, samples]
+        and at most one window long, -> float32 [n, dim] (one vector per clip, unnormalized:
+        the caller pools an item's windows, then normalizes)."""
+        raise ConfigError(f"encoder {self.name!r} does not take audio")
+
+    def caption_images(self, pixels: np.ndarray) -> list[str]:
+        """Write a caption for each preprocessed image, float32 [n, 3, H, W] -> n strings
+        (a video arrives as one image: a grid of its sampled frames)."""
+        raise ConfigError(f"encoder {self.name!r} does not write captions")
 
     def describe(self) -> dict[str, Any]:
         """What `itemlens show` prints about the model besides the spec."""

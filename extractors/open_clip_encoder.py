@@ -52,7 +52,10 @@ class OpenClipEncoder(Encoder):
     @classmethod
     def validate_spec(cls, spec: FeatureSpec) -> None:
         super().validate_spec(spec)
-        cls._reject_fields(spec, "revision", "max_seq_length", "trust_remote_code")
+        cls._reject_fields(spec, "revision", "max_seq_length", "trust_remote_code", "token_pooling",
+                           "instruction", "prompt", "max_new_tokens", "num_beams", "window_seconds")
+        if spec.pooling == "per_frame" and cls is OpenClipEncoder:
+            raise ConfigError("open-clip: pooling per_frame is for video-frames; images use per_image")
         if ":" in spec.model:
             raise ConfigError(
                 f"open-clip model {spec.model!r}: give an architecture name (see open_clip.list_models()) "
@@ -221,3 +224,19 @@ class OpenClipEncoder(Encoder):
         info = super().describe()
         info["weights"] = self.spec.checkpoint or f"{self.spec.model}/{self.spec.pretrained}"
         return info
+
+
+class VideoFramesEncoder(OpenClipEncoder):
+    """``video-frames``: an open_clip image tower over frames sampled from each video (decord,
+    in CPU workers: see extractors/video.py), mean-pooled per video (``pooling: mean``) or kept
+    per frame (``pooling: per_frame``). Text input goes through the text tower, so a video
+    feature can be searched with text as an image feature can."""
+
+    name = "video-frames"
+    input_kinds = frozenset({"video", "text"})
+
+    @classmethod
+    def validate_spec(cls, spec: FeatureSpec) -> None:
+        super().validate_spec(spec)
+        if spec.pooling == "per_image":
+            raise ConfigError("video-frames: use pooling: per_frame (or mean), not per_image")

@@ -31,6 +31,10 @@ _BUILTIN: dict[str, EncoderEntry] = {
     "open-clip": EncoderEntry("itemlens.extractors.open_clip_encoder:OpenClipEncoder", "image"),
     "sentence-transformers": EncoderEntry(
         "itemlens.extractors.sentence_transformers_encoder:SentenceTransformerEncoder", "text"),
+    "hf-text": EncoderEntry("itemlens.extractors.hf_text_encoder:HFTextEncoder", "text"),
+    "video-frames": EncoderEntry("itemlens.extractors.open_clip_encoder:VideoFramesEncoder", "video"),
+    "audio": EncoderEntry("itemlens.extractors.audio_encoder:AudioEncoder", "audio"),
+    "caption": EncoderEntry("itemlens.extractors.captioner:CaptionEncoder", "caption"),
 }
 _registry: dict[str, EncoderEntry] = dict(_BUILTIN)
 _entry_points_loaded = False

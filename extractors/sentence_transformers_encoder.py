@@ -30,7 +30,8 @@ class SentenceTransformerEncoder(Encoder):
     @classmethod
     def validate_spec(cls, spec: FeatureSpec) -> None:
         super().validate_spec(spec)
-        cls._reject_fields(spec, "pretrained", "checkpoint", "model_config_file")
+        cls._reject_fields(spec, "pretrained", "checkpoint", "model_config_file", "token_pooling", "instruction",
+                           "prompt", "max_new_tokens", "num_beams", "window_seconds")
 
     # -- identity ---------------------------------------------------------------------
     def _folder(self) -> Path | None:

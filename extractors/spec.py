@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import string
 from typing import Any, ClassVar, Literal, Union
 
@@ -58,7 +59,67 @@ class ImageInput(_Strict):
         return [self.image]
 
 
-FeatureInput = Union[TextInput, ImageInput]
+class VideoInput(_Strict):
+    """A video column (path/URI per cell). Frames are sampled on CPU (decord), see
+    :func:`itemlens.extractors.video.sample_indices` for the exact indices:
+
+    * uniform (default): ``frames`` frames, the middle frame of each of ``frames`` equal
+      segments of the video;
+    * ``every_seconds: s``: the frame on screen at 0, s, 2s, ... seconds (by the container's
+      timestamps, so a variable frame rate is honoured), at most ``frames`` of them (thinned
+      uniformly when there are more).
+    """
+
+    video: str = Field(description="catalog column with a video path/URI")
+    frames: int = Field(8, ge=1, le=256, description="frames per video (the maximum with every_seconds)")
+    every_seconds: float | None = Field(None, gt=0, description="sample by time instead of uniformly")
+
+    @property
+    def kind(self) -> str:
+        return "video"
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.video]
+
+
+class AudioInput(_Strict):
+    """An audio column: each cell an audio file or a video file (its audio track is used),
+    decoded with PyAV, mixed to the model's layout and resampled to its rate with torchaudio."""
+
+    audio: str = Field(description="catalog column with an audio (or video) path/URI")
+
+    @property
+    def kind(self) -> str:
+        return "audio"
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.audio]
+
+
+class FeatureRefInput(_Strict):
+    """Another feature's output as input, e.g. a text feature over the captions a caption
+    feature wrote in the same run: ``input: {feature: caption}`` (or just ``input: caption``)."""
+
+    feature: str = Field(description="name of the feature whose output (a caption) is the input")
+
+    @property
+    def kind(self) -> str:
+        return "text"
+
+    @property
+    def columns(self) -> list[str]:
+        return []
+
+    @property
+    def template(self) -> str:
+        return "{text}"
+
+
+FeatureInput = Union[TextInput, ImageInput, VideoInput, AudioInput, FeatureRefInput]
+_INPUT_KEYS = {"template": TextInput, "image": ImageInput, "video": VideoInput, "audio": AudioInput,
+               "feature": FeatureRefInput}
 
 
 class Resources(_Strict):
@@ -95,9 +156,22 @@ class FeatureSpec(_Strict):
     input: FeatureInput
     normalize: bool = True
     dtype: Literal["float32", "float16"] = "float32"
-    pooling: Literal["mean", "per_image"] = Field(
-        "mean", description="several images per item: mean of their vectors, or kept per image")
-    max_seq_length: int | None = Field(None, ge=1, description="sentence-transformers truncation")
+    pooling: Literal["mean", "per_image", "per_frame"] = Field(
+        "mean", description="several images (or a video's frames) per item: mean of their vectors, or kept "
+                            "per image / per frame")
+    max_seq_length: int | None = Field(None, ge=1, description="text truncation, in tokens")
+    token_pooling: Literal["mean", "last_token", "cls"] | None = Field(
+        None, description="hf-text: how token states become one vector (default mean)")
+    instruction: str | None = Field(
+        None, description="hf-text: prefixed to every text (instruction-tuned embedders, e.g. 'query: ')")
+    prompt: str | None = Field(
+        None, description="caption: the instruction given with each image (through the chat template "
+                          "when the processor has one)")
+    max_new_tokens: int | None = Field(None, ge=1, le=4096, description="caption: longest caption, in tokens")
+    num_beams: int | None = Field(None, ge=1, le=16, description="caption: beam search width (default 1: greedy)")
+    window_seconds: float | None = Field(
+        None, gt=0, description="audio: window length; longer clips are cut into windows and pooled "
+                                "(default: the model's own, 10 s for CLAP, 30 s otherwise)")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="auto: bf16/fp16 autocast on GPU, fp32 on CPU")
     resources: Resources = Resources()
@@ -107,18 +181,24 @@ class FeatureSpec(_Strict):
     @field_validator("input", mode="before")
     @classmethod
     def _input_kind(cls, value: Any) -> Any:
-        if isinstance(value, (TextInput, ImageInput)):
+        if isinstance(value, tuple(_INPUT_KEYS.values())):
             return value
-        kinds = {"template": TextInput, "image": ImageInput}
-        if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in kinds:
-            key = next(iter(value))
-            try:
-                return kinds[key](**value)
-            except ValidationError as exc:
-                raise ValueError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+        if isinstance(value, str) and FEATURE_NAME_PATTERN.match(value):
+            value = {"feature": value}      # `input: caption`: another feature's output
+        if isinstance(value, dict):
+            keys = [k for k in value if k in _INPUT_KEYS]
+            if len(keys) == 1:
+                try:
+                    return _INPUT_KEYS[keys[0]](**value)
+                except ValidationError as exc:
+                    error = exc.errors()[0]
+                    where = ".".join(str(p) for p in error["loc"])
+                    raise ValueError(f"{where}: " + error["msg"].removeprefix("Value error, ") if where
+                                     else error["msg"].removeprefix("Value error, ")) from None
         raise ValueError(
-            "input must be {template: '...'} (a text built from columns, e.g. '{title}. {description}') "
-            "or {image: COLUMN} (a column of image paths/URIs)")
+            "input must be {template: '...'} (a text built from columns, e.g. '{title}. {description}'), "
+            "{image: COLUMN} (image paths/URIs), {video: COLUMN, frames: 8} (video paths/URIs), "
+            "{audio: COLUMN} (audio or video paths/URIs) or {feature: NAME} (another feature's captions)")
 
     @field_validator("encoder")
     @classmethod
@@ -136,10 +216,14 @@ class FeatureSpec(_Strict):
     # where it lies (moving it does not make a new version). The rest is execution detail.
     OUTPUT_FIELDS: ClassVar[tuple[str, ...]] = (
         "encoder", "trust_remote_code", "input", "normalize", "dtype", "pooling", "max_seq_length",
+        "token_pooling", "instruction", "prompt", "max_new_tokens", "num_beams", "window_seconds",
     )
 
     def output_recipe(self) -> dict[str, Any]:
         return self.model_dump(mode="json", include=set(self.OUTPUT_FIELDS))
+
+
+FEATURE_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 
 
 def fingerprint(spec: FeatureSpec, weights_identity: str, processing_version: str) -> str:
