@@ -45,7 +45,7 @@ def build_catalog(n: int, folder: Path, seed: int = 0) -> Path:
     rng = random.Random(seed)
     photos = [Image.open(p).convert("RGB") for p in sorted((EXAMPLES / "catalog" / "images").rglob("*.jpg"))]
     rows = [json.loads(line) for line in (EXAMPLES / "catalog" / "catalog.jsonl").read_text().splitlines()]
-    bullets = [b for r in rows for b in r["bullet_points"]]
+    bullets = [b for r in rows for b in r.get("bullet_points", [])]
     (folder / "images").mkdir(parents=True, exist_ok=True)
     with open(catalog, "w") as f:
         for i in range(n):

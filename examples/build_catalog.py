@@ -1,12 +1,19 @@
-"""Build examples/catalog/ from the ABO sample products in ../shared/data/abo_samples.
+"""Build examples/catalog/ from the real sample media in ../shared/data.
 
-Each product folder holds JPEGs and a ``metadata.txt`` in the ABO listings' Java-map-like
-text form (``'bullet_point': '[{language_tag=en_US, value=...}, ...]'``). This script parses
-brand, model name, style, colour and bullet points (English values preferred), copies the
-images, and writes ``catalog.jsonl`` with relative image paths. The parser is hand-written:
-there is no library for this format. Run it again only to regenerate the committed output::
+Products: each ABO product folder holds JPEGs and a ``metadata.txt`` in the ABO listings'
+Java-map-like text form (``'bullet_point': '[{language_tag=en_US, value=...}, ...]'``). This
+script parses brand, model name, style, colour and bullet points (English values preferred),
+copies the images, and makes a short product video from them (a slideshow: each photo held
+one second, written with PyAV as H.264). The parser is hand-written: there is no library for
+this format.
 
-    python examples/build_catalog.py [--source ../shared/data/abo_samples]
+Sound clips: the two real recordings in ``../shared/data/audio`` (a robin's call, a read
+passage of Sense and Sensibility) become items with a title and an ``audio`` column.
+
+``catalog.jsonl`` gets relative media paths. Run it again only to regenerate the committed
+output (it needs PyAV: ``pip install av``)::
+
+    python examples/build_catalog.py [--source ../shared/data]
 """
 
 from __future__ import annotations
@@ -55,20 +62,64 @@ def product(folder: Path, images_dir: Path) -> dict:
     }
 
 
+def slideshow(images: list[Path], out: Path, *, size=(320, 240), fps: int = 10) -> None:
+    """A product video: each photo letterboxed on white and held one second."""
+    import fractions
+
+    import av
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(out), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        stream.codec_context.time_base = fractions.Fraction(1, fps)
+        for path in images:
+            photo = ImageOps.pad(Image.open(path).convert("RGB"), size, color="white")
+            frame = av.VideoFrame.from_ndarray(np.asarray(photo), format="rgb24")
+            for _ in range(fps):
+                container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+SOUND_CLIPS = {   # file in ../shared/data/audio -> (item_id, title)
+    "456440__inspectorj__bird-whistling-robin-single-13.ogg":
+        ("sound-robin-13", "Bird whistling: a single chirping call of an English robin (InspectorJ)"),
+    "198-209-0000.ogg":
+        ("audiobook-198-209", "Sense and Sensibility, chapter 18, by Jane Austen: read by Heather Barnett"),
+}
+
+
+def sound_clip(source: Path, audio_dir: Path) -> dict:
+    item_id, title = SOUND_CLIPS[source.name]
+    audio_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, audio_dir / source.name)
+    shutil.copyfile(source.with_suffix(".txt"), audio_dir / source.with_suffix(".txt").name)   # its credit
+    return {"item_id": item_id, "title": title, "audio": f"audio/{source.name}"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--source", type=Path, default=HERE.parent.parent / "shared" / "data" / "abo_samples")
+    parser.add_argument("--source", type=Path, default=HERE.parent.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=HERE / "catalog")
     args = parser.parse_args()
-    images_dir = args.out / "images"
-    if images_dir.exists():
-        shutil.rmtree(images_dir)
-    rows = [product(folder, images_dir) for folder in sorted(args.source.iterdir()) if folder.is_dir()]
+    products = args.source / "abo_samples"
+    for folder in ("images", "videos", "audio"):
+        if (args.out / folder).exists():
+            shutil.rmtree(args.out / folder)
+    rows = [product(folder, args.out / "images") for folder in sorted(products.iterdir()) if folder.is_dir()]
+    for row in rows:
+        video = f"videos/{row['item_id']}.mp4"
+        slideshow([args.out / image for image in row["images"]], args.out / video)
+        row["video"] = video
+    rows += [sound_clip(args.source / "audio" / name, args.out / "audio") for name in sorted(SOUND_CLIPS)]
     with open(args.out / "catalog.jsonl", "w") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    shutil.copyfile(args.source / "README.md", args.out / "ABO_README.md")
-    print(f"wrote {len(rows)} products, {sum(len(r['images']) for r in rows)} images to {args.out}")
+    shutil.copyfile(products / "README.md", args.out / "ABO_README.md")
+    print(f"wrote {len(rows)} items ({sum(len(r.get('images', [])) for r in rows)} images, "
+          f"{sum('video' in r for r in rows)} videos, {sum('audio' in r for r in rows)} sound clips) to {args.out}")
 
 
 if __name__ == "__main__":

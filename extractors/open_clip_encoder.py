@@ -227,7 +227,7 @@ class OpenClipEncoder(Encoder):
 
 
 class VideoFramesEncoder(OpenClipEncoder):
-    """``video-frames``: an open_clip image tower over frames sampled from each video (decord,
+    """``video-frames``: an open_clip image tower over frames sampled from each video (PyAV,
     in CPU workers: see extractors/video.py), mean-pooled per video (``pooling: mean``) or kept
     per frame (``pooling: per_frame``). Text input goes through the text tower, so a video
     feature can be searched with text as an image feature can."""

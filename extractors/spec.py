@@ -60,14 +60,15 @@ class ImageInput(_Strict):
 
 
 class VideoInput(_Strict):
-    """A video column (path/URI per cell). Frames are sampled on CPU (decord), see
-    :func:`itemlens.extractors.video.sample_indices` for the exact indices:
+    """A video column (path/URI per cell). Frames are sampled and decoded on CPU (PyAV; see
+    :func:`itemlens.extractors.video.sample_indices` for the exact indices, and that module
+    for why not decord):
 
     * uniform (default): ``frames`` frames, the middle frame of each of ``frames`` equal
-      segments of the video;
-    * ``every_seconds: s``: the frame on screen at 0, s, 2s, ... seconds (by the container's
-      timestamps, so a variable frame rate is honoured), at most ``frames`` of them (thinned
-      uniformly when there are more).
+      segments of the video (every frame once when it has fewer);
+    * ``every_seconds: s``: the frame on screen at 0, s, 2s, ... seconds from the first frame
+      (by the container's timestamps, so a variable frame rate is honoured; each time read
+      1 ms late against rounding), at most ``frames`` of them (thinned uniformly).
     """
 
     video: str = Field(description="catalog column with a video path/URI")

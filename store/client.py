@@ -176,6 +176,12 @@ class Lens:
         return ds.to_table(columns=["item_id", "item_index"]) if ds is not None else pa.table(
             {"item_id": pa.array([], pa.string()), "item_index": pa.array([], pa.int64())})
 
+    def ids(self, name: str) -> list[str]:
+        """The ids that have a value (a vector or a caption) for feature ``name``; the others
+        have an errors row (``errors(name)``) or were never in a catalog."""
+        ds = self._dataset(self._version(name).table)
+        return ds.to_table(columns=["item_id"]).column(0).to_pylist() if ds is not None else []
+
     def errors(self, feature: str | None = None) -> pa.Table:
         """Items without a value, with stage and reason: for one feature version if named
         (``"image"`` is its current version, ``"image@v1"`` an older one), else for the current
@@ -221,7 +227,7 @@ class Lens:
 
     def captions(self, name: str, ids: Sequence[str], *, fill: str | None = None, output: str = "list") -> Any:
         """Captions of ``ids`` in their order. ``output``: ``"list"`` (default), ``"arrow"`` or
-        ``"pandas"`` (both with the model that wrote them)."""
+        ``"pandas"`` (both with the model, prompt and generation settings that wrote them)."""
         version = self._version(name)
         if version.kind != "caption":
             raise ConfigError(f"{version.qualified} holds vectors, not captions: use lens.vectors()")
@@ -230,8 +236,15 @@ class Lens:
         texts = values.tolist()
         if output == "list":
             return texts
+        # what wrote them: the model, and the prompt and generation settings in effect
         model = version.spec.get("model", "")
-        table = pa.table({"item_id": _strings(ids), "caption": pa.array(texts, pa.string()), "model": [model] * len(ids)})
+        described = version.encoder or {}
+        prompt = described.get("prompt", version.spec.get("prompt"))
+        generation = json.dumps({k: described[k] for k in ("max_new_tokens", "num_beams", "decoding")
+                                 if k in described}, sort_keys=True)
+        n = len(ids)
+        table = pa.table({"item_id": _strings(ids), "caption": pa.array(texts, pa.string()), "model": [model] * n,
+                          "prompt": [prompt] * n, "generation": [generation] * n})
         if output == "arrow":
             return table
         if output == "pandas":
@@ -316,33 +329,40 @@ class Lens:
         return self._encoders[key]
 
     def encode(self, name: str, inputs: Sequence[Any], *, kind: str = "auto") -> np.ndarray:
-        """Embed raw inputs with feature ``name``'s own spec: texts, or image paths/URIs/PIL images.
+        """Embed raw inputs with feature ``name``'s own spec: texts, or media paths/URIs (PIL
+        images too) of the kind the feature was made from: images, videos (frames sampled and
+        pooled as in the ingest) or audio clips (windowed and pooled).
 
         Texts are taken as they are (not as catalog rows for the feature's template).
         """
         encoder = self.encoder(name)
+        if encoder.output_kind != "vector":
+            raise ConfigError(f"feature {name!r} holds captions: there are no vectors to encode into")
         inputs = list(inputs)
         kinds = {_query_kind(x, kind) for x in inputs}
         if len(kinds) > 1:
-            raise ConfigError("encode() takes texts or images in one call, not both")
+            raise ConfigError("encode() takes texts or media in one call, not both")
         if not inputs:
             return np.zeros((0, encoder.dim), np.float32)
         if kinds == {"text"}:
             return encoder.encode_texts([str(x) for x in inputs])
-        from itemlens.extractors import ItemError
-        from itemlens.extractors.images import load_image, to_rgb
+        from itemlens.extractors import ItemError, items
+        from itemlens.extractors.images import load_image, read_bytes, to_rgb
 
-        transform = encoder.image_transform()
-        pixels = []
-        for x in inputs:
-            try:
-                if isinstance(x, (str, os.PathLike)):
-                    image = load_image(os.fspath(x))
-                else:   # a PIL image: the same mode rules as the pipeline (alpha on white, ...)
-                    image = to_rgb(x)
-            except ItemError as error:
-                raise QueryError(f"cannot use image query {x!r}: {error.reason}") from None
-            pixels.append(transform(image))
+        media = encoder.spec.input.kind           # what the feature's catalog column held
+        try:
+            if media == "audio":
+                return np.stack(items.encode_audio_items(
+                    encoder, [items.audio_waveform(read_bytes(_path(x), _MAX_MEDIA_BYTES), encoder) for x in inputs]))
+            transform = encoder.image_transform()
+            if media == "video":
+                return np.stack(items.encode_pixel_items(encoder, [
+                    items.video_pixels(read_bytes(_path(x), _MAX_MEDIA_BYTES), encoder.spec, transform,
+                                       captioning=False, max_pixels=_MAX_PIXELS) for x in inputs]))
+            pixels = [transform(load_image(_path(x)) if isinstance(x, (str, os.PathLike)) else to_rgb(x))
+                      for x in inputs]     # a PIL image: the same mode rules as the pipeline
+        except ItemError as error:
+            raise QueryError(f"cannot use {media} query: {error.reason}") from None
         return encoder.encode_images(np.stack(pixels))
 
     def search(self, name: str, query: Any, k: int = 10, *, kind: str = "auto", exact: bool = False,
@@ -684,6 +704,19 @@ def _is_vector(query: Any) -> bool:
 
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif")
+_MEDIA_SUFFIXES = _IMAGE_SUFFIXES + (".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi",
+                                     ".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac")
+
+
+# Limits for online queries: those of the ingest's defaults.
+_MAX_MEDIA_BYTES = 2 * 1024**3
+_MAX_PIXELS = 64_000_000
+
+
+def _path(query: Any) -> str:
+    if not isinstance(query, (str, os.PathLike)):
+        raise ConfigError(f"a video or audio query is a path or URI, not {type(query).__name__}")
+    return os.fspath(query)
 
 
 def _query_kind(query: Any, kind: str) -> str:
@@ -698,7 +731,7 @@ def _query_kind(query: Any, kind: str) -> str:
 
         # A string naming an image file is an image query, also when the file is missing (a
         # mistyped path must fail, not be embedded as text); pass kind="text" to force text.
-        looks_like_image = query.lower().endswith(_IMAGE_SUFFIXES) and " " not in query.strip()
+        looks_like_image = query.lower().endswith(_MEDIA_SUFFIXES) and " " not in query.strip()
         return "image" if has_scheme(query) or os.path.isfile(query) or looks_like_image else "text"
     if type(query).__module__.startswith("PIL."):
         return "image"

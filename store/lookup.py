@@ -59,3 +59,23 @@ def _equals(column: str, value: str):
     import pyarrow.compute as pc
 
     return pc.field(column) == value
+
+
+@dataclass(frozen=True)
+class StoredValues:
+    """One column of a feature table (a caption feature's captions), looked up by id from the
+    table version pinned when the job read it: how a feature with ``input: {feature: NAME}``
+    gets its texts, batch by batch, in the workers."""
+
+    feature_uri: str | None          # None: the feature has no stored values
+    feature_version: int | None
+    column: str
+    storage_options: dict[str, str] | None = None
+
+    def lookup(self, ids: list[str]) -> dict[str, str]:
+        if not ids or self.feature_uri is None:
+            return {}
+        dataset = _open_pinned(self.feature_uri, self.feature_version,
+                               tuple(sorted((self.storage_options or {}).items())))
+        table = dataset.to_table(columns=["item_id", self.column], filter=lance_io.isin_filter("item_id", ids))
+        return {k: v for k, v in zip(table.column(0).to_pylist(), table.column(1).to_pylist()) if v is not None}

@@ -258,6 +258,19 @@ class StoreWriter:
             storage_options=self.location.options(),
         )
 
+    def stored_values(self, version: FeatureVersion):
+        """What workers read a dependent feature's inputs from: this version's values as merged now."""
+        from itemlens.store.lookup import StoredValues
+
+        feature = self._open(version.table)
+        has_values = feature is not None and feature.count_rows() > 0
+        return StoredValues(
+            feature_uri=self._uri(version.table) if has_values else None,
+            feature_version=feature.version if has_values else None,
+            column=value_column(version.pooling, version.kind),
+            storage_options=self.location.options(),
+        )
+
     def discard_other_staging(self, keep: list[FeatureVersion]) -> list[str]:
         """Drop staging left by dead jobs for feature versions no longer configured (their
         work is for a spec nobody asks for now); returns what was dropped."""

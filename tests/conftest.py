@@ -99,7 +99,16 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 @pytest.fixture
 def example_rows() -> list[dict]:
-    return [json.loads(line) for line in EXAMPLE_CATALOG.read_text().splitlines()]
+    """The example catalog's three products (titles, bullet points, photos, a video each)."""
+    rows = [json.loads(line) for line in EXAMPLE_CATALOG.read_text().splitlines()]
+    return [row for row in rows if row.get("images")]
+
+
+@pytest.fixture
+def example_sound_rows() -> list[dict]:
+    """The example catalog's two sound clips (a title and an audio file each)."""
+    rows = [json.loads(line) for line in EXAMPLE_CATALOG.read_text().splitlines()]
+    return [row for row in rows if row.get("audio")]
 
 
 def text_spec(minilm_path: str, template: str = "{title}. {bullet_points}", **extra) -> dict:

@@ -86,3 +86,47 @@ def test_remote_catalog_folders_and_files():
     assert (file.base, file.format) == ("s3://bucket/catalog", "jsonl")
     with pytest.raises(ConfigError, match="set catalog.format"):
         CatalogSource.open("s3://bucket/catalog", CatalogConfig())
+
+
+def _caption_config(**extra_features) -> dict:
+    caption = {"encoder": "caption", "model": "m", "input": {"image": "images"}}
+    text = {"encoder": "sentence-transformers", "model": "m", "input": "caption"}
+    return {"features": {"caption_text": text, "caption": caption, **extra_features}}
+
+
+def test_video_audio_and_caption_inputs_parse_with_their_settings():
+    cfg = load_config({"features": {
+        "video": {"encoder": "video-frames", "model": "m", "checkpoint": "w", "pooling": "per_frame",
+                  "input": {"video": "clip", "frames": 4, "every_seconds": 0.5}},
+        "audio": {"encoder": "audio", "model": "m", "input": {"audio": "sound"}, "window_seconds": 5},
+    }})
+    assert cfg.features["video"].input.kind == "video" and cfg.features["video"].input.frames == 4
+    assert cfg.features["audio"].input.columns == ["sound"]
+    # `input: caption` is short for `input: {feature: caption}`; captions run first
+    cfg = load_config(_caption_config())
+    assert cfg.features["caption_text"].input.feature == "caption"
+    assert [name for name, _ in cfg.feature_order()] == ["caption", "caption_text"]
+
+
+@pytest.mark.parametrize("config, expected", [
+    ({"features": {"t": {"encoder": "sentence-transformers", "model": "m", "input": "nope"}}},
+     ["features.t.input", "'nope' is not a caption feature", "caption features: none"]),
+    (_caption_config(), None),
+    ({**_caption_config(), "semantic_ids": {"sid": {"features": ["caption"]}}},
+     ["semantic_ids.sid.features", "'caption' holds captions"]),
+    ({"features": {"v": {"encoder": "video-frames", "model": "m", "checkpoint": "w",
+                         "input": {"video": "clip", "frames": 0}}}},
+     ["features.v.input", "frames", "greater than or equal to 1"]),
+    ({"features": {"v": {"encoder": "open-clip", "model": "m", "checkpoint": "w", "input": {"video": "clip"}}}},
+     ["features.v", "cannot encode video input"]),
+    ({"features": {"a": {"encoder": "audio", "model": "m", "input": {"audio": "a"}, "prompt": "hi"}}},
+     ["features.a", "does not use 'prompt'"]),
+])
+def test_inputs_that_cannot_work_are_refused_before_any_work(config, expected):
+    if expected is None:
+        load_config(config)
+        return
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    for fragment in expected:
+        assert fragment in str(info.value)

@@ -47,10 +47,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from itemlens.errors import ConfigError
 from itemlens.extractors.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
-from itemlens.extractors.spec import FeatureSpec
+from itemlens.extractors.registry import encoder_class
+from itemlens.extractors.spec import FeatureRefInput, FeatureSpec
 from itemlens.store.layout import FEATURE_NAME
 from itemlens.store.graphs import GraphSpec
 from itemlens.store.semantic_ids import SemanticIdSpec
+
+
+#: default limit on a video or audio file's size (read whole: its hash is the input hash)
+DEFAULT_MAX_MEDIA_BYTES = 2 * 1024**3
 
 
 class _Strict(BaseModel):
@@ -68,6 +73,7 @@ class DecodeConfig(_Strict):
     num_cpus: float = Field(1.0, gt=0)
     max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, ge=1)
     max_image_bytes: int = Field(DEFAULT_MAX_IMAGE_BYTES, ge=1)
+    max_media_bytes: int = Field(DEFAULT_MAX_MEDIA_BYTES, ge=1, description="largest video or audio file")
 
 
 class IngestConfig(_Strict):
@@ -88,17 +94,36 @@ class IngestConfig(_Strict):
 
     @model_validator(mode="after")
     def _inputs_are_features(self) -> IngestConfig:
-        for name, spec in self.semantic_ids.items():
-            unknown = [f for f in spec.weights if f not in self.features]
+        for name, spec in self.features.items():     # what each encoder can and cannot take
+            try:
+                encoder_class(spec.encoder).validate_spec(spec)
+            except ConfigError as exc:
+                raise ValueError(f"features.{name}: {exc}") from None
+        captions = [n for n, s in self.features.items() if encoder_class(s.encoder).output_kind == "caption"]
+        for name, spec in self.features.items():
+            if isinstance(spec.input, FeatureRefInput) and spec.input.feature not in captions:
+                raise ValueError(
+                    f"features.{name}.input: {spec.input.feature!r} is not a caption feature of this configuration "
+                    f"(caption features: {', '.join(captions) or 'none'})")
+        derived = [("semantic_ids", n, list(s.weights)) for n, s in self.semantic_ids.items()]
+        derived += [("graphs", n, list(s.features)) for n, s in self.graphs.items()]
+        for section, name, inputs in derived:
+            unknown = [f for f in inputs if f not in self.features]
             if unknown:
-                raise ValueError(f"semantic_ids.{name}.features: {', '.join(map(repr, unknown))} is not a feature "
+                raise ValueError(f"{section}.{name}.features: {', '.join(map(repr, unknown))} is not a feature "
                                  f"of this configuration (features: {', '.join(self.features)})")
-        for name, spec in self.graphs.items():
-            unknown = [f for f in spec.features if f not in self.features]
-            if unknown:
-                raise ValueError(f"graphs.{name}.features: {', '.join(map(repr, unknown))} is not a feature "
-                                 f"of this configuration (features: {', '.join(self.features)})")
+            texts = [f for f in inputs if f in captions]
+            if texts:
+                raise ValueError(f"{section}.{name}.features: {', '.join(map(repr, texts))} holds captions, not "
+                                 "vectors; embed them with a text feature (input: {feature: ...}) and use that")
         return self
+
+    def feature_order(self) -> list[tuple[str, FeatureSpec]]:
+        """Features in the order an ingest runs them: captions before the features that read them."""
+        def reads_captions(item: tuple[str, FeatureSpec]) -> bool:
+            return isinstance(item[1].input, FeatureRefInput)
+
+        return sorted(self.features.items(), key=reads_captions)
 
 
 def load_config(source: str | os.PathLike | dict[str, Any] | IngestConfig) -> IngestConfig:

@@ -142,7 +142,7 @@ def ingest(catalog: str | os.PathLike, config: str | os.PathLike | dict | Ingest
     cfg = load_config(config)
     source = CatalogSource.open(catalog, cfg.catalog)
     encoders = {}
-    for name, spec in cfg.features.items():
+    for name, spec in cfg.feature_order():     # captions before the features that read them
         encoder = build_encoder(spec)
         encoder.check_weights()           # missing weights: an error now, not after an hour of decoding
         encoder.fingerprint()
@@ -167,14 +167,15 @@ def ingest(catalog: str | os.PathLike, config: str | os.PathLike | dict | Ingest
         log.info("catalog has %d items (%d new to the store)", registration.seen, registration.new)
 
         versions = {name: writer.resolve_version(name, e.fingerprint(), e.spec.model_dump(mode="json"),
-                                                 dtype=e.spec.dtype, pooling=e.spec.pooling, encoder=e.describe())
+                                                 dtype=e.spec.dtype, pooling=e.spec.pooling, kind=e.output_kind,
+                                                 encoder=e.describe())
                     for name, e in encoders.items()}
         for dropped in writer.discard_other_staging(list(versions.values())):
             log.info("dropped %s, staged by an interrupted run for a spec no longer configured", dropped)
         for name, encoder in encoders.items():
             t = time.perf_counter()
             feature = _run(lambda: _ingest_feature(encoder, versions[name], cfg, source, writer, runtime,
-                                                   registration.seen, retry_errors))
+                                                   registration.seen, retry_errors, versions))
             feature.unchanged = max(registration.seen - feature.encoded - feature.errors - feature.recovered, 0)
             feature.seconds = time.perf_counter() - t
             report.features[name] = feature
@@ -272,27 +273,39 @@ def _place(name: str, spec, runtime: RayRuntime, cfg: IngestConfig) -> _Placemen
 
 
 def _pipeline(spec, version, placement: _Placement, stored, cfg: IngestConfig, source: CatalogSource,
-              writer: StoreWriter, runtime: RayRuntime, items: int):
-    """read -> prepare (CPU tasks) -> encode (actor pool) -> write fragments (CPU tasks)."""
+              writer: StoreWriter, runtime: RayRuntime, items: int, captions=None):
+    """read -> prepare (CPU tasks) -> encode (actor pool) -> write fragments (CPU tasks).
+
+    ``captions``: where a feature with ``input: {feature: NAME}`` reads its texts (the caption
+    feature's table, merged earlier in this run)."""
     import ray.data
 
     spec_json = spec.model_dump_json()
     cpu_args = {"num_cpus": cfg.decode.num_cpus, "ray_remote_args_fn": _own_stage, "batch_format": "pyarrow"}
+    kind = spec.input.kind
     ds = source.read([source.id_column] + spec.input.columns)
+    common = {"spec_json": spec_json, "id_column": source.id_column, "stored": stored}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*deprecated")
-        if spec.input.kind == "text":
-            ds = ds.map_batches(stages.prepare_texts, batch_size=cfg.decode.text_batch_size, fn_kwargs={
-                "spec_json": spec_json, "id_column": source.id_column, "stored": stored}, **cpu_args)
+        if kind == "text":
+            ds = ds.map_batches(stages.prepare_texts, batch_size=cfg.decode.text_batch_size,
+                                fn_kwargs={**common, "source": captions}, **cpu_args)
         else:
             # A catalog file is read as a few large blocks (its rows are small), and a block is
             # one decode task: cut them (streaming, no shuffle) into about four per CPU so that
             # decoding runs in parallel, but no smaller, since each task has a fixed cost.
             rows_per_block = max(cfg.decode.batch_size, math.ceil(items / (4 * max(runtime.cpus, 1))))
             ds = ds.repartition(target_num_rows_per_block=rows_per_block)
-            ds = ds.map_batches(stages.prepare_images, batch_size=cfg.decode.batch_size, fn_kwargs={
-                "spec_json": spec_json, "id_column": source.id_column, "base": source.base, "stored": stored,
-                "max_bytes": cfg.decode.max_image_bytes, "max_pixels": cfg.decode.max_image_pixels}, **cpu_args)
+            media = {**common, "base": source.base}
+            if kind == "image":
+                prepare, kwargs = stages.prepare_images, {"max_bytes": cfg.decode.max_image_bytes,
+                                                          "max_pixels": cfg.decode.max_image_pixels}
+            elif kind == "video":
+                prepare, kwargs = stages.prepare_videos, {"max_bytes": cfg.decode.max_media_bytes,
+                                                          "max_pixels": cfg.decode.max_image_pixels}
+            else:
+                prepare, kwargs = stages.prepare_audio, {"max_bytes": cfg.decode.max_media_bytes}
+            ds = ds.map_batches(prepare, batch_size=cfg.decode.batch_size, fn_kwargs={**media, **kwargs}, **cpu_args)
     ds = ds.map_batches(
         stages.EncodeBatches,
         fn_constructor_kwargs={"spec_json": spec_json, "fingerprint": version.fingerprint,
@@ -304,13 +317,14 @@ def _pipeline(spec, version, placement: _Placement, stored, cfg: IngestConfig, s
     return ds.map_batches(
         stages.write_fragments, batch_size=WRITE_BATCH_ROWS, batch_format="pyarrow", num_cpus=WRITE_TASK_CPUS,
         fn_kwargs={"uri": writer.staging_uri(version), "storage_options": writer.location.options(),
-                   "value_column": value_column(spec.pooling)})
+                   "value_column": value_column(spec.pooling, version.kind)})
 
 
 def _stage(ds, spec, version, writer: StoreWriter, report: FeatureReport) -> None:
     """Run the pipeline; commit the fragments it writes to staging as they come."""
     pending: list[str] = []
-    schema = None
+    # A vector table's schema needs the dimension, known from the first fragment written.
+    schema = staging_schema(spec.dtype, None, spec.pooling, "caption") if version.kind == "caption" else None
     last_commit = time.monotonic()
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         written = batch.to_pydict()
@@ -329,7 +343,7 @@ def _stage(ds, spec, version, writer: StoreWriter, report: FeatureReport) -> Non
 
 
 def _ingest_feature(encoder, version, cfg: IngestConfig, source: CatalogSource, writer: StoreWriter,
-                    runtime: RayRuntime, items: int, retry_errors: bool) -> FeatureReport:
+                    runtime: RayRuntime, items: int, retry_errors: bool, versions: dict) -> FeatureReport:
     spec, name = encoder.spec, version.name
     report = FeatureReport(name=name, version=version.label, fingerprint=version.fingerprint,
                            encoder=spec.encoder)
@@ -341,7 +355,9 @@ def _ingest_feature(encoder, version, cfg: IngestConfig, source: CatalogSource, 
     placement = _place(name, spec, runtime, cfg)
     report.device, report.actors = placement.device, placement.concurrency
     stored = writer.stored_hashes(version, retry_errors=retry_errors)
-    ds = _pipeline(spec, version, placement, stored, cfg, source, writer, runtime, items)
+    ref = getattr(spec.input, "feature", None)
+    captions = writer.stored_values(versions[ref]) if ref else None
+    ds = _pipeline(spec, version, placement, stored, cfg, source, writer, runtime, items, captions)
     log.info("%s@%s: %s %s on %s", name, version.label, spec.encoder, spec.model, placement.device)
     _stage(ds, spec, version, writer, report)
 

@@ -3,12 +3,15 @@
 ::
 
     catalog ──read──> prepare (CPU tasks) ──> encode (actor pool, GPU) ──> write (CPU tasks) ──> driver
-                      text: render template,     load the model once per     write Lance fragments      commits
-                      hash, skip unchanged,       actor; encode; pool the     of staging rows; return    fragments in
-                      sort by length              images of an item           only their metadata        transactions
-                      image: read bytes, hash,
-                      skip unchanged, decode,
-                      open_clip's transform
+                      text: render template       load the model once per     write Lance fragments      commits
+                      (or look up a caption),     actor; encode (or caption); of staging rows; return    fragments in
+                      hash, skip unchanged,       pool an item's images,      only their metadata        transactions
+                      sort by length              frames or audio windows
+                      image/video/audio: read
+                      bytes, hash, skip
+                      unchanged, decode (PIL,
+                      PyAV), the encoder's own
+                      transform or resampling
 
 Stages receive the feature spec as JSON and build what they need inside the worker (the
 model, the transform), cached per worker process. Every item that enters ``prepare`` and
@@ -31,10 +34,13 @@ from itemlens.errors import CatalogError
 from itemlens.extractors import FeatureSpec, ItemError, build_encoder
 from itemlens.extractors.base import Encoder
 from itemlens.extractors.images import decode_image, read_bytes, resolve_uri
+from itemlens.extractors.items import (
+    audio_waveform, caption_pixel_items, encode_audio_items, encode_pixel_items, video_pixels,
+)
 from itemlens.extractors.text import TextTemplate, text_hash
 from itemlens.store import lance_io
 from itemlens.store.layout import TIMESTAMP, WORK_IDS_SCHEMA, staging_schema
-from itemlens.store.lookup import StoredHashes
+from itemlens.store.lookup import StoredHashes, StoredValues
 
 PREPARED_TEXT_SCHEMA = pa.schema([
     ("item_id", pa.string()), ("input_hash", pa.string()), ("text", pa.string()),
@@ -44,6 +50,12 @@ PREPARED_IMAGE_SCHEMA = pa.schema([
     ("item_id", pa.string()), ("input_hash", pa.string()),
     ("pixels", pa.large_binary()),        # float32 [n_parts, 3, H, W], C order
     ("n_parts", pa.int32()), ("height", pa.int32()), ("width", pa.int32()),
+    ("error_stage", pa.string()), ("error_reason", pa.string()),
+])
+PREPARED_AUDIO_SCHEMA = pa.schema([
+    ("item_id", pa.string()), ("input_hash", pa.string()),
+    ("samples", pa.large_binary()),       # float32 [channels, n_samples] at the model's rate, C order
+    ("channels", pa.int32()), ("n_samples", pa.int64()),
     ("error_stage", pa.string()), ("error_reason", pa.string()),
 ])
 WRITTEN_SCHEMA = pa.schema([
@@ -59,8 +71,14 @@ def _spec(spec_json: str) -> FeatureSpec:
 
 
 @functools.lru_cache(maxsize=8)
+def _encoder(spec_json: str) -> Encoder:
+    """The encoder, unloaded: for its CPU-side preprocessing (no weights in CPU workers)."""
+    return build_encoder(_spec(spec_json))
+
+
+@functools.lru_cache(maxsize=8)
 def _image_transform(spec_json: str):
-    return build_encoder(_spec(spec_json)).image_transform()
+    return _encoder(spec_json).image_transform()
 
 
 def error_hash(error: ItemError) -> str:
@@ -93,16 +111,26 @@ def catalog_ids(batch: pa.Table, *, id_column: str) -> pa.Table:
 
 # -- prepare: CPU tasks ---------------------------------------------------------------------
 
-def prepare_texts(batch: pa.Table, *, spec_json: str, id_column: str, stored: StoredHashes) -> pa.Table:
-    """Render each row's text, hash it, drop unchanged items; rows sorted by text length so
-    that the encoder's batches, cut from consecutive rows, need little padding."""
-    template = TextTemplate(_spec(spec_json).input.template)
+def prepare_texts(batch: pa.Table, *, spec_json: str, id_column: str, stored: StoredHashes,
+                  source: StoredValues | None = None) -> pa.Table:
+    """Render each row's text (or take the caption another feature wrote: ``source``), hash
+    it, drop unchanged items; rows sorted by text length so that the encoder's batches, cut
+    from consecutive rows, need little padding."""
+    spec = _spec(spec_json)
+    template = TextTemplate(spec.input.template)
     ids = item_ids(batch, id_column)
-    rows = batch.select(template.columns).to_pylist()
+    if source is None:
+        rows = batch.select(template.columns).to_pylist()
+    else:       # input: {feature: NAME}; an item that has no caption gets an input error
+        captions = source.lookup(ids)
+        rows = [{"text": captions.get(i)} for i in ids]
     known = stored.lookup(ids)
     out: list[tuple[str, str, str, str | None, str | None]] = []
     for item_id, row in zip(ids, rows):
         try:
+            if source is not None and row["text"] is None:
+                raise ItemError("input", f"no caption from feature {spec.input.feature!r} "
+                                         "(it has an errors row for this item)")
             text = template.render(row)
             out.append((item_id, text_hash(text), text, None, None))
         except ItemError as error:
@@ -141,10 +169,13 @@ def prepare_images(batch: pa.Table, *, spec_json: str, id_column: str, base: str
     ids = item_ids(batch, id_column)
     cells = batch.column(spec.input.image).to_pylist()
     known = stored.lookup(ids)
+    # A captioner describes an item by its first image (a catalog's main picture).
+    first_only = _encoder(spec_json).output_kind == "caption"
     out: list[tuple] = []
     for item_id, cell in zip(ids, cells):
         try:
-            datas = [read_bytes(resolve_uri(uri, base), max_bytes) for uri in image_uris(cell)]
+            uris = image_uris(cell)[:1] if first_only else image_uris(cell)
+            datas = [read_bytes(resolve_uri(uri, base), max_bytes) for uri in uris]
         except ItemError as error:
             digest = error_hash(error)
             if known.get(item_id) != digest:
@@ -163,6 +194,80 @@ def prepare_images(batch: pa.Table, *, spec_json: str, id_column: str, base: str
     columns = list(zip(*out)) if out else [[]] * len(PREPARED_IMAGE_SCHEMA)
     return pa.table([pa.array(c, f.type) for c, f in zip(columns, PREPARED_IMAGE_SCHEMA)],
                     schema=PREPARED_IMAGE_SCHEMA)
+
+
+def media_uri(cell: Any, what: str) -> str:
+    """A catalog cell holding one video/audio path or URI; ItemError("input") when unusable."""
+    if cell is None or (isinstance(cell, str) and not cell.strip()):
+        raise ItemError("input", f"no {what} (empty cell)")
+    if not isinstance(cell, str):
+        raise ItemError("input", f"{what} cell must be a path/URI, not {type(cell).__name__}: {cell!r}")
+    return cell.strip()
+
+
+def _read_media(cell: Any, what: str, base: str, max_bytes: int) -> tuple[bytes, str]:
+    data = read_bytes(resolve_uri(media_uri(cell, what), base), max_bytes)
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def prepare_videos(batch: pa.Table, *, spec_json: str, id_column: str, base: str, stored: StoredHashes,
+                   max_bytes: int, max_pixels: int) -> pa.Table:
+    """Read each video, hash its bytes, drop unchanged items, sample frames (PyAV) and
+    apply the encoder's own image preprocessing to each (a captioner gets one image: the
+    frames in a grid). Ships float32 pixels [frames, 3, H, W] like the image stage."""
+    spec = _spec(spec_json)
+    transform = _image_transform(spec_json)
+    captioning = _encoder(spec_json).output_kind == "caption"
+    ids = item_ids(batch, id_column)
+    cells = batch.column(spec.input.video).to_pylist()
+    known = stored.lookup(ids)
+    out: list[tuple] = []
+    for item_id, cell in zip(ids, cells):
+        digest = None
+        try:
+            data, digest = _read_media(cell, "video", base, max_bytes)
+            if known.get(item_id) == digest:
+                continue
+            pixels = video_pixels(data, spec, functools.partial(_apply, transform), captioning=captioning,
+                                  max_pixels=max_pixels)
+        except ItemError as error:
+            digest = digest or error_hash(error)
+            if known.get(item_id) != digest:
+                out.append((item_id, digest, b"", 0, 0, 0, error.stage, error.reason))
+            continue
+        n, _, height, width = pixels.shape
+        out.append((item_id, digest, pixels.tobytes(), n, height, width, None, None))
+    columns = list(zip(*out)) if out else [[]] * len(PREPARED_IMAGE_SCHEMA)
+    return pa.table([pa.array(c, f.type) for c, f in zip(columns, PREPARED_IMAGE_SCHEMA)],
+                    schema=PREPARED_IMAGE_SCHEMA)
+
+
+def prepare_audio(batch: pa.Table, *, spec_json: str, id_column: str, base: str, stored: StoredHashes,
+                  max_bytes: int) -> pa.Table:
+    """Read each audio file (or a video's audio track), hash its bytes, drop unchanged items,
+    decode it with PyAV and resample it to the model's rate and layout with torchaudio."""
+    spec = _spec(spec_json)
+    encoder = _encoder(spec_json)
+    ids = item_ids(batch, id_column)
+    cells = batch.column(spec.input.audio).to_pylist()
+    known = stored.lookup(ids)
+    out: list[tuple] = []
+    for item_id, cell in zip(ids, cells):
+        digest = None
+        try:
+            data, digest = _read_media(cell, "audio", base, max_bytes)
+            if known.get(item_id) == digest:
+                continue
+            waveform = audio_waveform(data, encoder)
+        except ItemError as error:
+            digest = digest or error_hash(error)
+            if known.get(item_id) != digest:
+                out.append((item_id, digest, b"", 0, 0, error.stage, error.reason))
+            continue
+        out.append((item_id, digest, waveform.tobytes(), waveform.shape[0], waveform.shape[1], None, None))
+    columns = list(zip(*out)) if out else [[]] * len(PREPARED_AUDIO_SCHEMA)
+    return pa.table([pa.array(c, f.type) for c, f in zip(columns, PREPARED_AUDIO_SCHEMA)],
+                    schema=PREPARED_AUDIO_SCHEMA)
 
 
 def _apply(transform, image) -> np.ndarray:
@@ -191,6 +296,7 @@ class EncodeBatches:
         self.run_id = run_id
         self.kind = self.spec.input.kind
         self.encoder: Encoder = build_encoder(self.spec)
+        self.output = self.encoder.output_kind           # "vector" or "caption"
         self.dtype = np.float16 if self.spec.dtype == "float16" else np.float32
         self.schema: pa.Schema | None = None
 
@@ -201,8 +307,8 @@ class EncodeBatches:
 
                 torch.set_num_threads(self.cpu_threads)
             self.encoder.load(self.device)
-            self.dim = self.encoder.dim
-            self.schema = staging_schema(self.spec.dtype, self.dim, self.spec.pooling)
+            self.dim = self.encoder.dim if self.output == "vector" else None
+            self.schema = staging_schema(self.spec.dtype, self.dim, self.spec.pooling, self.output)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         self._load()
@@ -214,10 +320,15 @@ class EncodeBatches:
             texts = batch.column("text").to_pylist()
             inputs = [texts[i] for i in todo]
             results = self._isolating(inputs, self.encoder.encode_texts, canary="itemlens self-check")
-        else:
+        elif self.kind == "audio":
+            inputs = [self._waveform(batch, i) for i in todo]
+            canary = np.zeros((inputs[0].shape[0], 1600), np.float32) if inputs else None
+            results = self._isolating(inputs, self._encode_audio_items, canary=canary)
+        else:   # images and video frames arrive as pixels
             inputs = [self._pixels(batch, i) for i in todo]
             canary = np.zeros((1, *inputs[0].shape[1:]), np.float32) if inputs else None
-            results = self._isolating(inputs, self._encode_items, canary=canary)
+            encode = self._caption_items if self.output == "caption" else self._encode_items
+            results = self._isolating(inputs, encode, canary=canary)
         values: list[Any] = [None] * batch.num_rows
         for i, result in zip(todo, results):
             if isinstance(result, ItemError):
@@ -230,19 +341,18 @@ class EncodeBatches:
         n, h, w = (batch.column(c)[i].as_py() for c in ("n_parts", "height", "width"))
         return np.frombuffer(batch.column("pixels")[i].as_py(), np.float32).reshape(n, 3, h, w)
 
+    def _waveform(self, batch: pa.Table, i: int) -> np.ndarray:
+        channels, n = (batch.column(c)[i].as_py() for c in ("channels", "n_samples"))
+        return np.frombuffer(batch.column("samples")[i].as_py(), np.float32).reshape(channels, n)
+
     def _encode_items(self, items: list[np.ndarray]) -> list[np.ndarray]:
-        """Images of several items in one call; each item's vectors pooled (or kept)."""
-        vectors = self.encoder.encode_images(np.concatenate(items))
-        out, start = [], 0
-        for item in items:
-            part = vectors[start:start + len(item)]
-            start += len(item)
-            if self.spec.pooling == "mean":
-                part = part.mean(axis=0)
-                if self.spec.normalize:
-                    part = part / max(float(np.linalg.norm(part)), 1e-12)
-            out.append(part)
-        return out
+        return encode_pixel_items(self.encoder, items)
+
+    def _caption_items(self, items: list[np.ndarray]) -> list[str]:
+        return caption_pixel_items(self.encoder, items)
+
+    def _encode_audio_items(self, items: list[np.ndarray]) -> list[np.ndarray]:
+        return encode_audio_items(self.encoder, items)
 
     @staticmethod
     def _isolating(inputs: list, encode, canary) -> list:
@@ -272,7 +382,9 @@ class EncodeBatches:
     def _staging_rows(self, batch: pa.Table, values: list, stages: list, reasons: list) -> pa.Table:
         n = batch.num_rows
         missing = np.array([v is None for v in values], dtype=bool)
-        if self.spec.pooling == "mean":
+        if self.output == "caption":
+            value_array = pa.array(values, pa.string())
+        elif self.spec.pooling == "mean":
             matrix = np.zeros((n, self.dim), self.dtype)
             for i, v in enumerate(values):
                 if v is not None:
@@ -283,8 +395,9 @@ class EncodeBatches:
             value_array = pa.array(
                 [None if v is None else np.asarray(v, self.dtype).tolist() for v in values],
                 self.schema.field("vectors").type)
-        parts = (batch.column("n_parts").to_numpy().astype(np.int32) if "n_parts" in batch.column_names
-                 else np.ones(n, np.int32))
+        # inputs behind each value: images or frames pooled; 1 for a text, an audio clip, a caption
+        parts = (batch.column("n_parts").to_numpy().astype(np.int32)
+                 if "n_parts" in batch.column_names and self.output == "vector" else np.ones(n, np.int32))
         now = datetime.now(timezone.utc)
         return pa.table([
             batch.column("item_id"),
@@ -310,7 +423,8 @@ def write_fragments(batch: pa.Table, *, uri: str, storage_options: dict | None =
     if value_column is not None:
         errors = batch.num_rows - batch.column("error_stage").null_count
         vtype = batch.schema.field(value_column).type
-        dim = (vtype.value_type if pa.types.is_list(vtype) else vtype).list_size
+        if not pa.types.is_string(vtype):         # captions have no dimension
+            dim = (vtype.value_type if pa.types.is_list(vtype) else vtype).list_size
     n = len(fragments)
     return pa.table({
         "fragment": fragments,

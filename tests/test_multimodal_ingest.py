@@ -1,0 +1,183 @@
+"""Every modality through one ingest: video frames, audio, captions and the text feature that
+embeds them, with bad media of every kind becoming errors rows while the job finishes.
+
+The vectors and captions the store holds are compared with what the libraries give when called
+directly on the documented frames / windows (decord, open_clip, PyAV + torchaudio, transformers).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import itemlens
+from itemlens.extractors import FeatureSpec, build_encoder
+from itemlens.workflows.ingest import ingest
+
+from .conftest import EXAMPLE_CATALOG, text_spec, write_jsonl
+from .media_video import write_bad_videos, write_video
+
+pytestmark = pytest.mark.integration
+
+CATALOG_DIR = EXAMPLE_CATALOG.parent
+
+
+@pytest.fixture(scope="module")
+def tiny_audio_model(tmp_path_factory) -> str:
+    from itemlens.extractors.standins_audio import write_tiny_wav2vec2
+
+    return str(write_tiny_wav2vec2(tmp_path_factory.mktemp("wav2vec2") / "tiny-wav2vec2"))
+
+
+@pytest.fixture(scope="module")
+def tiny_llava(tmp_path_factory) -> str:
+    from itemlens.extractors.standins_caption import write_tiny_llava
+
+    return str(write_tiny_llava(tmp_path_factory.mktemp("llava") / "tiny-llava"))
+
+
+@pytest.fixture
+def media_catalog(tmp_path, example_rows, example_sound_rows) -> Path:
+    """The example catalog's 3 products (a video each) and 2 sound clips, plus generated videos:
+    an odd-sized one with an audio track, a variable-frame-rate one without, and bad ones."""
+    folder = tmp_path / "catalog"
+    for sub in ("images", "videos", "audio"):
+        shutil.copytree(CATALOG_DIR / sub, folder / sub)
+    rows = [dict(r) for r in example_rows + example_sound_rows]
+    generated = folder / "generated"
+    generated.mkdir()
+    write_video(generated / "odd.mp4", n_frames=24, width=67, height=45, fps=12, audio=True)
+    write_video(generated / "vfr.mp4", n_frames=30, vfr=True)
+    rows.append({"item_id": "vid-odd", "title": "an odd-sized clip with a tone", "video": "generated/odd.mp4",
+                 "audio": "generated/odd.mp4"})
+    rows.append({"item_id": "vid-vfr", "title": "a variable frame rate clip", "video": "generated/vfr.mp4",
+                 "audio": "generated/vfr.mp4"})     # no audio track: an audio error for this item
+    for name, path in write_bad_videos(folder / "bad").items():
+        rows.append({"item_id": f"bad-{name}", "title": f"a broken video ({name})",
+                     "video": str(path.relative_to(folder)), "audio": str(path.relative_to(folder))})
+    rows.append({"item_id": "bad-image-as-audio", "title": "a photo where sound is expected",
+                 "audio": rows[0]["images"][0]})
+    return write_jsonl(folder / "catalog.jsonl", rows)
+
+
+def _features(minilm_path, tiny_clip, tiny_audio_model, tiny_llava) -> dict:
+    cpu = {"num_gpus": 0, "batch_size": 4}
+    clip = {k: v for k, v in tiny_clip.items() if k != "encoder"}
+    return {
+        "text": text_spec(minilm_path, template="{title}"),
+        "video": {"encoder": "video-frames", **clip, "input": {"video": "video", "frames": 4}, "resources": cpu},
+        "video_frames": {"encoder": "video-frames", **clip, "pooling": "per_frame",
+                         "input": {"video": "video", "frames": 3, "every_seconds": 0.5}, "resources": cpu},
+        "audio": {"encoder": "audio", "model": tiny_audio_model, "input": {"audio": "audio"},
+                  "window_seconds": 4.0, "resources": cpu},
+        "caption": {"encoder": "caption", "model": tiny_llava, "input": {"video": "video", "frames": 4},
+                    "prompt": "What is in this video?", "max_new_tokens": 8, "resources": cpu},
+        "caption_text": text_spec(minilm_path, input="caption"),
+    }
+
+
+def _cos(a, b) -> np.ndarray:
+    a, b = np.atleast_2d(a), np.atleast_2d(b)
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_every_modality_in_one_ingest_equals_the_libraries_and_bad_media_become_errors(
+        ray_session, tmp_path, media_catalog, minilm_path, tiny_clip, tiny_audio_model, tiny_llava):
+    import json
+
+    from itemlens.extractors.audio import audio_windows, decode_audio, pool_windows
+    from itemlens.extractors.video import frame_grid, read_video_frames, to_images
+
+    features = _features(minilm_path, tiny_clip, tiny_audio_model, tiny_llava)
+    store = tmp_path / "lens"
+    report = ingest(media_catalog, {"features": features, "decode": {"batch_size": 4}}, store, progress=False)
+    rows = [json.loads(line) for line in media_catalog.read_text().splitlines()]
+    ids = [r["item_id"] for r in rows]
+    assert report.items_seen == len(rows)
+    # captions run before the text feature that embeds them
+    assert list(report.features) == ["text", "video", "video_frames", "audio", "caption", "caption_text"]
+
+    lens = itemlens.connect(store)
+    errors = lens.errors().to_pandas()
+    # nothing lost: every item ends in exactly one place per feature
+    for name in features:
+        stored = set(lens.ids(name))
+        failed = set(errors[errors["feature"] == name]["item_id"])
+        assert not stored & failed, name
+        assert stored | failed == set(ids), name
+
+    def reason(feature, item):
+        match = errors[(errors["feature"] == feature) & (errors["item_id"] == item)]
+        assert len(match) == 1, (feature, item)
+        return match.iloc[0]["stage"], match.iloc[0]["reason"]
+
+    good_videos = [r for r in rows if r.get("video") and not r["item_id"].startswith("bad-")]
+    assert set(lens.ids("video")) == {r["item_id"] for r in good_videos}
+    for name in ("truncated", "corrupt", "image", "empty", "text", "audio_only"):
+        stage, why = reason("video", f"bad-{name}")
+        assert stage in {"decode", "read"} and why, (name, why)
+    assert reason("video", "sound-robin-13")[0] == "input"              # no video column value
+    assert "no audio track" in reason("audio", "vid-vfr")[1]
+    assert reason("audio", "bad-image-as-audio")[0] == "decode"
+    assert reason("audio", "bad-corrupt")[0] == "decode"
+
+    # video: the pooled vector is the mean of the frame vectors computed directly on the
+    # documented frames; per-frame vectors are those frame vectors
+    video_spec = FeatureSpec.model_validate(features["video"])
+    clip = build_encoder(video_spec).load("cpu")
+    transform = clip.image_transform()
+    for row in good_videos:
+        data = (media_catalog.parent / row["video"]).read_bytes()
+        frames, indices = read_video_frames(data, video_spec.input, max_pixels=64_000_000)
+        assert len(indices) == min(4, len(indices)) and len(frames) == len(indices)
+        direct = clip.encode_images(np.stack([transform(im) for im in to_images(frames)]))
+        mean = direct.mean(axis=0)
+        assert _cos(lens.vectors("video", [row["item_id"]])[0], mean)[0] >= 0.9999
+        per_frame_spec = FeatureSpec.model_validate(features["video_frames"])
+        frames3, _ = read_video_frames(data, per_frame_spec.input, max_pixels=64_000_000)
+        kept = lens.part_vectors("video_frames", [row["item_id"]])[0]
+        expected = clip.encode_images(np.stack([transform(im) for im in to_images(frames3)]))
+        assert kept.shape == expected.shape and _cos(kept, expected).min() >= 0.9999
+
+    # audio: decoded, resampled, windowed and pooled as documented; a video's audio track too
+    audio_spec = FeatureSpec.model_validate(features["audio"])
+    audio = build_encoder(audio_spec).load("cpu")
+    fmt = audio.audio_format()
+    for item in ("sound-robin-13", "audiobook-198-209", "vid-odd"):
+        path = media_catalog.parent / next(r["audio"] for r in rows if r["item_id"] == item)
+        windows = audio_windows(decode_audio(path.read_bytes(), fmt), fmt)
+        pooled = pool_windows(audio.encode_audio(windows), [w.shape[-1] for w in windows])
+        assert _cos(lens.vectors("audio", [item])[0], pooled)[0] >= 0.9999, item
+    assert len(audio_windows(decode_audio((media_catalog.parent / "audio" / "198-209-0000.ogg").read_bytes(), fmt),
+                             fmt)) == 4     # 13.9 s in 4 s windows
+
+    # captions: what the captioner writes for the grid of the documented frames, stored with
+    # the model and prompt; the caption text feature embeds exactly those captions
+    caption_spec = FeatureSpec.model_validate(features["caption"])
+    captioner = build_encoder(caption_spec).load("cpu")
+    grid_transform = captioner.image_transform()
+    captioned = [r["item_id"] for r in good_videos]
+    stored = lens.captions("caption", captioned, output="pandas")
+    for row in good_videos:
+        frames, _ = read_video_frames((media_catalog.parent / row["video"]).read_bytes(), caption_spec.input,
+                                      max_pixels=64_000_000)
+        direct = captioner.caption_images(np.stack([grid_transform(frame_grid(frames))]))[0]
+        assert stored.loc[row["item_id"], "caption"] == direct
+    assert set(stored["model"]) == {tiny_llava} and set(stored["prompt"]) == {"What is in this video?"}
+    from sentence_transformers import SentenceTransformer
+
+    texts = [stored.loc[i, "caption"] for i in captioned if stored.loc[i, "caption"].strip()]
+    with_text = [i for i in captioned if stored.loc[i, "caption"].strip()]
+    expected = SentenceTransformer(minilm_path, device="cpu").encode(texts, normalize_embeddings=True)
+    assert _cos(lens.vectors("caption_text", with_text), expected).min() >= 0.99999
+    # an item whose caption failed has an input error in the text feature, not a vector of nothing
+    stage, why = reason("caption_text", "bad-corrupt")
+    assert stage == "input" and "no caption from feature 'caption'" in why
+
+    # a second run over the same catalog encodes nothing, captions included
+    again = ingest(media_catalog, {"features": features, "decode": {"batch_size": 4}}, store, progress=False)
+    assert again.snapshot is None
+    assert {n: (f.encoded, f.errors) for n, f in again.features.items()} == {n: (0, 0) for n in features}
