@@ -367,6 +367,11 @@ def test_the_demo_runs_and_labels_its_stand_ins(ray_session, tmp_path, monkeypat
     assert "search text 'an LED light bulb': B074M5HPBD" in out
     lens = itemlens.connect(tmp_path / "demo-lens")
     assert all(f.note for f in lens.features())
+    # every modality of the example catalog: 3 products (photos, a video each), 2 sound clips
+    assert {f.name: f.count for f in lens.features()} == {
+        "text": 5, "image": 3, "video": 3, "audio": 2, "caption": 3, "caption_text": 3}
+    assert sorted(lens.ids("audio")) == ["audiobook-198-209", "sound-robin-13"]
+    assert all(lens.captions("caption", lens.ids("caption")))
 
 
 def test_work_staged_by_a_dead_job_is_merged_not_encoded_again(ray_session, tmp_path, catalog, minilm_path):

@@ -242,7 +242,8 @@ def _show(args) -> int:
         name = f.qualified + ("*" if f.current else "")
         weights = f.spec.get("checkpoint") or f.spec.get("pretrained") or ""
         model = f.model + (f" ({weights})" if weights and weights != f.model else "")
-        print(f"{name:<22}{f.encoder:<23}{f.dim or '-':>5} {f.dtype:<8}{f.count:>8}{f.errors:>8}  {model}")
+        dtype = f.dtype if f.kind == "vector" else "text"      # a caption feature holds strings
+        print(f"{name:<22}{f.encoder:<23}{f.dim or '-':>5} {dtype:<8}{f.count:>8}{f.errors:>8}  {model}")
         if f.note:
             print(f"{'':<22}note: {f.note}")
         if f.index:

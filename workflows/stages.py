@@ -142,9 +142,14 @@ def prepare_texts(batch: pa.Table, *, spec_json: str, id_column: str, stored: St
     return pa.table([pa.array(c, f.type) for c, f in zip(columns, PREPARED_TEXT_SCHEMA)], schema=PREPARED_TEXT_SCHEMA)
 
 
+def _empty(cell: Any) -> bool:
+    # A JSON catalog read through pandas gives NaN where a row lacks a list column.
+    return cell is None or (isinstance(cell, float) and np.isnan(cell))
+
+
 def image_uris(cell: Any) -> list[str]:
     """A catalog cell as a list of image paths/URIs; ItemError("input") when unusable."""
-    if cell is None:
+    if _empty(cell):
         raise ItemError("input", "no image (empty cell)")
     values = [cell] if isinstance(cell, str) else cell
     if not isinstance(values, (list, tuple)) and type(values).__name__ != "ndarray":
@@ -198,7 +203,7 @@ def prepare_images(batch: pa.Table, *, spec_json: str, id_column: str, base: str
 
 def media_uri(cell: Any, what: str) -> str:
     """A catalog cell holding one video/audio path or URI; ItemError("input") when unusable."""
-    if cell is None or (isinstance(cell, str) and not cell.strip()):
+    if _empty(cell) or (isinstance(cell, str) and not cell.strip()):
         raise ItemError("input", f"no {what} (empty cell)")
     if not isinstance(cell, str):
         raise ItemError("input", f"{what} cell must be a path/URI, not {type(cell).__name__}: {cell!r}")
