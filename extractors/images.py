@@ -50,6 +50,28 @@ def resolve_uri(value: str, base: str | None) -> str:
     return os.path.normpath(os.path.join(base, value))
 
 
+def media_key(uri: str) -> str | None:
+    """A cheap key of a file's current content, without reading it: its URI, size and
+    modification time (object stores: the ETag where they give one). None when it cannot be
+    had (a missing file): the caller then reads it, and meets the error there."""
+    try:
+        if has_scheme(uri) and not uri.startswith("file://"):
+            import fsspec
+
+            fs, path = fsspec.core.url_to_fs(uri)
+            info = fs.info(path)
+            stamp = (info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
+                     or info.get("updated") or info.get("last_modified"))
+            if stamp is None:
+                return None                       # no change stamp: only the bytes can tell
+            return f"{uri}\0{info.get('size')}\0{stamp}"
+        path = uri[len("file://"):] if uri.startswith("file://") else uri
+        st = os.stat(path)
+        return f"{uri}\0{st.st_size}\0{st.st_mtime_ns}"
+    except Exception:  # missing, permissions, network: the read will say what is wrong
+        return None
+
+
 def read_bytes(uri: str, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> bytes:
     """The file's bytes; ItemError("read", ...) when missing, empty, a folder or too large."""
     try:

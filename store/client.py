@@ -455,7 +455,8 @@ class Lens:
             n = len(ids)
             rows = pa.table({
                 "item_id": ids, value_column("mean", kind): values,
-                "n_parts": pa.array(np.ones(n, np.int32)), "input_hash": hashes, "fingerprint": [fingerprint] * n,
+                "n_parts": pa.array(np.ones(n, np.int32)), "input_hash": hashes,
+                "media_key": pa.nulls(n, pa.string()), "fingerprint": [fingerprint] * n,
                 "computed_at": pa.array([datetime.now(timezone.utc)] * n, schema.field("computed_at").type),
                 "error_stage": pa.nulls(n, pa.string()), "error_reason": pa.nulls(n, pa.string()),
                 "run_id": [writer.run_id] * n,

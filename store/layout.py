@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 
 import pyarrow as pa
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2         # 2: media_key beside input_hash (refresh compares it before reading media)
 
 META_TABLE = "meta"
 ITEMS_TABLE = "items"
@@ -52,6 +52,7 @@ ERRORS_SCHEMA = pa.schema([
     pa.field("stage", pa.string()),                        # input | read | decode | encode
     pa.field("reason", pa.string()),
     pa.field("input_hash", pa.string()),
+    pa.field("media_key", pa.string()),
     pa.field("at", TIMESTAMP),
 ])
 SNAPSHOTS_SCHEMA = pa.schema([
@@ -92,6 +93,7 @@ def feature_fields(dtype: str, dim: int | None, pooling: str, kind: str = "vecto
         value,
         pa.field("n_parts", pa.int32()),          # inputs behind the value (images pooled; 1 for text)
         pa.field("input_hash", pa.string()),      # what the value was computed from
+        pa.field("media_key", pa.string()),       # media only: URI, size and mtime/ETag, compared before reading
         pa.field("fingerprint", pa.string()),     # the feature version (spec) that computed it
         pa.field("computed_at", TIMESTAMP),
     ]

@@ -40,19 +40,26 @@ class StoredHashes:
 
     def lookup(self, ids: list[str]) -> dict[str, str]:
         """item_id -> stored input hash, for the ids that have one."""
+        return {k: h for k, (h, _) in self.lookup_keys(ids).items()}
+
+    def lookup_keys(self, ids: list[str]) -> dict[str, tuple[str, str | None]]:
+        """item_id -> (stored input hash, stored media key or None), for the ids that have one."""
         if not ids or self.empty:
             return {}
-        found: dict[str, str] = {}
+        found: dict[str, tuple[str, str | None]] = {}
+        columns = ["item_id", "input_hash", "media_key"]
         if self.errors_uri is not None:
             errors = self._dataset(self.errors_uri, self.errors_version)
             flt = lance_io.isin_filter("item_id", ids) & _equals("version", self.fingerprint)
-            table = errors.to_table(columns=["item_id", "input_hash"], filter=flt)
-            found.update(zip(table.column(0).to_pylist(), table.column(1).to_pylist()))
+            found.update(_pairs(errors.to_table(columns=columns, filter=flt)))
         if self.feature_uri is not None:
             feature = self._dataset(self.feature_uri, self.feature_version)
-            table = feature.to_table(columns=["item_id", "input_hash"], filter=lance_io.isin_filter("item_id", ids))
-            found.update(zip(table.column(0).to_pylist(), table.column(1).to_pylist()))
-        return {k: v for k, v in found.items() if v is not None}
+            found.update(_pairs(feature.to_table(columns=columns, filter=lance_io.isin_filter("item_id", ids))))
+        return {k: v for k, v in found.items() if v[0] is not None}
+
+
+def _pairs(table) -> dict[str, tuple[str, str | None]]:
+    return dict(zip(table.column(0).to_pylist(), zip(table.column(1).to_pylist(), table.column(2).to_pylist())))
 
 
 def _equals(column: str, value: str):

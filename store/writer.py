@@ -40,6 +40,7 @@ class Registration:
     """What registering the catalog's ids found."""
 
     seen: int = 0          # catalog rows (= distinct ids: duplicates are refused)
+    removed: int = 0       # items the store held that this catalog no longer has (removed)
     new: int = 0           # ids the store had never seen, given item indexes now
     digest: str = ""       # order-independent digest of the catalog's rows
 
@@ -145,12 +146,17 @@ class StoreWriter:
         lance_io.remove_tree(self.work_ids_uri)
         return self.work_ids_uri
 
-    def register_catalog_ids(self, fragments: list[str], id_column: str = "item_id") -> Registration:
+    def register_catalog_ids(self, fragments: list[str], id_column: str = "item_id", *,
+                             remove_missing: list[FeatureVersion] | None = None) -> Registration:
         """Commit the catalog's ids written by the workers, refuse missing and duplicate ids,
         and give every id the store has not seen an item index (in catalog order, after the
-        existing ones)."""
+        existing ones).
+
+        ``remove_missing``: feature versions from which the items this catalog no longer holds
+        are removed (values and errors rows; a full catalog's refresh). Older snapshots keep
+        them: Lance removes rows in a new table version."""
         work = lance_io.commit_fragments(self.work_ids_uri, fragments, WORK_IDS_SCHEMA, self.location.options())
-        return self._register(work, id_column)
+        return self._register(work, id_column, remove_missing)
 
     def register_ids(self, ids: list[str]) -> Registration:
         """Register ids given in memory (``put_vectors``)."""
@@ -164,28 +170,16 @@ class StoreWriter:
                                             schema=WORK_IDS_SCHEMA), self.work_ids_uri)
         return self._register(work, "item_id")
 
-    def _register(self, work, id_column: str) -> Registration:
+    def _register(self, work, id_column: str, remove_missing: list[FeatureVersion] | None = None) -> Registration:
         import lance
 
         seen = work.count_rows()
-        blank = lance_io.sql_rows(work, "SELECT COUNT(*) AS n FROM dataset WHERE item_id IS NULL OR trim(item_id) = ''")
-        blank = blank[0]["n"] if blank else 0
-        if blank:
-            raise CatalogError(
-                f"{blank} catalog row(s) have no {id_column!r} (missing or empty); every row needs an id, "
-                "so nothing was ingested")
-        dups = lance_io.sql_rows(
-            work, "SELECT item_id, COUNT(*) AS n FROM dataset GROUP BY item_id HAVING COUNT(*) > 1 "
-                  "ORDER BY n DESC, item_id LIMIT 5")
-        if dups:
-            total = lance_io.sql_rows(
-                work, "SELECT COUNT(*) AS n FROM (SELECT item_id FROM dataset GROUP BY item_id HAVING COUNT(*) > 1)")
-            shown = ", ".join(f"{d['item_id']!r} ({d['n']} rows)" for d in dups)
-            raise CatalogError(
-                f"the catalog has {total[0]['n']} duplicated item id(s), e.g. {shown}; each item must "
-                "appear once (which row should win is ambiguous), so nothing was ingested")
+        self._check_ids(work, id_column)
         digest_rows = lance_io.sql_rows(work, "SELECT bit_xor(row_hash) AS x FROM dataset")
         digest = digest_rows[0]["x"] if digest_rows and digest_rows[0]["x"] is not None else 0
+        removed = 0
+        if remove_missing:      # every version covers every item it saw (a value or an errors row)
+            removed = max(self._remove(v, work, keep=True) for v in remove_missing)
         items = self._open(ITEMS_TABLE)
         next_index = items.count_rows()  # append-only, never deleted: count == max index + 1
         if next_index and seen:
@@ -210,7 +204,116 @@ class StoreWriter:
             lance.write_dataset(pa.RecordBatchReader.from_batches(ITEMS_SCHEMA, batches()),
                                 self._uri(ITEMS_TABLE), mode="append", storage_options=self.location.options())
         lance_io.remove_tree(self.work_ids_uri)
-        return Registration(seen=seen, new=new, digest=f"{digest & 0xFFFFFFFFFFFFFFFF:016x}")
+        return Registration(seen=seen, new=new, removed=removed, digest=f"{digest & 0xFFFFFFFFFFFFFFFF:016x}")
+
+    def preview_catalog_ids(self, fragments: list[str], id_column: str, versions: list[FeatureVersion], *,
+                            deletions: list[str] | None = None) -> Registration:
+        """What :meth:`register_catalog_ids` with ``remove_missing=versions`` (a full catalog)
+        or :meth:`remove_items` of a delta's ``deletions`` would find, written nowhere but the
+        scratch folder ``_work``."""
+        import lance
+
+        work = lance_io.commit_fragments(self.work_ids_uri, fragments, WORK_IDS_SCHEMA, self.location.options())
+        self._check_ids(work, id_column)
+        seen = work.count_rows()
+        removed = 0
+        held_uri = self.location.path("_work/held.lance")
+        for version in versions if deletions is None else []:
+            held = self._held_ids(version)
+            if held is None:
+                continue
+            scratch = lance.write_dataset(held, held_uri, mode="overwrite", storage_options=self.location.options())
+            total = scratch.count_rows()
+            matched = scratch.merge_insert("item_id").when_matched_delete().execute(
+                work.scanner(columns=["item_id"]).to_reader())["num_deleted_rows"]
+            removed = max(removed, total - matched)
+        lance_io.remove_tree(held_uri)
+        if deletions:
+            wanted = lance_io.isin_filter("item_id", deletions)
+            for version in versions:
+                table = self._open(version.table)
+                n = table.count_rows(filter=wanted) if table is not None else 0
+                errors = self._open(ERRORS_TABLE).to_table(columns=["item_id"], filter=wanted & _version_is(version))
+                removed = max(removed, n + errors.num_rows)
+        items = self._open(ITEMS_TABLE)
+        if items.count_rows() and seen:
+            work.merge_insert("item_id").when_matched_delete().execute(items.scanner(columns=["item_id"]).to_reader())
+            work = lance.dataset(self.work_ids_uri, storage_options=self.location.options())
+        new = work.count_rows()
+        lance_io.remove_tree(self.work_ids_uri)
+        return Registration(seen=seen, new=new, removed=removed)
+
+    def _held_ids(self, version: FeatureVersion):
+        """A reader of the ids this version holds (values and errors rows), or None."""
+        table = self._open(version.table)
+        errors = self._open(ERRORS_TABLE)
+        if table is None and not errors.count_rows(filter=f"version = '{version.fingerprint}'"):
+            return None
+        parts = [errors.scanner(columns=["item_id"], filter=_version_is(version)).to_reader()]
+        if table is not None:
+            parts.append(table.scanner(columns=["item_id"]).to_reader())
+        schema = pa.schema([pa.field("item_id", pa.string())])
+
+        def batches():
+            for reader in parts:
+                yield from reader
+
+        return pa.RecordBatchReader.from_batches(schema, batches())
+
+    @staticmethod
+    def _check_ids(work, id_column: str) -> None:
+        """Refuse a catalog with rows without an id, or with an id twice."""
+        blank = lance_io.sql_rows(work, "SELECT COUNT(*) AS n FROM dataset WHERE item_id IS NULL OR trim(item_id) = ''")
+        blank = blank[0]["n"] if blank else 0
+        if blank:
+            raise CatalogError(
+                f"{blank} catalog row(s) have no {id_column!r} (missing or empty); every row needs an id, "
+                "so nothing was ingested")
+        dups = lance_io.sql_rows(
+            work, "SELECT item_id, COUNT(*) AS n FROM dataset GROUP BY item_id HAVING COUNT(*) > 1 "
+                  "ORDER BY n DESC, item_id LIMIT 5")
+        if dups:
+            total = lance_io.sql_rows(
+                work, "SELECT COUNT(*) AS n FROM (SELECT item_id FROM dataset GROUP BY item_id HAVING COUNT(*) > 1)")
+            shown = ", ".join(f"{d['item_id']!r} ({d['n']} rows)" for d in dups)
+            raise CatalogError(
+                f"the catalog has {total[0]['n']} duplicated item id(s), e.g. {shown}; each item must "
+                "appear once (which row should win is ambiguous), so nothing was ingested")
+
+    def remove_items(self, versions: list[FeatureVersion], ids: list[str]) -> int:
+        """Remove ``ids`` (a delta's deletions) from these feature versions, values and errors
+        rows; returns how many of them any version held. Older snapshots keep them."""
+        if not ids:
+            return 0
+        source = pa.table({"item_id": pa.array(ids, pa.string())})
+        return max((self._remove(v, source, keep=False) for v in versions), default=0)
+
+    def _remove(self, version: FeatureVersion, source, *, keep: bool) -> int:
+        """Delete one version's rows (values and errors) of the items ``source`` names
+        (``keep=False``), or of every item it does not name (``keep=True``). ``source`` is a
+        Lance dataset with an ``item_id`` column, streamed, or a small table of ids."""
+        def ids(**constants: str):
+            if isinstance(source, pa.Table):
+                table = source.select(["item_id"])
+                for name, value in constants.items():
+                    table = table.add_column(0, name, pa.array([value] * table.num_rows, pa.string()))
+                return table
+            columns = {name: f"'{value}'" for name, value in constants.items()} | {"item_id": "item_id"}
+            return source.scanner(columns=columns).to_reader()
+
+        removed = 0
+        table = self._open(version.table)
+        if table is not None and table.count_rows():
+            builder = table.merge_insert("item_id")
+            builder = builder.when_not_matched_by_source_delete() if keep else builder.when_matched_delete()
+            removed += builder.execute(ids())["num_deleted_rows"]
+        errors = self._open(ERRORS_TABLE)
+        own = f"version = '{version.fingerprint}'"
+        if errors.count_rows(filter=own):
+            builder = errors.merge_insert(["version", "item_id"])
+            builder = builder.when_not_matched_by_source_delete(own) if keep else builder.when_matched_delete()
+            removed += builder.execute(ids(version=version.fingerprint))["num_deleted_rows"]
+        return removed
 
     # -- feature versions -----------------------------------------------------------------
     def resolve_version(self, name: str, fingerprint: str, spec: dict[str, Any], *, dtype: str,
@@ -311,7 +414,7 @@ class StoreWriter:
         ok, bad = "error_stage IS NULL", "error_stage IS NOT NULL"
         n_ok = staging.count_rows(filter=ok)
         n_bad = staging.count_rows() - n_ok
-        columns = ["item_id", value, "n_parts", "input_hash", "fingerprint", "computed_at"]
+        columns = ["item_id", value, "n_parts", "input_hash", "media_key", "fingerprint", "computed_at"]
         schema = pa.schema([staging.schema.field(c) for c in columns])
         if version.kind == "vector":
             vtype = schema.field(value).type
@@ -349,7 +452,8 @@ class StoreWriter:
         if n_bad:
             error_columns = {
                 "feature": f"'{version.name}'", "version": f"'{version.fingerprint}'", "item_id": "item_id",
-                "stage": "error_stage", "reason": "error_reason", "input_hash": "input_hash", "at": "computed_at",
+                "stage": "error_stage", "reason": "error_reason", "input_hash": "input_hash",
+                "media_key": "media_key", "at": "computed_at",
             }
             errors.merge_insert(["version", "item_id"]).when_matched_update_all().when_not_matched_insert_all() \
                 .execute(staging.scanner(columns=error_columns, filter=bad).to_reader())
@@ -530,6 +634,12 @@ def _make_current(entries: dict, version, entry_type) -> bool:
     entry.versions[version.label] = version
     entry.current = version.label
     return moved
+
+
+def _version_is(version: FeatureVersion):
+    import pyarrow.compute as pc
+
+    return pc.field("version") == version.fingerprint
 
 
 def _index_item_ids(dataset) -> None:

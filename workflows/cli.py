@@ -2,7 +2,7 @@
 
 ::
 
-    itemlens ingest CATALOG --config lens.yaml --store ./lens [--address ADDR]
+    itemlens ingest CATALOG --config lens.yaml --store ./lens [--address ADDR] [--delta] [--dry-run]
     itemlens show ./lens [--snapshot N] [--json]
     itemlens snapshots ./lens
     itemlens pin ./lens N          |  itemlens unpin ./lens N
@@ -39,7 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait-for-lock", type=float, default=0.0, metavar="SECONDS",
                    help="wait this long for another writer to finish (default: fail at once)")
     p.add_argument("--retry-errors", action="store_true", help="retry items whose unchanged input failed before")
+    p.add_argument("--delta", action="store_true",
+                   help="CATALOG is a delta: upserts and deletions (column _op: upsert|delete); items it does "
+                        "not mention stay (default: a full catalog; items it lacks leave the new snapshot)")
     p.add_argument("--report", metavar="FILE", help="also write the job report as JSON")
+    p.add_argument("--dry-run", action="store_true",
+                   help="say what would be encoded (per feature: new, changed, dependent) and removed; start "
+                        "no encoder, write nothing")
+    p.add_argument("--encode-log", metavar="DIR", default=None,
+                   help="an audit: encoder actors append the ids they encode to DIR/<feature>.<run>.encoded.<pid>.log, "
+                        "decode tasks the media files they read to DIR/<feature>.<run>.reads.<pid>.log")
     p.add_argument("--no-progress", action="store_true", help="no Ray Data progress bars")
     p.add_argument("--verbose", action="store_true", help="show Ray worker logs and debug messages")
 
@@ -105,12 +114,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _ingest(args) -> int:
-    from itemlens.workflows.ingest import configure_logging, ingest
+    from itemlens.workflows.ingest import configure_logging, ingest, plan
 
     configure_logging(args.verbose)
+    if args.dry_run:
+        report = plan(args.catalog, args.config, args.store, address=args.address, lock_wait=args.wait_for_lock,
+                      retry_errors=args.retry_errors, delta=args.delta)
+        print(report.summary())
+        if args.report:
+            with open(args.report, "w") as f:
+                json.dump(report.to_doc(), f, indent=2)
+        return 0
     report = ingest(args.catalog, args.config, args.store, address=args.address, lock_wait=args.wait_for_lock,
                     retry_errors=args.retry_errors, progress=False if args.no_progress else None,
-                    log_to_driver=args.verbose)
+                    log_to_driver=args.verbose, delta=args.delta, encode_log=args.encode_log)
     print(report.summary())
     if args.report:
         with open(args.report, "w") as f:

@@ -11,6 +11,11 @@
       num_cpus: 1
       max_image_pixels: 64000000  # larger images are decompression-bomb errors
       max_image_bytes: 67108864
+      max_media_bytes: 2147483648 # largest video or audio file
+    staging:                      # what a killed job keeps: encoded rows are committed as they come
+      commit_seconds: 30
+      commit_fragments: 16
+      fragment_rows: 1024
     features:
       text:                       # a feature name: letters, digits, _
         encoder: sentence-transformers
@@ -76,9 +81,18 @@ class DecodeConfig(_Strict):
     max_media_bytes: int = Field(DEFAULT_MAX_MEDIA_BYTES, ge=1, description="largest video or audio file")
 
 
+class StagingConfig(_Strict):
+    """How often encoded rows are committed to staging: what a killed job keeps."""
+
+    commit_seconds: float = Field(30.0, gt=0, description="commit staged rows at least this often")
+    commit_fragments: int = Field(16, ge=1, description="... or after this many data files")
+    fragment_rows: int = Field(1024, ge=1, description="rows per staging data file")
+
+
 class IngestConfig(_Strict):
     catalog: CatalogConfig = CatalogConfig()
     decode: DecodeConfig = DecodeConfig()
+    staging: StagingConfig = StagingConfig()
     features: dict[str, FeatureSpec] = Field(min_length=1)
     semantic_ids: dict[str, SemanticIdSpec] = Field(default_factory=dict)
     graphs: dict[str, GraphSpec] = Field(default_factory=dict)

@@ -31,7 +31,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from itemlens.errors import ConfigError, ItemlensError
+from itemlens.errors import CatalogError, ConfigError, ItemlensError
 from itemlens.extractors import build_encoder
 from itemlens.store import graphs, semantic_ids
 from itemlens.store.layout import staging_schema, value_column
@@ -43,13 +43,8 @@ from itemlens.workflows import stages
 
 log = logging.getLogger("itemlens")
 
-# Staging commits: after this many fragments or seconds, whichever comes first. Each commit
-# is what a killed job keeps.
-COMMIT_EVERY_FRAGMENTS = 16
-COMMIT_EVERY_SECONDS = 30.0
-# Rows per staging data file (the write stage's batch size), and the CPU a write task reserves
-# (it is mostly I/O).
-WRITE_BATCH_ROWS = 1024
+# The CPU a write task reserves (it is mostly I/O). How often staging commits (what a killed
+# job keeps) is the config's `staging:` section.
 WRITE_TASK_CPUS = 0.25
 
 
@@ -86,8 +81,11 @@ class IngestReport:
     catalog: str
     store: str
     snapshot: int | None = None        # published snapshot (None: nothing changed)
+    run_id: str = ""                   # this job's id (staging rows and encode logs carry it)
     items_seen: int = 0
     new_items: int = 0
+    removed_items: int = 0             # items the store held that the catalog no longer has (or a delta deletes)
+    delta: bool = False                # the catalog was a delta of upserts and deletions
     digest: str = ""
     ray: str = ""
     features: dict[str, FeatureReport] = field(default_factory=dict)
@@ -98,7 +96,8 @@ class IngestReport:
     def to_doc(self) -> dict[str, Any]:
         return {
             "summary": self.headline(),
-            "catalog": self.catalog, "items_seen": self.items_seen, "new_items": self.new_items,
+            "run_id": self.run_id, "catalog": self.catalog, "delta": self.delta, "items_seen": self.items_seen,
+            "new_items": self.new_items, "removed_items": self.removed_items,
             "features": {n: f.to_doc() for n, f in self.features.items()},
             "semantic_ids": {n: r.to_doc() for n, r in self.semantic_ids.items()},
             "graphs": {n: r.to_doc() for n, r in self.graphs.items()},
@@ -109,7 +108,8 @@ class IngestReport:
     def headline(self) -> str:
         encoded = sum(f.encoded for f in self.features.values())
         errors = sum(f.errors for f in self.features.values())
-        return (f"ingest of {self.items_seen} items ({self.new_items} new): "
+        what = "delta" if self.delta else "ingest"
+        return (f"{what} of {self.items_seen} items ({self.new_items} new, {self.removed_items} removed): "
                 f"{encoded} values encoded, {errors} errors")
 
     def summary(self) -> str:
@@ -135,47 +135,67 @@ class IngestReport:
 
 def ingest(catalog: str | os.PathLike, config: str | os.PathLike | dict | IngestConfig, store: str | os.PathLike,
            *, address: str | None = None, lock_wait: float = 0.0, retry_errors: bool = False,
-           progress: bool | None = None, log_to_driver: bool = False) -> IngestReport:
-    """Ingest ``catalog`` into ``store`` as ``config`` says; returns the job report."""
+           progress: bool | None = None, log_to_driver: bool = False, delta: bool = False,
+           encode_log: str | os.PathLike | None = None) -> IngestReport:
+    """Ingest ``catalog`` into ``store`` as ``config`` says; returns the job report.
+
+    A full catalog (the default) is the whole truth: items the store holds that it lacks are
+    removed from the new snapshot. ``delta=True``: ``catalog`` holds upserts and deletions
+    (column ``_op``, see workflows/catalog.py) and the items it does not mention stay.
+    ``encode_log``: a folder (shared by the workers) where encoder actors log the ids they
+    encode, an audit of the work actually done."""
+    if encode_log is not None:
+        encode_log = os.path.abspath(os.fspath(encode_log))
+        os.makedirs(encode_log, exist_ok=True)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     cfg = load_config(config)
-    source = CatalogSource.open(catalog, cfg.catalog)
+    source = CatalogSource.open(catalog, cfg.catalog, delta=delta)
     encoders = {}
     for name, spec in cfg.feature_order():     # captions before the features that read them
         encoder = build_encoder(spec)
         encoder.check_weights()           # missing weights: an error now, not after an hour of decoding
         encoder.fingerprint()
         encoders[name] = encoder
-    report = IngestReport(catalog=source.uri, store=os.fspath(store))
+    report = IngestReport(catalog=source.uri, store=os.fspath(store), delta=delta)
     timings["validate"] = time.perf_counter() - t_start
     log.info("catalog %s (%s) -> store %s", source.uri, source.format, report.store)
 
     command = f"itemlens ingest {source.uri}"
     with StoreWriter.open(store, lock_wait=lock_wait, command=command) as writer:
         report.store = writer.location.uri
+        report.run_id = writer.run_id
         runtime = start_ray(address, log_to_driver=log_to_driver, progress=progress)
         report.ray = runtime.describe()
         timings["ray_start"] = runtime.seconds
         log.info("%s", report.ray)
 
-        t = time.perf_counter()
-        _check_columns(source, cfg)
-        registration = _run(lambda: _register_items(source, writer))
-        report.items_seen, report.new_items, report.digest = registration.seen, registration.new, registration.digest
-        timings["register_items"] = time.perf_counter() - t
-        log.info("catalog has %d items (%d new to the store)", registration.seen, registration.new)
-
         versions = {name: writer.resolve_version(name, e.fingerprint(), e.spec.model_dump(mode="json"),
                                                  dtype=e.spec.dtype, pooling=e.spec.pooling, kind=e.output_kind,
                                                  encoder=e.describe())
                     for name, e in encoders.items()}
+        t = time.perf_counter()
+        deletions = source.deleted_ids()
+        if not (delta and source.read().count() == 0):      # a delta of deletions only has no columns to check
+            _check_columns(source, cfg)
+        clash = sorted(set(deletions) & set(_run(lambda: _ids(source))))[:5] if deletions else []
+        if clash:
+            raise CatalogError(f"delta {source.uri} both upserts and deletes {', '.join(map(repr, clash))}: "
+                               "which one wins is ambiguous, so nothing was changed")
+        registration = _run(lambda: _register_items(source, writer, None if delta else list(versions.values())))
+        if delta:
+            registration.removed = writer.remove_items(list(versions.values()), deletions)
+        report.items_seen, report.new_items, report.digest = registration.seen, registration.new, registration.digest
+        report.removed_items = registration.removed
+        timings["register_items"] = time.perf_counter() - t
+        log.info("%s has %d items (%d new to the store); %d removed from the new snapshot",
+                 "delta" if delta else "catalog", registration.seen, registration.new, registration.removed)
         for dropped in writer.discard_other_staging(list(versions.values())):
             log.info("dropped %s, staged by an interrupted run for a spec no longer configured", dropped)
         for name, encoder in encoders.items():
             t = time.perf_counter()
             feature = _run(lambda: _ingest_feature(encoder, versions[name], cfg, source, writer, runtime,
-                                                   registration.seen, retry_errors, versions))
+                                                   registration.seen, retry_errors, versions, encode_log))
             feature.unchanged = max(registration.seen - feature.encoded - feature.errors - feature.recovered, 0)
             feature.seconds = time.perf_counter() - t
             report.features[name] = feature
@@ -204,6 +224,98 @@ def ingest(catalog: str | os.PathLike, config: str | os.PathLike | dict | Ingest
     return report
 
 
+# -- dry run ---------------------------------------------------------------------------------------
+
+@dataclass
+class FeaturePlan:
+    name: str
+    version: str
+    new: int = 0                # items this version has no value or error for
+    changed: int = 0            # items whose input hash differs from the stored one
+    dependent: int = 0          # items whose input is a caption this run writes again
+    unchanged: int = 0
+    examples: dict[str, list[str]] = field(default_factory=dict)   # a few ids per reason
+
+    @property
+    def to_encode(self) -> int:
+        return self.new + self.changed + self.dependent
+
+
+@dataclass
+class PlanReport:
+    catalog: str
+    store: str
+    delta: bool = False
+    items_seen: int = 0
+    new_items: int = 0
+    removed_items: int = 0
+    features: dict[str, FeaturePlan] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        lines = [f"dry run: {'delta' if self.delta else 'catalog'} of {self.items_seen} items "
+                 f"({self.new_items} new to the store); {self.removed_items} would leave the new snapshot",
+                 f"{'feature':<14}{'version':<9}{'encode':>8}{'new':>7}{'changed':>9}{'dependent':>11}{'unchanged':>11}"]
+        for f in self.features.values():
+            lines.append(f"{f.name:<14}{f.version:<9}{f.to_encode:>8}{f.new:>7}{f.changed:>9}{f.dependent:>11}"
+                         f"{f.unchanged:>11}")
+            for reason, ids in f.examples.items():
+                lines.append(f"{'':<14}{reason}: e.g. {', '.join(ids)}")
+        lines.append("nothing was encoded or written (no encoder was started)")
+        return "\n".join(lines)
+
+    def to_doc(self) -> dict[str, Any]:
+        return {**asdict(self), "summary": self.summary()}
+
+
+def plan(catalog: str | os.PathLike, config: str | os.PathLike | dict | IngestConfig, store: str | os.PathLike,
+         *, address: str | None = None, lock_wait: float = 0.0, retry_errors: bool = False,
+         delta: bool = False, examples: int = 5) -> PlanReport:
+    """What ``ingest`` would encode, per feature and reason (new, changed, dependent), and what
+    it would remove, without starting an encoder or writing anything a reader can see."""
+    import ray
+
+    cfg = load_config(config)
+    source = CatalogSource.open(catalog, cfg.catalog, delta=delta)
+    encoders = {name: build_encoder(spec) for name, spec in cfg.feature_order()}
+    report = PlanReport(catalog=source.uri, store=os.fspath(store), delta=delta)
+    with StoreWriter.open(store, lock_wait=lock_wait, command=f"itemlens ingest --dry-run {source.uri}") as writer:
+        report.store = writer.location.uri
+        start_ray(address, progress=False)
+        deletions = source.deleted_ids() if delta else None
+        if not (delta and source.read().count() == 0):
+            _check_columns(source, cfg)
+        versions = {name: writer.resolve_version(name, e.fingerprint(), e.spec.model_dump(mode="json"),
+                                                 dtype=e.spec.dtype, pooling=e.spec.pooling, kind=e.output_kind)
+                    for name, e in encoders.items()}
+        preview = _run(lambda: writer.preview_catalog_ids(_write_catalog_ids(source, writer), source.id_column,
+                                                          list(versions.values()), deletions=deletions))
+        report.items_seen, report.new_items, report.removed_items = preview.seen, preview.new, preview.removed
+        planned: dict[str, set[str]] = {}
+        for name, encoder in encoders.items():
+            spec, version = encoder.spec, versions[name]
+            ref = getattr(spec.input, "feature", None)
+            ds = source.read([source.id_column] + spec.input.columns).map_batches(
+                stages.plan_inputs, batch_format="pyarrow", num_cpus=cfg.decode.num_cpus, fn_kwargs={
+                    "spec_json": spec.model_dump_json(), "id_column": source.id_column, "base": source.base,
+                    "stored": writer.stored_hashes(version, retry_errors=retry_errors),
+                    "max_bytes": cfg.decode.max_image_bytes if spec.input.kind == "image" else cfg.decode.max_media_bytes,
+                    "source": writer.stored_values(versions[ref]) if ref else None,
+                    "dependents": ray.put(planned[ref]) if ref else None})
+            feature = FeaturePlan(name=name, version=version.label)
+            ids: set[str] = set()
+            for batch in _run(lambda: list(ds.iter_batches(batch_size=None, batch_format="pyarrow"))):
+                for item_id, reason in zip(batch.column("item_id").to_pylist(), batch.column("reason").to_pylist()):
+                    setattr(feature, reason, getattr(feature, reason) + 1)
+                    ids.add(item_id)
+                    shown = feature.examples.setdefault(reason, [])
+                    if len(shown) < examples:
+                        shown.append(item_id)
+            feature.unchanged = preview.seen - feature.to_encode
+            planned[name] = ids
+            report.features[name] = feature
+    return report
+
+
 # -- steps -----------------------------------------------------------------------------------------
 
 def _check_columns(source: CatalogSource, cfg: IngestConfig) -> None:
@@ -213,7 +325,18 @@ def _check_columns(source: CatalogSource, cfg: IngestConfig) -> None:
     source.check_columns(list(schema.names), {n: s.input.columns for n, s in cfg.features.items()})
 
 
-def _register_items(source: CatalogSource, writer: StoreWriter):
+def _ids(source: CatalogSource) -> list[str]:
+    return [i for b in source.read([source.id_column]).iter_batches(batch_size=None, batch_format="pyarrow")
+            for i in stages.item_ids(b, source.id_column)]
+
+
+def _register_items(source: CatalogSource, writer: StoreWriter, remove_missing):
+    return writer.register_catalog_ids(_write_catalog_ids(source, writer), source.id_column,
+                                       remove_missing=remove_missing)
+
+
+def _write_catalog_ids(source: CatalogSource, writer: StoreWriter) -> list[str]:
+    """The catalog's ids and row hashes as Lance fragments in the store's scratch folder."""
     ds = source.read()
     # Item indexes of new ids follow the catalog's order.
     ds.context.execution_options.preserve_order = True
@@ -222,9 +345,8 @@ def _register_items(source: CatalogSource, writer: StoreWriter):
           .map_batches(stages.write_fragments, fn_kwargs={"uri": work_uri,
                                                           "storage_options": writer.location.options()},
                        batch_format="pyarrow"))
-    fragments = [f for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow")
-                 for f in batch.column("fragment").to_pylist()]
-    return writer.register_catalog_ids(fragments, source.id_column)
+    return [f for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow")
+            for f in batch.column("fragment").to_pylist()]
 
 
 def _own_stage() -> dict:
@@ -273,7 +395,7 @@ def _place(name: str, spec, runtime: RayRuntime, cfg: IngestConfig) -> _Placemen
 
 
 def _pipeline(spec, version, placement: _Placement, stored, cfg: IngestConfig, source: CatalogSource,
-              writer: StoreWriter, runtime: RayRuntime, items: int, captions=None):
+              writer: StoreWriter, runtime: RayRuntime, items: int, captions=None, encode_log: str | None = None):
     """read -> prepare (CPU tasks) -> encode (actor pool) -> write fragments (CPU tasks).
 
     ``captions``: where a feature with ``input: {feature: NAME}`` reads its texts (the caption
@@ -296,7 +418,9 @@ def _pipeline(spec, version, placement: _Placement, stored, cfg: IngestConfig, s
             # decoding runs in parallel, but no smaller, since each task has a fixed cost.
             rows_per_block = max(cfg.decode.batch_size, math.ceil(items / (4 * max(runtime.cpus, 1))))
             ds = ds.repartition(target_num_rows_per_block=rows_per_block)
-            media = {**common, "base": source.base}
+            # with an encode log, the CPU tasks also log the media files they read
+            read_log = os.path.join(encode_log, f"{version.name}.{writer.run_id}") if encode_log else None
+            media = {**common, "base": source.base, "read_log": read_log}
             if kind == "image":
                 prepare, kwargs = stages.prepare_images, {"max_bytes": cfg.decode.max_image_bytes,
                                                           "max_pixels": cfg.decode.max_image_pixels}
@@ -310,17 +434,17 @@ def _pipeline(spec, version, placement: _Placement, stored, cfg: IngestConfig, s
         stages.EncodeBatches,
         fn_constructor_kwargs={"spec_json": spec_json, "fingerprint": version.fingerprint,
                                "device": placement.device, "cpu_threads": placement.cpu_threads,
-                               "run_id": writer.run_id},
+                               "run_id": writer.run_id, "feature": version.name, "encode_log": encode_log},
         compute=ray.data.ActorPoolStrategy(size=placement.concurrency),
         num_gpus=placement.num_gpus, num_cpus=spec.resources.num_cpus or 1,
         batch_size=spec.resources.batch_size, batch_format="pyarrow")
     return ds.map_batches(
-        stages.write_fragments, batch_size=WRITE_BATCH_ROWS, batch_format="pyarrow", num_cpus=WRITE_TASK_CPUS,
+        stages.write_fragments, batch_size=cfg.staging.fragment_rows, batch_format="pyarrow", num_cpus=WRITE_TASK_CPUS,
         fn_kwargs={"uri": writer.staging_uri(version), "storage_options": writer.location.options(),
                    "value_column": value_column(spec.pooling, version.kind)})
 
 
-def _stage(ds, spec, version, writer: StoreWriter, report: FeatureReport) -> None:
+def _stage(ds, spec, version, writer: StoreWriter, report: FeatureReport, staging) -> None:
     """Run the pipeline; commit the fragments it writes to staging as they come."""
     pending: list[str] = []
     # A vector table's schema needs the dimension, known from the first fragment written.
@@ -334,7 +458,7 @@ def _stage(ds, spec, version, writer: StoreWriter, report: FeatureReport) -> Non
         report.encoded += sum(written["rows"]) - sum(written["errors"])
         if schema is None and written["dim"]:
             schema = staging_schema(spec.dtype, written["dim"][0], spec.pooling)
-        if len(pending) >= COMMIT_EVERY_FRAGMENTS or time.monotonic() - last_commit > COMMIT_EVERY_SECONDS:
+        if len(pending) >= staging.commit_fragments or time.monotonic() - last_commit > staging.commit_seconds:
             writer.commit_staged(version, pending, schema)
             pending, last_commit = [], time.monotonic()
             log.info("%s: %d staged", version.name, report.encoded + report.errors)
@@ -343,7 +467,8 @@ def _stage(ds, spec, version, writer: StoreWriter, report: FeatureReport) -> Non
 
 
 def _ingest_feature(encoder, version, cfg: IngestConfig, source: CatalogSource, writer: StoreWriter,
-                    runtime: RayRuntime, items: int, retry_errors: bool, versions: dict) -> FeatureReport:
+                    runtime: RayRuntime, items: int, retry_errors: bool, versions: dict,
+                    encode_log: str | None) -> FeatureReport:
     spec, name = encoder.spec, version.name
     report = FeatureReport(name=name, version=version.label, fingerprint=version.fingerprint,
                            encoder=spec.encoder)
@@ -357,9 +482,9 @@ def _ingest_feature(encoder, version, cfg: IngestConfig, source: CatalogSource, 
     stored = writer.stored_hashes(version, retry_errors=retry_errors)
     ref = getattr(spec.input, "feature", None)
     captions = writer.stored_values(versions[ref]) if ref else None
-    ds = _pipeline(spec, version, placement, stored, cfg, source, writer, runtime, items, captions)
+    ds = _pipeline(spec, version, placement, stored, cfg, source, writer, runtime, items, captions, encode_log)
     log.info("%s@%s: %s %s on %s", name, version.label, spec.encoder, spec.model, placement.device)
-    _stage(ds, spec, version, writer, report)
+    _stage(ds, spec, version, writer, report, cfg.staging)
 
     report.plan = _physical_plan(ds)
     report.stats = ds.stats()

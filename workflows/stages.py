@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 from datetime import datetime, timezone
 from typing import Any
 
@@ -33,7 +34,7 @@ import pyarrow.compute as pc
 from itemlens.errors import CatalogError
 from itemlens.extractors import FeatureSpec, ItemError, build_encoder
 from itemlens.extractors.base import Encoder
-from itemlens.extractors.images import decode_image, read_bytes, resolve_uri
+from itemlens.extractors.images import decode_image, media_key, read_bytes, resolve_uri
 from itemlens.extractors.items import (
     audio_waveform, caption_pixel_items, encode_audio_items, encode_pixel_items, video_pixels,
 )
@@ -47,13 +48,13 @@ PREPARED_TEXT_SCHEMA = pa.schema([
     ("error_stage", pa.string()), ("error_reason", pa.string()),
 ])
 PREPARED_IMAGE_SCHEMA = pa.schema([
-    ("item_id", pa.string()), ("input_hash", pa.string()),
+    ("item_id", pa.string()), ("input_hash", pa.string()), ("media_key", pa.string()),
     ("pixels", pa.large_binary()),        # float32 [n_parts, 3, H, W], C order
     ("n_parts", pa.int32()), ("height", pa.int32()), ("width", pa.int32()),
     ("error_stage", pa.string()), ("error_reason", pa.string()),
 ])
 PREPARED_AUDIO_SCHEMA = pa.schema([
-    ("item_id", pa.string()), ("input_hash", pa.string()),
+    ("item_id", pa.string()), ("input_hash", pa.string()), ("media_key", pa.string()),
     ("samples", pa.large_binary()),       # float32 [channels, n_samples] at the model's rate, C order
     ("channels", pa.int32()), ("n_samples", pa.int64()),
     ("error_stage", pa.string()), ("error_reason", pa.string()),
@@ -165,37 +166,86 @@ def image_uris(cell: Any) -> list[str]:
     return uris
 
 
+def _image_paths(cell: Any, base: str, first_only: bool) -> list[str]:
+    uris = image_uris(cell)[:1] if first_only else image_uris(cell)
+    return [resolve_uri(uri, base) for uri in uris]
+
+
+def _read_images(paths: list[str], max_bytes: int, reads: _ReadLog) -> tuple[list[bytes], str]:
+    """An item's image bytes and their input hash (of the images' hashes, in order)."""
+    datas = [reads.read(path, max_bytes) for path in paths]
+    return datas, hashlib.sha256(b"".join(hashlib.sha256(d).digest() for d in datas)).hexdigest()
+
+
+def _key(paths: list[str]) -> str | None:
+    """The media key of an item's files (None if any has none: then they are read)."""
+    keys = [media_key(p) for p in paths]
+    if any(k is None for k in keys):
+        return None
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()
+
+
+def _unchanged_by_key(known: tuple[str, str | None] | None, key: str | None) -> bool:
+    """True when the stored media key says the files are those already encoded: URI, size and
+    mtime/ETag all equal. A changed key only means "read and hash to find out"."""
+    return known is not None and key is not None and known[1] == key
+
+
+class _ReadLog:
+    """Reads media files, noting each path in the job's read log when it keeps one (an audit
+    that a refresh reads only what changed)."""
+
+    def __init__(self, prefix: str | None):
+        self.path = f"{prefix}.reads.{os.getpid()}.log" if prefix else None
+        self.paths: list[str] = []
+
+    def read(self, path: str, max_bytes: int) -> bytes:
+        self.paths.append(path)
+        return read_bytes(path, max_bytes)
+
+    def flush(self) -> None:
+        if self.path and self.paths:
+            with open(self.path, "a") as f:
+                f.writelines(p + "\n" for p in self.paths)
+        self.paths = []
+
+
 def prepare_images(batch: pa.Table, *, spec_json: str, id_column: str, base: str, stored: StoredHashes,
-                   max_bytes: int, max_pixels: int) -> pa.Table:
+                   max_bytes: int, max_pixels: int, read_log: str | None = None) -> pa.Table:
     """Read each item's images, hash their bytes, drop unchanged items, decode the rest and
     apply the encoder's own preprocessing; ship float32 pixels, not images."""
     spec = _spec(spec_json)
     transform = _image_transform(spec_json)
     ids = item_ids(batch, id_column)
     cells = batch.column(spec.input.image).to_pylist()
-    known = stored.lookup(ids)
+    known = stored.lookup_keys(ids)
+    reads = _ReadLog(read_log)
     # A captioner describes an item by its first image (a catalog's main picture).
     first_only = _encoder(spec_json).output_kind == "caption"
     out: list[tuple] = []
     for item_id, cell in zip(ids, cells):
+        key = None
         try:
-            uris = image_uris(cell)[:1] if first_only else image_uris(cell)
-            datas = [read_bytes(resolve_uri(uri, base), max_bytes) for uri in uris]
+            paths = _image_paths(cell, base, first_only)
+            key = _key(paths)
+            if _unchanged_by_key(known.get(item_id), key):
+                continue
+            datas, digest = _read_images(paths, max_bytes, reads)
         except ItemError as error:
             digest = error_hash(error)
-            if known.get(item_id) != digest:
-                out.append((item_id, digest, b"", 0, 0, 0, error.stage, error.reason))
+            if _hash(known.get(item_id)) != digest:
+                out.append((item_id, digest, key, b"", 0, 0, 0, error.stage, error.reason))
             continue
-        digest = hashlib.sha256(b"".join(hashlib.sha256(d).digest() for d in datas)).hexdigest()
-        if known.get(item_id) == digest:
+        if _hash(known.get(item_id)) == digest:
             continue
         try:
             pixels = np.stack([_apply(transform, decode_image(d, max_pixels)) for d in datas])
         except ItemError as error:
-            out.append((item_id, digest, b"", 0, 0, 0, error.stage, error.reason))
+            out.append((item_id, digest, key, b"", 0, 0, 0, error.stage, error.reason))
             continue
         n, _, height, width = pixels.shape
-        out.append((item_id, digest, pixels.tobytes(), n, height, width, None, None))
+        out.append((item_id, digest, key, pixels.tobytes(), n, height, width, None, None))
+    reads.flush()
     columns = list(zip(*out)) if out else [[]] * len(PREPARED_IMAGE_SCHEMA)
     return pa.table([pa.array(c, f.type) for c, f in zip(columns, PREPARED_IMAGE_SCHEMA)],
                     schema=PREPARED_IMAGE_SCHEMA)
@@ -210,13 +260,17 @@ def media_uri(cell: Any, what: str) -> str:
     return cell.strip()
 
 
-def _read_media(cell: Any, what: str, base: str, max_bytes: int) -> tuple[bytes, str]:
-    data = read_bytes(resolve_uri(media_uri(cell, what), base), max_bytes)
+def _hash(known: tuple[str, str | None] | None) -> str | None:
+    return known[0] if known is not None else None
+
+
+def _read_media(path: str, max_bytes: int, reads: _ReadLog) -> tuple[bytes, str]:
+    data = reads.read(path, max_bytes)
     return data, hashlib.sha256(data).hexdigest()
 
 
 def prepare_videos(batch: pa.Table, *, spec_json: str, id_column: str, base: str, stored: StoredHashes,
-                   max_bytes: int, max_pixels: int) -> pa.Table:
+                   max_bytes: int, max_pixels: int, read_log: str | None = None) -> pa.Table:
     """Read each video, hash its bytes, drop unchanged items, sample frames (PyAV) and
     apply the encoder's own image preprocessing to each (a captioner gets one image: the
     frames in a grid). Ships float32 pixels [frames, 3, H, W] like the image stage."""
@@ -225,51 +279,63 @@ def prepare_videos(batch: pa.Table, *, spec_json: str, id_column: str, base: str
     captioning = _encoder(spec_json).output_kind == "caption"
     ids = item_ids(batch, id_column)
     cells = batch.column(spec.input.video).to_pylist()
-    known = stored.lookup(ids)
+    known = stored.lookup_keys(ids)
+    reads = _ReadLog(read_log)
     out: list[tuple] = []
     for item_id, cell in zip(ids, cells):
-        digest = None
+        digest = key = None
         try:
-            data, digest = _read_media(cell, "video", base, max_bytes)
-            if known.get(item_id) == digest:
+            path = resolve_uri(media_uri(cell, "video"), base)
+            key = _key([path])
+            if _unchanged_by_key(known.get(item_id), key):
+                continue
+            data, digest = _read_media(path, max_bytes, reads)
+            if _hash(known.get(item_id)) == digest:
                 continue
             pixels = video_pixels(data, spec, functools.partial(_apply, transform), captioning=captioning,
                                   max_pixels=max_pixels)
         except ItemError as error:
             digest = digest or error_hash(error)
-            if known.get(item_id) != digest:
-                out.append((item_id, digest, b"", 0, 0, 0, error.stage, error.reason))
+            if _hash(known.get(item_id)) != digest:
+                out.append((item_id, digest, key, b"", 0, 0, 0, error.stage, error.reason))
             continue
         n, _, height, width = pixels.shape
-        out.append((item_id, digest, pixels.tobytes(), n, height, width, None, None))
+        out.append((item_id, digest, key, pixels.tobytes(), n, height, width, None, None))
+    reads.flush()
     columns = list(zip(*out)) if out else [[]] * len(PREPARED_IMAGE_SCHEMA)
     return pa.table([pa.array(c, f.type) for c, f in zip(columns, PREPARED_IMAGE_SCHEMA)],
                     schema=PREPARED_IMAGE_SCHEMA)
 
 
 def prepare_audio(batch: pa.Table, *, spec_json: str, id_column: str, base: str, stored: StoredHashes,
-                  max_bytes: int) -> pa.Table:
+                  max_bytes: int, read_log: str | None = None) -> pa.Table:
     """Read each audio file (or a video's audio track), hash its bytes, drop unchanged items,
     decode it with PyAV and resample it to the model's rate and layout with torchaudio."""
     spec = _spec(spec_json)
     encoder = _encoder(spec_json)
     ids = item_ids(batch, id_column)
     cells = batch.column(spec.input.audio).to_pylist()
-    known = stored.lookup(ids)
+    known = stored.lookup_keys(ids)
+    reads = _ReadLog(read_log)
     out: list[tuple] = []
     for item_id, cell in zip(ids, cells):
-        digest = None
+        digest = key = None
         try:
-            data, digest = _read_media(cell, "audio", base, max_bytes)
-            if known.get(item_id) == digest:
+            path = resolve_uri(media_uri(cell, "audio"), base)
+            key = _key([path])
+            if _unchanged_by_key(known.get(item_id), key):
+                continue
+            data, digest = _read_media(path, max_bytes, reads)
+            if _hash(known.get(item_id)) == digest:
                 continue
             waveform = audio_waveform(data, encoder)
         except ItemError as error:
             digest = digest or error_hash(error)
-            if known.get(item_id) != digest:
-                out.append((item_id, digest, b"", 0, 0, error.stage, error.reason))
+            if _hash(known.get(item_id)) != digest:
+                out.append((item_id, digest, key, b"", 0, 0, error.stage, error.reason))
             continue
-        out.append((item_id, digest, waveform.tobytes(), waveform.shape[0], waveform.shape[1], None, None))
+        out.append((item_id, digest, key, waveform.tobytes(), waveform.shape[0], waveform.shape[1], None, None))
+    reads.flush()
     columns = list(zip(*out)) if out else [[]] * len(PREPARED_AUDIO_SCHEMA)
     return pa.table([pa.array(c, f.type) for c, f in zip(columns, PREPARED_AUDIO_SCHEMA)],
                     schema=PREPARED_AUDIO_SCHEMA)
@@ -280,6 +346,59 @@ def _apply(transform, image) -> np.ndarray:
         return transform(image)
     except Exception as exc:  # a transform that cannot handle this image is this item's problem
         raise ItemError("decode", f"preprocessing failed: {type(exc).__name__}: {exc}") from None
+
+
+# -- plan (``--dry-run``): CPU tasks, no decoding, no encoder --------------------------------------
+
+PLAN_SCHEMA = pa.schema([("item_id", pa.string()), ("reason", pa.string())])
+
+
+def plan_inputs(batch: pa.Table, *, spec_json: str, id_column: str, base: str, stored: StoredHashes,
+                max_bytes: int, source: StoredValues | None = None, dependents=None) -> pa.Table:
+    """What ``prepare`` would send to the encoder, and why, without decoding anything: one
+    row per item to encode with reason ``new`` (no stored input), ``changed`` (the input hash
+    differs) or ``dependent`` (its input is a caption that this run writes again). Unchanged
+    items leave no row. Media are read and hashed, as a refresh does."""
+    spec = _spec(spec_json)
+    kind = spec.input.kind
+    ids = item_ids(batch, id_column)
+    known_keys = stored.lookup_keys(ids)
+    known = {k: h for k, (h, _) in known_keys.items()}
+    redo = set()
+    if dependents is not None:
+        import ray
+
+        redo = ray.get(dependents) if isinstance(dependents, ray.ObjectRef) else set(dependents)
+    if kind == "text":
+        everything = StoredHashes(None, None, None, None, "")      # compare below, not in prepare
+        prepared = prepare_texts(batch, spec_json=spec_json, id_column=id_column, stored=everything, source=source)
+        digests = dict(zip(prepared.column("item_id").to_pylist(), prepared.column("input_hash").to_pylist()))
+    else:
+        cells = batch.column(spec.input.columns[0]).to_pylist()
+        first_only = _encoder(spec_json).output_kind == "caption"
+        digests, reads = {}, _ReadLog(None)
+        for item_id, cell in zip(ids, cells):
+            try:
+                paths = (_image_paths(cell, base, first_only) if kind == "image"
+                         else [resolve_uri(media_uri(cell, kind), base)])
+                if _unchanged_by_key(known_keys.get(item_id), _key(paths)):
+                    digests[item_id] = known[item_id]
+                elif kind == "image":
+                    digests[item_id] = _read_images(paths, max_bytes, reads)[1]
+                else:
+                    digests[item_id] = _read_media(paths[0], max_bytes, reads)[1]
+            except ItemError as error:
+                digests[item_id] = error_hash(error)
+    rows = []
+    for item_id in ids:
+        if item_id in redo:
+            rows.append((item_id, "dependent"))
+        elif item_id not in known:
+            rows.append((item_id, "new"))
+        elif known[item_id] != digests[item_id]:
+            rows.append((item_id, "changed"))
+    columns = list(zip(*rows)) if rows else [[], []]
+    return pa.table([pa.array(c, pa.string()) for c in columns], schema=PLAN_SCHEMA)
 
 
 # -- encode: the actor pool -----------------------------------------------------------------------
@@ -293,8 +412,13 @@ class EncodeBatches:
     failure is the model's, not the data's, and the original error is raised.
     """
 
-    def __init__(self, spec_json: str, fingerprint: str, device: str, cpu_threads: int, run_id: str):
+    def __init__(self, spec_json: str, fingerprint: str, device: str, cpu_threads: int, run_id: str,
+                 feature: str = "", encode_log: str | None = None):
         self.spec = _spec(spec_json)
+        # An audit of what the actors encode (``itemlens ingest --encode-log DIR``): each actor
+        # appends the ids it gave a value to DIR/<feature>.<run>.encoded.<pid>.log, as it goes.
+        self.encode_log = (os.path.join(encode_log, f"{feature or fingerprint}.{run_id}.encoded.{os.getpid()}.log")
+                           if encode_log else None)
         self.fingerprint = fingerprint
         self.device = device
         self.cpu_threads = cpu_threads
@@ -340,6 +464,10 @@ class EncodeBatches:
                 stages[i], reasons[i] = result.stage, result.reason
             else:
                 values[i] = result
+        if self.encode_log:
+            ids = batch.column("item_id").to_pylist()
+            with open(self.encode_log, "a") as f:
+                f.writelines(f"{ids[i]}\n" for i, v in enumerate(values) if v is not None)
         return self._staging_rows(batch, values, stages, reasons)
 
     def _pixels(self, batch: pa.Table, i: int) -> np.ndarray:
@@ -409,6 +537,7 @@ class EncodeBatches:
             value_array,
             pa.array(np.where(missing, 0, parts).astype(np.int32)),
             batch.column("input_hash"),
+            batch.column("media_key") if "media_key" in batch.column_names else pa.nulls(n, pa.string()),
             pa.array([self.fingerprint] * n, pa.string()),
             pa.array([now] * n, TIMESTAMP),
             pa.array(stages, pa.string()),
