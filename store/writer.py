@@ -179,7 +179,11 @@ class StoreWriter:
         digest = digest_rows[0]["x"] if digest_rows and digest_rows[0]["x"] is not None else 0
         removed = 0
         if remove_missing:      # every version covers every item it saw (a value or an errors row)
-            removed = max(self._remove(v, work, keep=True) for v in remove_missing)
+            counts = [self._count_missing(v, work) for v in remove_missing]
+            for version, count in zip(remove_missing, counts):
+                if count:       # a no-op delete would still commit a table version (and a snapshot)
+                    self._remove(version, work, keep=True)
+            removed = max(counts)
         items = self._open(ITEMS_TABLE)
         next_index = items.count_rows()  # append-only, never deleted: count == max index + 1
         if next_index and seen:
@@ -216,18 +220,7 @@ class StoreWriter:
         work = lance_io.commit_fragments(self.work_ids_uri, fragments, WORK_IDS_SCHEMA, self.location.options())
         self._check_ids(work, id_column)
         seen = work.count_rows()
-        removed = 0
-        held_uri = self.location.path("_work/held.lance")
-        for version in versions if deletions is None else []:
-            held = self._held_ids(version)
-            if held is None:
-                continue
-            scratch = lance.write_dataset(held, held_uri, mode="overwrite", storage_options=self.location.options())
-            total = scratch.count_rows()
-            matched = scratch.merge_insert("item_id").when_matched_delete().execute(
-                work.scanner(columns=["item_id"]).to_reader())["num_deleted_rows"]
-            removed = max(removed, total - matched)
-        lance_io.remove_tree(held_uri)
+        removed = max([self._count_missing(v, work) for v in versions] if deletions is None else [0])
         if deletions:
             wanted = lance_io.isin_filter("item_id", deletions)
             for version in versions:
@@ -242,6 +235,22 @@ class StoreWriter:
         new = work.count_rows()
         lance_io.remove_tree(self.work_ids_uri)
         return Registration(seen=seen, new=new, removed=removed)
+
+    def _count_missing(self, version: FeatureVersion, work) -> int:
+        """How many items ``version`` holds (values or errors rows) that the staged catalog ids
+        ``work`` lack, counted on a scratch copy of the version's ids (Lance has no anti-join)."""
+        import lance
+
+        held = self._held_ids(version)
+        if held is None:
+            return 0
+        held_uri = self.location.path("_work/held.lance")
+        scratch = lance.write_dataset(held, held_uri, mode="overwrite", storage_options=self.location.options())
+        total = scratch.count_rows()
+        matched = scratch.merge_insert("item_id").when_matched_delete().execute(
+            work.scanner(columns=["item_id"]).to_reader())["num_deleted_rows"]
+        lance_io.remove_tree(held_uri)
+        return total - matched
 
     def _held_ids(self, version: FeatureVersion):
         """A reader of the ids this version holds (values and errors rows), or None."""

@@ -398,6 +398,7 @@ def test_work_staged_by_a_dead_job_is_merged_not_encoded_again(ray_session, tmp_
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(marker.reshape(-1)), 384),
             "n_parts": pa.array([1] * 5, pa.int32()),
             "input_hash": [text_hash(template.render(r)) for r in dead],
+            "media_key": pa.nulls(5, pa.string()),
             "fingerprint": [version.fingerprint] * 5,
             "computed_at": pa.array([datetime(2026, 1, 1, tzinfo=timezone.utc)] * 5, schema.field("computed_at").type),
             "error_stage": pa.nulls(5, pa.string()), "error_reason": pa.nulls(5, pa.string()),

@@ -178,6 +178,27 @@ def test_every_modality_in_one_ingest_equals_the_libraries_and_bad_media_become_
     assert stage == "input" and "no caption from feature 'caption'" in why
 
     # a second run over the same catalog encodes nothing, captions included
-    again = ingest(media_catalog, {"features": features, "decode": {"batch_size": 4}}, store, progress=False)
+    config = {"features": features, "decode": {"batch_size": 4}}
+    again = ingest(media_catalog, config, store, progress=False)
     assert again.snapshot is None
     assert {n: (f.encoded, f.errors) for n, f in again.features.items()} == {n: (0, 0) for n in features}
+
+    # dependents: a product's new video re-encodes the video features and re-captions it, and the
+    # caption's text feature follows; the dry run says so first, with the reason
+    from itemlens.workflows.ingest import plan
+
+    changed = next(r for r in good_videos if r["item_id"] == "B0799CK52K")
+    write_video(media_catalog.parent / changed["video"], n_frames=16, width=80, height=60, fps=8)
+    planned = plan(media_catalog, config, store)
+    assert {n: (f.new, f.changed, f.dependent) for n, f in planned.features.items()} == {
+        "text": (0, 0, 0), "video": (0, 1, 0), "video_frames": (0, 1, 0), "audio": (0, 0, 0),
+        "caption": (0, 1, 0), "caption_text": (0, 0, 1)}
+    assert planned.features["caption_text"].examples == {"dependent": ["B0799CK52K"]}
+    log = tmp_path / "log"
+    refresh = ingest(media_catalog, config, store, progress=False, encode_log=log)
+    encoded = {n: sorted(line for p in log.glob(f"{n}.{refresh.run_id}.encoded.*.log") for line in p.read_text().split())
+               for n in features}
+    new_caption = itemlens.connect(store).captions("caption", ["B0799CK52K"])[0]
+    assert new_caption != stored.loc["B0799CK52K", "caption"]      # the tiny captioner saw other frames
+    assert encoded == {"text": [], "video": ["B0799CK52K"], "video_frames": ["B0799CK52K"], "audio": [],
+                       "caption": ["B0799CK52K"], "caption_text": ["B0799CK52K"]}

@@ -187,30 +187,3 @@ def test_the_job_report_is_printed_stored_and_shown(ray_session, tmp_path, minil
     shown = capsys.readouterr().out
     assert "last job: ingest of 7 items (7 new, 0 removed)" in shown
 
-
-def test_a_changed_image_recaptions_and_its_caption_text_follows(ray_session, tmp_path, minilm_path):
-    from itemlens.extractors.standins_caption import write_tiny_llava
-    from itemlens.workflows.ingest import plan
-
-    folder = tmp_path / "catalog"
-    rows = _catalog(folder, n=4)
-    config = {"features": {
-        "caption": {"encoder": "caption", "model": str(write_tiny_llava(tmp_path / "llava")),
-                    "input": {"image": "image"}, "max_new_tokens": 6, "resources": {"num_gpus": 0}},
-        "caption_text": text_spec(minilm_path, input="caption")}}
-    store, log = tmp_path / "lens", tmp_path / "log"
-    catalog = write_jsonl(folder / "c.jsonl", rows)
-    ingest(catalog, config, store, progress=False)
-    old = itemlens.connect(store).captions("caption", ["item-0002"])[0]
-
-    _image(folder / rows[2]["image"], seed=77)                  # a new photo of item 2
-    planned = plan(catalog, config, store)
-    assert {n: (f.new, f.changed, f.dependent) for n, f in planned.features.items()} == {
-        "caption": (0, 1, 0), "caption_text": (0, 0, 1)}
-    assert planned.features["caption_text"].examples == {"dependent": ["item-0002"]}
-
-    refresh = ingest(catalog, config, store, progress=False, encode_log=log)
-    new = itemlens.connect(store).captions("caption", ["item-0002"])[0]
-    assert new != old                                            # the tiny captioner saw another image
-    assert _logged(log, "caption", refresh.run_id) == ["item-0002"]
-    assert _logged(log, "caption_text", refresh.run_id) == ["item-0002"]

@@ -13,6 +13,7 @@ from itemlens.errors import (
     SnapshotNotFoundError, StoreError, StoreFormatError, StoreLockedError, StoreNotFoundError,
     UnknownFeatureError, UnknownItemsError,
 )
+from itemlens.store.layout import FORMAT_VERSION
 from itemlens.store.writer import StoreWriter
 
 
@@ -126,7 +127,7 @@ def test_not_a_store_and_unknown_format(tmp_path, store):
 
     lance.write_dataset(pa.table({"key": ["format_version"], "value": ["99"]}),
                         str(store / "meta.lance"), mode="overwrite")
-    with pytest.raises(StoreFormatError, match="format version 99.*reads format 1"):
+    with pytest.raises(StoreFormatError, match=f"format version 99.*reads format {FORMAT_VERSION} only"):
         itemlens.connect(store)
     with pytest.raises(StoreFormatError):
         StoreWriter.open(store)

@@ -174,6 +174,10 @@ def ingest(catalog: str | os.PathLike, config: str | os.PathLike | dict | Ingest
                                                  dtype=e.spec.dtype, pooling=e.spec.pooling, kind=e.output_kind,
                                                  encoder=e.describe())
                     for name, e in encoders.items()}
+        # Work a dead job left staged is merged first, so that this catalog's deletions apply to it too.
+        for dropped in writer.discard_other_staging(list(versions.values())):
+            log.info("dropped %s, staged by an interrupted run for a spec no longer configured", dropped)
+        recovered = {name: writer.recover_staging(version) for name, version in versions.items()}
         t = time.perf_counter()
         deletions = source.deleted_ids()
         if not (delta and source.read().count() == 0):      # a delta of deletions only has no columns to check
@@ -190,12 +194,11 @@ def ingest(catalog: str | os.PathLike, config: str | os.PathLike | dict | Ingest
         timings["register_items"] = time.perf_counter() - t
         log.info("%s has %d items (%d new to the store); %d removed from the new snapshot",
                  "delta" if delta else "catalog", registration.seen, registration.new, registration.removed)
-        for dropped in writer.discard_other_staging(list(versions.values())):
-            log.info("dropped %s, staged by an interrupted run for a spec no longer configured", dropped)
         for name, encoder in encoders.items():
             t = time.perf_counter()
             feature = _run(lambda: _ingest_feature(encoder, versions[name], cfg, source, writer, runtime,
-                                                   registration.seen, retry_errors, versions, encode_log))
+                                                   registration.seen, retry_errors, versions, encode_log,
+                                                   recovered[name]))
             feature.unchanged = max(registration.seen - feature.encoded - feature.errors - feature.recovered, 0)
             feature.seconds = time.perf_counter() - t
             report.features[name] = feature
@@ -468,11 +471,10 @@ def _stage(ds, spec, version, writer: StoreWriter, report: FeatureReport, stagin
 
 def _ingest_feature(encoder, version, cfg: IngestConfig, source: CatalogSource, writer: StoreWriter,
                     runtime: RayRuntime, items: int, retry_errors: bool, versions: dict,
-                    encode_log: str | None) -> FeatureReport:
+                    encode_log: str | None, recovered: MergeStats | None) -> FeatureReport:
     spec, name = encoder.spec, version.name
     report = FeatureReport(name=name, version=version.label, fingerprint=version.fingerprint,
                            encoder=spec.encoder)
-    recovered = writer.recover_staging(version)
     if recovered is not None:
         report.recovered = recovered.inserted + recovered.updated + recovered.failed
         log.info("%s: merged %d items staged by an interrupted run", name, report.recovered)
