@@ -45,12 +45,16 @@ class Registration:
     digest: str = ""       # order-independent digest of the catalog's rows
 
 
+TOP_REASONS = 10      # error reasons a job report counts one by one (they may name files: many distinct)
+
+
 @dataclass
 class MergeStats:
     inserted: int = 0      # items that had no value before
     updated: int = 0       # items whose value was replaced
     failed: int = 0        # items that got an errors row
     by_stage: dict[str, int] = field(default_factory=dict)   # errors per stage (input, read, ...)
+    by_reason: dict[str, int] = field(default_factory=dict)  # the most frequent error reasons, counted
 
 
 def check_store_format(location: StoreLocation) -> None:
@@ -470,6 +474,10 @@ class StoreWriter:
             for row in lance_io.sql_rows(staging, "SELECT error_stage AS s, COUNT(*) AS n FROM dataset "
                                                   "WHERE error_stage IS NOT NULL GROUP BY error_stage"):
                 stats.by_stage[row["s"]] = row["n"]
+            for row in lance_io.sql_rows(staging, "SELECT error_reason AS r, COUNT(*) AS n FROM dataset WHERE "
+                                                  "error_stage IS NOT NULL GROUP BY error_reason ORDER BY n DESC, r "
+                                                  f"LIMIT {TOP_REASONS}"):
+                stats.by_reason[row["r"]] = row["n"]
         if errors_touched:
             _index_item_ids(self._open(ERRORS_TABLE))
         lance_io.remove_tree(staging_uri)

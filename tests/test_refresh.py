@@ -182,6 +182,7 @@ def test_the_job_report_is_printed_stored_and_shown(ray_session, tmp_path, minil
     assert "ingest of 7 items (7 new, 0 removed): 6 values encoded, 1 errors" in out
     doc = json.loads(report_file.read_text())
     assert doc["features"]["text"]["errors_by_stage"] == {"input": 1}
+    assert list(doc["features"]["text"]["errors_by_reason"].values()) == [1]
     assert {"register_items", "feature:text", "publish", "total"} <= set(doc["timings"])
     assert main(["show", str(tmp_path / "lens")]) == 0
     shown = capsys.readouterr().out

@@ -59,6 +59,7 @@ class FeatureReport:
     encoded: int = 0            # items given a value by this run
     errors: int = 0             # items given an errors row by this run
     errors_by_stage: dict[str, int] = field(default_factory=dict)
+    errors_by_reason: dict[str, int] = field(default_factory=dict)   # the 10 most frequent reasons
     unchanged: int = 0          # items whose input hash matched the store: not encoded
     recovered: int = 0          # items merged from a previous, interrupted run's staging
     inserted: int = 0           # items that had no value for this version before
@@ -493,7 +494,7 @@ def _ingest_feature(encoder, version, cfg: IngestConfig, source: CatalogSource, 
     report.operators = _operators(report.plan, ds)
     merged: MergeStats = writer.merge_staged(version)
     report.inserted, report.updated = merged.inserted, merged.updated
-    report.errors_by_stage = merged.by_stage
+    report.errors_by_stage, report.errors_by_reason = merged.by_stage, merged.by_reason
     _build_index_when_due(spec, version, writer)
     return report
 
