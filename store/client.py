@@ -328,18 +328,21 @@ class Lens:
             self._encoders[key] = encoder.load()
         return self._encoders[key]
 
-    def encode(self, name: str, inputs: Sequence[Any], *, kind: str = "auto") -> np.ndarray:
+    def encode(self, name: str, inputs: Sequence[Any], *, kind: str = "auto") -> np.ndarray | list[np.ndarray]:
         """Embed raw inputs with feature ``name``'s own spec: texts, or media paths/URIs (PIL
         images too) of the kind the feature was made from: images, videos (frames sampled and
-        pooled as in the ingest) or audio clips (windowed and pooled).
+        pooled as in the ingest) or audio clips (windowed and pooled). A video feature kept per
+        frame (``pooling: per_frame``) gives a list of [frames, dim] arrays, one per video.
 
-        Texts are taken as they are (not as catalog rows for the feature's template).
+        Texts are taken as they are (not as catalog rows for the feature's template);
+        ``kind="media"`` (or ``"image"``) forces a string to be read as a path.
         """
         encoder = self.encoder(name)
         if encoder.output_kind != "vector":
             raise ConfigError(f"feature {name!r} holds captions: there are no vectors to encode into")
         inputs = list(inputs)
-        kinds = {_query_kind(x, kind) for x in inputs}
+        media = encoder.spec.input.kind           # what the feature's catalog column held
+        kinds = {_query_kind(x, kind, media) for x in inputs}
         if len(kinds) > 1:
             raise ConfigError("encode() takes texts or media in one call, not both")
         if not inputs:
@@ -349,16 +352,16 @@ class Lens:
         from itemlens.extractors import ItemError, items
         from itemlens.extractors.images import load_image, read_bytes, to_rgb
 
-        media = encoder.spec.input.kind           # what the feature's catalog column held
         try:
             if media == "audio":
                 return np.stack(items.encode_audio_items(
                     encoder, [items.audio_waveform(read_bytes(_path(x), _MAX_MEDIA_BYTES), encoder) for x in inputs]))
             transform = encoder.image_transform()
             if media == "video":
-                return np.stack(items.encode_pixel_items(encoder, [
+                vectors = items.encode_pixel_items(encoder, [
                     items.video_pixels(read_bytes(_path(x), _MAX_MEDIA_BYTES), encoder.spec, transform,
-                                       captioning=False, max_pixels=_MAX_PIXELS) for x in inputs]))
+                                       captioning=False, max_pixels=_MAX_PIXELS) for x in inputs])
+                return np.stack(vectors) if encoder.spec.pooling == "mean" else vectors
             pixels = [transform(load_image(_path(x)) if isinstance(x, (str, os.PathLike)) else to_rgb(x))
                       for x in inputs]     # a PIL image: the same mode rules as the pipeline
         except ItemError as error:
@@ -705,8 +708,8 @@ def _is_vector(query: Any) -> bool:
 
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif")
-_MEDIA_SUFFIXES = _IMAGE_SUFFIXES + (".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi",
-                                     ".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac")
+_VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi")
+_AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac") + _VIDEO_SUFFIXES
 
 
 # Limits for online queries: those of the ingest's defaults.
@@ -720,11 +723,13 @@ def _path(query: Any) -> str:
     return os.fspath(query)
 
 
-def _query_kind(query: Any, kind: str) -> str:
-    if kind in ("text", "image"):
-        return kind
+def _query_kind(query: Any, kind: str, media: str = "image") -> str:
+    """"text" or "image" (a media path, URI or PIL image) for one query. A string is a path when
+    it names a file, a URI, or ends like a file of the feature's own media kind."""
+    if kind in ("text", "image", "media"):
+        return "text" if kind == "text" else "image"
     if kind != "auto":
-        raise ConfigError(f"kind must be 'auto', 'text' or 'image', not {kind!r}")
+        raise ConfigError(f"kind must be 'auto', 'text' or 'media' (or 'image'), not {kind!r}")
     if isinstance(query, os.PathLike):
         return "image"
     if isinstance(query, str):
@@ -732,7 +737,8 @@ def _query_kind(query: Any, kind: str) -> str:
 
         # A string naming an image file is an image query, also when the file is missing (a
         # mistyped path must fail, not be embedded as text); pass kind="text" to force text.
-        looks_like_image = query.lower().endswith(_MEDIA_SUFFIXES) and " " not in query.strip()
+        suffixes = {"video": _VIDEO_SUFFIXES, "audio": _AUDIO_SUFFIXES}.get(media, ()) + _IMAGE_SUFFIXES
+        looks_like_image = query.lower().endswith(suffixes) and " " not in query.strip()
         return "image" if has_scheme(query) or os.path.isfile(query) or looks_like_image else "text"
     if type(query).__module__.startswith("PIL."):
         return "image"

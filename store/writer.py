@@ -40,7 +40,7 @@ class Registration:
     """What registering the catalog's ids found."""
 
     seen: int = 0          # catalog rows (= distinct ids: duplicates are refused)
-    removed: int = 0       # items the store held that this catalog no longer has (removed)
+    removed: int = 0       # items removed (the most any one configured feature version held)
     new: int = 0           # ids the store had never seen, given item indexes now
     digest: str = ""       # order-independent digest of the catalog's rows
 
@@ -67,9 +67,12 @@ def check_store_format(location: StoreLocation) -> None:
     values = {r["key"]: r["value"] for r in meta.to_table().to_pylist()}
     fmt = int(values.get("format_version", "0") or 0)
     if fmt != FORMAT_VERSION:
-        newer = "a newer" if fmt > FORMAT_VERSION else "an unknown older"
+        if fmt > FORMAT_VERSION:
+            what = "a newer format: upgrade itemlens to read it"
+        else:     # format 1 lacked the media keys that refresh compares before reading media
+            what = "an older format, without media keys: ingest the catalog again into a new store"
         raise StoreFormatError(
-            f"store {location.uri} has format version {fmt} ({newer} format, written by itemlens "
+            f"store {location.uri} has format version {fmt} ({what}; written by itemlens "
             f"{values.get('created_by', '?')}); this itemlens reads format {FORMAT_VERSION} only")
 
 
@@ -295,11 +298,19 @@ class StoreWriter:
 
     def remove_items(self, versions: list[FeatureVersion], ids: list[str]) -> int:
         """Remove ``ids`` (a delta's deletions) from these feature versions, values and errors
-        rows; returns how many of them any version held. Older snapshots keep them."""
+        rows; returns the most any one version held. Older snapshots keep them."""
         if not ids:
             return 0
         source = pa.table({"item_id": pa.array(ids, pa.string())})
-        return max((self._remove(v, source, keep=False) for v in versions), default=0)
+        wanted = lance_io.isin_filter("item_id", ids)
+        removed = 0
+        for version in versions:     # only where some are held: a no-op delete would still commit
+            table = self._open(version.table)
+            held = table.count_rows(filter=wanted) if table is not None else 0
+            held += self._open(ERRORS_TABLE).count_rows(filter=wanted & _version_is(version))
+            if held:
+                removed = max(removed, self._remove(version, source, keep=False))
+        return removed
 
     def _remove(self, version: FeatureVersion, source, *, keep: bool) -> int:
         """Delete one version's rows (values and errors) of the items ``source`` names

@@ -162,7 +162,15 @@ def test_a_delta_upserts_and_deletes_and_leaves_the_rest(ray_session, tmp_path, 
     bad = write_jsonl(folder / "bad.jsonl", [{"item_id": "item-0004", "_op": "remove"}])
     with pytest.raises(CatalogError, match="'remove'"):
         ingest(bad, config, store, progress=False, delta=True)
+    with pytest.raises(CatalogError, match="is it a delta"):      # a delta given as a full catalog
+        ingest(delta, config, store, progress=False)
     assert itemlens.connect(store).snapshot == 2
+
+    # a delta of deletions only (no other column) removes them and encodes nothing
+    only = write_jsonl(folder / "deletions.jsonl", [{"item_id": "item-0004", "_op": "delete"}])
+    report = ingest(only, config, store, progress=False, delta=True)
+    assert (report.items_seen, report.removed_items, report.snapshot) == (0, 1, 3)
+    assert "item-0004" not in itemlens.connect(store).ids("text")
 
 
 def test_the_job_report_is_printed_stored_and_shown(ray_session, tmp_path, minilm_path, capsys):
@@ -188,3 +196,18 @@ def test_the_job_report_is_printed_stored_and_shown(ray_session, tmp_path, minil
     shown = capsys.readouterr().out
     assert "last job: ingest of 7 items (7 new, 0 removed)" in shown
 
+
+
+def test_a_file_that_could_not_be_read_is_read_again_next_time(ray_session, tmp_path, tiny_clip):
+    folder = tmp_path / "catalog"
+    rows = _catalog(folder, n=3)
+    catalog = write_jsonl(folder / "c.jsonl", rows)
+    config = {"features": {"image": image_spec(tiny_clip, column="image")}, "decode": {"max_image_bytes": 100}}
+    store = tmp_path / "lens"
+    first = ingest(catalog, config, store, progress=False)
+    assert first.features["image"].errors_by_stage == {"read": 3}      # larger than the limit
+    # the files did not change (same size and mtime), but a read error keeps no media key:
+    # with the limit raised they are read, and encoded
+    again = ingest(catalog, {**config, "decode": {}}, store, progress=False)
+    assert (again.features["image"].encoded, again.features["image"].errors) == (3, 0)
+    assert sorted(itemlens.connect(store).ids("image")) == [r["item_id"] for r in rows]

@@ -252,6 +252,9 @@ def _show(args) -> int:
     catalog = lens.doc.catalog
     if catalog.get("uri"):
         print(f"catalog {catalog['uri']} ({catalog.get('items')} items, digest {catalog.get('digest')})")
+    if catalog.get("delta"):
+        d = catalog["delta"]
+        print(f"then delta {d['uri']} ({d['upserts']} upserts, {d['deletions']} deletions)")
     print(f"items known to the store: {lens.items().num_rows}")
     print()
     print(f"{'feature':<22}{'encoder':<23}{'dim':>5} {'dtype':<8}{'values':>8}{'errors':>8}  model")

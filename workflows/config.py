@@ -84,7 +84,8 @@ class DecodeConfig(_Strict):
 class StagingConfig(_Strict):
     """How often encoded rows are committed to staging: what a killed job keeps."""
 
-    commit_seconds: float = Field(30.0, gt=0, description="commit staged rows at least this often")
+    commit_seconds: float = Field(30.0, gt=0, description="commit staged rows once this long has passed "
+                                                            "(checked as encoded data files arrive)")
     commit_fragments: int = Field(16, ge=1, description="... or after this many data files")
     fragment_rows: int = Field(1024, ge=1, description="rows per staging data file")
 

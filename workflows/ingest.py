@@ -3,18 +3,20 @@
 The flow (see DESIGN.md, "Flow of one ingestion or refresh"):
 
 1. validate the configuration, the catalog's columns and the weights (before any work);
-2. take the store's writer lock, start or join Ray;
-3. register the catalog's ids (refusing duplicates; new ids get item indexes);
-4. per feature: merge what a dead job left staged, then run read -> prepare -> encode ->
-   write as one streaming Ray Data pipeline into the staging table (committed as it goes),
-   and merge the staging table into the feature and errors tables;
+2. take the store's writer lock, start or join Ray; merge what a dead job left staged;
+3. register the catalog's ids (refusing duplicates; new ids get item indexes) and remove the
+   items a full catalog no longer has (or a delta deletes) from the configured feature versions;
+4. per feature (captions first): run read -> prepare -> encode -> write as one streaming Ray
+   Data pipeline into the staging table (committed as it goes), and merge the staging table
+   into the feature and errors tables;
 5. derive the configured semantic IDs (train once, then refresh with the frozen quantizer:
    store/semantic_ids.py) and graphs (recompute only the affected neighbour lists:
    store/graphs.py) from the merged vectors;
 6. publish one snapshot naming every table version written (nothing changed: no snapshot).
 
-Items whose input hash matches the stored one are dropped in step 4's prepare stage, so a
-second run over an unchanged catalog encodes nothing.
+Items whose input hash matches the stored one (media: whose cheap media key matches, or else
+whose bytes hash the same) are dropped in step 4's prepare stage, so a second run over an
+unchanged catalog encodes nothing and publishes nothing.
 """
 
 from __future__ import annotations
@@ -34,9 +36,9 @@ from typing import Any
 from itemlens.errors import CatalogError, ConfigError, ItemlensError
 from itemlens.extractors import build_encoder
 from itemlens.store import graphs, semantic_ids
-from itemlens.store.layout import staging_schema, value_column
-from itemlens.store.writer import MergeStats, StoreWriter
-from itemlens.workflows.catalog import CatalogSource
+from itemlens.store.layout import StoreLocation, staging_schema, value_column
+from itemlens.store.writer import MergeStats, StoreWriter, check_store_format
+from itemlens.workflows.catalog import OP_COLUMN, CatalogSource
 from itemlens.workflows.config import IngestConfig, load_config
 from itemlens.workflows.runtime import RayRuntime, start_ray
 from itemlens.workflows import stages
@@ -180,13 +182,7 @@ def ingest(catalog: str | os.PathLike, config: str | os.PathLike | dict | Ingest
             log.info("dropped %s, staged by an interrupted run for a spec no longer configured", dropped)
         recovered = {name: writer.recover_staging(version) for name, version in versions.items()}
         t = time.perf_counter()
-        deletions = source.deleted_ids()
-        if not (delta and source.read().count() == 0):      # a delta of deletions only has no columns to check
-            _check_columns(source, cfg)
-        clash = sorted(set(deletions) & set(_run(lambda: _ids(source))))[:5] if deletions else []
-        if clash:
-            raise CatalogError(f"delta {source.uri} both upserts and deletes {', '.join(map(repr, clash))}: "
-                               "which one wins is ambiguous, so nothing was changed")
+        deletions = _check_catalog(source, cfg)
         registration = _run(lambda: _register_items(source, writer, None if delta else list(versions.values())))
         if delta:
             registration.removed = writer.remove_items(list(versions.values()), deletions)
@@ -196,6 +192,8 @@ def ingest(catalog: str | os.PathLike, config: str | os.PathLike | dict | Ingest
         log.info("%s has %d items (%d new to the store); %d removed from the new snapshot",
                  "delta" if delta else "catalog", registration.seen, registration.new, registration.removed)
         for name, encoder in encoders.items():
+            if delta and registration.seen == 0:
+                break                       # a delta of deletions only: nothing to encode
             t = time.perf_counter()
             feature = _run(lambda: _ingest_feature(encoder, versions[name], cfg, source, writer, runtime,
                                                    registration.seen, retry_errors, versions, encode_log,
@@ -217,9 +215,13 @@ def ingest(catalog: str | os.PathLike, config: str | os.PathLike | dict | Ingest
             timings[f"graph:{name}"] = time.perf_counter() - t
 
         t = time.perf_counter()
+        # a delta describes changes, not the catalog: the snapshot keeps the catalog it had
+        catalog_doc = ({**writer.base.catalog, "delta": {"uri": source.uri, "upserts": registration.seen,
+                                                         "deletions": len(deletions)}}
+                       if delta else {"uri": source.uri, "format": source.format, "digest": registration.digest,
+                                      "items": registration.seen})
         doc = writer.publish(
-            catalog={"uri": source.uri, "format": source.format, "digest": registration.digest,
-                     "items": registration.seen},
+            catalog=catalog_doc,
             report=report.to_doc())
         report.snapshot = doc.snapshot_id if doc is not None else None
         timings["publish"] = time.perf_counter() - t
@@ -234,7 +236,8 @@ def ingest(catalog: str | os.PathLike, config: str | os.PathLike | dict | Ingest
 class FeaturePlan:
     name: str
     version: str
-    new: int = 0                # items this version has no value or error for
+    new: int = 0                # items this version has no value or error for (with --retry-errors:
+                                #   or only an error)
     changed: int = 0            # items whose input hash differs from the stored one
     dependent: int = 0          # items whose input is a caption this run writes again
     unchanged: int = 0
@@ -282,12 +285,12 @@ def plan(catalog: str | os.PathLike, config: str | os.PathLike | dict | IngestCo
     source = CatalogSource.open(catalog, cfg.catalog, delta=delta)
     encoders = {name: build_encoder(spec) for name, spec in cfg.feature_order()}
     report = PlanReport(catalog=source.uri, store=os.fspath(store), delta=delta)
+    check_store_format(StoreLocation.parse(store))      # a dry run creates nothing, a store included
     with StoreWriter.open(store, lock_wait=lock_wait, command=f"itemlens ingest --dry-run {source.uri}") as writer:
         report.store = writer.location.uri
         start_ray(address, progress=False)
-        deletions = source.deleted_ids() if delta else None
-        if not (delta and source.read().count() == 0):
-            _check_columns(source, cfg)
+        checked = _check_catalog(source, cfg)
+        deletions = checked if delta else None      # None: a full catalog (what it lacks is removed)
         versions = {name: writer.resolve_version(name, e.fingerprint(), e.spec.model_dump(mode="json"),
                                                  dtype=e.spec.dtype, pooling=e.spec.pooling, kind=e.output_kind)
                     for name, e in encoders.items()}
@@ -296,6 +299,8 @@ def plan(catalog: str | os.PathLike, config: str | os.PathLike | dict | IngestCo
         report.items_seen, report.new_items, report.removed_items = preview.seen, preview.new, preview.removed
         planned: dict[str, set[str]] = {}
         for name, encoder in encoders.items():
+            if delta and preview.seen == 0:
+                break
             spec, version = encoder.spec, versions[name]
             ref = getattr(spec.input, "feature", None)
             ds = source.read([source.id_column] + spec.input.columns).map_batches(
@@ -321,6 +326,22 @@ def plan(catalog: str | os.PathLike, config: str | os.PathLike | dict | IngestCo
 
 
 # -- steps -----------------------------------------------------------------------------------------
+
+def _check_catalog(source: CatalogSource, cfg: IngestConfig) -> list[str]:
+    """Refuse what cannot be ingested, before any write; returns a delta's deletions."""
+    deletions = source.deleted_ids()
+    schema = source.read().schema() if not source.delta else None
+    if schema is not None and OP_COLUMN in schema.names:
+        raise CatalogError(f"catalog {source.uri} has an {OP_COLUMN!r} column: is it a delta? Pass --delta "
+                           "(a full catalog's rows are all items)")
+    if not (source.delta and source.read().count() == 0):      # a delta of deletions only has no columns
+        _check_columns(source, cfg)
+    clash = sorted(set(deletions) & set(_run(lambda: _ids(source))))[:5] if deletions else []
+    if clash:
+        raise CatalogError(f"delta {source.uri} both upserts and deletes {', '.join(map(repr, clash))}: "
+                           "which one wins is ambiguous, so nothing was changed")
+    return deletions
+
 
 def _check_columns(source: CatalogSource, cfg: IngestConfig) -> None:
     schema = source.read().schema()

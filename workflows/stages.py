@@ -185,6 +185,12 @@ def _key(paths: list[str]) -> str | None:
     return hashlib.sha256("\n".join(keys).encode()).hexdigest()
 
 
+def _kept(key: str | None, error: ItemError) -> str | None:
+    """The media key an errors row keeps: none for a file that could not be read (too large,
+    unreachable), so that the next run reads it again rather than trusting its size and mtime."""
+    return None if error.stage in ("input", "read") else key
+
+
 def _unchanged_by_key(known: tuple[str, str | None] | None, key: str | None) -> bool:
     """True when the stored media key says the files are those already encoded: URI, size and
     mtime/ETag all equal. A changed key only means "read and hash to find out"."""
@@ -205,6 +211,7 @@ class _ReadLog:
 
     def flush(self) -> None:
         if self.path and self.paths:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)     # on this worker's node
             with open(self.path, "a") as f:
                 f.writelines(p + "\n" for p in self.paths)
         self.paths = []
@@ -234,7 +241,7 @@ def prepare_images(batch: pa.Table, *, spec_json: str, id_column: str, base: str
         except ItemError as error:
             digest = error_hash(error)
             if _hash(known.get(item_id)) != digest:
-                out.append((item_id, digest, key, b"", 0, 0, 0, error.stage, error.reason))
+                out.append((item_id, digest, _kept(key, error), b"", 0, 0, 0, error.stage, error.reason))
             continue
         if _hash(known.get(item_id)) == digest:
             continue
@@ -297,7 +304,7 @@ def prepare_videos(batch: pa.Table, *, spec_json: str, id_column: str, base: str
         except ItemError as error:
             digest = digest or error_hash(error)
             if _hash(known.get(item_id)) != digest:
-                out.append((item_id, digest, key, b"", 0, 0, 0, error.stage, error.reason))
+                out.append((item_id, digest, _kept(key, error), b"", 0, 0, 0, error.stage, error.reason))
             continue
         n, _, height, width = pixels.shape
         out.append((item_id, digest, key, pixels.tobytes(), n, height, width, None, None))
@@ -332,7 +339,7 @@ def prepare_audio(batch: pa.Table, *, spec_json: str, id_column: str, base: str,
         except ItemError as error:
             digest = digest or error_hash(error)
             if _hash(known.get(item_id)) != digest:
-                out.append((item_id, digest, key, b"", 0, 0, error.stage, error.reason))
+                out.append((item_id, digest, _kept(key, error), b"", 0, 0, error.stage, error.reason))
             continue
         out.append((item_id, digest, key, waveform.tobytes(), waveform.shape[0], waveform.shape[1], None, None))
     reads.flush()
@@ -466,6 +473,7 @@ class EncodeBatches:
                 values[i] = result
         if self.encode_log:
             ids = batch.column("item_id").to_pylist()
+            os.makedirs(os.path.dirname(self.encode_log), exist_ok=True)    # on this actor's node
             with open(self.encode_log, "a") as f:
                 f.writelines(f"{ids[i]}\n" for i, v in enumerate(values) if v is not None)
         return self._staging_rows(batch, values, stages, reasons)
