@@ -42,9 +42,7 @@ import numpy as np
 from itemlens.errors import ConfigError, WeightsNotFoundError
 from itemlens.extractors.base import AudioFormat, Encoder, autocast
 from itemlens.extractors.spec import FeatureSpec
-from itemlens.extractors.weights import (
-    cached_hub_file, folder_digest, hub_offline, missing_hub_weights,
-)
+from itemlens.extractors.weights import ModelFiles, hub_offline, missing_hub_weights
 
 _CONFIG = "config.json"
 _PREPROCESSOR = "preprocessor_config.json"
@@ -78,17 +76,13 @@ class AudioEncoder(Encoder):
                               f"(got {spec.pooling!r})")
 
     # -- where the model is -------------------------------------------------------------
-    def _folder(self) -> Path | None:
-        path = Path(self.spec.model).expanduser()
-        if path.is_dir():
-            return path
-        if self.spec.model.startswith((".", "/", "~")) or self.spec.model.count("/") > 1:
-            raise WeightsNotFoundError(f"audio model folder not found: looked for {path.resolve()}")
-        return None  # a hub id
+    @functools.cached_property
+    def files(self) -> ModelFiles:
+        return ModelFiles(self.spec, "audio model")
 
     def _json(self, name: str) -> dict[str, Any]:
         """A config file of the model: from its folder, or the hub (cache only when offline)."""
-        folder = self._folder()
+        folder = self.files.folder()
         if folder is not None:
             path = folder / name
             if not path.is_file():
@@ -123,28 +117,11 @@ class AudioEncoder(Encoder):
 
     # -- identity (driver side) ---------------------------------------------------------
     def weights_identity(self) -> str:
-        folder = self._folder()
-        if folder is not None:
-            return f"folder-sha256:{folder_digest(folder)}"
-        return f"hf:{self.spec.model}@{self.spec.revision or 'main'}"
+        return self.files.identity()
 
     def check_weights(self) -> None:
-        folder = self._folder()
-        if folder is not None:
-            missing = [name for name in (_CONFIG, _PREPROCESSOR) if not (folder / name).is_file()]
-            if not any((folder / name).is_file() for name in _WEIGHTS):
-                missing.append(" or ".join(_WEIGHTS))
-            if missing:
-                raise WeightsNotFoundError(
-                    f"{folder.resolve()} is not a complete transformers audio model folder: missing "
-                    f"{', '.join(missing)}")
-        elif hub_offline():
-            for name in (_CONFIG, _PREPROCESSOR):
-                if cached_hub_file(self.spec.model, [name], self.spec.revision) is None:
-                    error = missing_hub_weights(f"audio model {self.spec.model!r}", self.spec.model, [name],
-                                                self.spec.revision)
-                    raise WeightsNotFoundError(
-                        f"{error} (There is no local folder {Path(self.spec.model).resolve()} either.)")
+        self.files.require([_CONFIG], [_PREPROCESSOR], _WEIGHTS, hub_groups=[[_CONFIG], [_PREPROCESSOR]],
+                           kind="transformers audio model")
         self.audio_format()   # the model type and window are checked too, before any work
 
     # -- CPU side -----------------------------------------------------------------------
@@ -176,18 +153,12 @@ class AudioEncoder(Encoder):
 
         hf_logging.disable_progress_bar()  # a bar per actor per load is noise in a pipeline
         self.check_weights()
-        folder = self._folder()
-        source = str(folder) if folder is not None else self.spec.model
-        options = dict(revision=self.spec.revision, trust_remote_code=self.spec.trust_remote_code,
-                       local_files_only=hub_offline())
+        source, options = self.files.source, self.files.options()
         try:
             extractor = AutoFeatureExtractor.from_pretrained(source, **options)
             model = AutoModel.from_pretrained(source, **options)
         except OSError as exc:
-            if folder is None:
-                raise missing_hub_weights(f"audio model {self.spec.model!r}", self.spec.model,
-                                          [_CONFIG, *_WEIGHTS], self.spec.revision) from exc
-            raise WeightsNotFoundError(f"cannot load audio model from {folder}: {exc}") from exc
+            raise self.files.load_error(exc, [_CONFIG, *_WEIGHTS]) from exc
         needed = "get_audio_features" if self.is_clap else "_get_feat_extract_output_lengths"
         if not hasattr(model, needed):
             raise ConfigError(f"{self.spec.model}: {type(model).__name__} has no {needed}; not a supported audio model")

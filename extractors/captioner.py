@@ -25,15 +25,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from itemlens.errors import ConfigError, WeightsNotFoundError
+from itemlens.errors import ConfigError
 from itemlens.extractors.base import Encoder, autocast
 from itemlens.extractors.spec import FeatureSpec
-from itemlens.extractors.weights import cached_hub_file, folder_digest, hub_offline, missing_hub_weights
+from itemlens.extractors.weights import ModelFiles
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -74,46 +73,16 @@ class CaptionEncoder(Encoder):
         return self.spec.num_beams or 1
 
     # -- identity -----------------------------------------------------------------------
-    def _folder(self) -> Path | None:
-        path = Path(self.spec.model).expanduser()
-        if path.is_dir():
-            return path
-        if self.spec.model.startswith((".", "/", "~")) or self.spec.model.count("/") > 1:
-            raise WeightsNotFoundError(f"caption model folder not found: looked for {path.resolve()}")
-        return None  # a hub id
+    @functools.cached_property
+    def files(self) -> ModelFiles:
+        return ModelFiles(self.spec, "caption model")
 
     def weights_identity(self) -> str:
-        folder = self._folder()
-        if folder is not None:
-            return f"folder-sha256:{folder_digest(folder)}"
-        return f"hf:{self.spec.model}@{self.spec.revision or 'main'}"
+        return self.files.identity()
 
     def check_weights(self) -> None:
-        folder = self._folder()
-        if folder is not None:
-            if not (folder / "config.json").is_file():
-                raise WeightsNotFoundError(
-                    f"{folder.resolve()} is not a transformers model folder (looked for config.json)")
-            if not any((folder / name).is_file() for name in _WEIGHT_FILES):
-                raise WeightsNotFoundError(
-                    f"no safetensors weights in {folder.resolve()} (looked for {' or '.join(_WEIGHT_FILES)}); "
-                    "itemlens loads transformers weights from safetensors only")
-        elif hub_offline() and cached_hub_file(self.spec.model, _CONFIG_FILES, self.spec.revision) is None:
-            error = missing_hub_weights(
-                f"caption model {self.spec.model!r}", self.spec.model, _CONFIG_FILES, self.spec.revision)
-            raise WeightsNotFoundError(
-                f"{error} (There is no local folder {Path(self.spec.model).resolve()} either.)")
-
-    def _source(self) -> str:
-        folder = self._folder()
-        return str(folder) if folder is not None else self.spec.model
-
-    def _hub_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"trust_remote_code": self.spec.trust_remote_code,
-                                  "local_files_only": hub_offline()}
-        if self.spec.revision is not None:
-            kwargs["revision"] = self.spec.revision
-        return kwargs
+        # safetensors only: transformers' pickled .bin weights are never loaded here
+        self.files.require(_CONFIG_FILES, _WEIGHT_FILES, hub_groups=[_CONFIG_FILES])
 
     # -- CPU side -----------------------------------------------------------------------
     @functools.cached_property
@@ -123,13 +92,9 @@ class CaptionEncoder(Encoder):
 
         self.check_weights()
         try:
-            processor = AutoProcessor.from_pretrained(self._source(), **self._hub_kwargs())
+            processor = AutoProcessor.from_pretrained(self.files.source, **self.files.options())
         except OSError as exc:
-            if self._folder() is None:
-                raise missing_hub_weights(
-                    f"caption model {self.spec.model!r} (its processor)", self.spec.model, _CONFIG_FILES,
-                    self.spec.revision) from exc
-            raise WeightsNotFoundError(f"cannot load the processor from {self._source()}: {exc}") from exc
+            raise self.files.load_error(exc, _CONFIG_FILES) from exc
         for part in ("image_processor", "tokenizer"):
             if getattr(processor, part, None) is None:
                 raise ConfigError(
@@ -173,13 +138,9 @@ class CaptionEncoder(Encoder):
         processor = self.processor
         try:
             model = AutoModelForImageTextToText.from_pretrained(
-                self._source(), dtype=self._dtype(device), use_safetensors=True, **self._hub_kwargs())
+                self.files.source, dtype=self._dtype(device), use_safetensors=True, **self.files.options())
         except OSError as exc:
-            if self._folder() is None:
-                raise missing_hub_weights(
-                    f"caption model {self.spec.model!r}", self.spec.model, _CONFIG_FILES + _WEIGHT_FILES,
-                    self.spec.revision) from exc
-            raise WeightsNotFoundError(f"cannot load caption model from {self._source()}: {exc}") from exc
+            raise self.files.load_error(exc, _CONFIG_FILES + _WEIGHT_FILES) from exc
         except ValueError as exc:
             # "Unrecognized configuration class ... for AutoModelForImageTextToText"
             raise ConfigError(f"caption model {self.spec.model!r} is not an image-text-to-text model: {exc}") from exc

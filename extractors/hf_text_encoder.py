@@ -37,9 +37,9 @@ Encoding a batch of texts:
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -47,9 +47,7 @@ import numpy as np
 from itemlens.errors import ConfigError, WeightsNotFoundError
 from itemlens.extractors.base import Encoder, ItemError
 from itemlens.extractors.spec import FeatureSpec
-from itemlens.extractors.weights import (
-    cached_hub_file, folder_digest, hub_offline, missing_hub_weights,
-)
+from itemlens.extractors.weights import ModelFiles
 
 _CONFIG_FILES = ["config.json"]
 # What AutoModel reads weights from, preferred first.
@@ -79,35 +77,15 @@ class HFTextEncoder(Encoder):
         return self.spec.token_pooling or "mean"
 
     # -- identity ---------------------------------------------------------------------
-    def _folder(self) -> Path | None:
-        path = Path(self.spec.model).expanduser()
-        if path.is_dir():
-            return path
-        if self.spec.model.startswith((".", "/", "~")) or self.spec.model.count("/") > 1:
-            raise WeightsNotFoundError(f"hf-text model folder not found: looked for {path.resolve()}")
-        return None  # a hub id
+    @functools.cached_property
+    def files(self) -> ModelFiles:
+        return ModelFiles(self.spec, "hf-text model")
 
     def weights_identity(self) -> str:
-        folder = self._folder()
-        if folder is not None:
-            return f"folder-sha256:{folder_digest(folder)}"
-        return f"hf:{self.spec.model}@{self.spec.revision or 'main'}"
+        return self.files.identity()
 
     def check_weights(self) -> None:
-        folder = self._folder()
-        if folder is not None:
-            for names, what in ((_CONFIG_FILES, "a transformers config"), (_WEIGHT_FILES, "weights")):
-                if not any((folder / name).is_file() for name in names):
-                    raise WeightsNotFoundError(
-                        f"{folder.resolve()} is not a transformers model folder: no {what} "
-                        f"(looked for {' or '.join(names)})")
-        elif hub_offline():
-            for names in (_CONFIG_FILES, _WEIGHT_FILES):
-                if cached_hub_file(self.spec.model, names, self.spec.revision) is None:
-                    error = missing_hub_weights(
-                        f"hf-text model {self.spec.model!r}", self.spec.model, names, self.spec.revision)
-                    raise WeightsNotFoundError(
-                        f"{error} (There is no local folder {Path(self.spec.model).resolve()} either.)")
+        self.files.require(_CONFIG_FILES, _WEIGHT_FILES)
 
     # -- model ------------------------------------------------------------------------
     def _load(self, device: str) -> None:
@@ -116,20 +94,13 @@ class HFTextEncoder(Encoder):
 
         hf_logging.disable_progress_bar()  # a bar per actor per load is noise in a pipeline
         self.check_weights()
-        folder = self._folder()
-        source = str(folder) if folder is not None else self.spec.model
-        options = dict(revision=self.spec.revision, trust_remote_code=self.spec.trust_remote_code,
-                       local_files_only=hub_offline())
+        source, options = self.files.source, self.files.options()
         dtype = _model_dtype(device, self.spec.precision)
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, **options)
             model, info = AutoModel.from_pretrained(source, dtype=dtype, output_loading_info=True, **options)
         except OSError as exc:
-            if folder is None:
-                raise missing_hub_weights(
-                    f"hf-text model {self.spec.model!r}", self.spec.model, _CONFIG_FILES + _WEIGHT_FILES,
-                    self.spec.revision) from exc
-            raise WeightsNotFoundError(f"cannot load a transformers model from {folder}: {exc}") from exc
+            raise self.files.load_error(exc, _CONFIG_FILES + _WEIGHT_FILES) from exc
         missing = list(info.get("missing_keys") or [])
         if missing:
             # transformers would have initialized these at random: refuse, as for missing weights.

@@ -7,18 +7,16 @@ normalize_embeddings=...)`` returns for the same text.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from itemlens.errors import ConfigError, WeightsNotFoundError
+from itemlens.errors import ConfigError
 from itemlens.extractors.base import Encoder, autocast
 from itemlens.extractors.spec import FeatureSpec
-from itemlens.extractors.weights import (
-    cached_hub_file, folder_digest, hub_offline, missing_hub_weights,
-)
+from itemlens.extractors.weights import ModelFiles
 
 _MODEL_FILES = ["modules.json", "config.json"]
 
@@ -34,33 +32,15 @@ class SentenceTransformerEncoder(Encoder):
                            "prompt", "max_new_tokens", "num_beams", "window_seconds")
 
     # -- identity ---------------------------------------------------------------------
-    def _folder(self) -> Path | None:
-        path = Path(self.spec.model).expanduser()
-        if path.is_dir():
-            return path
-        if self.spec.model.startswith((".", "/", "~")) or self.spec.model.count("/") > 1:
-            raise WeightsNotFoundError(
-                f"sentence-transformers model folder not found: looked for {path.resolve()}")
-        return None  # a hub id
+    @functools.cached_property
+    def files(self) -> ModelFiles:
+        return ModelFiles(self.spec, "sentence-transformers model")
 
     def weights_identity(self) -> str:
-        folder = self._folder()
-        if folder is not None:
-            return f"folder-sha256:{folder_digest(folder)}"
-        return f"hf:{self.spec.model}@{self.spec.revision or 'main'}"
+        return self.files.identity()
 
     def check_weights(self) -> None:
-        folder = self._folder()
-        if folder is not None:
-            if not any((folder / name).is_file() for name in _MODEL_FILES):
-                raise WeightsNotFoundError(
-                    f"{folder.resolve()} is not a sentence-transformers or transformers model folder "
-                    f"(looked for {' or '.join(_MODEL_FILES)})")
-        elif hub_offline() and cached_hub_file(self.spec.model, _MODEL_FILES, self.spec.revision) is None:
-            error = missing_hub_weights(
-                f"sentence-transformers model {self.spec.model!r}", self.spec.model, _MODEL_FILES, self.spec.revision)
-            raise WeightsNotFoundError(
-                f"{error} (There is no local folder {Path(self.spec.model).resolve()} either.)")
+        self.files.require(_MODEL_FILES, kind="sentence-transformers or transformers model")
 
     # -- model ------------------------------------------------------------------------
     def _load(self, device: str) -> None:
@@ -69,21 +49,10 @@ class SentenceTransformerEncoder(Encoder):
 
         hf_logging.disable_progress_bar()  # a bar per actor per load is noise in a pipeline
         self.check_weights()
-        folder = self._folder()
         try:
-            model = SentenceTransformer(
-                str(folder) if folder is not None else self.spec.model,
-                device=device,
-                revision=self.spec.revision,
-                trust_remote_code=self.spec.trust_remote_code,
-                local_files_only=hub_offline(),
-            )
+            model = SentenceTransformer(self.files.source, device=device, **self.files.options())
         except OSError as exc:
-            if folder is None:
-                raise missing_hub_weights(
-                    f"sentence-transformers model {self.spec.model!r}", self.spec.model, _MODEL_FILES,
-                    self.spec.revision) from exc
-            raise WeightsNotFoundError(f"cannot load sentence-transformers model from {folder}: {exc}") from exc
+            raise self.files.load_error(exc, _MODEL_FILES) from exc
         if self.spec.max_seq_length is not None:
             model.max_seq_length = self.spec.max_seq_length
         model.eval()

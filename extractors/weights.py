@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from itemlens.errors import WeightsNotFoundError
@@ -85,3 +86,67 @@ def missing_hub_weights(what: str, repo_id: str, filenames: list[str], revision:
         f"{what} not found: looked for {repo_id}{rev} ({' or '.join(filenames)}) in the Hugging Face "
         f"cache {hub_cache_dir()} ({mode}). Fetch the weights on a machine with hub access "
         f"(or set HF_HOME to a cache that has them), or point the spec at a local copy.")
+
+
+class ModelFiles:
+    """A model named by a spec's ``model``: a local folder, or a hub id at the spec's revision.
+
+    One place for what the transformers-family encoders (sentence-transformers, hf-text,
+    audio, caption) share: where the files are, what identifies them (a folder by its content,
+    a hub model by id and revision), whether they can be seen before anything is loaded, the
+    keyword arguments of ``from_pretrained``, and the error a failed load becomes.
+    """
+
+    def __init__(self, spec, what: str):
+        self.model = spec.model
+        self.revision = spec.revision
+        self.trust_remote_code = spec.trust_remote_code
+        self.what = what                      # e.g. "hf-text model": how messages name it
+
+    def folder(self) -> Path | None:
+        """The local folder, or None for a hub id; a path that does not exist is an error."""
+        path = Path(self.model).expanduser()
+        if path.is_dir():
+            return path
+        if self.model.startswith((".", "/", "~")) or self.model.count("/") > 1:
+            raise WeightsNotFoundError(f"{self.what} folder not found: looked for {path.resolve()}")
+        return None
+
+    @property
+    def source(self) -> str:
+        """What ``from_pretrained`` is given."""
+        folder = self.folder()
+        return str(folder) if folder is not None else self.model
+
+    def identity(self) -> str:
+        folder = self.folder()
+        if folder is not None:
+            return f"folder-sha256:{folder_digest(folder)}"
+        return f"hf:{self.model}@{self.revision or 'main'}"
+
+    def options(self) -> dict:
+        """``from_pretrained`` keyword arguments: revision, remote code, offline."""
+        return {"revision": self.revision, "trust_remote_code": self.trust_remote_code,
+                "local_files_only": hub_offline()}
+
+    def require(self, *groups: Sequence[str], hub_groups: Sequence[Sequence[str]] | None = None,
+                kind: str = "transformers model") -> None:
+        """Raise WeightsNotFoundError unless every group has one of its files: in the folder,
+        or (offline) in the hub cache (``hub_groups``, default the same). Never downloads."""
+        folder = self.folder()
+        if folder is not None:
+            missing = [" or ".join(g) for g in groups if not any((folder / name).is_file() for name in g)]
+            if missing:
+                raise WeightsNotFoundError(
+                    f"{folder.resolve()} is not a complete {kind} folder: missing {', '.join(missing)}")
+        elif hub_offline():
+            for names in groups if hub_groups is None else hub_groups:
+                if cached_hub_file(self.model, list(names), self.revision) is None:
+                    error = missing_hub_weights(f"{self.what} {self.model!r}", self.model, list(names), self.revision)
+                    raise WeightsNotFoundError(f"{error} (There is no local folder {Path(self.model).resolve()} either.)")
+
+    def load_error(self, exc: Exception, names: Sequence[str]) -> WeightsNotFoundError:
+        """What a failed ``from_pretrained`` becomes: where it looked."""
+        if self.folder() is None:
+            return missing_hub_weights(f"{self.what} {self.model!r}", self.model, list(names), self.revision)
+        return WeightsNotFoundError(f"cannot load {self.what} from {self.folder()}: {exc}")

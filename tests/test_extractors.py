@@ -122,7 +122,11 @@ def test_fingerprint_follows_the_output_not_the_execution(tmp_path, tiny_clip, m
     assert fp(checkpoint=str(other)) != base
 
 
-def test_registry_is_lazy_and_refuses_silent_replacement():
+def test_registry_is_lazy_and_refuses_silent_replacement(monkeypatch):
+    from itemlens.extractors import registry
+
+    # the plug-in registered below must not outlive this test (the registry is process-wide)
+    monkeypatch.setattr(registry, "_registry", dict(registry._registry))
     assert encoder_class("open-clip").name == "open-clip"
     with pytest.raises(ConfigError, match="unknown encoder 'nope'"):
         encoder_class("nope")

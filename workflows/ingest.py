@@ -330,24 +330,17 @@ def plan(catalog: str | os.PathLike, config: str | os.PathLike | dict | IngestCo
 def _check_catalog(source: CatalogSource, cfg: IngestConfig) -> list[str]:
     """Refuse what cannot be ingested, before any write; returns a delta's deletions."""
     deletions = source.deleted_ids()
-    schema = source.read().schema() if not source.delta else None
-    if schema is not None and OP_COLUMN in schema.names:
+    schema = source.read().schema()       # a delta's: its upserts', without the _op column
+    if schema is not None and not source.delta and OP_COLUMN in schema.names:
         raise CatalogError(f"catalog {source.uri} has an {OP_COLUMN!r} column: is it a delta? Pass --delta "
                            "(a full catalog's rows are all items)")
-    if not (source.delta and source.read().count() == 0):      # a delta of deletions only has no columns
-        _check_columns(source, cfg)
+    if schema is not None and not (source.delta and source.read().count() == 0):   # deletions only: no columns
+        source.check_columns(list(schema.names), {n: s.input.columns for n, s in cfg.features.items()})
     clash = sorted(set(deletions) & set(_run(lambda: _ids(source))))[:5] if deletions else []
     if clash:
         raise CatalogError(f"delta {source.uri} both upserts and deletes {', '.join(map(repr, clash))}: "
                            "which one wins is ambiguous, so nothing was changed")
     return deletions
-
-
-def _check_columns(source: CatalogSource, cfg: IngestConfig) -> None:
-    schema = source.read().schema()
-    if schema is None:
-        return  # an empty catalog: nothing to check
-    source.check_columns(list(schema.names), {n: s.input.columns for n, s in cfg.features.items()})
 
 
 def _ids(source: CatalogSource) -> list[str]:

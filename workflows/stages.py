@@ -276,42 +276,56 @@ def _read_media(path: str, max_bytes: int, reads: _ReadLog) -> tuple[bytes, str]
     return data, hashlib.sha256(data).hexdigest()
 
 
-def prepare_videos(batch: pa.Table, *, spec_json: str, id_column: str, base: str, stored: StoredHashes,
-                   max_bytes: int, max_pixels: int, read_log: str | None = None) -> pa.Table:
-    """Read each video, hash its bytes, drop unchanged items, sample frames (PyAV) and
-    apply the encoder's own image preprocessing to each (a captioner gets one image: the
-    frames in a grid). Ships float32 pixels [frames, 3, H, W] like the image stage."""
-    spec = _spec(spec_json)
-    transform = _image_transform(spec_json)
-    captioning = _encoder(spec_json).output_kind == "caption"
+def _prepare_media(batch: pa.Table, *, column: str, what: str, id_column: str, base: str,
+                   stored: StoredHashes, max_bytes: int, read_log: str | None, decode, schema: pa.Schema,
+                   empty: tuple) -> pa.Table:
+    """The loop a one-file-per-item stage shares (videos, audio): skip by media key, read and
+    hash, skip by hash, ``decode(bytes) -> columns`` for the rest; a failure is a row with an
+    error stage, reason and ``empty`` columns."""
     ids = item_ids(batch, id_column)
-    cells = batch.column(spec.input.video).to_pylist()
+    cells = batch.column(column).to_pylist()
     known = stored.lookup_keys(ids)
     reads = _ReadLog(read_log)
     out: list[tuple] = []
     for item_id, cell in zip(ids, cells):
         digest = key = None
         try:
-            path = resolve_uri(media_uri(cell, "video"), base)
+            path = resolve_uri(media_uri(cell, what), base)
             key = _key([path])
             if _unchanged_by_key(known.get(item_id), key):
                 continue
             data, digest = _read_media(path, max_bytes, reads)
             if _hash(known.get(item_id)) == digest:
                 continue
-            pixels = video_pixels(data, spec, functools.partial(_apply, transform), captioning=captioning,
-                                  max_pixels=max_pixels)
+            decoded = decode(data)
         except ItemError as error:
             digest = digest or error_hash(error)
             if _hash(known.get(item_id)) != digest:
-                out.append((item_id, digest, _kept(key, error), b"", 0, 0, 0, error.stage, error.reason))
+                out.append((item_id, digest, _kept(key, error), *empty, error.stage, error.reason))
             continue
-        n, _, height, width = pixels.shape
-        out.append((item_id, digest, key, pixels.tobytes(), n, height, width, None, None))
+        out.append((item_id, digest, key, *decoded, None, None))
     reads.flush()
-    columns = list(zip(*out)) if out else [[]] * len(PREPARED_IMAGE_SCHEMA)
-    return pa.table([pa.array(c, f.type) for c, f in zip(columns, PREPARED_IMAGE_SCHEMA)],
-                    schema=PREPARED_IMAGE_SCHEMA)
+    columns = list(zip(*out)) if out else [[]] * len(schema)
+    return pa.table([pa.array(c, f.type) for c, f in zip(columns, schema)], schema=schema)
+
+
+def prepare_videos(batch: pa.Table, *, spec_json: str, id_column: str, base: str, stored: StoredHashes,
+                   max_bytes: int, max_pixels: int, read_log: str | None = None) -> pa.Table:
+    """Read each video, hash its bytes, drop unchanged items, sample frames (PyAV) and
+    apply the encoder's own image preprocessing to each (a captioner gets one image: the
+    frames in a grid). Ships float32 pixels [frames, 3, H, W] like the image stage."""
+    spec = _spec(spec_json)
+    transform = functools.partial(_apply, _image_transform(spec_json))
+    captioning = _encoder(spec_json).output_kind == "caption"
+
+    def decode(data: bytes) -> tuple:
+        pixels = video_pixels(data, spec, transform, captioning=captioning, max_pixels=max_pixels)
+        n, _, height, width = pixels.shape
+        return pixels.tobytes(), n, height, width
+
+    return _prepare_media(batch, column=spec.input.video, what="video", id_column=id_column, base=base,
+                          stored=stored, max_bytes=max_bytes, read_log=read_log, decode=decode,
+                          schema=PREPARED_IMAGE_SCHEMA, empty=(b"", 0, 0, 0))
 
 
 def prepare_audio(batch: pa.Table, *, spec_json: str, id_column: str, base: str, stored: StoredHashes,
@@ -320,32 +334,14 @@ def prepare_audio(batch: pa.Table, *, spec_json: str, id_column: str, base: str,
     decode it with PyAV and resample it to the model's rate and layout with torchaudio."""
     spec = _spec(spec_json)
     encoder = _encoder(spec_json)
-    ids = item_ids(batch, id_column)
-    cells = batch.column(spec.input.audio).to_pylist()
-    known = stored.lookup_keys(ids)
-    reads = _ReadLog(read_log)
-    out: list[tuple] = []
-    for item_id, cell in zip(ids, cells):
-        digest = key = None
-        try:
-            path = resolve_uri(media_uri(cell, "audio"), base)
-            key = _key([path])
-            if _unchanged_by_key(known.get(item_id), key):
-                continue
-            data, digest = _read_media(path, max_bytes, reads)
-            if _hash(known.get(item_id)) == digest:
-                continue
-            waveform = audio_waveform(data, encoder)
-        except ItemError as error:
-            digest = digest or error_hash(error)
-            if _hash(known.get(item_id)) != digest:
-                out.append((item_id, digest, _kept(key, error), b"", 0, 0, error.stage, error.reason))
-            continue
-        out.append((item_id, digest, key, waveform.tobytes(), waveform.shape[0], waveform.shape[1], None, None))
-    reads.flush()
-    columns = list(zip(*out)) if out else [[]] * len(PREPARED_AUDIO_SCHEMA)
-    return pa.table([pa.array(c, f.type) for c, f in zip(columns, PREPARED_AUDIO_SCHEMA)],
-                    schema=PREPARED_AUDIO_SCHEMA)
+
+    def decode(data: bytes) -> tuple:
+        waveform = audio_waveform(data, encoder)
+        return waveform.tobytes(), waveform.shape[0], waveform.shape[1]
+
+    return _prepare_media(batch, column=spec.input.audio, what="audio", id_column=id_column, base=base,
+                          stored=stored, max_bytes=max_bytes, read_log=read_log, decode=decode,
+                          schema=PREPARED_AUDIO_SCHEMA, empty=(b"", 0, 0))
 
 
 def _apply(transform, image) -> np.ndarray:
