@@ -131,6 +131,9 @@ class Resources(_Strict):
     num_cpus: float | None = Field(None, gt=0, description="CPUs per actor (default 1)")
     concurrency: int = Field(1, ge=1, description="actors in the pool")
     batch_size: int = Field(64, ge=1, description="items per encoder call")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources per actor, e.g. {a100: 1} for nodes started "
+                                          "with --resources='{\"a100\": 1}'; actors run only where they exist")
 
 
 class IndexSpec(_Strict):

@@ -72,18 +72,19 @@ def create_empty(uri: str, schema: pa.Schema, storage_options: dict | None = Non
                                storage_options=storage_options)
 
 
-def remove_tree(uri: str) -> None:
+def remove_tree(uri: str, storage_options: dict | None = None) -> None:
     """Delete a folder (an internal staging or work table, committed or not) if it exists."""
-    from pyarrow import fs
+    from itemlens.store.layout import StoreLocation
 
-    filesystem, path = fs.FileSystem.from_uri(uri)
-    if filesystem.get_file_info(path).type == fs.FileType.NotFound:
+    filesystem, path = StoreLocation.parse(uri, storage_options).filesystem()
+    if not filesystem.exists(path):
         return
     # Manifests first: a deletion cut short then leaves data files, not a dataset without data.
     versions = f"{path}/_versions"
-    if filesystem.get_file_info(versions).type != fs.FileType.NotFound:
-        filesystem.delete_dir(versions)
-    filesystem.delete_dir(path)
+    if filesystem.exists(versions):
+        filesystem.rm(versions, recursive=True)
+    if filesystem.exists(path):
+        filesystem.rm(path, recursive=True)
 
 
 def sql_rows(dataset, query: str) -> list[dict]:

@@ -121,14 +121,14 @@ class StoreWriter:
             return
         import lancedb
 
-        if self.location.is_local:
-            # A store whose creation was interrupted has some of its own tables and no meta yet.
-            own = {ITEMS_TABLE, ERRORS_TABLE, SNAPSHOTS_TABLE}
-            existing = [t for t in lancedb.connect(self.location.uri).list_tables().tables if t not in own]
-            if existing:
-                raise StoreError(
-                    f"{self.location.uri} is a LanceDB database but not an itemlens store "
-                    f"(it has tables {', '.join(existing[:5])}); use an empty folder")
+        # A store whose creation was interrupted has some of its own tables and no meta yet.
+        own = {ITEMS_TABLE, ERRORS_TABLE, SNAPSHOTS_TABLE}
+        db = lancedb.connect(self.location.uri, storage_options=self.location.options())
+        existing = [t for t in db.list_tables().tables if t not in own]
+        if existing:
+            raise StoreError(
+                f"{self.location.uri} is a LanceDB database but not an itemlens store "
+                f"(it has tables {', '.join(existing[:5])}); use an empty folder")
         from itemlens import __version__
 
         opts = self.location.options()
@@ -150,7 +150,7 @@ class StoreWriter:
         return self.location.path(WORK_IDS_PATH)
 
     def reset_work_ids(self) -> str:
-        lance_io.remove_tree(self.work_ids_uri)
+        lance_io.remove_tree(self.work_ids_uri, self.location.options())
         return self.work_ids_uri
 
     def register_catalog_ids(self, fragments: list[str], id_column: str = "item_id", *,
@@ -214,7 +214,7 @@ class StoreWriter:
 
             lance.write_dataset(pa.RecordBatchReader.from_batches(ITEMS_SCHEMA, batches()),
                                 self._uri(ITEMS_TABLE), mode="append", storage_options=self.location.options())
-        lance_io.remove_tree(self.work_ids_uri)
+        lance_io.remove_tree(self.work_ids_uri, self.location.options())
         return Registration(seen=seen, new=new, removed=removed, digest=f"{digest & 0xFFFFFFFFFFFFFFFF:016x}")
 
     def preview_catalog_ids(self, fragments: list[str], id_column: str, versions: list[FeatureVersion], *,
@@ -240,7 +240,7 @@ class StoreWriter:
             work.merge_insert("item_id").when_matched_delete().execute(items.scanner(columns=["item_id"]).to_reader())
             work = lance.dataset(self.work_ids_uri, storage_options=self.location.options())
         new = work.count_rows()
-        lance_io.remove_tree(self.work_ids_uri)
+        lance_io.remove_tree(self.work_ids_uri, self.location.options())
         return Registration(seen=seen, new=new, removed=removed)
 
     def _count_missing(self, version: FeatureVersion, work) -> int:
@@ -256,7 +256,7 @@ class StoreWriter:
         total = scratch.count_rows()
         matched = scratch.merge_insert("item_id").when_matched_delete().execute(
             work.scanner(columns=["item_id"]).to_reader())["num_deleted_rows"]
-        lance_io.remove_tree(held_uri)
+        lance_io.remove_tree(held_uri, self.location.options())
         return total - matched
 
     def _held_ids(self, version: FeatureVersion):
@@ -366,6 +366,7 @@ class StoreWriter:
 
     def commit_staged(self, version: FeatureVersion, fragments: list[str], schema: pa.Schema) -> None:
         """Commit fragments written by workers to the version's staging table (one transaction)."""
+        self.lock.check()
         lance_io.commit_fragments(self.staging_uri(version), fragments, schema, self.location.options())
 
     def stored_hashes(self, version: FeatureVersion, *, retry_errors: bool = False):
@@ -401,22 +402,23 @@ class StoreWriter:
     def discard_other_staging(self, keep: list[FeatureVersion]) -> list[str]:
         """Drop staging left by dead jobs for feature versions no longer configured (their
         work is for a spec nobody asks for now); returns what was dropped."""
-        from pyarrow import fs
-
-        filesystem, root = fs.FileSystem.from_uri(self.location.path("_staging"))
+        filesystem, root = self.location.filesystem("_staging")
         wanted = {self.staging_uri(v).rsplit("/", 1)[-1] for v in keep}
         dropped = []
-        for info in filesystem.get_file_info(fs.FileSelector(root, allow_not_found=True)):
-            if info.type == fs.FileType.Directory and info.base_name not in wanted:
-                lance_io.remove_tree(self.location.path(f"_staging/{info.base_name}"))
-                dropped.append(info.base_name)
+        entries = filesystem.ls(root, detail=True) if filesystem.exists(root) else []
+        for info in entries:
+            name = info["name"].rstrip("/").rsplit("/", 1)[-1]
+            if info["type"] == "directory" and name not in wanted:
+                lance_io.remove_tree(self.location.path(f"_staging/{name}"), self.location.options())
+                dropped.append(name)
         return dropped
 
     def recover_staging(self, version: FeatureVersion) -> MergeStats | None:
         """Merge what a job that died left staged for this version; None if nothing was left."""
         staging = lance_io.open_dataset(self.staging_uri(version), storage_options=self.location.options())
         if staging is None:
-            lance_io.remove_tree(self.staging_uri(version))  # data files of a never-committed write
+            # data files of a never-committed write
+            lance_io.remove_tree(self.staging_uri(version), self.location.options())
             return None
         return self.merge_staged(version)
 
@@ -426,6 +428,7 @@ class StoreWriter:
         Each item ends in exactly one place: a value row (its errors row, if any, removed) or
         an errors row (its old value, if any, removed: it no longer matches the input).
         """
+        self.lock.check()
         import lance
 
         opts = self.location.options()
@@ -491,7 +494,7 @@ class StoreWriter:
                 stats.by_reason[row["r"]] = row["n"]
         if errors_touched:
             _index_item_ids(self._open(ERRORS_TABLE))
-        lance_io.remove_tree(staging_uri)
+        lance_io.remove_tree(staging_uri, self.location.options())
         return stats
 
     def count_values(self, version: FeatureVersion) -> int:
@@ -561,13 +564,14 @@ class StoreWriter:
         deleted_versions, dropped_tables = 0, []
         import lancedb
 
-        for table in lancedb.connect(self.location.uri).list_tables().tables:
+        db = lancedb.connect(self.location.uri, storage_options=self.location.options())
+        for table in db.list_tables().tables:
             if table in (META_TABLE, SNAPSHOTS_TABLE):
                 continue
             dataset = self._open(table)
             if table not in named:
                 if table.startswith(("feature__", "sid__", "sidq__", "graph__")):   # a version no kept snapshot names
-                    lance_io.remove_tree(self._uri(table))
+                    lance_io.remove_tree(self._uri(table), self.location.options())
                     dropped_tables.append(table)
                 continue
             latest = dataset.latest_version
@@ -592,6 +596,7 @@ class StoreWriter:
         this job's writes, or those of a job that died after merging and before publishing:
         either way they belong in the next snapshot. Returns None when nothing changed.
         """
+        self.lock.check()
         current = self._touched if current is None else current
         doc = self.base.model_copy(deep=True)
         changed = force

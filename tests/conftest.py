@@ -87,7 +87,55 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(offline_hub) -> dict:
+def tiny_llm(tmp_path_factory) -> str:
+    """A tiny seeded decoder LLM (hf-text's last-token pooling), fast enough for thousands of items."""
+    from itemlens.extractors.standins_text import write_tiny_text_llm
+
+    return str(write_tiny_text_llm(tmp_path_factory.mktemp("llm") / "tiny-llm"))
+
+
+#: a recognisable secret: tests grep logs, reports and the store for it
+S3_SECRET = "itemlens-test-secret-5f2c9a"
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> dict:
+    """A real S3-compatible server on loopback (moto's server mode, a separate process), with
+    the environment (endpoint and keys) that points boto3, s3fs, pyarrow and Lance at it: this
+    process and the session's Ray nodes have it, as cloud nodes have an instance role."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(endpoint, timeout=1)
+            break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise RuntimeError("moto's S3 server did not start")
+            time.sleep(0.2)
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true",
+           "AWS_ACCESS_KEY_ID": "AKIAITEMLENSTEST0001", "AWS_SECRET_ACCESS_KEY": S3_SECRET}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        try:
+            yield {"endpoint": endpoint, "env": env, "secret": S3_SECRET}
+        finally:
+            server.kill()
+            server.wait()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(offline_hub, s3_server) -> dict:
     """One local Ray for the whole session, started as a cluster's head is (``ray start
     --head``, with its job server), so that tests can also run ingests as separate drivers and
     submit them with ``ray job submit``. Its workers inherit the offline hub settings."""
@@ -102,14 +150,20 @@ def ray_cluster(offline_hub) -> dict:
     # A local test cluster without Ray's token authentication (a real cluster keeps it: see
     # cluster/README.md); every driver of this session, this process included, reads the mode.
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    env = {**os.environ, **OFFLINE_ENV, "RAY_USAGE_STATS_ENABLED": "0"}
+    # The nodes know the test S3 server's endpoint and keys, as cloud nodes know theirs (an
+    # instance role); tests/test_object_storage.py greps Ray's logs for the secret.
+    # Fast node-failure detection for tests/test_cluster.py (a lost node is declared dead in
+    # about 3 s instead of 30).
+    env = {**os.environ, **OFFLINE_ENV, **s3_server["env"], "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
+           "RAY_health_check_initial_delay_ms": "1000"}
     subprocess.run([ray_bin, "start", "--head", f"--port={gcs}", "--num-cpus=2", "--num-gpus=0",
                     "--include-dashboard=true", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
                     f"--temp-dir={temp}", "--disable-usage-stats"],
                    check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         yield {"address": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dashboard}", "env": env,
-               "ray": ray_bin}
+               "ray": ray_bin, "temp": temp}
     finally:
         subprocess.run([ray_bin, "stop", "--force"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

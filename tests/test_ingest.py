@@ -283,16 +283,16 @@ def test_parquet_csv_and_jsonl_catalogs_give_the_same_vectors(ray_session, tmp_p
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    config = _config(minilm_path, tiny_clip, image=image_spec(tiny_clip, column="image"))
+    # text only: the readers differ in how they type and render columns, which the text shows;
+    # an image path is a string column like any other (and costs a model per ingest)
+    config = {"features": {"text": text_spec(minilm_path)}, "decode": {"text_batch_size": 8}}
     vectors = {}
     for ext in ("jsonl", "pq", "csv"):
         ingest(folder / f"flat.{ext}", config, tmp_path / ext, progress=False)
         lens = itemlens.connect(tmp_path / ext)
-        ids = [r["item_id"] for r in rows]
-        vectors[ext] = (lens.vectors("text", ids), lens.vectors("image", ids))
+        vectors[ext] = lens.vectors("text", [r["item_id"] for r in rows])
     for ext in ("pq", "csv"):
-        for ours, ref in zip(vectors[ext], vectors["jsonl"]):
-            assert _cos(ours, ref).min() >= 0.99999
+        assert _cos(vectors[ext], vectors["jsonl"]).min() >= 0.99999
 
 
 def test_bad_catalogs_and_weights_fail_before_any_work(ray_session, tmp_path, catalog, minilm_path, tiny_clip):

@@ -28,13 +28,6 @@ N = 5000
 ITEMLENS = str(Path(sys.executable).parent / "itemlens")
 
 
-@pytest.fixture(scope="module")
-def tiny_llm(tmp_path_factory) -> str:
-    from itemlens.extractors.standins_text import write_tiny_text_llm
-
-    return str(write_tiny_text_llm(tmp_path_factory.mktemp("llm") / "tiny-llm"))
-
-
 def _setup(tmp_path: Path, tiny_llm: str, n: int = N) -> tuple[Path, Path]:
     rows = [{"item_id": f"item-{i:05d}", "title": f"product {i}: " + " ".join(["word"] * (i % 13))}
             for i in range(n)]

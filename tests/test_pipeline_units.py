@@ -44,6 +44,26 @@ def test_cpu_threads_are_the_actors_share_of_the_node_and_never_zero():
     assert _place("t", _spec(num_gpus=0, num_cpus=0.5), RayRuntime(True, 1.0, 2, 0, 2), CFG).cpu_threads == 1
 
 
+def test_actors_asking_for_a_resource_no_node_has_stop_the_job_with_a_message():
+    cluster = RayRuntime(False, 1.0, 6, 0, 2, nodes=3, resources={"CPU": 2.0, "encoder_slot": 1.0})
+    with pytest.raises(ConfigError, match=r"asks for resources \{'a100': 1.0\}.*cluster resources: encoder_slot"):
+        _place("t", _spec(num_gpus=0, resources={"a100": 1}), cluster, CFG)
+    with pytest.raises(ConfigError, match="encoder_slot"):          # 2 per actor: no node has 2
+        _place("t", _spec(num_gpus=0, resources={"encoder_slot": 2}), cluster, CFG)
+    assert _place("t", _spec(num_gpus=0, resources={"encoder_slot": 1}), cluster, CFG).concurrency == 1
+
+
+def test_custom_resources_reach_the_actor_pool_and_do_not_change_the_fingerprint():
+    from itemlens.workflows.ingest import _actor_placement
+
+    plain, pinned = _spec(num_gpus=0), _spec(num_gpus=0, resources={"encoder_slot": 1})
+    assert _actor_placement(plain.resources) == {}
+    assert _actor_placement(pinned.resources) == {"resources": {"encoder_slot": 1.0}}
+    from itemlens.extractors.spec import fingerprint
+
+    assert fingerprint(plain, "w", "1") == fingerprint(pinned, "w", "1")
+
+
 def _encoder(bad: set, broken: bool = False):
     def encode(items):
         if broken or any(x in bad for x in items):

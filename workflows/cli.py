@@ -26,14 +26,17 @@ from collections import Counter
 from itemlens.errors import ItemlensError
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser (also what tests check cluster/ entrypoints against)."""
     parser = argparse.ArgumentParser(prog="itemlens", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("ingest", help="encode a catalog into a store (full or incremental: it diffs)")
     p.add_argument("catalog", help="Parquet, JSONL or CSV file (or folder of them); a path or URI")
     p.add_argument("--config", required=True, help="YAML configuration (features, catalog, decode)")
-    p.add_argument("--store", required=True, help="store URI (a local folder)")
+    p.add_argument("--store", required=True,
+                   help="store URI: a local folder, or s3://, gs://, az:// (credentials from the environment "
+                        "or the config's storage_options)")
     p.add_argument("--address", default=None,
                    help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--wait-for-lock", type=float, default=0.0, metavar="SECONDS",
@@ -47,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="say what would be encoded (per feature: new, changed, dependent) and removed; start "
                         "no encoder, write nothing")
     p.add_argument("--encode-log", metavar="DIR", default=None,
-                   help="an audit: encoder actors append the ids they encode to DIR/<feature>.<run>.encoded.<pid>.log, "
+                   help="an audit: encoder actors append the ids they encode to DIR/<feature>.<run>.encoded.<node>-<pid>.log, "
                         "decode tasks the media files they read to DIR/<feature>.<run>.reads.<pid>.log")
     p.add_argument("--no-progress", action="store_true", help="no Ray Data progress bars")
     p.add_argument("--verbose", action="store_true", help="show Ray worker logs and debug messages")
@@ -99,8 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     for p in sub.choices.values():
         if "--wait-for-lock" not in p._option_string_actions and p.prog.split()[-1] in ("pin", "unpin", "prune", "index", "semantic-ids", "graph"):
             p.add_argument("--wait-for-lock", type=float, default=0.0, metavar="SECONDS")
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return {"ingest": _ingest, "show": _show, "snapshots": _snapshots, "pin": _pin, "unpin": _pin,
                 "prune": _prune, "index": _index, "export": _export,

@@ -28,6 +28,9 @@
         pretrained: laion2b_s34b_b79k
         input: {image: images}    # a path/URI per item, or a list of them
         pooling: mean             # or per_image
+    storage_options:              # optional: for an s3:// gs:// az:// store (Lance's option names)
+      aws_region: us-east-1
+      aws_secret_access_key: ${MY_SECRET}   # ${VAR}: read from the environment
     semantic_ids:                 # optional: derived after the features, in the same snapshot
       sid:
         features: {image: 0.1, text: 0.9}   # or a list of feature names (weight 1)
@@ -44,6 +47,7 @@ folder.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,6 +62,9 @@ from itemlens.store.layout import FEATURE_NAME
 from itemlens.store.graphs import GraphSpec
 from itemlens.store.semantic_ids import SemanticIdSpec
 
+
+#: ``${NAME}`` in a storage option: the environment variable NAME
+_ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 #: default limit on a video or audio file's size (read whole: its hash is the input hash)
 DEFAULT_MAX_MEDIA_BYTES = 2 * 1024**3
@@ -97,6 +104,21 @@ class IngestConfig(_Strict):
     features: dict[str, FeatureSpec] = Field(min_length=1)
     semantic_ids: dict[str, SemanticIdSpec] = Field(default_factory=dict)
     graphs: dict[str, GraphSpec] = Field(default_factory=dict)
+    # Options for an object-storage store (Lance's keys: aws_region, aws_endpoint, ...). Values
+    # may name environment variables (``${AWS_SECRET_ACCESS_KEY}``) so that secrets stay out of
+    # the file; never logged, never written into the store.
+    storage_options: dict[str, str] = Field(default_factory=dict, repr=False)
+
+    @field_validator("storage_options")
+    @classmethod
+    def _expand_env(cls, options: dict[str, str]) -> dict[str, str]:
+        out = {}
+        for key, value in options.items():
+            for var in _ENV_VAR.findall(value):
+                if var not in os.environ:
+                    raise ValueError(f"{key}: environment variable {var} is not set")
+            out[key] = _ENV_VAR.sub(lambda m: os.environ[m.group(1)], value)
+        return out
 
     @field_validator("features", "semantic_ids", "graphs")
     @classmethod

@@ -67,6 +67,7 @@ class FeatureReport:
     inserted: int = 0           # items that had no value for this version before
     updated: int = 0            # items whose value was replaced
     seconds: float = 0.0
+    merge_seconds: float = 0.0  # merging staging into the feature and errors tables (part of seconds)
     fragments: int = 0          # staging data files written (what the driver received: their metadata)
     operators: list[dict[str, Any]] = field(default_factory=list)
     plan: str = ""              # Ray Data's optimized physical plan (not stored in the snapshot)
@@ -165,13 +166,18 @@ def ingest(catalog: str | os.PathLike, config: str | os.PathLike | dict | Ingest
     log.info("catalog %s (%s) -> store %s", source.uri, source.format, report.store)
 
     command = f"itemlens ingest {source.uri}"
-    with StoreWriter.open(store, lock_wait=lock_wait, command=command) as writer:
+    with StoreWriter.open(store, storage_options=cfg.storage_options, lock_wait=lock_wait,
+                          command=command) as writer:
         report.store = writer.location.uri
         report.run_id = writer.run_id
         runtime = start_ray(address, log_to_driver=log_to_driver, progress=progress)
         report.ray = runtime.describe()
         timings["ray_start"] = runtime.seconds
         log.info("%s", report.ray)
+        if runtime.nodes > 1 and writer.location.is_local:
+            log.warning("store %s is a local folder and the Ray cluster has %d nodes: every node must mount it "
+                        "at the same path (workers write staging files there); an object-storage store "
+                        "(s3://, gs://, az://) needs no shared disk", writer.location.uri, runtime.nodes)
 
         versions = {name: writer.resolve_version(name, e.fingerprint(), e.spec.model_dump(mode="json"),
                                                  dtype=e.spec.dtype, pooling=e.spec.pooling, kind=e.output_kind,
@@ -285,8 +291,9 @@ def plan(catalog: str | os.PathLike, config: str | os.PathLike | dict | IngestCo
     source = CatalogSource.open(catalog, cfg.catalog, delta=delta)
     encoders = {name: build_encoder(spec) for name, spec in cfg.feature_order()}
     report = PlanReport(catalog=source.uri, store=os.fspath(store), delta=delta)
-    check_store_format(StoreLocation.parse(store))      # a dry run creates nothing, a store included
-    with StoreWriter.open(store, lock_wait=lock_wait, command=f"itemlens ingest --dry-run {source.uri}") as writer:
+    check_store_format(StoreLocation.parse(store, cfg.storage_options))   # a dry run creates nothing, a store included
+    with StoreWriter.open(store, storage_options=cfg.storage_options, lock_wait=lock_wait,
+                          command=f"itemlens ingest --dry-run {source.uri}") as writer:
         report.store = writer.location.uri
         start_ray(address, progress=False)
         checked = _check_catalog(source, cfg)
@@ -394,6 +401,11 @@ def _place(name: str, spec, runtime: RayRuntime, cfg: IngestConfig) -> _Placemen
     elif num_gpus > runtime.gpus:
         raise ConfigError(f"feature {name!r} asks for num_gpus={num_gpus:g} per actor; the cluster has "
                           f"{runtime.gpus:g} GPUs in all")
+    missing = {r: n for r, n in spec.resources.resources.items() if runtime.resources.get(r, 0) < n}
+    if missing:
+        raise ConfigError(
+            f"feature {name!r} asks for resources {missing} per actor; no node of the cluster has them "
+            f"(cluster resources: {', '.join(sorted(r for r in runtime.resources if r not in ('CPU', 'GPU', 'memory')))})")
     actor_cpus = spec.resources.num_cpus or 1.0
     concurrency = spec.resources.concurrency
     fits = int((runtime.cpus - cfg.decode.num_cpus) // actor_cpus)   # write tasks can wait their turn
@@ -410,6 +422,12 @@ def _place(name: str, spec, runtime: RayRuntime, cfg: IngestConfig) -> _Placemen
     # heavy part, and 2 threads encode text ~1.7x faster than 1 on the 2-CPU test machine.
     share = spec.resources.num_cpus or runtime.node_cpus / concurrency
     return _Placement("cuda" if num_gpus > 0 else "cpu", num_gpus, concurrency, max(1, round(share)))
+
+
+def _actor_placement(resources) -> dict:
+    """Custom resources an encoder's actors need (Ray Data already spreads its actors over the
+    nodes that have them: its default scheduling strategy is SPREAD)."""
+    return {"resources": dict(resources.resources)} if resources.resources else {}
 
 
 def _pipeline(spec, version, placement: _Placement, stored, cfg: IngestConfig, source: CatalogSource,
@@ -455,7 +473,7 @@ def _pipeline(spec, version, placement: _Placement, stored, cfg: IngestConfig, s
                                "run_id": writer.run_id, "feature": version.name, "encode_log": encode_log},
         compute=ray.data.ActorPoolStrategy(size=placement.concurrency),
         num_gpus=placement.num_gpus, num_cpus=spec.resources.num_cpus or 1,
-        batch_size=spec.resources.batch_size, batch_format="pyarrow")
+        batch_size=spec.resources.batch_size, batch_format="pyarrow", **_actor_placement(spec.resources))
     return ds.map_batches(
         stages.write_fragments, batch_size=cfg.staging.fragment_rows, batch_format="pyarrow", num_cpus=WRITE_TASK_CPUS,
         fn_kwargs={"uri": writer.staging_uri(version), "storage_options": writer.location.options(),
@@ -506,7 +524,9 @@ def _ingest_feature(encoder, version, cfg: IngestConfig, source: CatalogSource, 
     report.plan = _physical_plan(ds)
     report.stats = ds.stats()
     report.operators = _operators(report.plan, ds)
+    t = time.perf_counter()
     merged: MergeStats = writer.merge_staged(version)
+    report.merge_seconds = time.perf_counter() - t
     report.inserted, report.updated = merged.inserted, merged.updated
     report.errors_by_stage, report.errors_by_reason = merged.by_stage, merged.by_reason
     _build_index_when_due(spec, version, writer)

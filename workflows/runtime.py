@@ -14,7 +14,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Variables the workers need to load models the way the driver would.
 PROPAGATED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "HF_HUB_CACHE", "LANCE_LOG")
@@ -27,11 +27,14 @@ class RayRuntime:
     cpus: float
     gpus: float
     node_cpus: float        # CPUs of the largest node
+    nodes: int = 1          # alive nodes
+    resources: dict = field(default_factory=dict)   # each resource's largest amount on one node
 
     def describe(self) -> str:
         where = "local Ray started" if self.started_here else "joined Ray"
         gpus = f"{self.gpus:g} GPU" if self.gpus else "no GPU"
-        return f"{where} in {self.seconds:.1f} s ({self.cpus:g} CPUs, {gpus})"
+        nodes = f"{self.nodes} nodes, " if self.nodes > 1 else ""
+        return f"{where} in {self.seconds:.1f} s ({nodes}{self.cpus:g} CPUs, {gpus})"
 
 
 def start_ray(address: str | None = None, *, log_to_driver: bool = False, progress: bool | None = None) -> RayRuntime:
@@ -62,6 +65,11 @@ def start_ray(address: str | None = None, *, log_to_driver: bool = False, progre
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty() if progress is None else progress
     resources = ray.cluster_resources()
-    node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
+    alive = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    per_node: dict[str, float] = {}
+    for node in alive:
+        for name, amount in node.items():
+            per_node[name] = max(per_node.get(name, 0.0), float(amount))
     return RayRuntime(started_here, time.perf_counter() - start,
-                      float(resources.get("CPU", 0)), float(resources.get("GPU", 0)), float(node_cpus))
+                      float(resources.get("CPU", 0)), float(resources.get("GPU", 0)), per_node.get("CPU", 0.0),
+                      nodes=len(alive), resources=per_node)

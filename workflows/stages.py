@@ -406,6 +406,12 @@ def plan_inputs(batch: pa.Table, *, spec_json: str, id_column: str, base: str, s
 
 # -- encode: the actor pool -----------------------------------------------------------------------
 
+def _node() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()[:12] if ray.is_initialized() else "local"
+
+
 class EncodeBatches:
     """A Ray Data callable class: one model per actor, loaded on the first batch with work
     (a run where nothing changed loads no model).
@@ -419,8 +425,9 @@ class EncodeBatches:
                  feature: str = "", encode_log: str | None = None):
         self.spec = _spec(spec_json)
         # An audit of what the actors encode (``itemlens ingest --encode-log DIR``): each actor
-        # appends the ids it gave a value to DIR/<feature>.<run>.encoded.<pid>.log, as it goes.
-        self.encode_log = (os.path.join(encode_log, f"{feature or fingerprint}.{run_id}.encoded.{os.getpid()}.log")
+        # appends the ids it gave a value to DIR/<feature>.<run>.encoded.<node>-<pid>.log, as it
+        # goes (<node>: the first 12 hex digits of its Ray node id; DIR is on that node's disk).
+        self.encode_log = (os.path.join(encode_log, f"{feature or fingerprint}.{run_id}.encoded.{_node()}-{os.getpid()}.log")
                            if encode_log else None)
         self.fingerprint = fingerprint
         self.device = device
