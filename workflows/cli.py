@@ -50,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="say what would be encoded (per feature: new, changed, dependent) and removed; start "
                         "no encoder, write nothing")
     p.add_argument("--encode-log", metavar="DIR", default=None,
-                   help="an audit: encoder actors append the ids they encode to DIR/<feature>.<run>.encoded.<node>-<pid>.log, "
-                        "decode tasks the media files they read to DIR/<feature>.<run>.reads.<pid>.log")
+                   help="an audit: encoder actors append the ids they encode to "
+                        "DIR/<feature>.<run>.encoded.<node>-<pid>.log, decode tasks the media files they read "
+                        "to DIR/<feature>.<run>.reads.<pid>.log (DIR on each node's own disk)")
     p.add_argument("--no-progress", action="store_true", help="no Ray Data progress bars")
     p.add_argument("--verbose", action="store_true", help="show Ray worker logs and debug messages")
 
