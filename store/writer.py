@@ -115,6 +115,9 @@ class StoreWriter:
     def _open(self, table: str):
         return lance_io.open_dataset(self._uri(table), storage_options=self.location.options())
 
+    def _remove_tree(self, uri: str) -> None:
+        lance_io.remove_tree(uri, self.location.options())
+
     def _ensure_store(self) -> None:
         if self._open(META_TABLE) is not None:
             check_store_format(self.location)
@@ -150,7 +153,7 @@ class StoreWriter:
         return self.location.path(WORK_IDS_PATH)
 
     def reset_work_ids(self) -> str:
-        lance_io.remove_tree(self.work_ids_uri, self.location.options())
+        self._remove_tree(self.work_ids_uri)
         return self.work_ids_uri
 
     def register_catalog_ids(self, fragments: list[str], id_column: str = "item_id", *,
@@ -214,7 +217,7 @@ class StoreWriter:
 
             lance.write_dataset(pa.RecordBatchReader.from_batches(ITEMS_SCHEMA, batches()),
                                 self._uri(ITEMS_TABLE), mode="append", storage_options=self.location.options())
-        lance_io.remove_tree(self.work_ids_uri, self.location.options())
+        self._remove_tree(self.work_ids_uri)
         return Registration(seen=seen, new=new, removed=removed, digest=f"{digest & 0xFFFFFFFFFFFFFFFF:016x}")
 
     def preview_catalog_ids(self, fragments: list[str], id_column: str, versions: list[FeatureVersion], *,
@@ -240,7 +243,7 @@ class StoreWriter:
             work.merge_insert("item_id").when_matched_delete().execute(items.scanner(columns=["item_id"]).to_reader())
             work = lance.dataset(self.work_ids_uri, storage_options=self.location.options())
         new = work.count_rows()
-        lance_io.remove_tree(self.work_ids_uri, self.location.options())
+        self._remove_tree(self.work_ids_uri)
         return Registration(seen=seen, new=new, removed=removed)
 
     def _count_missing(self, version: FeatureVersion, work) -> int:
@@ -256,7 +259,7 @@ class StoreWriter:
         total = scratch.count_rows()
         matched = scratch.merge_insert("item_id").when_matched_delete().execute(
             work.scanner(columns=["item_id"]).to_reader())["num_deleted_rows"]
-        lance_io.remove_tree(held_uri, self.location.options())
+        self._remove_tree(held_uri)
         return total - matched
 
     def _held_ids(self, version: FeatureVersion):
@@ -409,7 +412,7 @@ class StoreWriter:
         for info in entries:
             name = info["name"].rstrip("/").rsplit("/", 1)[-1]
             if info["type"] == "directory" and name not in wanted:
-                lance_io.remove_tree(self.location.path(f"_staging/{name}"), self.location.options())
+                self._remove_tree(self.location.path(f"_staging/{name}"))
                 dropped.append(name)
         return dropped
 
@@ -418,7 +421,7 @@ class StoreWriter:
         staging = lance_io.open_dataset(self.staging_uri(version), storage_options=self.location.options())
         if staging is None:
             # data files of a never-committed write
-            lance_io.remove_tree(self.staging_uri(version), self.location.options())
+            self._remove_tree(self.staging_uri(version))
             return None
         return self.merge_staged(version)
 
@@ -494,7 +497,7 @@ class StoreWriter:
                 stats.by_reason[row["r"]] = row["n"]
         if errors_touched:
             _index_item_ids(self._open(ERRORS_TABLE))
-        lance_io.remove_tree(staging_uri, self.location.options())
+        self._remove_tree(staging_uri)
         return stats
 
     def count_values(self, version: FeatureVersion) -> int:
@@ -571,7 +574,7 @@ class StoreWriter:
             dataset = self._open(table)
             if table not in named:
                 if table.startswith(("feature__", "sid__", "sidq__", "graph__")):   # a version no kept snapshot names
-                    lance_io.remove_tree(self._uri(table), self.location.options())
+                    self._remove_tree(self._uri(table))
                     dropped_tables.append(table)
                 continue
             latest = dataset.latest_version

@@ -45,8 +45,9 @@ def test_cpu_threads_are_the_actors_share_of_the_node_and_never_zero():
 
 
 def test_actors_asking_for_a_resource_no_node_has_stop_the_job_with_a_message():
-    cluster = RayRuntime(False, 1.0, 6, 0, 2, nodes=3, resources={"CPU": 2.0, "encoder_slot": 1.0})
-    with pytest.raises(ConfigError, match=r"asks for resources \{'a100': 1.0\}.*cluster resources: encoder_slot"):
+    cluster = RayRuntime(False, 1.0, 6, 0, 2, nodes=3, resources={"CPU": 2.0, "encoder_slot": 1.0, "memory": 1e9,
+                                                                  "node:127.0.0.1": 1.0})
+    with pytest.raises(ConfigError, match=r"asks for resources \{'a100': 1.0\}.*of its nodes: encoder_slot\)"):
         _place("t", _spec(num_gpus=0, resources={"a100": 1}), cluster, CFG)
     with pytest.raises(ConfigError, match="encoder_slot"):          # 2 per actor: no node has 2
         _place("t", _spec(num_gpus=0, resources={"encoder_slot": 2}), cluster, CFG)

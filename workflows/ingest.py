@@ -405,7 +405,7 @@ def _place(name: str, spec, runtime: RayRuntime, cfg: IngestConfig) -> _Placemen
     if missing:
         raise ConfigError(
             f"feature {name!r} asks for resources {missing} per actor; no node of the cluster has them "
-            f"(cluster resources: {', '.join(sorted(r for r in runtime.resources if r not in ('CPU', 'GPU', 'memory')))})")
+            f"(custom resources of its nodes: {', '.join(sorted(_custom(runtime.resources))) or 'none'})")
     actor_cpus = spec.resources.num_cpus or 1.0
     concurrency = spec.resources.concurrency
     fits = int((runtime.cpus - cfg.decode.num_cpus) // actor_cpus)   # write tasks can wait their turn
@@ -422,6 +422,12 @@ def _place(name: str, spec, runtime: RayRuntime, cfg: IngestConfig) -> _Placemen
     # heavy part, and 2 threads encode text ~1.7x faster than 1 on the 2-CPU test machine.
     share = spec.resources.num_cpus or runtime.node_cpus / concurrency
     return _Placement("cuda" if num_gpus > 0 else "cpu", num_gpus, concurrency, max(1, round(share)))
+
+
+def _custom(resources: dict) -> list[str]:
+    """Resources a node was started with (``--resources``), not Ray's own."""
+    return [r for r in resources if r not in ("CPU", "GPU", "memory", "object_store_memory")
+            and not r.startswith(("node:", "accelerator_type:"))]
 
 
 def _actor_placement(resources) -> dict:

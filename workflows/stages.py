@@ -427,8 +427,11 @@ class EncodeBatches:
         # An audit of what the actors encode (``itemlens ingest --encode-log DIR``): each actor
         # appends the ids it gave a value to DIR/<feature>.<run>.encoded.<node>-<pid>.log, as it
         # goes (<node>: the first 12 hex digits of its Ray node id; DIR is on that node's disk).
-        self.encode_log = (os.path.join(encode_log, f"{feature or fingerprint}.{run_id}.encoded.{_node()}-{os.getpid()}.log")
-                           if encode_log else None)
+        self.encode_log = None
+        if encode_log:
+            name = f"{feature or fingerprint}.{run_id}.encoded.{_node()}-{os.getpid()}.log"
+            os.makedirs(encode_log, exist_ok=True)          # on this actor's node
+            self.encode_log = os.path.join(encode_log, name)
         self.fingerprint = fingerprint
         self.device = device
         self.cpu_threads = cpu_threads
@@ -476,7 +479,6 @@ class EncodeBatches:
                 values[i] = result
         if self.encode_log:
             ids = batch.column("item_id").to_pylist()
-            os.makedirs(os.path.dirname(self.encode_log), exist_ok=True)    # on this actor's node
             with open(self.encode_log, "a") as f:
                 f.writelines(f"{ids[i]}\n" for i, v in enumerate(values) if v is not None)
         return self._staging_rows(batch, values, stages, reasons)
