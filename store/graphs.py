@@ -258,7 +258,7 @@ def _refresh_lists(old: pa.Table, inputs, index_of: dict[str, int], spec: GraphS
     position = np.full(size, -1, np.int64)
     position[item_index] = np.arange(n)
     k, depth = spec.k, spec.list_depth
-    valid = knn.unit(x)[1]
+    valid = knn.valid_rows(x)
     reachable = int(valid.sum()) - (0 if spec.self_loops else 1)     # most neighbours a list can have
     if old.num_rows == 0:
         if spec.method == "approximate":
@@ -315,10 +315,17 @@ def _refresh_lists(old: pa.Table, inputs, index_of: dict[str, int], spec: GraphS
     exact = np.zeros(n, np.int64)
     exact[kept] = exact_left
 
+    # new and changed items: their own lists, and the lists they should now enter, from one search
     sources = np.flatnonzero(fresh)
     merged_rows = np.zeros(0, np.int64)
     if len(sources):
-        cand, cand_scores = knn.candidates_from(x, sources, depth, self_loops=spec.self_loops, device=device)
+        # a kept list can only take sources from the lowest score it vouches for: higher up
+        floor = np.full(n, np.inf, np.float32)
+        floor[kept] = bound[kept]
+        (cand, cand_scores), (own, own_scores) = knn.search_from(
+            x, sources, depth, row_floor=floor, self_loops=spec.self_loops, block=spec.block, device=device)
+        lists[sources], scores[sources] = own, own_scores
+        # a full candidate list may have left out sources under its last score
         c_bound = cand_scores[:, -1] if len(sources) > depth else np.full(n, -np.inf, np.float32)
         new_lists, new_scores = knn.merge_lists(lists[kept], scores[kept], cand[kept], cand_scores[kept], depth)
         limit = np.maximum(bound[kept], c_bound[kept])
@@ -327,13 +334,15 @@ def _refresh_lists(old: pa.Table, inputs, index_of: dict[str, int], spec: GraphS
         entered = (new_lists != lists[kept]).any(axis=1)
         lists[kept], scores[kept] = new_lists, new_scores
         merged_rows = kept[entered]
-    stale = fresh.copy()
+    # unchanged items whose list no longer vouches for its first k: searched again
+    stale = np.zeros(n, bool)
     stale[kept] = exact[kept] < min(k, max(reachable, 0))
     stale &= valid
-    recompute = np.flatnonzero(stale | (fresh & ~valid))
-    if len(recompute):
-        found, sims = knn.knn_rows(x, recompute, depth, self_loops=spec.self_loops, block=spec.block, device=device)
-        lists[recompute], scores[recompute] = found, sims
+    again = np.flatnonzero(stale)
+    if len(again):
+        found, sims = knn.knn_rows(x, again, depth, self_loops=spec.self_loops, block=spec.block, device=device)
+        lists[again], scores[again] = found, sims
+    recompute = np.union1d(sources, again)
     shortened = kept[lost > 0]                        # lists that dropped a changed or deleted item
     touched = np.union1d(np.union1d(recompute, merged_rows), shortened)
     exact_of = {int(r): int(e) for r, e in zip(kept.tolist(), exact[kept].tolist())}

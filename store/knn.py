@@ -4,12 +4,15 @@
   symmetric, so each block of pairs (I, J) with I <= J is computed once and serves the top-k of
   both its rows (block I) and its columns (block J): half the products of a plain search. Once
   every list is full, a block only matters where it beats a row's or a column's current k-th
-  best: a comparison finds those few entries. Where bf16 products are fast (CUDA, CPUs with
-  AMX) the comparison runs on bf16 products with a proven error margin and only the entries it
-  keeps are scored in fp32, so the lists are those of fp32 products.
+  best. On CPU the numba kernels of :mod:`itemlens.store.knn_kernels` find those few entries in
+  one pass and insert them (torch's comparisons and top-k cost more than the product). Where
+  the CPU has AMX, those blocks are multiplied in bf16 (4x faster), screened against the k-th
+  best lowered by a proven bound on the bf16 error (:func:`bf16_margins`), and only the
+  survivors are scored in fp32, so the lists are those of fp32 products.
 - :func:`knn_rows`: the neighbours of some rows only (a refresh recomputes those).
-- :func:`candidates_from`: for every row, its best matches among a few given rows (how a
-  refresh finds the lists a new or changed item should now enter).
+- :func:`search_from`: for every row, its best matches among a few given rows (how a refresh
+  finds the lists a new or changed item should now enter), and those rows' own lists, from one
+  product.
 - :func:`approximate_knn`: a faiss IVF index for catalogs too large for exact search.
 
 Vectors are L2-normalized first. A zero vector has no direction: it gets no neighbours and is
@@ -24,13 +27,22 @@ import numpy as np
 NO_NEIGHBOUR = -1
 
 
+def valid_rows(x: np.ndarray) -> np.ndarray:
+    """Which rows have a direction (non-zero, finite length)."""
+    norms = np.linalg.norm(np.asarray(x, dtype=np.float32), axis=1)
+    return np.isfinite(norms) & (norms > 0)
+
+
 def unit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows scaled to length 1, and which rows could be (non-zero, finite)."""
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1)
     valid = np.isfinite(norms) & (norms > 0)
     out = np.zeros_like(x)
-    out[valid] = x[valid] / norms[valid, None]
+    if valid.all():                  # the usual case: one division, no masked copies
+        np.divide(x, norms[:, None], out=out)
+    else:
+        out[valid] = x[valid] / norms[valid, None]
     return out, valid
 
 
@@ -113,30 +125,6 @@ def _finish(best_v, best_i, valid_rows: np.ndarray) -> tuple[np.ndarray, np.ndar
     return index, sims
 
 
-# bf16 screening: |x~.y~ - x.y| <= 2u + u^2 for unit vectors rounded to bf16 (u = 2^-8, by
-# Cauchy-Schwarz), plus fp32 accumulation (<= d 2^-24) and the bf16 rounding of the result (<= u).
-BF16_U = 2.0 ** -8
-
-
-def bf16_margin(dim: int) -> float:
-    return 3 * BF16_U + BF16_U ** 2 + dim * 2.0 ** -23
-
-
-def fast_bf16(device: str) -> bool:
-    """Whether bf16 products are much faster than fp32 here: CUDA, or a CPU with AMX."""
-    if str(device).startswith("cuda"):
-        return True
-    try:
-        with open("/proc/cpuinfo") as f:
-            return " amx_bf16" in f.read()
-    except OSError:
-        return False
-
-
-# above this many candidates in a block, scoring them one by one costs more than fp32 products
-RESCORE_LIMIT = 20_000
-
-
 def _nonzero(mask):
     """Row and column of every True of a 2-d mask (numpy reads a CPU mask ~4x faster than torch)."""
     import torch
@@ -147,45 +135,101 @@ def _nonzero(mask):
     return flat // mask.shape[1], flat % mask.shape[1]
 
 
-def _screened_update(best_v, best_i, X, X16, bi, ei, bj, ej, k: int, margin: float) -> bool:
-    """Fold block (I, J) into both I's and J's lists from bf16 products: only pairs whose bf16
-    score is within ``margin`` of a row's or column's current k-th best can enter, and those are
-    scored again in fp32, so the result is what fp32 products give. False where some list is not
-    full yet (the caller then takes the fp32 path)."""
+def has_amx() -> bool:
+    """Whether this CPU multiplies bf16 matrices with AMX (several times its fp32 rate)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " amx_bf16" in f.read()
+    except OSError:
+        return False
+
+
+def bf16_margins(xu: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """Per row i, a bound on |bf16 product - x_i . x_j| for every j, x unit rows.
+
+    With x~ = x + e and y~ = y + f the rows rounded to bf16: x.y - x~.y~ = -(e.y + x~.f), so
+    the error is at most ||e|| + ||x~|| max_j ||f_j|| (Cauchy-Schwarz, ||y|| = 1): about one unit
+    roundoff (2^-8) for real rows, a third of the a-priori bound 2u + u^2. Added: fp32
+    accumulation of the product and of the fp32 dot product that scores a survivor again
+    (each at most d 2^-24 for unit rows; taken twice over), and 1e-6 for the rounding of the
+    thresholds and of these norms (e is exact in fp32: x~ is x with its low bits cleared)."""
     import torch
 
-    thr_r, thr_c = best_v[bi:ei, -1], best_v[bj:ej, -1]
-    if bool(torch.isinf(thr_r).any()) or bool(torch.isinf(thr_c).any()):
-        return False
-    S16 = X16[bi:ei] @ X16[bj:ej].T
-    # thresholds lowered by the margin and by one more bf16 rounding (|t| <= 1: half an ulp
-    # <= 2^-9), so that comparing in bf16 (much faster than promoting to fp32) loses nothing
-    low_r = (thr_r - margin - BF16_U).to(torch.bfloat16)
-    low_c = (thr_c - margin - BF16_U).to(torch.bfloat16)
-    hits = S16 > low_r[:, None]
-    torch.logical_or(hits, S16 > low_c[None, :], out=hits)
-    r, c = _nonzero(hits)
-    if len(r) == 0:
-        return True
-    if len(r) > RESCORE_LIMIT:        # early blocks, low thresholds: fp32 products are cheaper
-        return False
-    exact = (X[bi + r] * X[bj + c]).sum(dim=1)          # fp32 scores of the few candidates
-    rows = exact > thr_r[r]
-    if bool(rows.any()):
-        _merge_candidates(best_v, best_i, bi, ei - bi, r[rows], c[rows] + bj, exact[rows], k)
-    cols = exact > thr_c[c]
-    if bool(cols.any()):
-        _merge_candidates(best_v, best_i, bj, ej - bj, c[cols], r[cols] + bi, exact[cols], k)
-    return True
+    err = np.empty(len(xu), np.float64)
+    size = np.empty(len(xu), np.float64)
+    for b in range(0, len(xu), chunk):        # in chunks: no second copy of the vectors
+        x = torch.from_numpy(xu[b:b + chunk])
+        rounded = x.to(torch.bfloat16).float()
+        err[b:b + chunk] = torch.linalg.vector_norm(x - rounded, dim=1).numpy()
+        size[b:b + chunk] = torch.linalg.vector_norm(rounded, dim=1).numpy()
+    worst = err.max(initial=0.0)
+    accumulation = 2 * 2 * xu.shape[1] * 2.0 ** -24 * (1 + worst) ** 2
+    return err + size * worst + accumulation + 1e-6
+
+
+def _bf16_floor_bits(values: np.ndarray) -> np.ndarray | None:
+    """The bit patterns (as int16) of bf16 numbers at most ``values``; None unless every value
+    is positive (the kernels compare patterns as integers, which orders positive numbers only)."""
+    if not (values > 0).all():
+        return None
+    bits = values.astype(np.float32).view(np.uint32) >> 16   # truncation: down, for positives
+    return bits.astype(np.uint16).view(np.int16)
+
+
+def _fold_block_cpu(best_v, best_i, xu, X, X16, margins, valid, bi, ei, bj, ej):
+    """Fold off-diagonal block (I, J) into both I's and J's lists with the numba kernels, once
+    those lists are full: with ``X16``, screen bf16 products (AMX) against the lists' k-th best
+    lowered by the error bound and score the survivors in fp32, else select on fp32 products.
+    Returns (done, the fp32 products if they were computed but too many entries survived)."""
+    import torch
+
+    from itemlens.store import knn_kernels
+
+    kth = best_v.numpy()[:, -1]
+    floor_r = np.where(valid[bi:ei], kth[bi:ei], np.inf)     # a zero row takes nobody
+    floor_c = np.where(valid[bj:ej], kth[bj:ej], np.inf)
+    if np.isneginf(floor_r).any() or np.isneginf(floor_c).any():
+        return False, None            # some list not full yet: a top-k over the block
+    # a row with more survivors than this (early blocks, low floors) makes a top-k of the
+    # block cheaper than merging them one by one
+    per_row = max(16, (ej - bj) // 64)
+    lists = best_v.numpy(), best_i.numpy()
+    rows, cols = np.arange(bi, ei), np.arange(bj, ej)
+    row_slot = np.where(valid[bi:ei], rows, -1)             # a zero row keeps no list
+    col_slot = np.where(valid[bj:ej], cols, -1)
+    no_floor = np.full(ei - bi, -np.inf, np.float32)
+    if X16 is not None:
+        low_r = _bf16_floor_bits(floor_r - margins[bi:ei])
+        low_c = _bf16_floor_bits(floor_c - margins[bj:ej])
+        if low_r is not None and low_c is not None:
+            S16 = (X16[bi:ei] @ X16[bj:ej].T).view(torch.int16).numpy()
+            found = knn_kernels.survivors(S16, low_r, low_c, per_row)
+            if found is not None:
+                knn_kernels.merge_pairs(xu, S16, True, rows, cols, *found, *lists, row_slot, no_floor,
+                                        *lists, col_slot, True)
+                return True, None
+    S = X[bi:ei] @ X[bj:ej].T
+    if not (valid[bi:ei].all() and valid[bj:ej].all()):      # zero rows score 0: may beat a floor < 0
+        S[torch.from_numpy(~valid[bi:ei])] = float("-inf")
+        S[:, torch.from_numpy(~valid[bj:ej])] = float("-inf")
+    found = knn_kernels.survivors(S.numpy(), floor_r.astype(np.float32), floor_c.astype(np.float32), per_row)
+    if found is None:
+        return False, S
+    knn_kernels.merge_pairs(xu, S.numpy(), False, rows, cols, *found, *lists, row_slot, no_floor, *lists, col_slot,
+                            True)
+    return True, None
 
 
 def exact_knn(x: np.ndarray, k: int, *, self_loops: bool = False, block: int = 4096,
               device: str = "cpu", screen: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` cosine neighbours of every row: (index [n, k] int64, cosine [n, k] float32),
     best first. ``self_loops``: a row counts itself among its k (as FREEDOM and LATTICE build
-    their graphs), else its k others. ``screen`` (default: where bf16 is fast, see
-    :func:`fast_bf16`): blocks after the diagonal ones are screened with bf16 products and
-    their few candidates scored in fp32 (:func:`_screened_update`); the result is the same."""
+    their graphs), else its k others.
+
+    On CPU, once the lists are full, blocks are folded in by the numba kernels
+    (:func:`_fold_block_cpu`); ``screen`` (default: where the CPU has AMX, :func:`has_amx`)
+    computes those blocks' products in bf16 and scores only their survivors in fp32: the
+    result is the same. On a GPU every block is an fp32 product and torch selections."""
     import torch
 
     xu, valid = unit(x)
@@ -199,17 +243,20 @@ def exact_knn(x: np.ndarray, k: int, *, self_loops: bool = False, block: int = 4
     # Diagonal blocks first: every row then holds a full list (when a block has more than k
     # rows), so that the other blocks are folded in by the cheap threshold pass, rows and columns.
     pairs = [(b, b) for b in starts] + [(bi, bj) for bi in starts for bj in starts if bj > bi]
-    screen = fast_bf16(device) if screen is None else screen
+    cpu = X.device.type == "cpu"
+    screen = cpu and (has_amx() if screen is None else screen)
     X16 = X.to(torch.bfloat16) if screen else None
-    margin = bf16_margin(X.shape[1])
+    margins = bf16_margins(xu) if screen else None
     with torch.inference_mode():
         for bi, bj in pairs:
             ei, ej = min(bi + block, n), min(bj + block, n)
-            # zero vectors score 0 in bf16 too and are dropped below; only fp32 blocks mask them
-            if screen and bi != bj and not any_invalid and _screened_update(
-                    best_v, best_i, X, X16, bi, ei, bj, ej, k, margin):
-                continue
-            S = X[bi:ei] @ X[bj:ej].T
+            S = None
+            if cpu and bi != bj:
+                done, S = _fold_block_cpu(best_v, best_i, xu, X, X16, margins, valid, bi, ei, bj, ej)
+                if done:
+                    continue
+            if S is None:
+                S = X[bi:ei] @ X[bj:ej].T
             if any_invalid:
                 S.masked_fill_(invalid[bj:ej][None, :], float("-inf"))
                 S.masked_fill_(invalid[bi:ei][:, None], float("-inf"))
@@ -219,6 +266,20 @@ def exact_knn(x: np.ndarray, k: int, *, self_loops: bool = False, block: int = 4
             if bj != bi:           # the same products, read by column: block J's rows
                 _update(best_v, best_i, S, bj, bi, k, by_column=True)
     return _finish(best_v, best_i, valid)
+
+
+def _fold_rows(best_v, best_i, S, rows: slice, items, k: int) -> None:
+    """Fold block ``S`` (its columns are the neighbours ``items``) into the running top-k of
+    the lists ``rows``: the numba kernel on CPU, a top-k and a merge on a GPU."""
+    if S.device.type == "cpu":
+        from itemlens.store import knn_kernels
+
+        v, i = best_v[rows], best_i[rows]          # views: the kernel writes the lists in place
+        knn_kernels.fold_rows(S.numpy(), v.numpy(), i.numpy(), items.numpy(),
+                              np.full(len(v), -np.inf, np.float32))
+        return
+    top_v, top_i = S.topk(min(k, S.shape[1]), dim=1)
+    _merge(best_v, best_i, rows, top_v, items[top_i], k)
 
 
 def knn_rows(x: np.ndarray, rows: np.ndarray, k: int, *, self_loops: bool = False, block: int = 4096,
@@ -242,37 +303,112 @@ def knn_rows(x: np.ndarray, rows: np.ndarray, k: int, *, self_loops: bool = Fals
             if not self_loops:        # each query row's own column, where it falls in this block
                 own = (row_ids >= bj) & (row_ids < ej)
                 S[own.nonzero(as_tuple=True)[0], row_ids[own] - bj] = float("-inf")
-            v, i = S.topk(min(k, ej - bj), dim=1)
-            _merge(best_v, best_i, slice(None), v, i + bj, k)
+            _fold_rows(best_v, best_i, S, slice(None), torch.arange(bj, ej, device=device), k)
     return _finish(best_v, best_i, valid[rows])
 
 
-def candidates_from(x: np.ndarray, sources: np.ndarray, k: int, *, self_loops: bool = False,
-                    block: int = 65536, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """For every row of ``x``: its best ``k`` matches among the rows ``sources``."""
+def search_from(x: np.ndarray, sources: np.ndarray, k: int, *, row_floor: np.ndarray | None = None,
+                self_loops: bool = False, block: int = 4096, device: str = "cpu", screen: bool | None = None
+                ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """The two searches of a refresh, from one product of every row with the few ``sources``
+    (positions into ``x``): for every row, its best ``k`` matches among the sources that score
+    at least ``row_floor`` (default: any), and for every source, its own top ``k`` among all
+    rows. Each as (index, cosine), as :func:`exact_knn` gives them.
+
+    A refresh passes, as a row's floor, the lowest score its list still vouches for: only
+    sources above it can change what the list knows, and they are few. On CPU, once the
+    sources' lists are full, one screen finds them (bf16 products where the CPU has AMX, as in
+    :func:`exact_knn`)."""
     import torch
 
     xu, valid = unit(x)
+    n = len(xu)
     sources = np.asarray(sources, dtype=np.int64)
+    floors = np.full(n, -np.inf, np.float32) if row_floor is None else np.asarray(row_floor, np.float32)
     X = _torch(xu, device)
-    C = X[_torch(sources, device)]
-    c_invalid = _torch(~valid[sources], device)
     src = _torch(sources, device)
-    kk = min(k, len(sources))
-    out_v = torch.full((len(xu), k), float("-inf"), device=device)
-    out_i = torch.full((len(xu), k), NO_NEIGHBOUR, dtype=torch.int64, device=device)
+    C = X[src]
+    cpu = X.device.type == "cpu"
+    screen = cpu and (has_amx() if screen is None else screen)
+    X16 = X.to(torch.bfloat16) if screen else None
+    C16 = C.to(torch.bfloat16) if screen else None
+    margins = bf16_margins(xu) if screen else None
+    any_invalid = not valid.all()
+    invalid = _torch(~valid, device)
+    cand_v = torch.full((n, k), float("-inf"), device=device)
+    cand_i = torch.full((n, k), NO_NEIGHBOUR, dtype=torch.int64, device=device)
+    own_v = torch.full((len(sources), k), float("-inf"), device=device)
+    own_i = torch.full((len(sources), k), NO_NEIGHBOUR, dtype=torch.int64, device=device)
     with torch.inference_mode():
-        for b in range(0, len(xu), block):
-            e = min(b + block, len(xu))
-            S = X[b:e] @ C.T
-            S.masked_fill_(c_invalid[None, :], float("-inf"))
-            if not self_loops:        # a source row does not match itself
+        for b in range(0, n, block):
+            e = min(b + block, n)
+            if screen and _screen_sources_cpu(X16, C16, margins, floors, b, e, sources, valid[sources], cand_v,
+                                              cand_i, own_v, own_i, xu, self_loops):
+                continue
+            S = X[b:e] @ C.T                       # rows b..e against the sources
+            if any_invalid:                        # zero vectors: nobody's neighbour
+                S.masked_fill_(invalid[src][None, :], float("-inf"))
+                S.masked_fill_(invalid[b:e][:, None], float("-inf"))
+            if not self_loops:                     # a source does not match itself
                 own = (src >= b) & (src < e)
                 S[src[own] - b, own.nonzero(as_tuple=True)[0]] = float("-inf")
-            v, i = S.topk(kk, dim=1)
-            out_v[b:e, :kk] = v
-            out_i[b:e, :kk] = src[i]
-    return _finish(out_v, out_i, valid)
+            if cpu:
+                _fold_sources_cpu(S.numpy(), floors[b:e], b, e, sources, valid[sources], cand_v, cand_i, own_v, own_i, xu)
+                continue
+            low = _torch(floors[b:e], device)
+            R = S.masked_fill(S < low[:, None], float("-inf"))
+            _fold_rows(cand_v, cand_i, R, slice(b, e), src, k)
+            rows = torch.arange(b, e, device=device)
+            top_v, top_i = S.topk(min(k, e - b), dim=0)
+            _merge(own_v, own_i, slice(None), top_v.T, rows[top_i.T], k)
+    return _finish(cand_v, cand_i, valid), _finish(own_v, own_i, valid[sources])
+
+
+def _screen_sources_cpu(X16, C16, margins, floors, b, e, sources, source_valid, cand_v, cand_i, own_v, own_i, xu,
+                        self_loops) -> bool:
+    """One block of :func:`search_from` from bf16 products, screened with the error bound and
+    the survivors scored in fp32. False where it cannot be (the sources' lists are not full
+    yet, a floor is not positive, or too many survive): the caller takes fp32 products."""
+    import torch
+
+    from itemlens.store import knn_kernels
+
+    kth = np.where(source_valid, own_v.numpy()[:, -1], np.inf)     # a zero source keeps no list
+    if np.isneginf(kth).any():
+        return False
+    low_r = _bf16_floor_bits(floors[b:e] - margins[b:e])
+    low_c = _bf16_floor_bits(kth - margins[sources])
+    if low_r is None or low_c is None:
+        return False
+    S16 = (X16[b:e] @ C16.T).view(torch.int16).numpy()
+    found = knn_kernels.survivors(S16, low_r, low_c, max(16, S16.shape[1] // 64))
+    if found is None:
+        return False
+    rows = np.arange(b, e)
+    knn_kernels.merge_pairs(xu, S16, True, rows, sources, *found, cand_v.numpy(), cand_i.numpy(), rows,
+                            floors[b:e], own_v.numpy(), own_i.numpy(), np.arange(len(sources)), self_loops)
+    return True
+
+
+def _fold_sources_cpu(S, floors, b, e, sources, source_valid, cand_v, cand_i, own_v, own_i, xu) -> None:
+    """One block of :func:`search_from` from fp32 products (self pairs and zero rows already
+    masked): once the sources' lists are full, one screen finds the entries that enter a row's
+    or a source's list; before (the first block) or where a row has many (a low floor), the
+    kernels fold whole rows and columns instead."""
+    from itemlens.store import knn_kernels
+
+    rows = np.arange(b, e)
+    own = own_v.numpy(), own_i.numpy()
+    kth = np.where(source_valid, own[0][:, -1], np.inf)            # a zero source keeps no list
+    found = None
+    if not np.isneginf(kth).any():
+        found = knn_kernels.survivors(S, floors, kth.astype(np.float32), max(16, S.shape[1] // 64))
+    if found is None:
+        knn_kernels.fold_columns(S, *own, rows)
+        knn_kernels.fold_rows(S, cand_v[b:e].numpy(), cand_i[b:e].numpy(), sources, floors)
+        return
+    knn_kernels.merge_pairs(xu, S, False, rows, sources, *found, cand_v.numpy(), cand_i.numpy(), rows, floors,
+                            *own, np.arange(len(sources)), True)
 
 
 def merge_lists(index_a, sims_a, index_b, sims_b, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -152,18 +152,128 @@ def test_a_refresh_recomputes_only_affected_lists_and_equals_a_rebuild(depth):
         assert len(fresh) + 0.5 * len(affected) < recomputed <= len(fresh | affected)
 
 
+def _counting_kernels(monkeypatch):
+    """Count the blocks the numba kernels fold in, bf16-screened and fp32, so that a test knows
+    the path it checks was taken."""
+    from itemlens.store import knn_kernels
+
+    folded = {"bf16": 0, "fp32": 0}
+    merge = knn_kernels.merge_pairs
+
+    def counting(X, S, rescore, *rest):
+        folded["bf16" if rescore else "fp32"] += 1
+        return merge(X, S, rescore, *rest)
+
+    monkeypatch.setattr(knn_kernels, "merge_pairs", counting)
+    return folded
+
+
 @pytest.mark.parametrize("self_loops", [True, False])
-def test_bf16_screened_blocks_give_exactly_the_fp32_lists(self_loops):
+def test_screened_and_fp32_kernel_blocks_give_the_lists_of_a_dense_search(self_loops, monkeypatch):
     rng = np.random.default_rng(7)
     x = rng.normal(size=(3000, 64)).astype(np.float32)
+    x[5] = 0                                         # no direction
+    x[100:140] = x[99]                               # 41 equal rows: more survivors than a row holds
+    folded = _counting_kernels(monkeypatch)
     screened, s_scores = knn.exact_knn(x, 10, self_loops=self_loops, block=256, screen=True)
+    assert folded["bf16"] > 40          # of 66 off-diagonal blocks (early ones may take fp32)
+    folded.update(bf16=0, fp32=0)
     plain, p_scores = knn.exact_knn(x, 10, self_loops=self_loops, block=256, screen=False)
-    s = _cos(x.astype(np.float64))
+    assert folded["bf16"] == 0 and folded["fp32"] > 40
+    s = _cos(np.where(np.arange(3000)[:, None] == 5, 1.0, x).astype(np.float64))
+    s[5], s[:, 5] = -np.inf, -np.inf
     if not self_loops:
         np.fill_diagonal(s, -np.inf)
-    reference = np.argsort(-s, axis=1)[:, :10]
-    assert np.array_equal(screened, plain) and np.array_equal(screened, reference)
-    assert np.abs(s_scores - np.take_along_axis(s, reference, 1)).max() < 1e-5
+    reference = np.argsort(-s, axis=1, kind="stable")[:, :10]
+    reference[5] = knn.NO_NEIGHBOUR
+    # the equal rows, and the rows whose lists hold some of them, may hold any of them
+    ties = np.isin(reference, np.arange(99, 140)).any(axis=1)
+    ties[99:140] = True
+    assert 41 <= ties.sum() < 300
+    assert np.array_equal(screened[~ties], reference[~ties]) and np.array_equal(plain[~ties], reference[~ties])
+    for lists in (screened, plain):
+        assert all(set(lists[i]) <= set(range(99, 140)) for i in range(99, 140))
+    expected = np.take_along_axis(s, reference, 1)
+    for scores in (s_scores, p_scores):
+        found = np.isfinite(expected)
+        assert np.array_equal(np.isfinite(scores), found)
+        assert np.abs(scores[found] - expected[found]).max() < 1e-5
+
+
+@pytest.mark.parametrize("self_loops", [True, False])
+def test_search_from_sources_equals_a_dense_search(self_loops, monkeypatch):
+    """A refresh's one search: every row's best sources above its floor, and every source's own
+    list, by bf16 screening and by fp32 products alike, as a dense search gives them."""
+    rng = np.random.default_rng(11)
+    n, k = 2500, 8
+    x = rng.normal(size=(n, 48)).astype(np.float32)
+    x[7] = 0                                                   # no direction
+    sources = np.sort(rng.choice(n, 120, replace=False))
+    sources = np.union1d(sources, [7])                         # a zero source: nobody's match
+    s = _cos(np.where(np.arange(n)[:, None] == 7, 1.0, x).astype(np.float64))
+    s[7], s[:, 7] = -np.inf, -np.inf
+    if not self_loops:
+        np.fill_diagonal(s, -np.inf)
+    floor = np.quantile(s[:, sources], 0.97, axis=1).astype(np.float32)   # a few sources above it
+    floor[:50] = np.inf                                        # rows that take nothing
+    floor[50:60] = -np.inf                                     # rows that take any source
+    floor[7] = np.inf                                          # (a refresh gives a zero row no floor)
+    among = np.where(s[:, sources] >= floor[:, None], s[:, sources], -np.inf)
+    want_rows = sources[np.argsort(-among, axis=1, kind="stable")[:, :k]]
+    want_rows[~np.isfinite(np.sort(among, axis=1)[:, ::-1][:, :k])] = knn.NO_NEIGHBOUR
+    want_own = np.argsort(-s[sources], axis=1, kind="stable")[:, :k]
+    want_own[sources == 7] = knn.NO_NEIGHBOUR
+    folded = _counting_kernels(monkeypatch)
+    for screen in (True, False):
+        (rows, _), (own, own_scores) = knn.search_from(x, sources, k, row_floor=floor, self_loops=self_loops,
+                                                       block=256, screen=screen)
+        assert np.array_equal(rows, want_rows) and np.array_equal(own, want_own), screen
+        expected = np.take_along_axis(s[sources], np.maximum(want_own, 0), 1)
+        found = want_own >= 0
+        assert np.abs(own_scores[found] - expected[found]).max() < 1e-5
+    assert folded["bf16"] > 5 and folded["fp32"] > 5           # both ways were taken
+
+
+def test_bf16_screening_error_bound_holds_for_every_pair():
+    """The margin of row i bounds |bf16 product - exact product| against every row j (and so
+    the screen drops no pair that fp32 would keep), also for rows built to round badly."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(600, 96))
+    x[0] = 0
+    x[0, 0] = 1                                       # a basis vector: rounds exactly
+    x[1] = 1 + 2.0 ** -9                              # every coordinate half an ulp off
+    x[2] = (1 + 2.0 ** -9) * np.sign(rng.normal(size=96))
+    x[3] = x[1] * np.where(np.arange(96) % 2, 1, 1 + 2.0 ** -8)
+    xu, _ = knn.unit(x.astype(np.float32))
+    margins = knn.bf16_margins(xu)
+    X16 = torch.from_numpy(xu).to(torch.bfloat16)
+    approx = (X16 @ X16.T).double().numpy()           # what the screen reads (rounded to bf16)
+    exact = xu.astype(np.float64) @ xu.T.astype(np.float64)
+    error = np.abs(approx - exact)
+    assert (error <= margins[:, None]).all() and (error <= margins[None, :]).all()
+    assert margins.max() < 1.5 * 2.0 ** -8            # about one unit roundoff: few survivors
+
+
+def test_bf16_floor_bits_compare_as_the_numbers_they_stand_for():
+    import torch
+
+    rng = np.random.default_rng(5)
+    values = np.concatenate([rng.uniform(1e-4, 1.0, 2000), [2.0 ** -8, 0.5, 1.0, np.inf]])
+    bits = knn._bf16_floor_bits(values.astype(np.float64))
+    as_numbers = torch.from_numpy(bits).view(torch.bfloat16).double().numpy()
+    assert (as_numbers <= values).all()                                    # a floor ...
+    assert (values[:-1] - as_numbers[:-1] <= values[:-1] * 2.0 ** -7).all()  # ... one ulp at most
+    assert knn._bf16_floor_bits(np.array([0.3, 0.0])) is None              # zero: no integer order
+    assert knn._bf16_floor_bits(np.array([0.3, -0.1])) is None
+    # every bf16 pattern against positive floors: integer order is number order
+    every = np.arange(-32768, 32768, dtype=np.int64).astype(np.int16)
+    numbers = torch.from_numpy(every).view(torch.bfloat16).float().numpy()
+    real = np.isfinite(numbers)
+    for floor in bits[::200]:
+        floor_number = float(torch.tensor([floor]).view(torch.bfloat16).float())
+        assert np.array_equal((every >= floor)[real], (numbers >= floor_number)[real])
 
 
 def test_zero_and_duplicate_vectors_give_no_nan(tmp_path):
