@@ -45,7 +45,6 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from itemlens.errors import ConfigError
-from itemlens.store.layout import ITEMS_TABLE
 from itemlens.store.semantic_ids import check_inputs
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -151,10 +150,33 @@ class GraphReport:
 
 # -- building and refreshing ---------------------------------------------------------------------
 
+@dataclass
+class FeatureInputs:
+    """One feature's vectors as a graph reads them: the items that have one, in item-index order."""
+
+    ids: pa.Array                  # item ids (strings)
+    item_index: np.ndarray         # [n] int64, their stable item indexes
+    x: np.ndarray                  # [n, d] float32
+    source_hash: pa.Array          # the feature's input hash per item: a list is stale when it changes
+
+
+def read_feature(writer: StoreWriter, items: pa.Table, version: FeatureVersion,
+                 table_version: int | None) -> FeatureInputs:
+    from itemlens.store.semantic_ids import read_vectors
+
+    present, x, hashes = read_vectors(writer, version, table_version, items.column("item_id").combine_chunks())
+    keep = np.flatnonzero(present)
+    if len(keep) < len(present):
+        x, hashes = x[keep], hashes.take(pa.array(keep))
+    return FeatureInputs(items.column("item_id").combine_chunks().take(pa.array(keep)),
+                         items.column("item_index").to_numpy()[keep].astype(np.int64), np.ascontiguousarray(x), hashes)
+
+
 def derive(writer: StoreWriter, name: str, spec: GraphSpec, *, rebuild: bool = False,
            features: dict[str, FeatureVersion] | None = None) -> GraphReport:
     """Bring graph ``name`` up to date with the writer's vectors (publishing is the caller's)."""
-    from itemlens.store.semantic_ids import read_inputs
+    from itemlens.store import lance_io
+    from itemlens.store.semantic_ids import items_in_order
     from itemlens.store.snapshots import GraphVersion, now_iso
 
     report = GraphReport(name=name)
@@ -167,11 +189,12 @@ def derive(writer: StoreWriter, name: str, spec: GraphSpec, *, rebuild: bool = F
         if version is None:
             raise ConfigError(f"graph {name!r}: the store has no feature {feature!r}")
         versions[feature] = version
+    items = items_in_order(writer)
     inputs_by_feature = {}
     for feature, version in versions.items():
+        # a feature this job wrote: its latest table version; else the one the base snapshot names
         table_version = None if features and feature in features else writer.base.tables.get(version.table)
-        inputs_by_feature[feature] = read_inputs(writer, {feature: 1.0}, {feature: version},
-                                                 {version.table: table_version})
+        inputs_by_feature[feature] = read_feature(writer, items, version, table_version)
     qualified = {f: v.qualified for f, v in versions.items()}
     if spec.interactions is not None:
         qualified[COOCCURRENCE] = _file_digest(spec.interactions.path)
@@ -190,35 +213,37 @@ def derive(writer: StoreWriter, name: str, spec: GraphSpec, *, rebuild: bool = F
     else:
         version = existing.model_copy(deep=True)
         version.spec = spec.model_dump(mode="json")    # preset and weights: read-time choices
-        from itemlens.store import lance_io
-
         old = lance_io.open_dataset(writer.location.table_uri(version.table), None,
-                                    writer.location.options()).to_table()
+                                    writer.location.options()).to_table().combine_chunks()
     report.version = version.label
-    index_of = _item_indexes(writer)
     device = _device(spec)
 
-    upserts, deletions = [], {}
+    # per input: the rows to upsert, the ids to delete, and the whole table after this run
+    # (kept in memory for the statistics, instead of reading the table again)
+    upserts, deletions, after = [], {}, []
     for feature, inputs in inputs_by_feature.items():
         t = time.perf_counter()
-        rows, deleted, recomputed, merged = _refresh_lists(
-            old.filter(pa.compute.equal(old.column("feature"), feature)), inputs, index_of, spec, device)
-        upserts.append(rows.append_column("feature", pa.array([feature] * rows.num_rows, pa.string())))
+        part = _of_feature(old, feature)
+        rows, deleted, recomputed, merged = _refresh_lists(part, inputs, spec, device)
+        rows = _with_feature(rows, feature)
+        upserts.append(rows)
+        after.append(_replaced(part, rows, deleted))
         deletions[feature] = deleted
         report.recomputed[feature], report.merged[feature], report.deleted[feature] = recomputed, merged, len(deleted)
         report.seconds[f"knn:{feature}"] = time.perf_counter() - t
     if spec.interactions is not None:
         t = time.perf_counter()
-        rows = _cooccurrence_lists(spec.interactions, index_of)
-        previous = old.filter(pa.compute.equal(old.column("feature"), COOCCURRENCE))
+        rows = _with_feature(_cooccurrence_lists(spec.interactions, _item_indexes(items)), COOCCURRENCE)
+        previous = _of_feature(old, COOCCURRENCE)
         gone = sorted(set(previous.column("item_id").to_pylist()) - set(rows.column("item_id").to_pylist()))
-        upserts.append(rows.append_column("feature", pa.array([COOCCURRENCE] * rows.num_rows, pa.string())))
+        upserts.append(rows)
+        after.append(rows)
         deletions[COOCCURRENCE] = gone
         report.recomputed[COOCCURRENCE], report.deleted[COOCCURRENCE] = rows.num_rows, len(gone)
         report.seconds["cooccurrence"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    upsert = pa.concat_tables([u.select(GRAPH_SCHEMA.names).cast(GRAPH_SCHEMA) for u in upserts])
+    upsert = pa.concat_tables(upserts)
     changed = upsert.num_rows or any(deletions.values())
     if not report.rebuilt and not changed:
         report.items = version.count
@@ -227,13 +252,13 @@ def derive(writer: StoreWriter, name: str, spec: GraphSpec, *, rebuild: bool = F
         return report
     _write(writer, version.table, upsert, deletions, replace=report.rebuilt)
     report.seconds["write"] = time.perf_counter() - t
-    from itemlens.store import lance_io
-
-    table = lance_io.open_dataset(writer.location.table_uri(version.table), None, writer.location.options()).to_table()
-    report.items = len(set(table.column("item_id").to_pylist()))
+    t = time.perf_counter()
+    table = pa.concat_tables(after)
+    report.items = table.num_rows if len(after) == 1 else pa.compute.count_distinct(table.column("item_id")).as_py()
     report.stats = graph_stats(table, spec)
     if spec.method == "approximate":
-        report.stats["recall_at_k"] = _sampled_recall(table, inputs_by_feature, index_of, spec, device)
+        report.stats["recall_at_k"] = _sampled_recall(table, inputs_by_feature, spec, device)
+    report.seconds["stats"] = time.perf_counter() - t
     version.count, version.stats, version.refreshed_at = report.items, report.stats, now_iso()
     writer.stage_graph(version)
     report.seconds["total"] = time.perf_counter() - t0
@@ -241,20 +266,43 @@ def derive(writer: StoreWriter, name: str, spec: GraphSpec, *, rebuild: bool = F
     return report
 
 
-def _refresh_lists(old: pa.Table, inputs, index_of: dict[str, int], spec: GraphSpec, device: str):
+def _of_feature(table: pa.Table, feature: str) -> pa.Table:
+    """The rows of one input (the whole table, uncopied, when it has no other)."""
+    mine = pa.compute.equal(table.column("feature"), feature)
+    return table if pa.compute.all(mine).as_py() is not False else table.filter(mine)
+
+
+def _with_feature(rows: pa.Table, feature: str) -> pa.Table:
+    rows = rows.append_column("feature", pa.array([feature] * rows.num_rows, pa.string()))
+    return rows.select(GRAPH_SCHEMA.names).cast(GRAPH_SCHEMA)
+
+
+def _replaced(part: pa.Table, rows: pa.Table, deleted: list[str]) -> pa.Table:
+    """One input's lists after the upsert of ``rows`` and the deletion of ``deleted``: what
+    ``_write`` leaves in the table."""
+    if part.num_rows == 0:
+        return rows
+    replaced = pa.concat_arrays([rows.column("item_id").combine_chunks(), pa.array(deleted, pa.string())])
+    stays = pa.compute.invert(pa.compute.is_in(part.column("item_id"), value_set=replaced))
+    return pa.concat_tables([part.filter(stays), rows])
+
+
+def _refresh_lists(old: pa.Table, inputs: FeatureInputs, spec: GraphSpec, device: str):
     """New neighbour lists of one feature: (rows to upsert, ids to delete, recomputed, merged).
 
     Lists are stored ``depth`` deep (2k by default) with the length of their prefix known to
     be exact (``exact``). A list that loses changed or deleted neighbours keeps, in order, the
     exact top of the unchanged items; merged with the best candidates among the new and changed
     items it stays exact up to the first score either source cannot vouch for. Only lists
-    whose exact prefix falls under k, and those of new and changed items, are recomputed."""
+    whose exact prefix falls under k, and those of new and changed items, are recomputed.
+    Bookkeeping is column-wise (pyarrow, numpy): a refresh must cost a small share of a rebuild."""
     from itemlens.store import knn
 
-    ids, x, hashes = inputs.ids, inputs.x, inputs.source_hash
-    n = len(ids)
-    item_index = np.array([index_of[i] for i in ids], np.int64)
-    size = max(index_of.values(), default=-1) + 2
+    pc = pa.compute
+    x, item_index = inputs.x, inputs.item_index
+    n = len(item_index)
+    old_index = old.column("item_index").to_numpy()
+    size = int(max(item_index.max(initial=-1), old_index.max(initial=-1))) + 2
     position = np.full(size, -1, np.int64)
     position[item_index] = np.arange(n)
     k, depth = spec.k, spec.list_depth
@@ -265,28 +313,29 @@ def _refresh_lists(old: pa.Table, inputs, index_of: dict[str, int], spec: GraphS
             found, sims, _ = knn.approximate_knn(x, depth, self_loops=spec.self_loops, nprobe=spec.nprobe)
         else:
             found, sims = knn.exact_knn(x, depth, self_loops=spec.self_loops, block=spec.block, device=device)
-        return _rows(ids, item_index, found, sims, hashes, np.arange(n)), [], n, 0
+        return _rows(inputs, found, sims, np.arange(n)), [], n, 0
 
-    old_ids = old.column("item_id").to_pylist()
-    old_hash = dict(zip(old_ids, old.column("source_hash").to_pylist()))
-    current = set(ids)
-    deleted = [i for i in old_ids if i not in current]
-    fresh = np.array([old_hash.get(i) != h for i, h in zip(ids, hashes)], bool)      # new or changed
+    old_ids = old.column("item_id").combine_chunks()
+    old_row = pc.index_in(inputs.ids, value_set=old_ids).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    still_there = np.zeros(len(old_ids), bool)
+    still_there[old_row[old_row >= 0]] = True
+    gone_rows = np.flatnonzero(~still_there)
+    deleted = old_ids.take(pa.array(gone_rows)).to_pylist()
+    old_hash = old.column("source_hash").combine_chunks().take(pa.array(np.maximum(old_row, 0)))
+    same = pc.equal(inputs.source_hash, old_hash).fill_null(False).to_numpy(zero_copy_only=False)
+    fresh = ~same | (old_row < 0)                                                    # new or changed
     if spec.method == "approximate":      # an approximate graph is rebuilt whole when anything changed
         if not fresh.any() and not deleted:
-            return _rows([], item_index[:0], np.zeros((0, depth), np.int64), np.zeros((0, depth), np.float32),
-                         [], []), [], 0, 0
+            return _rows(inputs, np.zeros((0, depth), np.int64), np.zeros((0, depth), np.float32), []), [], 0, 0
         found, sims, _ = knn.approximate_knn(x, depth, self_loops=spec.self_loops, nprobe=spec.nprobe)
-        return _rows(ids, item_index, found, sims, hashes, np.arange(n)), deleted, n, 0
+        return _rows(inputs, found, sims, np.arange(n)), deleted, n, 0
 
     # the stored lists of today's items that stay (not new or changed), as dense [n, depth] arrays
     moved = np.zeros(size, bool)                       # item indexes whose old scores are void
     moved[item_index[fresh]] = True
-    moved[[index_of[i] for i in deleted if i in index_of]] = True
-    row_of_old = {i: r for r, i in enumerate(old_ids)}
-    old_row = np.array([row_of_old.get(i, -1) for i in ids], np.int64)
-    kept = np.flatnonzero(~fresh & (old_row >= 0))
-    old = old.take(pa.array(old_row[kept]))
+    moved[old_index[gone_rows]] = True
+    kept = np.flatnonzero(~fresh)
+    old = old.select(["neighbors", "scores", "exact"]).take(pa.array(old_row[kept]))
     neighbors = old.column("neighbors").combine_chunks()
     lengths = np.diff(neighbors.offsets.to_numpy()) if len(kept) else np.zeros(0, np.int64)
     flat = neighbors.flatten().to_numpy() if len(kept) else np.zeros(0, np.int64)
@@ -299,13 +348,14 @@ def _refresh_lists(old: pa.Table, inputs, index_of: dict[str, int], spec: GraphS
     exact_left = old_exact - lost                     # exact prefix among the unchanged items
     stay = ~gone
     row, flat, flat_scores = row[stay], flat[stay], flat_scores[stay]
-    new_rank = np.arange(len(row)) - np.repeat(np.cumsum(np.bincount(row, minlength=len(kept))) -
-                                              np.bincount(row, minlength=len(kept)),
-                                              np.bincount(row, minlength=len(kept)))
+    left = np.bincount(row, minlength=len(kept))
+    at = row * depth + np.arange(len(row)) - np.repeat(np.cumsum(left) - left, left)   # row-major [kept, depth]
     lists = np.full((n, depth), knn.NO_NEIGHBOUR, np.int64)
     scores = np.full((n, depth), -np.inf, np.float32)
-    lists[kept[row], new_rank] = position[flat]
-    scores[kept[row], new_rank] = flat_scores
+    kept_lists = np.full(len(kept) * depth, knn.NO_NEIGHBOUR, np.int64)
+    kept_scores = np.full(len(kept) * depth, -np.inf, np.float32)
+    kept_lists[at], kept_scores[at] = position[flat], flat_scores
+    lists[kept], scores[kept] = kept_lists.reshape(-1, depth), kept_scores.reshape(-1, depth)
     # what the unchanged items can vouch for: every score above the last exact one is known
     complete = lengths < depth                        # the list held every item it could
     bound = np.full(n, np.inf, np.float32)
@@ -327,13 +377,14 @@ def _refresh_lists(old: pa.Table, inputs, index_of: dict[str, int], spec: GraphS
         lists[sources], scores[sources] = own, own_scores
         # a full candidate list may have left out sources under its last score
         c_bound = cand_scores[:, -1] if len(sources) > depth else np.full(n, -np.inf, np.float32)
-        new_lists, new_scores = knn.merge_lists(lists[kept], scores[kept], cand[kept], cand_scores[kept], depth)
+        offered = kept[cand[kept, 0] != knn.NO_NEIGHBOUR]      # lists with a candidate to merge
+        new_lists, new_scores = knn.merge_lists(lists[offered], scores[offered], cand[offered],
+                                                cand_scores[offered], depth)
+        merged_rows = offered[(new_lists != lists[offered]).any(axis=1)]
+        lists[offered], scores[offered] = new_lists, new_scores
         limit = np.maximum(bound[kept], c_bound[kept])
-        vouched = (new_scores >= limit[:, None]) & np.isfinite(new_scores)
+        vouched = (scores[kept] >= limit[:, None]) & np.isfinite(scores[kept])
         exact[kept] = np.minimum(vouched.sum(axis=1), depth)
-        entered = (new_lists != lists[kept]).any(axis=1)
-        lists[kept], scores[kept] = new_lists, new_scores
-        merged_rows = kept[entered]
     # unchanged items whose list no longer vouches for its first k: searched again
     stale = np.zeros(n, bool)
     stale[kept] = exact[kept] < min(k, max(reachable, 0))
@@ -342,17 +393,18 @@ def _refresh_lists(old: pa.Table, inputs, index_of: dict[str, int], spec: GraphS
     if len(again):
         found, sims = knn.knn_rows(x, again, depth, self_loops=spec.self_loops, block=spec.block, device=device)
         lists[again], scores[again] = found, sims
-    recompute = np.union1d(sources, again)
-    shortened = kept[lost > 0]                        # lists that dropped a changed or deleted item
-    touched = np.union1d(np.union1d(recompute, merged_rows), shortened)
-    exact_of = {int(r): int(e) for r, e in zip(kept.tolist(), exact[kept].tolist())}
-    for r in recompute.tolist():     # computed whole just now
-        exact_of.pop(r, None)
-    return (_rows(ids, item_index, lists, scores, hashes, touched, exact_of), deleted, len(recompute),
-            len(np.setdiff1d(touched, recompute)))
+    recompute = np.zeros(n, bool)
+    recompute[sources] = recompute[again] = True
+    touched = recompute.copy()
+    touched[merged_rows] = True
+    touched[kept[lost > 0]] = True                    # lists that dropped a changed or deleted item
+    exact[recompute] = depth                          # computed whole just now
+    touched = np.flatnonzero(touched)
+    recomputed = int(recompute.sum())
+    return (_rows(inputs, lists, scores, touched, exact[touched]), deleted, recomputed, len(touched) - recomputed)
 
 
-def _sampled_recall(table: pa.Table, inputs_by_feature, index_of: dict[str, int], spec: GraphSpec, device: str,
+def _sampled_recall(table: pa.Table, inputs_by_feature: dict[str, FeatureInputs], spec: GraphSpec, device: str,
                     sample: int = 200) -> float:
     """Recall@k of the stored (approximate) lists against exact search, on a seeded sample of
     rows of every input feature."""
@@ -362,40 +414,40 @@ def _sampled_recall(table: pa.Table, inputs_by_feature, index_of: dict[str, int]
     rows = {(r["feature"], r["item_id"]): r["neighbors"] for r in
             table.select(["feature", "item_id", "neighbors"]).to_pylist()}
     for feature, inputs in inputs_by_feature.items():
-        if not inputs.ids:
+        n = len(inputs.item_index)
+        if not n:
             continue
-        picks = np.random.default_rng(0).choice(len(inputs.ids), min(sample, len(inputs.ids)), replace=False)
+        picks = np.random.default_rng(0).choice(n, min(sample, n), replace=False)
         exact, _ = knn.knn_rows(inputs.x, picks, spec.k, self_loops=spec.self_loops, block=spec.block, device=device)
-        item_index = np.array([index_of[i] for i in inputs.ids], np.int64)
+        ids = inputs.ids.to_pylist()
         for p, truth in zip(picks.tolist(), exact):
-            truth = set(item_index[truth[truth >= 0]].tolist())
+            truth = set(inputs.item_index[truth[truth >= 0]].tolist())
             if truth:
-                recalls.append(len(truth & set(rows.get((feature, inputs.ids[p]), [])[: spec.k])) / len(truth))
+                recalls.append(len(truth & set(rows.get((feature, ids[p]), [])[: spec.k])) / len(truth))
     return round(float(np.mean(recalls)), 4) if recalls else 0.0
 
 
-def _rows(ids, item_index, positions, scores, hashes, which, exact_of: dict[int, int] | None = None) -> pa.Table:
-    """Rows for ``which`` (positions into ids), neighbours mapped to item indexes; ``exact``
-    from ``exact_of`` where given, else the whole (freshly computed) list. Built column-wise
-    (a refresh may rewrite tens of thousands of lists)."""
+def _rows(inputs: FeatureInputs, positions: np.ndarray, scores: np.ndarray, which, exact: np.ndarray | None = None
+          ) -> pa.Table:
+    """Rows for ``which`` (positions into the inputs), neighbours mapped to item indexes;
+    ``exact`` per row where given (capped at the list's length), else the whole (freshly
+    computed) list. Built column-wise (a refresh may rewrite tens of thousands of lists)."""
     which = np.asarray(which, np.int64)
     chosen = positions[which]
     ok = chosen >= 0
     lengths = ok.sum(axis=1)
     offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
-    neighbors = pa.ListArray.from_arrays(offsets, pa.array(item_index[chosen[ok]], pa.int64()))
+    neighbors = pa.ListArray.from_arrays(offsets, pa.array(inputs.item_index[chosen[ok]], pa.int64()))
     weights = pa.ListArray.from_arrays(offsets, pa.array(scores[which][ok].astype(np.float32), pa.float32()))
-    exact = lengths.copy()
-    if exact_of:
-        known = np.array([exact_of.get(r, -1) for r in which.tolist()], np.int64)
-        exact = np.where(known >= 0, np.minimum(known, lengths), lengths)
+    exact = lengths if exact is None else np.minimum(exact, lengths)
+    picked = pa.array(which)
     return pa.table({
-        "item_id": pa.array([ids[r] for r in which.tolist()], pa.string()),
-        "item_index": pa.array(item_index[which] if len(which) else [], pa.int64()),
+        "item_id": inputs.ids.take(picked),
+        "item_index": pa.array(inputs.item_index[which], pa.int64()),
         "neighbors": neighbors,
         "scores": weights,
         "exact": pa.array(exact.astype(np.int32), pa.int32()),
-        "source_hash": pa.array([hashes[r] for r in which.tolist()], pa.string()),
+        "source_hash": inputs.source_hash.take(picked),
     })
 
 
@@ -421,8 +473,7 @@ def _sql(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _item_indexes(writer: StoreWriter) -> dict[str, int]:
-    items = writer._open(ITEMS_TABLE).to_table(columns=["item_id", "item_index"])
+def _item_indexes(items: pa.Table) -> dict[str, int]:
     return dict(zip(items.column("item_id").to_pylist(), items.column("item_index").to_pylist()))
 
 
@@ -474,7 +525,7 @@ def _cooccurrence_lists(spec: InteractionsSpec, index_of: dict[str, int]) -> pa.
     items = pa.compute.cast(table.column(spec.item_column), pa.string()).to_pylist()
     pairs = {(u, index_of[i]) for u, i in zip(users, items) if i in index_of}      # known items, deduplicated
     if not pairs:
-        return _rows([], np.zeros(0, np.int64), np.zeros((0, spec.top_n), np.int64), np.zeros((0, spec.top_n)), [], [])
+        return GRAPH_SCHEMA.empty_table().drop_columns(["feature"])
     user_ids = {u: n for n, u in enumerate(sorted({u for u, _ in pairs}))}
     rows = np.array([user_ids[u] for u, _ in pairs])
     cols = np.array([i for _, i in pairs])
@@ -507,7 +558,7 @@ def knn_matrix(table: pa.Table, feature: str, size: int, k: int | None = None):
     first ``k`` neighbours; all stored ones when k is None)."""
     import scipy.sparse as sp
 
-    part = table.filter(pa.compute.equal(table.column("feature"), feature))
+    part = _of_feature(table, feature)
     if part.num_rows == 0:
         return sp.csr_matrix((size, size))
     rows = part.column("item_index").to_numpy()
@@ -583,24 +634,33 @@ def fused_matrix(table: pa.Table, spec: dict[str, Any], size: int, preset: str |
 
 
 def graph_stats(table: pa.Table, spec: GraphSpec) -> dict[str, Any]:
-    """Per input: in-degree distribution (out-degree is k), share of mutual edges, a histogram."""
+    """Per input: in-degree distribution (out-degree is k), share of mutual edges, a histogram.
+    Self-loops are left out; an edge i -> j is mutual when j -> i is an edge too."""
+    from itemlens.store import knn_kernels
+
     stats: dict[str, Any] = {"inputs": {}}
-    size = int(table.column("item_index").to_numpy().max()) + 1 if table.num_rows else 0
-    for feature in sorted(set(table.column("feature").to_pylist())):
-        a = knn_matrix(table, feature, size, _depth_read(spec, feature))
-        a.setdiag(0)
-        a.eliminate_zeros()
-        a.data[:] = 1.0
-        rows = np.unique(table.filter(pa.compute.equal(table.column("feature"), feature)).column("item_index").to_numpy())
-        in_degree = np.asarray(a.sum(axis=0)).ravel()[rows]
-        mutual = a.multiply(a.T).nnz
-        histogram = np.bincount(in_degree.astype(np.int64))
+    for feature in sorted(pa.compute.unique(table.column("feature")).to_pylist()):
+        part = _of_feature(table, feature)
+        rows = part.column("item_index").to_numpy()
+        neighbors = part.column("neighbors").combine_chunks()
+        lengths = np.diff(neighbors.offsets.to_numpy())
+        source, target = np.repeat(rows, lengths), neighbors.flatten().to_numpy()
+        rank = np.arange(len(target)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        depth = _depth_read(spec, feature)
+        edge = (rank < depth if depth is not None else True) & (source != target)
+        source, target, rank = source[edge], target[edge], rank[edge]
+        size = int(max(rows.max(initial=-1), target.max(initial=-1))) + 1
+        # each list as a row of a dense [size, width] matrix: j -> i is an edge when row j holds i
+        held = np.full((size, int(rank.max(initial=-1)) + 1), -1, np.int64)
+        held[source, rank] = target
+        mutual = knn_kernels.count_mutual(held, source, target)
+        in_degree = np.bincount(target, minlength=size)[rows]
         stats["inputs"][feature] = {
-            "items": int(len(rows)), "edges": int(a.nnz),
-            "mutual_share": round(mutual / a.nnz, 4) if a.nnz else 0.0,
+            "items": int(len(rows)), "edges": int(len(source)),
+            "mutual_share": round(mutual / len(source), 4) if len(source) else 0.0,
             "in_degree": {"min": int(in_degree.min(initial=0)), "median": float(np.median(in_degree)) if len(rows) else 0.0,
                           "max": int(in_degree.max(initial=0)), "zero": int((in_degree == 0).sum())},
-            "in_degree_histogram": histogram.tolist(),
+            "in_degree_histogram": np.bincount(in_degree).tolist(),
         }
     shares = [s["mutual_share"] for s in stats["inputs"].values()]
     stats["mutual_share"] = round(float(np.mean(shares)), 4) if shares else 0.0

@@ -7,7 +7,6 @@ import json
 import textwrap
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pytest
 import scipy.sparse as sp
@@ -15,8 +14,7 @@ import scipy.sparse as sp
 import itemlens
 from itemlens.errors import ConfigError
 from itemlens.store import knn
-from itemlens.store.graphs import GRAPH_SCHEMA, GraphSpec, _refresh_lists, build
-from itemlens.store.semantic_ids import Inputs
+from itemlens.store.graphs import GRAPH_SCHEMA, FeatureInputs, GraphSpec, _refresh_lists, build, graph_stats
 from itemlens.store.writer import StoreWriter
 from itemlens.workflows.cli import main as cli
 from itemlens.workflows.config import load_config
@@ -90,7 +88,8 @@ def test_each_preset_equals_a_direct_numpy_implementation(tmp_path, self_loops):
 
 
 def _inputs(x, ids, hashes):
-    return Inputs(ids=list(ids), x=x.astype(np.float32), source_hash=list(hashes), missing=0, versions={})
+    return FeatureInputs(ids=pa.array(ids, pa.string()), item_index=np.array([int(i[1:]) for i in ids], np.int64),
+                         x=x.astype(np.float32), source_hash=pa.array(hashes, pa.string()))
 
 
 def _apply(old: pa.Table, upsert: pa.Table, deleted: list[str]) -> dict[str, tuple[list, list]]:
@@ -108,10 +107,9 @@ def test_a_refresh_recomputes_only_affected_lists_and_equals_a_rebuild(depth):
     n, k = 1000, 10
     x = rng.normal(size=(n + 30, 32)).astype(np.float32)
     ids = [f"i{j}" for j in range(n + 30)]
-    index_of = {i: j for j, i in enumerate(ids)}
     spec = GraphSpec(features=["emb"], k=k, depth=depth, self_loops=False, block=256, device="cpu")
     first, _, recomputed, _ = _refresh_lists(GRAPH_SCHEMA.empty_table(), _inputs(x[:n], ids[:n], ["h"] * n),
-                                             index_of, spec, "cpu")
+                                             spec, "cpu")
     assert recomputed == n
     old = first.append_column("feature", pa.array(["emb"] * n)).select(GRAPH_SCHEMA.names).cast(GRAPH_SCHEMA)
 
@@ -123,11 +121,11 @@ def test_a_refresh_recomputes_only_affected_lists_and_equals_a_rebuild(depth):
     keep = np.setdiff1d(np.arange(n + 30), deleted)
     hashes = ["c" if j in set(changed.tolist()) else ("new" if j >= n else "h") for j in keep.tolist()]
     upsert, gone, recomputed, merged = _refresh_lists(old, _inputs(y[keep], [ids[j] for j in keep], hashes),
-                                                      index_of, spec, "cpu")
+                                                      spec, "cpu")
     assert sorted(gone) == sorted(ids[j] for j in deleted)
     # rebuilt from scratch: the lists of the new catalog
     full, _, _, _ = _refresh_lists(GRAPH_SCHEMA.empty_table(), _inputs(y[keep], [ids[j] for j in keep], hashes),
-                                   index_of, spec, "cpu")
+                                   spec, "cpu")
     refreshed = _apply(old, upsert, gone)
     rebuilt = {r["item_id"]: (r["neighbors"], r["scores"]) for r in full.to_pylist()}
     assert refreshed.keys() == rebuilt.keys()
@@ -150,6 +148,38 @@ def test_a_refresh_recomputes_only_affected_lists_and_equals_a_rebuild(depth):
     else:                   # k deep: a list that lost one is recomputed, unless a new candidate
         # fills the gap with a score above everything it did not know
         assert len(fresh) + 0.5 * len(affected) < recomputed <= len(fresh | affected)
+
+
+def test_a_refresh_through_the_store_equals_a_rebuild_and_its_statistics_are_the_graphs(tmp_path):
+    rng = np.random.default_rng(7)
+    n, k = 600, 5
+    x = rng.normal(size=(n, 16)).astype(np.float32)
+    lens, ids = _store(tmp_path, {"emb": x}, n)
+    spec = {"g": {"features": ["emb"], "k": k, "self_loops": False}}
+    build(lens.uri, spec)
+    changed = rng.choice(n, n // 50, replace=False)
+    x[changed] = rng.normal(size=(len(changed), 16))
+    lens.put_vectors("emb", [ids[j] for j in changed], x[changed])
+    refreshed, _ = build(lens.uri, spec)
+    assert not refreshed["g"].rebuilt and refreshed["g"].recomputed["emb"] == len(changed)
+    lens.refresh()
+    stored = lens._dataset(lens.graph_info("g").table).to_table()
+    refreshed_matrix, order = lens.graph("g", "cosine")
+    rebuilt, _ = build(lens.uri, spec, rebuild=True)
+    lens.refresh()
+    assert rebuilt["g"].rebuilt and lens.graph_info("g").label == "v2"
+    rebuilt_matrix, _ = lens.graph("g", "cosine")
+    assert order == ids and np.array_equal(refreshed_matrix.indices, rebuilt_matrix.indices)
+    assert np.abs(refreshed_matrix - rebuilt_matrix).max() < 1e-6
+    # the statistics a refresh reports are those of the graph it stored, and of the rebuild
+    assert refreshed["g"].stats == graph_stats(stored, GraphSpec(**spec["g"])) == rebuilt["g"].stats
+    assert refreshed["g"].items == rebuilt["g"].items == n
+    # ... and those of a direct count on the dense kNN matrix
+    _, binary = _knn_dense(x, k, self_loops=False)
+    stats = rebuilt["g"].stats["inputs"]["emb"]
+    assert stats["edges"] == binary.sum() == n * k
+    assert stats["mutual_share"] == round((binary * binary.T).sum() / binary.sum(), 4)
+    assert stats["in_degree_histogram"] == np.bincount(binary.sum(axis=0).astype(np.int64)).tolist()
 
 
 def _counting_kernels(monkeypatch):
