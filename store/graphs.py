@@ -37,8 +37,9 @@ import hashlib
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -189,47 +190,52 @@ def derive(writer: StoreWriter, name: str, spec: GraphSpec, *, rebuild: bool = F
         if version is None:
             raise ConfigError(f"graph {name!r}: the store has no feature {feature!r}")
         versions[feature] = version
-    items = items_in_order(writer)
-    inputs_by_feature = {}
-    for feature, version in versions.items():
-        # a feature this job wrote: its latest table version; else the one the base snapshot names
-        table_version = None if features and feature in features else writer.base.tables.get(version.table)
-        inputs_by_feature[feature] = read_feature(writer, items, version, table_version)
     qualified = {f: v.qualified for f, v in versions.items()}
     if spec.interactions is not None:
         qualified[COOCCURRENCE] = _file_digest(spec.interactions.path)
     fingerprint = spec.fingerprint(qualified)
-    report.seconds["read_inputs"] = time.perf_counter() - t0
-
     entry = writer.base.graphs.get(name)
     existing = None if (rebuild or entry is None) else next(
         (v for v in entry.versions.values() if v.fingerprint == fingerprint), None)
-    if existing is None:
-        label = entry.next_label() if entry else "v1"
-        version = GraphVersion(name=name, label=label, fingerprint=fingerprint, table=f"graph__{name}__{label}",
-                               spec=spec.model_dump(mode="json"), inputs=qualified, created_at=now_iso())
-        old = GRAPH_SCHEMA.empty_table()
-        report.rebuilt = True
-    else:
-        version = existing.model_copy(deep=True)
-        version.spec = spec.model_dump(mode="json")    # preset and weights: read-time choices
-        old = lance_io.open_dataset(writer.location.table_uri(version.table), None,
-                                    writer.location.options()).to_table().combine_chunks()
+    with ThreadPoolExecutor(1) as pool:
+        if existing is None:
+            label = entry.next_label() if entry else "v1"
+            version = GraphVersion(name=name, label=label, fingerprint=fingerprint, table=f"graph__{name}__{label}",
+                                   spec=spec.model_dump(mode="json"), inputs=qualified, created_at=now_iso())
+            stored = None
+            report.rebuilt = True
+        else:
+            version = existing.model_copy(deep=True)
+            version.spec = spec.model_dump(mode="json")    # preset and weights: read-time choices
+            # the stored lists are read while the vectors are (Lance reads outside the GIL)
+            stored = pool.submit(lambda: lance_io.open_dataset(writer.location.table_uri(version.table), None,
+                                                               writer.location.options()).to_table().combine_chunks())
+        items = items_in_order(writer)
+        inputs_by_feature = {}
+        for feature, feature_version in versions.items():
+            # a feature this job wrote: its latest table version; else the one the base snapshot names
+            table_version = (None if features and feature in features else
+                             writer.base.tables.get(feature_version.table))
+            inputs_by_feature[feature] = read_feature(writer, items, feature_version, table_version)
+        old = GRAPH_SCHEMA.empty_table() if stored is None else stored.result()
+    report.seconds["read_inputs"] = time.perf_counter() - t0
     report.version = version.label
     device = _device(spec)
 
-    # per input: the rows to upsert, the ids to delete, and the whole table after this run
-    # (kept in memory for the statistics, instead of reading the table again)
-    upserts, deletions, after = [], {}, []
+    # per input: the rows to upsert, the ids to delete, and every item's list after this run
+    # (item indexes, lists as positions into them), kept for the statistics instead of reading
+    # the table again
+    upserts, deletions, lists = [], {}, {}
     for feature, inputs in inputs_by_feature.items():
         t = time.perf_counter()
         part = _of_feature(old, feature)
-        rows, deleted, recomputed, merged = _refresh_lists(part, inputs, spec, device)
-        rows = _with_feature(rows, feature)
-        upserts.append(rows)
-        after.append(_replaced(part, rows, deleted))
-        deletions[feature] = deleted
-        report.recomputed[feature], report.merged[feature], report.deleted[feature] = recomputed, merged, len(deleted)
+        result = _refresh_lists(part, inputs, spec, device)
+        upserts.append(_with_feature(result.rows, feature))
+        deletions[feature] = result.deleted
+        lists[feature] = (inputs.item_index, result.lists if result.lists is not None else
+                          _held(part, inputs.item_index, None))       # unchanged: as stored
+        report.recomputed[feature], report.merged[feature] = result.recomputed, result.merged
+        report.deleted[feature] = len(result.deleted)
         report.seconds[f"knn:{feature}"] = time.perf_counter() - t
     if spec.interactions is not None:
         t = time.perf_counter()
@@ -237,7 +243,8 @@ def derive(writer: StoreWriter, name: str, spec: GraphSpec, *, rebuild: bool = F
         previous = _of_feature(old, COOCCURRENCE)
         gone = sorted(set(previous.column("item_id").to_pylist()) - set(rows.column("item_id").to_pylist()))
         upserts.append(rows)
-        after.append(rows)
+        order = rows.column("item_index").to_numpy()
+        lists[COOCCURRENCE] = (order, _held(rows, order, None))
         deletions[COOCCURRENCE] = gone
         report.recomputed[COOCCURRENCE], report.deleted[COOCCURRENCE] = rows.num_rows, len(gone)
         report.seconds["cooccurrence"] = time.perf_counter() - t
@@ -253,11 +260,14 @@ def derive(writer: StoreWriter, name: str, spec: GraphSpec, *, rebuild: bool = F
     _write(writer, version.table, upsert, deletions, replace=report.rebuilt)
     report.seconds["write"] = time.perf_counter() - t
     t = time.perf_counter()
-    table = pa.concat_tables(after)
-    report.items = table.num_rows if len(after) == 1 else pa.compute.count_distinct(table.column("item_id")).as_py()
-    report.stats = graph_stats(table, spec)
+    listed = np.zeros(max((int(o.max(initial=-1)) + 1 for o, _ in lists.values()), default=0), bool)
+    for order, _ in lists.values():
+        listed[order] = True                          # items with a list of some input
+    report.items = int(listed.sum())
+    report.stats = _summary({f: list_stats(held[:, :_depth_read(spec, f) or held.shape[1]])
+                             for f, (_, held) in lists.items()})
     if spec.method == "approximate":
-        report.stats["recall_at_k"] = _sampled_recall(table, inputs_by_feature, spec, device)
+        report.stats["recall_at_k"] = _sampled_recall(lists, inputs_by_feature, spec, device)
     report.seconds["stats"] = time.perf_counter() - t
     version.count, version.stats, version.refreshed_at = report.items, report.stats, now_iso()
     writer.stage_graph(version)
@@ -277,18 +287,17 @@ def _with_feature(rows: pa.Table, feature: str) -> pa.Table:
     return rows.select(GRAPH_SCHEMA.names).cast(GRAPH_SCHEMA)
 
 
-def _replaced(part: pa.Table, rows: pa.Table, deleted: list[str]) -> pa.Table:
-    """One input's lists after the upsert of ``rows`` and the deletion of ``deleted``: what
-    ``_write`` leaves in the table."""
-    if part.num_rows == 0:
-        return rows
-    replaced = pa.concat_arrays([rows.column("item_id").combine_chunks(), pa.array(deleted, pa.string())])
-    stays = pa.compute.invert(pa.compute.is_in(part.column("item_id"), value_set=replaced))
-    return pa.concat_tables([part.filter(stays), rows])
+class Refreshed(NamedTuple):
+    rows: pa.Table              # lists to upsert
+    deleted: list[str]          # ids whose lists go
+    recomputed: int             # lists searched whole
+    merged: int                 # lists that took new candidates or lost changed ones, merged
+    lists: np.ndarray | None    # [n, depth] every item's list after the run, as positions into
+    #                             the inputs (-1: none); None: nothing changed (an approximate graph)
 
 
-def _refresh_lists(old: pa.Table, inputs: FeatureInputs, spec: GraphSpec, device: str):
-    """New neighbour lists of one feature: (rows to upsert, ids to delete, recomputed, merged).
+def _refresh_lists(old: pa.Table, inputs: FeatureInputs, spec: GraphSpec, device: str) -> Refreshed:
+    """New neighbour lists of one feature.
 
     Lists are stored ``depth`` deep (2k by default) with the length of their prefix known to
     be exact (``exact``). A list that loses changed or deleted neighbours keeps, in order, the
@@ -296,7 +305,7 @@ def _refresh_lists(old: pa.Table, inputs: FeatureInputs, spec: GraphSpec, device
     items it stays exact up to the first score either source cannot vouch for. Only lists
     whose exact prefix falls under k, and those of new and changed items, are recomputed.
     Bookkeeping is column-wise (pyarrow, numpy): a refresh must cost a small share of a rebuild."""
-    from itemlens.store import knn
+    from itemlens.store import knn, knn_kernels
 
     pc = pa.compute
     x, item_index = inputs.x, inputs.item_index
@@ -313,10 +322,13 @@ def _refresh_lists(old: pa.Table, inputs: FeatureInputs, spec: GraphSpec, device
             found, sims, _ = knn.approximate_knn(x, depth, self_loops=spec.self_loops, nprobe=spec.nprobe)
         else:
             found, sims = knn.exact_knn(x, depth, self_loops=spec.self_loops, block=spec.block, device=device)
-        return _rows(inputs, found, sims, np.arange(n)), [], n, 0
+        return Refreshed(_rows(inputs, found, sims, np.arange(n)), [], n, 0, found)
 
     old_ids = old.column("item_id").combine_chunks()
-    old_row = pc.index_in(inputs.ids, value_set=old_ids).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    # item indexes are stable and never reused: an item's stored list is the one of its index
+    row_of_index = np.full(size, -1, np.int64)
+    row_of_index[old_index] = np.arange(len(old_index))
+    old_row = row_of_index[item_index]
     still_there = np.zeros(len(old_ids), bool)
     still_there[old_row[old_row >= 0]] = True
     gone_rows = np.flatnonzero(~still_there)
@@ -326,44 +338,35 @@ def _refresh_lists(old: pa.Table, inputs: FeatureInputs, spec: GraphSpec, device
     fresh = ~same | (old_row < 0)                                                    # new or changed
     if spec.method == "approximate":      # an approximate graph is rebuilt whole when anything changed
         if not fresh.any() and not deleted:
-            return _rows(inputs, np.zeros((0, depth), np.int64), np.zeros((0, depth), np.float32), []), [], 0, 0
+            return Refreshed(_rows(inputs, np.zeros((0, depth), np.int64), np.zeros((0, depth), np.float32), []),
+                             [], 0, 0, None)
         found, sims, _ = knn.approximate_knn(x, depth, self_loops=spec.self_loops, nprobe=spec.nprobe)
-        return _rows(inputs, found, sims, np.arange(n)), deleted, n, 0
+        return Refreshed(_rows(inputs, found, sims, np.arange(n)), deleted, n, 0, found)
 
     # the stored lists of today's items that stay (not new or changed), as dense [n, depth] arrays
     moved = np.zeros(size, bool)                       # item indexes whose old scores are void
     moved[item_index[fresh]] = True
     moved[old_index[gone_rows]] = True
     kept = np.flatnonzero(~fresh)
-    old = old.select(["neighbors", "scores", "exact"]).take(pa.array(old_row[kept]))
+    owner = np.full(len(old_ids), -1, np.int64)      # stored row -> input position of a kept list
+    owner[old_row[kept]] = kept
     neighbors = old.column("neighbors").combine_chunks()
-    lengths = np.diff(neighbors.offsets.to_numpy()) if len(kept) else np.zeros(0, np.int64)
-    flat = neighbors.flatten().to_numpy() if len(kept) else np.zeros(0, np.int64)
-    flat_scores = old.column("scores").combine_chunks().flatten().to_numpy() if len(kept) else np.zeros(0, np.float32)
-    row = np.repeat(np.arange(len(kept)), lengths)
-    rank = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    old_exact = old.column("exact").to_numpy() if len(kept) else np.zeros(0, np.int64)
-    gone = moved[flat]
-    lost = np.bincount(row[gone & (rank < old_exact[row])], minlength=len(kept))
-    exact_left = old_exact - lost                     # exact prefix among the unchanged items
-    stay = ~gone
-    row, flat, flat_scores = row[stay], flat[stay], flat_scores[stay]
-    left = np.bincount(row, minlength=len(kept))
-    at = row * depth + np.arange(len(row)) - np.repeat(np.cumsum(left) - left, left)   # row-major [kept, depth]
+    offsets = neighbors.offsets.to_numpy()
+    lengths = np.diff(offsets)
     lists = np.full((n, depth), knn.NO_NEIGHBOUR, np.int64)
     scores = np.full((n, depth), -np.inf, np.float32)
-    kept_lists = np.full(len(kept) * depth, knn.NO_NEIGHBOUR, np.int64)
-    kept_scores = np.full(len(kept) * depth, -np.inf, np.float32)
-    kept_lists[at], kept_scores[at] = position[flat], flat_scores
-    lists[kept], scores[kept] = kept_lists.reshape(-1, depth), kept_scores.reshape(-1, depth)
+    exact, lost = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    knn_kernels.unchanged_lists(offsets - offsets[0], neighbors.flatten().to_numpy(),
+                                old.column("scores").combine_chunks().flatten().to_numpy(),
+                                old.column("exact").to_numpy().astype(np.int64), owner, moved, position,
+                                lists, scores, exact, lost)
     # what the unchanged items can vouch for: every score above the last exact one is known
-    complete = lengths < depth                        # the list held every item it could
+    complete = np.zeros(n, bool)
+    complete[kept] = lengths[old_row[kept]] < depth   # the list held every item it could
     bound = np.full(n, np.inf, np.float32)
-    has_prefix = exact_left > 0
-    bound[kept[has_prefix]] = scores[kept[has_prefix], exact_left[has_prefix] - 1]
-    bound[kept[complete]] = -np.inf
-    exact = np.zeros(n, np.int64)
-    exact[kept] = exact_left
+    has_prefix = np.flatnonzero(exact > 0)
+    bound[has_prefix] = scores[has_prefix, exact[has_prefix] - 1]
+    bound[complete] = -np.inf
 
     # new and changed items: their own lists, and the lists they should now enter, from one search
     sources = np.flatnonzero(fresh)
@@ -397,33 +400,32 @@ def _refresh_lists(old: pa.Table, inputs: FeatureInputs, spec: GraphSpec, device
     recompute[sources] = recompute[again] = True
     touched = recompute.copy()
     touched[merged_rows] = True
-    touched[kept[lost > 0]] = True                    # lists that dropped a changed or deleted item
+    touched[lost > 0] = True                          # lists that dropped a changed or deleted item
     exact[recompute] = depth                          # computed whole just now
     touched = np.flatnonzero(touched)
     recomputed = int(recompute.sum())
-    return (_rows(inputs, lists, scores, touched, exact[touched]), deleted, recomputed, len(touched) - recomputed)
+    return Refreshed(_rows(inputs, lists, scores, touched, exact[touched]), deleted, recomputed,
+                     len(touched) - recomputed, lists)
 
 
-def _sampled_recall(table: pa.Table, inputs_by_feature: dict[str, FeatureInputs], spec: GraphSpec, device: str,
-                    sample: int = 200) -> float:
-    """Recall@k of the stored (approximate) lists against exact search, on a seeded sample of
-    rows of every input feature."""
+def _sampled_recall(lists: dict[str, tuple[np.ndarray, np.ndarray]], inputs_by_feature: dict[str, FeatureInputs],
+                    spec: GraphSpec, device: str, sample: int = 200) -> float:
+    """Recall@k of the (approximate) lists against exact search, on a seeded sample of rows of
+    every input feature."""
     from itemlens.store import knn
 
     recalls = []
-    rows = {(r["feature"], r["item_id"]): r["neighbors"] for r in
-            table.select(["feature", "item_id", "neighbors"]).to_pylist()}
     for feature, inputs in inputs_by_feature.items():
         n = len(inputs.item_index)
         if not n:
             continue
         picks = np.random.default_rng(0).choice(n, min(sample, n), replace=False)
         exact, _ = knn.knn_rows(inputs.x, picks, spec.k, self_loops=spec.self_loops, block=spec.block, device=device)
-        ids = inputs.ids.to_pylist()
-        for p, truth in zip(picks.tolist(), exact):
-            truth = set(inputs.item_index[truth[truth >= 0]].tolist())
+        found = lists[feature][1][picks, : spec.k]
+        for truth, got in zip(exact, found):
+            truth = set(truth[truth >= 0].tolist())
             if truth:
-                recalls.append(len(truth & set(rows.get((feature, ids[p]), [])[: spec.k])) / len(truth))
+                recalls.append(len(truth & set(got.tolist())) / len(truth))
     return round(float(np.mean(recalls)), 4) if recalls else 0.0
 
 
@@ -453,7 +455,7 @@ def _rows(inputs: FeatureInputs, positions: np.ndarray, scores: np.ndarray, whic
 
 def _write(writer: StoreWriter, table: str, upsert: pa.Table, deletions: dict[str, list[str]], *, replace: bool) -> None:
     """One Lance commit: the whole table (a new version), or an upsert keyed on (feature,
-    item_id) that also deletes the lists of items that are gone."""
+    item_index) that also deletes the lists of items that are gone."""
     import lance
 
     uri, opts = writer.location.table_uri(table), writer.location.options()
@@ -463,7 +465,8 @@ def _write(writer: StoreWriter, table: str, upsert: pa.Table, deletions: dict[st
     dataset = lance.dataset(uri, storage_options=opts)
     gone = " OR ".join(f"(feature = '{f}' AND item_id IN ({', '.join(_sql(i) for i in ids)}))"
                        for f, ids in deletions.items() if ids)
-    builder = dataset.merge_insert(["feature", "item_id"]).when_matched_update_all().when_not_matched_insert_all()
+    # the item index names the same rows as the id (never reused), and joins cheaper
+    builder = dataset.merge_insert(["feature", "item_index"]).when_matched_update_all().when_not_matched_insert_all()
     if gone:
         builder = builder.when_not_matched_by_source_delete(gone)
     builder.execute(upsert)
@@ -633,38 +636,56 @@ def fused_matrix(table: pa.Table, spec: dict[str, Any], size: int, preset: str |
     return total.tocsr()
 
 
-def graph_stats(table: pa.Table, spec: GraphSpec) -> dict[str, Any]:
-    """Per input: in-degree distribution (out-degree is k), share of mutual edges, a histogram.
+def _held(part: pa.Table, order: np.ndarray, width: int | None) -> np.ndarray:
+    """The stored lists of ``part`` as [len(order), width] positions into ``order`` (item
+    indexes; -1: none): row i holds item order[i]'s first ``width`` neighbours (all: None)."""
+    size = int(max(order.max(initial=-1), part.column("item_index").to_numpy().max(initial=-1))) + 1
+    neighbors = part.column("neighbors").combine_chunks()
+    lengths = np.diff(neighbors.offsets.to_numpy())
+    position = np.full(size + 1, -1, np.int64)          # position[-1]: an item without a row
+    position[order] = np.arange(len(order))
+    targets = neighbors.flatten().to_numpy()
+    rank = np.arange(len(targets)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    width = int(lengths.max(initial=0)) if width is None else width
+    held = np.full((len(order), width), -1, np.int64)
+    rows = position[np.repeat(part.column("item_index").to_numpy(), lengths)]
+    keep = (rank < width) & (rows >= 0)
+    held[rows[keep], rank[keep]] = position[np.minimum(targets[keep], size)]
+    return held
+
+
+def list_stats(held: np.ndarray) -> dict[str, Any]:
+    """One input's in-degree distribution (out-degree is k), share of mutual edges and in-degree
+    histogram, from its lists ``held`` ([items, k] positions of the neighbours, -1: none).
     Self-loops are left out; an edge i -> j is mutual when j -> i is an edge too."""
     from itemlens.store import knn_kernels
 
-    stats: dict[str, Any] = {"inputs": {}}
-    for feature in sorted(pa.compute.unique(table.column("feature")).to_pylist()):
+    held = np.where(held == np.arange(len(held))[:, None], -1, held)
+    targets = held[held >= 0]
+    in_degree = np.bincount(targets, minlength=len(held))
+    edges = len(targets)
+    mutual = knn_kernels.count_mutual(held) if edges else 0
+    return {
+        "items": int(len(held)), "edges": int(edges),
+        "mutual_share": round(mutual / edges, 4) if edges else 0.0,
+        "in_degree": {"min": int(in_degree.min(initial=0)), "median": float(np.median(in_degree)) if len(held) else 0.0,
+                      "max": int(in_degree.max(initial=0)), "zero": int((in_degree == 0).sum())},
+        "in_degree_histogram": np.bincount(in_degree).tolist(),
+    }
+
+
+def _summary(inputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    shares = [s["mutual_share"] for s in inputs.values()]
+    return {"inputs": dict(sorted(inputs.items())), "mutual_share": round(float(np.mean(shares)), 4) if shares else 0.0}
+
+
+def graph_stats(table: pa.Table, spec: GraphSpec) -> dict[str, Any]:
+    """The statistics of a stored graph table (:func:`list_stats` per input)."""
+    inputs = {}
+    for feature in pa.compute.unique(table.column("feature")).to_pylist():
         part = _of_feature(table, feature)
-        rows = part.column("item_index").to_numpy()
-        neighbors = part.column("neighbors").combine_chunks()
-        lengths = np.diff(neighbors.offsets.to_numpy())
-        source, target = np.repeat(rows, lengths), neighbors.flatten().to_numpy()
-        rank = np.arange(len(target)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        depth = _depth_read(spec, feature)
-        edge = (rank < depth if depth is not None else True) & (source != target)
-        source, target, rank = source[edge], target[edge], rank[edge]
-        size = int(max(rows.max(initial=-1), target.max(initial=-1))) + 1
-        # each list as a row of a dense [size, width] matrix: j -> i is an edge when row j holds i
-        held = np.full((size, int(rank.max(initial=-1)) + 1), -1, np.int64)
-        held[source, rank] = target
-        mutual = knn_kernels.count_mutual(held, source, target)
-        in_degree = np.bincount(target, minlength=size)[rows]
-        stats["inputs"][feature] = {
-            "items": int(len(rows)), "edges": int(len(source)),
-            "mutual_share": round(mutual / len(source), 4) if len(source) else 0.0,
-            "in_degree": {"min": int(in_degree.min(initial=0)), "median": float(np.median(in_degree)) if len(rows) else 0.0,
-                          "max": int(in_degree.max(initial=0)), "zero": int((in_degree == 0).sum())},
-            "in_degree_histogram": np.bincount(in_degree).tolist(),
-        }
-    shares = [s["mutual_share"] for s in stats["inputs"].values()]
-    stats["mutual_share"] = round(float(np.mean(shares)), 4) if shares else 0.0
-    return stats
+        inputs[feature] = list_stats(_held(part, part.column("item_index").to_numpy(), _depth_read(spec, feature)))
+    return _summary(inputs)
 
 
 def degree_plot(stats: dict[str, Any], title: str) -> bytes:

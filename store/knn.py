@@ -27,27 +27,31 @@ import numpy as np
 NO_NEIGHBOUR = -1
 
 
-def _norms(x: np.ndarray) -> np.ndarray:
-    # einsum: one pass, no squared copy (np.linalg.norm here: 3x slower on 100,000 x 128)
-    return np.sqrt(np.einsum("ij,ij->i", x, x))
-
-
 def valid_rows(x: np.ndarray) -> np.ndarray:
     """Which rows have a direction (non-zero, finite length)."""
-    norms = _norms(np.asarray(x, dtype=np.float32))
+    from itemlens.store import knn_kernels
+
+    norms = knn_kernels.row_norms(np.ascontiguousarray(x, dtype=np.float32))
     return np.isfinite(norms) & (norms > 0)
 
 
 def unit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows scaled to length 1, and which rows could be (non-zero, finite)."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = _norms(x)
-    valid = np.isfinite(norms) & (norms > 0)
-    if valid.all():                  # the usual case: one division, no masked copies
-        return x / norms[:, None], valid
-    out = np.zeros_like(x)
-    out[valid] = x[valid] / norms[valid, None]
-    return out, valid
+    """Rows scaled to length 1, and which rows could be (non-zero, finite length); the others
+    are zero. (A numba kernel: numpy took three passes and a zeroed copy, ~5x the time.)"""
+    from itemlens.store import knn_kernels
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    norms = knn_kernels.row_norms(x)
+    out = np.empty_like(x)
+    knn_kernels.unit_rows(x, norms, out)
+    return out, np.isfinite(norms) & (norms > 0)
+
+
+def _survivors_per_row(columns: int) -> int:
+    """How many survivors a row of a screened block may have before the block is folded whole
+    instead: 1/64 of its columns, and at least 64 (a refresh's blocks have few columns, and
+    its second block still many survivors; a fold costs more than merging them)."""
+    return max(64, columns // 64)
 
 
 def _torch(x: np.ndarray, device: str):
@@ -148,7 +152,7 @@ def has_amx() -> bool:
         return False
 
 
-def bf16_margins(xu: np.ndarray, chunk: int = 8192) -> np.ndarray:
+def bf16_margins(xu: np.ndarray) -> np.ndarray:
     """Per row i, a bound on |bf16 product - x_i . x_j| for every j, x unit rows.
 
     With x~ = x + e and y~ = y + f the rows rounded to bf16: x.y - x~.y~ = -(e.y + x~.f), so
@@ -157,15 +161,11 @@ def bf16_margins(xu: np.ndarray, chunk: int = 8192) -> np.ndarray:
     accumulation of the product and of the fp32 dot product that scores a survivor again
     (each at most d 2^-24 for unit rows; taken twice over), and 1e-6 for the rounding of the
     thresholds and of these norms (e is exact in fp32: x~ is x with its low bits cleared)."""
-    import torch
+    from itemlens.store import knn_kernels
 
     err = np.empty(len(xu), np.float64)
     size = np.empty(len(xu), np.float64)
-    for b in range(0, len(xu), chunk):        # in chunks: no second copy of the vectors
-        x = torch.from_numpy(xu[b:b + chunk])
-        rounded = x.to(torch.bfloat16).float()
-        err[b:b + chunk] = torch.linalg.vector_norm(x - rounded, dim=1).numpy()
-        size[b:b + chunk] = torch.linalg.vector_norm(rounded, dim=1).numpy()
+    knn_kernels.bf16_errors(np.ascontiguousarray(xu, dtype=np.float32), err, size)   # rounding as torch's
     worst = err.max(initial=0.0)
     accumulation = 2 * 2 * xu.shape[1] * 2.0 ** -24 * (1 + worst) ** 2
     return err + size * worst + accumulation + 1e-6
@@ -196,7 +196,7 @@ def _fold_block_cpu(best_v, best_i, xu, X, X16, margins, valid, bi, ei, bj, ej):
         return False, None            # some list not full yet: a top-k over the block
     # a row with more survivors than this (early blocks, low floors) makes a top-k of the
     # block cheaper than merging them one by one
-    per_row = max(16, (ej - bj) // 64)
+    per_row = _survivors_per_row(ej - bj)
     lists = best_v.numpy(), best_i.numpy()
     rows, cols = np.arange(bi, ei), np.arange(bj, ej)
     row_slot = np.where(valid[bi:ei], rows, -1)             # a zero row keeps no list
@@ -386,7 +386,7 @@ def _screen_sources_cpu(X16, C16, margins, floors, b, e, sources, source_valid, 
     if low_r is None or low_c is None:
         return False
     S16 = (X16[b:e] @ C16.T).view(torch.int16).numpy()
-    found = knn_kernels.survivors(S16, low_r, low_c, max(16, S16.shape[1] // 64))
+    found = knn_kernels.survivors(S16, low_r, low_c, _survivors_per_row(S16.shape[1]))
     if found is None:
         return False
     rows = np.arange(b, e)
@@ -407,7 +407,7 @@ def _fold_sources_cpu(S, floors, b, e, sources, source_valid, cand_v, cand_i, ow
     kth = np.where(source_valid, own[0][:, -1], np.inf)            # a zero source keeps no list
     found = None
     if not np.isneginf(kth).any():
-        found = knn_kernels.survivors(S, floors, kth.astype(np.float32), max(16, S.shape[1] // 64))
+        found = knn_kernels.survivors(S, floors, kth.astype(np.float32), _survivors_per_row(S.shape[1]))
     if found is None:
         knn_kernels.fold_columns(S, *own, rows)
         knn_kernels.fold_rows(S, cand_v[b:e].numpy(), cand_i[b:e].numpy(), sources, floors)
@@ -417,11 +417,16 @@ def _fold_sources_cpu(S, floors, b, e, sources, source_valid, cand_v, cand_i, ow
 
 
 def merge_lists(index_a, sims_a, index_b, sims_b, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the best ``k`` of two neighbour lists (no item in both)."""
-    sims = np.concatenate([sims_a, sims_b], axis=1)
-    index = np.concatenate([index_a, index_b], axis=1)
-    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(index, order, 1), np.take_along_axis(sims, order, 1)
+    """Per row, the best ``k`` of two neighbour lists, each sorted best first (no item in both;
+    on equal scores ``a``'s first)."""
+    from itemlens.store import knn_kernels
+
+    index = np.empty((len(index_a), k), np.int64)
+    sims = np.empty((len(index_a), k), np.float32)
+    knn_kernels.merge_sorted(np.ascontiguousarray(index_a, np.int64), np.ascontiguousarray(sims_a, np.float32),
+                             np.ascontiguousarray(index_b, np.int64), np.ascontiguousarray(sims_b, np.float32),
+                             index, sims)
+    return index, sims
 
 
 def approximate_knn(x: np.ndarray, k: int, *, self_loops: bool = False, nlist: int | None = None,

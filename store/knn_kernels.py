@@ -1,5 +1,6 @@
 """numba kernels for the CPU selection step of the blocked exact kNN (:mod:`itemlens.store.knn`),
-and one for the graphs' statistics (:func:`count_mutual`).
+its preparation (unit rows, bf16 rounding errors), and the bookkeeping of graph refreshes and
+statistics (:mod:`itemlens.store.graphs`).
 
 Once every running top-k list is full, a block of similarities only matters where an entry
 beats its row's or its column's current k-th best: a few entries in millions. torch finds them
@@ -29,6 +30,67 @@ import numpy as np
 # rows are read in strips this wide: a vectorized count per strip first, then only the (rare)
 # strips with a survivor are read again to note its columns
 STRIP = 64
+
+
+@nb.njit(parallel=True, cache=True)
+def row_norms(x):
+    """Euclidean length of each row, accumulated in float64 (no float32 overflow)."""
+    norms = np.empty(x.shape[0], np.float64)
+    for i in nb.prange(x.shape[0]):
+        total = 0.0
+        for j in range(x.shape[1]):
+            total += np.float64(x[i, j]) * np.float64(x[i, j])
+        norms[i] = np.sqrt(total)
+    return norms
+
+
+@nb.njit(parallel=True, cache=True)
+def unit_rows(x, norms, out):
+    """Row i of ``x`` divided by ``norms[i]`` into ``out`` where that is finite and positive
+    (zero elsewhere): one pass, rows in parallel."""
+    for i in nb.prange(x.shape[0]):
+        norm = norms[i]
+        if np.isfinite(norm) and norm > 0:
+            for j in range(x.shape[1]):
+                out[i, j] = np.float64(x[i, j]) / norm
+        else:
+            for j in range(x.shape[1]):
+                out[i, j] = 0.0
+
+
+@nb.njit(inline="always")
+def _bf16_bits(bits):
+    """The bits of a finite float32 rounded to bfloat16 (to nearest, ties to even), as float32
+    bits: what torch's ``.to(torch.bfloat16)`` gives."""
+    return (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
+
+
+@nb.njit(parallel=True, cache=True)
+def bf16_errors(xu, err, size):
+    """Per row: ``err`` = ||x - x~||, ``size`` = ||x~||, x~ the row rounded to bf16."""
+    bits = xu.view(np.uint32)
+    for i in nb.prange(xu.shape[0]):
+        rounded = np.empty(xu.shape[1], np.uint32)      # one row's rounded bits, read as float32
+        for j in range(xu.shape[1]):
+            rounded[j] = _bf16_bits(bits[i, j])
+        values = rounded.view(np.float32)
+        e = 0.0
+        s = 0.0
+        for j in range(xu.shape[1]):
+            e += (np.float64(xu[i, j]) - np.float64(values[j])) ** 2
+            s += np.float64(values[j]) ** 2
+        err[i] = np.sqrt(e)
+        size[i] = np.sqrt(s)
+
+
+@nb.njit(cache=True)
+def round_bf16(values):
+    """:func:`_bf16_bits` over an array of float32 (for the tests: it must equal torch's rounding)."""
+    bits = values.view(np.uint32)
+    out = np.empty(len(values), np.uint32)
+    for i in range(len(values)):
+        out[i] = _bf16_bits(bits[i])
+    return out.view(np.float32)
 
 
 @nb.njit(parallel=True, cache=True)
@@ -170,15 +232,66 @@ def survivors(S: np.ndarray, row_floor: np.ndarray, col_floor: np.ndarray, per_r
 
 
 @nb.njit(parallel=True, cache=True)
-def count_mutual(held, source, target):
-    """How many edges ``source[e] -> target[e]`` have their reverse: row ``target[e]`` of
-    ``held`` (each item's list, padded with -1) holds ``source[e]`` (the graph statistics; a
-    numpy gather of the lists cost ~30x more)."""
+def merge_sorted(index_a, sims_a, index_b, sims_b, index, sims):
+    """Row by row, the best ``index.shape[1]`` of two lists sorted best first, into ``index``
+    and ``sims`` (on equal scores ``a``'s entry first): a refresh merges its candidates into
+    tens of thousands of lists, where a sort of each pair cost ~20x more."""
+    k = index.shape[1]
+    for r in nb.prange(index.shape[0]):
+        i = j = 0
+        for o in range(k):
+            take_a = j >= sims_b.shape[1] or (i < sims_a.shape[1] and sims_a[r, i] >= sims_b[r, j])
+            if take_a and i < sims_a.shape[1]:
+                index[r, o], sims[r, o] = index_a[r, i], sims_a[r, i]
+                i += 1
+            elif j < sims_b.shape[1]:
+                index[r, o], sims[r, o] = index_b[r, j], sims_b[r, j]
+                j += 1
+            else:                          # both lists ran out (k is more than both hold)
+                index[r, o], sims[r, o] = -1, -np.inf
+
+
+@nb.njit(parallel=True, cache=True)
+def unchanged_lists(offsets, targets, target_scores, stored_exact, owner, moved, position, lists, scores,
+                    exact, lost):
+    """A refresh's view of the stored lists: stored list ``r`` (entries ``offsets[r]`` to
+    ``offsets[r + 1]`` of ``targets``, item indexes, and ``target_scores``) belongs to input
+    position ``owner[r]`` (-1: its list goes). Into that row of ``lists`` (as positions) and
+    ``scores`` go its entries that did not move (``moved``: item indexes of new, changed and
+    deleted items), in order; ``lost`` counts the moved ones within its exact prefix, and
+    ``exact`` what is left of that prefix. One pass, rows in parallel (numpy took ~15 passes)."""
+    width = lists.shape[1]
+    for r in nb.prange(len(owner)):
+        p = owner[r]
+        if p < 0:
+            continue
+        o = 0
+        dropped = 0
+        for e in range(offsets[r], offsets[r + 1]):
+            t = targets[e]
+            if moved[t]:
+                if e - offsets[r] < stored_exact[r]:
+                    dropped += 1
+            elif o < width:
+                lists[p, o] = position[t]
+                scores[p, o] = target_scores[e]
+                o += 1
+        lost[p] = dropped
+        exact[p] = stored_exact[r] - dropped
+
+
+@nb.njit(parallel=True, cache=True)
+def count_mutual(held):
+    """How many edges i -> held[i, c] have their reverse (row held[i, c] holds i), where row i
+    of ``held`` is item i's list as positions (-1: none): the graphs' statistics. A numpy
+    gather of the lists cost ~30x more."""
     mutual = 0
-    for e in nb.prange(len(source)):
-        row = held[target[e]]
-        for c in range(len(row)):
-            if row[c] == source[e]:
-                mutual += 1
-                break
+    for i in nb.prange(held.shape[0]):
+        for c in range(held.shape[1]):
+            j = held[i, c]
+            if j >= 0:
+                for b in range(held.shape[1]):
+                    if held[j, b] == i:
+                        mutual += 1
+                        break
     return mutual

@@ -108,7 +108,7 @@ def test_a_refresh_recomputes_only_affected_lists_and_equals_a_rebuild(depth):
     x = rng.normal(size=(n + 30, 32)).astype(np.float32)
     ids = [f"i{j}" for j in range(n + 30)]
     spec = GraphSpec(features=["emb"], k=k, depth=depth, self_loops=False, block=256, device="cpu")
-    first, _, recomputed, _ = _refresh_lists(GRAPH_SCHEMA.empty_table(), _inputs(x[:n], ids[:n], ["h"] * n),
+    first, _, recomputed, _, _ = _refresh_lists(GRAPH_SCHEMA.empty_table(), _inputs(x[:n], ids[:n], ["h"] * n),
                                              spec, "cpu")
     assert recomputed == n
     old = first.append_column("feature", pa.array(["emb"] * n)).select(GRAPH_SCHEMA.names).cast(GRAPH_SCHEMA)
@@ -120,11 +120,11 @@ def test_a_refresh_recomputes_only_affected_lists_and_equals_a_rebuild(depth):
     y[changed] = rng.normal(size=(20, 32))
     keep = np.setdiff1d(np.arange(n + 30), deleted)
     hashes = ["c" if j in set(changed.tolist()) else ("new" if j >= n else "h") for j in keep.tolist()]
-    upsert, gone, recomputed, merged = _refresh_lists(old, _inputs(y[keep], [ids[j] for j in keep], hashes),
+    upsert, gone, recomputed, merged, _ = _refresh_lists(old, _inputs(y[keep], [ids[j] for j in keep], hashes),
                                                       spec, "cpu")
     assert sorted(gone) == sorted(ids[j] for j in deleted)
     # rebuilt from scratch: the lists of the new catalog
-    full, _, _, _ = _refresh_lists(GRAPH_SCHEMA.empty_table(), _inputs(y[keep], [ids[j] for j in keep], hashes),
+    full, _, _, _, _ = _refresh_lists(GRAPH_SCHEMA.empty_table(), _inputs(y[keep], [ids[j] for j in keep], hashes),
                                    spec, "cpu")
     refreshed = _apply(old, upsert, gone)
     rebuilt = {r["item_id"]: (r["neighbors"], r["scores"]) for r in full.to_pylist()}
@@ -180,6 +180,24 @@ def test_a_refresh_through_the_store_equals_a_rebuild_and_its_statistics_are_the
     assert stats["edges"] == binary.sum() == n * k
     assert stats["mutual_share"] == round((binary * binary.T).sum() / binary.sum(), 4)
     assert stats["in_degree_histogram"] == np.bincount(binary.sum(axis=0).astype(np.int64)).tolist()
+
+
+def test_merge_lists_equals_a_stable_sort_of_both_lists():
+    rng = np.random.default_rng(8)
+    for _ in range(200):
+        m, ka, kb, k = rng.integers(0, 5), rng.integers(0, 6), rng.integers(0, 6), rng.integers(1, 9)
+        sims_a = rng.integers(0, 4, (m, ka)).astype(np.float32)     # few values: many ties
+        sims_a[rng.random((m, ka)) < 0.3] = -np.inf                  # empty slots
+        sims_a = -np.sort(-sims_a, axis=1)
+        sims_b = -np.sort(-rng.integers(0, 4, (m, kb)).astype(np.float32), axis=1)
+        index_a, index_b = rng.integers(0, 100, (m, ka)), rng.integers(100, 200, (m, kb))
+        sims, index = np.concatenate([sims_a, sims_b], 1), np.concatenate([index_a, index_b], 1)
+        order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        got_index, got_sims = knn.merge_lists(index_a, sims_a, index_b, sims_b, k)
+        w = min(k, ka + kb)
+        assert np.array_equal(got_index[:, :w], np.take_along_axis(index, order, 1))
+        assert np.array_equal(got_sims[:, :w], np.take_along_axis(sims, order, 1))
+        assert (got_index[:, w:] == knn.NO_NEIGHBOUR).all() and np.isneginf(got_sims[:, w:]).all()
 
 
 def _counting_kernels(monkeypatch):
@@ -286,6 +304,29 @@ def test_bf16_screening_error_bound_holds_for_every_pair():
     assert margins.max() < 1.5 * 2.0 ** -8            # about one unit roundoff: few survivors
 
 
+def test_the_bound_rounds_to_bf16_as_torch_does_and_unit_rows_are_unit():
+    """bf16_margins rounds rows in numba: it must round every finite float32 as torch does,
+    halfway cases included, or the bound would be about other numbers than the products."""
+    import torch
+
+    from itemlens.store import knn_kernels
+
+    rng = np.random.default_rng(9)
+    bits = rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32)
+    halfway = (bits & np.uint32(0xFFFF0000)) | np.uint32(0x8000)
+    values = np.concatenate([rng.normal(size=200_000).astype(np.float32), bits.view(np.float32),
+                             halfway.view(np.float32)])
+    values = values[np.isfinite(values)]
+    rounded = knn_kernels.round_bf16(values)
+    assert np.array_equal(rounded.view(np.uint32), torch.from_numpy(values).to(torch.bfloat16).float().numpy().view(np.uint32))
+    x = rng.normal(size=(50, 7)).astype(np.float32)
+    x[3], x[4], x[5] = 0, np.nan, 3e38                # no direction, no length, float32-overflowing squares
+    xu, valid = knn.unit(x)
+    assert valid.tolist() == [i not in (3, 4) for i in range(50)] and np.array_equal(valid, knn.valid_rows(x))
+    assert np.allclose(np.linalg.norm(xu[valid].astype(np.float64), axis=1), 1, atol=1e-6)
+    assert not xu[~valid].any()
+
+
 def test_bf16_floor_bits_compare_as_the_numbers_they_stand_for():
     import torch
 
@@ -352,9 +393,20 @@ def test_approximate_graph_reports_recall_against_exact(tmp_path):
     found, _, params = knn.approximate_knn(x, 10, nprobe=8)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)])
     assert recall > 0.8 and params["kind"] == "IVF_FLAT"
-    lens, ids = _store(tmp_path, {"emb": x}, 4000)
-    reports, _ = build(lens.uri, {"g": {"features": ["emb"], "k": 10, "method": "approximate", "self_loops": False}})
+    lens, ids = _store(tmp_path, {"emb": x, "other": x[:, :8]}, 4000)
+    spec = {"g": {"features": ["emb", "other"], "k": 10, "method": "approximate", "self_loops": False}}
+    reports, _ = build(lens.uri, spec)
     assert 0.8 < reports["g"].stats["recall_at_k"] <= 1.0
+    # one input changed: it is searched again whole, the other keeps its lists, and the
+    # statistics are still those of the stored graph
+    lens.put_vectors("emb", ids[:40], x[40:80])
+    reports, _ = build(lens.uri, spec)
+    assert reports["g"].recomputed == {"emb": 4000, "other": 0}
+    lens.refresh()
+    stored = lens._dataset(lens.graph_info("g").table).to_table()
+    stats = graph_stats(stored, GraphSpec(**spec["g"]))
+    assert {k: v for k, v in reports["g"].stats.items() if k != "recall_at_k"} == stats
+    assert stats["inputs"]["other"]["edges"] == 4000 * 10 and 0.8 < reports["g"].stats["recall_at_k"] <= 1.0
 
 
 def test_cooccurrence_from_interactions(tmp_path):
