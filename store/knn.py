@@ -180,6 +180,33 @@ def _bf16_floor_bits(values: np.ndarray) -> np.ndarray | None:
     return bits.astype(np.uint16).view(np.int16)
 
 
+def _bf16_block(A16, B16, low_r, low_c):
+    """The products A16 @ B16.T as bf16 bit patterns (int16), with the floors (already lowered
+    by the error bound) as patterns too; None where a floor is not positive."""
+    import torch
+
+    bits_r, bits_c = _bf16_floor_bits(low_r), _bf16_floor_bits(low_c)
+    if bits_r is None or bits_c is None:
+        return None
+    return (A16 @ B16.T).view(torch.int16).numpy(), bits_r, bits_c
+
+
+def _merge_survivors(xu, S, low_r, low_c, rows, cols, row_lists, row_slot, row_floor, col_lists, col_slot,
+                     self_loops) -> bool:
+    """Merge the entries of block ``S`` that reach their row's floor ``low_r`` or their
+    column's ``low_c`` into the rows' and the columns' lists (the arguments of
+    :func:`knn_kernels.merge_pairs`); bf16 patterns (int16) are scored again in fp32. False,
+    and nothing merged, where a row has too many (the caller folds the block whole)."""
+    from itemlens.store import knn_kernels
+
+    found = knn_kernels.survivors(S, low_r, low_c, _survivors_per_row(S.shape[1]))
+    if found is None:
+        return False
+    knn_kernels.merge_pairs(xu, S, S.dtype == np.int16, rows, cols, *found, *row_lists, row_slot, row_floor,
+                            *col_lists, col_slot, self_loops)
+    return True
+
+
 def _fold_block_cpu(best_v, best_i, xu, X, X16, margins, valid, bi, ei, bj, ej):
     """Fold off-diagonal block (I, J) into both I's and J's lists with the numba kernels, once
     those lists are full: with ``X16``, screen bf16 products (AMX) against the lists' k-th best
@@ -187,40 +214,25 @@ def _fold_block_cpu(best_v, best_i, xu, X, X16, margins, valid, bi, ei, bj, ej):
     Returns (done, the fp32 products if they were computed but too many entries survived)."""
     import torch
 
-    from itemlens.store import knn_kernels
-
     kth = best_v.numpy()[:, -1]
     floor_r = np.where(valid[bi:ei], kth[bi:ei], np.inf)     # a zero row takes nobody
     floor_c = np.where(valid[bj:ej], kth[bj:ej], np.inf)
     if np.isneginf(floor_r).any() or np.isneginf(floor_c).any():
         return False, None            # some list not full yet: a top-k over the block
-    # a row with more survivors than this (early blocks, low floors) makes a top-k of the
-    # block cheaper than merging them one by one
-    per_row = _survivors_per_row(ej - bj)
     lists = best_v.numpy(), best_i.numpy()
     rows, cols = np.arange(bi, ei), np.arange(bj, ej)
-    row_slot = np.where(valid[bi:ei], rows, -1)             # a zero row keeps no list
-    col_slot = np.where(valid[bj:ej], cols, -1)
-    no_floor = np.full(ei - bi, -np.inf, np.float32)
+    merge = (rows, cols, lists, np.where(valid[bi:ei], rows, -1),       # a zero row keeps no list
+             np.full(ei - bi, -np.inf, np.float32), lists, np.where(valid[bj:ej], cols, -1), True)
     if X16 is not None:
-        low_r = _bf16_floor_bits(floor_r - margins[bi:ei])
-        low_c = _bf16_floor_bits(floor_c - margins[bj:ej])
-        if low_r is not None and low_c is not None:
-            S16 = (X16[bi:ei] @ X16[bj:ej].T).view(torch.int16).numpy()
-            found = knn_kernels.survivors(S16, low_r, low_c, per_row)
-            if found is not None:
-                knn_kernels.merge_pairs(xu, S16, True, rows, cols, *found, *lists, row_slot, no_floor,
-                                        *lists, col_slot, True)
-                return True, None
+        block = _bf16_block(X16[bi:ei], X16[bj:ej], floor_r - margins[bi:ei], floor_c - margins[bj:ej])
+        if block is not None and _merge_survivors(xu, *block, *merge):
+            return True, None
     S = X[bi:ei] @ X[bj:ej].T
     if not (valid[bi:ei].all() and valid[bj:ej].all()):      # zero rows score 0: may beat a floor < 0
         S[torch.from_numpy(~valid[bi:ei])] = float("-inf")
         S[:, torch.from_numpy(~valid[bj:ej])] = float("-inf")
-    found = knn_kernels.survivors(S.numpy(), floor_r.astype(np.float32), floor_c.astype(np.float32), per_row)
-    if found is None:
-        return False, S
-    knn_kernels.merge_pairs(xu, S.numpy(), False, rows, cols, *found, *lists, row_slot, no_floor, *lists, col_slot,
-                            True)
+    if not _merge_survivors(xu, S.numpy(), floor_r.astype(np.float32), floor_c.astype(np.float32), *merge):
+        return False, S               # early blocks, low floors: a top-k of the block is cheaper
     return True, None
 
 
@@ -374,25 +386,14 @@ def _screen_sources_cpu(X16, C16, margins, floors, b, e, sources, source_valid, 
     """One block of :func:`search_from` from bf16 products, screened with the error bound and
     the survivors scored in fp32. False where it cannot be (the sources' lists are not full
     yet, a floor is not positive, or too many survive): the caller takes fp32 products."""
-    import torch
-
-    from itemlens.store import knn_kernels
-
     kth = np.where(source_valid, own_v.numpy()[:, -1], np.inf)     # a zero source keeps no list
     if np.isneginf(kth).any():
         return False
-    low_r = _bf16_floor_bits(floors[b:e] - margins[b:e])
-    low_c = _bf16_floor_bits(kth - margins[sources])
-    if low_r is None or low_c is None:
-        return False
-    S16 = (X16[b:e] @ C16.T).view(torch.int16).numpy()
-    found = knn_kernels.survivors(S16, low_r, low_c, _survivors_per_row(S16.shape[1]))
-    if found is None:
-        return False
+    block = _bf16_block(X16[b:e], C16, floors[b:e] - margins[b:e], kth - margins[sources])
     rows = np.arange(b, e)
-    knn_kernels.merge_pairs(xu, S16, True, rows, sources, *found, cand_v.numpy(), cand_i.numpy(), rows,
-                            floors[b:e], own_v.numpy(), own_i.numpy(), np.arange(len(sources)), self_loops)
-    return True
+    return block is not None and _merge_survivors(
+        xu, *block, rows, sources, (cand_v.numpy(), cand_i.numpy()), rows, floors[b:e],
+        (own_v.numpy(), own_i.numpy()), np.arange(len(sources)), self_loops)
 
 
 def _fold_sources_cpu(S, floors, b, e, sources, source_valid, cand_v, cand_i, own_v, own_i, xu) -> None:
@@ -405,15 +406,12 @@ def _fold_sources_cpu(S, floors, b, e, sources, source_valid, cand_v, cand_i, ow
     rows = np.arange(b, e)
     own = own_v.numpy(), own_i.numpy()
     kth = np.where(source_valid, own[0][:, -1], np.inf)            # a zero source keeps no list
-    found = None
-    if not np.isneginf(kth).any():
-        found = knn_kernels.survivors(S, floors, kth.astype(np.float32), _survivors_per_row(S.shape[1]))
-    if found is None:
-        knn_kernels.fold_columns(S, *own, rows)
-        knn_kernels.fold_rows(S, cand_v[b:e].numpy(), cand_i[b:e].numpy(), sources, floors)
+    if not np.isneginf(kth).any() and _merge_survivors(
+            xu, S, floors, kth.astype(np.float32), rows, sources, (cand_v.numpy(), cand_i.numpy()), rows, floors,
+            own, np.arange(len(sources)), True):
         return
-    knn_kernels.merge_pairs(xu, S, False, rows, sources, *found, cand_v.numpy(), cand_i.numpy(), rows, floors,
-                            *own, np.arange(len(sources)), True)
+    knn_kernels.fold_columns(S, *own, rows)
+    knn_kernels.fold_rows(S, cand_v[b:e].numpy(), cand_i[b:e].numpy(), sources, floors)
 
 
 def merge_lists(index_a, sims_a, index_b, sims_b, k: int) -> tuple[np.ndarray, np.ndarray]:
