@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/python examples/demo.py --store ./lens
 
 test: $(STAMP)
-	$(BIN)/python -m pytest --no-skips
+	$(BIN)/python -m pytest --no-skips --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest_throughput.py

@@ -163,13 +163,15 @@ class FeatureInputs:
 
 def read_feature(writer: StoreWriter, items: pa.Table, version: FeatureVersion,
                  table_version: int | None) -> FeatureInputs:
+    """The vectors of one feature (``items``: :func:`semantic_ids.items_in_order`)."""
     from itemlens.store.semantic_ids import read_vectors
 
-    present, x, hashes = read_vectors(writer, version, table_version, items.column("item_id").combine_chunks())
+    ids = items.column("item_id").combine_chunks()
+    present, x, hashes = read_vectors(writer, version, table_version, ids)
     keep = np.flatnonzero(present)
     if len(keep) < len(present):
         x, hashes = x[keep], hashes.take(pa.array(keep))
-    return FeatureInputs(items.column("item_id").combine_chunks().take(pa.array(keep)),
+    return FeatureInputs(ids.take(pa.array(keep)),
                          items.column("item_index").to_numpy()[keep].astype(np.int64), np.ascontiguousarray(x), hashes)
 
 
@@ -304,7 +306,8 @@ def _refresh_lists(old: pa.Table, inputs: FeatureInputs, spec: GraphSpec, device
     exact top of the unchanged items; merged with the best candidates among the new and changed
     items it stays exact up to the first score either source cannot vouch for. Only lists
     whose exact prefix falls under k, and those of new and changed items, are recomputed.
-    Bookkeeping is column-wise (pyarrow, numpy): a refresh must cost a small share of a rebuild."""
+    The bookkeeping is column-wise (numpy on the item indexes, one numba pass over the stored
+    lists): a refresh must cost a small share of a rebuild, at any catalog size."""
     from itemlens.store import knn, knn_kernels
 
     pc = pa.compute

@@ -37,7 +37,7 @@ def valid_rows(x: np.ndarray) -> np.ndarray:
 
 def unit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows scaled to length 1, and which rows could be (non-zero, finite length); the others
-    are zero. (A numba kernel: numpy took three passes and a zeroed copy, ~5x the time.)"""
+    are zero. (numba kernels: numpy took three passes and a zeroed copy, ~2x the time.)"""
     from itemlens.store import knn_kernels
 
     x = np.ascontiguousarray(x, dtype=np.float32)
