@@ -109,7 +109,7 @@ def test_a_refresh_recomputes_only_affected_lists_and_equals_a_rebuild(depth):
     ids = [f"i{j}" for j in range(n + 30)]
     spec = GraphSpec(features=["emb"], k=k, depth=depth, self_loops=False, block=256, device="cpu")
     first, _, recomputed, _, _ = _refresh_lists(GRAPH_SCHEMA.empty_table(), _inputs(x[:n], ids[:n], ["h"] * n),
-                                             spec, "cpu")
+                                                spec, "cpu")
     assert recomputed == n
     old = first.append_column("feature", pa.array(["emb"] * n)).select(GRAPH_SCHEMA.names).cast(GRAPH_SCHEMA)
 
@@ -121,11 +121,11 @@ def test_a_refresh_recomputes_only_affected_lists_and_equals_a_rebuild(depth):
     keep = np.setdiff1d(np.arange(n + 30), deleted)
     hashes = ["c" if j in set(changed.tolist()) else ("new" if j >= n else "h") for j in keep.tolist()]
     upsert, gone, recomputed, merged, _ = _refresh_lists(old, _inputs(y[keep], [ids[j] for j in keep], hashes),
-                                                      spec, "cpu")
+                                                         spec, "cpu")
     assert sorted(gone) == sorted(ids[j] for j in deleted)
     # rebuilt from scratch: the lists of the new catalog
     full, _, _, _, _ = _refresh_lists(GRAPH_SCHEMA.empty_table(), _inputs(y[keep], [ids[j] for j in keep], hashes),
-                                   spec, "cpu")
+                                      spec, "cpu")
     refreshed = _apply(old, upsert, gone)
     rebuilt = {r["item_id"]: (r["neighbors"], r["scores"]) for r in full.to_pylist()}
     assert refreshed.keys() == rebuilt.keys()
