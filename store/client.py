@@ -630,18 +630,18 @@ class Lens:
         version = self.graph_info(name)
         return graphs.degree_plot(version.stats, f"{version.qualified}: k = {version.spec['k']}")
 
-    def export(self, fmt: str, out: str | os.PathLike, *, features: Sequence[str] | None = None,
-               semantic_ids: Sequence[str] | None = None, graphs: Sequence[str] | None = None,
-               ids: Sequence[str] | None = None, fill: float = 0.0, **options: Any) -> list[str]:
+    def export(self, fmt: str, out: str | os.PathLike, **options: Any):
         """Write features (``mmrec``, ``npz``, ``parquet``), semantic IDs (``sid-grid``,
-        ``sid-tokens``, ``sid-parquet``) or graphs (``pyg``, ``scipy-npz``, ``mmrec-adj``; option
-        ``preset``) in a format recommender code reads; rows follow the store's item index, or
-        ``ids`` when given; items without a value get ``fill`` (-1 for codes, no edges in a
-        graph) and a mask. See itemlens.store.exports. Returns the files written."""
+        ``sid-tokens``, ``sid-parquet``) or graphs (``pyg``, ``scipy-npz``, ``mmrec-adj``) in a
+        format recommender code reads, rows aligned to the order of the user's own files
+        (``ids=``, ``inter=``) or, where the format allows, the store's item index. Rows without
+        a value are refused unless ``fill`` is given; ``model="freedom"`` (and the other MMRec
+        graph models) adds the graph files that model caches. The options are those of
+        :func:`itemlens.store.exports.export` (docs/exports.md). Returns an ExportReport: files,
+        rows, present and filled per artifact, the order followed (also in export.json)."""
         from itemlens.store import exports
 
-        return exports.export(self, fmt, out, features=features, semantic_ids=semantic_ids, graphs=graphs,
-                              ids=ids, fill=fill, **options)
+        return exports.export(self, fmt, out, **options)
 
 
 @dataclass

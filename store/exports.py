@@ -1,23 +1,35 @@
-"""Exports: the store's features in the files recommender code already reads.
+"""Exports: the store's features, semantic IDs and graphs in the files recommender code reads.
 
-One framework, many formats: an exporter receives the rows already aligned (to the store's
-stable item index, or to an item order the caller gives, such as the ids of their interaction
-data) and writes them. Items without a value are filled with ``fill`` (0 by default, ``nan`` on
-request) and flagged in a mask written beside them, so the fill is never mistaken for data.
-Every export also writes ``export.json``: the snapshot, feature versions, order and fill used.
+One framework, many formats. An export first decides which item each row holds (an
+:class:`~itemlens.store.exports_align.Order`: the store's item index, an ids file, or the item
+index of the user's interaction file), then gathers every artifact aligned to it, refuses what
+a consumer would misread, and only then writes. Refused before anything is written:
 
-Formats here: ``mmrec``, ``npz``, ``parquet`` (features) and ``sid-grid``, ``sid-tokens``,
-``sid-parquet`` (semantic IDs; items without an ID get codes -1 and mask false), ``pyg``,
-``scipy-npz``, ``mmrec-adj`` (graphs, normalized by a preset; items without a neighbour list
-have no edges, and their mask is false). Other artifacts register theirs with
-:func:`register_exporter`.
+- a format whose row order is its whole contract (``mmrec``, ``mmrec-adj``, ``sid-grid``)
+  without an order (``ids``/``inter``, or ``store_order=True`` to keep the store's);
+- ids the store does not know, and rows without a value in a format that writes dense arrays,
+  unless ``fill`` is given (features: any number or nan; semantic IDs: a negative integer, never
+  a code; graphs: 0, an empty row); Parquet formats write nulls for known items without a value;
+- a folder that already holds an export aligned to another order (``export.json`` records each
+  format's order digest), or an ``i_id_mapping.csv`` that maps other items.
+
+Every export returns an :class:`ExportReport` (rows, present and filled per artifact, the order
+followed; the command line prints it) and records it in ``export.json``, keyed by format.
+
+Formats: ``mmrec``, ``npz``, ``parquet`` (features), ``sid-grid``, ``sid-tokens``,
+``sid-parquet`` (semantic IDs), ``pyg``, ``scipy-npz``, ``mmrec-adj`` (graphs normalized by a
+preset, which is in the file names). ``model=`` (``--for``) with ``mmrec`` or ``mmrec-adj`` adds
+the graph files an MMRec model caches, computed from the exported features as the model does
+(:mod:`itemlens.store.exports_models`). docs/exports.md is the reference. Other formats register
+with :func:`register_exporter`; a writer receives the aligned arrays (:class:`Aligned`) and never
+reads the store, so that writing can later go chunk by chunk.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,141 +38,479 @@ import numpy as np
 import pyarrow as pa
 
 from itemlens.errors import ConfigError
+from itemlens.store import exports_align
+from itemlens.store.exports_align import MAPPING_FILE, MAPPING_HEADER, Order
 
 if TYPE_CHECKING:  # pragma: no cover
     from itemlens.store.client import Lens
 
+MANIFEST = "export.json"
+
 
 @dataclass
 class Aligned:
-    """What an exporter writes: rows in export order."""
+    """What a writer writes: every artifact with one row per item of ``order``."""
 
-    ids: list[str]                       # item_id per row
+    order: Order
     item_index: np.ndarray               # the store's stable index per row (-1: unknown to the store)
-    features: dict[str, np.ndarray] = field(default_factory=dict)    # name -> [rows, dim]
-    present: dict[str, np.ndarray] = field(default_factory=dict)     # name -> bool [rows]
-    semantic_ids: dict[str, np.ndarray] = field(default_factory=dict)   # name -> int64 [rows, width], -1 fill
-    semantic_id_info: dict[str, Any] = field(default_factory=dict)      # name -> SemanticIdVersion
-    graphs: dict[str, Any] = field(default_factory=dict)                # name -> scipy CSR [rows, rows]
-    graph_info: dict[str, Any] = field(default_factory=dict)            # name -> GraphVersion
+    fill: float | int | None             # what filled rows hold (None: no row was filled)
+    dtype: str = "float32"
+    features: dict[str, np.ndarray] = field(default_factory=dict)     # file role -> [rows, dim]
+    present: dict[str, np.ndarray] = field(default_factory=dict)      # artifact -> bool [rows]
+    versions: dict[str, str] = field(default_factory=dict)            # artifact -> its qualified version
+    semantic_ids: dict[str, np.ndarray] = field(default_factory=dict)    # name -> int64 [rows, width]; fill: absent
+    semantic_id_info: dict[str, Any] = field(default_factory=dict)       # name -> SemanticIdVersion
+    graphs: dict[str, Any] = field(default_factory=dict)                 # name -> scipy CSR [rows, rows]
+    graph_info: dict[str, Any] = field(default_factory=dict)             # name -> GraphVersion
+    graph_preset: dict[str, str] = field(default_factory=dict)           # name -> the preset it was normalized by
+    model_files: dict[str, Any] = field(default_factory=dict)            # file name -> torch tensor (model=)
+    details: dict[str, dict[str, Any]] = field(default_factory=dict)     # artifact -> what export.json records
+
+    @property
+    def ids(self) -> list[str]:
+        return self.order.ids
 
 
 Exporter = Callable[[Aligned, Path, dict[str, Any]], list[str]]
-_EXPORTERS: dict[str, Exporter] = {}
-_TAKES: dict[str, str] = {}      # format -> "features" or "semantic_ids"
 
 
-def register_exporter(name: str, exporter: Exporter, *, replace: bool = False, takes: str = "features") -> None:
-    """Add a format. ``takes``: what ``export`` aligns for it, ``"features"`` (pooled vectors),
-    ``"semantic_ids"`` (codes) or ``"graphs"`` (normalized sparse matrices)."""
-    if name in _EXPORTERS and not replace:
+@dataclass(frozen=True)
+class ExportFormat:
+    name: str
+    writer: Exporter
+    takes: str            # "features", "semantic_ids" or "graphs"
+    needs_order: bool     # row i is the consumer's item i and nothing else says which item that is
+    dense: bool           # writes arrays, where a row without a value must hold a fill (else nulls)
+
+
+_FORMATS: dict[str, ExportFormat] = {}
+
+
+def register_exporter(name: str, exporter: Exporter, *, takes: str = "features", needs_order: bool = False,
+                      dense: bool = True, replace: bool = False) -> None:
+    """Add a format. ``takes``: what :func:`export` aligns for it, ``"features"`` (pooled
+    vectors), ``"semantic_ids"`` (codes) or ``"graphs"`` (normalized sparse matrices);
+    ``needs_order``: refuse it without an order the user gives; ``dense``: rows without a
+    value need an explicit ``fill`` (else the writer gets them as absent and writes nulls)."""
+    if name in _FORMATS and not replace:
         raise ValueError(f"exporter {name!r} is already registered; pass replace=True to replace it")
     if takes not in ("features", "semantic_ids", "graphs"):
         raise ValueError("takes must be 'features', 'semantic_ids' or 'graphs'")
-    _EXPORTERS[name] = exporter
-    _TAKES[name] = takes
+    _FORMATS[name] = ExportFormat(name, exporter, takes, needs_order, dense)
 
 
 def export_formats() -> list[str]:
-    return sorted(_EXPORTERS)
+    return sorted(_FORMATS)
 
 
-def export(lens: Lens, fmt: str, out: str | os.PathLike, *, features: Sequence[str] | None = None,
+@dataclass
+class ExportReport:
+    """What an export wrote and how its rows were aligned (also in export.json)."""
+
+    format: str
+    out: str
+    snapshot: int
+    rows: int
+    order: str                       # what row i is
+    files: list[str]
+    present: dict[str, int]          # artifact -> rows with a value
+    filled: dict[str, int]           # artifact -> rows holding the fill (or null)
+    fill: float | int | None
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        fill = "" if self.fill is None else f" (fill {self.fill})"
+        lines = [f"wrote {', '.join(self.files)} to {self.out} (snapshot {self.snapshot})",
+                 f"{self.rows:,} rows in the order of {self.order}"]
+        lines += [f"{name}: {self.present[name]:,} present, {self.filled[name]:,} filled"
+                  + (fill if self.filled[name] else "") for name in self.present]
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def export(lens: Lens, fmt: str, out: str | os.PathLike, *,
+           features: Sequence[str] | Mapping[str, str] | None = None,
            semantic_ids: Sequence[str] | None = None, graphs: Sequence[str] | None = None,
-           ids: Sequence[str] | None = None, fill: float = 0.0, **options: Any) -> list[str]:
-    """Write ``features`` (default: every feature's current version), or for a semantic-ID
-    format ``semantic_ids`` (default: all), of the reader's snapshot in format ``fmt`` under
-    ``out``; returns the files written."""
-    if fmt not in _EXPORTERS:
+           ids: Sequence[str] | str | os.PathLike | None = None, ids_column: str | None = None,
+           inter: str | os.PathLike | None = None, item_column: str | None = None, store_order: bool = False,
+           fill: float | int | None = None, dtype: str = "float32", model: str | None = None,
+           model_params: Mapping[str, Any] | None = None, preset: str | None = None, dedup: str | None = None,
+           **options: Any) -> ExportReport:
+    """Write artifacts of the reader's snapshot in format ``fmt`` under ``out``.
+
+    ``features``: names, or file role -> feature (``{"image": "clip_vitl", "text": "minilm"}``:
+    ``image_feat.npy`` holds clip_vitl); default every pooled vector feature, for ``mmrec`` the
+    features named image and text. ``semantic_ids``/``graphs``: names (default all) for those
+    formats. The order: ``ids`` (a sequence, or a file: a plain list, a CSV/TSV with header and
+    ``ids_column``, MMRec's i_id_mapping.csv), ``inter`` (an MMRec or RecBole ``.inter``, or a
+    table with ``item_column``), or ``store_order``. ``fill``: what rows without a value hold
+    (default: refuse them). ``dtype``: float32 (default) or float16 for features. ``model``:
+    an MMRec model whose cached graph files to write from the features, ``model_params`` its
+    graph parameters (MMRec's config keys; a list of values writes one file per value).
+    ``preset``: a graph's normalization (default its definition's). ``dedup`` (``sid-grid``):
+    ``"grid"`` (default: GRID's numbering) or ``"store"`` (the store's suffix). Other
+    ``options`` go to the format's writer."""
+    spec = _FORMATS.get(fmt)
+    if spec is None:
         raise ConfigError(f"unknown export format {fmt!r}; formats: {', '.join(export_formats())}")
-    takes = _TAKES[fmt]
-    takes_codes = takes == "semantic_ids"
-    if takes_codes:
-        names = list(semantic_ids) if semantic_ids is not None else sorted(lens.doc.semantic_ids)
-    elif takes == "graphs":
-        names = list(graphs) if graphs is not None else sorted(lens.doc.graphs)
-    else:
-        names = list(features) if features is not None else sorted(lens.doc.features)
-    if not names:
-        what = {"semantic_ids": "semantic IDs", "graphs": "graphs", "features": "features"}[takes]
-        raise ConfigError(f"snapshot {lens.snapshot} of {lens.uri} has no {what} to export as {fmt}")
+    takes = spec.takes
+    if model is not None:
+        if fmt not in ("mmrec", "mmrec-adj"):
+            raise ConfigError(f"model (--for) writes the graph files an MMRec model caches: use it with format mmrec "
+                              f"(features and graphs) or mmrec-adj (graphs only), not {fmt}")
+        if preset is not None or graphs is not None:
+            raise ConfigError(f"model (--for) builds the graph as {model} does, from the exported features: "
+                              "preset and graphs do not apply")
+        takes = "features"
+    elif model_params:
+        raise ConfigError("model_params (--model-param) are the graph parameters of a model: name it with model "
+                          "(--for)")
+    if dedup is not None and fmt != "sid-grid":
+        raise ConfigError("dedup applies to sid-grid")
+    if preset is not None and takes != "graphs":
+        raise ConfigError(f"preset normalizes graphs; {fmt} exports {takes.replace('_', ' ')}")
+    if dtype not in ("float32", "float16"):
+        raise ConfigError(f"dtype must be float32 or float16, not {dtype!r}")
+    if store_order and (ids is not None or inter is not None):
+        raise ConfigError("store_order (--store-order) keeps the store's item order: do not give ids or inter too")
+
+    order = exports_align.resolve(lens.item_order() if ids is None and inter is None else None,
+                                  ids=ids, ids_column=ids_column, inter=inter, item_column=item_column)
+    if order.source == "store" and (spec.needs_order or model is not None) and not store_order:
+        raise ConfigError(
+            f"{fmt} rows are the consumer's item index (row i = itemID i) and nothing in the files says which item a "
+            "row is: give the order of your data with --inter DATA/<name>.inter (an MMRec .inter with its "
+            "i_id_mapping.csv beside it, a RecBole .inter, or a table with --item-column) or --ids FILE (a list, "
+            "or MMRec's i_id_mapping.csv); or --store-order to keep the store's item index and build your dataset "
+            "from the i_id_mapping.csv it writes")
     items = lens.items()
-    by_index = np.argsort(items.column("item_index").to_numpy())
-    store_ids = [items.column("item_id")[int(i)].as_py() for i in by_index]
-    if ids is None:
-        order = store_ids
-        index = items.column("item_index").to_numpy()[by_index]
+    known = dict(zip(items.column("item_id").to_pylist(), items.column("item_index").to_pylist()))
+    item_index = np.array([known.get(i, -1) for i in order.ids], np.int64)
+    unknown = item_index < 0
+    if unknown.any() and fill is None:
+        _refuse(f"{int(unknown.sum()):,} of {len(order.ids):,} ids of {order.description} are not in the store "
+                f"(snapshot {lens.snapshot})", [i for i, u in zip(order.ids, unknown) if u], order,
+                "pass fill (--fill VALUE) to write them as filled rows")
+    aligned = Aligned(order=order, item_index=item_index, fill=fill, dtype=dtype)
+    if takes == "features":
+        _gather_features(lens, aligned, features, spec, mmrec_roles=fmt == "mmrec" or model is not None,
+                         strict=model is not None)
+    elif takes == "semantic_ids":
+        _gather_semantic_ids(lens, aligned, semantic_ids, spec, dedup)
     else:
-        order = [i if isinstance(i, str) else str(i) for i in ids]
-        known = dict(zip(store_ids, items.column("item_index").to_numpy()[by_index].tolist()))
-        index = np.array([known.get(i, -1) for i in order], np.int64)
-    aligned = Aligned(ids=order, item_index=index)
-    versions = {}
-    for name in names if takes_codes else []:
-        info = lens.semantic_id_info(name)
-        codes = lens.semantic_ids(name, order, fill=-1)
-        aligned.semantic_ids[info.name] = codes
-        aligned.present[info.name] = (codes >= 0).all(axis=1) if codes.size else np.zeros(len(order), bool)
-        aligned.semantic_id_info[info.name] = info
-        versions[info.name] = info.qualified
-    for name in names if takes == "graphs" else []:
-        info = lens.graph_info(name)
-        matrix, store_order = lens.graph(name, options.get("preset"))
-        # rows and columns in export order; an id the store does not know gets an empty row
-        position = np.array(index, np.int64)
-        known = position >= 0
-        selector = _selector(position[known], matrix.shape[0])
-        aligned_matrix = (selector @ matrix @ selector.T).tocsr()
-        if not known.all():
-            aligned_matrix = _expand(aligned_matrix, np.flatnonzero(known), len(order))
-        aligned.graphs[info.name] = aligned_matrix
-        aligned.present[info.name] = np.diff(aligned_matrix.indptr) > 0
-        aligned.graph_info[info.name] = info
-        versions[info.name] = f"{info.qualified} ({options.get('preset') or info.spec.get('preset')})"
-    for name in [] if takes != "features" else names:
-        version = lens._version(name)
-        if version.kind != "vector" or version.pooling != "mean":
-            raise ConfigError(f"{version.qualified} holds {version.kind}s per {version.pooling}; "
-                              "exports take pooled vectors")
-        values, found = lens._lookup(version, order, fill)
-        aligned.features[version.name] = values
-        aligned.present[version.name] = found
-        versions[version.name] = version.qualified
+        _gather_graphs(lens, aligned, graphs, spec, preset)
+    notes: list[str] = []
+    model_doc = None
+    if model is not None:
+        model_doc = _model_files(aligned, model, model_params, notes)
+    if aligned.fill is not None and all(p.all() for p in aligned.present.values()):
+        aligned.fill = None                       # nothing was filled
+
     target = Path(out)
+    previous = _previous_exports(target)
+    _check_folder(target, fmt, order, previous)
     target.mkdir(parents=True, exist_ok=True)
-    files = _EXPORTERS[fmt](aligned, target, options)
-    manifest = {
-        "format": fmt, "store": lens.uri, "snapshot": lens.snapshot, "features": versions,
-        "rows": len(order), "order": "item_index" if ids is None else "given ids",
-        "fill": -1 if takes_codes else ("no edges" if takes == "graphs" else ("nan" if np.isnan(fill) else fill)),
-        "missing": {n: int((~p).sum()) for n, p in aligned.present.items()},
+    files = spec.writer(aligned, target, {**options, "model": model, "dedup": dedup})
+    report = ExportReport(
+        format=fmt, out=os.fspath(target), snapshot=lens.snapshot, rows=len(order.ids), order=order.description,
+        files=files + [MANIFEST], present={n: int(p.sum()) for n, p in aligned.present.items()},
+        filled={n: int((~p).sum()) for n, p in aligned.present.items()}, fill=aligned.fill, notes=notes)
+    entry = {
+        "format": fmt, "store": lens.uri, "snapshot": lens.snapshot, "rows": len(order.ids),
+        "order": {"source": order.source, "description": order.description, "digest": order.digest},
+        "fill": None if aligned.fill is None else ("nan" if np.isnan(aligned.fill) else aligned.fill),
+        "artifacts": {n: {"version": aligned.versions.get(n), "present": report.present[n],
+                          "filled": report.filled[n], **aligned.details.get(n, {})} for n in aligned.present},
         "files": files,
     }
-    (target / "export.json").write_text(json.dumps(manifest, indent=2))
-    return files + ["export.json"]
+    if takes == "features":
+        entry["dtype"] = dtype
+    if model_doc is not None:
+        entry["model"] = model_doc
+    if notes:
+        entry["notes"] = notes
+    previous[fmt] = entry
+    (target / MANIFEST).write_text(json.dumps({"exports": previous}, indent=2))
+    return report
+
+
+def _refuse(what: str, missing: list[str], order: Order, how: str) -> None:
+    shown = ", ".join(repr(m) for m in missing[:5]) + (f" and {len(missing) - 5:,} more" if len(missing) > 5 else "")
+    hint = ""
+    if order.plain_list and missing and missing[0] == order.ids[0]:
+        hint = (f" (the first line {missing[0]!r} may be a header: --ids-column {missing[0]} reads it as one)")
+    raise ConfigError(f"{what}: {shown}{hint}; {how}")
+
+
+# -- gathering -------------------------------------------------------------------------------
+
+def _roles(lens: Lens, features: Sequence[str] | Mapping[str, str] | None, mmrec_roles: bool) -> dict[str, str]:
+    """File role -> feature name."""
+    from itemlens.store.exports_models import ROLES
+
+    if isinstance(features, Mapping):
+        roles = dict(features)
+    elif features is not None:
+        if isinstance(features, str):
+            raise TypeError("features must be a sequence of names or a mapping of role -> name, not a string")
+        roles = {}
+        for item in features:
+            role, _, name = item.partition("=") if "=" in item else (item.split("@")[0], "", item)
+            roles[role] = name
+    elif mmrec_roles:
+        roles = {r: r for r in ROLES if lens.doc.feature_version(r) is not None}
+        if not roles:
+            names = ", ".join(sorted(lens.doc.features)) or "none"
+            raise ConfigError(f"MMRec reads image_feat.npy and text_feat.npy; snapshot {lens.snapshot} has no feature "
+                              f"named image or text (it has {names}): name them, e.g. --feature image=NAME text=NAME")
+    else:
+        roles = {}
+        for name in sorted(lens.doc.features):
+            version = lens.doc.feature_version(name)
+            if version.kind == "vector" and version.pooling == "mean":
+                roles[name] = name
+    if mmrec_roles:
+        other = sorted(set(roles) - set(ROLES))
+        if other:
+            raise ConfigError(f"MMRec reads only image_feat.npy and text_feat.npy (vision_feature_file, "
+                              f"text_feature_file); a feature exported as {', '.join(other)} would be ignored: give "
+                              f"each its role, e.g. --feature text={roles[other[0]]}")
+    if not roles:
+        raise ConfigError(f"snapshot {lens.snapshot} of {lens.uri} has no vector features to export")
+    return roles
+
+
+def _gather_features(lens: Lens, aligned: Aligned, features, spec: ExportFormat, *, mmrec_roles: bool,
+                     strict: bool) -> None:
+    dtype = np.float16 if aligned.dtype == "float16" else np.float32
+    for role, name in _roles(lens, features, mmrec_roles).items():
+        version = lens._version(name)
+        if version.kind != "vector" or version.pooling != "mean":
+            raise ConfigError(f"{version.qualified} holds {version.kind}s per {version.pooling}; exports take pooled "
+                              "vectors")
+        filler = 0.0 if aligned.fill is None else aligned.fill
+        values, found = lens._lookup(version, aligned.ids, filler)
+        missing = ~found
+        if missing.any() and (strict or (spec.dense and aligned.fill is None)):
+            why = ("the model takes the cosine of every row: a filled row has none; leave these items out of the "
+                   "interaction data or give them vectors") if strict else \
+                f"pass fill (--fill VALUE) to write them as filled rows (flagged in {role}_mask.npy)"
+            _refuse(f"{version.qualified} has no vector for {int(missing.sum()):,} of {len(found):,} rows",
+                    [i for i, m in zip(aligned.ids, missing) if m], aligned.order, why)
+        aligned.features[role] = np.ascontiguousarray(values, dtype=dtype)
+        aligned.present[role] = found
+        aligned.versions[role] = version.qualified
+        aligned.details[role] = {"dim": int(values.shape[1]), "stored_dtype": version.dtype}
+
+
+def _gather_semantic_ids(lens: Lens, aligned: Aligned, semantic_ids, spec: ExportFormat, dedup: str | None) -> None:
+    if aligned.fill is not None:
+        if not (float(aligned.fill).is_integer() and aligned.fill < 0):
+            raise ConfigError(f"fill {aligned.fill} for semantic IDs: use a negative integer, which no code is (-1 is "
+                              "GRID's padding token: the item then reads as padding)")
+        aligned.fill = int(aligned.fill)
+    names = list(semantic_ids) if semantic_ids is not None else sorted(lens.doc.semantic_ids)
+    if not names:
+        raise ConfigError(f"snapshot {lens.snapshot} of {lens.uri} has no semantic IDs to export as {spec.name}")
+    if dedup not in (None, "grid", "store"):
+        raise ConfigError(f"dedup must be 'grid' (GRID's numbering) or 'store' (the store's suffix), not {dedup!r}")
+    for name in names:
+        info = lens.semantic_id_info(name)
+        codes = lens.semantic_ids(name, aligned.ids, fill=-1)
+        present = (codes >= 0).all(axis=1) if codes.size else np.zeros(len(aligned.ids), bool)
+        if not present.all() and spec.dense and aligned.fill is None:
+            _refuse(f"{info.qualified} has no semantic ID for {int((~present).sum()):,} of {len(present):,} rows",
+                    [i for i, p in zip(aligned.ids, present) if not p], aligned.order,
+                    "pass fill (--fill) with a negative integer to write them as filled columns (flagged in the "
+                    "mask); -1 is GRID's padding token")
+        if aligned.fill is not None:
+            codes[~present] = int(aligned.fill)
+        levels = int(info.spec["levels"])
+        if spec.name == "sid-grid" and dedup == "store" and info.width == levels:
+            raise ConfigError(f"{info.qualified} makes IDs unique with {info.spec.get('uniqueness')}: it has no suffix "
+                              "to export; use GRID's numbering (dedup grid)")
+        aligned.semantic_ids[info.name] = codes
+        aligned.present[info.name] = present
+        aligned.semantic_id_info[info.name] = info
+        aligned.versions[info.name] = info.qualified
+        aligned.details[info.name] = {"levels": levels, "codebook_size": int(info.spec["codebook_size"]),
+                                      "uniqueness": info.spec.get("uniqueness")}
+
+
+def _gather_graphs(lens: Lens, aligned: Aligned, graphs, spec: ExportFormat, preset: str | None) -> None:
+    if aligned.fill is not None and aligned.fill != 0:
+        raise ConfigError(f"fill {aligned.fill} for a graph: the only fill of a graph row is none (0: no edges)")
+    names = list(graphs) if graphs is not None else sorted(lens.doc.graphs)
+    if not names:
+        raise ConfigError(f"snapshot {lens.snapshot} of {lens.uri} has no graphs to export as {spec.name}")
+    for name in names:
+        info = lens.graph_info(name)
+        matrix, store_ids = lens.graph(name, preset)
+        position = {item: p for p, item in enumerate(store_ids)}
+        rows = np.array([position.get(i, -1) for i in aligned.ids], np.int64)
+        known = rows >= 0
+        selector = _selector(rows[known], matrix.shape[0])
+        picked = (selector @ matrix @ selector.T).tocsr()
+        if not known.all():
+            picked = _expand(picked, np.flatnonzero(known), len(rows))
+        present = np.diff(picked.indptr) > 0
+        if not present.all() and aligned.fill is None:
+            _refuse(f"graph {info.qualified} has no neighbours for {int((~present).sum()):,} of {len(present):,} rows",
+                    [i for i, p in zip(aligned.ids, present) if not p], aligned.order,
+                    "pass fill 0 (--fill 0) to write them as rows without edges (flagged in export.json)")
+        chosen = preset or info.spec.get("preset")
+        aligned.graphs[info.name] = picked
+        aligned.present[info.name] = present
+        aligned.graph_info[info.name] = info
+        aligned.graph_preset[info.name] = chosen
+        aligned.versions[info.name] = info.qualified
+        aligned.details[info.name] = {"preset": chosen, "k": info.spec["k"], "edges": int(picked.nnz)}
+
+
+def _model_files(aligned: Aligned, model: str, params: Mapping[str, Any] | None, notes: list[str]) -> dict[str, Any]:
+    """Build the graph files ``model`` caches from the features as written (float16 rounding included)."""
+    from itemlens.store import exports_models
+
+    spec = exports_models.lookup(model)
+    vectors = {role: values.astype(np.float32) for role, values in aligned.features.items()}
+    device = "cpu"
+    try:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        from itemlens.errors import MissingDependencyError
+
+        raise MissingDependencyError("graph files for a model are torch tensors: pip install 'itemlens[semantic]'")
+    files, grid = exports_models.build(model, vectors, params, device=device)
+    aligned.model_files = files
+    if spec.note:
+        notes.append(spec.note)
+    return {"model": spec.name, "parameters": grid, "source": spec.source,
+            "files": {name: _tensor_layout(t) for name, t in files.items()}}
+
+
+def _tensor_layout(tensor) -> str:
+    kind = "sparse COO" if tensor.is_sparse else "dense"
+    return f"{kind} {str(tensor.dtype).replace('torch.', '')} {list(tensor.shape)}"
+
+
+# -- the folder ------------------------------------------------------------------------------
+
+def _previous_exports(target: Path) -> dict[str, Any]:
+    path = target / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+    except ValueError:
+        return {}
+    return dict(doc.get("exports", {})) if isinstance(doc, dict) else {}
+
+
+def _check_folder(target: Path, fmt: str, order: Order, previous: dict[str, Any]) -> None:
+    """Refuse to write beside an export of another order, or over a mapping of other items."""
+    for other, entry in previous.items():
+        digest = entry.get("order", {}).get("digest")
+        if other != fmt and digest not in (None, order.digest):
+            raise ConfigError(f"{target} holds a {other} export aligned to another order "
+                              f"({entry['order'].get('description')}); this one follows {order.description}. Export "
+                              "into another folder (files of two orders in one dataset folder would not line up)")
+    existing = _existing_mapping(target)
+    if existing is None or existing.ids[:len(order.ids)] == order.ids:
+        return                               # none, or the same rows (MMRec's own may map more items after them)
+    if not any(e.get("order", {}).get("digest") == existing.digest for e in previous.values()):
+        raise ConfigError(f"{target / MAPPING_FILE} exists and maps other items than this export's rows "
+                          f"({order.description}); export into another folder, or remove it if it is stale")
+
+
+def _existing_mapping(target: Path) -> Order | None:
+    """The i_id_mapping.csv in ``target`` (an unreadable one counts as a mapping of other items)."""
+    path = target / MAPPING_FILE
+    if not path.is_file():
+        return None
+    try:
+        return exports_align.read_ids(path)
+    except ConfigError:
+        return Order([], "unreadable", f"the unreadable {path}")
+
+
+def _write_mapping(aligned: Aligned, out: Path) -> str:
+    """MMRec's i_id_mapping.csv: asin<TAB>itemID, row i = itemID i. One that already maps these
+    rows (MMRec's own, which may go on past them) is left as it is."""
+    existing = _existing_mapping(out)
+    if existing is None or existing.ids[:len(aligned.ids)] != aligned.ids:
+        with open(out / MAPPING_FILE, "w", encoding="utf-8", newline="") as f:
+            f.write("\t".join(MAPPING_HEADER) + "\n")
+            for row, item in enumerate(aligned.ids):
+                f.write(f"{item}\t{row}\n")
+    return MAPPING_FILE
 
 
 # -- formats ---------------------------------------------------------------------------------
 
-def _mmrec(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[str]:
-    """MMRec's layout: <modality>_feat.npy with row i = itemID i, and i_id_mapping.csv
-    (tab-separated item_id, itemID) giving the item behind each row. Features named image and
-    text become image_feat.npy and text_feat.npy, which MMRec's models load by default; a
-    mask per feature (<name>_mask.npy) flags filled rows."""
+def _masks(aligned: Aligned, out: Path, names) -> list[str]:
+    """<name>_mask.npy (True: a real value) for the artifacts that have filled rows."""
     files = []
-    for name, values in aligned.features.items():
-        np.save(out / f"{name}_feat.npy", values)
-        np.save(out / f"{name}_mask.npy", aligned.present[name])
-        files += [f"{name}_feat.npy", f"{name}_mask.npy"]
-    with open(out / "i_id_mapping.csv", "w") as f:
-        f.write("item_id\titemID\n")
-        for row, item in enumerate(aligned.ids):
-            f.write(f"{item}\t{row}\n")
-    return files + ["i_id_mapping.csv"]
+    for name in names:
+        if not aligned.present[name].all():
+            np.save(out / f"{name}_mask.npy", aligned.present[name])
+            files.append(f"{name}_mask.npy")
+    return files
+
+
+def _save_model_files(aligned: Aligned, out: Path) -> list[str]:
+    import torch
+
+    for name, tensor in aligned.model_files.items():
+        torch.save(tensor, out / name)
+    return list(aligned.model_files)
+
+
+MMREC_CACHES = ("mm_adj_*.pt", "image_adj_*.pt", "text_adj_*.pt")     # what MMRec's graph models torch.save
+
+
+def _check_mmrec_folder(aligned: Aligned, out: Path, writes_features: bool) -> None:
+    """MMRec's models load a cached graph if its file exists and never compare it with the
+    features: refuse new features beside caches this export does not rewrite, and caches
+    beside feature files they were not built from."""
+    differs = []
+    for role, values in aligned.features.items():
+        existing = out / f"{role}_feat.npy"
+        if existing.is_file():
+            old = np.load(existing, mmap_mode="r")
+            if old.shape != values.shape or not np.array_equal(old, values):
+                differs.append(existing.name)
+    if not differs:
+        return
+    if not writes_features:
+        raise ConfigError(f"{out} holds {', '.join(differs)} with other values than the features these graph files are "
+                          "built from: the model would pair them. Export the features too (--format mmrec), or into "
+                          "another folder")
+    stale = sorted({p.name for pattern in MMREC_CACHES for p in out.glob(pattern)} - set(aligned.model_files))
+    if stale:
+        raise ConfigError(f"{out} holds MMRec graph caches ({', '.join(stale)}) built from the {', '.join(differs)} "
+                          "this export replaces: the model would load them instead of building new ones. Export with "
+                          "--for MODEL to rewrite them, or delete them")
+
+
+def _mmrec(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[str]:
+    """MMRec's dataset folder: image_feat.npy and text_feat.npy (row i = itemID i, float32 by
+    default), the cached graph files of ``model`` if one is named, i_id_mapping.csv (asin,
+    itemID) and, where rows were filled, <role>_mask.npy. Refused over graph caches that new
+    features would leave stale."""
+    _check_mmrec_folder(aligned, out, writes_features=True)
+    files = []
+    for role, values in aligned.features.items():
+        np.save(out / f"{role}_feat.npy", values)
+        files.append(f"{role}_feat.npy")
+    files += _masks(aligned, out, aligned.features)
+    files += _save_model_files(aligned, out)
+    return files + [_write_mapping(aligned, out)]
 
 
 def _npz(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[str]:
-    """One numpy archive: item_id, item_index, and per feature its matrix and mask."""
+    """One numpy archive features.npz: item_id, item_index, per feature its matrix and <name>_mask."""
     arrays: dict[str, np.ndarray] = {"item_id": np.array(aligned.ids, dtype=str), "item_index": aligned.item_index}
     for name, values in aligned.features.items():
         arrays[name] = values
@@ -170,8 +520,8 @@ def _npz(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[str]:
 
 
 def _parquet(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[str]:
-    """One Parquet table: item_id, item_index, and per feature a fixed-size list column and a
-    boolean <name>_present (the list is null where the item has no value)."""
+    """One Parquet table items.parquet: item_id, item_index, and per feature a fixed-size list
+    column (null where the item has no value) and a boolean <name>_present."""
     import pyarrow.parquet as pq
 
     columns: dict[str, pa.Array] = {"item_id": pa.array(aligned.ids, pa.string()),
@@ -185,30 +535,58 @@ def _parquet(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[str]:
     return ["items.parquet"]
 
 
-def _id_mapping(aligned: Aligned, out: Path) -> str:
-    with open(out / "i_id_mapping.csv", "w") as f:
-        f.write("item_id\titemID\n")
-        for row, item in enumerate(aligned.ids):
-            f.write(f"{item}\t{row}\n")
-    return "i_id_mapping.csv"
+def grid_dedup(prefix: np.ndarray) -> np.ndarray:
+    """GRID's dedup digit (``deduplicate_rows_in_tensor``, src/utils/tensor_utils.py): 0 for a
+    row whose code tuple no other row has, else 1 .. n over the n rows sharing it, in row order."""
+    if len(prefix) == 0:
+        return np.zeros(0, np.int64)
+    _, inverse, counts = np.unique(prefix, axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    grouped = np.argsort(inverse, kind="stable")           # rows by tuple, in row order within one
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.empty(len(prefix), np.int64)
+    rank[grouped] = np.arange(len(prefix)) - starts[inverse[grouped]]
+    return np.where(counts[inverse] > 1, rank + 1, 0).astype(np.int64)
 
 
 def _sid_grid(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[str]:
-    """GRID's layout: <name>_codes.npy, int64 [width, N] (levels, then the suffix, as rows;
-    column i = row i of i_id_mapping.csv), -1 where an item has no ID; <name>_mask.npy."""
+    """GRID's semantic-ID file (``semantic_id_path``, read with torch.load): <name>_semantic_ids.pt,
+    int64 [levels + 1, N], rows the levels' codes then the dedup digit, column i = item i of
+    i_id_mapping.csv. The digit is GRID's numbering over the exported items (unique 0, collided
+    1 .. n), or the store's suffix (dedup "store"). Filled columns hold the fill throughout."""
+    import torch
+
+    dedup = options.get("dedup") or "grid"
     files = []
     for name, codes in aligned.semantic_ids.items():
-        np.save(out / f"{name}_codes.npy", np.ascontiguousarray(codes.T))
-        np.save(out / f"{name}_mask.npy", aligned.present[name])
-        files += [f"{name}_codes.npy", f"{name}_mask.npy"]
-    return files + [_id_mapping(aligned, out)]
+        info = aligned.semantic_id_info[name]
+        levels = int(info.spec["levels"])
+        present = aligned.present[name]
+        grid = np.full((len(codes), levels + 1), aligned.fill if aligned.fill is not None else -1, np.int64)
+        grid[:, :levels] = codes[:, :levels]
+        if dedup == "store":
+            grid[:, levels] = codes[:, levels]
+            how = "the store's suffix (items sharing a tuple numbered 0, 1, ... in item-index order)"
+        else:
+            grid[present, levels] = grid_dedup(codes[present, :levels])
+            how = "GRID's deduplicate_rows_in_tensor: 0 where no other exported item has the tuple, else 1 .. n"
+        if not present.all():
+            grid[~present] = aligned.fill
+        torch.save(torch.from_numpy(np.ascontiguousarray(grid.T)), out / f"{name}_semantic_ids.pt")
+        files.append(f"{name}_semantic_ids.pt")
+        aligned.details[name].update({
+            "file": f"{name}_semantic_ids.pt", "layout": f"int64 [{levels + 1}, {len(codes)}]: levels, then dedup",
+            "width": levels + 1, "dedup": how, "dedup_max": int(grid[present, levels].max(initial=0))})
+    files += _masks(aligned, out, aligned.semantic_ids)
+    return files + [_write_mapping(aligned, out)]
 
 
 def _sid_tokens(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[str]:
     """One token vocabulary for generative recommenders: <name>_tokens.npy, int64 [N, width],
-    token = code + level * K (the suffix level after levels * K), -1 where an item has no ID;
-    <name>_tokens.txt, one line per item of <a_12><b_3><c_200><d_0> strings (empty: no ID);
-    <name>_vocab.json with K, the offsets and the vocabulary size."""
+    token = code + offsets[level] (offsets applied: level l's code c is c + l * K, the suffix
+    after levels * K); <name>_tokens.txt, one line per item of raw codes <a_12><b_3><c_200><d_0>
+    (no offsets; empty: no ID); <name>_vocab.json with K, the offsets, that they are applied in
+    the .npy and not in the .txt, and the vocabulary size."""
     from itemlens.store.semantic_ids import token_offsets, token_strings
 
     files = []
@@ -216,21 +594,28 @@ def _sid_tokens(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[st
         info = aligned.semantic_id_info[name]
         present = aligned.present[name]
         offsets = np.array(token_offsets(info), np.int64)
-        tokens = np.where(present[:, None], codes + offsets[None, :], -1)
+        tokens = codes + offsets[None, :]
+        if not present.all():
+            tokens[~present] = aligned.fill
         np.save(out / f"{name}_tokens.npy", tokens)
         (out / f"{name}_tokens.txt").write_text("\n".join(token_strings(codes, present)) + "\n")
         k = int(info.spec["codebook_size"])
         suffix = int(info.metrics.get("suffix_values", 0)) if info.width > info.spec["levels"] else 0
         vocab = {"codebook_size": k, "levels": info.spec["levels"], "width": info.width, "offsets": offsets.tolist(),
-                 "suffix_values": suffix, "vocab_size": int(info.spec["levels"]) * k + suffix}
+                 "offsets_applied": {f"{name}_tokens.npy": True, f"{name}_tokens.txt": False},
+                 "suffix_values": suffix, "vocab_size": int(info.spec["levels"]) * k + suffix,
+                 "fill": aligned.fill}
         (out / f"{name}_vocab.json").write_text(json.dumps(vocab, indent=2))
         files += [f"{name}_tokens.npy", f"{name}_tokens.txt", f"{name}_vocab.json"]
-    return files + [_id_mapping(aligned, out)]
+        aligned.details[name].update({"offsets": offsets.tolist(), "offsets_applied_in": f"{name}_tokens.npy",
+                                      "vocab_size": vocab["vocab_size"]})
+    files += _masks(aligned, out, aligned.semantic_ids)
+    return files + [_write_mapping(aligned, out)]
 
 
 def _sid_parquet(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[str]:
     """semantic_ids.parquet: item_id, item_index, per definition its codes (null: no ID) and
-    its token string."""
+    its token string (raw codes, no offsets)."""
     import pyarrow.parquet as pq
 
     from itemlens.store.semantic_ids import token_strings
@@ -239,7 +624,7 @@ def _sid_parquet(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[s
                                     "item_index": pa.array(aligned.item_index, pa.int64())}
     for name, codes in aligned.semantic_ids.items():
         present = aligned.present[name]
-        flat = pa.array(codes.reshape(-1).astype(np.int32))
+        flat = pa.array(np.where(present[:, None], codes, 0).reshape(-1).astype(np.int32))
         columns[name] = pa.FixedSizeListArray.from_arrays(flat, codes.shape[1], mask=pa.array(~present))
         columns[f"{name}_tokens"] = pa.array([t or None for t in token_strings(codes, present)], pa.string())
     pq.write_table(pa.table(columns), out / "semantic_ids.parquet")
@@ -260,32 +645,43 @@ def _expand(matrix, rows: np.ndarray, size: int):
     return (placed @ matrix @ placed.T).tocsr()
 
 
+def _graph_stem(aligned: Aligned, name: str) -> str:
+    return f"{name}_{aligned.graph_preset[name]}"
+
+
 def _pyg(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[str]:
-    """PyTorch Geometric's layout: <name>_edge_index.npy int64 [2, E] (source row, target row)
-    and <name>_edge_weight.npy float32 [E]; torch.from_numpy gives PyG its tensors."""
+    """PyTorch Geometric's layout: <graph>_<preset>_edge_index.npy int64 [2, E] (source row,
+    target row) and <graph>_<preset>_edge_weight.npy float32 [E]; torch.from_numpy gives PyG
+    its tensors."""
     files = []
     for name, matrix in aligned.graphs.items():
         coo = matrix.tocoo()
-        np.save(out / f"{name}_edge_index.npy", np.vstack([coo.row, coo.col]).astype(np.int64))
-        np.save(out / f"{name}_edge_weight.npy", coo.data.astype(np.float32))
-        files += [f"{name}_edge_index.npy", f"{name}_edge_weight.npy"]
-    return files + [_id_mapping(aligned, out)]
+        stem = _graph_stem(aligned, name)
+        np.save(out / f"{stem}_edge_index.npy", np.vstack([coo.row, coo.col]).astype(np.int64))
+        np.save(out / f"{stem}_edge_weight.npy", coo.data.astype(np.float32))
+        files += [f"{stem}_edge_index.npy", f"{stem}_edge_weight.npy"]
+    return files + [_write_mapping(aligned, out)]
 
 
 def _scipy_npz(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[str]:
-    """scipy.sparse.save_npz of each graph's CSR matrix: <name>.npz (scipy.sparse.load_npz)."""
+    """scipy.sparse.save_npz of each graph's CSR matrix: <graph>_<preset>.npz (scipy.sparse.load_npz)."""
     import scipy.sparse as sp
 
     files = []
     for name, matrix in aligned.graphs.items():
-        sp.save_npz(out / f"{name}.npz", matrix.astype(np.float32))
-        files.append(f"{name}.npz")
-    return files + [_id_mapping(aligned, out)]
+        stem = _graph_stem(aligned, name)
+        sp.save_npz(out / f"{stem}.npz", matrix.astype(np.float32))
+        files.append(f"{stem}.npz")
+    return files + [_write_mapping(aligned, out)]
 
 
 def _mmrec_adj(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[str]:
-    """The sparse torch tensors MMRec-style models cache: <name>_adj_<k>.pt, a torch sparse COO
-    float32 tensor [N, N] written with torch.save (load with torch.load(..., weights_only=True))."""
+    """Sparse torch tensors: with a model (``--for``), the files that model caches, built from
+    the features as it builds them; else per graph <graph>_<preset>_adj_<k>.pt, a coalesced
+    torch sparse COO float32 [N, N] (torch.load(..., weights_only=True))."""
+    if options.get("model"):
+        _check_mmrec_folder(aligned, out, writes_features=False)
+        return _save_model_files(aligned, out) + [_write_mapping(aligned, out)]
     import torch
 
     files = []
@@ -294,18 +690,18 @@ def _mmrec_adj(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[str
         tensor = torch.sparse_coo_tensor(np.vstack([coo.row, coo.col]).astype(np.int64),
                                          coo.data.astype(np.float32), matrix.shape,
                                          check_invariants=True).coalesce()
-        file = f"{name}_adj_{aligned.graph_info[name].spec['k']}.pt"
+        file = f"{_graph_stem(aligned, name)}_adj_{aligned.graph_info[name].spec['k']}.pt"
         torch.save(tensor, out / file)
         files.append(file)
-    return files + [_id_mapping(aligned, out)]
+    return files + [_write_mapping(aligned, out)]
 
 
-register_exporter("mmrec", _mmrec)
+register_exporter("mmrec", _mmrec, needs_order=True)
 register_exporter("npz", _npz)
-register_exporter("parquet", _parquet)
-register_exporter("sid-grid", _sid_grid, takes="semantic_ids")
+register_exporter("parquet", _parquet, dense=False)
+register_exporter("sid-grid", _sid_grid, takes="semantic_ids", needs_order=True)
 register_exporter("sid-tokens", _sid_tokens, takes="semantic_ids")
-register_exporter("sid-parquet", _sid_parquet, takes="semantic_ids")
+register_exporter("sid-parquet", _sid_parquet, takes="semantic_ids", dense=False)
 register_exporter("pyg", _pyg, takes="graphs")
 register_exporter("scipy-npz", _scipy_npz, takes="graphs")
-register_exporter("mmrec-adj", _mmrec_adj, takes="graphs")
+register_exporter("mmrec-adj", _mmrec_adj, takes="graphs", needs_order=True)

@@ -170,16 +170,23 @@ def test_exports_align_to_the_item_index_or_to_given_ids(store, tmp_path):
     lens.put_vectors("image", ["c", "a", "b"], image, spec={"model": "clip"})     # item_index c=0, a=1, b=2
     lens.put_vectors("text", ["a", "b"], text, spec={"model": "st"})
 
-    files = lens.export("mmrec", tmp_path / "mmrec")
-    assert set(files) >= {"image_feat.npy", "text_feat.npy", "i_id_mapping.csv", "export.json"}
+    # MMRec's row order is its whole contract: refused without one, the store's when asked for;
+    # c has no text: refused unless a fill is asked for, then filled and flagged
+    with pytest.raises(ConfigError, match="give the order of your data"):
+        lens.export("mmrec", tmp_path / "mmrec")
+    with pytest.raises(ConfigError, match=r"text@v1 has no vector for 1 of 3 rows: 'c'"):
+        lens.export("mmrec", tmp_path / "mmrec", store_order=True)
+    report = lens.export("mmrec", tmp_path / "mmrec", store_order=True, fill=0.0)
+    assert set(report.files) >= {"image_feat.npy", "text_feat.npy", "i_id_mapping.csv", "export.json"}
     mapping = pd.read_csv(tmp_path / "mmrec" / "i_id_mapping.csv", sep="\t")
-    assert mapping["item_id"].tolist() == ["c", "a", "b"] and mapping["itemID"].tolist() == [0, 1, 2]
+    assert mapping["asin"].tolist() == ["c", "a", "b"] and mapping["itemID"].tolist() == [0, 1, 2]
     assert np.array_equal(np.load(tmp_path / "mmrec" / "image_feat.npy"), image)
     text_feat = np.load(tmp_path / "mmrec" / "text_feat.npy")
     assert np.array_equal(text_feat[1:], text) and not text_feat[0].any()      # c has no text: filled with 0
     assert np.load(tmp_path / "mmrec" / "text_mask.npy").tolist() == [False, True, True]
-    manifest = json.loads((tmp_path / "mmrec" / "export.json").read_text())
-    assert manifest["missing"] == {"image": 0, "text": 1} and manifest["snapshot"] == 2
+    assert report.present == {"image": 3, "text": 2} and report.filled == {"image": 0, "text": 1}
+    manifest = json.loads((tmp_path / "mmrec" / "export.json").read_text())["exports"]["mmrec"]
+    assert manifest["artifacts"]["text"]["filled"] == 1 and manifest["snapshot"] == 2 and manifest["fill"] == 0
 
     lens.export("npz", tmp_path / "npz", ids=["b", "zz", "a"], fill=np.nan)
     archive = np.load(tmp_path / "npz" / "features.npz")

@@ -436,27 +436,37 @@ def test_graph_exports_load_with_their_libraries(tmp_path):
     lens.refresh()
     matrix, order = lens.graph("g")
 
-    lens.export("pyg", tmp_path / "pyg")
-    edge_index = np.load(tmp_path / "pyg" / "g_edge_index.npy")
-    weight = np.load(tmp_path / "pyg" / "g_edge_weight.npy")
+    # "extra" has no list: an empty row only when asked for (fill 0)
+    with pytest.raises(ConfigError, match=r"graph g@v1 has no neighbours for 1 of 101 rows: 'extra'"):
+        lens.export("pyg", tmp_path / "pyg")
+    lens.export("pyg", tmp_path / "pyg", fill=0)
+    edge_index = np.load(tmp_path / "pyg" / "g_freedom_edge_index.npy")
+    weight = np.load(tmp_path / "pyg" / "g_freedom_edge_weight.npy")
     rebuilt = sp.csr_matrix((weight, (edge_index[0], edge_index[1])), shape=matrix.shape)
     assert abs(rebuilt - matrix).max() < 1e-6 and edge_index.shape == (2, 400)
 
-    lens.export("scipy-npz", tmp_path / "npz", preset="lattice")
-    assert abs(sp.load_npz(tmp_path / "npz" / "g.npz") - lens.graph("g", "lattice")[0]).max() < 1e-6
+    # the preset is in the file name: two presets in one folder do not overwrite each other
+    lens.export("scipy-npz", tmp_path / "npz", preset="lattice", fill=0)
+    lens.export("scipy-npz", tmp_path / "npz", fill=0)
+    assert abs(sp.load_npz(tmp_path / "npz" / "g_lattice.npz") - lens.graph("g", "lattice")[0]).max() < 1e-6
+    assert abs(sp.load_npz(tmp_path / "npz" / "g_freedom.npz") - matrix).max() < 1e-6
 
-    lens.export("mmrec-adj", tmp_path / "mmrec")
-    adj = torch.load(tmp_path / "mmrec" / "g_adj_4.pt", weights_only=True)
+    lens.export("mmrec-adj", tmp_path / "mmrec", store_order=True, fill=0)
+    adj = torch.load(tmp_path / "mmrec" / "g_freedom_adj_4.pt", weights_only=True)
     assert adj.is_sparse and abs(sp.csr_matrix(adj.to_dense().numpy()) - matrix).max() < 1e-6
 
     wanted = [ids[7], "extra", "not-in-store", ids[2]]
-    lens.export("scipy-npz", tmp_path / "given", ids=wanted)
-    given = sp.load_npz(tmp_path / "given" / "g.npz").toarray()
+    with pytest.raises(ConfigError, match=r"1 of 4 ids of the ids given are not in the store .*'not-in-store'"):
+        lens.export("scipy-npz", tmp_path / "given", ids=wanted)
+    report = lens.export("scipy-npz", tmp_path / "given", ids=wanted, fill=0)
+    given = sp.load_npz(tmp_path / "given" / "g_freedom.npz").toarray()
     dense = matrix.toarray()
     assert given.shape == (4, 4) and given[0, 3] == pytest.approx(dense[7, 2], abs=1e-6)
     assert not given[1].any() and not given[2].any()
-    manifest = json.loads((tmp_path / "given" / "export.json").read_text())
-    assert manifest["missing"]["g"] == 2 + int(not given[3].any())
+    manifest = json.loads((tmp_path / "given" / "export.json").read_text())["exports"]["scipy-npz"]
+    assert manifest["artifacts"]["g"]["filled"] == report.filled["g"] == 2 + int(not given[3].any())
+    with pytest.raises(ConfigError, match="the only fill of a graph row is none"):
+        lens.export("scipy-npz", tmp_path / "other", ids=wanted, fill=float("nan"))
 
 
 def test_command_line_graph_show_and_refresh(tmp_path, capsys):
@@ -480,8 +490,9 @@ def test_command_line_graph_show_and_refresh(tmp_path, capsys):
     assert "knn@v1*" in shown and "lattice" in shown and "mutual" in shown
     assert (tmp_path / "plots" / "knn_degrees.png").stat().st_size > 1000
     assert cli(["export", lens.uri, "--format", "pyg", "--out", str(tmp_path / "x"), "--preset", "row"]) == 0
-    weights = np.load(tmp_path / "x" / "knn_edge_weight.npy")
-    assert np.allclose(np.bincount(np.load(tmp_path / "x" / "knn_edge_index.npy")[0], weights), 1.0)  # rows sum to 1
+    weights = np.load(tmp_path / "x" / "knn_row_edge_weight.npy")
+    rows = np.load(tmp_path / "x" / "knn_row_edge_index.npy")[0]
+    assert np.allclose(np.bincount(rows, weights), 1.0)  # rows sum to 1
     with pytest.raises(ConfigError, match=r"graphs.g.features: 'image' is not a feature"):
         load_config({"features": {"text": {"encoder": "sentence-transformers", "model": "m",
                                            "input": {"template": "{t}"}}}, "graphs": {"g": {"features": ["image"]}}})

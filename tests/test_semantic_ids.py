@@ -221,17 +221,23 @@ def test_metrics_plot_and_exports(tmp_path):
     assert m["largest_group"] == max(np.unique(codes[:, :2], axis=0, return_counts=True)[1])
     assert lens.semantic_id_plot("sid")[:8] == b"\x89PNG\r\n\x1a\n"
 
+    import torch
+
     out = tmp_path / "grid"
-    lens.export("sid-grid", out)
-    grid = np.load(out / "sid_codes.npy")
+    with pytest.raises(ConfigError, match="give the order of your data"):
+        lens.export("sid-grid", out)
+    with pytest.raises(ConfigError, match=r"sid@v1 has no semantic ID for 2 of 302 rows: 'extra1', 'extra2'"):
+        lens.export("sid-grid", out, store_order=True, dedup="store")
+    lens.export("sid-grid", out, store_order=True, dedup="store", fill=-1)
+    grid = torch.load(out / "sid_semantic_ids.pt", weights_only=True).numpy()
     mapping = pd.read_csv(out / "i_id_mapping.csv", sep="\t")
     assert grid.shape == (3, len(mapping)) and list(mapping["itemID"]) == list(range(len(mapping)))
-    rows = {item: i for i, item in enumerate(mapping["item_id"])}
+    rows = {item: i for i, item in enumerate(mapping["asin"])}
     assert np.array_equal(grid[:, [rows[i] for i in ids]].T, codes)
     assert (grid[:, rows["extra1"]] == -1).all() and not np.load(out / "sid_mask.npy")[rows["extra1"]]
 
     out = tmp_path / "tokens"
-    lens.export("sid-tokens", out, ids=["extra2", ids[5], ids[0]])
+    lens.export("sid-tokens", out, ids=["extra2", ids[5], ids[0]], fill=-1)
     tokens = np.load(out / "sid_tokens.npy")
     assert (tokens[0] == -1).all()
     assert tokens[2].tolist() == [codes[0, 0], codes[0, 1] + 8, codes[0, 2] + 16]
@@ -246,7 +252,7 @@ def test_metrics_plot_and_exports(tmp_path):
     frame = pd.read_parquet(out / "semantic_ids.parquet").set_index("item_id")
     assert list(frame.loc[ids[3], "sid"]) == codes[3].tolist() and frame.loc["extra1", "sid"] is None
     with pytest.raises(ConfigError, match="no semantic IDs"):
-        itemlens.connect(lens.uri, snapshot=1).export("sid-grid", tmp_path / "none")
+        itemlens.connect(lens.uri, snapshot=1).export("sid-grid", tmp_path / "none", store_order=True)
 
 
 def test_command_line_semantic_ids_show_and_export(tmp_path, capsys):

@@ -76,18 +76,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", default="IVF_PQ", choices=["IVF_PQ", "IVF_HNSW_SQ"])
     p.add_argument("--num-partitions", type=int, default=None)
     p.add_argument("--num-sub-vectors", type=int, default=None)
-    p = sub.add_parser("export", help="write features in a recommender format (mmrec, npz, parquet)")
+    from itemlens.store.exports import export_formats
+    from itemlens.store.exports_models import model_names
+
+    p = sub.add_parser("export", help="write features, semantic IDs or graphs in the files recommender code reads",
+                       description="Rows follow the order of your own data (--inter, --ids); see docs/exports.md.")
     p.add_argument("store")
-    p.add_argument("--format", required=True)
+    p.add_argument("--format", choices=export_formats(), default=None,
+                   help="the file format (default with --for: mmrec, the features and the model's graph files)")
     p.add_argument("--out", required=True)
-    p.add_argument("--feature", action="append", default=None, help="a feature to export (repeat; default all)")
-    p.add_argument("--ids", default=None, help="a file of item ids, one per line: rows follow its order")
-    p.add_argument("--fill", default="0", help="value for items without a vector: a number or nan (default 0)")
+    p.add_argument("--feature", action="extend", nargs="+", default=None, metavar="[ROLE=]NAME",
+                   help="features to export, ROLE=NAME to write NAME as ROLE (mmrec: --feature image=clip_vitl "
+                        "text=minilm writes image_feat.npy, text_feat.npy); default all, for mmrec image and text")
+    p.add_argument("--ids", default=None, metavar="FILE",
+                   help="the rows' item ids: a list (one per line), a CSV/TSV with a header (--ids-column), or "
+                        "MMRec's i_id_mapping.csv (asin, itemID)")
+    p.add_argument("--ids-column", default=None, metavar="NAME", help="the id column of a CSV/TSV --ids file")
+    p.add_argument("--inter", default=None, metavar="FILE",
+                   help="align rows to the item index of an interaction file: an MMRec .inter (itemID, mapped by "
+                        "the i_id_mapping.csv beside it or --ids), a RecBole .inter, or a table (--item-column)")
+    p.add_argument("--item-column", default=None, metavar="NAME", help="the item column of an --inter table")
+    p.add_argument("--store-order", action="store_true",
+                   help="keep the store's item index as the row order (mmrec, mmrec-adj, sid-grid refuse to "
+                        "guess it)")
+    p.add_argument("--fill", default=None,
+                   help="write rows without a value (unknown ids, items without one) with this value: a number or "
+                        "nan for features, a negative integer for semantic IDs, 0 for graphs (default: refuse)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="feature dtype (default float32)")
     p.add_argument("--semantic-ids", action="append", default=None, metavar="NAME",
                    help="semantic IDs to export with a sid-* format (repeat; default all)")
+    p.add_argument("--dedup", default=None, choices=["grid", "store"],
+                   help="sid-grid's last row: GRID's numbering (default) or the store's suffix")
     p.add_argument("--graph", action="append", default=None, metavar="NAME",
                    help="graphs to export with pyg, scipy-npz or mmrec-adj (repeat; default all)")
     p.add_argument("--preset", default=None, help="graph normalization preset (default: the definition's)")
+    p.add_argument("--for", dest="model", default=None, choices=model_names(), metavar="MODEL",
+                   help=f"also write the graph files this MMRec model caches ({', '.join(model_names())})")
+    p.add_argument("--model-param", action="append", default=None, metavar="KEY=VALUE",
+                   help="a graph parameter of the --for model, by its MMRec config key (knn_k=10, "
+                        "mm_image_weight=0.1; a comma list writes one file per value)")
     p.add_argument("--snapshot", type=int, default=None)
     p = sub.add_parser("graph", help="build or refresh the kNN item graphs a configuration defines")
     p.add_argument("store")
@@ -184,18 +211,37 @@ def _index(args) -> int:
 
 
 def _export(args) -> int:
+    """A thin layer over Lens.export: parse the values, print its report."""
     import itemlens
+    from itemlens.errors import ConfigError
 
-    ids = None
-    if args.ids:
-        with open(args.ids) as f:
-            ids = [line.strip() for line in f if line.strip()]
-    fill = float(args.fill)
+    if args.format is None and args.model is None:
+        raise ConfigError("name the format with --format (or a model with --for)")
+    fill = None
+    if args.fill is not None:
+        try:
+            fill = float(args.fill)
+        except ValueError:
+            raise ConfigError(f"--fill {args.fill!r}: a number or nan") from None
+        fill = int(fill) if fill.is_integer() else fill
+    features = None
+    if args.feature:
+        features = {}
+        for item in args.feature:          # ROLE=NAME, or NAME (its role is its name)
+            role, sep, name = item.partition("=")
+            features[role if sep else item.split("@")[0]] = name if sep else item
+    params = {}
+    for item in args.model_param or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--model-param {item!r}: KEY=VALUE, e.g. knn_k=10")
+        params[key.strip()] = value
     lens = itemlens.connect(args.store, snapshot=args.snapshot)
-    options = {"preset": args.preset} if args.preset else {}
-    files = lens.export(args.format, args.out, features=args.feature, semantic_ids=args.semantic_ids,
-                        graphs=args.graph, ids=ids, fill=fill, **options)
-    print(f"wrote {', '.join(files)} to {args.out} (snapshot {lens.snapshot})")
+    report = lens.export(args.format or "mmrec", args.out, features=features, semantic_ids=args.semantic_ids,
+                         graphs=args.graph, ids=args.ids, ids_column=args.ids_column, inter=args.inter,
+                         item_column=args.item_column, store_order=args.store_order, fill=fill, dtype=args.dtype,
+                         model=args.model, model_params=params or None, preset=args.preset, dedup=args.dedup)
+    print(report.summary())
     return 0
 
 
