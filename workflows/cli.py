@@ -14,6 +14,7 @@
     itemlens graph ./lens --config lens.yaml [--name NAME ...] [--rebuild]
     itemlens export ./lens --format pyg|scipy-npz|mmrec-adj --out DIR [--graph NAME ...] [--preset P]
     itemlens show ./lens --plots DIR      (also writes semantic-ID code-usage and graph degree plots)
+    itemlens diff ./lens text@v1 text@v2 [--k 10] [--out DIR]   (or text@s3 text@s5: two snapshots)
 """
 
 from __future__ import annotations
@@ -127,6 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", action="append", default=None, help="only this definition (repeat; default all)")
     p.add_argument("--retrain", action="store_true",
                    help="train a new version even if the definition and inputs are unchanged")
+    p = sub.add_parser("diff", help="per item, how much its top-k neighbours change between two feature versions "
+                                    "or snapshots (Jaccard@k, Spearman's rho of the shared ones)")
+    p.add_argument("store")
+    p.add_argument("a", help="NAME@vN (a feature version), NAME@sN (the feature in snapshot N) or NAME@vN@sN")
+    p.add_argument("b", help="the other side, written the same way")
+    p.add_argument("--k", type=int, default=10, help="neighbours per item (default 10)")
+    p.add_argument("--snapshot", type=int, default=None, help="snapshot of the sides without @sN (default: the latest)")
+    p.add_argument("--sample", type=int, default=None,
+                   help="compare this many items drawn at random (each against all items) instead of every item")
+    p.add_argument("--movers", type=int, default=10, help="how many of the items that moved most to print")
+    p.add_argument("--out", default=None, help="write diff.json, items.csv and histogram.png to this folder")
     for p in sub.choices.values():
         if "--wait-for-lock" not in p._option_string_actions and p.prog.split()[-1] in ("pin", "unpin", "prune", "index", "semantic-ids", "graph"):
             p.add_argument("--wait-for-lock", type=float, default=0.0, metavar="SECONDS")
@@ -138,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"ingest": _ingest, "show": _show, "snapshots": _snapshots, "pin": _pin, "unpin": _pin,
                 "prune": _prune, "index": _index, "export": _export,
-                "semantic-ids": _semantic_ids, "graph": _graph}[args.command](args)
+                "semantic-ids": _semantic_ids, "graph": _graph,
+                "diff": _diff}[args.command](args)
     except ItemlensError as exc:
         print(f"itemlens: error: {exc}", file=sys.stderr)
         return 2
@@ -384,6 +397,34 @@ def _show(args) -> int:
         marker = ">" if snap["snapshot_id"] == lens.snapshot else ("*" if snap["pinned"] else " ")
         features = ", ".join(f"{k}@{v}" for k, v in snap["features"].items())
         print(f" {marker}{snap['snapshot_id']:>4}  {snap['created_at']:%Y-%m-%d %H:%M:%S}  {features}  {snap['summary']}")
+    return 0
+
+
+def _diff(args) -> int:
+    from itemlens.store.diff import diff_store
+
+    result = diff_store(args.store, args.a, args.b, k=args.k, snapshot=args.snapshot, sample=args.sample)
+    s = result.summary()
+    j, r = s["jaccard"], s["spearman"]
+    print(f"{result.a} vs {result.b}: top-{result.k} neighbours of {s['items_compared']} items"
+          + (" (a sample)" if result.sampled else "") + f", searched among the {s['items_in_both']} items both have "
+          f"({s['only_in_a']} only in A, {s['only_in_b']} only in B, left out)")
+    if j["items"]:
+        q = j["quantiles"]
+        print(f"Jaccard@{result.k}: mean {j['mean']:.3f}, median {j['median']:.3f}, p10 {q['0.1']:.3f}, "
+              f"p90 {q['0.9']:.3f}; {s['identical_sets']} items keep the same set, {s['disjoint_sets']} share none")
+    if s["without_neighbours"]:
+        print(f"{s['without_neighbours']} items have no neighbour on either side (zero vectors)")
+    if r["items"]:
+        print(f"Spearman's rho of the shared neighbours: mean {r['mean']:.3f}, median {r['median']:.3f} "
+              f"({r['items']} items with 2 or more shared)")
+    print("moved most (item, Jaccard, rho, shared):")
+    for m in result.movers(args.movers):
+        rho = f"{m['spearman']:.3f}" if m["spearman"] is not None else "-"
+        jac = f"{m['jaccard']:.3f}" if m["jaccard"] is not None else "-"
+        print(f"  {m['item_id']}  {jac}  {rho}  {m['shared']}")
+    if args.out:
+        print(f"wrote {', '.join(result.write(args.out))}")
     return 0
 
 
