@@ -14,6 +14,7 @@
     itemlens graph ./lens --config lens.yaml [--name NAME ...] [--rebuild]
     itemlens export ./lens --format pyg|scipy-npz|mmrec-adj --out DIR [--graph NAME ...] [--preset P]
     itemlens show ./lens --plots DIR      (also writes semantic-ID code-usage and graph degree plots)
+    itemlens browse ./lens [--snapshot N] [--port P]      (a local, read-only web page; docs/browse.md)
     itemlens diff ./lens text@v1 text@v2 [--k 10] [--out DIR]   (or text@s3 text@s5: two snapshots)
 """
 
@@ -128,6 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", action="append", default=None, help="only this definition (repeat; default all)")
     p.add_argument("--retrain", action="store_true",
                    help="train a new version even if the definition and inputs are unchanged")
+    p = sub.add_parser("browse", help="a local web page of the items, their neighbours, captions, semantic IDs and "
+                                      "errors (read-only)")
+    p.add_argument("store")
+    p.add_argument("--snapshot", type=int, default=None, help="browse this snapshot (default: the latest)")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default loopback only; another address shows the catalog's media to "
+                        "anyone who can reach it)")
+    p.add_argument("--catalog", default=None,
+                   help="read catalog fields and media from this catalog instead of the one the snapshot records")
+    p.add_argument("--id-column", default=None, help="the catalog's id column (default: as recorded, else item_id)")
     p = sub.add_parser("diff", help="per item, how much its top-k neighbours change between two feature versions "
                                     "or snapshots (Jaccard@k, Spearman's rho of the shared ones)")
     p.add_argument("store")
@@ -151,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"ingest": _ingest, "show": _show, "snapshots": _snapshots, "pin": _pin, "unpin": _pin,
                 "prune": _prune, "index": _index, "export": _export,
                 "semantic-ids": _semantic_ids, "graph": _graph,
-                "diff": _diff}[args.command](args)
+                "browse": _browse, "diff": _diff}[args.command](args)
     except ItemlensError as exc:
         print(f"itemlens: error: {exc}", file=sys.stderr)
         return 2
@@ -397,6 +409,14 @@ def _show(args) -> int:
         marker = ">" if snap["snapshot_id"] == lens.snapshot else ("*" if snap["pinned"] else " ")
         features = ", ".join(f"{k}@{v}" for k, v in snap["features"].items())
         print(f" {marker}{snap['snapshot_id']:>4}  {snap['created_at']:%Y-%m-%d %H:%M:%S}  {features}  {snap['summary']}")
+    return 0
+
+
+def _browse(args) -> int:
+    from itemlens.workflows.browse import serve
+
+    serve(args.store, snapshot=args.snapshot, host=args.host, port=args.port, catalog=args.catalog,
+          id_column=args.id_column)
     return 0
 
 
