@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from itemlens.store.client import Lens
 
 MANIFEST = "export.json"
+MMREC_CACHES = ("mm_adj_*.pt", "image_adj_*.pt", "text_adj_*.pt")     # what MMRec's graph models torch.save
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Aligned:
     graph_preset: dict[str, str] = field(default_factory=dict)           # name -> the preset it was normalized by
     model_files: dict[str, Any] = field(default_factory=dict)            # file name -> torch tensor (model=)
     details: dict[str, dict[str, Any]] = field(default_factory=dict)     # artifact -> what export.json records
+    notes: list[str] = field(default_factory=list)                       # what the consumer should know
 
     @property
     def ids(self) -> list[str]:
@@ -116,14 +118,18 @@ class ExportReport:
     present: dict[str, int]          # artifact -> rows with a value
     filled: dict[str, int]           # artifact -> rows holding the fill (or null)
     fill: float | int | None
+    versions: dict[str, str] = field(default_factory=dict)    # artifact -> its qualified version
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         fill = "" if self.fill is None else f" (fill {self.fill})"
         lines = [f"wrote {', '.join(self.files)} to {self.out} (snapshot {self.snapshot})",
                  f"{self.rows:,} rows in the order of {self.order}"]
-        lines += [f"{name}: {self.present[name]:,} present, {self.filled[name]:,} filled"
-                  + (fill if self.filled[name] else "") for name in self.present]
+        for name in self.present:
+            version = self.versions.get(name)
+            shown = name if version in (None, name) or version.split("@")[0] == name else f"{name} = {version}"
+            lines.append(f"{shown}: {self.present[name]:,} present, {self.filled[name]:,} filled"
+                         + (fill if self.filled[name] else ""))
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -178,8 +184,8 @@ def export(lens: Lens, fmt: str, out: str | os.PathLike, *,
                                   ids=ids, ids_column=ids_column, inter=inter, item_column=item_column)
     if order.source == "store" and (spec.needs_order or model is not None) and not store_order:
         raise ConfigError(
-            f"{fmt} rows are the consumer's item index (row i = itemID i) and nothing in the files says which item a "
-            "row is: give the order of your data with --inter DATA/<name>.inter (an MMRec .inter with its "
+            f"{fmt} rows are the consumer's item index (row i is item i of your data) and nothing in the files says "
+            "which item a row is: give the order of your data with --inter DATA/<name>.inter (an MMRec .inter with its "
             "i_id_mapping.csv beside it, a RecBole .inter, or a table with --item-column) or --ids FILE (a list, "
             "or MMRec's i_id_mapping.csv); or --store-order to keep the store's item index and build your dataset "
             "from the i_id_mapping.csv it writes")
@@ -211,10 +217,12 @@ def export(lens: Lens, fmt: str, out: str | os.PathLike, *,
     _check_folder(target, fmt, order, previous)
     target.mkdir(parents=True, exist_ok=True)
     files = spec.writer(aligned, target, {**options, "model": model, "dedup": dedup})
+    notes += aligned.notes
     report = ExportReport(
         format=fmt, out=os.fspath(target), snapshot=lens.snapshot, rows=len(order.ids), order=order.description,
         files=files + [MANIFEST], present={n: int(p.sum()) for n, p in aligned.present.items()},
-        filled={n: int((~p).sum()) for n, p in aligned.present.items()}, fill=aligned.fill, notes=notes)
+        filled={n: int((~p).sum()) for n, p in aligned.present.items()}, fill=aligned.fill,
+        versions=dict(aligned.versions), notes=notes)
     entry = {
         "format": fmt, "store": lens.uri, "snapshot": lens.snapshot, "rows": len(order.ids),
         "order": {"source": order.source, "description": order.description, "digest": order.digest},
@@ -229,6 +237,11 @@ def export(lens: Lens, fmt: str, out: str | os.PathLike, *,
         entry["model"] = model_doc
     if notes:
         entry["notes"] = notes
+    earlier = previous.get(fmt, {})
+    if earlier.get("order", {}).get("digest") == order.digest:
+        # an earlier export of this format and order (another preset, role or model): its files stay
+        entry["files"] = files + [f for f in earlier.get("files", []) if f not in files and (target / f).is_file()]
+        entry["artifacts"] = {**earlier.get("artifacts", {}), **entry["artifacts"]}
     previous[fmt] = entry
     (target / MANIFEST).write_text(json.dumps({"exports": previous}, indent=2))
     return report
@@ -384,6 +397,8 @@ def _model_files(aligned: Aligned, model: str, params: Mapping[str, Any] | None,
         raise MissingDependencyError("graph files for a model are torch tensors: pip install 'itemlens[semantic]'")
     files, grid = exports_models.build(model, vectors, params, device=device)
     aligned.model_files = files
+    shown = "; ".join(", ".join(f"{k}={v}" for k, v in p.items()) for p in grid)
+    notes.append(f"{', '.join(files)}: {spec.name}'s graph cache as its code builds it ({shown or 'no parameters'})")
     if spec.note:
         notes.append(spec.note)
     return {"model": spec.name, "parameters": grid, "source": spec.source,
@@ -450,12 +465,15 @@ def _write_mapping(aligned: Aligned, out: Path) -> str:
 # -- formats ---------------------------------------------------------------------------------
 
 def _masks(aligned: Aligned, out: Path, names) -> list[str]:
-    """<name>_mask.npy (True: a real value) for the artifacts that have filled rows."""
+    """<name>_mask.npy (True: a real value) for the artifacts that have filled rows; a mask left
+    by an earlier export of an artifact written now without filled rows is removed."""
     files = []
     for name in names:
         if not aligned.present[name].all():
             np.save(out / f"{name}_mask.npy", aligned.present[name])
             files.append(f"{name}_mask.npy")
+        else:
+            (out / f"{name}_mask.npy").unlink(missing_ok=True)
     return files
 
 
@@ -465,9 +483,6 @@ def _save_model_files(aligned: Aligned, out: Path) -> list[str]:
     for name, tensor in aligned.model_files.items():
         torch.save(tensor, out / name)
     return list(aligned.model_files)
-
-
-MMREC_CACHES = ("mm_adj_*.pt", "image_adj_*.pt", "text_adj_*.pt")     # what MMRec's graph models torch.save
 
 
 def _check_mmrec_folder(aligned: Aligned, out: Path, writes_features: bool) -> None:
@@ -574,9 +589,15 @@ def _sid_grid(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[str]
             grid[~present] = aligned.fill
         torch.save(torch.from_numpy(np.ascontiguousarray(grid.T)), out / f"{name}_semantic_ids.pt")
         files.append(f"{name}_semantic_ids.pt")
+        largest, k = int(grid[present, levels].max(initial=0)), int(info.spec["codebook_size"])
         aligned.details[name].update({
             "file": f"{name}_semantic_ids.pt", "layout": f"int64 [{levels + 1}, {len(codes)}]: levels, then dedup",
-            "width": levels + 1, "dedup": how, "dedup_max": int(grid[present, levels].max(initial=0))})
+            "width": levels + 1, "dedup": how, "dedup_max": largest})
+        if largest >= k:
+            # GRID's TIGER offsets hierarchy h by h * num_embeddings_per_hierarchy in one embedding table
+            aligned.notes.append(
+                f"{name}: the dedup digit reaches {largest}, beyond codebook_size {k}; GRID embeds every hierarchy "
+                f"with codebook_width (num_embeddings_per_hierarchy) entries: set it to at least {largest + 1}")
     files += _masks(aligned, out, aligned.semantic_ids)
     return files + [_write_mapping(aligned, out)]
 

@@ -118,6 +118,9 @@ def test_an_ids_file_aligns_or_fails_whatever_its_shape(lens, tmp_path):
     assert np.isnan(got[[1, 3]]).all() and np.array_equal(got[[0, 2]], lens.vectors("image", ["item001", "item002"]))
     assert report.present == {"image": 2} and report.filled == {"image": 2}
     assert np.load(tmp_path / "f" / "image_mask.npy").tolist() == [True, False, True, False]
+    lens.export("mmrec", tmp_path / "f", ids=wanted, features={"image": "image"})    # a new order, nothing filled
+    assert not (tmp_path / "f" / "image_mask.npy").exists()                  # the old mask went with its export
+    assert np.array_equal(exported(tmp_path / "f"), expected)
     # an empty line would shift every row after it; a repeated id would be two rows of one item
     (tmp_path / "gap.txt").write_text("item001\n\nitem002\n")
     with pytest.raises(ConfigError, match="line 2 has no id"):
@@ -400,6 +403,8 @@ def test_sid_grid_is_what_grid_loads_with_its_dedup_numbering(lens, tmp_path):
                        torch.from_numpy(codes.T))
     detail = json.loads((out / "export.json").read_text())["exports"]["sid-grid"]["artifacts"]["sid"]
     assert (detail["levels"], detail["codebook_size"], detail["width"]) == (2, 4, 3) and "GRID" in detail["dedup"]
+    assert detail["dedup_max"] == int(expected[:, 2].max()) > 4
+    assert f"set it to at least {detail['dedup_max'] + 1}" in report.notes[0]
     assert info.width == 3
 
     # an item without an ID: no silent padding token
