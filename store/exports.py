@@ -11,7 +11,9 @@ a consumer would misread, and only then writes. Refused before anything is writt
   unless ``fill`` is given (features: any number or nan; semantic IDs: a negative integer, never
   a code; graphs: 0, an empty row); Parquet formats write nulls for known items without a value;
 - a folder that already holds an export aligned to another order (``export.json`` records each
-  format's order digest), or an ``i_id_mapping.csv`` that maps other items.
+  format's order digest), or an ``i_id_mapping.csv`` that maps other items;
+- MMRec features that would leave a model's graph cache in the folder stale, and a model's graph
+  cache beside feature files it was not built from (MMRec loads a cache whenever it exists).
 
 Every export returns an :class:`ExportReport` (rows, present and filled per artifact, the order
 followed; the command line prints it) and records it in ``export.json``, keyed by format.
