@@ -13,6 +13,9 @@ templates, not over a socket):
   (``lens.search`` on its own vector, brute force: no vector index) and catalog rows for the item
   and its 20 neighbours;
 * the summary page and a page of the item list, median;
+* semantic IDs of ``text`` (rq-kmeans, 3 levels of 256 codes, built once): the first page of the
+  code tree (reads and sorts every item's codes once), then the root and a level-1 prefix, median;
+* the diff page of ``text`` against ``image`` (a 500-item sample, each against all items);
 * beside them, the obvious way to get one catalog row per request: a Parquet read filtered on
   the id (``pyarrow.parquet.read_table(filters=...)``), against the index's look-up.
 
@@ -90,6 +93,13 @@ def main() -> None:
     from itemlens.workflows.browse import create_app
 
     store, catalog, ids = build(OUT / f"browse-{args.rows}", args.rows)
+    import itemlens
+    from itemlens.store import semantic_ids
+
+    if "sid" not in itemlens.connect(store).doc.semantic_ids:
+        started = time.perf_counter()
+        semantic_ids.build(str(store), {"sid": {"features": ["text"], "levels": 3, "codebook_size": 256}})
+        print(f"semantic IDs of {args.rows:,} items in {time.perf_counter() - started:.0f} s")
     rng = np.random.default_rng(3)
     picks = [ids[i] for i in rng.choice(len(ids), size=args.trials + 1, replace=False)]
 
@@ -101,6 +111,11 @@ def main() -> None:
     item = [timed(client.get, f"/item/{p}") for p in picks[1:]]
     summary = [timed(client.get, "/") for _ in range(args.trials)]
     listing = [timed(client.get, f"/items?page={int(rng.integers(1, len(ids) // 48))}") for _ in range(args.trials)]
+    sid_first = timed(client.get, "/sid/sid")
+    sid_root = [timed(client.get, "/sid/sid") for _ in range(args.trials)]
+    prefixes = [int(p) for p in rng.integers(0, 256, args.trials)]
+    sid_prefix = [timed(client.get, f"/sid/sid?prefix={p}") for p in prefixes]
+    diff_first = timed(client.get, "/diff?a=text&b=image&k=10")
 
     rows = app.state.browser.catalogs[0]
     lookup = []
@@ -122,6 +137,9 @@ def main() -> None:
         "item_page_median_s": round(statistics.median(item), 3), "item_page_max_s": round(max(item), 3),
         "summary_page_median_s": round(statistics.median(summary), 3),
         "items_list_page_median_s": round(statistics.median(listing), 3),
+        "sid_first_page_s": round(sid_first, 3), "sid_root_page_median_s": round(statistics.median(sid_root), 3),
+        "sid_prefix_page_median_s": round(statistics.median(sid_prefix), 3),
+        "diff_page_first_s": round(diff_first, 2),
         "catalog_row_index_median_ms": round(1000 * statistics.median(lookup), 3),
         "catalog_row_parquet_filter_median_ms": round(1000 * statistics.median(filtered), 1),
     }

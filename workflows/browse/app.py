@@ -66,7 +66,7 @@ _UPLOAD_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".
                     ".mkv", ".avi", ".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a")
 #: a diff over more items than this is computed on a sample of DIFF_SAMPLE items (each against all)
 DIFF_ALL_UP_TO = 20_000
-DIFF_SAMPLE = 2_000
+DIFF_SAMPLE = 500
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 
 
@@ -313,12 +313,15 @@ class Browser:
 
     # -- semantic IDs ------------------------------------------------------------------------------
     def codes(self, qualified: str) -> tuple[list[str], np.ndarray]:
-        """Every item that has an ID of version ``qualified``, and its codes (read once)."""
+        """Every item that has an ID of version ``qualified`` and its codes, sorted by the codes
+        (read and sorted once): the items under a prefix are then one run of rows, and items that
+        share a tuple sit next to each other."""
         if qualified not in self._codes:
             ids, _ = self.order()
             with self.lock:
                 codes = self.lens.semantic_ids(qualified, ids, fill=-1)
             present = np.flatnonzero(codes[:, 0] >= 0) if len(codes) else np.zeros(0, np.int64)
+            present = present[np.lexsort(codes[present].T[::-1])] if len(present) else present
             self._codes[qualified] = ([ids[i] for i in present], codes[present])
         return self._codes[qualified]
 
@@ -534,37 +537,39 @@ class Pages:
             raise PageError(404, f"{prefix_text!r} is not a prefix of codes (write them as 12.3.200)") from None
         if len(prefix) > levels:
             raise PageError(404, f"{info.qualified} has {levels} levels; {prefix_text!r} has {len(prefix)} codes")
-        ids, codes = b.codes(info.qualified)
-        mask = (codes[:, :len(prefix)] == np.asarray(prefix, np.int64)).all(axis=1) if prefix \
-            else np.ones(len(ids), bool)
-        under = np.flatnonzero(mask)
-        if prefix and not len(under):
-            raise PageError(404, f"no item of {info.qualified} has an ID under {prefix_text}")
+        ids, codes = b.codes(info.qualified)            # sorted by codes: a prefix is one run of rows
+        if prefix:
+            inside = np.flatnonzero((codes[:, :len(prefix)] == np.asarray(prefix, np.int64)).all(axis=1))
+            if not len(inside):
+                raise PageError(404, f"no item of {info.qualified} has an ID under {prefix_text}")
+            start, end = int(inside[0]), int(inside[-1]) + 1
+        else:
+            start, end = 0, len(ids)
+        run = codes[start:end]
         children = []
-        if len(prefix) < levels and len(under):
-            values, counts = np.unique(codes[under, len(prefix)], return_counts=True)
+        if len(prefix) < levels and len(run):
+            values, counts = np.unique(run[:, len(prefix)], return_counts=True)
             children = [{"code": int(v), "count": int(c), "prefix": ".".join(map(str, prefix + [int(v)]))}
                         for v, c in zip(values, counts)]
-        # collisions: full tuples (the levels' codes) that several items share, and the suffixes they got
-        groups = []
-        if len(under):
-            tuples, inverse, counts = np.unique(codes[under, :levels], axis=0, return_inverse=True, return_counts=True)
-            shared = np.flatnonzero(counts > 1)
-            for g in shared[np.argsort(-counts[shared], kind="stable")][:20]:
-                groups.append({"prefix": ".".join(map(str, tuples[g].tolist())), "count": int(counts[g])})
-            collided_items = int(counts[shared].sum())
-        else:
-            collided_items = 0
-        order = under[np.lexsort(codes[under].T[::-1])] if len(under) else under
-        pages = _pages(len(order), page)
-        shown = order[pages["start"]:pages["end"]]
+        # collisions: full tuples (the levels' codes) that several items share, which are
+        # neighbours in the sorted rows, and the suffixes they got
+        groups, collided_items = [], 0
+        if len(run):
+            starts = np.concatenate([[0], np.flatnonzero((np.diff(run[:, :levels], axis=0) != 0).any(axis=1)) + 1])
+            sizes = np.diff(np.concatenate([starts, [len(run)]]))
+            shared = np.flatnonzero(sizes > 1)
+            for g in shared[np.argsort(-sizes[shared], kind="stable")][:20]:
+                groups.append({"prefix": ".".join(map(str, run[starts[g], :levels].tolist())), "count": int(sizes[g])})
+            collided_items = int(sizes[shared].sum())
+        pages = _pages(end - start, page)
+        shown = range(start + pages["start"], start + pages["end"])
         tiles = b.tiles([ids[i] for i in shown],
                         extra=[{"codes": ".".join(map(str, codes[i].tolist()))} for i in shown])
         trail = [{"code": c, "prefix": ".".join(map(str, prefix[:n + 1]))} for n, c in enumerate(prefix)]
         return "sid.html", {
             "info": info, "levels": levels, "prefix": ".".join(map(str, prefix)), "trail": trail, "children": children,
             "groups": groups, "collided_items": collided_items, "tiles": tiles, "pages": pages,
-            "under": len(under), "suffix": info.width > levels, "method": info.spec.get("uniqueness", "suffix"),
+            "under": end - start, "suffix": info.width > levels, "method": info.spec.get("uniqueness", "suffix"),
         }
 
     def errors(self, feature: str | None, stage: str | None, page: int) -> tuple[str, dict]:
