@@ -45,7 +45,8 @@ it cannot do (several images of a one-image model, native video of an image-only
 for image-only models.
 
 :func:`generate` is the one place that runs the model; :func:`plan_batches` cuts items, sorted by
-vision tokens, into batches under a token budget. Nothing here imports Ray or LanceDB; torch and
+vision tokens, into batches under a token budget; :func:`caption_items` chains the actor's steps
+(plan, assemble, generate, decode) for a block of prepared items. Nothing here imports Ray or LanceDB; torch and
 transformers are imported inside the functions that need them.
 """
 
@@ -173,18 +174,24 @@ class VisionPayload:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types for an Arrow struct column (:func:`payload_arrow_type`): tensor names,
-        dtypes, shapes and C-order bytes, and the counts."""
+        dtypes, shapes and C-order bytes, and the counts. Integer tensors travel in the narrowest
+        integer type that holds their values (``stored``; token ids, 0/1 masks: SmolVLM's int64
+        pixel masks shrink eightfold) and come back in their own dtype."""
         names = list(self.tensors)
         arrays = [np.ascontiguousarray(self.tensors[n]) for n in names]
-        return {"names": names, "dtypes": [_dtype_name(a) for a in arrays],
-                "shapes": [list(a.shape) for a in arrays], "data": [a.tobytes() for a in arrays],
+        packed = [_narrowed(a) for a in arrays]
+        return {"names": names, "dtypes": [_dtype_name(a) for a in arrays], "stored": [_dtype_name(p) for p in packed],
+                "shapes": [list(a.shape) for a in arrays], "data": [p.tobytes() for p in packed],
                 "vision_tokens": int(self.vision_tokens), "prompt_tokens": int(self.prompt_tokens),
                 "kind": self.kind, "pictures": int(self.pictures)}
 
     @classmethod
     def from_dict(cls, row: Mapping[str, Any]) -> VisionPayload:
-        tensors = {name: np.frombuffer(data, dtype=_numpy_dtype(dtype)).reshape(shape)
-                   for name, dtype, shape, data in zip(row["names"], row["dtypes"], row["shapes"], row["data"])}
+        tensors = {}
+        for name, dtype, stored, shape, data in zip(row["names"], row["dtypes"], row["stored"], row["shapes"],
+                                                    row["data"]):
+            array = np.frombuffer(data, dtype=_numpy_dtype(stored)).reshape(shape)
+            tensors[name] = array if stored == dtype else array.astype(_numpy_dtype(dtype))
         return cls(tensors=tensors, vision_tokens=int(row["vision_tokens"]), prompt_tokens=int(row["prompt_tokens"]),
                    kind=row["kind"], pictures=int(row["pictures"]))
 
@@ -198,7 +205,7 @@ def payload_arrow_type() -> pa.DataType:
     import pyarrow as pa
 
     return pa.struct([
-        ("names", pa.list_(pa.string())), ("dtypes", pa.list_(pa.string())),
+        ("names", pa.list_(pa.string())), ("dtypes", pa.list_(pa.string())), ("stored", pa.list_(pa.string())),
         ("shapes", pa.list_(pa.list_(pa.int64()))), ("data", pa.list_(pa.large_binary())),
         ("vision_tokens", pa.int32()), ("prompt_tokens", pa.int32()), ("kind", pa.string()),
         ("pictures", pa.int32()),
@@ -207,6 +214,14 @@ def payload_arrow_type() -> pa.DataType:
 
 def _dtype_name(array: np.ndarray) -> str:
     return "bfloat16" if array.dtype == np.dtype("V2") else array.dtype.str
+
+
+def _narrowed(array: np.ndarray) -> np.ndarray:
+    """An integer array in the narrowest integer type holding its values (others as they are)."""
+    if array.dtype.kind not in "iu" or array.size == 0:
+        return array
+    narrow = np.promote_types(np.min_scalar_type(array.min()), np.min_scalar_type(array.max()))
+    return array.astype(narrow) if narrow.itemsize < array.dtype.itemsize else array
 
 
 def _numpy_dtype(name: str) -> np.dtype:
@@ -569,6 +584,37 @@ def generate(model, batch: AssembledBatch, settings: GenerationSettings = Genera
         end = next((i + 1 for i, t in enumerate(row) if t in stop), len(row))
         tokens.append(row[:end])
     return Generated(tokens=tokens, vision_tokens=list(batch.vision_tokens), generated_tokens=[len(t) for t in tokens])
+
+
+@dataclass(frozen=True)
+class Caption:
+    """One item's caption, its tokens and its counts (see :class:`Generated`)."""
+
+    text: str
+    tokens: list[int]
+    vision_tokens: int
+    generated_tokens: int
+
+
+def caption_items(inputs: VisionInputs, model, payloads: Sequence[VisionPayload],
+                  settings: GenerationSettings = GenerationSettings(), *, budget: int | None = None,
+                  max_items: int | None = None, generate_fn=None) -> list[Caption]:
+    """The actor's whole job for a block of prepared items: cut them into batches
+    (:func:`plan_batches`: by vision tokens, under ``budget`` token slots, items that cannot
+    share a batch apart), assemble and generate each batch, decode; captions in the order of
+    ``payloads``. ``generate_fn(model, batch, settings) -> Generated`` replaces :func:`generate`
+    (a serving engine)."""
+    generate_fn = generate_fn or generate
+    batches = plan_batches([p.vision_tokens for p in payloads], [p.prompt_tokens for p in payloads],
+                           budget=budget if budget is not None else 2**62, max_new_tokens=settings.max_new_tokens,
+                           keys=[inputs.batch_key(p) for p in payloads], max_items=max_items)
+    captions: list[Caption | None] = [None] * len(payloads)
+    for members in batches:
+        out = generate_fn(model, inputs.assemble([payloads[i] for i in members]), settings)
+        for i, tokens, text, vision, generated in zip(members, out.tokens, inputs.decode(out.tokens),
+                                                      out.vision_tokens, out.generated_tokens):
+            captions[i] = Caption(text=text, tokens=tokens, vision_tokens=vision, generated_tokens=generated)
+    return captions
 
 
 def _eos_ids(model) -> set[int]:

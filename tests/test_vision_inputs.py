@@ -157,7 +157,12 @@ def test_payload_travels_as_an_arrow_struct(family, loaded, odd_sizes):
 
     inputs, _ = loaded(family)
     payload = inputs.prepare([odd_sizes[0]])
-    column = pa.array([payload.to_dict()], type=payload_arrow_type())
+    row = payload.to_dict()
+    stored = dict(zip(row["names"], row["stored"]))
+    assert stored["input_ids"] == "<u2" and sum(map(len, row["data"])) < payload.nbytes    # ids < 65536 as uint16
+    if "pixel_attention_mask" in stored:
+        assert stored["pixel_attention_mask"] == "|u1"
+    column = pa.array([row], type=payload_arrow_type())
     back = VisionPayload.from_dict(pa.Table.from_arrays([column], ["payload"]).to_pylist()[0]["payload"])
     assert back.tensors.keys() == payload.tensors.keys()
     for name, array in payload.tensors.items():
@@ -332,12 +337,14 @@ def test_native_video_equals_the_processors_own_video_path(family, loaded):
     # all three (4 and 6 frames): each as the processor and generate give it alone
     keys = {inputs.batch_key(p) for p in payloads}
     groups = [[0, 1, 2]] if len(keys) == 1 else [[0, 2], [1]]     # LLaVA-OneVision stacks frames: equal counts only
+    captions = []
     for members in groups:
         generated = ours(inputs, model, [payloads[i] for i in members])[1]
         for i, tokens in zip(members, generated.tokens):
             assert_same_tokens(type(generated)([tokens], [0], [len(tokens)]), reference([i])[1],
                                inputs.tokenizer.pad_token_id)
-    assert len({tuple(t) for t in generated.tokens}) == len(generated.tokens) or len(members) == 1
+            captions.append(tuple(tokens))
+    assert len(set(captions)) >= 2, captions      # the video matters
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "smolvlm"])
@@ -452,6 +459,35 @@ def test_plan_batches_orders_by_vision_tokens_and_keeps_the_budget():
     assert sorted(map(sorted, keyed)) == [[0, 2, 4, 6], [1, 3, 5]]
     with pytest.raises(ValueError):
         plan_batches([1], [1, 2], budget=10, max_new_tokens=1)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "smolvlm"])
+def test_caption_items_cuts_batches_by_the_budget_and_keeps_the_order(family, loaded, odd_sizes, photos):
+    """The actor's whole job: a budget small enough to cut the block into several batches, and
+    each caption (text, tokens, counts) is the item's alone, in the order given."""
+    from itemlens.extractors.vision_inputs import GenerationSettings, caption_items, plan_batches
+
+    inputs, model = loaded(family)
+    payloads = [inputs.prepare([image]) for image in [*odd_sizes, photos[5], photos[9]]]
+    settings = GenerationSettings(max_new_tokens=MAX_NEW_TOKENS)
+    budget = 2 * (max(p.prompt_tokens for p in payloads) + MAX_NEW_TOKENS)
+    assert len(plan_batches([p.vision_tokens for p in payloads], [p.prompt_tokens for p in payloads], budget=budget,
+                            max_new_tokens=MAX_NEW_TOKENS)) >= 3
+    calls = []
+
+    def counting(model, batch, settings):
+        from itemlens.extractors.vision_inputs import generate
+
+        calls.append(len(batch))
+        return generate(model, batch, settings)
+
+    captions = caption_items(inputs, model, payloads, settings, budget=budget, generate_fn=counting)
+    assert len(calls) >= 3 and sum(calls) == len(payloads)
+    for payload, caption in zip(payloads, captions, strict=True):
+        alone = caption_items(inputs, model, [payload], settings)[0]
+        assert caption == alone
+        assert caption.vision_tokens == payload.vision_tokens and caption.generated_tokens == len(caption.tokens)
+        assert caption.text == inputs.decode([caption.tokens])[0] and caption.text
 
 
 def test_items_that_cannot_share_a_batch_are_kept_apart(loaded):
