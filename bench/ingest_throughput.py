@@ -103,7 +103,8 @@ def plain_loop(catalog: Path, feature_specs: dict, batch_size: int, device: str,
     import pyarrow as pa
 
     from itemlens.extractors import FeatureSpec, build_encoder
-    from itemlens.extractors.images import decode_image, read_bytes
+    from itemlens.extractors.images import decode_image
+    from itemlens.extractors.media import read_bytes
     from itemlens.extractors.text import TextTemplate
 
     t0 = time.perf_counter()

@@ -109,6 +109,13 @@ class Encoder(ABC):
         """The encoder's own image preprocessing: RGB PIL image -> float32 [3, H, W]."""
         raise ConfigError(f"encoder {self.name!r} does not take images")
 
+    def preprocessed_size(self, width: int, height: int) -> tuple[int, int] | None:
+        """The largest size (width, height) an image of ``width`` x ``height`` takes inside
+        :meth:`image_transform` (after its resize, before any crop), or None when the encoder
+        cannot say. The decode stage refuses images this would blow up (a 1 x 100,000 strip
+        resized to 224 pixels on its short side) before the transform runs."""
+        return None
+
     # -- accelerator side -------------------------------------------------------------
     def load(self, device: str | None = None) -> Encoder:
         """Load the weights (once) onto ``device`` (default: cuda if available, else cpu)."""

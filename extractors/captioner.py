@@ -119,6 +119,11 @@ class CaptionEncoder(Encoder):
 
         return preprocess
 
+    def preprocessed_size(self, width: int, height: int) -> tuple[int, int] | None:
+        from itemlens.extractors.images import hf_preprocessed_size
+
+        return hf_preprocessed_size(getattr(self.processor.image_processor, "size", None), width, height)
+
     # -- accelerator side ---------------------------------------------------------------
     def _dtype(self, device: str):
         import torch

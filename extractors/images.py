@@ -14,89 +14,24 @@ used are brought to 8-bit RGB the way a product catalog needs:
 from __future__ import annotations
 
 import io
-import os
 import warnings
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse
 
 import numpy as np
 
 from itemlens.extractors.base import ItemError
+from itemlens.extractors.media import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, read_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
 #: default limit on decoded size (width x height); larger images are decompression-bomb errors
-DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
+DEFAULT_MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
 #: default limit on an image file's size
-DEFAULT_MAX_IMAGE_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_IMAGE_BYTES = DEFAULT_MAX_BYTES
 
 _TRANSPARENT_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
-
-
-def has_scheme(uri: str) -> bool:
-    """True for ``s3://...``, ``file://...``; False for plain paths (also Windows drives)."""
-    scheme = urlparse(uri).scheme
-    return len(scheme) > 1
-
-
-def resolve_uri(value: str, base: str | None) -> str:
-    """A catalog cell as a path or URI; relative paths resolve against ``base`` (the catalog's folder)."""
-    if has_scheme(value) or os.path.isabs(value) or not base:
-        return value
-    if has_scheme(base):
-        return base.rstrip("/") + "/" + value
-    return os.path.normpath(os.path.join(base, value))
-
-
-def media_key(uri: str) -> str | None:
-    """A cheap key of a file's current content, without reading it: its URI, size and
-    modification time (object stores: the ETag where they give one). None when it cannot be
-    had (a missing file): the caller then reads it, and meets the error there."""
-    try:
-        if has_scheme(uri) and not uri.startswith("file://"):
-            import fsspec
-
-            fs, path = fsspec.core.url_to_fs(uri)
-            info = fs.info(path)
-            stamp = (info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
-                     or info.get("updated") or info.get("last_modified"))
-            if stamp is None:
-                return None                       # no change stamp: only the bytes can tell
-            return f"{uri}\0{info.get('size')}\0{stamp}"
-        path = uri[len("file://"):] if uri.startswith("file://") else uri
-        st = os.stat(path)
-        return f"{uri}\0{st.st_size}\0{st.st_mtime_ns}"
-    except Exception:  # missing, permissions, network: the read will say what is wrong
-        return None
-
-
-def read_bytes(uri: str, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> bytes:
-    """The file's bytes; ItemError("read", ...) when missing, empty, a folder or too large."""
-    try:
-        if has_scheme(uri) and not uri.startswith("file://"):
-            import fsspec
-
-            with fsspec.open(uri, "rb") as f:
-                data = f.read(max_bytes + 1)
-        else:
-            path = uri[len("file://"):] if uri.startswith("file://") else uri
-            if os.path.isdir(path):
-                raise ItemError("read", f"is a folder, not a file: {uri}")
-            with open(path, "rb") as f:
-                data = f.read(max_bytes + 1)
-    except ItemError:
-        raise
-    except FileNotFoundError:
-        raise ItemError("read", f"file not found: {uri}") from None
-    except Exception as exc:  # permission, network, bad URI: all per-item
-        raise ItemError("read", f"cannot read {uri}: {type(exc).__name__}: {exc}") from None
-    if not data:
-        raise ItemError("read", f"empty file (0 bytes): {uri}")
-    if len(data) > max_bytes:
-        raise ItemError("read", f"file larger than max_image_bytes ({max_bytes:,} bytes): {uri}")
-    return data
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
@@ -128,6 +63,49 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Ima
         raise ItemError("decode", f"{type(exc).__name__}: {exc}") from None
 
 
+def check_preprocessed_size(size: tuple[int, int], encoder, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                            max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO) -> None:
+    """Refuse, as a ``decode`` error, an image whose preprocessing would exceed the bounds: an
+    aspect ratio above ``max_aspect_ratio``, or more than ``max_pixels`` once the encoder's own
+    resize has run (:meth:`Encoder.preprocessed_size`). Checked before the transform, which
+    would otherwise allocate the upscaled image (gigabytes for a 1-pixel-high strip)."""
+    width, height = size
+    ratio = max(width, height) / max(min(width, height), 1)
+    if ratio > max_aspect_ratio:
+        raise ItemError("decode", f"image of {width}x{height} has an aspect ratio of {ratio:,.0f}:1 "
+                                  f"> max_aspect_ratio {max_aspect_ratio:g}")
+    resized = encoder.preprocessed_size(width, height)
+    if resized is not None and resized[0] * resized[1] > max_pixels:
+        raise ItemError("decode", f"image of {width}x{height} would become {resized[0]}x{resized[1]} = "
+                                  f"{resized[0] * resized[1]:,} pixels in the encoder's preprocessing "
+                                  f"> max_image_pixels {max_pixels:,}")
+
+
+def resized_size(size: int | tuple[int, int], mode: str, width: int, height: int) -> tuple[int, int]:
+    """The size a resize to ``size`` gives an image of ``width`` x ``height``: ``shortest`` (the
+    shorter side becomes ``size``, as CLIP-style transforms do), ``longest`` (the longer side
+    does) or ``squash`` (exactly ``size``)."""
+    if mode == "squash":
+        return (size, size) if isinstance(size, int) else (size[1], size[0])
+    target = size if isinstance(size, int) else max(size)
+    scale = target / (min(width, height) if mode == "shortest" else max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def hf_preprocessed_size(size: dict | None, width: int, height: int) -> tuple[int, int] | None:
+    """:func:`resized_size` for a transformers image processor's ``size`` dict
+    (``{"shortest_edge": S}``, ``{"longest_edge": L}``, ``{"height": H, "width": W}``), or None
+    for a form it does not know."""
+    size = dict(size or {})
+    if "height" in size and "width" in size:
+        return int(size["width"]), int(size["height"])
+    if "shortest_edge" in size:
+        return resized_size(int(size["shortest_edge"]), "shortest", width, height)
+    if "longest_edge" in size:
+        return resized_size(int(size["longest_edge"]), "longest", width, height)
+    return None
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """8-bit RGB by the rules above (16-bit, transparency, CMYK ...)."""
     from PIL import Image
@@ -155,4 +133,4 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def load_image(uri: str, *, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
                max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
     """Read and decode one image (used for online queries; the pipeline splits the two steps)."""
-    return decode_image(read_bytes(uri, max_bytes), max_pixels)
+    return decode_image(read_bytes(uri, max_bytes, what="max_image_bytes"), max_pixels)

@@ -31,7 +31,7 @@ from itemlens.errors import ConfigError, WeightsNotFoundError
 from itemlens.extractors.base import Encoder, autocast
 from itemlens.extractors.spec import FeatureSpec
 from itemlens.extractors.weights import (
-    cached_hub_file, file_digest, hub_offline, missing_hub_weights, require_local_path,
+    cached_hub_file, check_loadable, file_digest, hub_offline, missing_hub_weights, require_local_path,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -110,7 +110,8 @@ class OpenClipEncoder(Encoder):
     def check_weights(self) -> None:
         self._model_config()
         if self.spec.checkpoint:
-            require_local_path(self.spec.checkpoint, "open-clip checkpoint")
+            path = require_local_path(self.spec.checkpoint, "open-clip checkpoint")
+            check_loadable(path, "open-clip checkpoint")
             return
         cfg = self._pretrained_cfg()
         if not hub_offline():
@@ -153,15 +154,25 @@ class OpenClipEncoder(Encoder):
         cfg["size"] = skeleton.visual.image_size
         return cfg
 
+    @functools.cached_property
+    def _preprocess(self) -> dict[str, Any]:
+        return self.preprocess_config()
+
     def image_transform(self) -> Callable[[Image.Image], np.ndarray]:
         from open_clip.transform import PreprocessCfg, image_transform_v2
 
-        transform = image_transform_v2(PreprocessCfg(**self.preprocess_config()), is_train=False)
+        transform = image_transform_v2(PreprocessCfg(**self._preprocess), is_train=False)
 
         def preprocess(image: Image.Image) -> np.ndarray:
             return transform(image).numpy().astype(np.float32, copy=False)
 
         return preprocess
+
+    def preprocessed_size(self, width: int, height: int) -> tuple[int, int]:
+        from itemlens.extractors.images import resized_size
+
+        cfg = self._preprocess
+        return resized_size(cfg["size"], cfg.get("resize_mode") or "shortest", width, height)
 
     # -- accelerator side ---------------------------------------------------------------
     def _load(self, device: str) -> None:

@@ -1,15 +1,18 @@
 """Turning catalog rows into the texts that text features encode.
 
-A template like ``"{title}. {bullet_points}"`` is filled per row: missing values (None,
-NaN) become empty, lists are joined with ``"; "``, other values go through ``str``. A text
-with no word character left (``". "`` from two empty columns) is an ``input`` error, not a
-vector of punctuation.
+A template like ``"{title}. {bullet_points}"`` is filled per row: strings as they are, missing
+values (None, NaN) empty, numbers through ``str`` (or a format spec: ``{price:.2f}``), bytes
+decoded as UTF-8, lists of those joined with ``"; "``. Anything else (a dict from a JSON object
+or a struct column, a list of lists) is an ``input`` error naming the column: its Python repr
+is not a text anyone meant to embed. A text with no word character left (``". "`` from two
+empty columns) is an ``input`` error too, not a vector of punctuation.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 import re
 import string
 from collections.abc import Mapping
@@ -25,30 +28,38 @@ LIST_SEPARATOR = "; "
 class _Cell:
     """Wraps a value so that format specs like {price:.2f} still work on real numbers."""
 
-    __slots__ = ("value",)
+    __slots__ = ("column", "value")
 
-    def __init__(self, value: Any):
+    def __init__(self, value: Any, column: str = ""):
         self.value = value
+        self.column = column
 
     def __format__(self, spec: str) -> str:
         if spec:
             return format(self.value, spec)
-        return cell_text(self.value)
+        return cell_text(self.value, self.column)
 
     def __str__(self) -> str:
-        return cell_text(self.value)
+        return cell_text(self.value, self.column)
 
 
-def cell_text(value: Any) -> str:
+def cell_text(value: Any, column: str = "", *, nested: bool = False) -> str:
+    """A catalog cell as text by the rules above; ItemError("input") for a value that is not one."""
     if value is None:
         return ""
+    if isinstance(value, str):
+        return value
     if isinstance(value, float) and math.isnan(value):
         return ""
+    if isinstance(value, numbers.Real):      # Python and numpy numbers (and bools)
+        return str(value)
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "ndarray":
-        return LIST_SEPARATOR.join(t for t in (cell_text(v) for v in value) if t)
-    return str(value)
+    if not nested and (isinstance(value, (list, tuple)) or type(value).__name__ == "ndarray"):
+        return LIST_SEPARATOR.join(t for t in (cell_text(v, column, nested=True) for v in value) if t)
+    what = f"a list holding a {type(value).__name__}" if nested else f"a {type(value).__name__}"
+    raise ItemError("input", f"column {column!r} holds {what}, not text: a template takes strings, numbers "
+                             "or lists of them")
 
 
 class TextTemplate:
@@ -59,7 +70,7 @@ class TextTemplate:
 
     def render(self, row: Mapping[str, Any]) -> str:
         """The row's text, stripped; ItemError("input", ...) when it has no word in it."""
-        values = {name: _Cell(row.get(name)) for name in self.columns}
+        values = {name: _Cell(row.get(name), name) for name in self.columns}
         try:
             text = self._formatter.vformat(self.template, (), values).strip()
         except (ValueError, TypeError) as exc:  # e.g. {price:.2f} on a string cell

@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from itemlens.errors import WeightsNotFoundError
+from itemlens.errors import ConfigError, WeightsNotFoundError
 
 # Files in a model folder that do not change its outputs.
 _IGNORED_NAMES = {"README.md", ".gitattributes", ".gitignore"}
@@ -45,6 +45,38 @@ def folder_digest(path: str | os.PathLike) -> str:
             continue
         h.update(str(rel).encode() + b"\0" + file_digest(file).encode() + b"\n")
     return h.hexdigest()
+
+
+_loadable_cache: set[tuple[str, int, int]] = set()
+
+
+def check_loadable(path: str | os.PathLike, what: str) -> None:
+    """Open a local weights file with the loader that will load it, before any work: the
+    safetensors header, or ``torch.load(weights_only=True)`` for a pickled checkpoint (memory-
+    mapped: nothing is copied). A checkpoint that loader refuses (pickled objects, not just
+    tensors) is a ConfigError here, not a failure inside every encoder actor later."""
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key in _loadable_cache:
+        return
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(p), framework="numpy") as f:
+                f.keys()
+        else:
+            import torch
+
+            torch.load(str(p), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"{what} {p} cannot be loaded safely: {type(exc).__name__}: {first}. itemlens loads weights "
+            "without running pickled code (safetensors, or torch.load(weights_only=True)); save the state "
+            "dict with safetensors (safetensors.torch.save_file) and point the spec at that file") from None
+    _loadable_cache.add(key)
 
 
 def hub_offline() -> bool:

@@ -21,6 +21,11 @@ class CatalogError(ItemlensError, ValueError):
     """The catalog as a whole cannot be used (missing id column, duplicate ids, ...)."""
 
 
+class LocationError(ItemlensError, ValueError):
+    """A path or URI that cannot be used as given (credentials in it, a file: URI naming another
+    host, ...); the message says why, without repeating any secret."""
+
+
 class MissingDependencyError(ItemlensError, ImportError):
     """An optional dependency is not installed; the message names the pip extra."""
 

@@ -7,6 +7,7 @@ torch is imported only to encode raw queries (``search`` with text or an image, 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -19,10 +20,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from itemlens.errors import ConfigError, QueryError, StoreError, UnknownFeatureError, UnknownItemsError
+from itemlens.errors import (
+    ConfigError, QueryError, SnapshotNotFoundError, StoreError, UnknownFeatureError, UnknownItemsError,
+)
 from itemlens.store import lance_io
 from itemlens.store.cache import DEFAULT_CACHE_BYTES, CachedTable, TableCache, load_table
-from itemlens.store.layout import ERRORS_SCHEMA, ERRORS_TABLE, ITEMS_TABLE, StoreLocation, staging_schema, value_column
+from itemlens.store.layout import ERRORS_SCHEMA, ERRORS_TABLE, ITEMS_TABLE, staging_schema, value_column
+from itemlens.store.location import StoreLocation
 from itemlens.store.snapshots import FeatureVersion, GraphVersion, SemanticIdVersion, SnapshotDoc, list_snapshots, read_doc
 from itemlens.store.writer import StoreWriter, check_store_format
 
@@ -62,6 +66,20 @@ OUTPUTS = ("numpy", "torch", "arrow", "pandas")
 class SearchResult(NamedTuple):
     item_id: str
     score: float            # cosine similarity
+
+
+def _snapshot_guard(method):
+    """Reads of a snapshot that a prune removed fail inside Lance ("manifest was not found");
+    they become :class:`SnapshotNotFoundError` naming the snapshots that remain."""
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (ValueError, OSError) as exc:
+            if not isinstance(exc, (ConfigError, QueryError, UnknownItemsError)):
+                self._raise_if_pruned(exc)
+            raise
+    return guarded
 
 
 def connect(uri: str | os.PathLike, snapshot: int | None = None, *,
@@ -129,6 +147,17 @@ class Lens:
         """The snapshot this reader is on (0: the store has none yet)."""
         return self.doc.snapshot_id
 
+    def _raise_if_pruned(self, exc: BaseException) -> None:
+        """Raise SnapshotNotFoundError when this reader's snapshot is no longer listed."""
+        if not self.snapshot:
+            return
+        remaining = [s["snapshot_id"] for s in list_snapshots(self.location)]
+        if self.snapshot not in remaining:
+            raise SnapshotNotFoundError(
+                f"snapshot {self.snapshot} of {self.uri} was pruned while this reader was on it; the store has "
+                f"snapshots {', '.join(map(str, remaining[-10:])) or 'none'}: call refresh() to move to the newest, "
+                "or pin snapshots that readers must keep (itemlens pin)") from exc
+
     def snapshots(self) -> list[dict[str, Any]]:
         return list_snapshots(self.location)
 
@@ -170,18 +199,21 @@ class Lens:
                                                         self.location.options())
         return self._datasets[key]
 
+    @_snapshot_guard
     def items(self) -> pa.Table:
         """item_id and its stable item_index, for every item the store has seen."""
         ds = self._dataset(ITEMS_TABLE)
         return ds.to_table(columns=["item_id", "item_index"]) if ds is not None else pa.table(
             {"item_id": pa.array([], pa.string()), "item_index": pa.array([], pa.int64())})
 
+    @_snapshot_guard
     def ids(self, name: str) -> list[str]:
         """The ids that have a value (a vector or a caption) for feature ``name``; the others
         have an errors row (``errors(name)``) or were never in a catalog."""
         ds = self._dataset(self._version(name).table)
         return ds.to_table(columns=["item_id"]).column(0).to_pylist() if ds is not None else []
 
+    @_snapshot_guard
     def errors(self, feature: str | None = None) -> pa.Table:
         """Items without a value, with stage and reason: for one feature version if named
         (``"image"`` is its current version, ``"image@v1"`` an older one), else for the current
@@ -197,6 +229,7 @@ class Lens:
         return ds.to_table(columns=columns, filter=lance_io.isin_filter("version", versions))
 
     # -- lookups ------------------------------------------------------------------------------
+    @_snapshot_guard
     def vectors(self, name: str, ids: Sequence[str], *, fill: float | None = None,
                 output: str = "numpy") -> Any:
         """Vectors of ``ids`` in their order, [len(ids), dim], in the stored dtype.
@@ -216,6 +249,7 @@ class Lens:
         values, _ = self._lookup(version, ids, fill)
         return values if output == "numpy" else _as_output(values, _strings(ids), "vector", output)
 
+    @_snapshot_guard
     def part_vectors(self, name: str, ids: Sequence[str]) -> list[np.ndarray]:
         """Per-image vectors of ``ids`` (features with ``pooling: per_image``): one [n_i, dim] each."""
         version = self._version(name)
@@ -225,6 +259,7 @@ class Lens:
         values, _ = self._lookup(version, _as_ids(ids), None)
         return [np.asarray(v, dtype=dtype).reshape(-1, version.dim) for v in values]
 
+    @_snapshot_guard
     def captions(self, name: str, ids: Sequence[str], *, fill: str | None = None, output: str = "list") -> Any:
         """Captions of ``ids`` in their order. ``output``: ``"list"`` (default), ``"arrow"`` or
         ``"pandas"`` (both with the model, prompt and generation settings that wrote them)."""
@@ -350,24 +385,35 @@ class Lens:
         if kinds == {"text"}:
             return encoder.encode_texts([str(x) for x in inputs])
         from itemlens.extractors import ItemError, items
-        from itemlens.extractors.images import load_image, read_bytes, to_rgb
+        from itemlens.extractors.images import check_preprocessed_size, decode_image, to_rgb
+        from itemlens.extractors.media import MediaLimits
+
+        # the pipeline's default bounds (the decode section of a configuration)
+        media_limits, image_limits = MediaLimits(max_bytes=_MAX_MEDIA_BYTES), MediaLimits()
+        image_transform = None if media == "audio" else encoder.image_transform()
+
+        def transform(image):
+            check_preprocessed_size(image.size, encoder, max_pixels=image_limits.max_pixels,
+                                    max_aspect_ratio=image_limits.max_aspect_ratio)
+            return image_transform(image)
 
         try:
             if media == "audio":
                 return np.stack(items.encode_audio_items(
-                    encoder, [items.audio_waveform(read_bytes(_path(x), _MAX_MEDIA_BYTES), encoder) for x in inputs]))
-            transform = encoder.image_transform()
+                    encoder, [items.audio_waveform(media_limits.read(_path(x)), encoder) for x in inputs]))
             if media == "video":
                 vectors = items.encode_pixel_items(encoder, [
-                    items.video_pixels(read_bytes(_path(x), _MAX_MEDIA_BYTES), encoder.spec, transform,
-                                       captioning=False, max_pixels=_MAX_PIXELS) for x in inputs])
+                    items.video_pixels(media_limits.read(_path(x)), encoder.spec, transform,
+                                       captioning=False, max_pixels=media_limits.max_pixels) for x in inputs])
                 return np.stack(vectors) if encoder.spec.pooling == "mean" else vectors
-            pixels = [transform(load_image(_path(x)) if isinstance(x, (str, os.PathLike)) else to_rgb(x))
+            pixels = [transform(decode_image(image_limits.read(_path(x)), image_limits.max_pixels)
+                                if isinstance(x, (str, os.PathLike)) else to_rgb(x))
                       for x in inputs]     # a PIL image: the same mode rules as the pipeline
         except ItemError as error:
             raise QueryError(f"cannot use {media} query: {error.reason}") from None
         return encoder.encode_images(np.stack(pixels))
 
+    @_snapshot_guard
     def search(self, name: str, query: Any, k: int = 10, *, kind: str = "auto", exact: bool = False,
                nprobes: int | None = None, refine_factor: int | None = None) -> list[SearchResult]:
         """The ``k`` items nearest to ``query`` by cosine similarity.
@@ -510,6 +556,7 @@ class Lens:
                 f"{', '.join(known) or 'none'}")
         return version
 
+    @_snapshot_guard
     def semantic_ids(self, name: str, ids: Sequence[str], *, fill: int | None = None) -> np.ndarray:
         """Codes of ``ids`` in their order: int64 [len(ids), levels (+1 with the suffix)].
 
@@ -529,6 +576,7 @@ class Lens:
             codes[~found] = fill
         return codes
 
+    @_snapshot_guard
     def item_for(self, name: str, codes: Sequence[int] | np.ndarray) -> str | list[str]:
         """The item holding a semantic ID (one tuple), or the items of many ([n, width]).
         Tuples no item holds in this snapshot (never handed out, or retired) raise KeyError."""
@@ -554,6 +602,7 @@ class Lens:
                            + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""))
         return out[0] if single else out
 
+    @_snapshot_guard
     def semantic_id_plot(self, name: str) -> bytes:
         """The PNG of code usage per level, as stored with the version."""
         version = self.semantic_id_info(name)
@@ -584,11 +633,13 @@ class Lens:
                                       f"{', '.join(known) or 'none'}")
         return version
 
+    @_snapshot_guard
     def item_order(self) -> list[str]:
         """Item ids in the store's stable item-index order (row i = item_index i)."""
         items = self.items().sort_by("item_index")
         return items.column("item_id").to_pylist()
 
+    @_snapshot_guard
     def graph(self, name: str, preset: str | None = None):
         """The graph as a model reads it: (scipy.sparse.csr_matrix [N, N], item ids of its rows),
         rows and columns in item-index order, each input normalized by ``preset`` (default: the
@@ -603,6 +654,7 @@ class Lens:
             table = self._graph_tables[key] = self._dataset(version.table).to_table()
         return graphs.fused_matrix(table, version.spec, len(order), preset), order
 
+    @_snapshot_guard
     def neighbors(self, name: str, ids: Sequence[str], k: int | None = None, *,
                   preset: str | None = "cosine") -> list[list[tuple[str, float]]]:
         """Per id, its neighbours as (item_id, weight), heaviest first: cosine scores by
@@ -623,6 +675,7 @@ class Lens:
             out.append([(order[cols[j]], float(vals[j])) for j in best])
         return out
 
+    @_snapshot_guard
     def graph_plot(self, name: str) -> bytes:
         """A PNG of the in-degree histogram per input of graph ``name``."""
         from itemlens.store import graphs
@@ -630,6 +683,7 @@ class Lens:
         version = self.graph_info(name)
         return graphs.degree_plot(version.stats, f"{version.qualified}: k = {version.spec['k']}")
 
+    @_snapshot_guard
     def export(self, fmt: str, out: str | os.PathLike, **options: Any):
         """Write features (``mmrec``, ``npz``, ``parquet``), semantic IDs (``sid-grid``,
         ``sid-tokens``, ``sid-parquet``) or graphs (``pyg``, ``scipy-npz``, ``mmrec-adj``) in a
@@ -714,7 +768,6 @@ _AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".a
 
 # Limits for online queries: those of the ingest's defaults.
 _MAX_MEDIA_BYTES = 2 * 1024**3
-_MAX_PIXELS = 64_000_000
 
 
 def _path(query: Any) -> str:
@@ -733,7 +786,7 @@ def _query_kind(query: Any, kind: str, media: str = "image") -> str:
     if isinstance(query, os.PathLike):
         return "image"
     if isinstance(query, str):
-        from itemlens.extractors.images import has_scheme
+        from itemlens.uris import has_scheme
 
         # A string naming an image file is an image query, also when the file is missing (a
         # mistyped path must fail, not be embedded as text); pass kind="text" to force text.

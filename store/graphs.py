@@ -46,6 +46,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from itemlens.errors import ConfigError
+from itemlens.store.faults import fault_point
 from itemlens.store.semantic_ids import check_inputs
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -209,9 +210,12 @@ def derive(writer: StoreWriter, name: str, spec: GraphSpec, *, rebuild: bool = F
         else:
             version = existing.model_copy(deep=True)
             version.spec = spec.model_dump(mode="json")    # preset and weights: read-time choices
-            # the stored lists are read while the vectors are (Lance reads outside the GIL)
-            stored = pool.submit(lambda: lance_io.open_dataset(writer.location.table_uri(version.table), None,
-                                                               writer.location.options()).to_table().combine_chunks())
+            # the stored lists are read while the vectors are (Lance reads outside the GIL), as the
+            # published snapshot has them: a run killed after writing left a later version, which
+            # this run's write replaces (see _write)
+            stored = pool.submit(lambda: lance_io.open_dataset(
+                writer.location.table_uri(version.table), writer.base.tables.get(version.table),
+                writer.location.options()).to_table().combine_chunks())
         items = items_in_order(writer)
         inputs_by_feature = {}
         for feature, feature_version in versions.items():
@@ -259,7 +263,8 @@ def derive(writer: StoreWriter, name: str, spec: GraphSpec, *, rebuild: bool = F
         report.stats = dict(version.stats)
         report.seconds["total"] = time.perf_counter() - t0
         return report
-    _write(writer, version.table, upsert, deletions, replace=report.rebuilt)
+    _write(writer, version.table, upsert, deletions, replace=report.rebuilt,
+           base_version=writer.base.tables.get(version.table))
     report.seconds["write"] = time.perf_counter() - t
     t = time.perf_counter()
     listed = np.zeros(max((int(o.max(initial=-1)) + 1 for o, _ in lists.values()), default=0), bool)
@@ -457,16 +462,24 @@ def _rows(inputs: FeatureInputs, positions: np.ndarray, scores: np.ndarray, whic
     })
 
 
-def _write(writer: StoreWriter, table: str, upsert: pa.Table, deletions: dict[str, list[str]], *, replace: bool) -> None:
+def _write(writer: StoreWriter, table: str, upsert: pa.Table, deletions: dict[str, list[str]], *, replace: bool,
+           base_version: int | None = None) -> None:
     """One Lance commit: the whole table (a new version), or an upsert keyed on (feature,
-    item_index) that also deletes the lists of items that are gone."""
+    item_index) that also deletes the lists of items that are gone, applied to the version the
+    published snapshot names (``base_version``; a later one, left by a run killed before it
+    published, is set aside first with Lance's restore)."""
     import lance
 
     uri, opts = writer.location.table_uri(table), writer.location.options()
     if replace:
         lance.write_dataset(upsert, uri, mode="overwrite", storage_options=opts)
+        fault_point("graph:write")
         return
     dataset = lance.dataset(uri, storage_options=opts)
+    if base_version is not None and dataset.version != base_version:
+        dataset.checkout_version(base_version).restore()
+        fault_point("graph:restore")
+        dataset = lance.dataset(uri, storage_options=opts)
     gone = " OR ".join(f"(feature = '{f}' AND item_id IN ({', '.join(_sql(i) for i in ids)}))"
                        for f, ids in deletions.items() if ids)
     # the item index names the same rows as the id (never reused), and joins cheaper
@@ -474,6 +487,7 @@ def _write(writer: StoreWriter, table: str, upsert: pa.Table, deletions: dict[st
     if gone:
         builder = builder.when_not_matched_by_source_delete(gone)
     builder.execute(upsert)
+    fault_point("graph:write")
 
 
 def _sql(value: str) -> str:

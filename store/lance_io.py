@@ -28,9 +28,15 @@ def open_dataset(uri: str, version: int | None = None, storage_options: dict | N
     try:
         return lance.dataset(uri, version=version, storage_options=storage_options)
     except (ValueError, OSError) as exc:
-        if version is None and "not found" in str(exc).lower():
-            return None
-        raise
+        if "not found" in str(exc).lower():
+            if version is None:
+                return None
+            raise               # a version that is gone (pruned): the reader says which snapshot
+        # unreachable object storage, permissions, a corrupt manifest: one message, not a traceback
+        from itemlens.errors import StoreError
+
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StoreError(f"cannot open {uri}: {detail}") from exc
 
 
 def write_fragments(table: pa.Table, uri: str, storage_options: dict | None = None) -> list[str]:
@@ -74,7 +80,7 @@ def create_empty(uri: str, schema: pa.Schema, storage_options: dict | None = Non
 
 def remove_tree(uri: str, storage_options: dict | None = None) -> None:
     """Delete a folder (an internal staging or work table, committed or not) if it exists."""
-    from itemlens.store.layout import StoreLocation
+    from itemlens.store.location import StoreLocation
 
     filesystem, path = StoreLocation.parse(uri, storage_options).filesystem()
     if not filesystem.exists(path):

@@ -19,14 +19,9 @@ The ``_``-prefixed folders are not LanceDB tables and are invisible to readers.
 
 from __future__ import annotations
 
-import os
 import re
-from dataclasses import dataclass, field
-from urllib.parse import urlparse
 
 import pyarrow as pa
-
-from itemlens.errors import StoreError
 
 FORMAT_VERSION = 2         # 2: media_key beside input_hash (refresh compares it before reading media)
 
@@ -114,81 +109,3 @@ def value_column(pooling: str, kind: str = "vector") -> str:
     if kind == "caption":
         return "caption"
     return "vector" if pooling == "mean" else "vectors"
-
-
-@dataclass(frozen=True)
-class StoreLocation:
-    """A store's root URI (a local folder or an object-storage URI) and its storage options."""
-
-    uri: str
-    storage_options: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
-
-    @classmethod
-    def parse(cls, uri: str | os.PathLike, storage_options: dict[str, str] | None = None) -> StoreLocation:
-        text = os.fspath(uri)
-        if text.startswith("file://"):
-            text = text[len("file://"):]
-        parsed = urlparse(text)
-        if len(parsed.scheme) > 1 and "@" in parsed.netloc:
-            # a URI is printed in logs and reports: credentials belong in storage options or the environment
-            raise StoreError(f"store URI {parsed.scheme}://...@{parsed.netloc.rsplit('@', 1)[1]}{parsed.path} "
-                             "carries credentials; pass them as storage options (the config's "
-                             "storage_options) or in the environment instead")
-        if len(parsed.scheme) <= 1:  # a plain path (or a Windows drive letter)
-            text = os.path.abspath(os.path.expanduser(text))
-        return cls(text.rstrip("/") or "/", dict(storage_options or {}))
-
-    @property
-    def is_local(self) -> bool:
-        return len(urlparse(self.uri).scheme) <= 1
-
-    def path(self, relative: str) -> str:
-        return f"{self.uri}/{relative}"
-
-    def table_uri(self, table: str) -> str:
-        return self.path(f"{table}.lance")
-
-    def options(self) -> dict[str, str] | None:
-        return self.storage_options or None
-
-    def filesystem(self, relative: str = ""):
-        """An fsspec filesystem for this store and the path of ``relative`` in it (for the files
-        Lance does not manage: the writer lock, staging folders)."""
-        import fsspec
-
-        uri = self.path(relative) if relative else self.uri
-        scheme = urlparse(uri).scheme if not self.is_local else "file"
-        return fsspec.core.url_to_fs(uri, **fsspec_options(scheme, self.storage_options))
-
-
-#: Lance storage-option keys (object_store's names; case-insensitive, ``aws_``/``google_``/``azure_``
-#: prefixes optional) -> the fsspec implementation's keyword. Unlisted keys are Lance's alone;
-#: fsspec then falls back to the environment, as Lance does.
-_FSSPEC_KEYS = {
-    "s3": {"access_key_id": "key", "secret_access_key": "secret", "session_token": "token",
-           "endpoint": "client_kwargs.endpoint_url", "endpoint_url": "client_kwargs.endpoint_url",
-           "region": "client_kwargs.region_name"},
-    "gs": {"service_account": "token", "service_account_path": "token", "application_credentials": "token"},
-    "az": {"storage_account_name": "account_name", "account_name": "account_name",
-           "storage_account_key": "account_key", "account_key": "account_key", "storage_sas_token": "sas_token"},
-}
-_FSSPEC_KEYS["gcs"] = _FSSPEC_KEYS["gs"]
-_FSSPEC_KEYS["abfs"] = _FSSPEC_KEYS["az"]
-
-
-def fsspec_options(scheme: str, storage_options: dict[str, str] | None) -> dict:
-    names = _FSSPEC_KEYS.get(scheme, {})
-    out: dict = {}
-    for key, value in (storage_options or {}).items():
-        bare = key.lower()
-        for prefix in ("aws_", "google_", "azure_"):
-            bare = bare.removeprefix(prefix)
-        target = names.get(bare)
-        if target is None:
-            continue
-        if "." in target:
-            outer, inner = target.split(".")
-            out.setdefault(outer, {})[inner] = value
-        else:
-            out[target] = value
-    return out

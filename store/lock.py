@@ -31,7 +31,8 @@ import time
 from datetime import datetime, timezone
 
 from itemlens.errors import StoreError, StoreLockedError
-from itemlens.store.layout import LOCK_FILE, StoreLocation
+from itemlens.store.layout import LOCK_FILE
+from itemlens.store.location import StoreLocation
 
 #: how long an object-storage lock outlives its holder's last heartbeat
 LEASE_SECONDS = float(os.environ.get("ITEMLENS_LOCK_LEASE_SECONDS", 60))

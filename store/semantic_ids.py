@@ -37,6 +37,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from itemlens.errors import ConfigError, StoreError
+from itemlens.store.faults import fault_point
 from itemlens.store.layout import FEATURE_NAME, ITEMS_TABLE, TIMESTAMP
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -308,16 +309,20 @@ def derive(writer: StoreWriter, name: str, spec: SemanticIdSpec, *, retrain: boo
         if inputs.x.shape[1] not in (0, version.input_dim):
             raise StoreError(f"{version.qualified} was trained on {version.input_dim}-d inputs; they are "
                              f"{inputs.x.shape[1]}-d now: retrain")
-        quantizer_data = _open(writer, version.quantizer_table, None).to_table().to_pylist()
+        # as the published snapshot has them (a run killed after writing left later versions,
+        # which this run's overwrite replaces)
+        quantizer_data = _open(writer, version.quantizer_table,
+                               writer.base.tables.get(version.quantizer_table)).to_table().to_pylist()
         blob = next(r["value"] for r in quantizer_data if r["key"] == "weights")
         quantizer = quantizers.load(spec.method, params, version.input_dim, blob)
-        old = _open(writer, version.table, None).to_table(columns=CODES_FIELDS)
+        old = _open(writer, version.table, writer.base.tables.get(version.table)).to_table(columns=CODES_FIELDS)
     report.version = version.label
 
     t = time.perf_counter()
     table, x_active, prefix_active = _assign(old, inputs, quantizer, spec, report, trained_codes)
     report.seconds["assign"] = time.perf_counter() - t
-    if not report.trained and report.new == 0 and report.retired == 0:
+    if not report.trained and report.new == 0 and report.retired == 0 and \
+            _open(writer, version.table, None).version == writer.base.tables.get(version.table):
         report.metrics = dict(version.metrics)      # nothing changed: no new table versions
         report.seconds["total"] = time.perf_counter() - t0
         log.info("%s", report.line())
@@ -337,8 +342,10 @@ def derive(writer: StoreWriter, name: str, spec: SemanticIdSpec, *, retrain: boo
 
     opts = writer.location.options()
     lance.write_dataset(table, writer.location.table_uri(version.table), mode="overwrite", storage_options=opts)
+    fault_point("semantic-ids:codes")
     lance.write_dataset(pa.table({"key": ["weights", "plot"], "value": [blob, plot]}, schema=QUANTIZER_SCHEMA),
                         writer.location.table_uri(version.quantizer_table), mode="overwrite", storage_options=opts)
+    fault_point("semantic-ids:quantizer")
     version.count = report.items
     version.retired = int(table.num_rows - report.items)
     version.metrics = {k: v for k, v in metrics.items() if k != "usage"}

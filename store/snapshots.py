@@ -18,7 +18,8 @@ from pydantic import BaseModel, Field
 
 from itemlens.errors import SnapshotNotFoundError, StoreFormatError
 from itemlens.store import lance_io
-from itemlens.store.layout import FORMAT_VERSION, ITEMS_TABLE, SNAPSHOTS_TABLE, TIMESTAMP, StoreLocation
+from itemlens.store.layout import FORMAT_VERSION, ITEMS_TABLE, SNAPSHOTS_TABLE, TIMESTAMP
+from itemlens.store.location import StoreLocation
 
 
 class FeatureVersion(BaseModel):

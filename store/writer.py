@@ -17,17 +17,19 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 
 from itemlens.errors import CatalogError, ConfigError, StoreError, StoreFormatError, StoreNotFoundError
 from itemlens.store import lance_io
+from itemlens.store.faults import fault_point
 from itemlens.store.layout import (
     ERRORS_SCHEMA, ERRORS_TABLE, FEATURE_NAME, FORMAT_VERSION, ITEMS_SCHEMA, ITEMS_TABLE, META_SCHEMA,
     META_TABLE, SNAPSHOTS_SCHEMA, SNAPSHOTS_TABLE, TIMESTAMP, WORK_IDS_PATH, WORK_IDS_SCHEMA,
-    StoreLocation, feature_table, staging_path, value_column,
+    feature_table, staging_path, value_column,
 )
+from itemlens.store.location import StoreLocation
 from itemlens.store.lock import WriterLock
 from itemlens.store.snapshots import (
     FeatureEntry, FeatureVersion, GraphEntry, GraphVersion, SemanticIdEntry, SemanticIdVersion, SnapshotDoc, append_doc, list_snapshots, now_iso, pin_tag, pinned_snapshots,
@@ -40,9 +42,39 @@ class Registration:
     """What registering the catalog's ids found."""
 
     seen: int = 0          # catalog rows (= distinct ids: duplicates are refused)
-    removed: int = 0       # items removed (the most any one configured feature version held)
-    new: int = 0           # ids the store had never seen, given item indexes now
+    removed: int = 0       # items removed from the published snapshot (the most any configured version held)
+    new: int = 0           # ids the published snapshot's items did not have
     digest: str = ""       # order-independent digest of the catalog's rows
+    refused: str = ""      # a dry run: why the real run would be refused ("" when it would not)
+
+
+@dataclass(frozen=True)
+class RemovalPolicy:
+    """How many items a full catalog may remove from a feature version. A full catalog is the
+    whole truth, so a truncated or wrong file would silently empty the store; by default a
+    catalog that would remove more than ``max_share`` of the items a version holds (or all of
+    them) is refused, unless the run allows that many explicitly (``allowed``: a count, or
+    None for the default rule; ``ALL`` for any number)."""
+
+    max_share: float = 0.5
+    allowed: int | None = None
+
+    ALL: ClassVar[int] = -1
+
+    def check(self, version: FeatureVersion, held: int, missing: int) -> None:
+        if missing == 0 or self.allowed == self.ALL:
+            return
+        if self.allowed is not None:
+            if missing <= self.allowed:
+                return
+            why = f"more than --allow-removals {self.allowed}"
+        elif missing < held and missing <= self.max_share * held:
+            return
+        else:
+            why = "all of them" if missing == held else f"more than catalog.max_removed_share {self.max_share:.0%}"
+        raise CatalogError(
+            f"the catalog would remove {missing:,} of the {held:,} items that {version.qualified} holds ({why}); "
+            f"nothing was changed. If the catalog is right, run again with --allow-removals {missing} (or all)")
 
 
 TOP_REASONS = 10      # error reasons a job report counts one by one (they may name files: many distinct)
@@ -112,7 +144,14 @@ class StoreWriter:
     def _uri(self, table: str) -> str:
         return self.location.table_uri(table)
 
-    def _open(self, table: str):
+    def _open(self, table: str, *, at_base: bool = False):
+        """The table's latest version, or (``at_base``) the version the published snapshot names
+        (None when that snapshot does not name it)."""
+        if at_base:
+            version = self.base.tables.get(table)
+            if version is None:
+                return None
+            return lance_io.open_dataset(self._uri(table), version, self.location.options())
         return lance_io.open_dataset(self._uri(table), storage_options=self.location.options())
 
     def _remove_tree(self, uri: str) -> None:
@@ -157,16 +196,18 @@ class StoreWriter:
         return self.work_ids_uri
 
     def register_catalog_ids(self, fragments: list[str], id_column: str = "item_id", *,
-                             remove_missing: list[FeatureVersion] | None = None) -> Registration:
+                             remove_missing: list[FeatureVersion] | None = None,
+                             removals: RemovalPolicy | None = None) -> Registration:
         """Commit the catalog's ids written by the workers, refuse missing and duplicate ids,
         and give every id the store has not seen an item index (in catalog order, after the
         existing ones).
 
         ``remove_missing``: feature versions from which the items this catalog no longer holds
         are removed (values and errors rows; a full catalog's refresh). Older snapshots keep
-        them: Lance removes rows in a new table version."""
+        them: Lance removes rows in a new table version. ``removals`` bounds how many that may
+        be (an empty catalog is always refused); nothing is written when it refuses."""
         work = lance_io.commit_fragments(self.work_ids_uri, fragments, WORK_IDS_SCHEMA, self.location.options())
-        return self._register(work, id_column, remove_missing)
+        return self._register(work, id_column, remove_missing, removals or RemovalPolicy())
 
     def register_ids(self, ids: list[str]) -> Registration:
         """Register ids given in memory (``put_vectors``)."""
@@ -180,95 +221,146 @@ class StoreWriter:
                                             schema=WORK_IDS_SCHEMA), self.work_ids_uri)
         return self._register(work, "item_id")
 
-    def _register(self, work, id_column: str, remove_missing: list[FeatureVersion] | None = None) -> Registration:
-        import lance
-
+    def _register(self, work, id_column: str, remove_missing: list[FeatureVersion] | None = None,
+                  removals: RemovalPolicy | None = None) -> Registration:
         seen = work.count_rows()
         self._check_ids(work, id_column)
+        if remove_missing is not None and seen == 0:
+            raise CatalogError(
+                "the catalog is empty: a full catalog is the whole truth, so it would remove every item from the "
+                "new snapshot; this is refused (a delta, --delta, changes only what it names)")
         digest_rows = lance_io.sql_rows(work, "SELECT bit_xor(row_hash) AS x FROM dataset")
         digest = digest_rows[0]["x"] if digest_rows and digest_rows[0]["x"] is not None else 0
         removed = 0
-        if remove_missing:      # every version covers every item it saw (a value or an errors row)
-            counts = [self._count_missing(v, work) for v in remove_missing]
-            for version, count in zip(remove_missing, counts):
-                if count:       # a no-op delete would still commit a table version (and a snapshot)
+        if remove_missing:
+            # counted against the published snapshot (what readers see now), decided before any write
+            held = [self._count_missing(v, work, at_base=True) for v in remove_missing]
+            removals = removals or RemovalPolicy()
+            for version, (total, missing) in zip(remove_missing, held):
+                removals.check(version, total, missing)
+            removed = max(missing for _, missing in held)
+            # removed from the latest table versions (a dead run may have removed some already)
+            for version in remove_missing:
+                if self._count_missing(version, work, at_base=False)[1]:   # a no-op delete still commits
                     self._remove(version, work, keep=True)
-            removed = max(counts)
-        items = self._open(ITEMS_TABLE)
-        next_index = items.count_rows()  # append-only, never deleted: count == max index + 1
-        if next_index and seen:
-            work.merge_insert("item_id").when_matched_delete().execute(
-                items.scanner(columns=["item_id"]).to_reader())
-            work = lance.dataset(self.work_ids_uri, storage_options=self.location.options())
-        new = work.count_rows()
+        new_since_base, new = self._new_ids(work, seen)
         if new:
-            stamp = datetime.now(timezone.utc)
-
-            def batches():
-                index = next_index
-                for batch in work.to_batches(columns=["item_id"]):
-                    n = batch.num_rows
-                    yield pa.record_batch([
-                        batch.column(0),
-                        pa.array(range(index, index + n), pa.int64()),
-                        pa.array([stamp] * n, TIMESTAMP),
-                    ], schema=ITEMS_SCHEMA)
-                    index += n
-
-            lance.write_dataset(pa.RecordBatchReader.from_batches(ITEMS_SCHEMA, batches()),
-                                self._uri(ITEMS_TABLE), mode="append", storage_options=self.location.options())
+            self._append_items(work)
         self._remove_tree(self.work_ids_uri)
-        return Registration(seen=seen, new=new, removed=removed, digest=f"{digest & 0xFFFFFFFFFFFFFFFF:016x}")
+        return Registration(seen=seen, new=new_since_base, removed=removed,
+                            digest=f"{digest & 0xFFFFFFFFFFFFFFFF:016x}")
 
-    def preview_catalog_ids(self, fragments: list[str], id_column: str, versions: list[FeatureVersion], *,
-                            deletions: list[str] | None = None) -> Registration:
-        """What :meth:`register_catalog_ids` with ``remove_missing=versions`` (a full catalog)
-        or :meth:`remove_items` of a delta's ``deletions`` would find, written nowhere but the
-        scratch folder ``_work``."""
+    def _new_ids(self, work, seen: int) -> tuple[int, int]:
+        """Drop the ids the store knows from the work table; returns how many ids are new since
+        the published snapshot (the report's count) and how many the store has never seen (they
+        get item indexes now; more than the first only when a dead run registered some)."""
         import lance
 
+        items = self._open(ITEMS_TABLE)
+        known = items.count_rows()       # append-only, never deleted: count == max index + 1
+        base_version = self.base.tables.get(ITEMS_TABLE)
+        published = items.checkout_version(base_version).count_rows() if base_version else 0
+        if not known or not seen:
+            return seen, seen
+        opts = self.location.options()
+        work.merge_insert("item_id").when_matched_delete().execute(
+            items.scanner(columns=["item_id"], filter=f"item_index < {published}").to_reader())
+        work = lance.dataset(self.work_ids_uri, storage_options=opts)
+        new_since_base = work.count_rows()
+        if known > published and new_since_base:
+            work.merge_insert("item_id").when_matched_delete().execute(
+                items.scanner(columns=["item_id"], filter=f"item_index >= {published}").to_reader())
+            work = lance.dataset(self.work_ids_uri, storage_options=opts)
+        return new_since_base, work.count_rows()
+
+    def _append_items(self, work) -> None:
+        """Give the work table's ids the next item indexes, in its order, in one append."""
+        import lance
+
+        work = lance.dataset(self.work_ids_uri, storage_options=self.location.options())
+        next_index = self._open(ITEMS_TABLE).count_rows()
+        stamp = datetime.now(timezone.utc)
+
+        def batches():
+            index = next_index
+            for batch in work.to_batches(columns=["item_id"]):
+                n = batch.num_rows
+                yield pa.record_batch([
+                    batch.column(0),
+                    pa.array(range(index, index + n), pa.int64()),
+                    pa.array([stamp] * n, TIMESTAMP),
+                ], schema=ITEMS_SCHEMA)
+                index += n
+
+        lance.write_dataset(pa.RecordBatchReader.from_batches(ITEMS_SCHEMA, batches()),
+                            self._uri(ITEMS_TABLE), mode="append", storage_options=self.location.options())
+        fault_point("register:items")
+
+    def preview_catalog_ids(self, fragments: list[str], id_column: str, versions: list[FeatureVersion], *,
+                            deletions: list[str] | None = None,
+                            removals: RemovalPolicy | None = None) -> Registration:
+        """What :meth:`register_catalog_ids` with ``remove_missing=versions`` (a full catalog)
+        or :meth:`remove_items` of a delta's ``deletions`` would find, written nowhere but the
+        scratch folder ``_work``. ``refused`` says why the run would be refused, if it would."""
         work = lance_io.commit_fragments(self.work_ids_uri, fragments, WORK_IDS_SCHEMA, self.location.options())
         self._check_ids(work, id_column)
         seen = work.count_rows()
-        removed = max([self._count_missing(v, work) for v in versions] if deletions is None else [0])
-        if deletions:
-            wanted = lance_io.isin_filter("item_id", deletions)
-            for version in versions:
-                table = self._open(version.table)
-                n = table.count_rows(filter=wanted) if table is not None else 0
-                errors = self._open(ERRORS_TABLE).to_table(columns=["item_id"], filter=wanted & _version_is(version))
-                removed = max(removed, n + errors.num_rows)
-        items = self._open(ITEMS_TABLE)
-        if items.count_rows() and seen:
-            work.merge_insert("item_id").when_matched_delete().execute(items.scanner(columns=["item_id"]).to_reader())
-            work = lance.dataset(self.work_ids_uri, storage_options=self.location.options())
-        new = work.count_rows()
+        refused = ""
+        removed = 0
+        if deletions is None:
+            if seen == 0:
+                refused = "the catalog is empty (an empty full catalog is always refused)"
+            held = [self._count_missing(v, work, at_base=True) for v in versions]
+            removed = max([missing for _, missing in held], default=0)
+            for version, (total, missing) in zip(versions, held):
+                try:
+                    (removals or RemovalPolicy()).check(version, total, missing)
+                except CatalogError as exc:
+                    refused = refused or str(exc)
+        elif deletions:
+            removed = self._count_deleted(versions, deletions)
+        new, _ = self._new_ids(work, seen)
         self._remove_tree(self.work_ids_uri)
-        return Registration(seen=seen, new=new, removed=removed)
+        return Registration(seen=seen, new=new, removed=removed, refused=refused)
 
-    def _count_missing(self, version: FeatureVersion, work) -> int:
-        """How many items ``version`` holds (values or errors rows) that the staged catalog ids
-        ``work`` lack, counted on a scratch copy of the version's ids (Lance has no anti-join)."""
+    def _count_deleted(self, versions: list[FeatureVersion], ids: list[str]) -> int:
+        """How many of ``ids`` the published snapshot holds (values or errors rows), at most per version."""
+        wanted = lance_io.isin_filter("item_id", ids)
+        errors = self._open(ERRORS_TABLE, at_base=True)
+        removed = 0
+        for version in versions:
+            table = self._open(version.table, at_base=True)
+            n = table.count_rows(filter=wanted) if table is not None else 0
+            n += errors.count_rows(filter=wanted & _version_is(version)) if errors is not None else 0
+            removed = max(removed, n)
+        return removed
+
+    def _count_missing(self, version: FeatureVersion, work, *, at_base: bool) -> tuple[int, int]:
+        """How many items ``version`` holds (values and errors rows) and how many of them the
+        staged catalog ids ``work`` lack, in the published snapshot (``at_base``) or in the
+        latest table versions; counted on a scratch copy of the version's ids (Lance has no
+        anti-join)."""
         import lance
 
-        held = self._held_ids(version)
+        held = self._held_ids(version, at_base=at_base)
         if held is None:
-            return 0
+            return 0, 0
         held_uri = self.location.path("_work/held.lance")
         scratch = lance.write_dataset(held, held_uri, mode="overwrite", storage_options=self.location.options())
         total = scratch.count_rows()
         matched = scratch.merge_insert("item_id").when_matched_delete().execute(
             work.scanner(columns=["item_id"]).to_reader())["num_deleted_rows"]
         self._remove_tree(held_uri)
-        return total - matched
+        return total, total - matched
 
-    def _held_ids(self, version: FeatureVersion):
+    def _held_ids(self, version: FeatureVersion, *, at_base: bool = False):
         """A reader of the ids this version holds (values and errors rows), or None."""
-        table = self._open(version.table)
-        errors = self._open(ERRORS_TABLE)
-        if table is None and not errors.count_rows(filter=f"version = '{version.fingerprint}'"):
+        table = self._open(version.table, at_base=at_base)
+        errors = self._open(ERRORS_TABLE, at_base=at_base)
+        has_errors = errors is not None and errors.count_rows(filter=f"version = '{version.fingerprint}'") > 0
+        if table is None and not has_errors:
             return None
-        parts = [errors.scanner(columns=["item_id"], filter=_version_is(version)).to_reader()]
+        parts = [errors.scanner(columns=["item_id"], filter=_version_is(version)).to_reader()] if has_errors else []
         if table is not None:
             parts.append(table.scanner(columns=["item_id"]).to_reader())
         schema = pa.schema([pa.field("item_id", pa.string())])
@@ -301,19 +393,19 @@ class StoreWriter:
 
     def remove_items(self, versions: list[FeatureVersion], ids: list[str]) -> int:
         """Remove ``ids`` (a delta's deletions) from these feature versions, values and errors
-        rows; returns the most any one version held. Older snapshots keep them."""
+        rows; returns the most any one version held in the published snapshot. Older snapshots
+        keep them."""
         if not ids:
             return 0
         source = pa.table({"item_id": pa.array(ids, pa.string())})
         wanted = lance_io.isin_filter("item_id", ids)
-        removed = 0
         for version in versions:     # only where some are held: a no-op delete would still commit
             table = self._open(version.table)
             held = table.count_rows(filter=wanted) if table is not None else 0
             held += self._open(ERRORS_TABLE).count_rows(filter=wanted & _version_is(version))
             if held:
-                removed = max(removed, self._remove(version, source, keep=False))
-        return removed
+                self._remove(version, source, keep=False)
+        return self._count_deleted(versions, ids)
 
     def _remove(self, version: FeatureVersion, source, *, keep: bool) -> int:
         """Delete one version's rows (values and errors) of the items ``source`` names
@@ -334,12 +426,14 @@ class StoreWriter:
             builder = table.merge_insert("item_id")
             builder = builder.when_not_matched_by_source_delete() if keep else builder.when_matched_delete()
             removed += builder.execute(ids())["num_deleted_rows"]
+            fault_point("remove:values")
         errors = self._open(ERRORS_TABLE)
         own = f"version = '{version.fingerprint}'"
         if errors.count_rows(filter=own):
             builder = errors.merge_insert(["version", "item_id"])
             builder = builder.when_not_matched_by_source_delete(own) if keep else builder.when_matched_delete()
             removed += builder.execute(ids(version=version.fingerprint))["num_deleted_rows"]
+            fault_point("remove:errors")
         return removed
 
     # -- feature versions -----------------------------------------------------------------
@@ -371,6 +465,7 @@ class StoreWriter:
         """Commit fragments written by workers to the version's staging table (one transaction)."""
         self.lock.check()
         lance_io.commit_fragments(self.staging_uri(version), fragments, schema, self.location.options())
+        fault_point("staging:commit")
 
     def stored_hashes(self, version: FeatureVersion, *, retry_errors: bool = False):
         """What workers compare input hashes against: this version's rows as they are now."""
@@ -459,16 +554,20 @@ class StoreWriter:
             reader = staging.scanner(columns=columns, filter=ok).to_reader()
             target = lance.write_dataset(reader, self._uri(version.table), schema=schema, storage_options=opts)
             stats.inserted = n_ok
+            fault_point("merge:values")
         elif n_ok:
             result = (target.merge_insert("item_id").when_matched_update_all().when_not_matched_insert_all()
                       .execute(staging.scanner(columns=columns, filter=ok).to_reader()))
             stats.inserted, stats.updated = result["num_inserted_rows"], result["num_updated_rows"]
+            fault_point("merge:values")
             target = self._open(version.table)
         if n_bad and had_rows:
             target.merge_insert("item_id").when_matched_delete().execute(
                 staging.scanner(columns=["item_id"], filter=bad).to_reader())
+            fault_point("merge:failed-values")
         if n_ok or had_rows:
             _index_item_ids(self._open(version.table))   # also folds new rows into a vector index
+            fault_point("merge:index")
             if version.index is not None:
                 self._measure_index(version)
 
@@ -478,6 +577,7 @@ class StoreWriter:
             errors.merge_insert(["version", "item_id"]).when_matched_delete().execute(
                 staging.scanner(columns={"version": f"'{version.fingerprint}'", "item_id": "item_id"},
                                 filter=ok).to_reader())
+            fault_point("merge:errors-cleared")
             errors, errors_touched = self._open(ERRORS_TABLE), True
         if n_bad:
             error_columns = {
@@ -487,6 +587,7 @@ class StoreWriter:
             }
             errors.merge_insert(["version", "item_id"]).when_matched_update_all().when_not_matched_insert_all() \
                 .execute(staging.scanner(columns=error_columns, filter=bad).to_reader())
+            fault_point("merge:errors")
             stats.failed = n_bad
             for row in lance_io.sql_rows(staging, "SELECT error_stage AS s, COUNT(*) AS n FROM dataset "
                                                   "WHERE error_stage IS NOT NULL GROUP BY error_stage"):
@@ -497,7 +598,9 @@ class StoreWriter:
                 stats.by_reason[row["r"]] = row["n"]
         if errors_touched:
             _index_item_ids(self._open(ERRORS_TABLE))
+            fault_point("merge:errors-index")
         self._remove_tree(staging_uri)
+        fault_point("merge:staging-dropped")
         return stats
 
     def count_values(self, version: FeatureVersion) -> int:
@@ -553,9 +656,14 @@ class StoreWriter:
 
     def prune(self, keep: int) -> dict[str, Any]:
         """Keep the newest ``keep`` snapshots and the pinned ones; delete every other snapshot
-        and every table version or table that no kept snapshot names."""
+        and every table version or table that no kept snapshot names.
+
+        The snapshot list changes first, in one commit, and only then are table versions
+        deleted: a prune killed half way leaves no listed snapshot whose tables are gone, only
+        table versions that no snapshot names, which the next prune deletes."""
         if keep < 1:
             raise StoreError("prune needs keep >= 1: the newest snapshot always stays")
+        self.lock.check()
         ids = [s["snapshot_id"] for s in list_snapshots(self.location)]
         pinned = set(pinned_snapshots(self.location))
         kept = sorted(set(ids[-keep:]) | (pinned & set(ids)))
@@ -565,6 +673,9 @@ class StoreWriter:
             for table, version in read_doc(self.location, snapshot_id).tables.items():
                 named.setdefault(table, set()).add(version)
         deleted_versions, dropped_tables = 0, []
+        if dropped:
+            self._open(SNAPSHOTS_TABLE).delete(f"snapshot_id IN ({', '.join(map(str, dropped))})")
+            fault_point("prune:snapshots")
         import lancedb
 
         db = lancedb.connect(self.location.uri, storage_options=self.location.options())
@@ -576,16 +687,15 @@ class StoreWriter:
                 if table.startswith(("feature__", "sid__", "sidq__", "graph__")):   # a version no kept snapshot names
                     self._remove_tree(self._uri(table))
                     dropped_tables.append(table)
+                    fault_point("prune:table")
                 continue
             latest = dataset.latest_version
             old = [v["version"] for v in dataset.versions() if v["version"] not in named[table] and v["version"] != latest]
             if old:
                 deleted_versions += dataset.cleanup_old_versions(versions=old).old_versions
-        snapshots = self._open(SNAPSHOTS_TABLE)
-        if dropped:
-            snapshots.delete(f"snapshot_id IN ({', '.join(map(str, dropped))})")
-            snapshots = self._open(SNAPSHOTS_TABLE)
-            deleted_versions += snapshots.cleanup_old_versions(older_than=timedelta(0)).old_versions
+                fault_point("prune:versions")
+        # the snapshot list's own old versions still hold the dropped rows: none is named by a snapshot
+        deleted_versions += self._open(SNAPSHOTS_TABLE).cleanup_old_versions(older_than=timedelta(0)).old_versions
         return {"kept": kept, "dropped": dropped, "pinned": sorted(pinned), "versions_deleted": deleted_versions,
                 "tables_dropped": dropped_tables}
 
@@ -636,6 +746,7 @@ class StoreWriter:
         doc.catalog = catalog
         doc.report = report
         append_doc(self.location, doc)
+        fault_point("publish")
         self.base = doc
         return doc
 

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pytest
 
 from itemlens.extractors import FeatureSpec, build_encoder, encoder_names
+from itemlens.extractors.media import MediaLimits
 from itemlens.store.lookup import StoredHashes
 from itemlens.workflows import stages
 
@@ -105,11 +106,11 @@ def run_stages(spec: FeatureSpec, rows: list[dict], base: Path) -> dict[str, obj
     if kind == "text":
         prepared = stages.prepare_texts(batch, **common)
     elif kind == "image":
-        prepared = stages.prepare_images(batch, **common, base=str(base), max_bytes=1 << 26, max_pixels=64_000_000)
+        prepared = stages.prepare_images(batch, **common, base=str(base), limits=MediaLimits())
     elif kind == "video":
-        prepared = stages.prepare_videos(batch, **common, base=str(base), max_bytes=1 << 30, max_pixels=64_000_000)
+        prepared = stages.prepare_videos(batch, **common, base=str(base), limits=MediaLimits(max_bytes=1 << 30))
     else:
-        prepared = stages.prepare_audio(batch, **common, base=str(base), max_bytes=1 << 30)
+        prepared = stages.prepare_audio(batch, **common, base=str(base), limits=MediaLimits(max_bytes=1 << 30))
     staged = stages.EncodeBatches(spec_json, "conformance", "cpu", 1, "run")(prepared)
     value = [c for c in ("vector", "vectors", "caption") if c in staged.column_names][0]
     assert staged.schema.field(value).type == stages.staging_schema(

@@ -5,7 +5,8 @@ import pytest
 from PIL import Image
 
 from itemlens.extractors import ItemError
-from itemlens.extractors.images import decode_image, read_bytes, resolve_uri
+from itemlens.extractors.images import decode_image
+from itemlens.extractors.media import read_bytes, resolve_uri
 from itemlens.extractors.text import TextTemplate
 
 from .media import REAL_JPEG, jpeg_bytes, write_bad_images
@@ -57,10 +58,10 @@ def test_exif_orientation_is_applied():
 def test_limits_and_paths(tmp_path):
     data = REAL_JPEG.read_bytes()
     with pytest.raises(ItemError, match="larger than max_image_bytes"):
-        read_bytes(str(REAL_JPEG), max_bytes=len(data) - 1)
+        read_bytes(str(REAL_JPEG), max_bytes=len(data) - 1, what="max_image_bytes")
     with pytest.raises(ItemError, match="too large"):
         decode_image(data, max_pixels=1000)
-    with pytest.raises(ItemError, match="is a folder"):
+    with pytest.raises(ItemError, match="not a regular file \\(a folder\\)"):
         read_bytes(str(tmp_path))
     assert resolve_uri("img/a.jpg", "/data/catalog") == "/data/catalog/img/a.jpg"
     assert resolve_uri("/abs/a.jpg", "/data") == "/abs/a.jpg"

@@ -17,7 +17,7 @@ import yaml
 
 import itemlens
 from itemlens.errors import StoreError, StoreLockedError
-from itemlens.store.layout import StoreLocation
+from itemlens.store.location import StoreLocation
 from itemlens.store.lock import ObjectStoreLock
 
 from .conftest import image_spec, text_spec, write_jsonl
@@ -121,7 +121,7 @@ def test_credentials_in_a_store_uri_are_refused():
 
 
 def test_store_options_reach_fsspec_under_its_own_names():
-    from itemlens.store.layout import fsspec_options
+    from itemlens.store.location import fsspec_options
 
     assert fsspec_options("s3", {"aws_access_key_id": "K", "AWS_SECRET_ACCESS_KEY": "S", "aws_endpoint": "http://e",
                                  "region": "r", "allow_http": "true"}) == {

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from itemlens.errors import CatalogError, ConfigError
-from itemlens.extractors.images import has_scheme
+from itemlens.errors import CatalogError, ConfigError, LocationError
+from itemlens.uris import has_scheme, parse_location
 from itemlens.workflows.config import CatalogConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -40,10 +40,14 @@ class CatalogSource:
 
     @classmethod
     def open(cls, uri: str | os.PathLike, config: CatalogConfig, *, delta: bool = False) -> CatalogSource:
-        text = os.fspath(uri)
-        remote = has_scheme(text) and not text.startswith("file://")
+        try:
+            location = parse_location(uri, what="catalog")
+        except LocationError as exc:
+            raise CatalogError(str(exc)) from None
+        text = location.path
+        remote = not location.is_local
         if not remote:
-            path = Path(text.removeprefix("file://")).expanduser().resolve()
+            path = Path(text).resolve()
             if not path.exists():
                 raise CatalogError(f"catalog not found: {path}")
             text = str(path)
@@ -104,6 +108,68 @@ class CatalogSource:
                 self.uri, convert_options=csv.ConvertOptions(column_types={self.id_column: pa.string()}))
         return ds
 
+    def files(self) -> list[tuple[str, str]]:
+        """The catalog's files and a stamp of each one's current content, without reading it:
+        local files by size, inode, modification and change times (the change time moves on
+        any write and cannot be set back); object storage by size and ETag (or version id)."""
+        if not has_scheme(self.uri):
+            root = Path(self.uri)
+            paths = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+            stamps = []
+            for p in paths:
+                st = p.stat()
+                stamps.append((str(p), f"{st.st_size}:{st.st_ino}:{st.st_mtime_ns}:{st.st_ctime_ns}"))
+            return stamps
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(self.uri)
+        infos = fs.find(root, detail=True) if fs.isdir(root) else {root: fs.info(root)}
+        stamps = []
+        for path, info in sorted(infos.items()):
+            if info.get("type", "file") != "file":
+                continue
+            stamp = next((info[k] for k in ("VersionId", "ETag", "etag", "mtime", "LastModified") if info.get(k)), "")
+            stamps.append((path, f"{info.get('size')}:{stamp}"))
+        return stamps
+
+    def diagnose(self, limit_lines: int = 10_000_000) -> str | None:
+        """Which file (and line) of a catalog Ray could not read, and why: a message a user can
+        act on, found by reading the files directly (only after a read failed). None when no
+        file shows a problem this way."""
+        import json
+
+        paths = [path for path, _ in self.files()]
+        for path in paths:
+            try:
+                if self.format == "jsonl":
+                    import fsspec
+
+                    with fsspec.open(path, "rt", compression="infer") as f:
+                        for number, line in enumerate(f, 1):
+                            if number > limit_lines:
+                                break
+                            if line.strip():
+                                try:
+                                    json.loads(line)
+                                except ValueError as exc:
+                                    return f"{path}, line {number}: not valid JSON ({exc})"
+                elif self.format == "parquet":
+                    import pyarrow.parquet as pq
+
+                    pq.ParquetFile(path).read()
+                else:
+                    from pyarrow import csv
+
+                    csv.read_csv(path)
+            except Exception as exc:  # the reader's own words, with the file's name
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                return f"{path}: {first}"
+        return None
+
+    def pin(self) -> CatalogPin:
+        """What the catalog is now: checked again before the job publishes (see CatalogPin)."""
+        return CatalogPin(self.uri, tuple(self.files()))
+
     def check_columns(self, schema_names: list[str], needed: dict[str, list[str]]) -> None:
         """Raise ConfigError when a column the configuration uses is not in the catalog."""
         available = set(schema_names)
@@ -117,6 +183,34 @@ class CatalogSource:
                 raise ConfigError(
                     f"feature {feature!r} uses column(s) {', '.join(map(repr, missing))} that catalog "
                     f"{self.uri} does not have; its columns: {', '.join(schema_names)}")
+
+
+@dataclass(frozen=True)
+class CatalogPin:
+    """The catalog's files and their content stamps at the start of a job. A job reads the
+    catalog several times (ids, then once per feature), so a catalog replaced or edited while it
+    runs could publish a snapshot built from two catalogs: items with neither a value nor an
+    errors row, removed items that keep values. The job checks the pin after each step and stops
+    before publishing when the catalog changed; what it staged is kept for the next run."""
+
+    uri: str
+    files: tuple[tuple[str, str], ...]
+
+    def check(self, source: CatalogSource, step: str) -> None:
+        now = dict(source.files())
+        before = dict(self.files)
+        changed = sorted(p for p in before.keys() | now.keys() if before.get(p) != now.get(p))
+        if changed:
+            what = ", ".join(f"{p} ({'added' if p not in before else 'removed' if p not in now else 'changed'})"
+                             for p in changed[:3])
+            raise CatalogChangedError(
+                f"catalog {self.uri} changed while the job ran ({what}{' ...' if len(changed) > 3 else ''}; "
+                f"noticed {step}): nothing was published. The work done so far is kept; run the job again on "
+                "the catalog as it now is (it re-encodes only what differs)")
+
+
+class CatalogChangedError(CatalogError):
+    """The catalog changed during a job; nothing was published."""
 
 
 def _rows_with_op(batch: pa.Table, *, op: str) -> pa.Table:

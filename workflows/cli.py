@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-for-lock", type=float, default=0.0, metavar="SECONDS",
                    help="wait this long for another writer to finish (default: fail at once)")
     p.add_argument("--retry-errors", action="store_true", help="retry items whose unchanged input failed before")
+    p.add_argument("--allow-removals", metavar="N|all", default=None,
+                   help="let a full catalog remove up to N items (or all) from the new snapshot; by default a "
+                        "catalog that would remove more than catalog.max_removed_share (half) of a feature's "
+                        "items, or all of them, is refused (an empty catalog always is)")
     p.add_argument("--delta", action="store_true",
                    help="CATALOG is a delta: upserts and deletions (column _op: upsert|delete); items it does "
                         "not mention stay (default: a full catalog; items it lacks leave the new snapshot)")
@@ -178,7 +182,7 @@ def _ingest(args) -> int:
     configure_logging(args.verbose)
     if args.dry_run:
         report = plan(args.catalog, args.config, args.store, address=args.address, lock_wait=args.wait_for_lock,
-                      retry_errors=args.retry_errors, delta=args.delta)
+                      retry_errors=args.retry_errors, delta=args.delta, allow_removals=args.allow_removals)
         print(report.summary())
         if args.report:
             with open(args.report, "w") as f:
@@ -186,7 +190,8 @@ def _ingest(args) -> int:
         return 0
     report = ingest(args.catalog, args.config, args.store, address=args.address, lock_wait=args.wait_for_lock,
                     retry_errors=args.retry_errors, progress=False if args.no_progress else None,
-                    log_to_driver=args.verbose, delta=args.delta, encode_log=args.encode_log)
+                    log_to_driver=args.verbose, delta=args.delta, encode_log=args.encode_log,
+                    allow_removals=args.allow_removals)
     print(report.summary())
     if args.report:
         with open(args.report, "w") as f:

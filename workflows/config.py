@@ -55,7 +55,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from itemlens.errors import ConfigError
-from itemlens.extractors.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+from itemlens.extractors.media import (
+    DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_READ_TIMEOUT, MediaLimits,
+)
 from itemlens.extractors.registry import encoder_class
 from itemlens.extractors.spec import FeatureRefInput, FeatureSpec
 from itemlens.store.layout import FEATURE_NAME
@@ -75,17 +77,32 @@ class _Strict(BaseModel):
 
 
 class CatalogConfig(_Strict):
-    id_column: str = "item_id"
-    format: Literal["auto", "parquet", "jsonl", "csv"] = "auto"
+    id_column: str = Field("item_id", description="the column of item ids (strings or integers)")
+    format: Literal["auto", "parquet", "jsonl", "csv"] = Field(
+        "auto", description="auto: by the file extension")
+    max_removed_share: float = Field(0.5, ge=0, le=1, description=(
+        "a full catalog that would remove more than this share of the items a feature holds (or all of them) "
+        "is refused unless the run passes --allow-removals; an empty catalog is always refused"))
 
 
 class DecodeConfig(_Strict):
     batch_size: int = Field(32, ge=1)
     text_batch_size: int = Field(1024, ge=1)
     num_cpus: float = Field(1.0, gt=0)
-    max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, ge=1)
-    max_image_bytes: int = Field(DEFAULT_MAX_IMAGE_BYTES, ge=1)
+    max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
+    max_image_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1)
     max_media_bytes: int = Field(DEFAULT_MAX_MEDIA_BYTES, ge=1, description="largest video or audio file")
+    max_aspect_ratio: float = Field(DEFAULT_MAX_ASPECT_RATIO, ge=1, description=(
+        "images (and video frames) whose longer side is more than this many times the shorter are errors"))
+    read_timeout: float = Field(DEFAULT_READ_TIMEOUT, gt=0, description=(
+        "seconds one media file may take to read; a slower read is an errors row"))
+
+    def limits(self, kind: str) -> MediaLimits:
+        """The bounds of one kind of media input (image, video or audio)."""
+        image = kind == "image"
+        return MediaLimits(max_bytes=self.max_image_bytes if image else self.max_media_bytes,
+                           max_pixels=self.max_image_pixels, max_aspect_ratio=self.max_aspect_ratio,
+                           timeout=self.read_timeout, bytes_field="max_image_bytes" if image else "max_media_bytes")
 
 
 class StagingConfig(_Strict):

@@ -36,8 +36,9 @@ from typing import Any
 from itemlens.errors import CatalogError, ConfigError, ItemlensError
 from itemlens.extractors import build_encoder
 from itemlens.store import graphs, semantic_ids
-from itemlens.store.layout import StoreLocation, staging_schema, value_column
-from itemlens.store.writer import MergeStats, StoreWriter, check_store_format
+from itemlens.store.layout import staging_schema, value_column
+from itemlens.store.location import StoreLocation
+from itemlens.store.writer import MergeStats, RemovalPolicy, StoreWriter, check_store_format
 from itemlens.workflows.catalog import OP_COLUMN, CatalogSource
 from itemlens.workflows.config import IngestConfig, load_config
 from itemlens.workflows.runtime import RayRuntime, start_ray
@@ -123,10 +124,10 @@ class IngestReport:
         else:
             lines.append(f"published snapshot {self.snapshot} in {self.store}")
         lines.append(f"{'feature':<14}{'version':<9}{'device':<8}{'encoded':>9}{'errors':>8}"
-                     f"{'unchanged':>11}{'seconds':>9}")
+                     f"{'recovered':>11}{'unchanged':>11}{'seconds':>9}")
         for f in self.features.values():
             lines.append(f"{f.name:<14}{f.version:<9}{f.device:<8}{f.encoded:>9}{f.errors:>8}"
-                         f"{f.unchanged:>11}{f.seconds:>9.1f}")
+                         f"{f.recovered:>11}{f.unchanged:>11}{f.seconds:>9.1f}")
             for stage, count in sorted(f.errors_by_stage.items()):
                 lines.append(f"{'':<14}errors at {stage}: {count}")
         for r in self.semantic_ids.values():
@@ -140,36 +141,44 @@ class IngestReport:
 def ingest(catalog: str | os.PathLike, config: str | os.PathLike | dict | IngestConfig, store: str | os.PathLike,
            *, address: str | None = None, lock_wait: float = 0.0, retry_errors: bool = False,
            progress: bool | None = None, log_to_driver: bool = False, delta: bool = False,
-           encode_log: str | os.PathLike | None = None) -> IngestReport:
+           encode_log: str | os.PathLike | None = None, allow_removals: int | str | None = None) -> IngestReport:
     """Ingest ``catalog`` into ``store`` as ``config`` says; returns the job report.
 
     A full catalog (the default) is the whole truth: items the store holds that it lacks are
     removed from the new snapshot. ``delta=True``: ``catalog`` holds upserts and deletions
     (column ``_op``, see workflows/catalog.py) and the items it does not mention stay.
     ``encode_log``: a folder (shared by the workers) where encoder actors log the ids they
-    encode, an audit of the work actually done."""
+    encode, an audit of the work actually done. ``allow_removals``: how many items a full
+    catalog may remove from the store (a number, or ``"all"``); by default a catalog that
+    would remove more than ``catalog.max_removed_share`` of them (or all) is refused, and an
+    empty catalog always is.
+
+    The catalog is pinned at the start (its files' content stamps): if it changes before the
+    job publishes, the job stops with :class:`CatalogChangedError` and publishes nothing."""
     if encode_log is not None:
         encode_log = os.path.abspath(os.fspath(encode_log))
         os.makedirs(encode_log, exist_ok=True)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     cfg = load_config(config)
+    location = StoreLocation.parse(store, cfg.storage_options)    # refuses credentials before anything is logged
     source = CatalogSource.open(catalog, cfg.catalog, delta=delta)
+    removals = RemovalPolicy(cfg.catalog.max_removed_share, _allowed_removals(allow_removals))
     encoders = {}
     for name, spec in cfg.feature_order():     # captions before the features that read them
         encoder = build_encoder(spec)
         encoder.check_weights()           # missing weights: an error now, not after an hour of decoding
         encoder.fingerprint()
         encoders[name] = encoder
-    report = IngestReport(catalog=source.uri, store=os.fspath(store), delta=delta)
+    report = IngestReport(catalog=source.uri, store=location.uri, delta=delta)
     timings["validate"] = time.perf_counter() - t_start
     log.info("catalog %s (%s) -> store %s", source.uri, source.format, report.store)
 
     command = f"itemlens ingest {source.uri}"
-    with StoreWriter.open(store, storage_options=cfg.storage_options, lock_wait=lock_wait,
+    with StoreWriter.open(location.uri, storage_options=cfg.storage_options, lock_wait=lock_wait,
                           command=command) as writer:
-        report.store = writer.location.uri
         report.run_id = writer.run_id
+        pin = source.pin()          # what the catalog is now; checked after each step and before publishing
         runtime = start_ray(address, log_to_driver=log_to_driver, progress=progress)
         report.ray = runtime.describe()
         timings["ray_start"] = runtime.seconds
@@ -188,8 +197,10 @@ def ingest(catalog: str | os.PathLike, config: str | os.PathLike | dict | Ingest
             log.info("dropped %s, staged by an interrupted run for a spec no longer configured", dropped)
         recovered = {name: writer.recover_staging(version) for name, version in versions.items()}
         t = time.perf_counter()
-        deletions = _check_catalog(source, cfg)
-        registration = _run(lambda: _register_items(source, writer, None if delta else list(versions.values())))
+        deletions = _catalog_read(source, lambda: _check_catalog(source, cfg))
+        registration = _run(lambda: _register_items(source, writer, None if delta else list(versions.values()),
+                                                    removals))
+        pin.check(source, "after registering its ids")
         if delta:
             registration.removed = writer.remove_items(list(versions.values()), deletions)
         report.items_seen, report.new_items, report.digest = registration.seen, registration.new, registration.digest
@@ -206,6 +217,7 @@ def ingest(catalog: str | os.PathLike, config: str | os.PathLike | dict | Ingest
                                                    recovered[name]))
             feature.unchanged = max(registration.seen - feature.encoded - feature.errors - feature.recovered, 0)
             feature.seconds = time.perf_counter() - t
+            pin.check(source, f"after feature {name!r}")
             report.features[name] = feature
             timings[f"feature:{name}"] = feature.seconds
             log.info("%s@%s: %d encoded, %d errors, %d unchanged in %.1f s", name, feature.version,
@@ -221,6 +233,7 @@ def ingest(catalog: str | os.PathLike, config: str | os.PathLike | dict | Ingest
             timings[f"graph:{name}"] = time.perf_counter() - t
 
         t = time.perf_counter()
+        pin.check(source, "before publishing")
         # a delta describes changes, not the catalog: the snapshot keeps the catalog it had
         catalog_doc = ({**writer.base.catalog, "delta": {"uri": source.uri, "upserts": registration.seen,
                                                          "deletions": len(deletions)}}
@@ -262,12 +275,17 @@ class PlanReport:
     items_seen: int = 0
     new_items: int = 0
     removed_items: int = 0
+    refused: str = ""           # why the real run would be refused ("": it would run)
     features: dict[str, FeaturePlan] = field(default_factory=dict)
 
     def summary(self) -> str:
         lines = [f"dry run: {'delta' if self.delta else 'catalog'} of {self.items_seen} items "
-                 f"({self.new_items} new to the store); {self.removed_items} would leave the new snapshot",
-                 f"{'feature':<14}{'version':<9}{'encode':>8}{'new':>7}{'changed':>9}{'dependent':>11}{'unchanged':>11}"]
+                 f"({self.new_items} new to the store); {self.removed_items} would leave the new snapshot"]
+        if self.refused:
+            lines.append(f"the run would be REFUSED: {self.refused}")
+        lines += [
+                  f"{'feature':<14}{'version':<9}{'encode':>8}{'new':>7}{'changed':>9}{'dependent':>11}"
+                  f"{'unchanged':>11}"]
         for f in self.features.values():
             lines.append(f"{f.name:<14}{f.version:<9}{f.to_encode:>8}{f.new:>7}{f.changed:>9}{f.dependent:>11}"
                          f"{f.unchanged:>11}")
@@ -282,28 +300,31 @@ class PlanReport:
 
 def plan(catalog: str | os.PathLike, config: str | os.PathLike | dict | IngestConfig, store: str | os.PathLike,
          *, address: str | None = None, lock_wait: float = 0.0, retry_errors: bool = False,
-         delta: bool = False, examples: int = 5) -> PlanReport:
+         delta: bool = False, examples: int = 5, allow_removals: int | str | None = None) -> PlanReport:
     """What ``ingest`` would encode, per feature and reason (new, changed, dependent), and what
     it would remove, without starting an encoder or writing anything a reader can see."""
     import ray
 
     cfg = load_config(config)
+    location = StoreLocation.parse(store, cfg.storage_options)
     source = CatalogSource.open(catalog, cfg.catalog, delta=delta)
+    removals = RemovalPolicy(cfg.catalog.max_removed_share, _allowed_removals(allow_removals))
     encoders = {name: build_encoder(spec) for name, spec in cfg.feature_order()}
-    report = PlanReport(catalog=source.uri, store=os.fspath(store), delta=delta)
-    check_store_format(StoreLocation.parse(store, cfg.storage_options))   # a dry run creates nothing, a store included
-    with StoreWriter.open(store, storage_options=cfg.storage_options, lock_wait=lock_wait,
+    report = PlanReport(catalog=source.uri, store=location.uri, delta=delta)
+    check_store_format(location)   # a dry run creates nothing, a store included
+    with StoreWriter.open(location.uri, storage_options=cfg.storage_options, lock_wait=lock_wait,
                           command=f"itemlens ingest --dry-run {source.uri}") as writer:
-        report.store = writer.location.uri
         start_ray(address, progress=False)
-        checked = _check_catalog(source, cfg)
+        checked = _catalog_read(source, lambda: _check_catalog(source, cfg))
         deletions = checked if delta else None      # None: a full catalog (what it lacks is removed)
         versions = {name: writer.resolve_version(name, e.fingerprint(), e.spec.model_dump(mode="json"),
                                                  dtype=e.spec.dtype, pooling=e.spec.pooling, kind=e.output_kind)
                     for name, e in encoders.items()}
-        preview = _run(lambda: writer.preview_catalog_ids(_write_catalog_ids(source, writer), source.id_column,
-                                                          list(versions.values()), deletions=deletions))
+        fragments = _catalog_read(source, lambda: _write_catalog_ids(source, writer))
+        preview = writer.preview_catalog_ids(fragments, source.id_column, list(versions.values()),
+                                             deletions=deletions, removals=removals)
         report.items_seen, report.new_items, report.removed_items = preview.seen, preview.new, preview.removed
+        report.refused = preview.refused
         planned: dict[str, set[str]] = {}
         for name, encoder in encoders.items():
             if delta and preview.seen == 0:
@@ -314,7 +335,7 @@ def plan(catalog: str | os.PathLike, config: str | os.PathLike | dict | IngestCo
                 stages.plan_inputs, batch_format="pyarrow", num_cpus=cfg.decode.num_cpus, fn_kwargs={
                     "spec_json": spec.model_dump_json(), "id_column": source.id_column, "base": source.base,
                     "stored": writer.stored_hashes(version, retry_errors=retry_errors),
-                    "max_bytes": cfg.decode.max_image_bytes if spec.input.kind == "image" else cfg.decode.max_media_bytes,
+                    "limits": cfg.decode.limits(spec.input.kind),
                     "source": writer.stored_values(versions[ref]) if ref else None,
                     "dependents": ray.put(planned[ref]) if ref else None})
             feature = FeaturePlan(name=name, version=version.label)
@@ -355,9 +376,58 @@ def _ids(source: CatalogSource) -> list[str]:
             for i in stages.item_ids(b, source.id_column)]
 
 
-def _register_items(source: CatalogSource, writer: StoreWriter, remove_missing):
-    return writer.register_catalog_ids(_write_catalog_ids(source, writer), source.id_column,
-                                       remove_missing=remove_missing)
+def _register_items(source: CatalogSource, writer: StoreWriter, remove_missing, removals: RemovalPolicy):
+    return writer.register_catalog_ids(_catalog_read(source, lambda: _write_catalog_ids(source, writer)),
+                                       source.id_column, remove_missing=remove_missing, removals=removals)
+
+
+def _allowed_removals(value: int | str | None) -> int | None:
+    """``--allow-removals``: a count, ``all``, or None (the configured share decides)."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().lower() == "all":
+        return RemovalPolicy.ALL
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--allow-removals takes a number of items or 'all', not {value!r}") from None
+    if count < 0:
+        raise ConfigError(f"--allow-removals takes a number of items (>= 0) or 'all', not {value!r}")
+    return count
+
+
+def _catalog_read(source: CatalogSource, step):
+    """Run a step that reads the catalog; a file Ray's readers cannot parse (a malformed JSON
+    line, a truncated Parquet file) is one CatalogError naming it, before anything is written."""
+    try:
+        return _run(step)
+    except ItemlensError:
+        raise
+    except Exception as exc:
+        if "ray::Read" not in str(exc) and not _is_arrow_error(exc):
+            raise
+        detail = source.diagnose() or _root_message(exc)
+        raise CatalogError(f"cannot read catalog {source.uri} as {source.format}: {detail}") from None
+
+
+def _is_arrow_error(exc: BaseException) -> bool:
+    import pyarrow as pa
+
+    return isinstance(exc, (pa.ArrowInvalid, pa.ArrowIOError))
+
+
+def _root_message(exc: BaseException) -> str:
+    """The innermost cause's message, one line (Ray wraps the reader's error several times)."""
+    seen, current = set(), exc
+    while id(current) not in seen:
+        seen.add(id(current))
+        inner = getattr(current, "cause", None) or current.__cause__
+        if inner is None or inner is current:
+            break
+        current = inner
+    lines = [line.strip() for line in str(current).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Traceback", "File ", "ray::", "\x1b"))]
+    return (useful or lines or [type(current).__name__])[0][:500]
 
 
 def _write_catalog_ids(source: CatalogSource, writer: StoreWriter) -> list[str]:
@@ -463,15 +533,10 @@ def _pipeline(spec, version, placement: _Placement, stored, cfg: IngestConfig, s
             # with an encode log, the CPU tasks also log the media files they read
             read_log = os.path.join(encode_log, f"{version.name}.{writer.run_id}") if encode_log else None
             media = {**common, "base": source.base, "read_log": read_log}
-            if kind == "image":
-                prepare, kwargs = stages.prepare_images, {"max_bytes": cfg.decode.max_image_bytes,
-                                                          "max_pixels": cfg.decode.max_image_pixels}
-            elif kind == "video":
-                prepare, kwargs = stages.prepare_videos, {"max_bytes": cfg.decode.max_media_bytes,
-                                                          "max_pixels": cfg.decode.max_image_pixels}
-            else:
-                prepare, kwargs = stages.prepare_audio, {"max_bytes": cfg.decode.max_media_bytes}
-            ds = ds.map_batches(prepare, batch_size=cfg.decode.batch_size, fn_kwargs={**media, **kwargs}, **cpu_args)
+            prepare = {"image": stages.prepare_images, "video": stages.prepare_videos,
+                       "audio": stages.prepare_audio}[kind]
+            ds = ds.map_batches(prepare, batch_size=cfg.decode.batch_size,
+                                fn_kwargs={**media, "limits": cfg.decode.limits(kind)}, **cpu_args)
     ds = ds.map_batches(
         stages.EncodeBatches,
         fn_constructor_kwargs={"spec_json": spec_json, "fingerprint": version.fingerprint,

@@ -9,12 +9,17 @@ job's runtime environment (see cluster/README.md).
 
 from __future__ import annotations
 
+import atexit
+import json
 import logging
 import os
+import signal
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 # Variables the workers need to load models the way the driver would.
 PROPAGATED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "HF_HUB_CACHE", "LANCE_LOG")
@@ -43,9 +48,13 @@ def start_ray(address: str | None = None, *, log_to_driver: bool = False, progre
 
     start = time.perf_counter()
     started_here = False
+    reap_orphaned_ray()
     if not ray.is_initialized():
         kwargs: dict = {"address": address, "log_to_driver": log_to_driver, "logging_level": logging.WARNING}
         if address is None and not os.environ.get("RAY_ADDRESS"):
+            # "local": a Ray of this job's own. Ray's default (None) would join whatever cluster
+            # `ray start` last started on this machine, which is not what the command line says.
+            kwargs["address"] = "local"
             started_here = True
             kwargs["include_dashboard"] = False
             env = {k: os.environ[k] for k in PROPAGATED_ENV if k in os.environ}
@@ -57,11 +66,16 @@ def start_ray(address: str | None = None, *, log_to_driver: bool = False, progre
             warnings.filterwarnings("ignore", message="lance is not fork-safe")
             warnings.filterwarnings("ignore", message="lancedb fork support is experimental")
             ray.init(**kwargs)
+        if started_here:
+            _record_local_ray()
     if not log_to_driver:
-        # Ray Data prints an INFO line per dataset on the console; its log file keeps them.
+        # Ray Data prints an INFO line per dataset on the console, and an ERROR block with a
+        # traceback when a task fails, which itemlens then reports as one message of its own
+        # (an errors row, or a catalog or model error); its log file keeps them all, and
+        # --verbose shows them.
         for handler in logging.getLogger("ray.data").handlers:
             if handler.name == "console":
-                handler.setLevel(logging.WARNING)
+                handler.setLevel(logging.CRITICAL)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty() if progress is None else progress
     resources = ray.cluster_resources()
@@ -73,3 +87,83 @@ def start_ray(address: str | None = None, *, log_to_driver: bool = False, progre
     return RayRuntime(started_here, time.perf_counter() - start,
                       float(resources.get("CPU", 0)), float(resources.get("GPU", 0)), per_node.get("CPU", 0.0),
                       nodes=len(alive), resources=per_node)
+
+
+# -- a killed driver's local Ray ---------------------------------------------------------------
+#
+# A local Ray started by ``ray.init`` shares the driver's fate only in part: when the driver is
+# killed (SIGKILL, out of memory), the GCS and the raylet go, but the raylet's agents (dashboard
+# agent, runtime-env agent) linger for a minute or more, orphaned. Each driver that starts a
+# local Ray records its session here; the next one (any itemlens job on this machine, same
+# user) ends the processes of sessions whose driver is gone. Linux only (it reads /proc).
+
+_RECORDS = Path(tempfile.gettempdir()) / f"itemlens-ray-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+
+
+def _started(pid: int) -> str | None:
+    """A process's start time (clock ticks since boot), which tells a reused pid apart; None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _record_local_ray() -> None:
+    import ray
+
+    if not Path("/proc").is_dir():
+        return
+    try:
+        node = ray._private.worker._global_node
+        record = {"driver": os.getpid(), "started": _started(os.getpid()), "node_id": ray.get_runtime_context().get_node_id(),
+                  "session_dir": node.get_session_dir_path()}
+        _RECORDS.mkdir(parents=True, exist_ok=True)
+        path = _RECORDS / f"{os.getpid()}.json"
+        path.write_text(json.dumps(record))
+    except Exception as exc:  # bookkeeping only: never fail a job over it
+        logging.getLogger("itemlens").debug("could not record the local Ray session: %s", exc)
+        return
+    atexit.register(lambda: path.unlink(missing_ok=True))
+
+
+def reap_orphaned_ray() -> list[int]:
+    """End the processes of local Ray sessions whose itemlens driver is gone; returns their pids."""
+    if not _RECORDS.is_dir() or not Path("/proc").is_dir():
+        return []
+    killed: list[int] = []
+    for path in _RECORDS.glob("*.json"):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            path.unlink(missing_ok=True)
+            continue
+        if _started(record["driver"]) == record.get("started"):
+            continue                               # its driver still runs
+        for pid in _session_processes(record["node_id"], record["session_dir"]):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except OSError:
+                pass
+        path.unlink(missing_ok=True)
+    if killed:
+        logging.getLogger("itemlens").info("ended %d Ray processes left by a killed itemlens job", len(killed))
+    return killed
+
+
+def _session_processes(node_id: str, session_dir: str) -> list[int]:
+    """This user's processes that belong to a Ray node: by its node id in their environment, or
+    its session folder on their command line."""
+    marker_env, marker_cmd = f"RAY_NODE_ID={node_id}".encode(), session_dir.encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker_env in (entry / "environ").read_bytes().split(b"\0") or \
+                    marker_cmd in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:                            # gone, or another user's
+            continue
+    return found

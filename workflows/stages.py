@@ -34,7 +34,8 @@ import pyarrow.compute as pc
 from itemlens.errors import CatalogError
 from itemlens.extractors import FeatureSpec, ItemError, build_encoder
 from itemlens.extractors.base import Encoder
-from itemlens.extractors.images import decode_image, media_key, read_bytes, resolve_uri
+from itemlens.extractors.images import check_preprocessed_size, decode_image
+from itemlens.extractors.media import MediaLimits, media_key, resolve_uri
 from itemlens.extractors.items import (
     audio_waveform, caption_pixel_items, encode_audio_items, encode_pixel_items, video_pixels,
 )
@@ -100,14 +101,36 @@ def item_ids(batch: pa.Table, id_column: str) -> list[str]:
 
 def catalog_ids(batch: pa.Table, *, id_column: str) -> pa.Table:
     """Ids (null where a row has none: the driver refuses such a catalog) and a 64-bit hash
-    of each whole row (for the catalog's digest)."""
-    ids = pc.cast(batch.column(id_column), pa.string())
+    of each whole row (for the catalog's digest). Ids must be strings or integers: a float id
+    (8.5, or 8.0 for 8?) or a column of mixed types (read as Python objects) is refused here,
+    before the driver writes anything."""
+    column = batch.column(id_column)
+    check_id_type(column.type, id_column, column)
+    ids = pc.cast(column, pa.string())
     hashes = [
         int.from_bytes(hashlib.sha256(json.dumps(row, sort_keys=True, default=str).encode()).digest()[:8],
                        "little", signed=True)
         for row in batch.to_pylist()
     ]
     return pa.table({"item_id": ids, "row_hash": pa.array(hashes, pa.int64())}, schema=WORK_IDS_SCHEMA)
+
+
+def check_id_type(dtype: pa.DataType, id_column: str, column=None) -> None:
+    """Refuse an id column that is not strings or integers (nulls alone are fine here: the
+    driver's id check names them)."""
+    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_integer(dtype) \
+            or pa.types.is_null(dtype):
+        return
+    examples = ""
+    if column is not None and not isinstance(dtype, pa.ExtensionType):
+        examples = ", e.g. " + ", ".join(repr(v) for v in column.drop_null().slice(0, 3).to_pylist())
+    if isinstance(dtype, pa.ExtensionType) or pa.types.is_binary(dtype) or pa.types.is_large_binary(dtype):
+        what = "values of mixed types (e.g. numbers and strings)"
+    else:
+        what = f"{dtype} values{examples}"
+    raise CatalogError(
+        f"the catalog's id column {id_column!r} holds {what}; ids must all be strings or all integers "
+        "(a float id is ambiguous: is 8.0 the id 8?). Write the ids as strings, so nothing was ingested")
 
 
 # -- prepare: CPU tasks ---------------------------------------------------------------------
@@ -171,9 +194,9 @@ def _image_paths(cell: Any, base: str, first_only: bool) -> list[str]:
     return [resolve_uri(uri, base) for uri in uris]
 
 
-def _read_images(paths: list[str], max_bytes: int, reads: _ReadLog) -> tuple[list[bytes], str]:
+def _read_images(paths: list[str], limits: MediaLimits, reads: _ReadLog) -> tuple[list[bytes], str]:
     """An item's image bytes and their input hash (of the images' hashes, in order)."""
-    datas = [reads.read(path, max_bytes) for path in paths]
+    datas = [reads.read(path, limits) for path in paths]
     return datas, hashlib.sha256(b"".join(hashlib.sha256(d).digest() for d in datas)).hexdigest()
 
 
@@ -205,9 +228,9 @@ class _ReadLog:
         self.path = f"{prefix}.reads.{os.getpid()}.log" if prefix else None
         self.paths: list[str] = []
 
-    def read(self, path: str, max_bytes: int) -> bytes:
+    def read(self, path: str, limits: MediaLimits) -> bytes:
         self.paths.append(path)
-        return read_bytes(path, max_bytes)
+        return limits.read(path)
 
     def flush(self) -> None:
         if self.path and self.paths:
@@ -218,10 +241,11 @@ class _ReadLog:
 
 
 def prepare_images(batch: pa.Table, *, spec_json: str, id_column: str, base: str, stored: StoredHashes,
-                   max_bytes: int, max_pixels: int, read_log: str | None = None) -> pa.Table:
+                   limits: MediaLimits, read_log: str | None = None) -> pa.Table:
     """Read each item's images, hash their bytes, drop unchanged items, decode the rest and
     apply the encoder's own preprocessing; ship float32 pixels, not images."""
     spec = _spec(spec_json)
+    encoder = _encoder(spec_json)
     transform = _image_transform(spec_json)
     ids = item_ids(batch, id_column)
     cells = batch.column(spec.input.image).to_pylist()
@@ -237,7 +261,7 @@ def prepare_images(batch: pa.Table, *, spec_json: str, id_column: str, base: str
             key = _key(paths)
             if _unchanged_by_key(known.get(item_id), key):
                 continue
-            datas, digest = _read_images(paths, max_bytes, reads)
+            datas, digest = _read_images(paths, limits, reads)
         except ItemError as error:
             digest = error_hash(error)
             if _hash(known.get(item_id)) != digest:
@@ -246,7 +270,8 @@ def prepare_images(batch: pa.Table, *, spec_json: str, id_column: str, base: str
         if _hash(known.get(item_id)) == digest:
             continue
         try:
-            pixels = np.stack([_apply(transform, decode_image(d, max_pixels)) for d in datas])
+            pixels = np.stack([_preprocess(transform, decode_image(d, limits.max_pixels), encoder, limits)
+                               for d in datas])
         except ItemError as error:
             out.append((item_id, digest, key, b"", 0, 0, 0, error.stage, error.reason))
             continue
@@ -271,13 +296,13 @@ def _hash(known: tuple[str, str | None] | None) -> str | None:
     return known[0] if known is not None else None
 
 
-def _read_media(path: str, max_bytes: int, reads: _ReadLog) -> tuple[bytes, str]:
-    data = reads.read(path, max_bytes)
+def _read_media(path: str, limits: MediaLimits, reads: _ReadLog) -> tuple[bytes, str]:
+    data = reads.read(path, limits)
     return data, hashlib.sha256(data).hexdigest()
 
 
 def _prepare_media(batch: pa.Table, *, column: str, what: str, id_column: str, base: str,
-                   stored: StoredHashes, max_bytes: int, read_log: str | None, decode, schema: pa.Schema,
+                   stored: StoredHashes, limits: MediaLimits, read_log: str | None, decode, schema: pa.Schema,
                    empty: tuple) -> pa.Table:
     """The loop a one-file-per-item stage shares (videos, audio): skip by media key, read and
     hash, skip by hash, ``decode(bytes) -> columns`` for the rest; a failure is a row with an
@@ -294,7 +319,7 @@ def _prepare_media(batch: pa.Table, *, column: str, what: str, id_column: str, b
             key = _key([path])
             if _unchanged_by_key(known.get(item_id), key):
                 continue
-            data, digest = _read_media(path, max_bytes, reads)
+            data, digest = _read_media(path, limits, reads)
             if _hash(known.get(item_id)) == digest:
                 continue
             decoded = decode(data)
@@ -310,26 +335,27 @@ def _prepare_media(batch: pa.Table, *, column: str, what: str, id_column: str, b
 
 
 def prepare_videos(batch: pa.Table, *, spec_json: str, id_column: str, base: str, stored: StoredHashes,
-                   max_bytes: int, max_pixels: int, read_log: str | None = None) -> pa.Table:
+                   limits: MediaLimits, read_log: str | None = None) -> pa.Table:
     """Read each video, hash its bytes, drop unchanged items, sample frames (PyAV) and
     apply the encoder's own image preprocessing to each (a captioner gets one image: the
     frames in a grid). Ships float32 pixels [frames, 3, H, W] like the image stage."""
     spec = _spec(spec_json)
-    transform = functools.partial(_apply, _image_transform(spec_json))
-    captioning = _encoder(spec_json).output_kind == "caption"
+    encoder = _encoder(spec_json)
+    transform = functools.partial(_preprocess, _image_transform(spec_json), encoder=encoder, limits=limits)
+    captioning = encoder.output_kind == "caption"
 
     def decode(data: bytes) -> tuple:
-        pixels = video_pixels(data, spec, transform, captioning=captioning, max_pixels=max_pixels)
+        pixels = video_pixels(data, spec, transform, captioning=captioning, max_pixels=limits.max_pixels)
         n, _, height, width = pixels.shape
         return pixels.tobytes(), n, height, width
 
     return _prepare_media(batch, column=spec.input.video, what="video", id_column=id_column, base=base,
-                          stored=stored, max_bytes=max_bytes, read_log=read_log, decode=decode,
+                          stored=stored, limits=limits, read_log=read_log, decode=decode,
                           schema=PREPARED_IMAGE_SCHEMA, empty=(b"", 0, 0, 0))
 
 
 def prepare_audio(batch: pa.Table, *, spec_json: str, id_column: str, base: str, stored: StoredHashes,
-                  max_bytes: int, read_log: str | None = None) -> pa.Table:
+                  limits: MediaLimits, read_log: str | None = None) -> pa.Table:
     """Read each audio file (or a video's audio track), hash its bytes, drop unchanged items,
     decode it with PyAV and resample it to the model's rate and layout with torchaudio."""
     spec = _spec(spec_json)
@@ -340,11 +366,15 @@ def prepare_audio(batch: pa.Table, *, spec_json: str, id_column: str, base: str,
         return waveform.tobytes(), waveform.shape[0], waveform.shape[1]
 
     return _prepare_media(batch, column=spec.input.audio, what="audio", id_column=id_column, base=base,
-                          stored=stored, max_bytes=max_bytes, read_log=read_log, decode=decode,
+                          stored=stored, limits=limits, read_log=read_log, decode=decode,
                           schema=PREPARED_AUDIO_SCHEMA, empty=(b"", 0, 0))
 
 
-def _apply(transform, image) -> np.ndarray:
+def _preprocess(transform, image, encoder: Encoder, limits: MediaLimits) -> np.ndarray:
+    """The encoder's own transform of a decoded image, once its size has passed the bounds that
+    hold after the encoder's resize (an ItemError("decode") otherwise, before any allocation)."""
+    check_preprocessed_size(image.size, encoder, max_pixels=limits.max_pixels,
+                            max_aspect_ratio=limits.max_aspect_ratio)
     try:
         return transform(image)
     except Exception as exc:  # a transform that cannot handle this image is this item's problem
@@ -357,7 +387,7 @@ PLAN_SCHEMA = pa.schema([("item_id", pa.string()), ("reason", pa.string())])
 
 
 def plan_inputs(batch: pa.Table, *, spec_json: str, id_column: str, base: str, stored: StoredHashes,
-                max_bytes: int, source: StoredValues | None = None, dependents=None) -> pa.Table:
+                limits: MediaLimits | None = None, source: StoredValues | None = None, dependents=None) -> pa.Table:
     """What ``prepare`` would send to the encoder, and why, without decoding anything: one
     row per item to encode with reason ``new`` (no stored input), ``changed`` (the input hash
     differs) or ``dependent`` (its input is a caption that this run writes again). Unchanged
@@ -387,9 +417,9 @@ def plan_inputs(batch: pa.Table, *, spec_json: str, id_column: str, base: str, s
                 if _unchanged_by_key(known_keys.get(item_id), _key(paths)):
                     digests[item_id] = known[item_id]
                 elif kind == "image":
-                    digests[item_id] = _read_images(paths, max_bytes, reads)[1]
+                    digests[item_id] = _read_images(paths, limits, reads)[1]
                 else:
-                    digests[item_id] = _read_media(paths[0], max_bytes, reads)[1]
+                    digests[item_id] = _read_media(paths[0], limits, reads)[1]
             except ItemError as error:
                 digests[item_id] = error_hash(error)
     rows = []
