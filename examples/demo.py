@@ -97,21 +97,21 @@ def stand_in(name: str, spec: dict) -> dict:
         return spec
     weights = HERE / "standins" / ".weights"
     if spec["encoder"] == "audio":
-        from itemlens.extractors.standins_audio import write_tiny_clap
+        from itemlens.extractors.standins.audio import write_tiny_clap
 
         spec.update(model=str(write_tiny_clap(weights / "tiny-clap")),
                     note=f"STAND-IN for {spec['model']} (no hub access): a tiny CLAP with seeded random weights "
                          "written by the demo; vectors carry no meaning")
         return spec
     if spec["encoder"] == "caption":
-        from itemlens.extractors.standins_caption import write_tiny_llava
+        from itemlens.extractors.standins.caption import write_tiny_llava
 
         spec.update(model=str(write_tiny_llava(weights / "tiny-llava")),
                     note=f"STAND-IN for {spec['model']} (no hub access): a tiny LLaVA with seeded random weights "
                          "written by the demo; its captions are random words")
         return spec
     if spec["encoder"] in ("open-clip", "video-frames"):
-        from itemlens.extractors.standins import write_open_clip_checkpoint
+        from itemlens.extractors.standins.clip import write_open_clip_checkpoint
 
         config = HERE / "standins" / "tiny-clip.json"
         weights = write_open_clip_checkpoint(config, HERE / "standins" / ".weights" / "tiny-clip-seed0.safetensors")

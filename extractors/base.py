@@ -62,6 +62,9 @@ class Encoder(ABC):
     """Base class of the registered encoders."""
 
     name: ClassVar[str]
+    #: the encoder's options: a FeatureSpec subclass with the fields a feature of this encoder
+    #: may set beyond the common ones (FeatureSpec itself: no options of its own)
+    spec_model: ClassVar[type[FeatureSpec]] = FeatureSpec
     #: catalog inputs it can encode ("text", "image", "video", "audio")
     input_kinds: ClassVar[frozenset[str]]
     #: what a feature of this encoder stores per item: "vector" or "caption"
@@ -77,17 +80,15 @@ class Encoder(ABC):
     # -- configuration ---------------------------------------------------------------
     @classmethod
     def validate_spec(cls, spec: FeatureSpec) -> None:
-        """Raise ConfigError for a spec this encoder cannot honour."""
+        """Raise ConfigError for a spec this encoder cannot honour (its fields are checked by
+        ``spec_model`` already: here, what depends on several of them)."""
+        if not isinstance(spec, cls.spec_model):
+            raise ConfigError(f"encoder {cls.name!r} takes a {cls.spec_model.__name__}, not a "
+                              f"{type(spec).__name__}: build specs with FeatureSpec.model_validate")
         if spec.input.kind not in cls.input_kinds:
             raise ConfigError(
                 f"encoder {cls.name!r} cannot encode {spec.input.kind} input; "
                 f"it takes: {', '.join(sorted(cls.input_kinds))}")
-
-    @classmethod
-    def _reject_fields(cls, spec: FeatureSpec, *fields: str) -> None:
-        for field in fields:
-            if getattr(spec, field) not in (None, False):
-                raise ConfigError(f"encoder {cls.name!r} does not use {field!r} (got {getattr(spec, field)!r})")
 
     # -- identity (driver side, no model load) ----------------------------------------
     @abstractmethod

@@ -28,13 +28,13 @@ class EncoderEntry:
 
 
 _BUILTIN: dict[str, EncoderEntry] = {
-    "open-clip": EncoderEntry("itemlens.extractors.open_clip_encoder:OpenClipEncoder", "image"),
+    "open-clip": EncoderEntry("itemlens.extractors.encoders.open_clip:OpenClipEncoder", "image"),
     "sentence-transformers": EncoderEntry(
-        "itemlens.extractors.sentence_transformers_encoder:SentenceTransformerEncoder", "text"),
-    "hf-text": EncoderEntry("itemlens.extractors.hf_text_encoder:HFTextEncoder", "text"),
-    "video-frames": EncoderEntry("itemlens.extractors.open_clip_encoder:VideoFramesEncoder", "video"),
-    "audio": EncoderEntry("itemlens.extractors.audio_encoder:AudioEncoder", "audio"),
-    "caption": EncoderEntry("itemlens.extractors.captioner:CaptionEncoder", "caption"),
+        "itemlens.extractors.encoders.sentence_transformers:SentenceTransformerEncoder", "text"),
+    "hf-text": EncoderEntry("itemlens.extractors.encoders.hf_text:HFTextEncoder", "text"),
+    "video-frames": EncoderEntry("itemlens.extractors.encoders.open_clip:VideoFramesEncoder", "video"),
+    "audio": EncoderEntry("itemlens.extractors.encoders.audio:AudioEncoder", "audio"),
+    "caption": EncoderEntry("itemlens.extractors.encoders.caption:CaptionEncoder", "caption"),
 }
 _registry: dict[str, EncoderEntry] = dict(_BUILTIN)
 _entry_points_loaded = False
@@ -74,6 +74,15 @@ def encoder_class(name: str) -> type[Encoder]:
         raise MissingDependencyError(
             f"encoder {name!r} needs a package that is not installed ({exc.name or exc}): {hint}") from exc
     return getattr(module, class_name)
+
+
+def spec_model(name: str):
+    """The spec model of the encoder registered as ``name`` (its own options), or None for a
+    name nobody registered (the spec's own validation then says so)."""
+    _load_entry_points()
+    if name not in _registry:
+        return None
+    return getattr(encoder_class(name), "spec_model", None)
 
 
 def _load_entry_points() -> None:

@@ -2,26 +2,33 @@
 
 A spec is part of the YAML configuration (``features: {name: spec}``) and is stored with
 every feature version, so that a store can rebuild the encoder that wrote it (``lens.search``
-with raw text does). The fingerprint hashes everything that changes the output vectors,
-the weights' identity included; resources and precision are execution details and are
-left out (a GPU bf16 run and a CPU fp32 run of the same spec agree to ~1e-3 cosine).
+with raw text does).
+
+:class:`FeatureSpec` holds what every feature has (encoder, model, input, normalization, dtype,
+pooling, resources ...). Each encoder declares its own options as a subclass (``OpenClipSpec``
+with ``pretrained`` and ``checkpoint``, ``CaptionSpec`` with ``prompt`` ...) and names it as its
+``spec_model``; ``FeatureSpec.model_validate(data)`` picks the encoder's model by the
+``encoder`` field, so the YAML is one flat mapping per feature and a field that the chosen
+encoder does not have is an error that lists the ones it does.
+
+The fingerprint hashes everything that changes the output vectors: the common recipe, the
+encoder's options and the weights' identity. Resources, precision, the index and the note are
+execution details and are left out (a GPU bf16 run and a CPU fp32 run of the same spec agree
+to ~1e-3 cosine).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 import string
 from typing import Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from itemlens.config_types import NAME, StrictModel
 
-class _Strict(BaseModel):
-    # extra="forbid" turns a typo in the YAML into an error that names the field.
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
-
+_Strict = StrictModel
 
 class TextInput(_Strict):
     """A text built from catalog columns: ``template: "{title}. {description}"``."""
@@ -147,47 +154,64 @@ class IndexSpec(_Strict):
 
 
 class FeatureSpec(_Strict):
-    """How one feature is made. See README, "Configuration"."""
+    """How one feature is made: what every encoder's spec has. See docs/configuration.md."""
 
     encoder: str = Field(description="registered encoder name, e.g. open-clip, sentence-transformers")
     model: str = Field(description="model name, hub id or local folder")
-    pretrained: str | None = Field(None, description="open-clip pretrained tag")
-    checkpoint: str | None = Field(None, description="local weights file (open-clip)")
-    model_config_file: str | None = Field(
-        None, description="open-clip architecture JSON to register (its file stem is the model name)")
-    revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
-    trust_remote_code: bool = False
-    input: FeatureInput
-    normalize: bool = True
-    dtype: Literal["float32", "float16"] = "float32"
-    pooling: Literal["mean", "per_image", "per_frame"] = Field(
-        "mean", description="several images (or a video's frames) per item: mean of their vectors, or kept "
-                            "per image / per frame")
-    max_seq_length: int | None = Field(None, ge=1, description="text truncation, in tokens")
-    token_pooling: Literal["mean", "last_token", "cls"] | None = Field(
-        None, description="hf-text: how token states become one vector (default mean)")
-    instruction: str | None = Field(
-        None, description="hf-text: prefixed to every text (instruction-tuned embedders, e.g. 'query: ')")
-    prompt: str | None = Field(
-        None, description="caption: the instruction given with each image (through the chat template "
-                          "when the processor has one)")
-    max_new_tokens: int | None = Field(None, ge=1, le=4096, description="caption: longest caption, in tokens")
-    num_beams: int | None = Field(None, ge=1, le=16, description="caption: beam search width (default 1: greedy)")
-    window_seconds: float | None = Field(
-        None, gt=0, description="audio: window length; longer clips are cut into windows and pooled "
-                                "(default: the model's own, 10 s for CLAP, 30 s otherwise)")
+    input: FeatureInput = Field(description=(
+        "{template: '...'} (text from columns), {image: COLUMN}, {video: COLUMN, frames: N}, {audio: COLUMN}, "
+        "or {feature: NAME} (another feature's captions)"))
+    normalize: bool = Field(True, description="L2-normalize the vectors")
+    dtype: Literal["float32", "float16"] = Field("float32", description="the stored vectors' dtype")
+    pooling: Literal["mean"] = Field(
+        "mean", description="several inputs per item (images, frames, windows): the mean of their vectors")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="auto: bf16/fp16 autocast on GPU, fp32 on CPU")
-    resources: Resources = Resources()
+    resources: Resources = Field(Resources(), description="the encoder's actor pool")
     index: IndexSpec | None = Field(None, description="a vector index to build and keep current")
     note: str | None = Field(None, description="free text shown by `itemlens show` (e.g. a stand-in label)")
+
+    #: fields that do not change the stored output (left out of the fingerprint)
+    EXECUTION_FIELDS: ClassVar[frozenset[str]] = frozenset({"precision", "resources", "index", "note"})
+    #: fields that name the weights: they enter the fingerprint through the encoder's weights
+    #: identity, where a local file counts by its content, not by where it lies
+    WEIGHTS_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"model", "revision", "pretrained", "checkpoint", "model_config_file"})
+    #: the recipe's keys when every option lived on one spec: they stay in every recipe (None
+    #: where an encoder does not have them), so that stores written then keep their versions
+    LEGACY_RECIPE: ClassVar[dict[str, Any]] = {
+        "trust_remote_code": False, "max_seq_length": None, "token_pooling": None, "instruction": None,
+        "prompt": None, "max_new_tokens": None, "num_beams": None, "window_seconds": None}
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _encoder_model(cls, data: Any, handler):
+        """``FeatureSpec.model_validate(data)`` validates with the spec model of the encoder
+        that ``data`` names (its own options); a subclass validates as itself."""
+        if cls is FeatureSpec and isinstance(data, dict) and isinstance(data.get("encoder"), str):
+            from itemlens.extractors.registry import spec_model
+
+            model = spec_model(data["encoder"])
+            if model is not None and model is not FeatureSpec:
+                return model.model_validate(data)
+        return handler(data)
+
+    def __new__(cls, *args: Any, **data: Any):
+        """``FeatureSpec(encoder="open-clip", ...)`` builds the encoder's own spec model too."""
+        if cls is FeatureSpec and isinstance(data.get("encoder"), str):
+            from itemlens.extractors.registry import spec_model
+
+            model = spec_model(data["encoder"])
+            if model is not None and issubclass(model, FeatureSpec):
+                cls = model
+        return super().__new__(cls)
 
     @field_validator("input", mode="before")
     @classmethod
     def _input_kind(cls, value: Any) -> Any:
         if isinstance(value, tuple(_INPUT_KEYS.values())):
             return value
-        if isinstance(value, str) and FEATURE_NAME_PATTERN.match(value):
+        if isinstance(value, str) and NAME.match(value):
             value = {"feature": value}      # `input: caption`: another feature's output
         if isinstance(value, dict):
             keys = [k for k in value if k in _INPUT_KEYS]
@@ -214,20 +238,39 @@ class FeatureSpec(_Strict):
             raise ValueError(f"unknown encoder {value!r}; registered encoders: {', '.join(names)}")
         return value
 
-    # Fields that change the stored output, besides the model itself: which model and
-    # weights (name, tag, revision, checkpoint, config file) enter the fingerprint through
-    # the encoder's weights identity, where a local file counts by its content, not by
-    # where it lies (moving it does not make a new version). The rest is execution detail.
-    OUTPUT_FIELDS: ClassVar[tuple[str, ...]] = (
-        "encoder", "trust_remote_code", "input", "normalize", "dtype", "pooling", "max_seq_length",
-        "token_pooling", "instruction", "prompt", "max_new_tokens", "num_beams", "window_seconds",
-    )
+    @classmethod
+    def options(cls) -> list[str]:
+        """The fields of this spec (what a feature of this encoder may set)."""
+        return list(cls.model_fields)
 
     def output_recipe(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", include=set(self.OUTPUT_FIELDS))
+        """What changes the stored output, besides the weights: the common recipe, the legacy
+        keys, and every option of the encoder that is not at its default (a new option with
+        its default value keeps the fingerprints of stores written before it existed)."""
+        values = self.model_dump(mode="json", exclude=set(self.EXECUTION_FIELDS | self.WEIGHTS_FIELDS))
+        recipe = dict(self.LEGACY_RECIPE)
+        for name, value in values.items():
+            if name in recipe or name in _COMMON_RECIPE or value != self._default(name):
+                recipe[name] = value
+        return recipe
+
+    @classmethod
+    def _default(cls, name: str) -> Any:
+        field = cls.model_fields[name]
+        value = field.get_default(call_default_factory=True)
+        return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
 
 
-FEATURE_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+#: the recipe keys every spec has (always in the fingerprint)
+_COMMON_RECIPE = frozenset({"encoder", "input", "normalize", "dtype", "pooling"})
+
+
+class HubModelSpec(FeatureSpec):
+    """The options of models loaded with transformers-family ``from_pretrained``: a local folder
+    or a hub id at a pinned revision, with remote code off unless asked for."""
+
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit) to pin the weights")
+    trust_remote_code: bool = Field(False, description="run the model repository's own code (off by default)")
 
 
 def fingerprint(spec: FeatureSpec, weights_identity: str, processing_version: str) -> str:

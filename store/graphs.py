@@ -45,6 +45,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from itemlens.config_types import NAME, StrictModel
 from itemlens.errors import ConfigError
 from itemlens.store.faults import fault_point
 from itemlens.store.semantic_ids import check_inputs
@@ -64,8 +65,7 @@ PRESETS: dict[str, tuple[str, str]] = {     # name -> (edge weights, normalizati
 COOCCURRENCE = "cooccurrence"        # the input name of an interactions graph
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Strict = StrictModel
 
 
 class InteractionsSpec(_Strict):

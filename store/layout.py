@@ -32,8 +32,6 @@ SNAPSHOTS_TABLE = "snapshots"
 WORK_IDS_PATH = "_work/catalog_ids.lance"
 LOCK_FILE = "_itemlens_writer.lock"
 
-FEATURE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
-
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 
 META_SCHEMA = pa.schema([("key", pa.string()), ("value", pa.string())])

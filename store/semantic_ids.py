@@ -36,9 +36,10 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from itemlens.config_types import NAME, StrictModel
 from itemlens.errors import ConfigError, StoreError
 from itemlens.store.faults import fault_point
-from itemlens.store.layout import FEATURE_NAME, ITEMS_TABLE, TIMESTAMP
+from itemlens.store.layout import ITEMS_TABLE, TIMESTAMP
 
 if TYPE_CHECKING:  # pragma: no cover
     from itemlens.store import quantizers
@@ -48,8 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("itemlens.semantic_ids")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Strict = StrictModel
 
 
 def check_inputs(value: list[str] | dict[str, float]) -> list[str] | dict[str, float]:
@@ -57,7 +57,7 @@ def check_inputs(value: list[str] | dict[str, float]) -> list[str] | dict[str, f
     if not list(value):
         raise ValueError("name at least one input feature")
     for name in value:
-        if not FEATURE_NAME.match(name):
+        if not NAME.match(name):
             raise ValueError(f"{name!r} is not a feature name")
     if isinstance(value, dict) and any(w <= 0 for w in value.values()):
         raise ValueError("feature weights must be > 0")

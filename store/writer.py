@@ -21,11 +21,12 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
+from itemlens.config_types import NAME
 from itemlens.errors import CatalogError, ConfigError, StoreError, StoreFormatError, StoreNotFoundError
 from itemlens.store import lance_io
 from itemlens.store.faults import fault_point
 from itemlens.store.layout import (
-    ERRORS_SCHEMA, ERRORS_TABLE, FEATURE_NAME, FORMAT_VERSION, ITEMS_SCHEMA, ITEMS_TABLE, META_SCHEMA,
+    ERRORS_SCHEMA, ERRORS_TABLE, FORMAT_VERSION, ITEMS_SCHEMA, ITEMS_TABLE, META_SCHEMA,
     META_TABLE, SNAPSHOTS_SCHEMA, SNAPSHOTS_TABLE, TIMESTAMP, WORK_IDS_PATH, WORK_IDS_SCHEMA,
     feature_table, staging_path, value_column,
 )
@@ -440,7 +441,7 @@ class StoreWriter:
     def resolve_version(self, name: str, fingerprint: str, spec: dict[str, Any], *, dtype: str,
                         pooling: str, kind: str = "vector", encoder: dict[str, Any] | None = None) -> FeatureVersion:
         """The feature version for this fingerprint: the stored one, or a new label."""
-        if not FEATURE_NAME.match(name):
+        if not NAME.match(name):
             raise StoreError(
                 f"feature name {name!r} is not allowed: use a letter then letters, digits or '_' (64 at most)")
         entry = self.base.features.get(name)
@@ -758,7 +759,7 @@ def publish_derived(uri: str, specs: dict[str, Any], spec_type, derive, *, what:
     Returns the reports and the new snapshot id (None when nothing changed)."""
     parsed = {n: s if isinstance(s, spec_type) else spec_type.model_validate(s) for n, s in specs.items()}
     for name in parsed:
-        if not FEATURE_NAME.match(name):
+        if not NAME.match(name):
             raise ConfigError(f"{what} name {name!r}: use a letter, then letters, digits or '_'")
     with StoreWriter.open(uri, storage_options=storage_options, lock_wait=lock_wait, command=command) as writer:
         if writer.base.snapshot_id == 0:

@@ -67,7 +67,7 @@ def minilm_path() -> str:
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory) -> dict:
     """Spec fields of the tiny seeded CLIP (seed 0), saved once per session."""
-    from itemlens.extractors.standins import write_open_clip_checkpoint
+    from itemlens.extractors.standins.clip import write_open_clip_checkpoint
 
     checkpoint = write_open_clip_checkpoint(
         TINY_CLIP_CONFIG, tmp_path_factory.mktemp("tiny-clip") / "tiny-clip-seed0.safetensors", seed=0)
@@ -89,7 +89,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def tiny_llm(tmp_path_factory) -> str:
     """A tiny seeded decoder LLM (hf-text's last-token pooling), fast enough for thousands of items."""
-    from itemlens.extractors.standins_text import write_tiny_text_llm
+    from itemlens.extractors.standins.text import write_tiny_text_llm
 
     return str(write_tiny_text_llm(tmp_path_factory.mktemp("llm") / "tiny-llm"))
 

@@ -1,6 +1,7 @@
 """Configuration errors name the field, the bad value and what is allowed, before any work."""
 
 import pytest
+from pydantic import ValidationError
 
 from itemlens.errors import ConfigError
 from itemlens.extractors import FeatureSpec, build_encoder
@@ -13,10 +14,12 @@ def _features(**spec) -> dict:
 
 
 @pytest.mark.parametrize("spec, expected", [
-    ({"pooling": "avg"}, ["features.text.pooling", "'avg'", "'mean'", "'per_image'"]),
+    ({"pooling": "avg"}, ["features.text.pooling", "'avg'", "'mean'"]),
+    ({"pretrained": "x"}, ["features.text.pretrained", "unknown field for encoder 'sentence-transformers'",
+                           "its own options: revision, trust_remote_code, max_seq_length"]),
     ({"dtype": "int8"}, ["features.text.dtype", "'int8'", "'float32'", "'float16'"]),
     ({"encoder": "clip"}, ["features.text.encoder", "'clip'", "open-clip", "sentence-transformers"]),
-    ({"normalise": True}, ["features.text.normalise", "unknown field"]),
+    ({"normalise": True}, ["features.text.normalise", "unknown field", "did you mean 'normalize'?"]),
     ({"input": {"column": "title"}}, ["features.text.input", "template", "image"]),
     ({"input": {"template": "{}"}}, ["features.text.input", "column names"]),
     ({"resources": {"num_gpus": -1}}, ["features.text.resources.num_gpus", "-1", "greater than or equal to 0"]),
@@ -55,18 +58,21 @@ def test_yaml_file_errors_and_relative_paths(tmp_path):
 
 def test_encoder_specific_rules():
     with pytest.raises(ConfigError, match="never encodes with random weights"):
-        build_encoder(FeatureSpec(encoder="open-clip", model="ViT-B-32", input={"image": "images"}))
-    with pytest.raises(ConfigError, match="does not use 'pretrained'"):
-        build_encoder(FeatureSpec(encoder="sentence-transformers", model="m", pretrained="x",
-                                  input={"template": "{t}"}))
+        build_encoder(FeatureSpec.model_validate(dict(encoder="open-clip", model="ViT-B-32", input={"image": "images"})))
+    with pytest.raises(ValidationError, match="pretrained"):      # each encoder's spec holds its own options
+        FeatureSpec.model_validate(dict(encoder="sentence-transformers", model="m", pretrained="x",
+                                        input={"template": "{t}"}))
+    with pytest.raises(ValidationError, match="'mean' or 'per_image'"):
+        FeatureSpec.model_validate(dict(encoder="open-clip", model="ViT-B-32", pretrained="x", pooling="per_frame",
+                                        input={"image": "images"}))
     with pytest.raises(ConfigError, match="cannot encode image input"):
-        build_encoder(FeatureSpec(encoder="sentence-transformers", model="m", input={"image": "images"}))
+        build_encoder(FeatureSpec.model_validate(dict(encoder="sentence-transformers", model="m", input={"image": "images"})))
     with pytest.raises(ConfigError, match="no pretrained tag 'nope'.*laion2b_s34b_b79k"):
-        build_encoder(FeatureSpec(encoder="open-clip", model="ViT-B-32", pretrained="nope",
-                                  input={"image": "i"})).fingerprint()
+        build_encoder(FeatureSpec.model_validate(dict(encoder="open-clip", model="ViT-B-32", pretrained="nope",
+                                  input={"image": "i"}))).fingerprint()
     with pytest.raises(ConfigError, match="no model 'ViT-B-33'.*ViT-B-32"):
-        build_encoder(FeatureSpec(encoder="open-clip", model="ViT-B-33", pretrained="x",
-                                  input={"image": "i"})).fingerprint()
+        build_encoder(FeatureSpec.model_validate(dict(encoder="open-clip", model="ViT-B-33", pretrained="x",
+                                  input={"image": "i"}))).fingerprint()
 
 
 def test_templates_use_plain_column_names():
@@ -120,7 +126,7 @@ def test_video_audio_and_caption_inputs_parse_with_their_settings():
     ({"features": {"v": {"encoder": "open-clip", "model": "m", "checkpoint": "w", "input": {"video": "clip"}}}},
      ["features.v", "cannot encode video input"]),
     ({"features": {"a": {"encoder": "audio", "model": "m", "input": {"audio": "a"}, "prompt": "hi"}}},
-     ["features.a", "does not use 'prompt'"]),
+     ["features.a.prompt", "unknown field for encoder 'audio'", "window_seconds"]),
 ])
 def test_inputs_that_cannot_work_are_refused_before_any_work(config, expected):
     if expected is None:
@@ -130,3 +136,25 @@ def test_inputs_that_cannot_work_are_refused_before_any_work(config, expected):
         load_config(config)
     for fragment in expected:
         assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ({"encoder": "sentence-transformers", "model": "m", "input": {"template": "{t}"}, "max_seq_length": 128,
+      "dtype": "float16", "normalize": False}, "e7e43f24b38ed64a"),
+    ({"encoder": "hf-text", "model": "m", "input": {"template": "{t}"}, "token_pooling": "last_token",
+      "instruction": "q: ", "trust_remote_code": True}, "f39e638de12b8511"),
+    ({"encoder": "open-clip", "model": "ViT-B-32", "pretrained": "x", "input": {"image": "images"},
+      "pooling": "per_image"}, "4671f72a28d38f8b"),
+    ({"encoder": "video-frames", "model": "ViT-B-32", "pretrained": "x",
+      "input": {"video": "v", "frames": 4, "every_seconds": 2}, "pooling": "per_frame"}, "34ee9efe42c5d6c0"),
+    ({"encoder": "audio", "model": "m", "input": {"audio": "a"}, "window_seconds": 5}, "8719af4a7018b233"),
+    ({"encoder": "caption", "model": "m", "input": {"image": "images"}, "prompt": "Say", "max_new_tokens": 20,
+      "num_beams": 2}, "88d6b4b8f8f14308"),
+])
+def test_fingerprints_of_existing_stores_do_not_move(spec, expected):
+    """The values the fingerprint had when every option lived on one spec model: moving the
+    options into each encoder's own spec keeps the versions of the stores written before (a
+    changed fingerprint would re-encode a whole catalog after an upgrade)."""
+    from itemlens.extractors.spec import fingerprint
+
+    assert fingerprint(FeatureSpec.model_validate(spec), "weights", "enc/1") == expected

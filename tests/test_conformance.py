@@ -51,9 +51,9 @@ def media(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def specs(tmp_path_factory, minilm_path, tiny_clip) -> dict[str, dict]:
     """Every registered encoder, with offline weights: the real MiniLM or seeded stand-ins."""
-    from itemlens.extractors.standins_audio import write_tiny_clap, write_tiny_wav2vec2
-    from itemlens.extractors.standins_caption import write_tiny_blip2, write_tiny_llava
-    from itemlens.extractors.standins_text import write_tiny_text_llm
+    from itemlens.extractors.standins.audio import write_tiny_clap, write_tiny_wav2vec2
+    from itemlens.extractors.standins.caption import write_tiny_blip2, write_tiny_llava
+    from itemlens.extractors.standins.text import write_tiny_text_llm
 
     root = tmp_path_factory.mktemp("conformance-models")
     clip = {k: v for k, v in tiny_clip.items() if k != "encoder"}

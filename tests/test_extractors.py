@@ -116,7 +116,7 @@ def test_fingerprint_follows_the_output_not_the_execution(tmp_path, tiny_clip, m
     copy = tmp_path / "copy.safetensors"
     copy.write_bytes(open(tiny_clip["checkpoint"], "rb").read())
     assert fp(checkpoint=str(copy)) == base
-    from itemlens.extractors.standins import write_open_clip_checkpoint
+    from itemlens.extractors.standins.clip import write_open_clip_checkpoint
 
     other = write_open_clip_checkpoint(tiny_clip["model_config_file"], tmp_path / "seed1.safetensors", seed=1)
     assert fp(checkpoint=str(other)) != base

@@ -1,6 +1,6 @@
 """The ``hf-text`` encoder: a transformers model (decoder LLM or encoder) as a text embedder.
 
-A tiny seeded Qwen3 (extractors/standins_text.py) is loaded through the encoder's real path
+A tiny seeded Qwen3 (extractors/standins/text.py) is loaded through the encoder's real path
 (AutoTokenizer + AutoModel). Three tokenizers over the same weights cover the shapes met in
 practice:
 
@@ -23,11 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from itemlens.errors import ConfigError, WeightsNotFoundError
 from itemlens.extractors import FeatureSpec, build_encoder
-from itemlens.extractors.hf_text_encoder import _length_groups
-from itemlens.extractors.standins_text import write_tiny_text_llm
+from itemlens.extractors.encoders.hf_text import _length_groups
+from itemlens.extractors.standins.text import write_tiny_text_llm
 
 # Very different token counts, so a batch pads most of them.
 TEXTS = [
@@ -239,8 +240,8 @@ def test_checkpoint_missing_layers_is_refused(llm, tmp_path):
 @pytest.mark.parametrize("field,value", [("prompt", "describe"), ("checkpoint", "w.safetensors"),
                                          ("pretrained", "laion"), ("max_new_tokens", 8), ("window_seconds", 5.0)])
 def test_rejects_fields_it_does_not_use(llm, field, value):
-    with pytest.raises(ConfigError, match=field):
-        build_encoder(FeatureSpec(encoder="hf-text", model=str(llm), input={"template": "{text}"}, **{field: value}))
+    with pytest.raises(ValidationError, match=field):         # not an option of the hf-text spec
+        FeatureSpec(encoder="hf-text", model=str(llm), input={"template": "{text}"}, **{field: value})
 
 
 def test_minilm_mean_pooling_matches_sentence_transformers(minilm_path):

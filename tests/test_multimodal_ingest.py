@@ -27,14 +27,14 @@ CATALOG_DIR = EXAMPLE_CATALOG.parent
 
 @pytest.fixture(scope="module")
 def tiny_audio_model(tmp_path_factory) -> str:
-    from itemlens.extractors.standins_audio import write_tiny_wav2vec2
+    from itemlens.extractors.standins.audio import write_tiny_wav2vec2
 
     return str(write_tiny_wav2vec2(tmp_path_factory.mktemp("wav2vec2") / "tiny-wav2vec2"))
 
 
 @pytest.fixture(scope="module")
 def tiny_llava(tmp_path_factory) -> str:
-    from itemlens.extractors.standins_caption import write_tiny_llava
+    from itemlens.extractors.standins.caption import write_tiny_llava
 
     return str(write_tiny_llava(tmp_path_factory.mktemp("llava") / "tiny-llava"))
 

@@ -1,5 +1,5 @@
-"""Captioning inputs of every shape (extractors/vision_inputs.py) on tiny seeded checkpoints of each
-family (extractors/standins_caption.py), saved and loaded through AutoProcessor and
+"""Captioning inputs of every shape (extractors/encoders/caption_inputs.py) on tiny seeded checkpoints of each
+family (extractors/standins/caption.py), saved and loaded through AutoProcessor and
 AutoModelForImageTextToText.
 
 The reference in every test is transformers used directly: ``processor(images=..., text=...,
@@ -50,7 +50,7 @@ MULTI_IMAGE_FAMILIES = [f for f, e in EXPECTED.items() if e[4]]
 @pytest.fixture(scope="session")
 def folders(tmp_path_factory) -> dict[str, str]:
     """Each stand-in written once per session (seed 0)."""
-    from itemlens.extractors.standins_caption import write_tiny_captioner
+    from itemlens.extractors.standins.caption import write_tiny_captioner
 
     root = tmp_path_factory.mktemp("vision-input-models")
     return {family: str(write_tiny_captioner(family, root / family)) for family in FAMILIES}
@@ -62,7 +62,7 @@ def loaded(folders):
     from transformers import AutoModelForImageTextToText
     from transformers.utils import logging as hf_logging
 
-    from itemlens.extractors.vision_inputs import VisionInputs
+    from itemlens.extractors.encoders.caption_inputs import VisionInputs
 
     hf_logging.disable_progress_bar()
     cache = {}
@@ -113,7 +113,7 @@ def direct(inputs, model, images=None, texts=None, videos=None, **kwargs):
 
 
 def ours(inputs, model, payloads, **settings):
-    from itemlens.extractors.vision_inputs import GenerationSettings, generate
+    from itemlens.extractors.encoders.caption_inputs import GenerationSettings, generate
 
     batch = inputs.assemble(payloads)
     return batch, generate(model, batch, GenerationSettings(max_new_tokens=MAX_NEW_TOKENS, **settings))
@@ -153,7 +153,7 @@ def test_loads_through_the_auto_classes_and_describes_its_path(family, loaded):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_payload_travels_as_an_arrow_struct(family, loaded, odd_sizes):
-    from itemlens.extractors.vision_inputs import VisionPayload, payload_arrow_type
+    from itemlens.extractors.encoders.caption_inputs import VisionPayload, payload_arrow_type
 
     inputs, _ = loaded(family)
     payload = inputs.prepare([odd_sizes[0]])
@@ -221,7 +221,7 @@ def test_processor_options_reach_every_call(folders, loaded, odd_sizes):
     """Processor options (the dynamic-resolution bounds, pan-and-scan) apply to the CPU half and
     decide the path: Qwen2.5-VL with a smaller pixel budget reads the photo as fewer tokens, as the
     processor does with the same option; Gemma 3 without pan-and-scan reads fixed-size images."""
-    from itemlens.extractors.vision_inputs import VisionInputs
+    from itemlens.extractors.encoders.caption_inputs import VisionInputs
 
     _, model = loaded("qwen2_5_vl")
     small = {"images_kwargs": {"size": {"shortest_edge": 16 * 16, "longest_edge": 16 * 16 * 4}}}
@@ -248,7 +248,7 @@ def test_beam_search_equals_generate_used_directly(loaded, odd_sizes):
 
 def test_tokens_end_at_the_end_of_sequence(loaded, odd_sizes):
     """A caption stops at the model's end-of-sequence token (counted, nothing after it)."""
-    from itemlens.extractors.vision_inputs import GenerationSettings, generate
+    from itemlens.extractors.encoders.caption_inputs import GenerationSettings, generate
 
     inputs, model = loaded("llava")
     batch = inputs.assemble([inputs.prepare([image]) for image in odd_sizes])
@@ -313,7 +313,7 @@ def _clips():
 def test_native_video_equals_the_processors_own_video_path(family, loaded):
     """Frames with their times: the processor's video path with a 10 fps video's metadata (frame
     indices, fps, duration) gives the same tensors and tokens as the clip's timestamps here."""
-    from itemlens.extractors.vision_inputs import VideoClip
+    from itemlens.extractors.encoders.caption_inputs import VideoClip
 
     inputs, model = loaded(family)
     assert inputs.path.video == "native"
@@ -351,7 +351,7 @@ def test_native_video_equals_the_processors_own_video_path(family, loaded):
 def test_the_frames_times_reach_the_model(family, loaded):
     """Models that use the frames' times get them: the same frames at other times are another input
     (Qwen2.5-VL: second_per_grid_ts; Qwen3-VL and SmolVLM: the timestamps written in the prompt)."""
-    from itemlens.extractors.vision_inputs import VideoClip
+    from itemlens.extractors.encoders.caption_inputs import VideoClip
 
     inputs, _ = loaded(family)
     frames, _ = _clips()
@@ -370,7 +370,7 @@ def test_the_frames_times_reach_the_model(family, loaded):
 
 
 def test_an_image_only_model_captions_a_grid_of_the_frames(loaded):
-    from itemlens.extractors.vision_inputs import VideoClip
+    from itemlens.extractors.encoders.caption_inputs import VideoClip
 
     inputs, model = loaded("gemma3")
     frames, indices = _clips()
@@ -386,7 +386,7 @@ def test_an_image_only_model_captions_a_grid_of_the_frames(loaded):
 # -- what a model cannot do, and bad input ----------------------------------------------------------------------
 
 def test_a_model_that_takes_neither_video_nor_several_images_says_so_before_any_work(folders):
-    from itemlens.extractors.vision_inputs import VisionInputs
+    from itemlens.extractors.encoders.caption_inputs import VisionInputs
 
     blip2 = folders["blip2"]
     with pytest.raises(ConfigError, match="one image per prompt.*images: 'all'"):
@@ -442,7 +442,7 @@ def load_image_bytes(data: bytes):
 # -- batching ------------------------------------------------------------------------------------------------
 
 def test_plan_batches_orders_by_vision_tokens_and_keeps_the_budget():
-    from itemlens.extractors.vision_inputs import plan_batches
+    from itemlens.extractors.encoders.caption_inputs import plan_batches
 
     vision = [900, 10, 500, 10, 40, 3000, 20]
     prompt = [v + 20 for v in vision]
@@ -465,7 +465,7 @@ def test_plan_batches_orders_by_vision_tokens_and_keeps_the_budget():
 def test_caption_items_cuts_batches_by_the_budget_and_keeps_the_order(family, loaded, odd_sizes, photos):
     """The actor's whole job: a budget small enough to cut the block into several batches, and
     each caption (text, tokens, counts) is the item's alone, in the order given."""
-    from itemlens.extractors.vision_inputs import GenerationSettings, caption_items, plan_batches
+    from itemlens.extractors.encoders.caption_inputs import GenerationSettings, caption_items, plan_batches
 
     inputs, model = loaded(family)
     payloads = [inputs.prepare([image]) for image in [*odd_sizes, photos[5], photos[9]]]
@@ -476,7 +476,7 @@ def test_caption_items_cuts_batches_by_the_budget_and_keeps_the_order(family, lo
     calls = []
 
     def counting(model, batch, settings):
-        from itemlens.extractors.vision_inputs import generate
+        from itemlens.extractors.encoders.caption_inputs import generate
 
         calls.append(len(batch))
         return generate(model, batch, settings)
@@ -491,7 +491,7 @@ def test_caption_items_cuts_batches_by_the_budget_and_keeps_the_order(family, lo
 
 
 def test_items_that_cannot_share_a_batch_are_kept_apart(loaded):
-    from itemlens.extractors.vision_inputs import VideoClip, plan_batches
+    from itemlens.extractors.encoders.caption_inputs import VideoClip, plan_batches
 
     inputs, _ = loaded("llava_onevision")
     frames, indices = _clips()

@@ -52,15 +52,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator, model_validator
 
 from itemlens.errors import ConfigError
 from itemlens.extractors.media import (
     DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_READ_TIMEOUT, MediaLimits,
 )
 from itemlens.extractors.registry import encoder_class
+from itemlens.config_types import NAME, StrictModel
 from itemlens.extractors.spec import FeatureRefInput, FeatureSpec
-from itemlens.store.layout import FEATURE_NAME
 from itemlens.store.graphs import GraphSpec
 from itemlens.store.semantic_ids import SemanticIdSpec
 
@@ -72,8 +72,7 @@ _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 DEFAULT_MAX_MEDIA_BYTES = 2 * 1024**3
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Strict = StrictModel
 
 
 class CatalogConfig(_Strict):
@@ -118,7 +117,7 @@ class IngestConfig(_Strict):
     catalog: CatalogConfig = CatalogConfig()
     decode: DecodeConfig = DecodeConfig()
     staging: StagingConfig = StagingConfig()
-    features: dict[str, FeatureSpec] = Field(min_length=1)
+    features: dict[str, SerializeAsAny[FeatureSpec]] = Field(min_length=1)
     semantic_ids: dict[str, SemanticIdSpec] = Field(default_factory=dict)
     graphs: dict[str, GraphSpec] = Field(default_factory=dict)
     # Options for an object-storage store (Lance's keys: aws_region, aws_endpoint, ...). Values
@@ -142,7 +141,7 @@ class IngestConfig(_Strict):
     def _names(cls, entries: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         what = {"features": "feature", "semantic_ids": "semantic-ID", "graphs": "graph"}[info.field_name]
         for name in entries:
-            if not FEATURE_NAME.match(name):
+            if not NAME.match(name):
                 raise ValueError(f"{what} name {name!r}: use a letter, then letters, digits or '_'")
         return entries
 
@@ -205,13 +204,16 @@ def load_config(source: str | os.PathLike | dict[str, Any] | IngestConfig) -> In
     try:
         return IngestConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{label} is invalid:\n" + format_validation_error(exc)) from None
+        raise ConfigError(f"{label} is invalid:\n" + format_validation_error(exc, raw)) from None
 
 
-def format_validation_error(exc: ValidationError) -> str:
+def format_validation_error(exc: ValidationError, raw: dict[str, Any] | None = None) -> str:
+    """One line per error: the field's path, the bad value and what is allowed. A field that
+    the feature's encoder does not have is listed with the options that encoder does have."""
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-union")))
+        path = [p for p in err["loc"] if not str(p).startswith(("function-", "tagged-union"))]
+        loc = ".".join(str(p) for p in path)
         value = err.get("input")
         shown = "" if err["type"] == "missing" else f" = {value!r}"
         if isinstance(value, dict) and err["type"] != "extra_forbidden":
@@ -219,8 +221,29 @@ def format_validation_error(exc: ValidationError) -> str:
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown field (check its spelling)"
+            if len(path) == 3 and path[0] == "features":
+                message = _not_an_option(raw, str(path[1]), str(path[2])) or message
         lines.append(f"  {loc}{shown}: {message}")
     return "\n".join(lines)
+
+
+def _not_an_option(raw: dict[str, Any] | None, feature: str, field: str) -> str | None:
+    """'not an option of encoder X; its options: ...' for a feature's unknown field."""
+    from itemlens.extractors.registry import spec_model
+
+    spec = ((raw or {}).get("features") or {}).get(feature)
+    encoder = spec.get("encoder") if isinstance(spec, dict) else None
+    model = spec_model(encoder) if isinstance(encoder, str) else None
+    if model is None:
+        return None
+    import difflib
+
+    common = set(FeatureSpec.model_fields)
+    own = [f for f in model.model_fields if f not in common]
+    close = difflib.get_close_matches(field, list(model.model_fields), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return (f"unknown field for encoder {encoder!r}; {hint}its own options: {', '.join(own) or 'none'}, "
+            f"besides the common {', '.join(sorted(common - {'encoder'}))}")
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:

@@ -40,13 +40,14 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import Field
 
 from itemlens.errors import ConfigError, WeightsNotFoundError
 from itemlens.extractors.base import Encoder, ItemError
-from itemlens.extractors.spec import FeatureSpec
+from itemlens.extractors.spec import HubModelSpec
 from itemlens.extractors.weights import ModelFiles
 
 _CONFIG_FILES = ["config.json"]
@@ -59,18 +60,24 @@ _WEIGHT_FILES = ["model.safetensors", "model.safetensors.index.json", "pytorch_m
 _DEFAULT_MAX_TOKENS = 512
 
 
+class HFTextSpec(HubModelSpec):
+    """``hf-text``: a transformers text model (an encoder or an LLM) as an embedder."""
+
+    encoder: Literal["hf-text"]
+    max_seq_length: int | None = Field(None, ge=1, description="truncation, in tokens (default: the model's)")
+    token_pooling: Literal["mean", "last_token", "cls"] | None = Field(
+        None, description="how token states become one vector (default mean; last_token for LLM embedders)")
+    instruction: str | None = Field(
+        None, description="prefixed to every text (instruction-tuned embedders, e.g. 'query: ')")
+
+
 class HFTextEncoder(Encoder):
     name = "hf-text"
+    spec_model = HFTextSpec
     input_kinds = frozenset({"text"})
 
     #: padded tokens (rows x longest row) per forward pass; bounds activation memory
     tokens_per_batch: ClassVar[int] = 16384
-
-    @classmethod
-    def validate_spec(cls, spec: FeatureSpec) -> None:
-        super().validate_spec(spec)
-        cls._reject_fields(spec, "pretrained", "checkpoint", "model_config_file", "prompt", "max_new_tokens",
-                           "num_beams", "window_seconds")
 
     @property
     def token_pooling(self) -> str:

@@ -9,27 +9,30 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from itemlens.errors import ConfigError
 from itemlens.extractors.base import Encoder, autocast
-from itemlens.extractors.spec import FeatureSpec
+from itemlens.extractors.spec import HubModelSpec
 from itemlens.extractors.weights import ModelFiles
 
 _MODEL_FILES = ["modules.json", "config.json"]
 
 
+class SentenceTransformersSpec(HubModelSpec):
+    """``sentence-transformers``: a SentenceTransformer model (hub id or local folder)."""
+
+    encoder: Literal["sentence-transformers"]
+    max_seq_length: int | None = Field(None, ge=1, description="truncation, in tokens (default: the model's)")
+
+
 class SentenceTransformerEncoder(Encoder):
     name = "sentence-transformers"
+    spec_model = SentenceTransformersSpec
     input_kinds = frozenset({"text"})
-
-    @classmethod
-    def validate_spec(cls, spec: FeatureSpec) -> None:
-        super().validate_spec(spec)
-        cls._reject_fields(spec, "pretrained", "checkpoint", "model_config_file", "token_pooling", "instruction",
-                           "prompt", "max_new_tokens", "num_beams", "window_seconds")
 
     # -- identity ---------------------------------------------------------------------
     @functools.cached_property

@@ -1,9 +1,9 @@
 """Seeded stand-in audio models for tests and the offline demo.
 
-Like :mod:`itemlens.extractors.standins`: no hub access here, so tests build tiny versions of
+Like :mod:`itemlens.extractors.standins.clip`: no hub access here, so tests build tiny versions of
 the real architectures from configs, give them seeded random weights and save them with
 ``save_pretrained`` next to their feature extractor's ``preprocessor_config.json``. The
-:class:`~itemlens.extractors.audio_encoder.AudioEncoder` then loads such a folder through its
+:class:`~itemlens.extractors.encoders.audio.AudioEncoder` then loads such a folder through its
 real loading path (``AutoModel`` / ``AutoFeatureExtractor``). The numbers mean nothing; the
 code path is the real one. Nothing in the pipeline calls this.
 

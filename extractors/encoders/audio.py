@@ -35,13 +35,14 @@ import functools
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from itemlens.errors import ConfigError, WeightsNotFoundError
 from itemlens.extractors.base import AudioFormat, Encoder, autocast
-from itemlens.extractors.spec import FeatureSpec
+from itemlens.extractors.spec import HubModelSpec
 from itemlens.extractors.weights import ModelFiles, hub_offline, missing_hub_weights
 
 _CONFIG = "config.json"
@@ -62,18 +63,19 @@ _PADDING_SAFE_TYPES = frozenset({"wav2vec2", "hubert", "wavlm"})
 _DEFAULT_WINDOW_SECONDS = 30.0
 
 
+class AudioSpec(HubModelSpec):
+    """``audio``: CLAP's audio tower, or a wav2vec2/HuBERT/WavLM-style model with mean pooling."""
+
+    encoder: Literal["audio"]
+    window_seconds: float | None = Field(
+        None, gt=0, description="window length; longer clips are cut into windows and pooled (default: the "
+                                "model's own, 10 s for CLAP, 30 s otherwise)")
+
+
 class AudioEncoder(Encoder):
     name = "audio"
+    spec_model = AudioSpec
     input_kinds = frozenset({"audio"})
-
-    @classmethod
-    def validate_spec(cls, spec: FeatureSpec) -> None:
-        super().validate_spec(spec)
-        cls._reject_fields(spec, "pretrained", "checkpoint", "model_config_file", "max_seq_length", "token_pooling",
-                           "instruction", "prompt", "max_new_tokens", "num_beams")
-        if spec.pooling != "mean":
-            raise ConfigError(f"encoder 'audio' pools a clip's windows into one vector: pooling must be 'mean' "
-                              f"(got {spec.pooling!r})")
 
     # -- where the model is -------------------------------------------------------------
     @functools.cached_property

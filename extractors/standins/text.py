@@ -1,6 +1,6 @@
 """A seeded tiny decoder LLM as a stand-in for the ``hf-text`` encoder's LLM embedders.
 
-Like :mod:`itemlens.extractors.standins`, for tests and the offline demo only: no hub access
+Like :mod:`itemlens.extractors.standins.clip`, for tests and the offline demo only: no hub access
 here, so a tiny Qwen3 (the architecture of Qwen3-Embedding: 2 layers, hidden size 32) gets
 seeded random weights and is saved with ``save_pretrained`` as a ``Qwen3ForCausalLM``, as
 released LLM checkpoints are, into a folder ``AutoTokenizer`` and ``AutoModel`` load back

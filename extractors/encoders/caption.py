@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from itemlens.errors import ConfigError
 from itemlens.extractors.base import Encoder, autocast
-from itemlens.extractors.spec import FeatureSpec
+from itemlens.extractors.spec import HubModelSpec
 from itemlens.extractors.weights import ModelFiles
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -48,16 +49,22 @@ _IMAGE_STEPS = ("do_resize", "do_center_crop", "do_crop", "do_rescale", "do_norm
                 "do_convert_rgb")
 
 
+class CaptionSpec(HubModelSpec):
+    """``caption``: a multimodal LLM (image-text-to-text) writes a caption per item."""
+
+    encoder: Literal["caption"]
+    prompt: str | None = Field(
+        None, description="the instruction given with each image (through the chat template when the processor "
+                          "has one); default: " + repr(DEFAULT_PROMPT))
+    max_new_tokens: int | None = Field(None, ge=1, le=4096, description="longest caption, in tokens (default 40)")
+    num_beams: int | None = Field(None, ge=1, le=16, description="beam search width (default 1: greedy)")
+
+
 class CaptionEncoder(Encoder):
     name = "caption"
+    spec_model = CaptionSpec
     output_kind = "caption"
     input_kinds = frozenset({"image", "video"})
-
-    @classmethod
-    def validate_spec(cls, spec: FeatureSpec) -> None:
-        super().validate_spec(spec)
-        cls._reject_fields(spec, "pretrained", "checkpoint", "model_config_file", "token_pooling", "instruction",
-                           "window_seconds")
 
     # -- settings -----------------------------------------------------------------------
     @property

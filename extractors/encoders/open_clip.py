@@ -23,9 +23,10 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from itemlens.errors import ConfigError, WeightsNotFoundError
 from itemlens.extractors.base import Encoder, autocast
@@ -45,17 +46,36 @@ def _register_model_config(path: str) -> None:
     open_clip.add_model_config(path)
 
 
+class OpenClipSpec(FeatureSpec):
+    """``open-clip``: an open_clip architecture with a pretrained tag or a local checkpoint."""
+
+    encoder: Literal["open-clip"]
+    model: str = Field(description="an open_clip architecture name (open_clip.list_models())")
+    pretrained: str | None = Field(None, description="open_clip pretrained tag, e.g. laion2b_s34b_b79k")
+    checkpoint: str | None = Field(
+        None, description="local weights file (.safetensors, or a .pt checkpoint loaded with weights_only)")
+    model_config_file: str | None = Field(
+        None, description="an open_clip architecture JSON to register (its file stem is the model name)")
+    pooling: Literal["mean", "per_image"] = Field(
+        "mean", description="several images per item: the mean of their vectors (re-normalized), or kept per image")
+
+
+class VideoFramesSpec(OpenClipSpec):
+    """``video-frames``: the same model over frames sampled from each video."""
+
+    encoder: Literal["video-frames"]
+    pooling: Literal["mean", "per_frame"] = Field(
+        "mean", description="a video's frames: the mean of their vectors (re-normalized), or kept per frame")
+
+
 class OpenClipEncoder(Encoder):
     name = "open-clip"
+    spec_model = OpenClipSpec
     input_kinds = frozenset({"text", "image"})
 
     @classmethod
-    def validate_spec(cls, spec: FeatureSpec) -> None:
+    def validate_spec(cls, spec: OpenClipSpec) -> None:
         super().validate_spec(spec)
-        cls._reject_fields(spec, "revision", "max_seq_length", "trust_remote_code", "token_pooling",
-                           "instruction", "prompt", "max_new_tokens", "num_beams", "window_seconds")
-        if spec.pooling == "per_frame" and cls is OpenClipEncoder:
-            raise ConfigError("open-clip: pooling per_frame is for video-frames; images use per_image")
         if ":" in spec.model:
             raise ConfigError(
                 f"open-clip model {spec.model!r}: give an architecture name (see open_clip.list_models()) "
@@ -244,10 +264,5 @@ class VideoFramesEncoder(OpenClipEncoder):
     feature can be searched with text as an image feature can."""
 
     name = "video-frames"
+    spec_model = VideoFramesSpec
     input_kinds = frozenset({"video", "text"})
-
-    @classmethod
-    def validate_spec(cls, spec: FeatureSpec) -> None:
-        super().validate_spec(spec)
-        if spec.pooling == "per_image":
-            raise ConfigError("video-frames: use pooling: per_frame (or mean), not per_image")

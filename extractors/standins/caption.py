@@ -3,7 +3,7 @@ prompt), and the families captioning is done with today, which read pictures the
 Qwen2.5-VL, Qwen3-VL, LLaVA-OneVision, SmolVLM2, Idefics3, Gemma 3 and InternVL3
 (:func:`write_tiny_captioner`, :data:`FAMILIES`).
 
-Like :mod:`itemlens.extractors.standins`, for tests and the offline demo only: no hub access
+Like :mod:`itemlens.extractors.standins.clip`, for tests and the offline demo only: no hub access
 here, so a tiny architecture gets seeded random weights and is saved with ``save_pretrained``
 into a folder that holds everything ``AutoProcessor`` and ``AutoModelForImageTextToText``
 need (config, safetensors weights, processor and image processor configs, tokenizer files,
