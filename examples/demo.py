@@ -51,7 +51,8 @@ def main() -> None:
             print(f"  {name}: STAND-IN: {raw['features'][name]['note']}")
     print()
 
-    from itemlens.workflows.ingest import configure_logging, ingest
+    from itemlens.workflows.ingest import ingest
+    from itemlens.workflows.runtime import configure_logging
 
     configure_logging()
     report = ingest(args.catalog, raw, args.store)

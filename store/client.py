@@ -13,7 +13,6 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -25,7 +24,7 @@ from itemlens.errors import (
 )
 from itemlens.store import lance_io
 from itemlens.store.cache import DEFAULT_CACHE_BYTES, CachedTable, TableCache, load_table
-from itemlens.store.layout import ERRORS_SCHEMA, ERRORS_TABLE, ITEMS_TABLE, staging_schema, value_column
+from itemlens.store.layout import ERRORS_SCHEMA, ERRORS_TABLE, ITEMS_TABLE, staging_rows, staging_schema, value_column
 from itemlens.store.location import StoreLocation
 from itemlens.store.snapshots import FeatureVersion, GraphVersion, SemanticIdVersion, SnapshotDoc, list_snapshots, read_doc
 from itemlens.store.writer import StoreWriter, check_store_format
@@ -501,15 +500,9 @@ class Lens:
                                              encoder={"encoder": "external"})
             writer.recover_staging(version)
             schema = staging_schema(dtype, dim, "mean", kind)
-            n = len(ids)
-            rows = pa.table({
-                "item_id": ids, value_column("mean", kind): values,
-                "n_parts": pa.array(np.ones(n, np.int32)), "input_hash": hashes,
-                "media_key": pa.nulls(n, pa.string()), "fingerprint": [fingerprint] * n,
-                "computed_at": pa.array([datetime.now(timezone.utc)] * n, schema.field("computed_at").type),
-                "error_stage": pa.nulls(n, pa.string()), "error_reason": pa.nulls(n, pa.string()),
-                "run_id": [writer.run_id] * n,
-            }, schema=schema)
+            rows = staging_rows(schema, pa.array(ids, pa.string()), values, n_parts=np.ones(len(ids), np.int32),
+                                input_hash=pa.array(hashes, pa.string()), fingerprint=fingerprint,
+                                run_id=writer.run_id)
             writer.commit_staged(version, lance_io.write_fragments(rows, writer.staging_uri(version),
                                                                    self.location.options()), schema)
             stats = writer.merge_staged(version)

@@ -19,7 +19,6 @@ The ``_``-prefixed folders are not LanceDB tables and are invisible to readers.
 
 from __future__ import annotations
 
-import re
 
 import pyarrow as pa
 
@@ -101,6 +100,26 @@ def staging_schema(dtype: str, dim: int | None, pooling: str, kind: str = "vecto
         pa.field("error_reason", pa.string()),
         pa.field("run_id", pa.string()),
     ])
+
+
+def staging_rows(schema: pa.Schema, item_ids, values: pa.Array, *, n_parts, input_hash, media_key=None,
+                 fingerprint: str, run_id: str, error_stage=None, error_reason=None, computed_at=None) -> pa.Table:
+    """Rows of a staging table (:func:`staging_schema`): one per item, a value or an error stage
+    and reason. The one place they are built, for the pipeline's encoders and for vectors and
+    captions a user puts (``Lens.put_vectors``). Columns left None are null for every row."""
+    from datetime import datetime, timezone
+
+    n = len(values)
+
+    def strings(column):
+        return pa.nulls(n, pa.string()) if column is None else column
+
+    stamp = computed_at or datetime.now(timezone.utc)
+    return pa.table([
+        item_ids, values, pa.array(n_parts, pa.int32()), input_hash, strings(media_key),
+        pa.array([fingerprint] * n, pa.string()), pa.array([stamp] * n, TIMESTAMP),
+        strings(error_stage), strings(error_reason), pa.array([run_id] * n, pa.string()),
+    ], schema=schema)
 
 
 def value_column(pooling: str, kind: str = "vector") -> str:

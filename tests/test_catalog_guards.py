@@ -20,9 +20,10 @@ from PIL import Image
 
 import itemlens
 from itemlens.errors import CatalogError, StoreError
-from itemlens.workflows import ingest as ingest_module
+from itemlens.workflows.feature_job import FeatureJob
 from itemlens.workflows.catalog import CatalogChangedError
-from itemlens.workflows.ingest import ingest, plan
+from itemlens.workflows.ingest import ingest
+from itemlens.workflows.plan import plan
 
 from .conftest import image_spec, text_spec, write_jsonl
 
@@ -112,17 +113,17 @@ def test_a_catalog_replaced_during_a_job_publishes_nothing_and_the_next_run_is_r
     second = _rows(80) + _rows(50, prefix="new")
     third = _rows(60) + _rows(50, prefix="other")
     write_jsonl(catalog, second)
-    original = ingest_module._ingest_feature
+    original = FeatureJob.run
     swapped = []
 
-    def swap_then_run(encoder, version, *args, **kwargs):
+    def swap_then_run(job):
         if not swapped:
             time.sleep(0.01)                 # a new mtime and ctime, whatever the clock's granularity
             write_jsonl(catalog, third)
-            swapped.append(version.name)
-        return original(encoder, version, *args, **kwargs)
+            swapped.append(job.version.name)
+        return original(job)
 
-    monkeypatch.setattr(ingest_module, "_ingest_feature", swap_then_run)
+    monkeypatch.setattr(FeatureJob, "run", swap_then_run)
     with pytest.raises(CatalogChangedError, match="changed while the job ran.*nothing was published"):
         ingest(catalog, config, store, progress=False)
     monkeypatch.undo()

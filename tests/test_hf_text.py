@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from itemlens.errors import ConfigError, WeightsNotFoundError
+from itemlens.errors import WeightsNotFoundError
 from itemlens.extractors import FeatureSpec, build_encoder
 from itemlens.extractors.encoders.hf_text import _length_groups
 from itemlens.extractors.standins.text import write_tiny_text_llm

@@ -185,7 +185,7 @@ def test_every_modality_in_one_ingest_equals_the_libraries_and_bad_media_become_
 
     # dependents: a product's new video re-encodes the video features and re-captions it, and the
     # caption's text feature follows; the dry run says so first, with the reason
-    from itemlens.workflows.ingest import plan
+    from itemlens.workflows.plan import plan
 
     changed = next(r for r in good_videos if r["item_id"] == "B0799CK52K")
     write_video(media_catalog.parent / changed["video"], n_frames=16, width=80, height=60, fps=8)

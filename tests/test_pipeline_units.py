@@ -8,7 +8,7 @@ import pytest
 from itemlens.errors import ConfigError
 from itemlens.extractors import FeatureSpec, ItemError
 from itemlens.workflows.config import load_config
-from itemlens.workflows.ingest import _place
+from itemlens.workflows.feature_job import place as _place
 from itemlens.workflows.runtime import RayRuntime
 from itemlens.workflows.stages import EncodeBatches
 
@@ -55,7 +55,7 @@ def test_actors_asking_for_a_resource_no_node_has_stop_the_job_with_a_message():
 
 
 def test_custom_resources_reach_the_actor_pool_and_do_not_change_the_fingerprint():
-    from itemlens.workflows.ingest import _actor_placement
+    from itemlens.workflows.feature_job import _actor_placement
 
     plain, pinned = _spec(num_gpus=0), _spec(num_gpus=0, resources={"encoder_slot": 1})
     assert _actor_placement(plain.resources) == {}

@@ -88,7 +88,7 @@ def test_a_refresh_encodes_exactly_what_changed_and_equals_a_full_ingest(
     new_ids = {r["item_id"] for r in added}
 
     # --dry-run says what the refresh will do, per feature and reason, and does nothing
-    from itemlens.workflows.ingest import plan
+    from itemlens.workflows.plan import plan
 
     planned = plan(new_catalog, config, store)
     assert (planned.items_seen, planned.new_items, planned.removed_items) == (N + 2, 3, 1)

@@ -177,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _ingest(args) -> int:
-    from itemlens.workflows.ingest import configure_logging, ingest, plan
+    from itemlens.workflows.ingest import ingest
+    from itemlens.workflows.plan import plan
+    from itemlens.workflows.runtime import configure_logging
 
     configure_logging(args.verbose)
     if args.dry_run:
@@ -293,7 +295,7 @@ def _derive(args, section: str, what: str, build) -> int:
     """Build the definitions of a configuration section (all, or --name ones) and publish."""
     from itemlens.errors import ConfigError
     from itemlens.workflows.config import load_config
-    from itemlens.workflows.ingest import configure_logging
+    from itemlens.workflows.runtime import configure_logging
 
     configure_logging(False)
     specs = getattr(load_config(args.config), section)

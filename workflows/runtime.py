@@ -13,6 +13,7 @@ import atexit
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -20,6 +21,10 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from itemlens.errors import ItemlensError
+
+log = logging.getLogger("itemlens")
 
 # Variables the workers need to load models the way the driver would.
 PROPAGATED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "HF_HUB_CACHE", "LANCE_LOG")
@@ -122,7 +127,7 @@ def _record_local_ray() -> None:
         path = _RECORDS / f"{os.getpid()}.json"
         path.write_text(json.dumps(record))
     except Exception as exc:  # bookkeeping only: never fail a job over it
-        logging.getLogger("itemlens").debug("could not record the local Ray session: %s", exc)
+        log.debug("could not record the local Ray session: %s", exc)
         return
     atexit.register(lambda: path.unlink(missing_ok=True))
 
@@ -148,7 +153,7 @@ def reap_orphaned_ray() -> list[int]:
                 pass
         path.unlink(missing_ok=True)
     if killed:
-        logging.getLogger("itemlens").info("ended %d Ray processes left by a killed itemlens job", len(killed))
+        log.info("ended %d Ray processes left by a killed itemlens job", len(killed))
     return killed
 
 
@@ -167,3 +172,49 @@ def _session_processes(node_id: str, session_dir: str) -> list[int]:
         except OSError:                            # gone, or another user's
             continue
     return found
+
+
+# -- Ray work and its errors ------------------------------------------------------------
+
+def run_ray_step(step):
+    """Run a step that executes Ray work; an itemlens error raised inside a Ray worker is
+    re-raised here as itself, without the wall of Ray frames around it."""
+    try:
+        return step()
+    except ItemlensError:
+        raise
+    except Exception as exc:
+        cause = _itemlens_cause(exc)
+        if cause is not None:
+            log.debug("error raised in a Ray worker", exc_info=exc)
+            raise cause from None
+        raise
+
+
+_REMOTE_ERROR = re.compile(r"itemlens\.errors\.(\w+): (.+)")
+
+
+def _itemlens_cause(exc: BaseException) -> ItemlensError | None:
+    """The itemlens error behind a Ray error. Ray keeps a remote exception's type and message
+    only as text (in the traceback it carries), so the error is rebuilt from that text."""
+    from itemlens import errors
+
+    seen, current = set(), exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ItemlensError):
+            return current
+        current = getattr(current, "cause", None) or current.__cause__ or current.__context__
+    for name, message in _REMOTE_ERROR.findall(str(exc)):
+        cls = getattr(errors, name, None)
+        if isinstance(cls, type) and issubclass(cls, ItemlensError) and cls is not errors.UnknownItemsError:
+            return cls(message.strip())
+    return None
+
+
+def configure_logging(verbose: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("itemlens: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False

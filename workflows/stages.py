@@ -24,7 +24,6 @@ import functools
 import hashlib
 import json
 import os
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -41,7 +40,7 @@ from itemlens.extractors.items import (
 )
 from itemlens.extractors.text import TextTemplate, text_hash
 from itemlens.store import lance_io
-from itemlens.store.layout import TIMESTAMP, WORK_IDS_SCHEMA, staging_schema
+from itemlens.store.layout import WORK_IDS_SCHEMA, staging_rows, staging_schema
 from itemlens.store.lookup import StoredHashes, StoredValues
 
 PREPARED_TEXT_SCHEMA = pa.schema([
@@ -148,7 +147,7 @@ def prepare_texts(batch: pa.Table, *, spec_json: str, id_column: str, stored: St
     else:       # input: {feature: NAME}; an item that has no caption gets an input error
         captions = source.lookup(ids)
         rows = [{"text": captions.get(i)} for i in ids]
-    known = stored.lookup(ids)
+    check = InputCheck(stored, ids)
     out: list[tuple[str, str, str, str | None, str | None]] = []
     for item_id, row in zip(ids, rows):
         try:
@@ -159,7 +158,7 @@ def prepare_texts(batch: pa.Table, *, spec_json: str, id_column: str, stored: St
             out.append((item_id, text_hash(text), text, None, None))
         except ItemError as error:
             out.append((item_id, error_hash(error), "", error.stage, error.reason))
-        if known.get(item_id) == out[-1][1]:
+        if check.unchanged(item_id, out[-1][1]):
             out.pop()
     out.sort(key=lambda r: len(r[2]))
     columns = list(zip(*out)) if out else [[]] * 5
@@ -214,10 +213,34 @@ def _kept(key: str | None, error: ItemError) -> str | None:
     return None if error.stage in ("input", "read") else key
 
 
-def _unchanged_by_key(known: tuple[str, str | None] | None, key: str | None) -> bool:
-    """True when the stored media key says the files are those already encoded: URI, size and
-    mtime/ETag all equal. A changed key only means "read and hash to find out"."""
-    return known is not None and key is not None and known[1] == key
+class InputCheck:
+    """The one decision the pipeline and the dry run share: an item needs encoding unless its
+    input is the one its stored value (or errors row) was computed from.
+
+    Media are compared by their cheap key first (URI, size, mtime/ETag: equal means the files
+    are those already encoded, with no read); a changed key only means "read and hash to find
+    out", and then the bytes' hash decides. An input that failed the same way before (same
+    error hash) is not retried either, unless the run asks to (``--retry-errors`` leaves errors
+    out of what is stored)."""
+
+    def __init__(self, stored: StoredHashes, ids: list[str]):
+        self.known = stored.lookup_keys(ids)       # item_id -> (input hash, media key)
+
+    def stored_hash(self, item_id: str) -> str | None:
+        known = self.known.get(item_id)
+        return known[0] if known is not None else None
+
+    def unchanged_by_key(self, item_id: str, key: str | None) -> bool:
+        known = self.known.get(item_id)
+        return known is not None and key is not None and known[1] == key
+
+    def unchanged(self, item_id: str, digest: str) -> bool:
+        return self.stored_hash(item_id) == digest
+
+    def reason(self, item_id: str, digest: str) -> str | None:
+        """Why the item is encoded (``new``: nothing stored; ``changed``: another input), or None."""
+        stored = self.stored_hash(item_id)
+        return "new" if stored is None else ("changed" if stored != digest else None)
 
 
 class _ReadLog:
@@ -249,7 +272,7 @@ def prepare_images(batch: pa.Table, *, spec_json: str, id_column: str, base: str
     transform = _image_transform(spec_json)
     ids = item_ids(batch, id_column)
     cells = batch.column(spec.input.image).to_pylist()
-    known = stored.lookup_keys(ids)
+    check = InputCheck(stored, ids)
     reads = _ReadLog(read_log)
     # A captioner describes an item by its first image (a catalog's main picture).
     first_only = _encoder(spec_json).output_kind == "caption"
@@ -259,15 +282,15 @@ def prepare_images(batch: pa.Table, *, spec_json: str, id_column: str, base: str
         try:
             paths = _image_paths(cell, base, first_only)
             key = _key(paths)
-            if _unchanged_by_key(known.get(item_id), key):
+            if check.unchanged_by_key(item_id, key):
                 continue
             datas, digest = _read_images(paths, limits, reads)
         except ItemError as error:
             digest = error_hash(error)
-            if _hash(known.get(item_id)) != digest:
+            if not check.unchanged(item_id, digest):
                 out.append((item_id, digest, _kept(key, error), b"", 0, 0, 0, error.stage, error.reason))
             continue
-        if _hash(known.get(item_id)) == digest:
+        if check.unchanged(item_id, digest):
             continue
         try:
             pixels = np.stack([_preprocess(transform, decode_image(d, limits.max_pixels), encoder, limits)
@@ -292,10 +315,6 @@ def media_uri(cell: Any, what: str) -> str:
     return cell.strip()
 
 
-def _hash(known: tuple[str, str | None] | None) -> str | None:
-    return known[0] if known is not None else None
-
-
 def _read_media(path: str, limits: MediaLimits, reads: _ReadLog) -> tuple[bytes, str]:
     data = reads.read(path, limits)
     return data, hashlib.sha256(data).hexdigest()
@@ -309,7 +328,7 @@ def _prepare_media(batch: pa.Table, *, column: str, what: str, id_column: str, b
     error stage, reason and ``empty`` columns."""
     ids = item_ids(batch, id_column)
     cells = batch.column(column).to_pylist()
-    known = stored.lookup_keys(ids)
+    check = InputCheck(stored, ids)
     reads = _ReadLog(read_log)
     out: list[tuple] = []
     for item_id, cell in zip(ids, cells):
@@ -317,15 +336,15 @@ def _prepare_media(batch: pa.Table, *, column: str, what: str, id_column: str, b
         try:
             path = resolve_uri(media_uri(cell, what), base)
             key = _key([path])
-            if _unchanged_by_key(known.get(item_id), key):
+            if check.unchanged_by_key(item_id, key):
                 continue
             data, digest = _read_media(path, limits, reads)
-            if _hash(known.get(item_id)) == digest:
+            if check.unchanged(item_id, digest):
                 continue
             decoded = decode(data)
         except ItemError as error:
             digest = digest or error_hash(error)
-            if _hash(known.get(item_id)) != digest:
+            if not check.unchanged(item_id, digest):
                 out.append((item_id, digest, _kept(key, error), *empty, error.stage, error.reason))
             continue
         out.append((item_id, digest, key, *decoded, None, None))
@@ -395,8 +414,7 @@ def plan_inputs(batch: pa.Table, *, spec_json: str, id_column: str, base: str, s
     spec = _spec(spec_json)
     kind = spec.input.kind
     ids = item_ids(batch, id_column)
-    known_keys = stored.lookup_keys(ids)
-    known = {k: h for k, (h, _) in known_keys.items()}
+    check = InputCheck(stored, ids)
     redo = set()
     if dependents is not None:
         import ray
@@ -414,8 +432,8 @@ def plan_inputs(batch: pa.Table, *, spec_json: str, id_column: str, base: str, s
             try:
                 paths = (_image_paths(cell, base, first_only) if kind == "image"
                          else [resolve_uri(media_uri(cell, kind), base)])
-                if _unchanged_by_key(known_keys.get(item_id), _key(paths)):
-                    digests[item_id] = known[item_id]
+                if check.unchanged_by_key(item_id, _key(paths)):
+                    digests[item_id] = check.stored_hash(item_id)
                 elif kind == "image":
                     digests[item_id] = _read_images(paths, limits, reads)[1]
                 else:
@@ -424,12 +442,9 @@ def plan_inputs(batch: pa.Table, *, spec_json: str, id_column: str, base: str, s
                 digests[item_id] = error_hash(error)
     rows = []
     for item_id in ids:
-        if item_id in redo:
-            rows.append((item_id, "dependent"))
-        elif item_id not in known:
-            rows.append((item_id, "new"))
-        elif known[item_id] != digests[item_id]:
-            rows.append((item_id, "changed"))
+        reason = "dependent" if item_id in redo else check.reason(item_id, digests[item_id])
+        if reason is not None:
+            rows.append((item_id, reason))
     columns = list(zip(*rows)) if rows else [[], []]
     return pa.table([pa.array(c, pa.string()) for c in columns], schema=PLAN_SCHEMA)
 
@@ -574,19 +589,12 @@ class EncodeBatches:
         # inputs behind each value: images or frames pooled; 1 for a text, an audio clip, a caption
         parts = (batch.column("n_parts").to_numpy().astype(np.int32)
                  if "n_parts" in batch.column_names and self.output == "vector" else np.ones(n, np.int32))
-        now = datetime.now(timezone.utc)
-        return pa.table([
-            batch.column("item_id"),
-            value_array,
-            pa.array(np.where(missing, 0, parts).astype(np.int32)),
-            batch.column("input_hash"),
-            batch.column("media_key") if "media_key" in batch.column_names else pa.nulls(n, pa.string()),
-            pa.array([self.fingerprint] * n, pa.string()),
-            pa.array([now] * n, TIMESTAMP),
-            pa.array(stages, pa.string()),
-            pa.array(reasons, pa.string()),
-            pa.array([self.run_id] * n, pa.string()),
-        ], schema=self.schema)
+        return staging_rows(
+            self.schema, batch.column("item_id"), value_array, n_parts=np.where(missing, 0, parts),
+            input_hash=batch.column("input_hash"),
+            media_key=batch.column("media_key") if "media_key" in batch.column_names else None,
+            fingerprint=self.fingerprint, run_id=self.run_id,
+            error_stage=pa.array(stages, pa.string()), error_reason=pa.array(reasons, pa.string()))
 
 
 # -- write: CPU tasks ---------------------------------------------------------------------------
