@@ -35,7 +35,7 @@ def run_one(kind: str, n: int, d: int) -> dict:
     """In a child process: one measurement, its time and the process's peak RSS."""
     import resource
 
-    from itemlens.store import knn
+    from itemlens.store.graphs import knn
 
     import faiss  # noqa: F401  (imported before the clock starts, as in a running process)
     import torch  # noqa: F401

@@ -61,7 +61,9 @@ def main() -> None:
     parser.add_argument("--kmeans-only", action="store_true", help="only rq-kmeans against plain faiss")
     args = parser.parse_args()
 
-    from itemlens.store import quantizers
+    from itemlens.store.semantic_ids.metrics import code_metrics
+    from itemlens.store.semantic_ids.quantizers.rq_kmeans import RQKMeans
+    from itemlens.store.semantic_ids.quantizers.rq_vae import RQVAE
 
     x = data(args.rows, args.dim)
     print(f"{args.rows} x {args.dim} float32, {args.levels} levels x {args.codes} codes; "
@@ -69,7 +71,7 @@ def main() -> None:
     results = {}
 
     def record(name, seconds, codes, decoded):
-        m = quantizers.code_metrics(codes, args.codes, x, decoded)
+        m = code_metrics(codes, args.codes, x, decoded)
         results[name] = {"seconds": seconds, "collision_rate": m["collision_rate"],
                          "utilization": m["utilization"], "reconstruction_error": m["reconstruction_error"],
                          "largest_group": m["largest_group"]}
@@ -80,7 +82,7 @@ def main() -> None:
         codes_p, decoded_p = plain_faiss(x, args.levels, args.codes, args.niter, 0)
         plain.append(time.perf_counter() - t)
         t = time.perf_counter()
-        q = quantizers.RQKMeans(args.levels, args.codes, niter=args.niter, seed=0)
+        q = RQKMeans(args.levels, args.codes, niter=args.niter, seed=0)
         encoded = q.fit_encode(x)
         ours.append(time.perf_counter() - t)
     record("plain faiss residual k-means", float(np.median(plain)), codes_p, decoded_p)
@@ -94,12 +96,12 @@ def main() -> None:
     for name, options in (("itemlens rq-kmeans normalized", {"normalize_residual": True}),
                           ("itemlens rq-kmeans balanced", {"balanced": True})):
         t = time.perf_counter()
-        q = quantizers.RQKMeans(args.levels, args.codes, niter=args.niter, seed=0, **options)
+        q = RQKMeans(args.levels, args.codes, niter=args.niter, seed=0, **options)
         encoded = q.fit_encode(x)
         record(name, time.perf_counter() - t, encoded.codes, q.decode(encoded.codes))
 
     t = time.perf_counter()
-    vae = quantizers.RQVAE(args.levels, args.codes, input_dim=args.dim, epochs=args.vae_epochs)
+    vae = RQVAE(args.levels, args.codes, input_dim=args.dim, epochs=args.vae_epochs)
     encoded = vae.fit_encode(x)
     record(f"itemlens rq-vae ({args.vae_epochs} epochs)", time.perf_counter() - t, encoded.codes, vae.decode(encoded.codes))
 

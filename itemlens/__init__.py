@@ -1,7 +1,7 @@
 """itemlens: multimodal item features for recommender systems.
 
 ``import itemlens`` stays light (no torch, no Ray, no transformers): it hands on
-:func:`connect` and the public types, importing the store client on first use.
+:func:`connect` (and :func:`create`) and the public types, importing the store client on first use.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 # name -> module that defines it; resolved on first attribute access (PEP 562).
 _LAZY = {
     "connect": "itemlens.store.client",
+    "create": "itemlens.store.client",
     "Lens": "itemlens.store.client",
     "FeatureInfo": "itemlens.store.client",
     "SearchResult": "itemlens.store.client",
@@ -35,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
         CatalogError, ConfigError, ItemlensError, QueryError, StoreError, StoreFormatError,
         StoreLockedError, UnknownItemsError, WeightsNotFoundError,
     )
-    from itemlens.store.client import FeatureInfo, Lens, SearchResult, connect  # noqa: F401
+    from itemlens.store.client import FeatureInfo, Lens, SearchResult, connect, create  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

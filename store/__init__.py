@@ -1,8 +1,21 @@
-"""itemlens.store: the LanceDB layout, snapshots, the single writer and the client.
+"""itemlens.store: the versioned store, its single writer, the client, and what is derived from
+the vectors. Reading (``connect``, ``Lens.vectors``, ``Lens.search`` with a vector) needs
+neither Ray nor torch; the derivations import their engines (faiss, torch, numba) only when
+they build.
 
-Reading (``connect``, ``Lens.vectors``, ``Lens.search`` with a vector) needs neither Ray nor
-torch; semantic-ID and graph algorithms, when they come, import their engines only when
-building.
+==================  ==========================================================================
+``layout.py``       table names and Arrow schemas; ``location.py``: where a store lives
+``writer.py``       the single writer: items, feature versions, staging, merges, prune, publish
+``snapshots.py``    snapshot documents: one consistent set of table versions
+``lock.py``         the writer lock (flock locally, a lease object on object storage)
+``lance_io.py``     Lance helpers; ``lookup.py``: stored hashes the pipeline's workers read
+``client/``         ``connect`` and the reader (:class:`Lens`)
+``vectors.py``      vectors in item-index order, for everything derived from them
+``semantic_ids/``   semantic IDs: spec, quantizers (a registry), training and refresh, storage
+``graphs/``         item graphs: spec, kNN, presets (a registry), refresh, storage, statistics
+``exports/``        files recommender code reads (a registry of formats)
+``diff.py``         how two versions of a feature differ, neighbour by neighbour
+==================  ==========================================================================
 """
 
 import os
@@ -11,7 +24,7 @@ import os
 # them out of users' consoles unless they ask (LANCE_LOG=info/debug). Read when lance loads.
 os.environ.setdefault("LANCE_LOG", "error")
 
-from itemlens.store.client import FeatureInfo, Lens, SearchResult, connect
-from itemlens.store.writer import StoreWriter
+from itemlens.store.client import FeatureInfo, Lens, SearchResult, connect, create  # noqa: E402
+from itemlens.store.writer import StoreWriter  # noqa: E402
 
-__all__ = ["FeatureInfo", "Lens", "SearchResult", "StoreWriter", "connect"]
+__all__ = ["FeatureInfo", "Lens", "SearchResult", "StoreWriter", "connect", "create"]

@@ -7,7 +7,7 @@ snapshot) or ``text@s3 text@s5`` (the current version of ``text`` in snapshots 3
 refresh between them re-encoded some items). ``text@3`` is refused as ambiguous.
 
 For every item that has a vector on both sides, its top-``k`` cosine neighbours are found on
-each side by exact search (:mod:`itemlens.store.knn`), among the items both sides have (an item
+each side by exact search (:mod:`itemlens.store.graphs.knn`), among the items both sides have (an item
 present on one side only would change the lists without the encoder having changed), the item
 itself left out. Per item:
 
@@ -279,7 +279,7 @@ def _number(value: float) -> float | None:
 def neighbour_lists(x: np.ndarray, k: int, rows: np.ndarray | None = None) -> np.ndarray:
     """Exact top-``k`` cosine neighbours (positions, the row itself left out) of every row of
     ``x``, or of ``rows`` only."""
-    from itemlens.store import knn
+    from itemlens.store.graphs import knn
 
     if rows is None:
         index, _ = knn.exact_knn(x, k, self_loops=False)

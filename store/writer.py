@@ -145,7 +145,7 @@ class StoreWriter:
     def _uri(self, table: str) -> str:
         return self.location.table_uri(table)
 
-    def _open(self, table: str, *, at_base: bool = False):
+    def open_table(self, table: str, *, at_base: bool = False):
         """The table's latest version, or (``at_base``) the version the published snapshot names
         (None when that snapshot does not name it)."""
         if at_base:
@@ -159,7 +159,7 @@ class StoreWriter:
         lance_io.remove_tree(uri, self.location.options())
 
     def _ensure_store(self) -> None:
-        if self._open(META_TABLE) is not None:
+        if self.open_table(META_TABLE) is not None:
             check_store_format(self.location)
             return
         import lancedb
@@ -177,7 +177,7 @@ class StoreWriter:
         opts = self.location.options()
         for table, schema in ((ITEMS_TABLE, ITEMS_SCHEMA), (ERRORS_TABLE, ERRORS_SCHEMA),
                               (SNAPSHOTS_TABLE, SNAPSHOTS_SCHEMA)):
-            if self._open(table) is None:
+            if self.open_table(table) is None:
                 lance_io.create_empty(self._uri(table), schema, opts)
         # meta last: a store is an itemlens store once it has its format recorded
         import lance
@@ -257,7 +257,7 @@ class StoreWriter:
         get item indexes now; more than the first only when a dead run registered some)."""
         import lance
 
-        items = self._open(ITEMS_TABLE)
+        items = self.open_table(ITEMS_TABLE)
         known = items.count_rows()       # append-only, never deleted: count == max index + 1
         base_version = self.base.tables.get(ITEMS_TABLE)
         published = items.checkout_version(base_version).count_rows() if base_version else 0
@@ -279,7 +279,7 @@ class StoreWriter:
         import lance
 
         work = lance.dataset(self.work_ids_uri, storage_options=self.location.options())
-        next_index = self._open(ITEMS_TABLE).count_rows()
+        next_index = self.open_table(ITEMS_TABLE).count_rows()
         stamp = datetime.now(timezone.utc)
 
         def batches():
@@ -327,10 +327,10 @@ class StoreWriter:
     def _count_deleted(self, versions: list[FeatureVersion], ids: list[str]) -> int:
         """How many of ``ids`` the published snapshot holds (values or errors rows), at most per version."""
         wanted = lance_io.isin_filter("item_id", ids)
-        errors = self._open(ERRORS_TABLE, at_base=True)
+        errors = self.open_table(ERRORS_TABLE, at_base=True)
         removed = 0
         for version in versions:
-            table = self._open(version.table, at_base=True)
+            table = self.open_table(version.table, at_base=True)
             n = table.count_rows(filter=wanted) if table is not None else 0
             n += errors.count_rows(filter=wanted & _version_is(version)) if errors is not None else 0
             removed = max(removed, n)
@@ -356,8 +356,8 @@ class StoreWriter:
 
     def _held_ids(self, version: FeatureVersion, *, at_base: bool = False):
         """A reader of the ids this version holds (values and errors rows), or None."""
-        table = self._open(version.table, at_base=at_base)
-        errors = self._open(ERRORS_TABLE, at_base=at_base)
+        table = self.open_table(version.table, at_base=at_base)
+        errors = self.open_table(ERRORS_TABLE, at_base=at_base)
         has_errors = errors is not None and errors.count_rows(filter=f"version = '{version.fingerprint}'") > 0
         if table is None and not has_errors:
             return None
@@ -401,9 +401,9 @@ class StoreWriter:
         source = pa.table({"item_id": pa.array(ids, pa.string())})
         wanted = lance_io.isin_filter("item_id", ids)
         for version in versions:     # only where some are held: a no-op delete would still commit
-            table = self._open(version.table)
+            table = self.open_table(version.table)
             held = table.count_rows(filter=wanted) if table is not None else 0
-            held += self._open(ERRORS_TABLE).count_rows(filter=wanted & _version_is(version))
+            held += self.open_table(ERRORS_TABLE).count_rows(filter=wanted & _version_is(version))
             if held:
                 self._remove(version, source, keep=False)
         return self._count_deleted(versions, ids)
@@ -422,13 +422,13 @@ class StoreWriter:
             return source.scanner(columns=columns).to_reader()
 
         removed = 0
-        table = self._open(version.table)
+        table = self.open_table(version.table)
         if table is not None and table.count_rows():
             builder = table.merge_insert("item_id")
             builder = builder.when_not_matched_by_source_delete() if keep else builder.when_matched_delete()
             removed += builder.execute(ids())["num_deleted_rows"]
             fault_point("remove:values")
-        errors = self._open(ERRORS_TABLE)
+        errors = self.open_table(ERRORS_TABLE)
         own = f"version = '{version.fingerprint}'"
         if errors.count_rows(filter=own):
             builder = errors.merge_insert(["version", "item_id"])
@@ -472,9 +472,9 @@ class StoreWriter:
         """What workers compare input hashes against: this version's rows as they are now."""
         from itemlens.store.lookup import StoredHashes
 
-        feature = self._open(version.table)
+        feature = self.open_table(version.table)
         has_values = feature is not None and feature.count_rows() > 0
-        errors = self._open(ERRORS_TABLE)
+        errors = self.open_table(ERRORS_TABLE)
         has_errors = not retry_errors and errors.count_rows(filter=f"version = '{version.fingerprint}'") > 0
         return StoredHashes(
             feature_uri=self._uri(version.table) if has_values else None,
@@ -489,7 +489,7 @@ class StoreWriter:
         """What workers read a dependent feature's inputs from: this version's values as merged now."""
         from itemlens.store.lookup import StoredValues
 
-        feature = self._open(version.table)
+        feature = self.open_table(version.table)
         has_values = feature is not None and feature.count_rows() > 0
         return StoredValues(
             feature_uri=self._uri(version.table) if has_values else None,
@@ -549,7 +549,7 @@ class StoreWriter:
                 raise StoreError(f"{version.qualified}: staged vectors have {dim} dimensions, the table {version.dim}")
             version.dim = dim
 
-        target = self._open(version.table)
+        target = self.open_table(version.table)
         had_rows = target is not None and target.count_rows() > 0
         if target is None:
             reader = staging.scanner(columns=columns, filter=ok).to_reader()
@@ -561,25 +561,25 @@ class StoreWriter:
                       .execute(staging.scanner(columns=columns, filter=ok).to_reader()))
             stats.inserted, stats.updated = result["num_inserted_rows"], result["num_updated_rows"]
             fault_point("merge:values")
-            target = self._open(version.table)
+            target = self.open_table(version.table)
         if n_bad and had_rows:
             target.merge_insert("item_id").when_matched_delete().execute(
                 staging.scanner(columns=["item_id"], filter=bad).to_reader())
             fault_point("merge:failed-values")
         if n_ok or had_rows:
-            _index_item_ids(self._open(version.table))   # also folds new rows into a vector index
+            _index_item_ids(self.open_table(version.table))   # also folds new rows into a vector index
             fault_point("merge:index")
             if version.index is not None:
                 self._measure_index(version)
 
-        errors = self._open(ERRORS_TABLE)
+        errors = self.open_table(ERRORS_TABLE)
         errors_touched = bool(n_bad)
         if n_ok and errors.count_rows(filter=f"version = '{version.fingerprint}'"):
             errors.merge_insert(["version", "item_id"]).when_matched_delete().execute(
                 staging.scanner(columns={"version": f"'{version.fingerprint}'", "item_id": "item_id"},
                                 filter=ok).to_reader())
             fault_point("merge:errors-cleared")
-            errors, errors_touched = self._open(ERRORS_TABLE), True
+            errors, errors_touched = self.open_table(ERRORS_TABLE), True
         if n_bad:
             error_columns = {
                 "feature": f"'{version.name}'", "version": f"'{version.fingerprint}'", "item_id": "item_id",
@@ -598,14 +598,14 @@ class StoreWriter:
                                                   f"LIMIT {TOP_REASONS}"):
                 stats.by_reason[row["r"]] = row["n"]
         if errors_touched:
-            _index_item_ids(self._open(ERRORS_TABLE))
+            _index_item_ids(self.open_table(ERRORS_TABLE))
             fault_point("merge:errors-index")
         self._remove_tree(staging_uri)
         fault_point("merge:staging-dropped")
         return stats
 
     def count_values(self, version: FeatureVersion) -> int:
-        dataset = self._open(version.table)
+        dataset = self.open_table(version.table)
         return dataset.count_rows() if dataset is not None else 0
 
     # -- vector indexes ---------------------------------------------------------------------
@@ -615,7 +615,7 @@ class StoreWriter:
 
         if version.kind != "vector" or version.pooling != "mean":
             raise StoreError(f"{version.qualified}: only pooled vector features can be indexed")
-        dataset = self._open(version.table)
+        dataset = self.open_table(version.table)
         if dataset is None or dataset.count_rows() == 0:
             raise StoreError(f"{version.qualified} has no vectors to index")
         version.index = indexes.build(dataset, kind, params)
@@ -626,7 +626,7 @@ class StoreWriter:
     def _measure_index(self, version: FeatureVersion) -> None:
         from itemlens.store import indexes
 
-        dataset = self._open(version.table)
+        dataset = self.open_table(version.table)
         version.index = {**(version.index or {}), "rows": dataset.count_rows(),
                          "recall_at_10": round(indexes.recall_at_k(dataset, version.index["kind"], k=10), 4)}
 
@@ -644,14 +644,14 @@ class StoreWriter:
         """Protect a snapshot from pruning: a Lance tag on every table version it names."""
         doc = read_doc(self.location, snapshot_id)
         for table, version in doc.tables.items():
-            tags = self._open(table).tags
+            tags = self.open_table(table).tags
             if pin_tag(snapshot_id) not in tags.list():
                 tags.create(pin_tag(snapshot_id), version)
 
     def unpin(self, snapshot_id: int) -> None:
         doc = read_doc(self.location, snapshot_id)
         for table in doc.tables:
-            dataset = self._open(table)
+            dataset = self.open_table(table)
             if dataset is not None and pin_tag(snapshot_id) in dataset.tags.list():
                 dataset.tags.delete(pin_tag(snapshot_id))
 
@@ -675,7 +675,7 @@ class StoreWriter:
                 named.setdefault(table, set()).add(version)
         deleted_versions, dropped_tables = 0, []
         if dropped:
-            self._open(SNAPSHOTS_TABLE).delete(f"snapshot_id IN ({', '.join(map(str, dropped))})")
+            self.open_table(SNAPSHOTS_TABLE).delete(f"snapshot_id IN ({', '.join(map(str, dropped))})")
             fault_point("prune:snapshots")
         import lancedb
 
@@ -683,7 +683,7 @@ class StoreWriter:
         for table in db.list_tables().tables:
             if table in (META_TABLE, SNAPSHOTS_TABLE):
                 continue
-            dataset = self._open(table)
+            dataset = self.open_table(table)
             if table not in named:
                 if table.startswith(("feature__", "sid__", "sidq__", "graph__")):   # a version no kept snapshot names
                     self._remove_tree(self._uri(table))
@@ -696,7 +696,7 @@ class StoreWriter:
                 deleted_versions += dataset.cleanup_old_versions(versions=old).old_versions
                 fault_point("prune:versions")
         # the snapshot list's own old versions still hold the dropped rows: none is named by a snapshot
-        deleted_versions += self._open(SNAPSHOTS_TABLE).cleanup_old_versions(older_than=timedelta(0)).old_versions
+        deleted_versions += self.open_table(SNAPSHOTS_TABLE).cleanup_old_versions(older_than=timedelta(0)).old_versions
         return {"kept": kept, "dropped": dropped, "pinned": sorted(pinned), "versions_deleted": deleted_versions,
                 "tables_dropped": dropped_tables}
 
@@ -714,9 +714,9 @@ class StoreWriter:
         current = self._touched if current is None else current
         doc = self.base.model_copy(deep=True)
         changed = force
-        errors = self._open(ERRORS_TABLE)
+        errors = self.open_table(ERRORS_TABLE)
         for name, version in current.items():
-            dataset = self._open(version.table)
+            dataset = self.open_table(version.table)
             version.count = dataset.count_rows() if dataset is not None else 0
             version.errors = errors.count_rows(filter=f"version = '{version.fingerprint}'")
             if dataset is not None:
@@ -731,13 +731,13 @@ class StoreWriter:
                 entry.current = version.label
         for name, sid in self._semantic_ids.items():
             for table in (sid.table, sid.quantizer_table):
-                doc.tables[table] = self._open(table).version
+                doc.tables[table] = self.open_table(table).version
             changed |= _make_current(doc.semantic_ids, sid, SemanticIdEntry)
         for name, graph in self._graphs.items():
-            doc.tables[graph.table] = self._open(graph.table).version
+            doc.tables[graph.table] = self.open_table(graph.table).version
             changed |= _make_current(doc.graphs, graph, GraphEntry)
         for table in (ITEMS_TABLE, ERRORS_TABLE):
-            doc.tables[table] = self._open(table).version
+            doc.tables[table] = self.open_table(table).version
         changed |= doc.tables != self.base.tables
         if not changed:
             return None

@@ -432,12 +432,12 @@ def test_sid_grid_is_what_grid_loads_with_its_dedup_numbering(lens, tmp_path):
 # -- the command line --------------------------------------------------------------------------
 
 def test_command_line_lists_every_format_and_prints_the_alignment(lens, tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(exports._FORMATS, "my-format", exports.ExportFormat("my-format", lambda a, o, p: [],
+    monkeypatch.setitem(exports.core._FORMATS, "my-format", exports.ExportFormat("my-format", lambda a, o, p: [],
                                                                              "features", False, True))
     export_parser = build_parser()._subparsers._group_actions[0].choices["export"]
     assert set(export_parser._option_string_actions["--format"].choices) == set(exports.export_formats())
     assert "my-format" in export_parser.format_help()
-    monkeypatch.delitem(exports._FORMATS, "my-format")
+    monkeypatch.delitem(exports.core._FORMATS, "my-format")
 
     ids = tmp_path / "ids.txt"
     ids.write_text("item010\nitem020\nnope\n")

@@ -31,7 +31,7 @@ def test_mixed_precision_matches_fp32_on_cuda(minilm_path, tiny_clip, precision)
 def test_knn_on_cuda_gives_the_cpu_lists():
     """The GPU path of the graphs' kNN (fp32 products, torch top-k and merges) against the CPU
     path (numba kernels): exact lists, a refresh's search and some rows' lists."""
-    from itemlens.store import knn
+    from itemlens.store.graphs import knn
 
     rng = np.random.default_rng(4)
     x = rng.normal(size=(5000, 64)).astype(np.float32)

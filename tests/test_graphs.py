@@ -13,8 +13,9 @@ import scipy.sparse as sp
 
 import itemlens
 from itemlens.errors import ConfigError
-from itemlens.store import knn
-from itemlens.store.graphs import GRAPH_SCHEMA, FeatureInputs, GraphSpec, _refresh_lists, build, graph_stats
+from itemlens.store.graphs import knn
+from itemlens.store.graphs import GRAPH_SCHEMA, FeatureInputs, GraphSpec, build, graph_stats
+from itemlens.store.graphs.build import _refresh_lists
 from itemlens.store.writer import StoreWriter
 from itemlens.workflows.cli import main as cli
 from itemlens.workflows.config import load_config
@@ -203,7 +204,7 @@ def test_merge_lists_equals_a_stable_sort_of_both_lists():
 def _counting_kernels(monkeypatch):
     """Count the blocks the numba kernels fold in, bf16-screened and fp32, so that a test knows
     the path it checks was taken."""
-    from itemlens.store import knn_kernels
+    from itemlens.store.graphs import knn_kernels
 
     folded = {"bf16": 0, "fp32": 0}
     merge = knn_kernels.merge_pairs
@@ -309,7 +310,7 @@ def test_the_bound_rounds_to_bf16_as_torch_does_and_unit_rows_are_unit():
     halfway cases included, or the bound would be about other numbers than the products."""
     import torch
 
-    from itemlens.store import knn_kernels
+    from itemlens.store.graphs import knn_kernels
 
     rng = np.random.default_rng(9)
     bits = rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32)

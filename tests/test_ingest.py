@@ -223,7 +223,7 @@ def test_an_index_declared_in_the_config_is_built_once_big_enough(ray_session, t
 
 
 def test_ingest_derives_semantic_ids_and_graphs_and_a_refresh_keeps_them(ray_session, tmp_path, catalog, minilm_path):
-    from itemlens.store import quantizers
+    from itemlens.store.semantic_ids import quantizers
 
     config = {"features": {"text": text_spec(minilm_path)},
               "semantic_ids": {"sid": {"features": ["text"], "levels": 2, "codebook_size": 4}},

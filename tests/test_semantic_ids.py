@@ -13,7 +13,7 @@ import pytest
 
 import itemlens
 from itemlens.errors import ConfigError
-from itemlens.store import quantizers
+from itemlens.store.semantic_ids import quantizers
 from itemlens.store.semantic_ids import build
 from itemlens.store.writer import StoreWriter
 from itemlens.workflows.cli import main as cli

@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-partitions", type=int, default=None)
     p.add_argument("--num-sub-vectors", type=int, default=None)
     from itemlens.store.exports import export_formats
-    from itemlens.store.exports_models import model_names
+    from itemlens.store.exports.models import model_names
 
     p = sub.add_parser("export", help="write features, semantic IDs or graphs in the files recommender code reads",
                        description="Rows follow the order of your own data (--inter, --ids); see docs/exports.md.")

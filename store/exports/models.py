@@ -28,7 +28,7 @@ lgmrec     none: refused                             its graphs come from intera
                                                      hyperedges, inside the model
 =========  ========================================  ==============================================
 
-The kNN is the store's exact cosine kNN (:func:`itemlens.store.knn.exact_knn`, self included),
+The kNN is the store's exact cosine kNN (:func:`itemlens.store.graphs.knn.exact_knn`, self included),
 on the exported rows only: the model's graph is over the items of its own dataset, which a
 stored graph over the whole catalog is not. The normalizations are the presets of
 :mod:`itemlens.store.graphs` (``freedom``: binary, D^-1/2 A D^-1/2; ``mgcn``: cosine weights,
@@ -195,7 +195,7 @@ def build(model: str, vectors: dict[str, np.ndarray], params: dict[str, Any] | N
     for role, k in largest.items():
         if k > n:
             raise ConfigError(f"{spec.name}: k = {k} neighbours, but only {n} rows (torch.topk would fail)")
-    from itemlens.store import knn as store_knn
+    from itemlens.store.graphs import knn as store_knn
 
     lists = {role: store_knn.exact_knn(vectors[role], largest[role], self_loops=True, device=device) for role in roles}
 

@@ -1,7 +1,7 @@
 """Exports: the store's features, semantic IDs and graphs in the files recommender code reads.
 
 One framework, many formats. An export first decides which item each row holds (an
-:class:`~itemlens.store.exports_align.Order`: the store's item index, an ids file, or the item
+:class:`~itemlens.store.exports.align.Order`: the store's item index, an ids file, or the item
 index of the user's interaction file), then gathers every artifact aligned to it, refuses what
 a consumer would misread, and only then writes. Refused before anything is written:
 
@@ -22,7 +22,7 @@ Formats: ``mmrec``, ``npz``, ``parquet`` (features), ``sid-grid``, ``sid-tokens`
 ``sid-parquet`` (semantic IDs), ``pyg``, ``scipy-npz``, ``mmrec-adj`` (graphs normalized by a
 preset, which is in the file names). ``model=`` (``--for``) with ``mmrec`` or ``mmrec-adj`` adds
 the graph files an MMRec model caches, computed from the exported features as the model does
-(:mod:`itemlens.store.exports_models`). docs/exports.md is the reference. Other formats register
+(:mod:`itemlens.store.exports.models`). docs/exports.md is the reference. Other formats register
 with :func:`register_exporter`; a writer receives the aligned arrays (:class:`Aligned`) and never
 reads the store, so that writing can later go chunk by chunk.
 """
@@ -35,18 +35,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
 import numpy as np
-import pyarrow as pa
-
 from itemlens.errors import ConfigError
-from itemlens.store import exports_align
-from itemlens.store.exports_align import MAPPING_FILE, MAPPING_HEADER, Order
-
+from itemlens.store.exports import align as exports_align
+from itemlens.store.exports.align import MAPPING_FILE, MAPPING_HEADER, Order
 if TYPE_CHECKING:  # pragma: no cover
     from itemlens.store.client import Lens
 
+
 MANIFEST = "export.json"
+
+
 MMREC_CACHES = ("mm_adj_*.pt", "image_adj_*.pt", "text_adj_*.pt")     # what MMRec's graph models torch.save
 
 
@@ -257,11 +256,9 @@ def _refuse(what: str, missing: list[str], order: Order, how: str) -> None:
     raise ConfigError(f"{what}: {shown}{hint}; {how}")
 
 
-# -- gathering -------------------------------------------------------------------------------
-
 def _roles(lens: Lens, features: Sequence[str] | Mapping[str, str] | None, mmrec_roles: bool) -> dict[str, str]:
     """File role -> feature name."""
-    from itemlens.store.exports_models import ROLES
+    from itemlens.store.exports.models import ROLES
 
     if isinstance(features, Mapping):
         roles = dict(features)
@@ -384,7 +381,7 @@ def _gather_graphs(lens: Lens, aligned: Aligned, graphs, spec: ExportFormat, pre
 
 def _model_files(aligned: Aligned, model: str, params: Mapping[str, Any] | None, notes: list[str]) -> dict[str, Any]:
     """Build the graph files ``model`` caches from the features as written (float16 rounding included)."""
-    from itemlens.store import exports_models
+    from itemlens.store.exports import models as exports_models
 
     spec = exports_models.lookup(model)
     vectors = {role: values.astype(np.float32) for role, values in aligned.features.items()}
@@ -411,8 +408,6 @@ def _tensor_layout(tensor) -> str:
     kind = "sparse COO" if tensor.is_sparse else "dense"
     return f"{kind} {str(tensor.dtype).replace('torch.', '')} {list(tensor.shape)}"
 
-
-# -- the folder ------------------------------------------------------------------------------
 
 def _previous_exports(target: Path) -> dict[str, Any]:
     path = target / MANIFEST
@@ -452,7 +447,7 @@ def _existing_mapping(target: Path) -> Order | None:
         return Order([], "unreadable", f"the unreadable {path}")
 
 
-def _write_mapping(aligned: Aligned, out: Path) -> str:
+def write_mapping(aligned: Aligned, out: Path) -> str:
     """MMRec's i_id_mapping.csv: asin<TAB>itemID, row i = itemID i. One that already maps these
     rows (MMRec's own, which may go on past them) is left as it is."""
     existing = _existing_mapping(out)
@@ -464,9 +459,7 @@ def _write_mapping(aligned: Aligned, out: Path) -> str:
     return MAPPING_FILE
 
 
-# -- formats ---------------------------------------------------------------------------------
-
-def _masks(aligned: Aligned, out: Path, names) -> list[str]:
+def write_masks(aligned: Aligned, out: Path, names) -> list[str]:
     """<name>_mask.npy (True: a real value) for the artifacts that have filled rows; a mask left
     by an earlier export of an artifact written now without filled rows is removed."""
     files = []
@@ -479,7 +472,7 @@ def _masks(aligned: Aligned, out: Path, names) -> list[str]:
     return files
 
 
-def _save_model_files(aligned: Aligned, out: Path) -> list[str]:
+def save_model_files(aligned: Aligned, out: Path) -> list[str]:
     import torch
 
     for name, tensor in aligned.model_files.items():
@@ -487,7 +480,7 @@ def _save_model_files(aligned: Aligned, out: Path) -> list[str]:
     return list(aligned.model_files)
 
 
-def _check_mmrec_folder(aligned: Aligned, out: Path, writes_features: bool) -> None:
+def check_mmrec_folder(aligned: Aligned, out: Path, writes_features: bool) -> None:
     """MMRec's models load a cached graph if its file exists and never compare it with the
     features: refuse new features beside caches this export does not rewrite, and caches
     beside feature files they were not built from."""
@@ -511,149 +504,6 @@ def _check_mmrec_folder(aligned: Aligned, out: Path, writes_features: bool) -> N
                           "--for MODEL to rewrite them, or delete them")
 
 
-def _mmrec(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[str]:
-    """MMRec's dataset folder: image_feat.npy and text_feat.npy (row i = itemID i, float32 by
-    default), the cached graph files of ``model`` if one is named, i_id_mapping.csv (asin,
-    itemID) and, where rows were filled, <role>_mask.npy. Refused over graph caches that new
-    features would leave stale."""
-    _check_mmrec_folder(aligned, out, writes_features=True)
-    files = []
-    for role, values in aligned.features.items():
-        np.save(out / f"{role}_feat.npy", values)
-        files.append(f"{role}_feat.npy")
-    files += _masks(aligned, out, aligned.features)
-    files += _save_model_files(aligned, out)
-    return files + [_write_mapping(aligned, out)]
-
-
-def _npz(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[str]:
-    """One numpy archive features.npz: item_id, item_index, per feature its matrix and <name>_mask."""
-    arrays: dict[str, np.ndarray] = {"item_id": np.array(aligned.ids, dtype=str), "item_index": aligned.item_index}
-    for name, values in aligned.features.items():
-        arrays[name] = values
-        arrays[f"{name}_mask"] = aligned.present[name]
-    np.savez(out / "features.npz", **arrays)
-    return ["features.npz"]
-
-
-def _parquet(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[str]:
-    """One Parquet table items.parquet: item_id, item_index, and per feature a fixed-size list
-    column (null where the item has no value) and a boolean <name>_present."""
-    import pyarrow.parquet as pq
-
-    columns: dict[str, pa.Array] = {"item_id": pa.array(aligned.ids, pa.string()),
-                                    "item_index": pa.array(aligned.item_index, pa.int64())}
-    for name, values in aligned.features.items():
-        present = aligned.present[name]
-        flat = pa.array(values.reshape(-1))
-        columns[name] = pa.FixedSizeListArray.from_arrays(flat, values.shape[1], mask=pa.array(~present))
-        columns[f"{name}_present"] = pa.array(present)
-    pq.write_table(pa.table(columns), out / "items.parquet")
-    return ["items.parquet"]
-
-
-def grid_dedup(prefix: np.ndarray) -> np.ndarray:
-    """GRID's dedup digit (``deduplicate_rows_in_tensor``, src/utils/tensor_utils.py): 0 for a
-    row whose code tuple no other row has, else 1 .. n over the n rows sharing it, in row order."""
-    if len(prefix) == 0:
-        return np.zeros(0, np.int64)
-    _, inverse, counts = np.unique(prefix, axis=0, return_inverse=True, return_counts=True)
-    inverse = inverse.reshape(-1)
-    grouped = np.argsort(inverse, kind="stable")           # rows by tuple, in row order within one
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    rank = np.empty(len(prefix), np.int64)
-    rank[grouped] = np.arange(len(prefix)) - starts[inverse[grouped]]
-    return np.where(counts[inverse] > 1, rank + 1, 0).astype(np.int64)
-
-
-def _sid_grid(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[str]:
-    """GRID's semantic-ID file (``semantic_id_path``, read with torch.load): <name>_semantic_ids.pt,
-    int64 [levels + 1, N], rows the levels' codes then the dedup digit, column i = item i of
-    i_id_mapping.csv. The digit is GRID's numbering over the exported items (unique 0, collided
-    1 .. n), or the store's suffix (dedup "store"). Filled columns hold the fill throughout."""
-    import torch
-
-    dedup = options.get("dedup") or "grid"
-    files = []
-    for name, codes in aligned.semantic_ids.items():
-        info = aligned.semantic_id_info[name]
-        levels = int(info.spec["levels"])
-        present = aligned.present[name]
-        grid = np.full((len(codes), levels + 1), aligned.fill if aligned.fill is not None else -1, np.int64)
-        grid[:, :levels] = codes[:, :levels]
-        if dedup == "store":
-            grid[:, levels] = codes[:, levels]
-            how = "the store's suffix (items sharing a tuple numbered 0, 1, ... in item-index order)"
-        else:
-            grid[present, levels] = grid_dedup(codes[present, :levels])
-            how = "GRID's deduplicate_rows_in_tensor: 0 where no other exported item has the tuple, else 1 .. n"
-        if not present.all():
-            grid[~present] = aligned.fill
-        torch.save(torch.from_numpy(np.ascontiguousarray(grid.T)), out / f"{name}_semantic_ids.pt")
-        files.append(f"{name}_semantic_ids.pt")
-        largest, k = int(grid[present, levels].max(initial=0)), int(info.spec["codebook_size"])
-        aligned.details[name].update({
-            "file": f"{name}_semantic_ids.pt", "layout": f"int64 [{levels + 1}, {len(codes)}]: levels, then dedup",
-            "width": levels + 1, "dedup": how, "dedup_max": largest})
-        if largest >= k:
-            # GRID's TIGER offsets hierarchy h by h * num_embeddings_per_hierarchy in one embedding table
-            aligned.notes.append(
-                f"{name}: the dedup digit reaches {largest}, beyond codebook_size {k}; GRID embeds every hierarchy "
-                f"with codebook_width (num_embeddings_per_hierarchy) entries: set it to at least {largest + 1}")
-    files += _masks(aligned, out, aligned.semantic_ids)
-    return files + [_write_mapping(aligned, out)]
-
-
-def _sid_tokens(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[str]:
-    """One token vocabulary for generative recommenders: <name>_tokens.npy, int64 [N, width],
-    token = code + offsets[level] (offsets applied: level l's code c is c + l * K, the suffix
-    after levels * K); <name>_tokens.txt, one line per item of raw codes <a_12><b_3><c_200><d_0>
-    (no offsets; empty: no ID); <name>_vocab.json with K, the offsets, that they are applied in
-    the .npy and not in the .txt, and the vocabulary size."""
-    from itemlens.store.semantic_ids import token_offsets, token_strings
-
-    files = []
-    for name, codes in aligned.semantic_ids.items():
-        info = aligned.semantic_id_info[name]
-        present = aligned.present[name]
-        offsets = np.array(token_offsets(info), np.int64)
-        tokens = codes + offsets[None, :]
-        if not present.all():
-            tokens[~present] = aligned.fill
-        np.save(out / f"{name}_tokens.npy", tokens)
-        (out / f"{name}_tokens.txt").write_text("\n".join(token_strings(codes, present)) + "\n")
-        k = int(info.spec["codebook_size"])
-        suffix = int(info.metrics.get("suffix_values", 0)) if info.width > info.spec["levels"] else 0
-        vocab = {"codebook_size": k, "levels": info.spec["levels"], "width": info.width, "offsets": offsets.tolist(),
-                 "offsets_applied": {f"{name}_tokens.npy": True, f"{name}_tokens.txt": False},
-                 "suffix_values": suffix, "vocab_size": int(info.spec["levels"]) * k + suffix,
-                 "fill": aligned.fill}
-        (out / f"{name}_vocab.json").write_text(json.dumps(vocab, indent=2))
-        files += [f"{name}_tokens.npy", f"{name}_tokens.txt", f"{name}_vocab.json"]
-        aligned.details[name].update({"offsets": offsets.tolist(), "offsets_applied_in": f"{name}_tokens.npy",
-                                      "vocab_size": vocab["vocab_size"]})
-    files += _masks(aligned, out, aligned.semantic_ids)
-    return files + [_write_mapping(aligned, out)]
-
-
-def _sid_parquet(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[str]:
-    """semantic_ids.parquet: item_id, item_index, per definition its codes (null: no ID) and
-    its token string (raw codes, no offsets)."""
-    import pyarrow.parquet as pq
-
-    from itemlens.store.semantic_ids import token_strings
-
-    columns: dict[str, pa.Array] = {"item_id": pa.array(aligned.ids, pa.string()),
-                                    "item_index": pa.array(aligned.item_index, pa.int64())}
-    for name, codes in aligned.semantic_ids.items():
-        present = aligned.present[name]
-        flat = pa.array(np.where(present[:, None], codes, 0).reshape(-1).astype(np.int32))
-        columns[name] = pa.FixedSizeListArray.from_arrays(flat, codes.shape[1], mask=pa.array(~present))
-        columns[f"{name}_tokens"] = pa.array([t or None for t in token_strings(codes, present)], pa.string())
-    pq.write_table(pa.table(columns), out / "semantic_ids.parquet")
-    return ["semantic_ids.parquet"]
-
-
 def _selector(positions: np.ndarray, size: int):
     """A [len(positions), size] 0/1 matrix picking rows ``positions``."""
     import scipy.sparse as sp
@@ -666,65 +516,3 @@ def _expand(matrix, rows: np.ndarray, size: int):
     """``matrix`` (over ``rows`` of the export) placed in a [size, size] matrix."""
     placed = _selector(rows, size).T
     return (placed @ matrix @ placed.T).tocsr()
-
-
-def _graph_stem(aligned: Aligned, name: str) -> str:
-    return f"{name}_{aligned.graph_preset[name]}"
-
-
-def _pyg(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[str]:
-    """PyTorch Geometric's layout: <graph>_<preset>_edge_index.npy int64 [2, E] (source row,
-    target row) and <graph>_<preset>_edge_weight.npy float32 [E]; torch.from_numpy gives PyG
-    its tensors."""
-    files = []
-    for name, matrix in aligned.graphs.items():
-        coo = matrix.tocoo()
-        stem = _graph_stem(aligned, name)
-        np.save(out / f"{stem}_edge_index.npy", np.vstack([coo.row, coo.col]).astype(np.int64))
-        np.save(out / f"{stem}_edge_weight.npy", coo.data.astype(np.float32))
-        files += [f"{stem}_edge_index.npy", f"{stem}_edge_weight.npy"]
-    return files + [_write_mapping(aligned, out)]
-
-
-def _scipy_npz(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[str]:
-    """scipy.sparse.save_npz of each graph's CSR matrix: <graph>_<preset>.npz (scipy.sparse.load_npz)."""
-    import scipy.sparse as sp
-
-    files = []
-    for name, matrix in aligned.graphs.items():
-        stem = _graph_stem(aligned, name)
-        sp.save_npz(out / f"{stem}.npz", matrix.astype(np.float32))
-        files.append(f"{stem}.npz")
-    return files + [_write_mapping(aligned, out)]
-
-
-def _mmrec_adj(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[str]:
-    """Sparse torch tensors: with a model (``--for``), the files that model caches, built from
-    the features as it builds them; else per graph <graph>_<preset>_adj_<k>.pt, a coalesced
-    torch sparse COO float32 [N, N] (torch.load(..., weights_only=True))."""
-    if options.get("model"):
-        _check_mmrec_folder(aligned, out, writes_features=False)
-        return _save_model_files(aligned, out) + [_write_mapping(aligned, out)]
-    import torch
-
-    files = []
-    for name, matrix in aligned.graphs.items():
-        coo = matrix.tocoo()
-        tensor = torch.sparse_coo_tensor(np.vstack([coo.row, coo.col]).astype(np.int64),
-                                         coo.data.astype(np.float32), matrix.shape,
-                                         check_invariants=True).coalesce()
-        file = f"{_graph_stem(aligned, name)}_adj_{aligned.graph_info[name].spec['k']}.pt"
-        torch.save(tensor, out / file)
-        files.append(file)
-    return files + [_write_mapping(aligned, out)]
-
-
-register_exporter("mmrec", _mmrec, needs_order=True)
-register_exporter("npz", _npz)
-register_exporter("parquet", _parquet, dense=False)
-register_exporter("sid-grid", _sid_grid, takes="semantic_ids", needs_order=True)
-register_exporter("sid-tokens", _sid_tokens, takes="semantic_ids")
-register_exporter("sid-parquet", _sid_parquet, takes="semantic_ids", dense=False)
-register_exporter("pyg", _pyg, takes="graphs")
-register_exporter("scipy-npz", _scipy_npz, takes="graphs")
-register_exporter("mmrec-adj", _mmrec_adj, takes="graphs", needs_order=True)

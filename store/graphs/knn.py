@@ -29,7 +29,7 @@ NO_NEIGHBOUR = -1
 
 def valid_rows(x: np.ndarray) -> np.ndarray:
     """Which rows have a direction (non-zero, finite length)."""
-    from itemlens.store import knn_kernels
+    from itemlens.store.graphs import knn_kernels
 
     norms = knn_kernels.row_norms(np.ascontiguousarray(x, dtype=np.float32))
     return np.isfinite(norms) & (norms > 0)
@@ -38,7 +38,7 @@ def valid_rows(x: np.ndarray) -> np.ndarray:
 def unit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows scaled to length 1, and which rows could be (non-zero, finite length); the others
     are zero. (numba kernels: numpy took three passes and a zeroed copy, ~2x the time.)"""
-    from itemlens.store import knn_kernels
+    from itemlens.store.graphs import knn_kernels
 
     x = np.ascontiguousarray(x, dtype=np.float32)
     norms = knn_kernels.row_norms(x)
@@ -161,7 +161,7 @@ def bf16_margins(xu: np.ndarray) -> np.ndarray:
     accumulation of the product and of the fp32 dot product that scores a survivor again
     (each at most d 2^-24 for unit rows; taken twice over), and 1e-6 for the rounding of the
     thresholds and of these norms (e is exact in fp32: x~ is x with its low bits cleared)."""
-    from itemlens.store import knn_kernels
+    from itemlens.store.graphs import knn_kernels
 
     err = np.empty(len(xu), np.float64)
     size = np.empty(len(xu), np.float64)
@@ -197,7 +197,7 @@ def _merge_survivors(xu, S, low_r, low_c, rows, cols, row_lists, row_slot, row_f
     column's ``low_c`` into the rows' and the columns' lists (the arguments of
     :func:`knn_kernels.merge_pairs`); bf16 patterns (int16) are scored again in fp32. False,
     and nothing merged, where a row has too many (the caller folds the block whole)."""
-    from itemlens.store import knn_kernels
+    from itemlens.store.graphs import knn_kernels
 
     found = knn_kernels.survivors(S, low_r, low_c, _survivors_per_row(S.shape[1]))
     if found is None:
@@ -288,7 +288,7 @@ def _fold_rows(best_v, best_i, S, rows: slice, items, k: int) -> None:
     """Fold block ``S`` (its columns are the neighbours ``items``) into the running top-k of
     the lists ``rows``: the numba kernel on CPU, a top-k and a merge on a GPU."""
     if S.device.type == "cpu":
-        from itemlens.store import knn_kernels
+        from itemlens.store.graphs import knn_kernels
 
         v, i = best_v[rows], best_i[rows]          # views: the kernel writes the lists in place
         knn_kernels.fold_rows(S.numpy(), v.numpy(), i.numpy(), items.numpy(),
@@ -401,7 +401,7 @@ def _fold_sources_cpu(S, floors, b, e, sources, source_valid, cand_v, cand_i, ow
     masked): once the sources' lists are full, one screen finds the entries that enter a row's
     or a source's list; before (the first block) or where a row has many (a low floor), the
     kernels fold whole rows and columns instead."""
-    from itemlens.store import knn_kernels
+    from itemlens.store.graphs import knn_kernels
 
     rows = np.arange(b, e)
     own = own_v.numpy(), own_i.numpy()
@@ -417,7 +417,7 @@ def _fold_sources_cpu(S, floors, b, e, sources, source_valid, cand_v, cand_i, ow
 def merge_lists(index_a, sims_a, index_b, sims_b, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the best ``k`` of two neighbour lists, each sorted best first (no item in both;
     on equal scores ``a``'s first)."""
-    from itemlens.store import knn_kernels
+    from itemlens.store.graphs import knn_kernels
 
     index = np.empty((len(index_a), k), np.int64)
     sims = np.empty((len(index_a), k), np.float32)

@@ -1,134 +1,35 @@
-"""Semantic IDs: items as short tuples of codes, unique and stable across refreshes.
-
-A semantic-ID definition (``semantic_ids:`` in the configuration) names its input features
-(one, or several concatenated with weights), a quantizer (store/quantizers.py) and how
-colliding tuples are made unique:
-
-- ``suffix`` (TIGER, GRID): one extra code numbering the items that share a tuple 0, 1, 2 ...
-  in the order of their stable item index; a later item with that tuple gets the next number
-  never handed out before.
-- ``nearest-free`` (LC-Rec, FORGE): the tuple keeps its length; an item whose tuple is taken
-  moves to the nearest last-level code whose tuple is free.
+"""Training and refreshing semantic IDs (``derive``) and ``itemlens semantic-ids`` (``build``).
 
 A version of a definition is one trained quantizer: its weights are stored beside the codes,
 and a refresh encodes new and changed items with them, without training. Unchanged items keep
-their tuples; the tuple of a changed or deleted item is retired (kept as a row with
-``active = false``) and never handed out again. Training again is explicit (``--retrain``, or a
-changed definition or input feature version) and makes a new version; the old stays readable
-as ``"name@v1"``.
-
-Tables of a version (``<name>``, ``<label>``): ``sid__<name>__<label>`` (item_id, codes, the
-quantizer's own codes ``prefix``, the hash of the inputs, active, assigned_at) and
-``sidq__<name>__<label>`` (key -> bytes: the safetensors weights, the code-usage PNG).
-"""
+their tuples; the tuple of a changed or deleted item is retired and never handed out again.
+Training again is explicit (``--retrain``, or a changed definition or input feature version)
+and makes a new version; the old stays readable as ``"name@v1"``."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Literal
-
+from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from itemlens.config_types import NAME, StrictModel
 from itemlens.errors import ConfigError, StoreError
 from itemlens.store.faults import fault_point
-from itemlens.store.layout import ITEMS_TABLE, TIMESTAMP
-
+from itemlens.store.layout import TIMESTAMP
+from itemlens.store.semantic_ids.metrics import code_metrics, usage_plot
+from itemlens.store.semantic_ids.spec import SemanticIdSpec
+from itemlens.store.semantic_ids.storage import CODES_FIELDS, QUANTIZER_SCHEMA, codes_matrix, codes_schema, fixed_codes, open_table
+from itemlens.store.vectors import items_in_order, read_vectors
 if TYPE_CHECKING:  # pragma: no cover
-    from itemlens.store import quantizers
-    from itemlens.store.snapshots import FeatureVersion, SemanticIdVersion
+    from itemlens.store.semantic_ids import quantizers
+    from itemlens.store.snapshots import FeatureVersion
     from itemlens.store.writer import StoreWriter
 
+
 log = logging.getLogger("itemlens.semantic_ids")
-
-
-_Strict = StrictModel
-
-
-def check_inputs(value: list[str] | dict[str, float]) -> list[str] | dict[str, float]:
-    """The ``features:`` of a derived artifact: feature names, or names -> weights > 0."""
-    if not list(value):
-        raise ValueError("name at least one input feature")
-    for name in value:
-        if not NAME.match(name):
-            raise ValueError(f"{name!r} is not a feature name")
-    if isinstance(value, dict) and any(w <= 0 for w in value.values()):
-        raise ValueError("feature weights must be > 0")
-    return value
-
-
-class VaeParams(_Strict):
-    """RQ-VAE (TIGER's defaults: latent 32, 512-256 MLP, beta 0.25)."""
-
-    latent_dim: int = Field(32, ge=1)
-    hidden: list[int] = [512, 256]
-    epochs: int = Field(50, ge=1)
-    batch_size: int = Field(1024, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    beta: float = Field(0.25, ge=0)
-    gradient: Literal["ste", "rotation"] = "ste"
-    restart_dead_codes: bool = True
-
-
-class SemanticIdSpec(_Strict):
-    """``semantic_ids: {name: spec}`` in the configuration."""
-
-    features: list[str] | dict[str, float] = Field(description="input features, or feature -> weight")
-    method: Literal["rq-kmeans", "rq-vae"] = "rq-kmeans"
-    levels: int = Field(3, ge=1, le=16)
-    codebook_size: int = Field(256, ge=2, le=65536)
-    normalize_residual: bool = False          # GRID: L2-normalize the residual before each level
-    balanced: bool = False                    # OneRec: at most ceil(N/K) items per code (rq-kmeans)
-    uniqueness: Literal["suffix", "nearest-free"] = "suffix"
-    kmeans_iterations: int = Field(20, ge=1)
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"   # rq-vae training; k-means runs on faiss-cpu
-    vae: VaeParams = VaeParams()
-
-    @field_validator("features")
-    @classmethod
-    def _inputs(cls, value):
-        return check_inputs(value)
-
-    @property
-    def weights(self) -> dict[str, float]:
-        return dict(self.features) if isinstance(self.features, dict) else {f: 1.0 for f in self.features}
-
-    @property
-    def width(self) -> int:
-        return self.levels + (1 if self.uniqueness == "suffix" else 0)
-
-    def fingerprint(self, inputs: dict[str, str]) -> str:
-        """The definition without execution details (device), plus its inputs' versions."""
-        doc = self.model_dump(mode="json", exclude={"device"})
-        if self.method != "rq-vae":
-            doc.pop("vae")
-        blob = json.dumps({"spec": doc, "inputs": inputs}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-CODES_FIELDS = ["item_id", "codes", "prefix", "source_hash", "active", "assigned_at"]
-
-
-def codes_schema(width: int, levels: int) -> pa.Schema:
-    return pa.schema([
-        pa.field("item_id", pa.string()),
-        pa.field("codes", pa.list_(pa.int32(), width)),     # the semantic ID
-        pa.field("prefix", pa.list_(pa.int32(), levels)),   # the quantizer's codes (before uniqueness)
-        pa.field("source_hash", pa.string()),               # input hashes of the input features
-        pa.field("active", pa.bool_()),                     # false: retired, never handed out again
-        pa.field("assigned_at", TIMESTAMP),
-    ])
-
-
-QUANTIZER_SCHEMA = pa.schema([pa.field("key", pa.string()), pa.field("value", pa.large_binary())])
 
 
 @dataclass
@@ -157,8 +58,6 @@ class SemanticIdReport:
                 f"{m.get('collision_rate', 0):.2%}, reconstruction error {m.get('reconstruction_error', float('nan')):.4f}")
 
 
-# -- inputs ----------------------------------------------------------------------------------
-
 @dataclass
 class Inputs:
     ids: list[str]                 # items with every input feature, in item-index order
@@ -166,43 +65,6 @@ class Inputs:
     source_hash: list[str]
     missing: int                   # items lacking some input
     versions: dict[str, str]       # feature -> qualified version
-
-
-def items_in_order(writer: StoreWriter) -> pa.Table:
-    """Every item id with its stable item index, in item-index order."""
-    return writer._open(ITEMS_TABLE).to_table(columns=["item_id", "item_index"]).sort_by("item_index")
-
-
-def read_vectors(writer: StoreWriter, version: FeatureVersion, table_version: int | None,
-                 item_ids: pa.Array) -> tuple[np.ndarray, np.ndarray, pa.Array]:
-    """One pooled vector feature aligned to ``item_ids``: (present [n] bool, vectors [n, d]
-    float32, zero where absent, the feature's input hashes, null where absent). Column-wise
-    throughout (pyarrow's hash join of the ids): graphs read 100,000s of items per refresh."""
-    import pyarrow.compute as pc
-
-    from itemlens.store import lance_io
-
-    if version.kind != "vector" or version.pooling != "mean":
-        raise ConfigError(f"semantic IDs and graphs take pooled vector features; {version.qualified} holds "
-                          f"{version.kind}s per {version.pooling}")
-    n = len(item_ids)
-    dataset = lance_io.open_dataset(writer.location.table_uri(version.table), table_version, writer.location.options())
-    if dataset is None:
-        return np.zeros(n, bool), np.zeros((n, 0), np.float32), pa.nulls(n, pa.string())
-    table = dataset.to_table(columns=["item_id", "vector", "input_hash"])
-    column = table.column("vector").combine_chunks()
-    if table.num_rows == 0:
-        return np.zeros(n, bool), np.zeros((n, column.type.list_size), np.float32), pa.nulls(n, pa.string())
-    rows = pc.index_in(item_ids, value_set=table.column("item_id").combine_chunks()).fill_null(-1)
-    rows = rows.to_numpy(zero_copy_only=False).astype(np.int64)
-    present = rows >= 0
-    take = np.where(present, rows, 0)
-    values = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, column.type.list_size)
-    vectors = values[take].astype(np.float32, copy=False)
-    if not present.all():
-        vectors[~present] = 0
-    hashes = table.column("input_hash").combine_chunks().take(pa.array(take))
-    return present, vectors, pc.if_else(pa.array(present), hashes, pa.scalar(None, pa.string()))
 
 
 def read_inputs(writer: StoreWriter, weights: dict[str, float], versions: dict[str, FeatureVersion],
@@ -226,8 +88,6 @@ def read_inputs(writer: StoreWriter, weights: dict[str, float], versions: dict[s
     return Inputs([ids[i] for i in keep.tolist()], np.ascontiguousarray(x), source, int(len(ids) - len(keep)),
                   {n: versions[n].qualified for n in weights})
 
-
-# -- uniqueness ------------------------------------------------------------------------------
 
 def make_unique(prefix: np.ndarray, last_distances: np.ndarray, mode: str, taken: set[tuple[int, ...]],
                 next_suffix: dict[tuple[int, ...], int]) -> np.ndarray:
@@ -260,14 +120,12 @@ def make_unique(prefix: np.ndarray, last_distances: np.ndarray, mode: str, taken
     return out
 
 
-# -- building and refreshing -------------------------------------------------------------------
-
 def derive(writer: StoreWriter, name: str, spec: SemanticIdSpec, *, retrain: bool = False,
            features: dict[str, FeatureVersion] | None = None) -> SemanticIdReport:
     """Bring semantic-ID definition ``name`` up to date with the writer's current vectors:
     train a new version (first run, changed definition or inputs, ``retrain``), or refresh the
     current one with its frozen quantizer. Publishing is the caller's (``writer.publish``)."""
-    from itemlens.store import quantizers
+    from itemlens.store.semantic_ids import quantizers
     from itemlens.store.snapshots import SemanticIdVersion, now_iso
 
     report = SemanticIdReport(name=name)
@@ -311,31 +169,31 @@ def derive(writer: StoreWriter, name: str, spec: SemanticIdSpec, *, retrain: boo
                              f"{inputs.x.shape[1]}-d now: retrain")
         # as the published snapshot has them (a run killed after writing left later versions,
         # which this run's overwrite replaces)
-        quantizer_data = _open(writer, version.quantizer_table,
+        quantizer_data = open_table(writer, version.quantizer_table,
                                writer.base.tables.get(version.quantizer_table)).to_table().to_pylist()
         blob = next(r["value"] for r in quantizer_data if r["key"] == "weights")
         quantizer = quantizers.load(spec.method, params, version.input_dim, blob)
-        old = _open(writer, version.table, writer.base.tables.get(version.table)).to_table(columns=CODES_FIELDS)
+        old = open_table(writer, version.table, writer.base.tables.get(version.table)).to_table(columns=CODES_FIELDS)
     report.version = version.label
 
     t = time.perf_counter()
     table, x_active, prefix_active = _assign(old, inputs, quantizer, spec, report, trained_codes)
     report.seconds["assign"] = time.perf_counter() - t
     if not report.trained and report.new == 0 and report.retired == 0 and \
-            _open(writer, version.table, None).version == writer.base.tables.get(version.table):
+            open_table(writer, version.table, None).version == writer.base.tables.get(version.table):
         report.metrics = dict(version.metrics)      # nothing changed: no new table versions
         report.seconds["total"] = time.perf_counter() - t0
         log.info("%s", report.line())
         return report
     t = time.perf_counter()
     decoded = quantizer.decode(prefix_active) if len(prefix_active) else None
-    metrics = quantizers.code_metrics(prefix_active, spec.codebook_size, x_active, decoded)
+    metrics = code_metrics(prefix_active, spec.codebook_size, x_active, decoded)
     if spec.uniqueness == "suffix":   # suffix values ever handed out (the tokens' vocabulary needs them all)
-        metrics["suffix_values"] = int(_matrix(table.column("codes"), spec.width)[:, -1].max(initial=-1)) + 1
+        metrics["suffix_values"] = int(codes_matrix(table.column("codes"), spec.width)[:, -1].max(initial=-1)) + 1
     if spec.method == "rq-vae" and report.trained:
         metrics["training"] = quantizer.history[-1] if quantizer.history else {}
     report.metrics = metrics
-    plot = quantizers.usage_plot(metrics, f"{version.qualified}: code usage per level ({len(prefix_active)} items)")
+    plot = usage_plot(metrics, f"{version.qualified}: code usage per level ({len(prefix_active)} items)")
     report.seconds["metrics"] = time.perf_counter() - t
 
     import lance
@@ -364,8 +222,8 @@ def _assign(old: pa.Table, inputs: Inputs, quantizer, spec: SemanticIdSpec, repo
     active = old.column("active").to_numpy(zero_copy_only=False).copy()
     old_hash = old.column("source_hash").to_pylist()
     width, levels = spec.width, spec.levels
-    codes = _matrix(old.column("codes"), width)
-    prefix = _matrix(old.column("prefix"), levels)
+    codes = codes_matrix(old.column("codes"), width)
+    prefix = codes_matrix(old.column("prefix"), levels)
     position = {i: p for p, i in enumerate(inputs.ids)}
     keep_rows, keep_inputs = [], []
     for row in np.flatnonzero(active).tolist():
@@ -401,7 +259,7 @@ def _assign(old: pa.Table, inputs: Inputs, quantizer, spec: SemanticIdSpec, repo
     schema = codes_schema(width, levels)
     new_rows = pa.table({
         "item_id": [inputs.ids[i] for i in todo],
-        "codes": _fixed(new_codes, width), "prefix": _fixed(new_prefix, levels),
+        "codes": fixed_codes(new_codes, width), "prefix": fixed_codes(new_prefix, levels),
         "source_hash": [inputs.source_hash[i] for i in todo],
         "active": pa.array(np.ones(len(todo), bool)), "assigned_at": pa.array([now] * len(todo), TIMESTAMP),
     }, schema=schema)
@@ -413,25 +271,6 @@ def _assign(old: pa.Table, inputs: Inputs, quantizer, spec: SemanticIdSpec, repo
     return table, rows_x, rows_prefix
 
 
-def _matrix(column: pa.ChunkedArray, width: int) -> np.ndarray:
-    if len(column) == 0:
-        return np.zeros((0, width), np.int64)
-    return column.combine_chunks().flatten().to_numpy().reshape(-1, width).astype(np.int64)
-
-
-def _fixed(values: np.ndarray, width: int) -> pa.FixedSizeListArray:
-    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1).astype(np.int32), pa.int32()), width)
-
-
-def _open(writer: StoreWriter, table: str, version: int | None):
-    from itemlens.store import lance_io
-
-    dataset = lance_io.open_dataset(writer.location.table_uri(table), version, writer.location.options())
-    if dataset is None:
-        raise StoreError(f"table {table} is missing from {writer.location.uri}")
-    return dataset
-
-
 def _device(spec: SemanticIdSpec) -> str:
     if spec.device != "auto":
         return spec.device
@@ -440,27 +279,6 @@ def _device(spec: SemanticIdSpec) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-# -- the command line's and the client's view ------------------------------------------------
-
-def token_strings(codes: np.ndarray, present: np.ndarray) -> list[str]:
-    """``<a_12><b_3><c_200><d_0>``: level letters a, b, c ... (then aa, ab ...), as LC-Rec
-    and GRID print them; "" for items without an ID."""
-    letters = [_letter(i) for i in range(codes.shape[1])]
-    return ["".join(f"<{letters[j]}_{c}>" for j, c in enumerate(row)) if ok else ""
-            for row, ok in zip(codes.tolist(), present.tolist())]
-
-
-def _letter(i: int) -> str:
-    return chr(ord("a") + i) if i < 26 else _letter(i // 26 - 1) + chr(ord("a") + i % 26)
-
-
-def token_offsets(version: SemanticIdVersion) -> list[int]:
-    """Offset added to each level's code to make one token vocabulary: level l's code c is
-    token c + l * K; the suffix level comes last, after levels * K."""
-    k = version.spec["codebook_size"]
-    return [level * k for level in range(version.width)]
 
 
 def build(uri: str, specs: dict[str, SemanticIdSpec | dict[str, Any]], *, retrain: bool = False,

@@ -1,4 +1,4 @@
-"""numba kernels for the CPU selection step of the blocked exact kNN (:mod:`itemlens.store.knn`),
+"""numba kernels for the CPU selection step of the blocked exact kNN (:mod:`itemlens.store.graphs.knn`),
 its preparation (unit rows, bf16 rounding errors), and the bookkeeping of graph refreshes and
 statistics (:mod:`itemlens.store.graphs`).
 

@@ -1,0 +1,173 @@
+"""Reading a snapshot: items, ids, vectors, per-part vectors, captions and errors, looked up
+through the cached id index (a hash lookup plus a numpy gather once a table is loaded)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from itemlens.errors import (
+    ConfigError, UnknownItemsError,
+)
+from itemlens.store import lance_io
+from itemlens.store.cache import CachedTable, load_table
+from itemlens.store.layout import ERRORS_SCHEMA, ERRORS_TABLE, ITEMS_TABLE, value_column
+from itemlens.store.snapshots import FeatureVersion
+if TYPE_CHECKING:  # pragma: no cover
+    pass
+from itemlens.store.client.base import LensBase, _as_ids, _as_output, _fixed_size_to_numpy, _strings, snapshot_guard
+
+
+class Reading(LensBase):
+
+    @snapshot_guard
+    def items(self) -> pa.Table:
+        """item_id and its stable item_index, for every item the store has seen."""
+        ds = self._dataset(ITEMS_TABLE)
+        return ds.to_table(columns=["item_id", "item_index"]) if ds is not None else pa.table(
+            {"item_id": pa.array([], pa.string()), "item_index": pa.array([], pa.int64())})
+
+    @snapshot_guard
+    def ids(self, name: str) -> list[str]:
+        """The ids that have a value (a vector or a caption) for feature ``name``; the others
+        have an errors row (``errors(name)``) or were never in a catalog."""
+        ds = self._dataset(self._version(name).table)
+        return ds.to_table(columns=["item_id"]).column(0).to_pylist() if ds is not None else []
+
+    @snapshot_guard
+    def errors(self, feature: str | None = None) -> pa.Table:
+        """Items without a value, with stage and reason: for one feature version if named
+        (``"image"`` is its current version, ``"image@v1"`` an older one), else for the current
+        version of every feature."""
+        columns = ["feature", "item_id", "stage", "reason", "at"]
+        ds = self._dataset(ERRORS_TABLE)
+        if ds is None:
+            return pa.schema([ERRORS_SCHEMA.field(c) for c in columns]).empty_table()
+        if feature is not None:
+            versions = [self._version(feature).fingerprint]
+        else:
+            versions = [e.versions[e.current].fingerprint for e in self.doc.features.values()]
+        return ds.to_table(columns=columns, filter=lance_io.isin_filter("version", versions))
+
+    # -- lookups ------------------------------------------------------------------------------
+    @snapshot_guard
+    def vectors(self, name: str, ids: Sequence[str], *, fill: float | None = None,
+                output: str = "numpy") -> Any:
+        """Vectors of ``ids`` in their order, [len(ids), dim], in the stored dtype.
+
+        Duplicates in ``ids`` are repeated. An id with no vector raises
+        :class:`~itemlens.errors.UnknownItemsError` (a KeyError) naming it, unless ``fill`` is
+        given: its row is then filled with that value (``np.nan`` to mask, ``0.0`` to zero).
+        ``output``: ``"numpy"`` (default), ``"torch"`` (a tensor sharing the array), ``"arrow"``
+        (a table of item_id, vector) or ``"pandas"`` (a frame indexed by item_id).
+        """
+        version = self._version(name)
+        if version.kind != "vector":
+            raise ConfigError(f"{version.qualified} holds captions: use lens.captions()")
+        if version.pooling != "mean":
+            raise ConfigError(f"{version.qualified} keeps one vector per image: use lens.part_vectors()")
+        ids = _as_ids(ids)
+        values, _ = self._lookup(version, ids, fill)
+        return values if output == "numpy" else _as_output(values, _strings(ids), "vector", output)
+
+    @snapshot_guard
+    def part_vectors(self, name: str, ids: Sequence[str]) -> list[np.ndarray]:
+        """Per-image vectors of ``ids`` (features with ``pooling: per_image``): one [n_i, dim] each."""
+        version = self._version(name)
+        if version.kind != "vector" or version.pooling == "mean":
+            raise ConfigError(f"{version.qualified} has no per-image vectors: use lens.vectors()")
+        dtype = np.float16 if version.dtype == "float16" else np.float32
+        values, _ = self._lookup(version, _as_ids(ids), None)
+        return [np.asarray(v, dtype=dtype).reshape(-1, version.dim) for v in values]
+
+    @snapshot_guard
+    def captions(self, name: str, ids: Sequence[str], *, fill: str | None = None, output: str = "list") -> Any:
+        """Captions of ``ids`` in their order. ``output``: ``"list"`` (default), ``"arrow"`` or
+        ``"pandas"`` (both with the model, prompt and generation settings that wrote them)."""
+        version = self._version(name)
+        if version.kind != "caption":
+            raise ConfigError(f"{version.qualified} holds vectors, not captions: use lens.vectors()")
+        ids = _as_ids(ids)
+        values, _ = self._lookup(version, ids, fill)
+        texts = values.tolist()
+        if output == "list":
+            return texts
+        # what wrote them: the model, and the prompt and generation settings in effect
+        model = version.spec.get("model", "")
+        described = version.encoder or {}
+        prompt = described.get("prompt", version.spec.get("prompt"))
+        generation = json.dumps({k: described[k] for k in ("max_new_tokens", "num_beams", "decoding")
+                                 if k in described}, sort_keys=True)
+        n = len(ids)
+        table = pa.table({"item_id": _strings(ids), "caption": pa.array(texts, pa.string()), "model": [model] * n,
+                          "prompt": [prompt] * n, "generation": [generation] * n})
+        if output == "arrow":
+            return table
+        if output == "pandas":
+            return table.to_pandas().set_index("item_id")
+        raise ConfigError(f"output must be one of list, arrow, pandas; not {output!r}")
+
+    def _lookup(self, version: FeatureVersion, ids: list[str], fill: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Values of ``ids`` (fill where missing, or raise) and a mask of those found."""
+        entry = self._entry(version)
+        rows = entry.index.rows(ids)
+        found = rows >= 0
+        complete = bool(found.all())
+        if not complete and fill is None:
+            self._raise_missing(version, _strings([i for i, ok in zip(ids, found) if not ok]))
+        if entry.values is not None and len(entry.values):
+            values = entry.values[rows] if complete else entry.values[np.where(found, rows, 0)]
+        else:
+            values = self._take(version, rows, found)
+        if not complete:
+            values[~found] = fill
+        return values, found
+
+    def _entry(self, version: FeatureVersion) -> CachedTable:
+        dataset = self._dataset(version.table)
+        column = value_column(version.pooling, version.kind)
+        if dataset is None:   # nothing stored yet
+            from itemlens.store.cache import IdIndex
+
+            return CachedTable(IdIndex(pa.array([], pa.string())), None)
+        key = (self.location.uri, version.table, self.doc.tables[version.table])
+        return self._cache.get(key, lambda budget: load_table(dataset, column, budget))
+
+    def _take(self, version: FeatureVersion, rows: np.ndarray, found: np.ndarray) -> np.ndarray:
+        """Rows from Lance, for tables too large for the cache."""
+        column = value_column(version.pooling, version.kind)
+        wanted, inverse = np.unique(rows[found], return_inverse=True)
+        dataset = self._dataset(version.table)
+        taken = dataset.take(wanted.tolist(), columns=[column]).column(column) if len(wanted) else None
+        if version.kind == "vector" and version.pooling == "mean":
+            dtype = np.float16 if version.dtype == "float16" else np.float32
+            out = np.zeros((len(rows), version.dim or 0), dtype)
+            if taken is not None:
+                out[found] = _fixed_size_to_numpy(taken, version.dim, dtype)[inverse]
+            return out
+        out = np.empty(len(rows), dtype=object)
+        if taken is not None:
+            objects = taken.to_pylist()
+            for position, j in zip(np.flatnonzero(found), inverse):
+                out[position] = objects[j]
+        return out
+
+    def _raise_missing(self, version: FeatureVersion, missing: list[str]) -> None:
+        missing = list(dict.fromkeys(missing))
+        detail = ""
+        errors = self._dataset(ERRORS_TABLE)
+        if errors is not None:
+            flt = lance_io.isin_filter("item_id", missing[:5]) & (pc.field("version") == version.fingerprint)
+            rows = errors.to_table(columns=["item_id", "stage", "reason"], filter=flt).to_pylist()
+            if rows:
+                detail = "; ".join(f"{r['item_id']!r} failed at {r['stage']}: {r['reason']}" for r in rows[:3])
+        raise UnknownItemsError(version.qualified, missing, detail=detail)
+
+    @snapshot_guard
+    def item_order(self) -> list[str]:
+        """Item ids in the store's stable item-index order (row i = item_index i)."""
+        items = self.items().sort_by("item_index")
+        return items.column("item_id").to_pylist()

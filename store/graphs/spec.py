@@ -1,0 +1,72 @@
+"""A graph definition: ``graphs: {name: spec}`` in the configuration (features and fusion
+weights, k, self-loops, the preset, exact or approximate search, an optional co-occurrence
+input) and the fingerprint of what changes its stored lists."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from itemlens.config_types import StrictModel
+from itemlens.store.graphs.presets import COOCCURRENCE, preset_names
+from itemlens.store.semantic_ids import check_inputs
+
+
+class InteractionsSpec(StrictModel):
+    """Item co-occurrence from interactions: items two users' histories share, top-N per item."""
+
+    path: str
+    user_column: str = "user_id"
+    item_column: str = "item_id"
+    top_n: int = Field(10, ge=1)
+    weight: float = Field(1.0, gt=0)
+
+
+class GraphSpec(StrictModel):
+    """``graphs: {name: spec}`` in the configuration."""
+
+    features: list[str] | dict[str, float] = Field(description="features, or feature -> fusion weight")
+    k: int = Field(10, ge=1, le=1000)
+    depth: int | None = Field(None, ge=1)   # neighbours stored per item (default 2k): slack for refreshes
+    self_loops: bool = True          # FREEDOM/LATTICE count the item itself among its k
+    preset: str = Field("freedom", description="how the lists become the matrix a model reads (a registered "
+                                               "preset: freedom, dragon, lattice, mgcn, row, cosine, hypergraph ...)")
+    method: Literal["exact", "approximate"] = "exact"
+    nprobe: int = Field(32, ge=1)    # approximate: IVF lists searched
+    block: int = Field(4096, ge=64)  # exact: rows per block of products
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    interactions: InteractionsSpec | None = None
+
+    @field_validator("features")
+    @classmethod
+    def _inputs(cls, value):
+        return check_inputs(value)
+
+    @field_validator("preset")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        if value not in preset_names():
+            raise ValueError(f"unknown preset {value!r}; presets: {', '.join(preset_names())}")
+        return value
+
+    @property
+    def list_depth(self) -> int:
+        return max(self.depth or 2 * self.k, self.k)
+
+    @property
+    def weights(self) -> dict[str, float]:
+        weights = dict(self.features) if isinstance(self.features, dict) else {f: 1.0 for f in self.features}
+        if self.interactions is not None:
+            weights[COOCCURRENCE] = self.interactions.weight
+        return weights
+
+    def fingerprint(self, inputs: dict[str, str]) -> str:
+        """What changes the stored lists: k, self-loops, method and the inputs' versions (the
+        preset and fusion weights apply when read)."""
+        doc = {"k": self.k, "depth": self.list_depth, "self_loops": self.self_loops, "method": self.method, "inputs": inputs,
+               "nprobe": self.nprobe if self.method == "approximate" else None,
+               "interactions": self.interactions.model_dump(exclude={"weight"}) if self.interactions else None}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
