@@ -280,30 +280,32 @@ def _export(args) -> int:
 def _semantic_ids(args) -> int:
     from itemlens.store.semantic_ids import build
 
-    return _derive(args, "semantic_ids", "semantic IDs", lambda specs: build(
-        args.store, specs, retrain=args.retrain, lock_wait=args.wait_for_lock))
+    return _derive(args, "semantic_ids", "semantic IDs", lambda specs, options: build(
+        args.store, specs, retrain=args.retrain, lock_wait=args.wait_for_lock, storage_options=options))
 
 
 def _graph(args) -> int:
     from itemlens.store.graphs import build
 
-    return _derive(args, "graphs", "graphs", lambda specs: build(
-        args.store, specs, rebuild=args.rebuild, lock_wait=args.wait_for_lock))
+    return _derive(args, "graphs", "graphs", lambda specs, options: build(
+        args.store, specs, rebuild=args.rebuild, lock_wait=args.wait_for_lock, storage_options=options))
 
 
 def _derive(args, section: str, what: str, build) -> int:
-    """Build the definitions of a configuration section (all, or --name ones) and publish."""
+    """Build the definitions of a configuration section (all, or --name ones) and publish. The
+    configuration may hold only that section: its input features are looked up in the store."""
     from itemlens.errors import ConfigError
-    from itemlens.workflows.config import load_config
+    from itemlens.workflows.config import load_derived_config
     from itemlens.workflows.runtime import configure_logging
 
     configure_logging(False)
-    specs = getattr(load_config(args.config), section)
+    cfg = load_derived_config(args.config)
+    specs = getattr(cfg, section)
     names = args.name or list(specs)
     unknown = [n for n in names if n not in specs]
     if unknown or not names:
         raise ConfigError(f"{args.config} defines {what} {', '.join(specs) or 'none'}; not {', '.join(unknown) or 'any'}")
-    reports, snapshot = build({n: specs[n] for n in names})
+    reports, snapshot = build({n: specs[n] for n in names}, cfg.storage_options or None)
     for r in reports.values():
         print(r.line())
     print(f"published snapshot {snapshot}" if snapshot else "nothing changed: no new snapshot")

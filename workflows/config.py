@@ -179,10 +179,45 @@ class IngestConfig(_Strict):
         return sorted(self.features.items(), key=reads_captions)
 
 
+class DerivedConfig(_Strict):
+    """A configuration with only derived sections (``semantic_ids:``, ``graphs:``) and the store's
+    storage options: for ``itemlens semantic-ids`` and ``itemlens graph`` over whatever the store
+    holds, features ingested or vectors put with ``lens.put_vectors`` (the input features are
+    checked against the store, not against a ``features:`` section)."""
+
+    semantic_ids: dict[str, SemanticIdSpec] = Field(default_factory=dict)
+    graphs: dict[str, GraphSpec] = Field(default_factory=dict)
+    storage_options: dict[str, str] = Field(default_factory=dict, repr=False)
+
+    _expand_env = field_validator("storage_options")(IngestConfig._expand_env.__func__)
+    _names = field_validator("semantic_ids", "graphs")(IngestConfig._names.__func__)
+
+
 def load_config(source: str | os.PathLike | dict[str, Any] | IngestConfig) -> IngestConfig:
     """Parse and validate a configuration (a YAML path, a dict or an IngestConfig)."""
     if isinstance(source, IngestConfig):
         return source
+    raw, label = _read(source)
+    try:
+        return IngestConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{label} is invalid:\n" + format_validation_error(exc, raw)) from None
+
+
+def load_derived_config(source: str | os.PathLike | dict[str, Any]) -> IngestConfig | DerivedConfig:
+    """A configuration for ``itemlens semantic-ids`` and ``itemlens graph``: a whole one (with
+    ``features:``, validated as for an ingest), or only the derived sections."""
+    raw, label = _read(source)
+    if "features" in raw:
+        return load_config(source)
+    try:
+        return DerivedConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{label} is invalid:\n" + format_validation_error(exc, raw)) from None
+
+
+def _read(source: str | os.PathLike | dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The configuration as a mapping (relative paths resolved against a YAML file's folder)."""
     base: Path | None = None
     label = "configuration"
     if isinstance(source, dict):
@@ -201,10 +236,7 @@ def load_config(source: str | os.PathLike | dict[str, Any] | IngestConfig) -> In
         raise ConfigError(f"{label} must be a mapping with a `features:` section")
     if base is not None:
         raw = _resolve_paths(raw, base)
-    try:
-        return IngestConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(f"{label} is invalid:\n" + format_validation_error(exc, raw)) from None
+    return raw, label
 
 
 def format_validation_error(exc: ValidationError, raw: dict[str, Any] | None = None) -> str:
