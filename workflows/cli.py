@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections import Counter
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
 def _ingest(args) -> int:
     from itemlens.workflows.ingest import ingest
     from itemlens.workflows.plan import plan
-    from itemlens.workflows.runtime import configure_logging
+    from itemlens.workflows.runtime import configure_logging, quiet_ray_data_actor_warning
 
     configure_logging(args.verbose)
     if args.dry_run:
@@ -190,10 +191,12 @@ def _ingest(args) -> int:
             with open(args.report, "w") as f:
                 json.dump(report.to_doc(), f, indent=2)
         return 0
-    report = ingest(args.catalog, args.config, args.store, address=args.address, lock_wait=args.wait_for_lock,
-                    retry_errors=args.retry_errors, progress=False if args.no_progress else None,
-                    log_to_driver=args.verbose, delta=args.delta, encode_log=args.encode_log,
-                    allow_removals=args.allow_removals)
+    quiet = contextlib.nullcontext() if args.verbose else quiet_ray_data_actor_warning()
+    with quiet:
+        report = ingest(args.catalog, args.config, args.store, address=args.address, lock_wait=args.wait_for_lock,
+                        retry_errors=args.retry_errors, progress=False if args.no_progress else None,
+                        log_to_driver=args.verbose, delta=args.delta, encode_log=args.encode_log,
+                        allow_removals=args.allow_removals)
     print(report.summary())
     if args.report:
         with open(args.report, "w") as f:

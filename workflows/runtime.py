@@ -10,6 +10,7 @@ job's runtime environment (see cluster/README.md).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import re
 import signal
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -48,6 +50,12 @@ class RayRuntime:
 
 
 def start_ray(address: str | None = None, *, log_to_driver: bool = False, progress: bool | None = None) -> RayRuntime:
+    local = address is None and not os.environ.get("RAY_ADDRESS")
+    if local and "RAY_AUTH_MODE" not in os.environ and "ray" not in sys.modules:
+        # Ray 2.60 turns token authentication on for a new local cluster and says so on every
+        # start unless the mode is set. itemlens keeps it on and says so explicitly (a user's
+        # own RAY_AUTH_MODE wins); Ray reads the mode when it is imported, hence here.
+        os.environ["RAY_AUTH_MODE"] = "token"
     import ray
     import ray.data
 
@@ -218,3 +226,65 @@ def configure_logging(verbose: bool = False) -> None:
     log.handlers[:] = [handler]
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     log.propagate = False
+
+
+# -- one line Ray prints that is not ours to act on ------------------------------------------------
+
+#: Ray Data hands its actor pools their map function as an object reference, and Ray's core
+#: worker then logs, once per process at ERROR level, that an actor with object-store
+#: constructor arguments and restarts might not restart (ray-project/ray#53727). The reference
+#: lives as long as the pipeline that owns it, so for Ray Data's own actors the warning does not
+#: apply; users read it as a failure. Only that line, for Ray Data's MapWorker actors, is dropped.
+_RAY_DATA_ACTOR_ARGS = re.compile(
+    r"core_worker\.cc:\d+: Actor with class name: 'MapWorker\(.*has constructor arguments in the object "
+    r"store and max_restarts > 0")
+
+
+@contextlib.contextmanager
+def quiet_ray_data_actor_warning():
+    """While the block runs, this process's stderr (file descriptor 2, where Ray's C++ core
+    worker writes) passes through a filter that drops exactly the line above; everything else,
+    progress bars included, is forwarded as it comes. Used by the command line only: a library
+    caller's file descriptors are left alone."""
+    try:
+        original = os.dup(2)
+        read_end, write_end = os.pipe()
+    except OSError:          # no real stderr (an embedding host): nothing to filter
+        yield
+        return
+    sys.stderr.flush()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward() -> None:
+        pending = b""
+        while True:
+            try:
+                chunk = os.read(read_end, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            out = [line + b"\n" for line in lines
+                   if not _RAY_DATA_ACTOR_ARGS.search(line.decode("utf-8", "replace"))]
+            # a partial line that is not a Ray log line ("[2026-...") goes out now: progress bars
+            if pending and not pending.startswith(b"["):
+                out.append(pending)
+                pending = b""
+            if out:
+                os.write(original, b"".join(out))
+        if pending:
+            os.write(original, pending)
+
+    thread = threading.Thread(target=forward, name="itemlens-stderr", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(original, 2)        # the pipe's last writer closes: the thread drains and ends
+        thread.join(timeout=5)
+        os.close(read_end)
+        os.close(original)
