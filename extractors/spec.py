@@ -147,10 +147,11 @@ class IndexSpec(_Strict):
     """A vector index the ingest builds once the feature has ``min_rows`` vectors, and keeps
     current after that."""
 
-    kind: Literal["IVF_PQ", "IVF_HNSW_SQ"] = "IVF_PQ"
+    kind: Literal["IVF_PQ", "IVF_HNSW_SQ"] = Field("IVF_PQ", description="the Lance vector index type")
     min_rows: int = Field(100_000, ge=1, description="build once the table has this many vectors")
-    num_partitions: int | None = Field(None, ge=1)
-    num_sub_vectors: int | None = Field(None, ge=1)
+    num_partitions: int | None = Field(None, ge=1, description="IVF partitions (default: about sqrt(rows))")
+    num_sub_vectors: int | None = Field(None, ge=1, description=(
+        "IVF_PQ sub-vectors (default: from the dimension, 16 or 8 values each)"))
 
 
 class FeatureSpec(_Strict):

@@ -85,11 +85,13 @@ class CatalogConfig(_Strict):
 
 
 class DecodeConfig(_Strict):
-    batch_size: int = Field(32, ge=1)
-    text_batch_size: int = Field(1024, ge=1)
-    num_cpus: float = Field(1.0, gt=0)
-    max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
-    max_image_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1)
+    batch_size: int = Field(32, ge=1, description="items per decode task call (images, videos, audio)")
+    text_batch_size: int = Field(1024, ge=1, description=(
+        "items per text-preparation call; texts are sorted by length within it, so encoder batches pad little"))
+    num_cpus: float = Field(1.0, gt=0, description="CPUs each decode task reserves (fractions run more tasks at once)")
+    max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description=(
+        "larger images (and video frames) are errors: the decompression-bomb guard"))
+    max_image_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1, description="largest image file, in bytes")
     max_media_bytes: int = Field(DEFAULT_MAX_MEDIA_BYTES, ge=1, description="largest video or audio file")
     max_aspect_ratio: float = Field(DEFAULT_MAX_ASPECT_RATIO, ge=1, description=(
         "images (and video frames) whose longer side is more than this many times the shorter are errors"))
@@ -114,16 +116,21 @@ class StagingConfig(_Strict):
 
 
 class IngestConfig(_Strict):
-    catalog: CatalogConfig = CatalogConfig()
-    decode: DecodeConfig = DecodeConfig()
-    staging: StagingConfig = StagingConfig()
-    features: dict[str, SerializeAsAny[FeatureSpec]] = Field(min_length=1)
-    semantic_ids: dict[str, SemanticIdSpec] = Field(default_factory=dict)
-    graphs: dict[str, GraphSpec] = Field(default_factory=dict)
+    catalog: CatalogConfig = Field(CatalogConfig(), description="how the catalog is read")
+    decode: DecodeConfig = Field(DecodeConfig(), description="the CPU stage that reads and decodes inputs")
+    staging: StagingConfig = Field(StagingConfig(), description="how often a running job commits its encoded rows")
+    features: dict[str, SerializeAsAny[FeatureSpec]] = Field(min_length=1, description=(
+        "feature name -> how it is made; captions are made before the features that read them"))
+    semantic_ids: dict[str, SemanticIdSpec] = Field(default_factory=dict, description=(
+        "name -> a semantic-ID definition, derived from the stored vectors after the features, in the same snapshot"))
+    graphs: dict[str, GraphSpec] = Field(default_factory=dict, description=(
+        "name -> a kNN item graph definition, derived from the stored vectors after the features"))
     # Options for an object-storage store (Lance's keys: aws_region, aws_endpoint, ...). Values
     # may name environment variables (``${AWS_SECRET_ACCESS_KEY}``) so that secrets stay out of
     # the file; never logged, never written into the store.
-    storage_options: dict[str, str] = Field(default_factory=dict, repr=False)
+    storage_options: dict[str, str] = Field(default_factory=dict, repr=False, description=(
+        "for an s3:// gs:// az:// store, Lance's option names (aws_region, aws_endpoint, ...); ${VAR} reads the "
+        "environment variable VAR, so that secrets stay out of the file; never logged or written into the store"))
 
     @field_validator("storage_options")
     @classmethod

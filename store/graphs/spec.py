@@ -18,27 +18,31 @@ from itemlens.store.semantic_ids import check_inputs
 class InteractionsSpec(StrictModel):
     """Item co-occurrence from interactions: items two users' histories share, top-N per item."""
 
-    path: str
-    user_column: str = "user_id"
-    item_column: str = "item_id"
-    top_n: int = Field(10, ge=1)
-    weight: float = Field(1.0, gt=0)
+    path: str = Field(description="the interactions file (.csv, .tsv, .parquet, .jsonl), relative to the configuration")
+    user_column: str = Field("user_id", description="its user id column")
+    item_column: str = Field("item_id", description="its item id column (items the store does not know are ignored)")
+    top_n: int = Field(10, ge=1, description="co-occurring items kept per item, by count")
+    weight: float = Field(1.0, gt=0, description="the co-occurrence input's fusion weight")
 
 
 class GraphSpec(StrictModel):
     """``graphs: {name: spec}`` in the configuration."""
 
     features: list[str] | dict[str, float] = Field(description="features, or feature -> fusion weight")
-    k: int = Field(10, ge=1, le=1000)
-    depth: int | None = Field(None, ge=1)   # neighbours stored per item (default 2k): slack for refreshes
-    self_loops: bool = True          # FREEDOM/LATTICE count the item itself among its k
+    k: int = Field(10, ge=1, le=1000, description="neighbours per item in the graph")
+    depth: int | None = Field(None, ge=1, description=(
+        "neighbours stored per item (default 2k): slack that lets a refresh merge lists instead of recomputing them"))
+    self_loops: bool = Field(True, description="an item counts itself among its k, as FREEDOM and LATTICE build them")
     preset: str = Field("freedom", description="how the lists become the matrix a model reads (a registered "
                                                "preset: freedom, dragon, lattice, mgcn, row, cosine, hypergraph ...)")
-    method: Literal["exact", "approximate"] = "exact"
-    nprobe: int = Field(32, ge=1)    # approximate: IVF lists searched
-    block: int = Field(4096, ge=64)  # exact: rows per block of products
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    interactions: InteractionsSpec | None = None
+    method: Literal["exact", "approximate"] = Field("exact", description=(
+        "exact: blocked matrix products; approximate: a faiss IVF index (rebuilt whole on refresh)"))
+    nprobe: int = Field(32, ge=1, description="approximate: IVF lists searched per item")
+    block: int = Field(4096, ge=64, description="exact: rows per block of products")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description=(
+        "where the products run (auto: cuda where there is one); not part of the fingerprint"))
+    interactions: InteractionsSpec | None = Field(None, description=(
+        "an item co-occurrence input from interactions, fused with the features"))
 
     @field_validator("features")
     @classmethod

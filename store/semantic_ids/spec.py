@@ -30,14 +30,15 @@ def check_inputs(value: list[str] | dict[str, float]) -> list[str] | dict[str, f
 class VaeParams(StrictModel):
     """RQ-VAE (TIGER's defaults: latent 32, 512-256 MLP, beta 0.25)."""
 
-    latent_dim: int = Field(32, ge=1)
-    hidden: list[int] = [512, 256]
-    epochs: int = Field(50, ge=1)
-    batch_size: int = Field(1024, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    beta: float = Field(0.25, ge=0)
-    gradient: Literal["ste", "rotation"] = "ste"
-    restart_dead_codes: bool = True
+    latent_dim: int = Field(32, ge=1, description="size of the latent vector the codebooks quantize")
+    hidden: list[int] = Field([512, 256], description="the MLP encoder's hidden layer sizes (the decoder mirrors them)")
+    epochs: int = Field(50, ge=1, description="training epochs")
+    batch_size: int = Field(1024, ge=1, description="items per training step")
+    lr: float = Field(1e-3, gt=0, description="Adam's learning rate")
+    beta: float = Field(0.25, ge=0, description="weight of the commitment loss at each level")
+    gradient: Literal["ste", "rotation"] = Field("ste", description=(
+        "how gradients pass the quantizer: ste (straight-through) or rotation (the rotation trick)"))
+    restart_dead_codes: bool = Field(True, description="codes unused in an epoch restart on residuals of random items")
 
 
 class SemanticIdSpec(StrictModel):
@@ -45,15 +46,19 @@ class SemanticIdSpec(StrictModel):
 
     features: list[str] | dict[str, float] = Field(description="input features, or feature -> weight")
     method: str = Field("rq-kmeans", description="the quantizer: a registered method (rq-kmeans, rq-vae ...)")
-    levels: int = Field(3, ge=1, le=16)
-    codebook_size: int = Field(256, ge=2, le=65536)
-    normalize_residual: bool = False          # GRID: L2-normalize the residual before each level
-    balanced: bool = False                    # OneRec: at most ceil(N/K) items per code (rq-kmeans)
-    uniqueness: Literal["suffix", "nearest-free"] = "suffix"
-    kmeans_iterations: int = Field(20, ge=1)
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"   # rq-vae training; k-means runs on faiss-cpu
-    vae: VaeParams = VaeParams()
+    levels: int = Field(3, ge=1, le=16, description="codes per item from the quantizer (before a uniqueness suffix)")
+    codebook_size: int = Field(256, ge=2, le=65536, description="codes per level (K)")
+    normalize_residual: bool = Field(False, description=(
+        "GRID: k-means on the L2-normalized residual at each level (rq-kmeans)"))
+    balanced: bool = Field(False, description="OneRec: at most ceil(N/K) training items per code (rq-kmeans)")
+    uniqueness: Literal["suffix", "nearest-free"] = Field("suffix", description=(
+        "suffix: an extra code numbers the items that share a tuple; nearest-free: the tuple keeps its length and "
+        "a taken one moves to the nearest free last-level code"))
+    kmeans_iterations: int = Field(20, ge=1, description="k-means iterations per level (rq-kmeans)")
+    seed: int = Field(0, description="random seed: the same inputs and seed give the same IDs")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description=(
+        "where rq-vae trains (auto: cuda where there is one); k-means runs on faiss-cpu; not part of the fingerprint"))
+    vae: VaeParams = Field(VaeParams(), description="RQ-VAE's training (method: rq-vae only)")
 
     @field_validator("features")
     @classmethod
