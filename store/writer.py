@@ -568,7 +568,6 @@ class StoreWriter:
             fault_point("merge:failed-values")
         if n_ok or had_rows:
             _index_item_ids(self.open_table(version.table))   # also folds new rows into a vector index
-            fault_point("merge:index")
             if version.index is not None:
                 self._measure_index(version)
 
@@ -599,7 +598,6 @@ class StoreWriter:
                 stats.by_reason[row["r"]] = row["n"]
         if errors_touched:
             _index_item_ids(self.open_table(ERRORS_TABLE))
-            fault_point("merge:errors-index")
         self._remove_tree(staging_uri)
         fault_point("merge:staging-dropped")
         return stats

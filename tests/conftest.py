@@ -99,19 +99,29 @@ S3_SECRET = "itemlens-test-secret-5f2c9a"
 
 
 @pytest.fixture(scope="session")
-def s3_server() -> dict:
-    """A real S3-compatible server on loopback (moto's server mode, a separate process), with
-    the environment (endpoint and keys) that points boto3, s3fs, pyarrow and Lance at it: this
-    process and the session's Ray nodes have it, as cloud nodes have an instance role."""
+def s3_env() -> dict:
+    """Where the session's S3-compatible server listens, and the keys: the environment that
+    points boto3, s3fs, pyarrow and Lance at it. Chosen up front so that the session's Ray nodes
+    can carry it from their start (as cloud nodes carry an instance role); the server itself
+    starts only when a test asks for ``s3_server``."""
+    endpoint = f"http://127.0.0.1:{_free_port()}"
+    return {"AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true",
+            "AWS_ACCESS_KEY_ID": "AKIAITEMLENSTEST0001", "AWS_SECRET_ACCESS_KEY": S3_SECRET}
+
+
+@pytest.fixture(scope="session")
+def s3_server(s3_env) -> dict:
+    """A real S3-compatible server on loopback (moto's server mode, a separate process) at the
+    endpoint of ``s3_env``; this process gets that environment for the rest of the session."""
     import subprocess
     import sys
     import time
     import urllib.request
 
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+    endpoint = s3_env["AWS_ENDPOINT_URL"]
+    port = endpoint.rsplit(":", 1)[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", port],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -122,20 +132,18 @@ def s3_server() -> dict:
                 server.kill()
                 raise RuntimeError("moto's S3 server did not start")
             time.sleep(0.2)
-    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true",
-           "AWS_ACCESS_KEY_ID": "AKIAITEMLENSTEST0001", "AWS_SECRET_ACCESS_KEY": S3_SECRET}
     with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
+        for key, value in s3_env.items():
             mp.setenv(key, value)
         try:
-            yield {"endpoint": endpoint, "env": env, "secret": S3_SECRET}
+            yield {"endpoint": endpoint, "env": s3_env, "secret": S3_SECRET}
         finally:
             server.kill()
             server.wait()
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(offline_hub, s3_server) -> dict:
+def ray_cluster(offline_hub, s3_env) -> dict:
     """One local Ray for the whole session, started as a cluster's head is (``ray start
     --head``, with its job server), so that tests can also run ingests as separate drivers and
     submit them with ``ray job submit``. Its workers inherit the offline hub settings."""
@@ -149,23 +157,25 @@ def ray_cluster(offline_hub, s3_server) -> dict:
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")       # short: Ray's socket paths have a length limit
     # A local test cluster without Ray's token authentication (a real cluster keeps it: see
     # cluster/README.md); every driver of this session, this process included, reads the mode.
-    os.environ["RAY_AUTH_MODE"] = "disabled"
     # The nodes know the test S3 server's endpoint and keys, as cloud nodes know theirs (an
     # instance role); tests/test_object_storage.py greps Ray's logs for the secret.
     # Fast node-failure detection for tests/test_cluster.py (a lost node is declared dead in
     # about 3 s instead of 30).
-    env = {**os.environ, **OFFLINE_ENV, **s3_server["env"], "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
-           "RAY_health_check_initial_delay_ms": "1000"}
-    subprocess.run([ray_bin, "start", "--head", f"--port={gcs}", "--num-cpus=2", "--num-gpus=0",
-                    "--include-dashboard=true", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
-                    f"--temp-dir={temp}", "--disable-usage-stats"],
-                   check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        yield {"address": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dashboard}", "env": env,
-               "ray": ray_bin, "temp": temp}
-    finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_MODE", "disabled")
+        env = {**os.environ, **OFFLINE_ENV, **s3_env, "RAY_USAGE_STATS_ENABLED": "0",
+               "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
+               "RAY_health_check_initial_delay_ms": "1000"}
+        subprocess.run([ray_bin, "start", "--head", f"--port={gcs}", "--num-cpus=2", "--num-gpus=0",
+                        "--include-dashboard=true", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
+                        f"--temp-dir={temp}", "--disable-usage-stats"],
+                       check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            yield {"address": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dashboard}", "env": env,
+                   "ray": ray_bin, "temp": temp}
+        finally:
+            subprocess.run([ray_bin, "stop", "--force"], env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
 
 
 @pytest.fixture(scope="session")

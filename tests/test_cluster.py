@@ -106,7 +106,7 @@ def _ingest(catalog: str, config: Path, store: str, log: Path, ray_cluster: dict
 
 
 def test_actors_go_where_the_resource_is_and_a_multi_node_s3_run_gives_the_local_vectors(
-        nodes, ray_cluster, tmp_path, tiny_llm):
+        nodes, ray_cluster, s3_server, tmp_path, tiny_llm):
     import s3fs
 
     rows = _rows(600)

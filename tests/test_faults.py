@@ -3,8 +3,9 @@ changed, removed and failing items; semantic IDs and a graph derived in the same
 prune. After each kill every listed snapshot is readable, and the next run leaves the store
 exactly as an uninterrupted run does: the same values, every item in one place, the same report.
 
-The commit points come from the store's own hook (store/faults.py): a clean run lists them, and
-each distinct point is then killed once (its first occurrence)."""
+The commit points come from the store's own hook (store/faults.py): a clean run lists them and
+leaves a copy of the store as a kill at each of them would leave it; every copy is recovered,
+and at some points the driver is also killed for real and its store recovered alike."""
 
 from __future__ import annotations
 
@@ -82,6 +83,12 @@ def _run(args: list[str], env: dict, **extra) -> subprocess.CompletedProcess:
     return subprocess.run([ITEMLENS, *args], env={**env, **extra}, capture_output=True, text=True, timeout=600)
 
 
+#: the commit points at which the test kills the driver for real (one early, one in the middle
+#: of the merge, one in the derived artifacts); at every point, the store as a kill there would
+#: leave it is also copied by the hook, and each copy is recovered the same way
+KILLED = ("register:items", "merge:values", "semantic-ids:codes")
+
+
 @pytest.mark.integration
 def test_a_driver_killed_at_every_commit_point_loses_and_duplicates_nothing(ray_session, ray_cluster, tmp_path,
                                                                              tiny_llm):
@@ -92,37 +99,47 @@ def test_a_driver_killed_at_every_commit_point_loses_and_duplicates_nothing(ray_
     env = {**ray_cluster["env"], "RAY_ADDRESS": ray_cluster["address"]}
     command = ["ingest", str(second), "--config", str(config), "--no-progress"]
 
-    reference, log = tmp_path / "reference", tmp_path / "commits.log"
+    # the clean run: its commit points, and the store as a SIGKILL at each of them would leave it
+    reference, log, copies = tmp_path / "reference", tmp_path / "commits.log", tmp_path / "at-commit"
     shutil.copytree(base, reference)
     clean = _run(command + ["--store", str(reference), "--report", str(tmp_path / "r.json")], env,
-                 ITEMLENS_COMMIT_LOG=str(log))
+                 ITEMLENS_COMMIT_LOG=str(log), ITEMLENS_COPY_AT_COMMIT=f"{reference}|{copies}")
     assert clean.returncode == 0, clean.stderr[-3000:]
     expected, report = _state(reference), json.loads((tmp_path / "r.json").read_text())
     assert (report["items_seen"], report["new_items"], report["removed_items"]) == (24, 4, 4)
     assert len(expected["errors"]) == 1 and expected["snapshot"] == 2
-    points: dict[str, int] = {}
-    for line in log.read_text().splitlines():
-        number, name = line.split(" ", 1)
-        points.setdefault(name, int(number))
+    points = [tuple(line.split(" ", 1)) for line in log.read_text().splitlines()]
     # every kind of commit a refresh makes is among them
     assert {"register:items", "remove:values", "staging:commit", "merge:values", "merge:errors",
             "merge:staging-dropped", "semantic-ids:codes", "semantic-ids:quantizer", "graph:write",
-            "publish"} <= set(points)
+            "publish"} <= {name for _, name in points}
+    assert len(list(copies.iterdir())) == len(points)
 
-    for name, number in points.items():
-        store = tmp_path / f"killed-{number}"
-        shutil.copytree(base, store)
-        killed = _run(command + ["--store", str(store)], env, ITEMLENS_KILL_AT_COMMIT=str(number))
-        assert killed.returncode == -signal.SIGKILL, (name, killed.stderr[-2000:])
+    def recovered(store: Path, name: str) -> None:
         for snapshot in itemlens.connect(store).snapshots():              # every listed snapshot reads
             _state(store, snapshot["snapshot_id"])
-        published = itemlens.connect(store).snapshot
-        assert published == (2 if name == "publish" else 1), name
+        assert itemlens.connect(store).snapshot == (2 if name == "publish" else 1), name
         rerun = ingest(second, config, store, progress=False)
         if name != "publish":
             assert (rerun.items_seen, rerun.new_items, rerun.removed_items) == (24, 4, 4), name
             assert rerun.snapshot == 2, name
         _same(_state(store), expected)
+
+    # every commit point: the store as a kill there leaves it, recovered by the next run
+    for number, name in points:
+        store = copies / f"{int(number):03d}-{name.replace(':', '-')}"
+        recovered(store, name)
+        shutil.rmtree(store)
+    # and for real, at some of them: a driver killed with SIGKILL (its Ray work cut off too)
+    first_at = {}
+    for number, name in points:
+        first_at.setdefault(name, int(number))
+    for name in KILLED:
+        store = tmp_path / f"killed-{first_at[name]}"
+        shutil.copytree(base, store)
+        killed = _run(command + ["--store", str(store)], env, ITEMLENS_KILL_AT_COMMIT=str(first_at[name]))
+        assert killed.returncode == -signal.SIGKILL, (name, killed.stderr[-2000:])
+        recovered(store, name)
         shutil.rmtree(store)
 
     # a prune killed at each of its commit points: no listed snapshot loses its tables
