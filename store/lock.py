@@ -17,7 +17,7 @@ picks the kind the store needs:
 Lance's own commits on object storage rely on the same put-if-absent: two commits of one table
 version cannot both succeed. A server that ignores conditional writes (some S3 clones do) makes
 both unsafe, so the first lock taken on such a server probes for it and refuses with a message
-(README, "Object storage").
+(docs/storage.md, "One writer").
 """
 
 from __future__ import annotations

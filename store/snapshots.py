@@ -57,7 +57,7 @@ class FeatureEntry(BaseModel):
 
 
 class SemanticIdVersion(BaseModel):
-    """One trained quantizer and the IDs it handed out (see store/semantic_ids.py)."""
+    """One trained quantizer and the IDs it handed out (see store/semantic_ids/)."""
 
     name: str
     label: str
@@ -88,7 +88,7 @@ class SemanticIdEntry(BaseModel):
 
 
 class GraphVersion(BaseModel):
-    """One set of stored neighbour lists (see store/graphs.py)."""
+    """One set of stored neighbour lists (see store/graphs/)."""
 
     name: str
     label: str

@@ -95,8 +95,9 @@ def check_store_format(location: StoreLocation) -> None:
     meta = lance_io.open_dataset(location.table_uri(META_TABLE), storage_options=location.options())
     if meta is None:
         raise StoreNotFoundError(
-            f"no itemlens store at {location.uri} (run `itemlens ingest CATALOG --config FILE --store "
-            f"{location.uri}` to create one)")
+            f"no itemlens store at {location.uri} (`itemlens ingest CATALOG --config FILE --store "
+            f"{location.uri}` makes one from a catalog; itemlens.create({location.uri!r}) an empty one, "
+            "for put_vectors)")
     values = {r["key"]: r["value"] for r in meta.to_table().to_pylist()}
     fmt = int(values.get("format_version", "0") or 0)
     if fmt != FORMAT_VERSION:

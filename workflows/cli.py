@@ -64,31 +64,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="show Ray worker logs and debug messages")
 
     s = sub.add_parser("show", help="features, versions, counts, errors and snapshots of a store")
-    s.add_argument("store")
-    s.add_argument("--snapshot", type=int, default=None)
+    s.add_argument("store", help="the store: a folder, or an s3:// gs:// az:// URI")
+    s.add_argument("--snapshot", type=int, default=None, help="show this snapshot (default: the latest)")
     s.add_argument("--json", action="store_true", help="print the snapshot document as JSON")
-    s.add_argument("--plots", metavar="DIR", default=None, help="write plots (semantic-ID code usage) as PNG here")
+    s.add_argument("--plots", metavar="DIR", default=None,
+                   help="also write plots as PNG here: semantic-ID code usage and graph in-degrees")
 
-    sub.add_parser("snapshots", help="list the store's snapshots (* pinned)").add_argument("store")
+    sub.add_parser("snapshots", help="list the store's snapshots (* pinned)").add_argument("store", help="the store: a folder, or an s3:// gs:// az:// URI")
     for verb, text in (("pin", "keep snapshot N through prunes"), ("unpin", "let prune remove snapshot N")):
         p = sub.add_parser(verb, help=text)
-        p.add_argument("store")
-        p.add_argument("snapshot", type=int)
+        p.add_argument("store", help="the store: a folder, or an s3:// gs:// az:// URI")
+        p.add_argument("snapshot", type=int, help="the snapshot's number (itemlens snapshots lists them)")
     p = sub.add_parser("prune", help="delete all but the newest K snapshots (and the pinned ones)")
-    p.add_argument("store")
-    p.add_argument("--keep", type=int, required=True)
+    p.add_argument("store", help="the store: a folder, or an s3:// gs:// az:// URI")
+    p.add_argument("--keep", type=int, required=True, metavar="K",
+                   help="keep the newest K snapshots (and the pinned ones); K >= 1")
     p = sub.add_parser("index", help="build a vector index on a feature and measure its recall@10")
-    p.add_argument("store")
-    p.add_argument("feature")
+    p.add_argument("store", help="the store: a folder, or an s3:// gs:// az:// URI")
+    p.add_argument("feature", help="a pooled vector feature (name, or name@vN)")
     p.add_argument("--kind", default="IVF_PQ", choices=["IVF_PQ", "IVF_HNSW_SQ"])
-    p.add_argument("--num-partitions", type=int, default=None)
-    p.add_argument("--num-sub-vectors", type=int, default=None)
+    p.add_argument("--num-partitions", type=int, default=None, help="IVF partitions (default: about sqrt(rows))")
+    p.add_argument("--num-sub-vectors", type=int, default=None,
+                   help="PQ sub-vectors (default: 16 or 8 values each, at least 8 where the size allows)")
     from itemlens.store.exports import export_formats
     from itemlens.store.exports.models import model_names
 
     p = sub.add_parser("export", help="write features, semantic IDs or graphs in the files recommender code reads",
                        description="Rows follow the order of your own data (--inter, --ids); see docs/exports.md.")
-    p.add_argument("store")
+    p.add_argument("store", help="the store: a folder, or an s3:// gs:// az:// URI")
     p.add_argument("--format", choices=export_formats(), default=None,
                    help="the file format (default with --for: mmrec, the features and the model's graph files)")
     p.add_argument("--out", required=True)
@@ -124,19 +127,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "mm_image_weight=0.1; a comma list writes one file per value)")
     p.add_argument("--snapshot", type=int, default=None)
     p = sub.add_parser("graph", help="build or refresh the kNN item graphs a configuration defines")
-    p.add_argument("store")
+    p.add_argument("store", help="the store: a folder, or an s3:// gs:// az:// URI")
     p.add_argument("--config", required=True, help="YAML configuration with a graphs: section")
     p.add_argument("--name", action="append", default=None, help="only this graph (repeat; default all)")
     p.add_argument("--rebuild", action="store_true", help="rebuild every list instead of refreshing")
+    p.add_argument("--address", default=None, help="run on this Ray cluster (default: RAY_ADDRESS if set, else "
+                                                   "in this process)")
     p = sub.add_parser("semantic-ids", help="train or refresh the semantic IDs a configuration defines")
-    p.add_argument("store")
+    p.add_argument("store", help="the store: a folder, or an s3:// gs:// az:// URI")
+    p.add_argument("--address", default=None, help="run on this Ray cluster (default: RAY_ADDRESS if set, else "
+                                                   "in this process)")
     p.add_argument("--config", required=True, help="YAML configuration with a semantic_ids: section")
     p.add_argument("--name", action="append", default=None, help="only this definition (repeat; default all)")
     p.add_argument("--retrain", action="store_true",
                    help="train a new version even if the definition and inputs are unchanged")
     p = sub.add_parser("browse", help="a local web page of the items, their neighbours, captions, semantic IDs and "
                                       "errors (read-only)")
-    p.add_argument("store")
+    p.add_argument("store", help="the store: a folder, or an s3:// gs:// az:// URI")
     p.add_argument("--snapshot", type=int, default=None, help="browse this snapshot (default: the latest)")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--host", default="127.0.0.1",
@@ -147,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-column", default=None, help="the catalog's id column (default: as recorded, else item_id)")
     p = sub.add_parser("diff", help="per item, how much its top-k neighbours change between two feature versions "
                                     "or snapshots (Jaccard@k, Spearman's rho of the shared ones)")
-    p.add_argument("store")
+    p.add_argument("store", help="the store: a folder, or an s3:// gs:// az:// URI")
     p.add_argument("a", help="NAME@vN (a feature version), NAME@sN (the feature in snapshot N) or NAME@vN@sN")
     p.add_argument("b", help="the other side, written the same way")
     p.add_argument("--k", type=int, default=10, help="neighbours per item (default 10)")
@@ -158,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write diff.json, items.csv and histogram.png to this folder")
     for p in sub.choices.values():
         if "--wait-for-lock" not in p._option_string_actions and p.prog.split()[-1] in ("pin", "unpin", "prune", "index", "semantic-ids", "graph"):
-            p.add_argument("--wait-for-lock", type=float, default=0.0, metavar="SECONDS")
+            p.add_argument("--wait-for-lock", type=float, default=0.0, metavar="SECONDS",
+                           help="wait this long for another writer to finish (default: fail at once)")
     return parser
 
 

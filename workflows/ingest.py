@@ -10,8 +10,8 @@ The flow (see DESIGN.md, "Flow of one ingestion or refresh"):
    Data pipeline into the staging table (committed as it goes), and merge the staging table
    into the feature and errors tables;
 5. derive the configured semantic IDs (train once, then refresh with the frozen quantizer:
-   store/semantic_ids.py) and graphs (recompute only the affected neighbour lists:
-   store/graphs.py) from the merged vectors;
+   store/semantic_ids/) and graphs (recompute only the affected neighbour lists:
+   store/graphs/) from the merged vectors;
 6. publish one snapshot naming every table version written (nothing changed: no snapshot).
 
 Items whose input hash matches the stored one (media: whose cheap media key matches, or else
