@@ -291,15 +291,15 @@ def _export(args) -> int:
 def _semantic_ids(args) -> int:
     from itemlens.store.semantic_ids import build
 
-    return _derive(args, "semantic_ids", "semantic IDs", lambda specs, options: build(
-        args.store, specs, retrain=args.retrain, lock_wait=args.wait_for_lock, storage_options=options))
+    return _derive(args, "semantic_ids", "semantic IDs", lambda specs, options, runner: build(
+        args.store, specs, retrain=args.retrain, lock_wait=args.wait_for_lock, storage_options=options, runner=runner))
 
 
 def _graph(args) -> int:
     from itemlens.store.graphs import build
 
-    return _derive(args, "graphs", "graphs", lambda specs, options: build(
-        args.store, specs, rebuild=args.rebuild, lock_wait=args.wait_for_lock, storage_options=options))
+    return _derive(args, "graphs", "graphs", lambda specs, options, runner: build(
+        args.store, specs, rebuild=args.rebuild, lock_wait=args.wait_for_lock, storage_options=options, runner=runner))
 
 
 def _derive(args, section: str, what: str, build) -> int:
@@ -316,7 +316,12 @@ def _derive(args, section: str, what: str, build) -> int:
     unknown = [n for n in names if n not in specs]
     if unknown or not names:
         raise ConfigError(f"{args.config} defines {what} {', '.join(specs) or 'none'}; not {', '.join(unknown) or 'any'}")
-    reports, snapshot = build({n: specs[n] for n in names}, cfg.storage_options or None)
+    # on Ray (--address, or RAY_ADDRESS as under ray job submit): passes by blocks in Ray tasks
+    from itemlens.workflows.derive import runner_for
+    from itemlens.workflows.runtime import run_ray_step
+
+    runner = runner_for(args.address)
+    reports, snapshot = run_ray_step(lambda: build({n: specs[n] for n in names}, cfg.storage_options or None, runner))
     for r in reports.values():
         print(r.line())
     print(f"published snapshot {snapshot}" if snapshot else "nothing changed: no new snapshot")

@@ -28,6 +28,7 @@ import time
 from itemlens.errors import CatalogError, ConfigError, ItemlensError
 from itemlens.extractors import build_encoder
 from itemlens.store import graphs, semantic_ids
+from itemlens.workflows.derive import RayRunner
 from itemlens.store.location import StoreLocation
 from itemlens.store.writer import RemovalPolicy, StoreWriter
 from itemlens.workflows import stages
@@ -128,13 +129,17 @@ def ingest(catalog: str | os.PathLike, config: str | os.PathLike | dict | Ingest
             log.info("%s@%s: %d encoded, %d errors, %d unchanged in %.1f s", name, feature.version,
                      feature.encoded, feature.errors, feature.unchanged, feature.seconds)
 
+        # derived artifacts by blocks in Ray tasks (workflows/derive.py): the driver holds no vectors
+        derive_runner = RayRunner() if cfg.semantic_ids or cfg.graphs else None
         for name, sid_spec in cfg.semantic_ids.items():
             t = time.perf_counter()
-            report.semantic_ids[name] = run_ray_step(lambda: semantic_ids.derive(writer, name, sid_spec, features=versions))
+            report.semantic_ids[name] = run_ray_step(lambda: semantic_ids.derive(
+                writer, name, sid_spec, features=versions, runner=derive_runner))
             timings[f"semantic_ids:{name}"] = time.perf_counter() - t
         for name, graph_spec in cfg.graphs.items():
             t = time.perf_counter()
-            report.graphs[name] = run_ray_step(lambda: graphs.derive(writer, name, graph_spec, features=versions))
+            report.graphs[name] = run_ray_step(lambda: graphs.derive(
+                writer, name, graph_spec, features=versions, runner=derive_runner))
             timings[f"graph:{name}"] = time.perf_counter() - t
 
         t = time.perf_counter()

@@ -20,6 +20,8 @@ from itemlens.store.graphs.presets import depth_read
 from itemlens.store.graphs.spec import COOCCURRENCE, GraphSpec
 from itemlens.store.graphs.stats import held_lists, list_stats, summarize
 from itemlens.store.graphs.storage import GRAPH_SCHEMA, of_feature, with_feature, write_lists
+from itemlens.store.faults import fault_point
+from itemlens.store.vectors import LocalRunner, Runner, driver_peak_mb, items_in_order
 if TYPE_CHECKING:  # pragma: no cover
     from itemlens.store.snapshots import FeatureVersion
     from itemlens.store.writer import StoreWriter
@@ -37,6 +39,8 @@ class GraphReport:
     recomputed: dict[str, int] = field(default_factory=dict)   # lists computed from scratch, per input
     merged: dict[str, int] = field(default_factory=dict)       # lists a new or changed item entered
     deleted: dict[str, int] = field(default_factory=dict)
+    ran_on: str = "driver"      # "driver", or the Ray tasks (and nodes) that did the work
+    driver_peak_mb: float = 0.0  # the driver process's peak resident memory at the end of the run
     seconds: dict[str, float] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
 
@@ -47,7 +51,9 @@ class GraphReport:
         what = "built" if self.rebuilt else "refreshed"
         return (f"{self.name}@{self.version}: {what}, {self.items} items; recomputed "
                 f"{sum(self.recomputed.values())} lists, merged {sum(self.merged.values())}; mutual edges "
-                f"{self.stats.get('mutual_share', 0):.0%}")
+                f"{self.stats.get('mutual_share', 0):.0%}"
+                + (f", recall@k {self.stats['recall_at_k']:.3f}" if "recall_at_k" in self.stats else "")
+                + f"; ran on {self.ran_on}, driver peak {self.driver_peak_mb:,.0f} MiB")
 
 
 @dataclass
@@ -75,10 +81,11 @@ def read_feature(writer: StoreWriter, items: pa.Table, version: FeatureVersion,
 
 
 def derive(writer: StoreWriter, name: str, spec: GraphSpec, *, rebuild: bool = False,
-           features: dict[str, FeatureVersion] | None = None) -> GraphReport:
-    """Bring graph ``name`` up to date with the writer's vectors (publishing is the caller's)."""
+           features: dict[str, FeatureVersion] | None = None, runner: Runner | None = None) -> GraphReport:
+    """Bring graph ``name`` up to date with the writer's vectors (publishing is the caller's).
+    An approximate graph runs on ``runner`` (this process by default, or Ray tasks) and never
+    holds the vectors (:mod:`itemlens.store.graphs.ivf`); an exact one reads them in the driver."""
     from itemlens.store import lance_io
-    from itemlens.store.vectors import items_in_order
     from itemlens.store.snapshots import GraphVersion, now_iso
 
     report = GraphReport(name=name)
@@ -98,6 +105,9 @@ def derive(writer: StoreWriter, name: str, spec: GraphSpec, *, rebuild: bool = F
     entry = writer.base.graphs.get(name)
     existing = None if (rebuild or entry is None) else next(
         (v for v in entry.versions.values() if v.fingerprint == fingerprint), None)
+    if spec.method == "approximate":
+        return _derive_approximate(writer, name, spec, entry, existing, fingerprint, qualified, versions, features,
+                                   runner or LocalRunner(), report, t0)
     with ThreadPoolExecutor(1) as pool:
         if existing is None:
             label = entry.next_label() if entry else "v1"
@@ -171,14 +181,125 @@ def derive(writer: StoreWriter, name: str, spec: GraphSpec, *, rebuild: bool = F
     report.items = int(listed.sum())
     report.stats = summarize({f: list_stats(held[:, :depth_read(spec, f) or held.shape[1]])
                              for f, (_, held) in lists.items()})
-    if spec.method == "approximate":
-        report.stats["recall_at_k"] = _sampled_recall(lists, inputs_by_feature, spec, device)
     report.seconds["stats"] = time.perf_counter() - t
     version.count, version.stats, version.refreshed_at = report.items, report.stats, now_iso()
     writer.stage_graph(version)
+    return _finish(report, LocalRunner(), 0, t0)
+
+
+def _finish(report: GraphReport, runner: Runner, tasks_before: int, t0: float) -> GraphReport:
+    report.ran_on = runner.where if isinstance(runner, LocalRunner) else \
+        f"{runner.tasks - tasks_before} Ray tasks ({runner.where})"
+    report.driver_peak_mb = driver_peak_mb()
     report.seconds["total"] = time.perf_counter() - t0
     log.info("%s", report.line())
     return report
+
+
+def _derive_approximate(writer: StoreWriter, name: str, spec: GraphSpec, entry, existing, fingerprint: str,
+                        qualified: dict[str, str], versions: dict[str, FeatureVersion],
+                        features: dict[str, FeatureVersion] | None, runner: Runner, report: GraphReport,
+                        t0: float) -> GraphReport:
+    """An approximate graph by blocks on ``runner``: a build trains an IVF index on a sample and
+    searches every item; a refresh searches the new and changed items with the stored index and
+    merges them into the lists they enter (:mod:`itemlens.store.graphs.ivf`). The whole table
+    is written again by the blocks (unchanged lists copied) and committed in one transaction."""
+    import lance
+
+    from itemlens.store.graphs import ivf
+    from itemlens.store.snapshots import GraphVersion, now_iso
+    from itemlens.store.vectors import feature_rows, table_source
+
+    tasks_before = runner.tasks
+    if existing is None:
+        label = entry.next_label() if entry else "v1"
+        version = GraphVersion(name=name, label=label, fingerprint=fingerprint, table=f"graph__{name}__{label}",
+                               spec=spec.model_dump(mode="json"), inputs=qualified, created_at=now_iso())
+        report.rebuilt = True
+    else:
+        version = existing.model_copy(deep=True)
+        version.spec = spec.model_dump(mode="json")    # preset and weights: read-time choices
+    report.version = version.label
+    uri, opts = writer.location.table_uri(version.table), writer.location.options()
+    index_uri = writer.location.table_uri(f"graphivf__{name}__{version.label}")
+    size = writer.open_table("items").count_rows()     # every item index is below it
+    stored = None if report.rebuilt else table_source(writer, version.table, writer.base.tables.get(version.table))
+    centroids = {} if stored is None else _stored_centroids(index_uri, opts)
+    fragments, done = [], {}
+    changed = report.rebuilt
+    try:
+        for feature, feature_version in versions.items():
+            t = time.perf_counter()
+            table_version = None if features and feature in features else writer.base.tables.get(feature_version.table)
+            rows = feature_rows(writer, feature_version, table_version, runner)
+            if stored is None or feature not in centroids or "probes" not in stored.open().schema.names:
+                lists, deleted = ivf.build_lists(runner, feature, rows, spec, uri, opts, size), 0
+                changed = True
+            else:
+                part = stored.open().to_table(columns=["item_index"], filter=f"feature = '{feature}'",
+                                              with_row_address=True)
+                lists, deleted = ivf.refresh_lists(
+                    runner, feature, rows, spec, stored, (part.column("item_index").to_numpy(),
+                                                          part.column("_rowaddr").to_numpy().astype(np.int64)),
+                    centroids[feature], uri, opts, size)
+                changed |= lists.touched > 0 or deleted > 0
+            fragments += lists.fragments
+            done[feature] = (lists, rows)
+            report.recomputed[feature] = lists.recomputed
+            report.merged[feature] = lists.touched - lists.recomputed
+            report.deleted[feature] = deleted
+            report.seconds[f"knn:{feature}"] = time.perf_counter() - t
+        if spec.interactions is not None:
+            t = time.perf_counter()
+            rows = with_feature(cooccurrence_lists(spec.interactions, _item_indexes(items_in_order(writer))),
+                                COOCCURRENCE)
+            rows = rows.append_column("probes", pa.nulls(rows.num_rows, pa.list_(pa.int32())))
+            previous = 0 if stored is None else stored.open().count_rows(filter=f"feature = '{COOCCURRENCE}'")
+            report.recomputed[COOCCURRENCE], report.deleted[COOCCURRENCE] = rows.num_rows, max(previous - rows.num_rows, 0)
+            from itemlens.store import lance_io
+
+            fragments += lance_io.write_fragments(rows.cast(ivf.APPROX_SCHEMA), uri, opts)
+            report.seconds["cooccurrence"] = time.perf_counter() - t
+            changed = True
+        if not changed:                 # nothing new, changed or gone: the published lists stand
+            report.items, report.stats = version.count, dict(version.stats)
+            return _finish(report, runner, tasks_before, t0)
+        t = time.perf_counter()
+        from itemlens.store.semantic_ids.build import _commit_overwrite
+
+        _commit_overwrite(uri, fragments, ivf.APPROX_SCHEMA, opts)
+        fault_point("graph:write")
+        if report.rebuilt or set(done) - set(centroids):
+            lance.write_dataset(pa.table({"feature": list(done), "centroids": [ivf.centroid_blob(done[f][0].centroids)
+                                                                              for f in done]},
+                                         schema=pa.schema([("feature", pa.string()), ("centroids", pa.large_binary())])),
+                                index_uri, mode="overwrite", storage_options=opts)
+        report.seconds["write"] = time.perf_counter() - t
+        t = time.perf_counter()
+        listed = np.unique(np.concatenate([rows.item_index for _, rows in done.values()])) if done else []
+        report.items = int(len(listed))
+        report.stats = summarize({f: ivf.stats(lists, rows) for f, (lists, rows) in done.items()})
+        recalls = [ivf.recall(runner, lists, rows, spec) for lists, rows in done.values() if len(rows.item_index)]
+        report.stats["recall_at_k"] = round(float(np.mean(recalls)), 4) if recalls else 0.0
+        report.stats["index"] = {"kind": "IVF_FLAT", "nlist": {f: int(len(lists.centroids)) for f, (lists, _) in done.items()},
+                                 "nprobe": spec.nprobe, "shards": {f: len(lists.shards) for f, (lists, _) in done.items()}}
+        report.seconds["stats"] = time.perf_counter() - t
+    finally:
+        for lists, _ in done.values():
+            runner.release(lists.shards)
+    version.count, version.stats, version.refreshed_at = report.items, report.stats, now_iso()
+    writer.stage_graph(version)
+    return _finish(report, runner, tasks_before, t0)
+
+
+def _stored_centroids(uri: str, options) -> dict[str, np.ndarray]:
+    from itemlens.store import lance_io
+    from itemlens.store.graphs import ivf
+
+    dataset = lance_io.open_dataset(uri, storage_options=options)
+    if dataset is None:
+        return {}
+    return {r["feature"]: ivf.centroids_of(r["centroids"]) for r in dataset.to_table().to_pylist()}
 
 
 class Refreshed(NamedTuple):
@@ -190,7 +311,7 @@ class Refreshed(NamedTuple):
 
 
 def _refresh_lists(old: pa.Table, inputs: FeatureInputs, spec: GraphSpec, device: str) -> Refreshed:
-    """New neighbour lists of one feature.
+    """New neighbour lists of one feature (an exact graph).
 
     Lists are stored ``depth`` deep (2k by default) with the length of their prefix known to
     be exact (``exact``). A list that loses changed or deleted neighbours keeps, in order, the
@@ -212,10 +333,7 @@ def _refresh_lists(old: pa.Table, inputs: FeatureInputs, spec: GraphSpec, device
     valid = knn.valid_rows(x)
     reachable = int(valid.sum()) - (0 if spec.self_loops else 1)     # most neighbours a list can have
     if old.num_rows == 0:
-        if spec.method == "approximate":
-            found, sims, _ = knn.approximate_knn(x, depth, self_loops=spec.self_loops, nprobe=spec.nprobe)
-        else:
-            found, sims = knn.exact_knn(x, depth, self_loops=spec.self_loops, block=spec.block, device=device)
+        found, sims = knn.exact_knn(x, depth, self_loops=spec.self_loops, block=spec.block, device=device)
         return Refreshed(_rows(inputs, found, sims, np.arange(n)), [], n, 0, found)
 
     old_ids = old.column("item_id").combine_chunks()
@@ -230,13 +348,6 @@ def _refresh_lists(old: pa.Table, inputs: FeatureInputs, spec: GraphSpec, device
     old_hash = old.column("source_hash").combine_chunks().take(pa.array(np.maximum(old_row, 0)))
     same = pc.equal(inputs.source_hash, old_hash).fill_null(False).to_numpy(zero_copy_only=False)
     fresh = ~same | (old_row < 0)                                                    # new or changed
-    if spec.method == "approximate":      # an approximate graph is rebuilt whole when anything changed
-        if not fresh.any() and not deleted:
-            return Refreshed(_rows(inputs, np.zeros((0, depth), np.int64), np.zeros((0, depth), np.float32), []),
-                             [], 0, 0, None)
-        found, sims, _ = knn.approximate_knn(x, depth, self_loops=spec.self_loops, nprobe=spec.nprobe)
-        return Refreshed(_rows(inputs, found, sims, np.arange(n)), deleted, n, 0, found)
-
     # the stored lists of today's items that stay (not new or changed), as dense [n, depth] arrays
     moved = np.zeros(size, bool)                       # item indexes whose old scores are void
     moved[item_index[fresh]] = True
@@ -302,27 +413,6 @@ def _refresh_lists(old: pa.Table, inputs: FeatureInputs, spec: GraphSpec, device
                      len(touched) - recomputed, lists)
 
 
-def _sampled_recall(lists: dict[str, tuple[np.ndarray, np.ndarray]], inputs_by_feature: dict[str, FeatureInputs],
-                    spec: GraphSpec, device: str, sample: int = 200) -> float:
-    """Recall@k of the (approximate) lists against exact search, on a seeded sample of rows of
-    every input feature."""
-    from itemlens.store.graphs import knn
-
-    recalls = []
-    for feature, inputs in inputs_by_feature.items():
-        n = len(inputs.item_index)
-        if not n:
-            continue
-        picks = np.random.default_rng(0).choice(n, min(sample, n), replace=False)
-        exact, _ = knn.knn_rows(inputs.x, picks, spec.k, self_loops=spec.self_loops, block=spec.block, device=device)
-        found = lists[feature][1][picks, : spec.k]
-        for truth, got in zip(exact, found):
-            truth = set(truth[truth >= 0].tolist())
-            if truth:
-                recalls.append(len(truth & set(got.tolist())) / len(truth))
-    return round(float(np.mean(recalls)), 4) if recalls else 0.0
-
-
 def _rows(inputs: FeatureInputs, positions: np.ndarray, scores: np.ndarray, which, exact: np.ndarray | None = None
           ) -> pa.Table:
     """Rows for ``which`` (positions into the inputs), neighbours mapped to item indexes;
@@ -367,12 +457,12 @@ def _file_digest(path: str) -> str:
 
 
 def build(uri: str, specs: dict[str, GraphSpec | dict[str, Any]], *, rebuild: bool = False,
-          lock_wait: float = 0.0, storage_options: dict[str, str] | None = None
+          lock_wait: float = 0.0, storage_options: dict[str, str] | None = None, runner: Runner | None = None
           ) -> tuple[dict[str, GraphReport], int | None]:
     """Build or refresh graph definitions from the store's latest snapshot and publish a
     snapshot (``itemlens graph``). Returns the reports and the new snapshot (None: unchanged)."""
     from itemlens.store.writer import publish_derived
 
-    return publish_derived(uri, specs, GraphSpec, lambda w, n, s: derive(w, n, s, rebuild=rebuild),
+    return publish_derived(uri, specs, GraphSpec, lambda w, n, s: derive(w, n, s, rebuild=rebuild, runner=runner),
                            what="graphs", section="graphs", command="itemlens graph",
                            lock_wait=lock_wait, storage_options=storage_options)

@@ -13,20 +13,22 @@ tuples are made unique:
 ==================  ==========================================================================
 ``spec.py``         the definition and the fingerprint of what changes the IDs
 ``quantizers/``     the registry of quantizers: ``rq-kmeans`` and ``rq-vae`` (and their k-means)
-``build.py``        training a version and refreshing it with the frozen quantizer (``derive``),
-                    uniqueness, ``itemlens semantic-ids``
+``build.py``        training a version on a sample and refreshing it with the frozen quantizer
+                    (``derive``), by blocks on a runner (this process or Ray tasks); uniqueness
+                    on the codes alone (``make_unique``); ``itemlens semantic-ids``
+``unique_kernels``  the numba kernel of nearest-free uniqueness
 ``storage.py``      the codes and quantizer tables; token strings and offsets
 ``metrics.py``      collisions, utilization, perplexity, reconstruction error, the usage plot
 ==================  ==========================================================================
 """
 
-from itemlens.store.semantic_ids.build import Inputs, SemanticIdReport, build, derive, make_unique, read_inputs
+from itemlens.store.semantic_ids.build import Plan, SemanticIdReport, build, derive, make_unique, plan_inputs
 from itemlens.store.semantic_ids.metrics import code_metrics, usage_plot
 from itemlens.store.semantic_ids.spec import SemanticIdSpec, VaeParams, check_inputs
 from itemlens.store.semantic_ids.storage import CODES_FIELDS, QUANTIZER_SCHEMA, codes_schema, token_offsets, token_strings
 
 __all__ = [
-    "CODES_FIELDS", "QUANTIZER_SCHEMA", "Inputs", "SemanticIdReport", "SemanticIdSpec", "VaeParams", "build",
-    "check_inputs", "code_metrics", "codes_schema", "derive", "make_unique", "read_inputs", "token_offsets",
+    "CODES_FIELDS", "QUANTIZER_SCHEMA", "Plan", "SemanticIdReport", "SemanticIdSpec", "VaeParams", "build",
+    "check_inputs", "code_metrics", "codes_schema", "derive", "make_unique", "plan_inputs", "token_offsets",
     "token_strings", "usage_plot",
 ]

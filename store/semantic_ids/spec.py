@@ -55,6 +55,9 @@ class SemanticIdSpec(StrictModel):
         "suffix: an extra code numbers the items that share a tuple; nearest-free: the tuple keeps its length and "
         "a taken one moves to the nearest free last-level code"))
     kmeans_iterations: int = Field(20, ge=1, description="k-means iterations per level (rq-kmeans)")
+    sample: int | None = Field(None, ge=2, description=(
+        "items the quantizer trains on, drawn with the seed (default 256 per code, at most 262,144; every item "
+        "when there are fewer); every item is then coded with the trained quantizer"))
     seed: int = Field(0, description="random seed: the same inputs and seed give the same IDs")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description=(
         "where rq-vae trains (auto: cuda where there is one); k-means runs on faiss-cpu; not part of the fingerprint"))
@@ -85,6 +88,8 @@ class SemanticIdSpec(StrictModel):
     def fingerprint(self, inputs: dict[str, str]) -> str:
         """The definition without execution details (device), plus its inputs' versions."""
         doc = self.model_dump(mode="json", exclude={"device"})
+        if doc.get("sample") is None:      # the default: definitions written before it keep their versions
+            doc.pop("sample", None)
         if self.method != "rq-vae":
             doc.pop("vae")
         blob = json.dumps({"spec": doc, "inputs": inputs}, sort_keys=True)
