@@ -190,3 +190,48 @@ def test_a_checkpoint_the_safe_loader_refuses_is_one_error_before_any_work(tmp_p
     spec = FeatureSpec.model_validate({**tiny_clip, "checkpoint": str(garbage), "input": {"image": "images"}})
     with pytest.raises(ConfigError, match="cannot be loaded safely"):
         build_encoder(spec).check_weights()
+
+
+def _register(store, ids: list[str], policy):
+    """What an ingest's registration does with a full catalog of ``ids`` (workers write the
+    catalog's ids as Lance fragments; the writer commits and checks them), without Ray."""
+    import pyarrow as pa
+
+    from itemlens.store import lance_io
+    from itemlens.store.layout import WORK_IDS_SCHEMA
+    from itemlens.store.writer import StoreWriter
+
+    with StoreWriter.open(store) as writer:
+        version = writer.base.feature_version("v")
+        work = pa.table({"item_id": ids, "row_hash": pa.array(range(len(ids)), pa.int64())}, schema=WORK_IDS_SCHEMA)
+        fragments = lance_io.write_fragments(work, writer.reset_work_ids()) if ids else []
+        return writer.register_catalog_ids(fragments, remove_missing=[version], removals=policy)
+
+
+def test_a_full_catalog_removes_at_most_its_allowance(tmp_path):
+    """The rule behind --allow-removals and catalog.max_removed_share, counted against the
+    published snapshot; when it refuses, nothing is written (items, feature tables)."""
+    import itemlens
+    from itemlens.errors import CatalogError
+    from itemlens.store.writer import RemovalPolicy
+
+    store = tmp_path / "lens"
+    ids = [f"i{n:02d}" for n in range(20)]
+    itemlens.create(store).put_vectors("v", ids, np.eye(20, 4, dtype=np.float32) + 1, spec={"m": 1})
+    table = store / f"{itemlens.connect(store).doc.feature_version('v').table}.lance"
+    versions = len(list((table / "_versions").iterdir()))
+
+    def refused(catalog, policy, match):
+        with pytest.raises(CatalogError, match=match):
+            _register(store, catalog, policy)
+        assert len(list((table / "_versions").iterdir())) == versions       # nothing written
+
+    refused([], RemovalPolicy(allowed=RemovalPolicy.ALL), "the catalog is empty")
+    refused(ids[:6], RemovalPolicy(), r"would remove 14 of the 20 items that v@v1 holds \(more than "
+                                      r"catalog.max_removed_share 50%\)")
+    refused(ids[:6], RemovalPolicy(allowed=13), "more than --allow-removals 13")
+    refused(ids[:18], RemovalPolicy(max_share=0.05), "more than catalog.max_removed_share 5%")
+    refused(["other"], RemovalPolicy(max_share=1.0), r"would remove 20 of the 20 items .* \(all of them\)")
+    assert _register(store, ids[:18], RemovalPolicy()).removed == 2                      # a few: fine
+    assert _register(store, ids[:10] + ["new"], RemovalPolicy()).removed == 10           # half: fine
+    assert _register(store, ids[:6], RemovalPolicy(allowed=14)).removed == 14
