@@ -191,6 +191,10 @@ class TableCache:
             self._entries.popitem(last=False)
         return entry
 
+    def peek(self, key: Hashable) -> CachedTable | None:
+        """The entry for ``key`` if it is cached (nothing is loaded)."""
+        return self._entries.get(key)
+
     @property
     def nbytes(self) -> int:
         return sum(e.nbytes for e in self._entries.values())
@@ -211,7 +215,7 @@ def load_table(dataset, value_column: str, budget: int) -> CachedTable:
             objects[i] = value
         return CachedTable(index, objects)
     row_bytes = value_type.list_size * value_type.value_type.bit_width // 8
-    if index.nbytes + row_bytes * index.size > budget:
+    if budget <= 0 or index.nbytes + row_bytes * index.size > budget:
         return CachedTable(index, None)
     column = dataset.to_table(columns=[value_column]).column(value_column).combine_chunks()
     values = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, value_type.list_size)

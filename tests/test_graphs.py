@@ -499,3 +499,66 @@ def test_command_line_graph_show_and_refresh(tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"graphs.g.features: 'image' is not a feature"):
         load_config({"features": {"text": {"encoder": "sentence-transformers", "model": "m",
                                            "input": {"template": "{t}"}}}, "graphs": {"g": {"features": ["image"]}}})
+
+
+@pytest.mark.parametrize("self_loops", [True, False])
+def test_an_approximate_refresh_equals_a_rebuild_with_the_same_index_and_touches_only_affected_lists(
+        tmp_path, self_loops):
+    """2% of the items change: they are searched with the stored index; every list's vouched
+    prefix (``exact``), and the whole list of every item searched, equal a rebuild with that
+    index; lists the refresh did not count as touched are stored as they were."""
+    from itemlens.store.graphs import ivf
+    from itemlens.store.graphs.build import _stored_centroids
+    from itemlens.store.semantic_ids.build import _commit_overwrite
+    from itemlens.store.vectors import LocalRunner, feature_rows
+
+    import lance
+
+    n = 20_000
+    rng = np.random.default_rng(11)
+    centres = rng.normal(size=(100, 24))
+    x = (centres[rng.integers(0, 100, n)] + 0.4 * rng.normal(size=(n, 24))).astype(np.float32)
+    lens, ids = _store(tmp_path, {"emb": x}, n)
+    spec = {"g": {"features": ["emb"], "k": 10, "method": "approximate", "nprobe": 6, "self_loops": self_loops}}
+    build(lens.uri, spec)
+    lens.refresh()
+    before = lens._dataset(lens.graph_info("g").table).to_table().sort_by("item_index")
+
+    changed = np.sort(rng.choice(n, n // 50, replace=False))
+    moved_to = x[rng.choice(n, len(changed), replace=False)] + 0.05 * rng.normal(size=(len(changed), 24))
+    lens.put_vectors("emb", [ids[i] for i in changed], moved_to.astype(np.float32))     # (no two alike: no ties)
+    reports, _ = build(lens.uri, spec)
+    report = reports["g"]
+    lens.refresh()
+    after = lens._dataset(lens.graph_info("g").table).to_table().sort_by("item_index")
+
+    # a rebuild with the stored index (centroids), over the same vectors
+    centroids = _stored_centroids(lens.location.table_uri("graphivf__g__v1"), None)["emb"]
+    with StoreWriter.open(lens.uri) as writer:
+        version = writer.base.feature_version("emb")
+        rows = feature_rows(writer, version, writer.base.tables[version.table], LocalRunner())
+        target = str(tmp_path / "rebuilt.lance")
+        lists = ivf.build_lists(LocalRunner(), "emb", rows, GraphSpec(**spec["g"]), target, None, n, centroids)
+        _commit_overwrite(target, lists.fragments, ivf.APPROX_SCHEMA, None)
+    rebuilt = lance.dataset(target).to_table().sort_by("item_index")
+
+    got, want = after.column("neighbors").to_pylist(), rebuilt.column("neighbors").to_pylist()
+    exact = after.column("exact").to_numpy()
+    depth = GraphSpec(**spec["g"]).list_depth
+    searched = exact == depth
+    assert searched[changed].all()
+    for i in np.flatnonzero(searched):
+        assert got[i] == want[i]                                     # searched: the rebuild's list
+    for i in range(n):
+        assert got[i][:exact[i]] == want[i][:exact[i]]             # every list: its vouched prefix
+    assert (exact >= 10).all()
+
+    # only the affected lists were touched, and counted
+    old = before.column("neighbors").to_pylist()
+    differs = sum(a != b for a, b in zip(old, got))
+    touched = report.recomputed["emb"] + report.merged["emb"]
+    # (a changed item leaves about depth lists and enters about as many: here half the lists)
+    assert report.recomputed["emb"] >= len(changed) and differs <= touched < n
+    assert report.recomputed["emb"] < n // 10               # searched: the changed items and a few more
+    kept = np.setdiff1d(np.arange(n), changed)
+    assert after.column("probes").take(pa.array(kept)).equals(before.column("probes").take(pa.array(kept)))

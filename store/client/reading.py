@@ -110,6 +110,59 @@ class Reading(LensBase):
             return table.to_pandas().set_index("item_id")
         raise ConfigError(f"output must be one of list, arrow, pandas; not {output!r}")
 
+    @snapshot_guard
+    def vectors_at(self, name: str, indexes: Sequence[int] | np.ndarray, *, fill: float | None = None) -> np.ndarray:
+        """Vectors by the store's integer ``item_index`` (``lens.items()``), [len(indexes), dim],
+        for training loops that already hold integer item ids: a gather through an index ->
+        row array built once per reader (then as fast as a numpy gather when the table is
+        cached; else rows are read from Lance by address). An index without a vector raises
+        UnknownItemsError unless ``fill`` is given."""
+        version = self._version(name)
+        if version.kind != "vector" or version.pooling != "mean":
+            raise ConfigError(f"{version.qualified} holds no pooled vectors: use lens.vectors() or lens.part_vectors()")
+        indexes = np.asarray(indexes, dtype=np.int64)
+        entry = self._entry(version)
+        row_of_item = self._row_of_item(version, entry)
+        inside = (indexes >= 0) & (indexes < len(row_of_item))
+        rows = np.where(inside, row_of_item[np.where(inside, indexes, 0)], -1)
+        found = rows >= 0
+        complete = bool(found.all())
+        if not complete and fill is None:
+            self._raise_missing(version, [str(i) for i in indexes[~found][:20].tolist()])
+        if entry.values is not None and len(entry.values):
+            values = entry.values[rows] if complete else entry.values[np.where(found, rows, 0)]
+        else:
+            values = self._take(version, rows, found)
+        if not complete:
+            values[~found] = fill
+        return values
+
+    def _row_of_item(self, version: FeatureVersion, entry: CachedTable) -> np.ndarray:
+        """item_index -> row of the table (-1: no value), once per reader and table version."""
+        key = ("row_of_item", version.table, self.doc.tables.get(version.table))
+        cached = self._reverse.get(key)
+        if cached is None:
+            items = self.items()
+            rows = entry.index.rows(items.column("item_id").to_pylist()) if items.num_rows else np.zeros(0, np.int64)
+            index = items.column("item_index").to_numpy()
+            cached = np.full(int(index.max(initial=-1)) + 1, -1, np.int64)
+            cached[index] = rows
+            self._reverse[key] = cached
+        return cached
+
+    def _rows(self, version: FeatureVersion, ids: list[str]) -> np.ndarray:
+        """Rows of ``ids`` in the table (-1: none) from its id index alone: the values are not
+        loaded (exports read them chunk by chunk)."""
+        dataset = self._dataset(version.table)
+        if dataset is None:
+            return np.full(len(ids), -1, np.int64)
+        key = (self.location.uri, version.table, self.doc.tables[version.table])
+        column = value_column(version.pooling, version.kind)
+        entry = self._cache.peek(key)
+        if entry is None:
+            entry = self._cache.get(("ids",) + key, lambda budget: load_table(dataset, column, 0))
+        return entry.index.rows(ids)
+
     def _lookup(self, version: FeatureVersion, ids: list[str], fill: Any) -> tuple[np.ndarray, np.ndarray]:
         """Values of ``ids`` (fill where missing, or raise) and a mask of those found."""
         entry = self._entry(version)

@@ -23,8 +23,9 @@ Formats: ``mmrec``, ``npz``, ``parquet`` (features), ``sid-grid``, ``sid-tokens`
 preset, which is in the file names). ``model=`` (``--for``) with ``mmrec`` or ``mmrec-adj`` adds
 the graph files an MMRec model caches, computed from the exported features as the model does
 (:mod:`itemlens.store.exports.models`). docs/exports.md is the reference. Other formats register
-with :func:`register_exporter`; a writer receives the aligned arrays (:class:`Aligned`) and never
-reads the store, so that writing can later go chunk by chunk.
+with :func:`register_exporter`; a writer receives the aligned artifacts (:class:`Aligned`) and
+never reads the store: features come as :class:`ExportedFeature`, read from Lance chunk by chunk
+(``CHUNK_ROWS``), so that an export of features needs about one chunk of memory.
 """
 
 from __future__ import annotations
@@ -49,6 +50,84 @@ MANIFEST = "export.json"
 MMREC_CACHES = ("mm_adj_*.pt", "image_adj_*.pt", "text_adj_*.pt")     # what MMRec's graph models torch.save
 
 
+#: rows of one chunk of a feature export: the memory an export needs is about one chunk
+CHUNK_ROWS = 65_536
+
+
+class ExportedFeature:
+    """One feature's rows of an export (row i: the stored row ``rows[i]``; -1: the fill), read
+    from Lance chunk by chunk. Writers iterate :meth:`chunks`; ``np.asarray`` reads it whole
+    (for writers that need every row at once)."""
+
+    def __init__(self, lens: Lens, version, rows: np.ndarray, fill: float, dtype):
+        self.lens, self.version, self.rows, self.fill = lens, version, rows, fill
+        self.dtype = np.dtype(dtype)
+        self.shape = (len(rows), int(version.dim or 0))
+
+    def chunks(self, size: int = CHUNK_ROWS):
+        for start in range(0, len(self.rows), size):
+            rows = self.rows[start:start + size]
+            found = rows >= 0
+            values = self.lens._take(self.version, rows, found)
+            if not found.all():
+                values[~found] = self.fill
+            yield np.ascontiguousarray(values, dtype=self.dtype)
+
+    def __array__(self, dtype=None, copy=None):
+        parts = list(self.chunks())
+        whole = np.concatenate(parts) if parts else np.zeros(self.shape, self.dtype)
+        return whole if dtype is None else whole.astype(dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return self.shape[0] * self.shape[1] * self.dtype.itemsize
+
+
+def npy_header(shape: tuple[int, ...], dtype) -> bytes:
+    """The header np.save writes for a C-ordered array of ``shape`` and ``dtype``."""
+    import io
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                   "fortran_order": False, "shape": tuple(shape)})
+    return buffer.getvalue()
+
+
+def write_npy(path: Path, feature) -> None:
+    """``feature`` (an array, or an ExportedFeature) as np.save writes it, chunk by chunk."""
+    with open(path, "wb") as f:
+        f.write(npy_header(feature.shape, feature.dtype))
+        for chunk in _chunks(feature):
+            f.write(chunk.tobytes())
+
+
+def same_npy(path: Path, feature) -> bool:
+    """Whether the .npy at ``path`` holds ``feature``'s values, compared chunk by chunk."""
+    with open(path, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(f)
+        except ValueError:
+            return False
+        if tuple(shape) != tuple(feature.shape) or fortran or np.dtype(dtype) != np.dtype(feature.dtype):
+            return False
+        for chunk in _chunks(feature):
+            if f.read(chunk.nbytes) != chunk.tobytes():
+                return False
+    return True
+
+
+def _chunks(feature):
+    if isinstance(feature, ExportedFeature):
+        yield from feature.chunks()
+    else:
+        array = np.ascontiguousarray(feature)
+        for start in range(0, max(len(array), 1), CHUNK_ROWS):
+            if len(array):
+                yield array[start:start + CHUNK_ROWS]
+
+
 @dataclass
 class Aligned:
     """What a writer writes: every artifact with one row per item of ``order``."""
@@ -57,7 +136,7 @@ class Aligned:
     item_index: np.ndarray               # the store's stable index per row (-1: unknown to the store)
     fill: float | int | None             # what filled rows hold (None: no row was filled)
     dtype: str = "float32"
-    features: dict[str, np.ndarray] = field(default_factory=dict)     # file role -> [rows, dim]
+    features: dict[str, Any] = field(default_factory=dict)     # file role -> [rows, dim]: ExportedFeature (chunks)
     present: dict[str, np.ndarray] = field(default_factory=dict)      # artifact -> bool [rows]
     versions: dict[str, str] = field(default_factory=dict)            # artifact -> its qualified version
     semantic_ids: dict[str, np.ndarray] = field(default_factory=dict)    # name -> int64 [rows, width]; fill: absent
@@ -301,7 +380,9 @@ def _gather_features(lens: Lens, aligned: Aligned, features, spec: ExportFormat,
             raise ConfigError(f"{version.qualified} holds {version.kind}s per {version.pooling}; exports take pooled "
                               "vectors")
         filler = 0.0 if aligned.fill is None else aligned.fill
-        values, found = lens._lookup(version, aligned.ids, filler)
+        rows = lens._rows(version, aligned.ids)       # the id index only: values are read chunk by chunk
+        found = rows >= 0
+        values = ExportedFeature(lens, version, rows, filler, dtype)
         missing = ~found
         if missing.any() and (strict or (spec.dense and aligned.fill is None)):
             why = ("the model takes the cosine of every row: a filled row has none; leave these items out of the "
@@ -309,7 +390,7 @@ def _gather_features(lens: Lens, aligned: Aligned, features, spec: ExportFormat,
                 f"pass fill (--fill VALUE) to write them as filled rows (flagged in {role}_mask.npy)"
             _refuse(f"{version.qualified} has no vector for {int(missing.sum()):,} of {len(found):,} rows",
                     [i for i, m in zip(aligned.ids, missing) if m], aligned.order, why)
-        aligned.features[role] = np.ascontiguousarray(values, dtype=dtype)
+        aligned.features[role] = values
         aligned.present[role] = found
         aligned.versions[role] = version.qualified
         aligned.details[role] = {"dim": int(values.shape[1]), "stored_dtype": version.dtype}
@@ -384,7 +465,8 @@ def _model_files(aligned: Aligned, model: str, params: Mapping[str, Any] | None,
     from itemlens.store.exports import models as exports_models
 
     spec = exports_models.lookup(model)
-    vectors = {role: values.astype(np.float32) for role, values in aligned.features.items()}
+    # the model's kNN is over every row at once: these are read whole
+    vectors = {role: np.asarray(values).astype(np.float32) for role, values in aligned.features.items()}
     device = "cpu"
     try:
         import torch
@@ -487,10 +569,8 @@ def check_mmrec_folder(aligned: Aligned, out: Path, writes_features: bool) -> No
     differs = []
     for role, values in aligned.features.items():
         existing = out / f"{role}_feat.npy"
-        if existing.is_file():
-            old = np.load(existing, mmap_mode="r")
-            if old.shape != values.shape or not np.array_equal(old, values):
-                differs.append(existing.name)
+        if existing.is_file() and not same_npy(existing, values):
+            differs.append(existing.name)
     if not differs:
         return
     if not writes_features:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 from itemlens.store.exports.core import (
-    Aligned, register_exporter, write_mapping, write_masks,
+    CHUNK_ROWS, Aligned, register_exporter, write_mapping, write_masks,
 )
 if TYPE_CHECKING:  # pragma: no cover
     pass
@@ -85,7 +85,12 @@ def _sid_tokens(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[st
         if not present.all():
             tokens[~present] = aligned.fill
         np.save(out / f"{name}_tokens.npy", tokens)
-        (out / f"{name}_tokens.txt").write_text("\n".join(token_strings(codes, present)) + "\n")
+        with open(out / f"{name}_tokens.txt", "w") as f:      # chunk by chunk: no string per item held
+            for start in range(0, len(codes), CHUNK_ROWS):
+                f.write("".join(t + "\n" for t in token_strings(codes[start:start + CHUNK_ROWS],
+                                                                 present[start:start + CHUNK_ROWS])))
+            if not len(codes):
+                f.write("\n")
         k = int(info.spec["codebook_size"])
         suffix = int(info.metrics.get("suffix_values", 0)) if info.width > info.spec["levels"] else 0
         vocab = {"codebook_size": k, "levels": info.spec["levels"], "width": info.width, "offsets": offsets.tolist(),
@@ -102,19 +107,29 @@ def _sid_tokens(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[st
 
 def _sid_parquet(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[str]:
     """semantic_ids.parquet: item_id, item_index, per definition its codes (null: no ID) and
-    its token string (raw codes, no offsets)."""
+    its token string (raw codes, no offsets); one row group per chunk of rows."""
     import pyarrow.parquet as pq
 
     from itemlens.store.semantic_ids import token_strings
 
-    columns: dict[str, pa.Array] = {"item_id": pa.array(aligned.ids, pa.string()),
-                                    "item_index": pa.array(aligned.item_index, pa.int64())}
-    for name, codes in aligned.semantic_ids.items():
-        present = aligned.present[name]
-        flat = pa.array(np.where(present[:, None], codes, 0).reshape(-1).astype(np.int32))
-        columns[name] = pa.FixedSizeListArray.from_arrays(flat, codes.shape[1], mask=pa.array(~present))
-        columns[f"{name}_tokens"] = pa.array([t or None for t in token_strings(codes, present)], pa.string())
-    pq.write_table(pa.table(columns), out / "semantic_ids.parquet")
+    writer = None
+    try:
+        for start in range(0, max(len(aligned.ids), 1), CHUNK_ROWS):
+            rows = slice(start, start + CHUNK_ROWS)
+            columns: dict[str, pa.Array] = {"item_id": pa.array(aligned.ids[rows], pa.string()),
+                                            "item_index": pa.array(aligned.item_index[rows], pa.int64())}
+            for name, codes in aligned.semantic_ids.items():
+                present, part = aligned.present[name][rows], codes[rows]
+                flat = pa.array(np.where(present[:, None], part, 0).reshape(-1).astype(np.int32))
+                columns[name] = pa.FixedSizeListArray.from_arrays(flat, codes.shape[1], mask=pa.array(~present))
+                columns[f"{name}_tokens"] = pa.array([t or None for t in token_strings(part, present)], pa.string())
+            table = pa.table(columns)
+            if writer is None:
+                writer = pq.ParquetWriter(out / "semantic_ids.parquet", table.schema)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
     return ["semantic_ids.parquet"]
 
 

@@ -424,8 +424,10 @@ def derive(writer: StoreWriter, name: str, spec: SemanticIdSpec, *, retrain: boo
             alternatives = trained_alternatives
     else:
         cut = blocks(n)
-        args = [(frozen, plan.rows(b), old_source, np.where(row_of_item[b] >= 0, old_address[np.maximum(row_of_item[b], 0)], -1),
-                 nearest_free) for b in cut]
+        stored_address = np.full(n, -1, np.int64)           # each item's active stored row, by address
+        has = row_of_item >= 0
+        stored_address[has] = old_address[row_of_item[has]]
+        args = [(frozen, plan.rows(b), old_source, stored_address[b], nearest_free) for b in cut]
         for b, result in zip(cut, runner.map(assign_block, args)):
             same[b] = result["same"]
             todo = b.start + np.flatnonzero(~result["same"])
