@@ -221,3 +221,29 @@ def text_spec(minilm_path: str, template: str = "{title}. {bullet_points}", **ex
 def image_spec(tiny_clip: dict, column: str = "images", **extra) -> dict:
     return {**tiny_clip, "input": {"image": column}, "resources": {"num_gpus": 0, "batch_size": 8}, **extra}
 
+
+@pytest.fixture(scope="session")
+def example_store(ray_session, tmp_path_factory) -> dict:
+    """`make demo` once per session (examples/demo.py on examples/catalog, with its labelled
+    stand-in weights: no hub here), what it printed, and then semantic IDs of text (2 levels of 2
+    codes for 5 items: a collision) and a kNN graph of text and image derived in the same store.
+    Shared by the demo's own test and the browse tests: the demo is the slowest single ingest."""
+    import contextlib
+    import io
+    import runpy
+    import sys
+
+    from itemlens.store import graphs, semantic_ids
+
+    store = tmp_path_factory.mktemp("example") / "lens"
+    out = io.StringIO()
+    argv = sys.argv
+    sys.argv = ["demo.py", "--store", str(store)]
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(str(ROOT / "examples" / "demo.py"), run_name="__main__")
+    finally:
+        sys.argv = argv
+    semantic_ids.build(str(store), {"sid": {"features": ["text"], "levels": 2, "codebook_size": 2}})
+    graphs.build(str(store), {"knn": {"features": ["text", "image"], "k": 2}})
+    return {"store": store, "output": out.getvalue()}

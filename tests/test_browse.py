@@ -368,30 +368,8 @@ def test_the_command_line_serves_the_store_on_loopback(small):
 # -- the example store, ingested with Ray ------------------------------------------------------------
 
 @pytest.fixture(scope="session")
-def example_store(ray_session, tmp_path_factory) -> Path:
-    """examples/catalog ingested as `make demo` does (its stand-in weights: no hub here), plus
-    semantic IDs of text (2 levels of 2 codes for 5 items: a collision) and a kNN graph of text
-    and image."""
-    import runpy
-
-    import yaml
-
-    from itemlens.workflows.ingest import ingest
-
-    stand_in = runpy.run_path(str(ROOT / "examples" / "demo.py"))["stand_in"]
-    config = yaml.safe_load((ROOT / "examples" / "lens.yaml").read_text())
-    config["features"] = {name: stand_in(name, spec) for name, spec in config["features"].items()}
-    config["semantic_ids"] = {"sid": {"features": ["text"], "levels": 2, "codebook_size": 2}}
-    config["graphs"] = {"knn": {"features": ["text", "image"], "k": 2}}
-    store = tmp_path_factory.mktemp("example") / "lens"
-    report = ingest(EXAMPLE_CATALOG, config, store, progress=False)
-    assert report.snapshot == 1
-    return store
-
-
-@pytest.fixture(scope="session")
 def example_client(example_store) -> TestClient:
-    return _client(create_app(example_store))
+    return _client(create_app(example_store["store"]))
 
 
 def _catalog_rows() -> dict[str, dict]:
@@ -404,7 +382,7 @@ def test_every_page_of_the_example_store(example_store, example_client):
     from itemlens.extractors.spec import VideoInput
     from itemlens.extractors.video import read_video_frames
 
-    client, lens, rows = example_client, itemlens.connect(example_store), _catalog_rows()
+    client, lens, rows = example_client, itemlens.connect(example_store["store"]), _catalog_rows()
     summary = client.get("/").text
     assert "examples/catalog/catalog.jsonl" in summary and "STAND-IN" in summary
     for feature in ("text", "image", "video", "audio", "caption", "caption_text"):
@@ -512,7 +490,7 @@ def test_a_real_browser_loads_the_photos_and_neighbour_thumbnails_and_searches(e
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(example_store), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(example_store["store"]), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -554,7 +532,7 @@ def test_a_real_browser_loads_the_photos_and_neighbour_thumbnails_and_searches(e
         box.submit()
         WebDriverWait(driver, 120).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results li.tile"))
         results = [e.get_attribute("data-item-id") for e in driver.find_elements(By.CSS_SELECTOR, "#results li.tile")]
-        lens = itemlens.connect(example_store)
+        lens = itemlens.connect(example_store["store"])
         assert results == [h.item_id for h in lens.search("text", "a grey yoga bag for the gym", k=10, kind="text")]
         WebDriverWait(driver, 120).until(images_done)
         driver.save_screenshot(str(artifacts / "search.png"))

@@ -357,19 +357,16 @@ def test_command_line_ingest_and_show(ray_session, tmp_path, catalog, minilm_pat
     assert bad.returncode == 2 and "configuration file not found" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_the_demo_runs_and_labels_its_stand_ins(ray_session, tmp_path, monkeypatch, capsys):
-    import runpy
-
-    monkeypatch.setattr(sys, "argv", ["demo.py", "--store", str(tmp_path / "demo-lens")])
-    runpy.run_path(str(ROOT / "examples" / "demo.py"), run_name="__main__")
-    out = capsys.readouterr().out
+def test_the_demo_runs_and_labels_its_stand_ins(example_store):
+    out = example_store["output"]          # `make demo`, run once per session (tests/conftest.py)
     assert "STAND-IN" in out and "published snapshot 1" in out
     assert "search text 'an LED light bulb': B074M5HPBD" in out
-    lens = itemlens.connect(tmp_path / "demo-lens")
+    lens = itemlens.connect(example_store["store"], snapshot=1)
     assert all(f.note for f in lens.features())
     # every modality of the example catalog: 3 products (photos, a video each), 2 sound clips
-    assert {f.name: f.count for f in lens.features()} == {
-        "text": 5, "image": 3, "video": 3, "audio": 2, "caption": 3, "caption_text": 3}
+    counts = {f.name: f.count for f in lens.features()}
+    assert {n: counts[n] for n in ("text", "image", "video", "audio", "caption_text")} == {
+        "text": 5, "image": 3, "video": 3, "audio": 2, "caption_text": 3}
     assert sorted(lens.ids("audio")) == ["audiobook-198-209", "sound-robin-13"]
     assert all(lens.captions("caption", lens.ids("caption")))
 

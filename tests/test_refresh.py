@@ -19,7 +19,7 @@ from .conftest import image_spec, text_spec, write_jsonl
 
 pytestmark = pytest.mark.integration
 
-N = 100
+N = 40
 
 
 def _image(path: Path, seed: int) -> str:
