@@ -98,7 +98,7 @@ class Cluster:
                  "print(sum(1 for n in ray.nodes() if n['Alive']))")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            out = subprocess.run([PY, "-c", probe, self.address], capture_output=True, text=True, env=self.env)
+            out = subprocess.run([PY, "-c", probe, self.address], capture_output=True, text=True, env=self.env, check=False)
             if out.stdout.strip().isdigit() and int(out.stdout.strip()) >= count:
                 return
             time.sleep(2)
@@ -121,7 +121,7 @@ class Cluster:
 
 def run(what: str, store: str, runner: str, address: str, spec: dict) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.run([PY, "-c", DRIVER, what, store, runner, address, json.dumps(spec)], capture_output=True,
+    proc = subprocess.run([PY, "-c", DRIVER, what, store, runner, address, json.dumps(spec)], capture_output=True, check=False,
                           text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:

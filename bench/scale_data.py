@@ -48,10 +48,11 @@ def vectors(start: int, stop: int, d: int, seed: int = 0) -> np.ndarray:
 
 def make_store(uri: str, n: int, d: int, *, seed: int = 0, name: str = "emb", log=print) -> None:
     """Write the store at ``uri`` (a new one) and publish one snapshot."""
-    import itemlens
     from itemlens.store import lance_io
     from itemlens.store.layout import WORK_IDS_SCHEMA, staging_rows, staging_schema
     from itemlens.store.writer import StoreWriter
+
+    import itemlens
 
     itemlens.create(uri)
     t = time.perf_counter()

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+from itemlens.store.layout import ITEMS_TABLE
 
 from itemlens.errors import ConfigError
-from itemlens.store.layout import ITEMS_TABLE
 
 if TYPE_CHECKING:  # pragma: no cover
     from itemlens.store.snapshots import FeatureVersion
@@ -167,7 +167,6 @@ def read_vectors(writer: StoreWriter, version: FeatureVersion, table_version: in
     [n, d] float32, zero where absent, the input hashes, null where absent). For small stores
     and the exact graph's refresh; derived passes over large stores read blocks instead."""
     import pyarrow.compute as pc
-
     from itemlens.store import lance_io
 
     if version.kind != "vector" or version.pooling != "mean":

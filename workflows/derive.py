@@ -65,7 +65,7 @@ class RayRunner(Runner):
 
         return ray.put(value)
 
-    def shards(self, cls, args, *, cpus: float = 1):
+    def shards(self, cls, args, *, cpus: float = 0):
         import ray
 
         actor = ray.remote(num_cpus=cpus)(cls).options(scheduling_strategy="SPREAD")

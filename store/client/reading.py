@@ -6,19 +6,30 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from itemlens.errors import (
-    ConfigError, UnknownItemsError,
-)
 from itemlens.store import lance_io
 from itemlens.store.cache import CachedTable, load_table
 from itemlens.store.layout import ERRORS_SCHEMA, ERRORS_TABLE, ITEMS_TABLE, value_column
 from itemlens.store.snapshots import FeatureVersion
+
+from itemlens.errors import (
+    ConfigError,
+    UnknownItemsError,
+)
+
 if TYPE_CHECKING:  # pragma: no cover
     pass
-from itemlens.store.client.base import LensBase, _as_ids, _as_output, _fixed_size_to_numpy, _strings, snapshot_guard
+from itemlens.store.client.base import (
+    LensBase,
+    _as_ids,
+    _as_output,
+    _fixed_size_to_numpy,
+    _strings,
+    snapshot_guard,
+)
 
 
 class Reading(LensBase):

@@ -36,10 +36,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
 import numpy as np
-from itemlens.errors import ConfigError
 from itemlens.store.exports import align as exports_align
 from itemlens.store.exports.align import MAPPING_FILE, MAPPING_HEADER, Order
+
+from itemlens.errors import ConfigError
+
 if TYPE_CHECKING:  # pragma: no cover
     from itemlens.store.client import Lens
 
@@ -64,7 +67,8 @@ class ExportedFeature:
         self.dtype = np.dtype(dtype)
         self.shape = (len(rows), int(version.dim or 0))
 
-    def chunks(self, size: int = CHUNK_ROWS):
+    def chunks(self, size: int | None = None):
+        size = size or CHUNK_ROWS
         for start in range(0, len(self.rows), size):
             rows = self.rows[start:start + size]
             found = rows >= 0

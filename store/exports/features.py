@@ -6,12 +6,22 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import pyarrow as pa
 from itemlens.store.exports.core import (
-    CHUNK_ROWS, Aligned, _chunks, check_mmrec_folder, npy_header, register_exporter, save_model_files, write_mapping,
-    write_masks, write_npy,
+    CHUNK_ROWS,
+    Aligned,
+    _chunks,
+    check_mmrec_folder,
+    npy_header,
+    register_exporter,
+    save_model_files,
+    write_mapping,
+    write_masks,
+    write_npy,
 )
+
 if TYPE_CHECKING:  # pragma: no cover
     pass
 

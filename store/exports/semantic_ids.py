@@ -7,11 +7,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import pyarrow as pa
 from itemlens.store.exports.core import (
-    CHUNK_ROWS, Aligned, register_exporter, write_mapping, write_masks,
+    CHUNK_ROWS,
+    Aligned,
+    register_exporter,
+    write_mapping,
+    write_masks,
 )
+
 if TYPE_CHECKING:  # pragma: no cover
     pass
 
@@ -109,7 +115,6 @@ def _sid_parquet(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[s
     """semantic_ids.parquet: item_id, item_index, per definition its codes (null: no ID) and
     its token string (raw codes, no offsets); one row group per chunk of rows."""
     import pyarrow.parquet as pq
-
     from itemlens.store.semantic_ids import token_strings
 
     writer = None

@@ -12,16 +12,24 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
+
 import numpy as np
 import pyarrow as pa
-from itemlens.errors import ConfigError
+from itemlens.store.faults import fault_point
 from itemlens.store.graphs.cooccurrence import cooccurrence_lists
 from itemlens.store.graphs.presets import depth_read
 from itemlens.store.graphs.spec import COOCCURRENCE, GraphSpec
 from itemlens.store.graphs.stats import held_lists, list_stats, summarize
-from itemlens.store.graphs.storage import GRAPH_SCHEMA, of_feature, with_feature, write_lists
-from itemlens.store.faults import fault_point
+from itemlens.store.graphs.storage import (
+    GRAPH_SCHEMA,
+    of_feature,
+    with_feature,
+    write_lists,
+)
 from itemlens.store.vectors import LocalRunner, Runner, driver_peak_mb, items_in_order
+
+from itemlens.errors import ConfigError
+
 if TYPE_CHECKING:  # pragma: no cover
     from itemlens.store.snapshots import FeatureVersion
     from itemlens.store.writer import StoreWriter
@@ -105,9 +113,10 @@ def derive(writer: StoreWriter, name: str, spec: GraphSpec, *, rebuild: bool = F
     entry = writer.base.graphs.get(name)
     existing = None if (rebuild or entry is None) else next(
         (v for v in entry.versions.values() if v.fingerprint == fingerprint), None)
-    if spec.method == "approximate":
-        return _derive_approximate(writer, name, spec, entry, existing, fingerprint, qualified, versions, features,
-                                   runner or LocalRunner(), report, t0)
+    on_workers = runner is not None and not isinstance(runner, LocalRunner)
+    if spec.method == "approximate" or (on_workers and existing is None):
+        return _derive_by_blocks(writer, name, spec, entry, existing, fingerprint, qualified, versions, features,
+                                 runner or LocalRunner(), report, t0)
     with ThreadPoolExecutor(1) as pool:
         if existing is None:
             label = entry.next_label() if entry else "v1"
@@ -196,17 +205,18 @@ def _finish(report: GraphReport, runner: Runner, tasks_before: int, t0: float) -
     return report
 
 
-def _derive_approximate(writer: StoreWriter, name: str, spec: GraphSpec, entry, existing, fingerprint: str,
-                        qualified: dict[str, str], versions: dict[str, FeatureVersion],
-                        features: dict[str, FeatureVersion] | None, runner: Runner, report: GraphReport,
-                        t0: float) -> GraphReport:
-    """An approximate graph by blocks on ``runner``: a build trains an IVF index on a sample and
-    searches every item; a refresh searches the new and changed items with the stored index and
-    merges them into the lists they enter (:mod:`itemlens.store.graphs.ivf`). The whole table
-    is written again by the blocks (unchanged lists copied) and committed in one transaction."""
+def _derive_by_blocks(writer: StoreWriter, name: str, spec: GraphSpec, entry, existing, fingerprint: str,
+                      qualified: dict[str, str], versions: dict[str, FeatureVersion],
+                      features: dict[str, FeatureVersion] | None, runner: Runner, report: GraphReport,
+                      t0: float) -> GraphReport:
+    """A graph by blocks on ``runner``, the driver holding no vectors. Approximate: a build
+    trains an IVF index on a sample and searches every item; a refresh searches the new and
+    changed items with the stored index and merges them into the lists they enter
+    (:mod:`itemlens.store.graphs.ivf`). Exact (a build on Ray): blocks of query rows against
+    every row streamed (:mod:`itemlens.store.graphs.exact_blocks`). The whole table is written by
+    the blocks (a refresh's unchanged lists copied) and committed in one transaction."""
     import lance
-
-    from itemlens.store.graphs import ivf
+    from itemlens.store.graphs import exact_blocks, ivf
     from itemlens.store.snapshots import GraphVersion, now_iso
     from itemlens.store.vectors import feature_rows, table_source
 
@@ -227,12 +237,16 @@ def _derive_approximate(writer: StoreWriter, name: str, spec: GraphSpec, entry, 
     centroids = {} if stored is None else _stored_centroids(index_uri, opts)
     fragments, done = [], {}
     changed = report.rebuilt
+    exact = spec.method == "exact"
+    schema = GRAPH_SCHEMA if exact else ivf.APPROX_SCHEMA
     try:
         for feature, feature_version in versions.items():
             t = time.perf_counter()
             table_version = None if features and feature in features else writer.base.tables.get(feature_version.table)
             rows = feature_rows(writer, feature_version, table_version, runner)
-            if stored is None or feature not in centroids or "probes" not in stored.open().schema.names:
+            if spec.method == "exact":
+                lists, deleted = exact_blocks.build_lists(runner, feature, rows, spec, uri, opts, size, _device(spec)), 0
+            elif stored is None or feature not in centroids or "probes" not in stored.open().schema.names:
                 lists, deleted = ivf.build_lists(runner, feature, rows, spec, uri, opts, size), 0
                 changed = True
             else:
@@ -253,12 +267,13 @@ def _derive_approximate(writer: StoreWriter, name: str, spec: GraphSpec, entry, 
             t = time.perf_counter()
             rows = with_feature(cooccurrence_lists(spec.interactions, _item_indexes(items_in_order(writer))),
                                 COOCCURRENCE)
-            rows = rows.append_column("probes", pa.nulls(rows.num_rows, pa.list_(pa.int32())))
+            if not exact:
+                rows = rows.append_column("probes", pa.nulls(rows.num_rows, pa.list_(pa.int32())))
             previous = 0 if stored is None else stored.open().count_rows(filter=f"feature = '{COOCCURRENCE}'")
             report.recomputed[COOCCURRENCE], report.deleted[COOCCURRENCE] = rows.num_rows, max(previous - rows.num_rows, 0)
             from itemlens.store import lance_io
 
-            fragments += lance_io.write_fragments(rows.cast(ivf.APPROX_SCHEMA), uri, opts)
+            fragments += lance_io.write_fragments(rows.cast(schema) if exact else rows.cast(ivf.APPROX_SCHEMA), uri, opts)
             report.seconds["cooccurrence"] = time.perf_counter() - t
             changed = True
         if not changed:                 # nothing new, changed or gone: the published lists stand
@@ -267,9 +282,9 @@ def _derive_approximate(writer: StoreWriter, name: str, spec: GraphSpec, entry, 
         t = time.perf_counter()
         from itemlens.store.semantic_ids.build import _commit_overwrite
 
-        _commit_overwrite(uri, fragments, ivf.APPROX_SCHEMA, opts)
+        _commit_overwrite(uri, fragments, schema, opts)
         fault_point("graph:write")
-        if report.rebuilt or set(done) - set(centroids):
+        if not exact and (report.rebuilt or set(done) - set(centroids)):
             lance.write_dataset(pa.table({"feature": list(done), "centroids": [ivf.centroid_blob(done[f][0].centroids)
                                                                               for f in done]},
                                          schema=pa.schema([("feature", pa.string()), ("centroids", pa.large_binary())])),
@@ -279,10 +294,12 @@ def _derive_approximate(writer: StoreWriter, name: str, spec: GraphSpec, entry, 
         listed = np.unique(np.concatenate([rows.item_index for _, rows in done.values()])) if done else []
         report.items = int(len(listed))
         report.stats = summarize({f: ivf.stats(lists, rows) for f, (lists, rows) in done.items()})
-        recalls = [ivf.recall(runner, lists, rows, spec) for lists, rows in done.values() if len(rows.item_index)]
-        report.stats["recall_at_k"] = round(float(np.mean(recalls)), 4) if recalls else 0.0
-        report.stats["index"] = {"kind": "IVF_FLAT", "nlist": {f: int(len(lists.centroids)) for f, (lists, _) in done.items()},
-                                 "nprobe": spec.nprobe, "shards": {f: len(lists.shards) for f, (lists, _) in done.items()}}
+        if not exact:
+            recalls = [ivf.recall(runner, lists, rows, spec) for lists, rows in done.values() if len(rows.item_index)]
+            report.stats["recall_at_k"] = round(float(np.mean(recalls)), 4) if recalls else 0.0
+            report.stats["index"] = {"kind": "IVF_FLAT", "nprobe": spec.nprobe,
+                                     "nlist": {f: int(len(lists.centroids)) for f, (lists, _) in done.items()},
+                                     "shards": {f: len(lists.shards) for f, (lists, _) in done.items()}}
         report.seconds["stats"] = time.perf_counter() - t
     finally:
         for lists, _ in done.values():

@@ -27,13 +27,13 @@ by item index. So a run on Ray and one in this process give the same lists.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-
 from itemlens.store.graphs.knn import NO_NEIGHBOUR, unit
 from itemlens.store.vectors import TableSource, blocks, read_block, vectors_of
 
@@ -297,7 +297,7 @@ def refresh_block(search: Search, shards, fresh_shards, source: TableSource, add
     rows = rows_table(search.feature, current.column("item_id"), item_index, found, scores, exact, hashes, probes)
     touched[search_now] = True
     return {"fragments": lance_io.write_fragments(rows, uri, options),
-            "recomputed": int(len(search_now)), "touched": int(touched.sum()), **_summary(found, item_index, search.k, size, keep)}
+            "recomputed": len(search_now), "touched": int(touched.sum()), **_summary(found, item_index, search.k, size, keep)}
 
 
 def _vectors_for(source: TableSource, address: np.ndarray, dim: int) -> np.ndarray:
@@ -340,7 +340,7 @@ class Lists:
 def _shard_args(centroids, source, address, item_index, dim, nprobe) -> list[tuple]:
     count = max(1, math.ceil(len(address) / SHARD_ITEMS))
     cuts = np.linspace(0, len(address), count + 1).astype(int)
-    return [(centroids, source, address[a:b], item_index[a:b], dim, nprobe) for a, b in zip(cuts[:-1], cuts[1:])]
+    return [(centroids, source, address[a:b], item_index[a:b], dim, nprobe) for a, b in itertools.pairwise(cuts)]
 
 
 def _sample_rows(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -447,7 +447,7 @@ def stats(lists: Lists, rows) -> dict[str, Any]:
         "in_degree": {"min": int(in_degree.min(initial=0)), "median": float(np.median(in_degree)) if n else 0.0,
                       "max": int(in_degree.max(initial=0)), "zero": int((in_degree == 0).sum())},
         "in_degree_histogram": np.bincount(in_degree).tolist(),
-        **({"mutual_share_sample": int(len(lists.sampled))} if len(lists.sampled) < n else {}),
+        **({"mutual_share_sample": len(lists.sampled)} if len(lists.sampled) < n else {}),
     }
 
 

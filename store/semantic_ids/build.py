@@ -28,18 +28,39 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import pyarrow as pa
-from itemlens.errors import ConfigError, StoreError
 from itemlens.store.faults import fault_point
 from itemlens.store.layout import TIMESTAMP
 from itemlens.store.semantic_ids.metrics import code_metrics, usage_plot
 from itemlens.store.semantic_ids.spec import SemanticIdSpec
-from itemlens.store.semantic_ids.storage import CODES_FIELDS, QUANTIZER_SCHEMA, codes_matrix, codes_schema, fixed_codes, open_table
-from itemlens.store.vectors import (
-    BLOCK_ITEMS, LocalRunner, Runner, TableSource, aligned_rows, blocks, driver_peak_mb, feature_rows, items_source,
-    join_item_indexes, read_block, read_vectors_at, table_source,
+from itemlens.store.semantic_ids.storage import (
+    CODES_FIELDS,
+    QUANTIZER_SCHEMA,
+    codes_matrix,
+    codes_schema,
+    fixed_codes,
+    open_table,
 )
+from itemlens.store.vectors import (
+    BLOCK_ITEMS,
+    LocalRunner,
+    Runner,
+    TableSource,
+    aligned_rows,
+    blocks,
+    driver_peak_mb,
+    feature_rows,
+    items_source,
+    join_item_indexes,
+    read_block,
+    read_vectors_at,
+    table_source,
+)
+
+from itemlens.errors import ConfigError, StoreError
+
 if TYPE_CHECKING:  # pragma: no cover
     from itemlens.store.snapshots import FeatureVersion
     from itemlens.store.writer import StoreWriter
@@ -527,9 +548,8 @@ def _fill(alternatives: np.ndarray, rows: np.ndarray, values: np.ndarray | None)
 def _commit_overwrite(uri: str, fragments: list[str], schema: pa.Schema, options) -> None:
     """Replace the table's rows with ``fragments`` (written by tasks) in one commit."""
     import lance
-    from lance.fragment import FragmentMetadata
-
     from itemlens.store import lance_io
+    from lance.fragment import FragmentMetadata
 
     existing = lance_io.open_dataset(uri, storage_options=options)
     op = lance.LanceOperation.Overwrite(schema, [FragmentMetadata.from_json(f) for f in fragments])
