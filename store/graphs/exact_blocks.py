@@ -10,13 +10,7 @@ A refresh of an exact graph reads the vectors in the driver (:func:`..build._ref
 from __future__ import annotations
 
 import numpy as np
-from itemlens.store.graphs.ivf import (
-    MUTUAL_ITEMS,
-    Lists,
-    _collect,
-    _sample_rows,
-    _summary,
-)
+from itemlens.store.graphs.ivf import MUTUAL_ITEMS, Lists, _collect, _kept_rows, _sample_rows, _summary
 from itemlens.store.graphs.knn import NO_NEIGHBOUR, unit
 from itemlens.store.vectors import TableSource, blocks, read_block, vectors_of
 
@@ -81,8 +75,7 @@ def build_lists(runner, feature: str, rows, spec, uri: str, options, size: int, 
     sampled = _sample_rows(n, MUTUAL_ITEMS)
     args = [(feature, rows.source, rows.address[b], rows.item_index[b], every, spec.list_depth, spec.k,
              spec.self_loops, rows.dim, device, uri, options, size,
-             np.flatnonzero((sampled >= b.start) & (sampled < b.stop)) if len(sampled) < n else
-             np.arange(b.stop - b.start)) for b in blocks(n, ROWS)]
+             _kept_rows(sampled, b)) for b in blocks(n, ROWS)]
     out = _collect(runner.map(exact_block, args, gpus=1 if device == "cuda" else 0), size, spec.k)
     return Lists(out["fragments"], out["in_degree"], out["edges"], sampled, out["kept"], n, n, None,
                  np.zeros((0, rows.dim), np.float32), [])

@@ -343,6 +343,12 @@ def _shard_args(centroids, source, address, item_index, dim, nprobe) -> list[tup
     return [(centroids, source, address[a:b], item_index[a:b], dim, nprobe) for a, b in itertools.pairwise(cuts)]
 
 
+def _kept_rows(sampled: np.ndarray, block: slice) -> np.ndarray:
+    """Positions within ``block`` of the sampled items (whose lists the driver keeps)."""
+    inside = sampled[(sampled >= block.start) & (sampled < block.stop)]
+    return inside - block.start
+
+
 def _sample_rows(n: int, size: int, seed: int = 0) -> np.ndarray:
     return np.arange(n) if n <= size else np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
 
@@ -363,8 +369,7 @@ def build_lists(runner, feature: str, rows, spec, uri: str, options, size: int,
     sampled = _sample_rows(n, MUTUAL_ITEMS)
     cut = blocks(n)
     args = [(shared, shards, rows.source, rows.address[b], rows.item_index[b], uri, options, size,
-             np.flatnonzero((sampled >= b.start) & (sampled < b.stop)) if len(sampled) < n else
-             np.arange(b.stop - b.start)) for b in cut]
+             _kept_rows(sampled, b)) for b in cut]
     out = _collect(runner.map(build_block, args), size, spec.k)
     return Lists(out["fragments"], out["in_degree"], out["edges"], sampled, out["kept"], n, n, None, centroids, shards)
 
@@ -405,8 +410,7 @@ def refresh_lists(runner, feature: str, rows, spec, stored: TableSource, stored_
     cut = blocks(n)
     args = [(shared, shards, fresh_shards, rows.source, rows.address[b], rows.item_index[b], stored,
              stored_of_item[b], moved_ref, reachable, uri, options, size,
-             np.flatnonzero((sampled >= b.start) & (sampled < b.stop)) if len(sampled) < n else
-             np.arange(b.stop - b.start)) for b in cut]
+             _kept_rows(sampled, b)) for b in cut]
     out = _collect(runner.map(refresh_block, args), size, spec.k)
     if fresh_shards is not None:
         runner.release(fresh_shards)
