@@ -103,7 +103,6 @@ class Browser:
         self.frames = ByteCache(media_cache_bytes // 2)
         self._order: tuple[list[str], Any] | None = None
         self._errors = None
-        self._graphs: dict[str, tuple[Any, list[str], Any]] = {}
         self._codes: dict[str, tuple[list[str], np.ndarray]] = {}
         self._diffs: OrderedDict[tuple, Any] = OrderedDict()
 
@@ -280,22 +279,15 @@ class Browser:
         return [(h.item_id, h.score) for h in hits if h.item_id != item_id][:k]
 
     def graph_neighbours(self, name: str, item_id: str) -> list[tuple[str, float]]:
-        """``lens.neighbors(name, [item_id])[0]``: the same rows of the same matrix, which is built
-        once per graph here rather than per call."""
-        if name not in self._graphs:
-            from itemlens.store.cache import IdIndex
+        """``lens.neighbors(name, [item_id])[0]`` (the reader builds each graph's matrix once and
+        keeps it); an id the graph does not know has none."""
+        from itemlens.errors import UnknownItemsError
 
-            with self.lock:
-                matrix, order = self.lens.graph(name, "cosine")
-            self._graphs[name] = (matrix, order, IdIndex(order_array(order)))
-        matrix, order, index = self._graphs[name]
-        row = int(index.rows([item_id])[0])
-        if row < 0:
-            return []
-        cols = matrix.indices[matrix.indptr[row]:matrix.indptr[row + 1]]
-        vals = matrix.data[matrix.indptr[row]:matrix.indptr[row + 1]]
-        best = np.lexsort((cols, -vals))
-        return [(order[cols[j]], float(vals[j])) for j in best]
+        with self.lock:
+            try:
+                return self.lens.neighbors(name, [item_id])[0]
+            except UnknownItemsError:
+                return []
 
     # -- errors ------------------------------------------------------------------------------------
     def errors(self):
