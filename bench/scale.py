@@ -136,6 +136,7 @@ def main() -> None:
     parser.add_argument("--runner", nargs="+", default=["ray", "local"], choices=["ray", "local"])
     parser.add_argument("--what", nargs="+", default=["sid", "graph"], choices=["sid", "graph"])
     parser.add_argument("--nodes", type=int, default=2)
+    parser.add_argument("--nprobe", type=int, default=GRAPH["nprobe"], help="IVF lists searched per item")
     parser.add_argument("--keep", action="store_true", help="keep the generated stores")
     args = parser.parse_args()
     sys.path.insert(0, ROOT)
@@ -152,7 +153,7 @@ def main() -> None:
                 print(f"made {n:,} x {args.dim} in {time.perf_counter() - t:.0f} s", flush=True)
             for what in args.what:
                 for runner in args.runner:
-                    spec = SID if what == "sid" else GRAPH
+                    spec = SID if what == "sid" else {**GRAPH, "nprobe": args.nprobe}
                     result = run(what, store, runner, cluster.address if cluster else "", spec)
                     record = {"items": n, "dim": args.dim, "what": what, "runner": runner,
                               "nodes": args.nodes if runner == "ray" else 0, "spec": spec, **result}

@@ -202,12 +202,11 @@ def rows_table(feature: str, ids: pa.Array, item_index: np.ndarray, found: np.nd
 
 
 def _summary(found: np.ndarray, item_index: np.ndarray, k: int, size: int, keep: np.ndarray) -> dict[str, Any]:
-    """What the driver keeps of a block: in-degree counts of the first k (self-loops left out,
-    as list_stats counts), the edges, and the sampled lists."""
+    """What the driver keeps of a block: the targets of the first k (self-loops left out, as
+    list_stats counts; the driver counts in-degrees from them), and the sampled lists."""
     first = found[:, :k]
     edge = (first >= 0) & (first != item_index[:, None])
-    return {"in_degree": np.bincount(first[edge], minlength=size).astype(np.int32), "edges": int(edge.sum()),
-            "kept": first[keep].astype(np.int32)}
+    return {"targets": first[edge].astype(np.int32), "edges": int(edge.sum()), "kept": first[keep].astype(np.int32)}
 
 
 def build_block(search: Search, shards, source: TableSource, address: np.ndarray, item_index: np.ndarray,
@@ -429,7 +428,7 @@ def _collect(results, size: int, k: int) -> dict[str, Any]:
            "touched": 0}
     for r in results:
         out["fragments"] += r["fragments"]
-        out["in_degree"] += r["in_degree"]
+        out["in_degree"] += np.bincount(r["targets"], minlength=size)      # the edges' targets, counted here
         out["edges"] += r["edges"]
         out["kept"].append(r["kept"])
         out["recomputed"] += r.get("recomputed", 0)
