@@ -201,23 +201,25 @@ def test_semantic_ids_graph_and_export_under_a_driver_memory_cap(tmp_path, ray_c
 
 
 @pytest.mark.integration
-def test_rq_vae_codes_on_ray_equal_the_single_process_ones(tmp_path, ray_cluster, worker_nodes):
-    x = clustered(30_000, 32, seed=1)
+def test_rq_vae_and_nearest_free_codes_on_ray_equal_the_single_process_ones(tmp_path, ray_cluster, worker_nodes):
+    x = np.random.default_rng(1).normal(size=(12_000, 32)).astype(np.float32)   # spread: room for nearest-free
     ids = make_store(tmp_path / "ray", x)
     shutil.copytree(tmp_path / "ray", tmp_path / "local")
-    spec = {"features": ["emb"], "method": "rq-vae", "levels": 2, "codebook_size": 32, "sample": 4000,
-            "uniqueness": "nearest-free", "device": "cpu",
-            "vae": {"epochs": 3, "hidden": [32], "latent_dim": 8, "batch_size": 512}}
+    vae = {"features": ["emb"], "method": "rq-vae", "levels": 3, "codebook_size": 32, "sample": 3000,
+           "device": "cpu", "vae": {"epochs": 3, "hidden": [32], "latent_dim": 8, "batch_size": 512}}
+    free = {"features": ["emb"], "levels": 2, "codebook_size": 256, "sample": 5000, "uniqueness": "nearest-free"}
     config = tmp_path / "sid.yaml"
-    config.write_text(yaml.safe_dump({"semantic_ids": {"sid": spec}}))
+    config.write_text(yaml.safe_dump({"semantic_ids": {"vae": vae, "free": free}}))
     env = {k: v for k, v in ray_cluster["env"].items() if k != "RAY_ADDRESS"}
     out, _ = itemlens_cli(["semantic-ids", str(tmp_path / "ray"), "--config", str(config), "--address",
                            ray_cluster["address"]], env)
-    assert "Ray tasks" in out
+    assert out.count("Ray tasks") == 2
     itemlens_cli(["semantic-ids", str(tmp_path / "local"), "--config", str(config)], env)
-    codes = itemlens.connect(tmp_path / "ray").semantic_ids("sid", ids)
-    assert np.array_equal(codes, itemlens.connect(tmp_path / "local").semantic_ids("sid", ids))
-    assert len({tuple(c) for c in codes.tolist()}) == len(ids)     # nearest-free made every tuple unique
+    for name in ("vae", "free"):
+        codes = itemlens.connect(tmp_path / "ray").semantic_ids(name, ids)
+        assert np.array_equal(codes, itemlens.connect(tmp_path / "local").semantic_ids(name, ids))
+        assert len({tuple(c) for c in codes.tolist()}) == len(ids)     # unique (free: without a suffix)
+    assert codes.shape[1] == 2
 
 
 @pytest.mark.integration
