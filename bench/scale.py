@@ -35,7 +35,8 @@ SID = {"features": ["emb"], "levels": 3, "codebook_size": 256, "seed": 0}
 GRAPH = {"features": ["emb"], "k": 10, "method": "approximate", "nprobe": 8, "self_loops": True}
 
 DRIVER = r"""
-import json, sys, time
+import json, logging, sys, time
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 what, store, runner_kind, address, spec = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], json.loads(sys.argv[5])
 t = time.perf_counter()
 if runner_kind == "ray":
@@ -121,11 +122,13 @@ class Cluster:
 
 def run(what: str, store: str, runner: str, address: str, spec: dict) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.run([PY, "-c", DRIVER, what, store, runner, address, json.dumps(spec)], capture_output=True, check=False,
-                          text=True, env=env)
+    log = os.path.join(OUT, f"{what}-{os.path.basename(store)}-{runner}.log")     # progress, as it goes
+    with open(log, "w") as err:
+        proc = subprocess.run([PY, "-c", DRIVER, what, store, runner, address, json.dumps(spec)], stdout=subprocess.PIPE,
+                              stderr=err, check=False, text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
-        raise RuntimeError(f"{what} on {runner} failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"{what} on {runner} failed: see {log}")
     return json.loads(lines[-1][len("RESULT "):])
 
 

@@ -369,7 +369,7 @@ def build_lists(runner, feature: str, rows, spec, uri: str, options, size: int,
     cut = blocks(n)
     args = [(shared, shards, rows.source, rows.address[b], rows.item_index[b], uri, options, size,
              _kept_rows(sampled, b)) for b in cut]
-    out = _collect(runner.map(build_block, args), size, spec.k)
+    out = _collect(runner.map(build_block, args), size, spec.k, len(args))
     return Lists(out["fragments"], out["in_degree"], out["edges"], sampled, out["kept"], n, n, None, centroids, shards)
 
 
@@ -410,7 +410,7 @@ def refresh_lists(runner, feature: str, rows, spec, stored: TableSource, stored_
     args = [(shared, shards, fresh_shards, rows.source, rows.address[b], rows.item_index[b], stored,
              stored_of_item[b], moved_ref, reachable, uri, options, size,
              _kept_rows(sampled, b)) for b in cut]
-    out = _collect(runner.map(refresh_block, args), size, spec.k)
+    out = _collect(runner.map(refresh_block, args), size, spec.k, len(args))
     if fresh_shards is not None:
         runner.release(fresh_shards)
     return (Lists(out["fragments"], out["in_degree"], out["edges"], sampled, out["kept"], out["recomputed"],
@@ -423,10 +423,16 @@ def _same_hash(source: TableSource, address: np.ndarray, stored: TableSource, st
     return np.asarray([a == b for a, b in zip(now, before)], bool)
 
 
-def _collect(results, size: int, k: int) -> dict[str, Any]:
+def _collect(results, size: int, k: int, total: int = 0) -> dict[str, Any]:
+    import logging
+    import time
+
+    log, start = logging.getLogger("itemlens.graphs"), time.perf_counter()
     out = {"fragments": [], "in_degree": np.zeros(size, np.int64), "edges": 0, "kept": [], "recomputed": 0,
            "touched": 0}
-    for r in results:
+    for done, r in enumerate(results, 1):
+        if done % 10 == 0:
+            log.info("%d of %d blocks done in %.0f s", done, total, time.perf_counter() - start)
         out["fragments"] += r["fragments"]
         out["in_degree"] += np.bincount(r["targets"], minlength=size)      # the edges' targets, counted here
         out["edges"] += r["edges"]

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 from itemlens.store.faults import fault_point
 from itemlens.store.layout import TIMESTAMP
-from itemlens.store.semantic_ids.metrics import code_metrics, usage_plot
+from itemlens.store.semantic_ids.metrics import code_metrics, tuple_groups, usage_plot
 from itemlens.store.semantic_ids.spec import SemanticIdSpec
 from itemlens.store.semantic_ids.storage import (
     CODES_FIELDS,
@@ -263,21 +263,6 @@ def write_old_rows(uri: str, options, old: TableSource, start: int, stop: int, a
 
 # -- uniqueness on the codes -------------------------------------------------------------------
 
-def _groups(*parts: np.ndarray) -> np.ndarray:
-    """One group number per row of the stacked ``parts`` (rows of ints): equal rows, equal numbers."""
-    width = max(np.asarray(p).shape[1] if np.asarray(p).ndim == 2 else 1 for p in parts)
-    rows = np.concatenate([np.asarray(p, np.int64).reshape(len(p), width) for p in parts])
-    if rows.shape[1] == 0:
-        return np.zeros(len(rows), np.int64)
-    bits = [max(1, int(c).bit_length()) for c in rows.max(axis=0, initial=0)]
-    if rows.min(initial=0) >= 0 and sum(bits) <= 62:     # pack the tuple into one integer: a 1-d unique
-        key = np.zeros(len(rows), np.int64)
-        for column, width in zip(rows.T, bits):
-            key = (key << width) | column
-        return np.unique(key, return_inverse=True)[1].reshape(-1)
-    return np.unique(rows, axis=0, return_inverse=True)[1].reshape(-1)
-
-
 def make_unique(prefix: np.ndarray, mode: str, old_codes: np.ndarray, alternatives: np.ndarray | None = None,
                 full_order=None, codebook_size: int | None = None) -> np.ndarray:
     """Final codes of new items (``prefix`` [m, levels], in item-index order), given every tuple
@@ -288,36 +273,36 @@ def make_unique(prefix: np.ndarray, mode: str, old_codes: np.ndarray, alternativ
     tuple is free, in item order (``alternatives`` [m, T]: each item's last-level codes,
     nearest first; ``full_order(positions)`` gives all of them where those T are taken).
     Vectorized on integers: no tuple objects, whatever the catalog's size."""
-    prefix = np.asarray(prefix, np.int64)
+    prefix = np.asarray(prefix)
     m, levels = prefix.shape if prefix.ndim == 2 else (0, 0)
-    old_codes = np.asarray(old_codes, np.int64).reshape(-1, levels + (1 if mode == "suffix" else 0))
+    old_codes = np.asarray(old_codes).reshape(-1, levels + (1 if mode == "suffix" else 0))
     if m == 0:
-        return np.zeros((0, levels + (1 if mode == "suffix" else 0)), np.int64)
+        return np.zeros((0, levels + (1 if mode == "suffix" else 0)), np.int32)
     if mode == "suffix":
-        group = _groups(old_codes[:, :levels], prefix)
+        group = tuple_groups(old_codes[:, :levels], prefix)
         old_group, new_group = group[:len(old_codes)], group[len(old_codes):]
         start = np.zeros(int(group.max()) + 1, np.int64)
-        np.maximum.at(start, old_group, old_codes[:, levels] + 1)
+        np.maximum.at(start, old_group, old_codes[:, levels].astype(np.int64) + 1)
         order = np.argsort(new_group, kind="stable")
         ordered = new_group[order]
         rank = np.arange(m) - np.searchsorted(ordered, ordered, side="left")
-        out = np.zeros((m, levels + 1), np.int64)
+        out = np.zeros((m, levels + 1), np.int32)
         out[:, :levels] = prefix
         out[order, levels] = start[ordered] + rank
         return out
     from itemlens.store.semantic_ids import unique_kernels
 
     k = int(codebook_size or max(prefix[:, -1].max(initial=0), old_codes[:, -1].max(initial=0)) + 1)
-    parent = _groups(old_codes[:, :levels - 1], prefix[:, :levels - 1])
+    parent = tuple_groups(old_codes[:, :levels - 1], prefix[:, :levels - 1])
     old_parent, new_parent = parent[:len(old_codes)], parent[len(old_codes):]
     old_order = np.argsort(old_parent, kind="stable")
     new_order = np.argsort(new_parent, kind="stable")
-    alternatives = (np.asarray(alternatives, np.int64) if alternatives is not None
-                    else np.zeros((m, 0), np.int64))
-    last = np.full(m, -1, np.int64)
+    alternatives = (np.asarray(alternatives, np.int32) if alternatives is not None
+                    else np.zeros((m, 0), np.int32))
+    last = np.full(m, -1, np.int32)
     failed = unique_kernels.nearest_free(old_parent[old_order], old_codes[old_order, -1], new_parent[new_order],
                                          prefix[new_order, -1], alternatives[new_order], k, last)
-    final = np.empty(m, np.int64)
+    final = np.empty(m, np.int32)
     final[new_order] = last
     for group in np.flatnonzero(failed):     # an item whose T alternatives are all taken: its group in full
         members = np.flatnonzero(new_parent == group)
@@ -423,7 +408,7 @@ def derive(writer: StoreWriter, name: str, spec: SemanticIdSpec, *, retrain: boo
         old_item[by_address[np.searchsorted(old_address[by_address], joined_address)]] = joined_item
         del stored
     else:
-        old_codes, old_prefix = np.zeros((0, width), np.int64), np.zeros((0, levels), np.int64)
+        old_codes, old_prefix = np.zeros((0, width), np.int32), np.zeros((0, levels), np.int32)
         active, old_address, old_item = np.zeros(0, bool), np.zeros(0, np.int64), np.zeros(0, np.int64)
     # each current item's active stored row (-1: none)
     active_rows = np.flatnonzero(active)
@@ -485,7 +470,7 @@ def derive(writer: StoreWriter, name: str, spec: SemanticIdSpec, *, retrain: boo
 
     # metrics, over the active items: each item's quantizer codes
     t = time.perf_counter()
-    prefix_of_item = new_prefix.astype(np.int64)
+    prefix_of_item = new_prefix                       # (int32; the new items' codes, the kept ones' stored)
     prefix_of_item[same] = old_prefix[kept_rows]
     metrics = code_metrics(prefix_of_item, spec.codebook_size)
     picks = np.arange(n) if n <= RECONSTRUCTION_ITEMS else np.sort(

@@ -33,9 +33,10 @@ QUANTIZER_SCHEMA = pa.schema([pa.field("key", pa.string()), pa.field("value", pa
 
 
 def codes_matrix(column: pa.ChunkedArray, width: int) -> np.ndarray:
+    """A codes column as int32 [rows, width] (as stored: a few integers per item)."""
     if len(column) == 0:
-        return np.zeros((0, width), np.int64)
-    return column.combine_chunks().flatten().to_numpy().reshape(-1, width).astype(np.int64)
+        return np.zeros((0, width), np.int32)
+    return column.combine_chunks().flatten().to_numpy().reshape(-1, width).astype(np.int32, copy=False)
 
 
 def fixed_codes(values: np.ndarray, width: int) -> pa.FixedSizeListArray:
