@@ -137,16 +137,18 @@ def main() -> None:
     parser.add_argument("--items", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--runner", nargs="+", default=["ray", "local"], choices=["ray", "local"])
-    parser.add_argument("--what", nargs="+", default=["sid", "graph"], choices=["sid", "graph"])
+    parser.add_argument("--what", nargs="*", default=["sid", "graph"], choices=["sid", "graph"])
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--nprobe", type=int, default=GRAPH["nprobe"], help="IVF lists searched per item")
+    parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default 4 x sqrt(items))")
     parser.add_argument("--keep", action="store_true", help="keep the generated stores")
+    parser.add_argument("--client", action="store_true", help="also time lens.vectors / vectors_at lookups")
     args = parser.parse_args()
     sys.path.insert(0, ROOT)
     from bench.scale_data import make_store
 
     os.makedirs(OUT, exist_ok=True)
-    cluster = Cluster(args.nodes) if "ray" in args.runner else None
+    cluster = Cluster(args.nodes) if "ray" in args.runner and args.what else None
     try:
         for n in args.items:
             store = os.path.join(OUT, f"s{n}")
@@ -156,18 +158,68 @@ def main() -> None:
                 print(f"made {n:,} x {args.dim} in {time.perf_counter() - t:.0f} s", flush=True)
             for what in args.what:
                 for runner in args.runner:
-                    spec = SID if what == "sid" else {**GRAPH, "nprobe": args.nprobe}
+                    spec = SID if what == "sid" else {**GRAPH, "nprobe": args.nprobe, **({"nlist": args.nlist} if args.nlist else {})}
                     result = run(what, store, runner, cluster.address if cluster else "", spec)
                     record = {"items": n, "dim": args.dim, "what": what, "runner": runner,
                               "nodes": args.nodes if runner == "ray" else 0, "spec": spec, **result}
                     print(json.dumps(record), flush=True)
                     with open(os.path.join(OUT, "results.jsonl"), "a") as f:
                         f.write(json.dumps(record) + "\n")
+            if args.client:
+                record = {"items": n, "what": "client", "batch": 1024, **client(store)}
+                print(json.dumps(record), flush=True)
+                with open(os.path.join(OUT, "results.jsonl"), "a") as f:
+                    f.write(json.dumps(record) + "\n")
             if not args.keep:
                 shutil.rmtree(store, ignore_errors=True)
     finally:
         if cluster is not None:
             cluster.stop()
+
+
+
+CLIENT = r"""
+import json, sys, time
+import numpy as np
+import itemlens
+store, batches, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+out = {}
+for label, cache in (("cached", 4 * 1024**3), ("beyond_cache", 1)):
+    lens = itemlens.connect(store, cache_bytes=cache)
+    items = lens.items()
+    ids = items.column("item_id").to_pylist()
+    index = items.column("item_index").to_numpy()
+    rng = np.random.default_rng(0)
+    picks = [rng.integers(0, len(ids), batch) for _ in range(batches + 1)]
+    lens.vectors("emb", [ids[i] for i in picks[0]])         # the id index (and the values, if cached) load once
+    lens.vectors_at("emb", index[picks[0]])
+    t = time.perf_counter()
+    for p in picks[1:]:
+        lens.vectors("emb", [ids[i] for i in p])
+    by_id = (time.perf_counter() - t) / batches
+    t = time.perf_counter()
+    for p in picks[1:]:
+        lens.vectors_at("emb", index[p])
+    by_index = (time.perf_counter() - t) / batches
+    out[label] = {"vectors_ms_per_batch": round(by_id * 1000, 2), "vectors_at_ms_per_batch": round(by_index * 1000, 2)}
+values = np.zeros((len(ids), 128), np.float32)
+t = time.perf_counter()
+for p in picks[1:]:
+    values[p]
+out["numpy_gather_ms_per_batch"] = round((time.perf_counter() - t) / batches * 1000, 3)
+print("RESULT " + json.dumps(out))
+"""
+
+
+def client(store: str, batches: int = 50, batch: int = 1024) -> dict:
+    """Training-loop lookups: lens.vectors (ids) and lens.vectors_at (item indexes), with the table
+    cached and beyond the reader's cache (rows read from Lance by address), against numpy's gather."""
+    proc = subprocess.run([PY, "-c", CLIENT, store, str(batches), str(batch)], capture_output=True, text=True,
+                          check=False, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        raise RuntimeError(proc.stderr[-3000:])
+    return json.loads(lines[-1][len("RESULT "):])
 
 
 if __name__ == "__main__":

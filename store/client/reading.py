@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from itemlens.store import lance_io
 from itemlens.store.cache import CachedTable, load_table
-from itemlens.store.layout import ERRORS_SCHEMA, ERRORS_TABLE, ITEMS_TABLE, value_column
+from itemlens.store.layout import ABSENT, ERRORS_SCHEMA, ERRORS_TABLE, ITEMS_TABLE, value_column
 from itemlens.store.snapshots import FeatureVersion
 
 from itemlens.errors import (
@@ -49,10 +49,14 @@ class Reading(LensBase):
         return ds.to_table(columns=["item_id"]).column(0).to_pylist() if ds is not None else []
 
     @snapshot_guard
-    def errors(self, feature: str | None = None) -> pa.Table:
-        """Items without a value, with stage and reason: for one feature version if named
-        (``"image"`` is its current version, ``"image@v1"`` an older one), else for the current
-        version of every feature."""
+    def errors(self, feature: str | None = None, *, absent: bool = False) -> pa.Table:
+        """Items whose input failed (stage input, read, decode or encode, and a reason): for one
+        feature version if named (``"image"`` is its current version, ``"image@v1"`` an older
+        one), else for the current version of every feature. Items that simply lack the input
+        (no photo for a song: stage ``absent``) are not failures and are left out, unless
+        ``absent=True`` (then only they are listed; :meth:`absent` gives their ids)."""
+        import pyarrow.compute as pc
+
         columns = ["feature", "item_id", "stage", "reason", "at"]
         ds = self._dataset(ERRORS_TABLE)
         if ds is None:
@@ -61,7 +65,14 @@ class Reading(LensBase):
             versions = [self._version(feature).fingerprint]
         else:
             versions = [e.versions[e.current].fingerprint for e in self.doc.features.values()]
-        return ds.to_table(columns=columns, filter=lance_io.isin_filter("version", versions))
+        which = pc.field("stage") == ABSENT if absent else pc.field("stage") != ABSENT
+        return ds.to_table(columns=columns, filter=lance_io.isin_filter("version", versions) & which)
+
+    @snapshot_guard
+    def absent(self, name: str) -> list[str]:
+        """The ids that have no input for feature ``name`` (an empty cell, no such file named),
+        recorded apart from failures."""
+        return self.errors(name, absent=True).column("item_id").to_pylist()
 
     # -- lookups ------------------------------------------------------------------------------
     @snapshot_guard
@@ -134,8 +145,11 @@ class Reading(LensBase):
         indexes = np.asarray(indexes, dtype=np.int64)
         entry = self._entry(version)
         row_of_item = self._row_of_item(version, entry)
-        inside = (indexes >= 0) & (indexes < len(row_of_item))
-        rows = np.where(inside, row_of_item[np.where(inside, indexes, 0)], -1)
+        if len(indexes) and 0 <= indexes.min() and indexes.max() < len(row_of_item):
+            rows = row_of_item[indexes]                  # the common case: two gathers, nothing else
+        else:
+            inside = (indexes >= 0) & (indexes < len(row_of_item))
+            rows = np.where(inside, row_of_item[np.where(inside, indexes, 0)], -1)
         found = rows >= 0
         complete = bool(found.all())
         if not complete and fill is None:

@@ -356,7 +356,7 @@ def build_lists(runner, feature: str, rows, spec, uri: str, options, size: int,
                 centroids: np.ndarray | None = None) -> Lists:
     """Train (unless ``centroids`` are given), shard and search every item of one feature."""
     n = len(rows.item_index)
-    nlist = len(centroids) if centroids is not None else nlist_for(n)
+    nlist = len(centroids) if centroids is not None else min(spec.nlist or nlist_for(n), max(n, 1))
     if centroids is None:
         picks = _sample_rows(n, SAMPLE_PER_LIST * nlist, seed=0)
         centroids = runner.call(train_centroids, rows.source, rows.address[picks], rows.dim, nlist, 0)

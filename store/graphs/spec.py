@@ -38,6 +38,9 @@ class GraphSpec(StrictModel):
     method: Literal["exact", "approximate"] = Field("exact", description=(
         "exact: blocked matrix products; approximate: a faiss IVF index (rebuilt whole on refresh)"))
     nprobe: int = Field(32, ge=1, description="approximate: IVF lists searched per item")
+    nlist: int | None = Field(None, ge=1, description=(
+        "approximate: IVF lists (default 4 x the square root of the items); each item costs about nlist + nprobe x "
+        "items / nlist products"))
     block: int = Field(4096, ge=64, description="exact: rows per block of products")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description=(
         "where the products run (auto: cuda where there is one); not part of the fingerprint"))
@@ -72,5 +75,6 @@ class GraphSpec(StrictModel):
         preset and fusion weights apply when read)."""
         doc = {"k": self.k, "depth": self.list_depth, "self_loops": self.self_loops, "method": self.method, "inputs": inputs,
                "nprobe": self.nprobe if self.method == "approximate" else None,
+               **({"nlist": self.nlist} if self.nlist is not None and self.method == "approximate" else {}),
                "interactions": self.interactions.model_dump(exclude={"weight"}) if self.interactions else None}
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
