@@ -1,6 +1,7 @@
 """Video: which frames to sample (:func:`sample_indices`) and decoding them from the bytes of a
-video file (:func:`read_video_frames`), on CPU, with PyAV; :func:`frame_grid` tiles sampled
-frames into one picture for image captioners.
+video file (:func:`read_video_frames`; :func:`read_video_sample` adds the frames' times and the
+video's duration, for captioners that read video natively), on CPU, with PyAV; :func:`frame_grid`
+tiles sampled frames into one picture for image captioners.
 
 Frames are numbered in presentation order: frame ``i`` is the ``i``-th of the video stream's
 packets sorted by presentation timestamp (the numbering decord uses too). Packets that the
@@ -216,6 +217,21 @@ def index_video(container, stream, *, max_pixels: int) -> VideoIndex:
 _REORDER_SLACK = 16
 
 
+@dataclass(frozen=True)
+class VideoSample:
+    """A video's sampled frames and when they are shown: what a captioner that takes video
+    natively needs (the frames with their times, and the video's length)."""
+
+    #: uint8 [F, H, W, 3] RGB, upright
+    frames: np.ndarray
+    #: each frame's index in presentation order (see :func:`sample_indices`)
+    indices: list[int]
+    #: each frame's start in seconds from the video's first frame (by the container's timestamps)
+    times: list[float]
+    #: how long the video lasts in seconds, from its first frame's start to its last frame's end
+    duration: float
+
+
 def read_video_frames(data: bytes, video: VideoInput, *, max_pixels: int,
                       threads: int = 1) -> tuple[np.ndarray, list[int]]:
     """Decode the sampled frames of a video file's bytes: uint8 [F, H, W, 3] RGB frames,
@@ -227,6 +243,13 @@ def read_video_frames(data: bytes, video: VideoInput, *, max_pixels: int,
     Raises ItemError("decode", reason) for anything that stops it delivering every sampled
     frame: such a video is an error, never a shorter or patched-up sample.
     """
+    sample = read_video_sample(data, video, max_pixels=max_pixels, threads=threads)
+    return sample.frames, sample.indices
+
+
+def read_video_sample(data: bytes, video: VideoInput, *, max_pixels: int, threads: int = 1) -> VideoSample:
+    """:func:`read_video_frames` with the frames' times and the video's duration (for a
+    captioner that reads video natively, with its timestamps)."""
     if not data:
         raise ItemError("decode", "empty file (0 bytes)")
     with _open(data, threads) as (container, stream):
@@ -237,7 +260,9 @@ def read_video_frames(data: bytes, video: VideoInput, *, max_pixels: int,
     if len({f.shape for f in frames}) > 1:
         sizes = ", ".join(f"{f.shape[1]}x{f.shape[0]} at frame {i}" for i, f in zip(indices, frames))
         raise ItemError("decode", f"frame size changes within the video ({sizes})")
-    return np.stack(frames), indices
+    times = [float(index.starts[i]) for i in indices]
+    return VideoSample(frames=np.stack(frames), indices=indices, times=times,
+                       duration=max(float(index.end), times[-1]))
 
 
 @contextlib.contextmanager

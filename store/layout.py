@@ -73,9 +73,16 @@ def vector_type(dtype: str, dim: int) -> pa.DataType:
     return pa.list_(value, dim)
 
 
+#: a caption row's token counts: the vision tokens its prompt held (the pictures' placeholders and
+#: their wrappers) and the tokens the model generated (up to and including its end of sequence).
+#: Null for captions a user put (``lens.put_captions``); absent from caption tables written before
+#: they were recorded, which read as before (readers select the columns they use).
+CAPTION_COUNT_FIELDS = (pa.field("vision_tokens", pa.int32()), pa.field("generated_tokens", pa.int32()))
+
+
 def feature_fields(dtype: str, dim: int | None, pooling: str, kind: str = "vector") -> list[pa.Field]:
     """Columns of a feature table: one row per item, its value (a vector, per-image vectors,
-    or a caption) and where it came from."""
+    or a caption with its token counts) and where it came from."""
     if kind == "caption":
         value = pa.field("caption", pa.string())
     elif pooling == "mean":
@@ -85,12 +92,20 @@ def feature_fields(dtype: str, dim: int | None, pooling: str, kind: str = "vecto
     return [
         pa.field("item_id", pa.string()),
         value,
-        pa.field("n_parts", pa.int32()),          # inputs behind the value (images pooled; 1 for text)
+        pa.field("n_parts", pa.int32()),          # inputs behind the value (images pooled or read by a caption,
+                                                  # a video's frames; 1 for text)
         pa.field("input_hash", pa.string()),      # what the value was computed from
         pa.field("media_key", pa.string()),       # media only: URI, size and mtime/ETag, compared before reading
         pa.field("fingerprint", pa.string()),     # the feature version (spec) that computed it
         pa.field("computed_at", TIMESTAMP),
+        *(CAPTION_COUNT_FIELDS if kind == "caption" else ()),
     ]
+
+
+def feature_columns(pooling: str, kind: str = "vector") -> list[str]:
+    """The names of a feature table's columns (:func:`feature_fields`), e.g. what a merge of
+    staging rows into the table carries."""
+    return [f.name for f in feature_fields("float32", 1, pooling, kind)]
 
 
 def staging_schema(dtype: str, dim: int | None, pooling: str, kind: str = "vector") -> pa.Schema:
@@ -103,23 +118,25 @@ def staging_schema(dtype: str, dim: int | None, pooling: str, kind: str = "vecto
 
 
 def staging_rows(schema: pa.Schema, item_ids, values: pa.Array, *, n_parts, input_hash, media_key=None,
-                 fingerprint: str, run_id: str, error_stage=None, error_reason=None, computed_at=None) -> pa.Table:
+                 fingerprint: str, run_id: str, error_stage=None, error_reason=None, computed_at=None,
+                 vision_tokens=None, generated_tokens=None) -> pa.Table:
     """Rows of a staging table (:func:`staging_schema`): one per item, a value or an error stage
     and reason. The one place they are built, for the pipeline's encoders and for vectors and
-    captions a user puts (``Lens.put_vectors``). Columns left None are null for every row."""
+    captions a user puts (``Lens.put_vectors``). Columns left None are null for every row
+    (``vision_tokens`` and ``generated_tokens``: caption tables only)."""
     from datetime import datetime, timezone
 
     n = len(values)
-
-    def strings(column):
-        return pa.nulls(n, pa.string()) if column is None else column
-
     stamp = computed_at or datetime.now(timezone.utc)
-    return pa.table([
-        item_ids, values, pa.array(n_parts, pa.int32()), input_hash, strings(media_key),
-        pa.array([fingerprint] * n, pa.string()), pa.array([stamp] * n, TIMESTAMP),
-        strings(error_stage), strings(error_reason), pa.array([run_id] * n, pa.string()),
-    ], schema=schema)
+    columns = {
+        "item_id": item_ids, schema.field(1).name: values,       # the value column: vector(s) or caption
+        "n_parts": pa.array(n_parts, pa.int32()), "input_hash": input_hash, "media_key": media_key,
+        "fingerprint": pa.array([fingerprint] * n, pa.string()), "computed_at": pa.array([stamp] * n, TIMESTAMP),
+        "vision_tokens": vision_tokens, "generated_tokens": generated_tokens,
+        "error_stage": error_stage, "error_reason": error_reason, "run_id": pa.array([run_id] * n, pa.string()),
+    }
+    return pa.table([pa.nulls(n, f.type) if columns[f.name] is None else columns[f.name] for f in schema],
+                    schema=schema)
 
 
 def value_column(pooling: str, kind: str = "vector") -> str:

@@ -33,10 +33,11 @@ def tiny_audio_model(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def tiny_llava(tmp_path_factory) -> str:
-    from itemlens.extractors.standins.caption import write_tiny_llava
+def tiny_qwen(tmp_path_factory) -> str:
+    """A tiny seeded Qwen2.5-VL: dynamic resolution, several images per prompt, native video."""
+    from .captioners import standin
 
-    return str(write_tiny_llava(tmp_path_factory.mktemp("llava") / "tiny-llava"))
+    return standin(tmp_path_factory, "qwen2_5_vl")
 
 
 @pytest.fixture
@@ -63,7 +64,7 @@ def media_catalog(tmp_path, example_rows, example_sound_rows) -> Path:
     return write_jsonl(folder / "catalog.jsonl", rows)
 
 
-def _features(minilm_path, tiny_clip, tiny_audio_model, tiny_llava) -> dict:
+def _features(minilm_path, tiny_clip, tiny_audio_model, tiny_qwen) -> dict:
     cpu = {"num_gpus": 0, "batch_size": 4}
     clip = {k: v for k, v in tiny_clip.items() if k != "encoder"}
     return {
@@ -73,8 +74,12 @@ def _features(minilm_path, tiny_clip, tiny_audio_model, tiny_llava) -> dict:
                          "input": {"video": "video", "frames": 3, "every_seconds": 0.5}, "resources": cpu},
         "audio": {"encoder": "audio", "model": tiny_audio_model, "input": {"audio": "audio"},
                   "window_seconds": 4.0, "resources": cpu},
-        "caption": {"encoder": "caption", "model": tiny_llava, "input": {"video": "video", "frames": 4},
+        # native video: the sampled frames with their times through Qwen2.5-VL's video processor
+        "caption": {"encoder": "caption", "model": tiny_qwen, "input": {"video": "video", "frames": 4},
                     "prompt": "What is in this video?", "max_new_tokens": 8, "resources": cpu},
+        # every photo of a product in one prompt
+        "photo_caption": {"encoder": "caption", "model": tiny_qwen, "input": {"image": "images"}, "images": "all",
+                          "max_new_tokens": 8, "resources": cpu},
         "caption_text": text_spec(minilm_path, input="caption"),
     }
 
@@ -85,20 +90,22 @@ def _cos(a, b) -> np.ndarray:
 
 
 def test_every_modality_in_one_ingest_equals_the_libraries_and_bad_media_become_errors(
-        ray_session, tmp_path, media_catalog, minilm_path, tiny_clip, tiny_audio_model, tiny_llava):
+        ray_session, tmp_path, media_catalog, minilm_path, tiny_clip, tiny_audio_model, tiny_qwen, capsys):
     import json
 
     from itemlens.extractors.audio import audio_windows, decode_audio, pool_windows
-    from itemlens.extractors.video import frame_grid, read_video_frames, to_images
+    from itemlens.extractors.images import load_image
+    from itemlens.extractors.video import read_video_frames, to_images
 
-    features = _features(minilm_path, tiny_clip, tiny_audio_model, tiny_llava)
+    features = _features(minilm_path, tiny_clip, tiny_audio_model, tiny_qwen)
     store = tmp_path / "lens"
     report = ingest(media_catalog, {"features": features, "decode": {"batch_size": 4}}, store, progress=False)
     rows = [json.loads(line) for line in media_catalog.read_text().splitlines()]
     ids = [r["item_id"] for r in rows]
     assert report.items_seen == len(rows)
     # captions run before the text feature that embeds them
-    assert list(report.features) == ["text", "video", "video_frames", "audio", "caption", "caption_text"]
+    assert list(report.features) == ["text", "video", "video_frames", "audio", "caption", "photo_caption",
+                                     "caption_text"]
 
     lens = itemlens.connect(store)
     errors = lens.errors().to_pandas()
@@ -154,19 +161,63 @@ def test_every_modality_in_one_ingest_equals_the_libraries_and_bad_media_become_
     assert len(audio_windows(decode_audio((media_catalog.parent / "audio" / "198-209-0000.ogg").read_bytes(), fmt),
                              fmt)) == 4     # 13.9 s in 4 s windows
 
-    # captions: what the captioner writes for the grid of the documented frames, stored with
-    # the model and prompt; the caption text feature embeds exactly those captions
+    # captions: what transformers writes for the documented frames with their times (the processor's
+    # own video path, then generate), stored with the model and prompt and their token counts
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from itemlens.extractors.encoders.caption_inputs import VideoClip
+    from itemlens.extractors.video import read_video_sample
+
     caption_spec = FeatureSpec.model_validate(features["caption"])
-    captioner = build_encoder(caption_spec).load("cpu")
-    grid_transform = captioner.image_transform()
+    processor = AutoProcessor.from_pretrained(tiny_qwen)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_qwen).eval()
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What is in this video?"}]}],
+        add_generation_prompt=True, tokenize=False)
+
+    def generated(batch) -> str:
+        with torch.inference_mode():
+            out = model.generate(**batch, max_new_tokens=8, do_sample=False)
+        return processor.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)[0].strip()
+
     captioned = [r["item_id"] for r in good_videos]
     stored = lens.captions("caption", captioned, output="pandas")
     for row in good_videos:
-        frames, _ = read_video_frames((media_catalog.parent / row["video"]).read_bytes(), caption_spec.input,
-                                      max_pixels=64_000_000)
-        direct = captioner.caption_images(np.stack([grid_transform(frame_grid(frames))]))[0]
-        assert stored.loc[row["item_id"], "caption"] == direct
-    assert set(stored["model"]) == {tiny_llava} and set(stored["prompt"]) == {"What is in this video?"}
+        sample = read_video_sample((media_catalog.parent / row["video"]).read_bytes(), caption_spec.input,
+                                   max_pixels=64_000_000)
+        metadata = VideoClip(sample.frames, sample.times, duration=sample.duration).metadata()
+        batch = processor(text=[prompt], videos=[sample.frames], video_metadata=[metadata], do_sample_frames=False,
+                          return_tensors="pt")
+        assert stored.loc[row["item_id"], "caption"] == generated(batch), row["item_id"]
+    assert set(stored["model"]) == {tiny_qwen} and set(stored["prompt"]) == {"What is in this video?"}
+    # every photo of each product in one prompt, at the processor's bounds
+    products = [r for r in rows if r.get("images")]
+    assert sorted(len(r["images"]) for r in products) == [3, 4, 5]
+    for row in products:
+        images = [load_image(str(media_catalog.parent / p)) for p in row["images"]]
+        content = [{"type": "image"}] * len(images) + [{"type": "text", "text": "Describe this product image in "
+                                                                               "one sentence."}]
+        text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                             tokenize=False)
+        batch = processor(images=[images], text=[text], return_tensors="pt")
+        assert lens.captions("photo_caption", [row["item_id"]])[0] == generated(batch), row["item_id"]
+    # the job report: captions/s and generated tokens/s per caption feature, and in all
+    for name in ("caption", "photo_caption"):
+        feature = report.features[name]
+        assert feature.output == "caption" and feature.encoded == len(lens.ids(name))
+        assert feature.encoded * 8 >= feature.generated_tokens >= feature.encoded > 0 and feature.vision_tokens > 0
+        assert feature.to_doc()["captions_per_second"] == round(feature.encoded / feature.seconds, 3)
+    summary = report.summary()
+    assert "captions/s" in summary and "generated tokens/s" in summary and "captions in all:" in summary
+    # `itemlens show` prints the path each caption feature took, decided when its model loaded
+    from itemlens.workflows.cli import main as cli
+
+    capsys.readouterr()
+    assert cli(["show", str(store)]) == 0
+    shown = capsys.readouterr().out
+    assert "caption path: patches (256-4096 pixels an image), video: native; Qwen2_5_VLProcessor" in shown
+    assert "caption path: patches (256-4096 pixels an image), images: all; Qwen2_5_VLProcessor" in shown
     from sentence_transformers import SentenceTransformer
 
     texts = [stored.loc[i, "caption"] for i in captioned if stored.loc[i, "caption"].strip()]
@@ -192,7 +243,7 @@ def test_every_modality_in_one_ingest_equals_the_libraries_and_bad_media_become_
     planned = plan(media_catalog, config, store)
     assert {n: (f.new, f.changed, f.dependent) for n, f in planned.features.items()} == {
         "text": (0, 0, 0), "video": (0, 1, 0), "video_frames": (0, 1, 0), "audio": (0, 0, 0),
-        "caption": (0, 1, 0), "caption_text": (0, 0, 1)}
+        "caption": (0, 1, 0), "photo_caption": (0, 0, 0), "caption_text": (0, 0, 1)}
     assert planned.features["caption_text"].examples == {"dependent": ["B0799CK52K"]}
     log = tmp_path / "log"
     refresh = ingest(media_catalog, config, store, progress=False, encode_log=log)
@@ -201,4 +252,4 @@ def test_every_modality_in_one_ingest_equals_the_libraries_and_bad_media_become_
     new_caption = itemlens.connect(store).captions("caption", ["B0799CK52K"])[0]
     assert new_caption != stored.loc["B0799CK52K", "caption"]      # the tiny captioner saw other frames
     assert encoded == {"text": [], "video": ["B0799CK52K"], "video_frames": ["B0799CK52K"], "audio": [],
-                       "caption": ["B0799CK52K"], "caption_text": ["B0799CK52K"]}
+                       "caption": ["B0799CK52K"], "photo_caption": [], "caption_text": ["B0799CK52K"]}

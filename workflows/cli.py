@@ -369,6 +369,11 @@ def _show(args) -> int:
         print(f"{name:<22}{f.encoder:<23}{f.dim or '-':>5} {dtype:<8}{f.count:>8}{f.errors:>8}  {model}")
         if f.note:
             print(f"{'':<22}note: {f.note}")
+        path = (lens.doc.features[f.name].versions[f.version].encoder or {}).get("path")
+        if f.kind == "caption" and path:      # how the captioner reads pictures, decided when it loaded
+            from itemlens.extractors.encoders.caption import describe_path
+
+            print(f"{'':<22}caption path: {describe_path(path)}")
         if f.index:
             print(f"{'':<22}index: {f.index['kind']} {f.index.get('params', {})}, {f.index.get('rows')} rows, "
                   f"recall@10 {f.index.get('recall_at_10')} (against exact search)")

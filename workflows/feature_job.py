@@ -64,7 +64,7 @@ class FeatureJob:
     def run(self) -> FeatureReport:
         spec, version, writer = self.encoder.spec, self.version, self.context.writer
         report = FeatureReport(name=version.name, version=version.label, fingerprint=version.fingerprint,
-                               encoder=spec.encoder)
+                               encoder=spec.encoder, output=self.encoder.output_kind)
         if self.recovered is not None:
             report.recovered = self.recovered.inserted + self.recovered.updated + self.recovered.failed
             log.info("%s: merged %d items staged by an interrupted run", version.name, report.recovered)
@@ -114,6 +114,8 @@ class FeatureJob:
                 media = {**common, "base": source.base, "read_log": read_log}
                 prepare = {"image": stages.prepare_images, "video": stages.prepare_videos,
                            "audio": stages.prepare_audio}[kind]
+                if self.encoder.output_kind == "caption":    # the captioner's own processor, per item
+                    prepare = {"image": stages.prepare_caption_images, "video": stages.prepare_caption_videos}[kind]
                 ds = ds.map_batches(prepare, batch_size=cfg.decode.batch_size,
                                     fn_kwargs={**media, "limits": cfg.decode.limits(kind)}, **cpu_args)
         ds = ds.map_batches(
@@ -143,6 +145,8 @@ class FeatureJob:
             report.fragments += len(written["fragment"])
             report.errors += sum(written["errors"])
             report.encoded += sum(written["rows"]) - sum(written["errors"])
+            report.vision_tokens += sum(written["vision_tokens"])
+            report.generated_tokens += sum(written["generated_tokens"])
             if schema is None and written["dim"]:
                 schema = staging_schema(spec.dtype, written["dim"][0], spec.pooling)
             if len(pending) >= staging.commit_fragments or time.monotonic() - last_commit > staging.commit_seconds:

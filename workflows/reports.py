@@ -31,6 +31,9 @@ class FeatureReport:
     seconds: float = 0.0
     merge_seconds: float = 0.0  # merging staging into the feature and errors tables (part of seconds)
     fragments: int = 0          # staging data files written (what the driver received: their metadata)
+    output: str = "vector"      # "vector" or "caption"
+    vision_tokens: int = 0      # captions: the vision tokens their prompts held
+    generated_tokens: int = 0   # captions: the tokens the model generated
     operators: list[dict[str, Any]] = field(default_factory=list)
     plan: str = ""              # Ray Data's optimized physical plan (not stored in the snapshot)
     stats: str = ""             # Ray Data's execution stats (not stored in the snapshot)
@@ -39,7 +42,24 @@ class FeatureReport:
         doc = asdict(self)
         doc.pop("plan")
         doc.pop("stats")
+        if self.output == "caption":
+            doc.update(captions_per_second=round(self.captions_per_second, 3),
+                       generated_tokens_per_second=round(self.generated_tokens_per_second, 3))
         return doc
+
+    # a caption feature's throughput over its whole time (reading, preparing, generating, merging)
+    @property
+    def captions_per_second(self) -> float:
+        return self.encoded / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def generated_tokens_per_second(self) -> float:
+        return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def caption_line(self) -> str:
+        return (f"{self.encoded} captions, {self.generated_tokens} generated tokens ({self.vision_tokens} vision "
+                f"tokens read) in {self.seconds:.1f} s: {self.captions_per_second:.2f} captions/s, "
+                f"{self.generated_tokens_per_second:.1f} generated tokens/s")
 
 
 @dataclass
@@ -91,6 +111,15 @@ class IngestReport:
                          f"{f.recovered:>11}{f.unchanged:>11}{f.seconds:>9.1f}")
             for stage, count in sorted(f.errors_by_stage.items()):
                 lines.append(f"{'':<14}errors at {stage}: {count}")
+            if f.output == "caption":
+                lines.append(f"{'':<14}{f.caption_line()}")
+        captions = [f for f in self.features.values() if f.output == "caption"]
+        if len(captions) > 1:
+            total = FeatureReport(name="captions", output="caption", encoded=sum(f.encoded for f in captions),
+                                  seconds=sum(f.seconds for f in captions),
+                                  vision_tokens=sum(f.vision_tokens for f in captions),
+                                  generated_tokens=sum(f.generated_tokens for f in captions))
+            lines.append(f"captions in all: {total.caption_line()}")
         for r in self.semantic_ids.values():
             lines.append(f"semantic IDs {r.line()}")
         for g in self.graphs.values():

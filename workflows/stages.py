@@ -36,7 +36,8 @@ from itemlens.extractors.base import Encoder
 from itemlens.extractors.images import check_preprocessed_size, decode_image
 from itemlens.extractors.media import MediaLimits, media_key, resolve_uri
 from itemlens.extractors.items import (
-    audio_waveform, caption_pixel_items, encode_audio_items, encode_pixel_items, video_pixels,
+    audio_waveform, caption_image_payload, caption_payload_items, caption_video_payload, encode_audio_items,
+    encode_pixel_items, video_pixels,
 )
 from itemlens.extractors.text import TextTemplate, text_hash
 from itemlens.store import lance_io
@@ -61,7 +62,25 @@ PREPARED_AUDIO_SCHEMA = pa.schema([
 ])
 WRITTEN_SCHEMA = pa.schema([
     ("fragment", pa.string()), ("rows", pa.int64()), ("errors", pa.int64()), ("dim", pa.int64()),
+    ("vision_tokens", pa.int64()), ("generated_tokens", pa.int64()),     # captions: their token counts
 ])
+
+
+def prepared_caption_schema() -> pa.Schema:
+    """What a captioner's CPU tasks ship: each item's processor outputs as one struct
+    (:func:`~itemlens.extractors.encoders.caption_inputs.payload_arrow_type`: flat bytes, dtypes,
+    shapes and token counts), or an error stage and reason."""
+    from itemlens.extractors.encoders.caption_inputs import payload_arrow_type
+
+    return pa.schema([
+        ("item_id", pa.string()), ("input_hash", pa.string()), ("media_key", pa.string()),
+        ("payload", payload_arrow_type()), ("error_stage", pa.string()), ("error_reason", pa.string()),
+    ])
+
+
+#: a caption prepare task hands on its items in tables of about this many payload bytes (one item
+#: larger than that is a table of its own), so that blocks stay bounded however large the items' pictures
+CAPTION_BLOCK_BYTES = 64 << 20
 
 
 # -- per-worker-process caches ---------------------------------------------------------------
@@ -188,9 +207,17 @@ def image_uris(cell: Any) -> list[str]:
     return uris
 
 
-def _image_paths(cell: Any, base: str, first_only: bool) -> list[str]:
-    uris = image_uris(cell)[:1] if first_only else image_uris(cell)
+def _image_paths(cell: Any, base: str, limit: int | None = None) -> list[str]:
+    """The paths of an item's images, the first ``limit`` of them (None: all)."""
+    uris = image_uris(cell)[:limit] if limit is not None else image_uris(cell)
     return [resolve_uri(uri, base) for uri in uris]
+
+
+def _images_per_item(spec_json: str) -> int | None:
+    """How many of an item's images a feature reads (None: all): a captioner's ``images`` option
+    (first, all or N); every image for the image encoders, which pool them."""
+    encoder = _encoder(spec_json)
+    return encoder.images_per_item if encoder.output_kind == "caption" else None
 
 
 def _read_images(paths: list[str], limits: MediaLimits, reads: _ReadLog) -> tuple[list[bytes], str]:
@@ -274,13 +301,11 @@ def prepare_images(batch: pa.Table, *, spec_json: str, id_column: str, base: str
     cells = batch.column(spec.input.image).to_pylist()
     check = InputCheck(stored, ids)
     reads = _ReadLog(read_log)
-    # A captioner describes an item by its first image (a catalog's main picture).
-    first_only = _encoder(spec_json).output_kind == "caption"
     out: list[tuple] = []
     for item_id, cell in zip(ids, cells):
         key = None
         try:
-            paths = _image_paths(cell, base, first_only)
+            paths = _image_paths(cell, base)
             key = _key(paths)
             if check.unchanged_by_key(item_id, key):
                 continue
@@ -389,6 +414,118 @@ def prepare_audio(batch: pa.Table, *, spec_json: str, id_column: str, base: str,
                           schema=PREPARED_AUDIO_SCHEMA, empty=(b"", 0, 0))
 
 
+def prepare_caption_images(batch: pa.Table, *, spec_json: str, id_column: str, base: str, stored: StoredHashes,
+                           limits: MediaLimits, read_log: str | None = None):
+    """A captioner's image items: read the images its ``images`` option selects (first, all or N,
+    in order: the input hash covers exactly those), hash them, drop unchanged items, decode the
+    rest and run the model's own processor on each item's images with the prompt. Yields tables
+    of prepared items (:func:`prepared_caption_schema`), sorted by vision tokens, of about
+    :data:`CAPTION_BLOCK_BYTES` each."""
+    spec = _spec(spec_json)
+    encoder = _encoder(spec_json)
+    limit = encoder.images_per_item
+    ids = item_ids(batch, id_column)
+    cells = batch.column(spec.input.image).to_pylist()
+    check = InputCheck(stored, ids)
+    reads = _ReadLog(read_log)
+    block = _CaptionBlock()
+    for item_id, cell in zip(ids, cells):
+        key = None
+        try:
+            paths = _image_paths(cell, base, limit)
+            key = _key(paths)
+            if check.unchanged_by_key(item_id, key):
+                continue
+            datas, digest = _read_images(paths, limits, reads)
+        except ItemError as error:
+            digest = error_hash(error)
+            if not check.unchanged(item_id, digest):
+                block.add(item_id, digest, _kept(key, error), error=error)
+            continue
+        if check.unchanged(item_id, digest):
+            continue
+        try:
+            images = [decode_image(d, limits.max_pixels) for d in datas]
+            payload = caption_image_payload(encoder, images, max_pixels=limits.max_pixels,
+                                            max_aspect_ratio=limits.max_aspect_ratio)
+        except ItemError as error:
+            block.add(item_id, digest, key, error=error)
+            continue
+        block.add(item_id, digest, key, payload=payload)
+        if block.full:
+            yield block.table()
+    reads.flush()
+    if block.rows or block.first:
+        yield block.table()
+
+
+def prepare_caption_videos(batch: pa.Table, *, spec_json: str, id_column: str, base: str, stored: StoredHashes,
+                           limits: MediaLimits, read_log: str | None = None):
+    """A captioner's video items: read each video, hash its bytes, drop unchanged items, sample
+    frames (PyAV) with their times and run the model's own processor on them: natively, or on
+    the grid of the frames for an image-only model. Yields tables like
+    :func:`prepare_caption_images`."""
+    spec = _spec(spec_json)
+    encoder = _encoder(spec_json)
+    ids = item_ids(batch, id_column)
+    cells = batch.column(spec.input.video).to_pylist()
+    check = InputCheck(stored, ids)
+    reads = _ReadLog(read_log)
+    block = _CaptionBlock()
+    for item_id, cell in zip(ids, cells):
+        digest = key = None
+        try:
+            path = resolve_uri(media_uri(cell, "video"), base)
+            key = _key([path])
+            if check.unchanged_by_key(item_id, key):
+                continue
+            data, digest = _read_media(path, limits, reads)
+            if check.unchanged(item_id, digest):
+                continue
+            payload = caption_video_payload(data, encoder, max_pixels=limits.max_pixels,
+                                            max_aspect_ratio=limits.max_aspect_ratio)
+        except ItemError as error:
+            digest = digest or error_hash(error)
+            if not check.unchanged(item_id, digest):
+                block.add(item_id, digest, _kept(key, error), error=error)
+            continue
+        block.add(item_id, digest, key, payload=payload)
+        if block.full:
+            yield block.table()
+    reads.flush()
+    if block.rows or block.first:
+        yield block.table()
+
+
+class _CaptionBlock:
+    """Prepared caption items collected into tables of about :data:`CAPTION_BLOCK_BYTES`."""
+
+    def __init__(self):
+        self.rows: list[tuple] = []
+        self.bytes = 0
+        self.first = True           # no table handed on yet (an empty batch still gives one, empty)
+
+    def add(self, item_id: str, digest: str, key: str | None, *, payload=None, error: ItemError | None = None):
+        if error is not None:
+            self.rows.append((item_id, digest, key, None, error.stage, error.reason))
+        else:
+            self.rows.append((item_id, digest, key, payload.to_dict(), None, None))
+            self.bytes += payload.nbytes
+
+    @property
+    def full(self) -> bool:
+        return self.bytes >= CAPTION_BLOCK_BYTES
+
+    def table(self) -> pa.Table:
+        # by vision tokens, so that the encoder's batches (consecutive rows) are of similar cost
+        self.rows.sort(key=lambda r: -1 if r[3] is None else r[3]["vision_tokens"])
+        schema = prepared_caption_schema()
+        columns = list(zip(*self.rows)) if self.rows else [[]] * len(schema)
+        table = pa.table([pa.array(c, f.type) for c, f in zip(columns, schema)], schema=schema)
+        self.rows, self.bytes, self.first = [], 0, False
+        return table
+
+
 def _preprocess(transform, image, encoder: Encoder, limits: MediaLimits) -> np.ndarray:
     """The encoder's own transform of a decoded image, once its size has passed the bounds that
     hold after the encoder's resize (an ItemError("decode") otherwise, before any allocation)."""
@@ -426,11 +563,11 @@ def plan_inputs(batch: pa.Table, *, spec_json: str, id_column: str, base: str, s
         digests = dict(zip(prepared.column("item_id").to_pylist(), prepared.column("input_hash").to_pylist()))
     else:
         cells = batch.column(spec.input.columns[0]).to_pylist()
-        first_only = _encoder(spec_json).output_kind == "caption"
+        limit = _images_per_item(spec_json) if kind == "image" else None
         digests, reads = {}, _ReadLog(None)
         for item_id, cell in zip(ids, cells):
             try:
-                paths = (_image_paths(cell, base, first_only) if kind == "image"
+                paths = (_image_paths(cell, base, limit) if kind == "image"
                          else [resolve_uri(media_uri(cell, kind), base)])
                 if check.unchanged_by_key(item_id, _key(paths)):
                     digests[item_id] = check.stored_hash(item_id)
@@ -507,6 +644,13 @@ class EncodeBatches:
             texts = batch.column("text").to_pylist()
             inputs = [texts[i] for i in todo]
             results = self._isolating(inputs, self.encoder.encode_texts, canary="itemlens self-check")
+        elif self.output == "caption":     # a captioner's prepared items arrive as processor payloads
+            from itemlens.extractors.encoders.caption_inputs import VisionPayload
+
+            column = batch.column("payload")
+            inputs = [VisionPayload.from_dict(column[int(i)].as_py()) for i in todo]
+            results = self._isolating(inputs, self._caption_items, canary=self._caption_canary if inputs else None)
+            results = [r if isinstance(r, ItemError) else (r, p.pictures) for r, p in zip(results, inputs)]
         elif self.kind == "audio":
             inputs = [self._waveform(batch, i) for i in todo]
             canary = np.zeros((inputs[0].shape[0], 1600), np.float32) if inputs else None
@@ -514,8 +658,7 @@ class EncodeBatches:
         else:   # images and video frames arrive as pixels
             inputs = [self._pixels(batch, i) for i in todo]
             canary = np.zeros((1, *inputs[0].shape[1:]), np.float32) if inputs else None
-            encode = self._caption_items if self.output == "caption" else self._encode_items
-            results = self._isolating(inputs, encode, canary=canary)
+            results = self._isolating(inputs, self._encode_items, canary=canary)
         values: list[Any] = [None] * batch.num_rows
         for i, result in zip(todo, results):
             if isinstance(result, ItemError):
@@ -539,8 +682,13 @@ class EncodeBatches:
     def _encode_items(self, items: list[np.ndarray]) -> list[np.ndarray]:
         return encode_pixel_items(self.encoder, items)
 
-    def _caption_items(self, items: list[np.ndarray]) -> list[str]:
-        return caption_pixel_items(self.encoder, items)
+    def _caption_items(self, payloads: list) -> list:
+        return caption_payload_items(self.encoder, payloads)
+
+    @functools.cached_property
+    def _caption_canary(self):
+        """A known-good caption input (a probe image through the processor), made once per actor."""
+        return self.encoder.inputs.probe_payload()
 
     def _encode_audio_items(self, items: list[np.ndarray]) -> list[np.ndarray]:
         return encode_audio_items(self.encoder, items)
@@ -573,8 +721,11 @@ class EncodeBatches:
     def _staging_rows(self, batch: pa.Table, values: list, stages: list, reasons: list) -> pa.Table:
         n = batch.num_rows
         missing = np.array([v is None for v in values], dtype=bool)
-        if self.output == "caption":
-            value_array = pa.array(values, pa.string())
+        counts = {}
+        if self.output == "caption":    # (Caption, pictures) per item: the text, its token counts, the pictures read
+            value_array = pa.array([None if v is None else v[0].text for v in values], pa.string())
+            counts = {name: pa.array([None if v is None else getattr(v[0], name) for v in values], pa.int32())
+                      for name in ("vision_tokens", "generated_tokens")}
         elif self.spec.pooling == "mean":
             matrix = np.zeros((n, self.dim), self.dtype)
             for i, v in enumerate(values):
@@ -586,15 +737,18 @@ class EncodeBatches:
             value_array = pa.array(
                 [None if v is None else np.asarray(v, self.dtype).tolist() for v in values],
                 self.schema.field("vectors").type)
-        # inputs behind each value: images or frames pooled; 1 for a text, an audio clip, a caption
-        parts = (batch.column("n_parts").to_numpy().astype(np.int32)
-                 if "n_parts" in batch.column_names and self.output == "vector" else np.ones(n, np.int32))
+        # inputs behind each value: images or frames pooled, or read by a caption; 1 for a text or an audio clip
+        if self.output == "caption":
+            parts = np.array([0 if v is None else v[1] for v in values], np.int32)
+        else:
+            parts = (batch.column("n_parts").to_numpy().astype(np.int32)
+                     if "n_parts" in batch.column_names else np.ones(n, np.int32))
         return staging_rows(
             self.schema, batch.column("item_id"), value_array, n_parts=np.where(missing, 0, parts),
             input_hash=batch.column("input_hash"),
             media_key=batch.column("media_key") if "media_key" in batch.column_names else None,
             fingerprint=self.fingerprint, run_id=self.run_id,
-            error_stage=pa.array(stages, pa.string()), error_reason=pa.array(reasons, pa.string()))
+            error_stage=pa.array(stages, pa.string()), error_reason=pa.array(reasons, pa.string()), **counts)
 
 
 # -- write: CPU tasks ---------------------------------------------------------------------------
@@ -611,9 +765,12 @@ def write_fragments(batch: pa.Table, *, uri: str, storage_options: dict | None =
         if not pa.types.is_string(vtype):         # captions have no dimension
             dim = (vtype.value_type if pa.types.is_list(vtype) else vtype).list_size
     n = len(fragments)
+    tokens = {name: (pc.sum(batch.column(name)).as_py() or 0) if name in batch.column_names else 0
+              for name in ("vision_tokens", "generated_tokens")}
     return pa.table({
         "fragment": fragments,
         "rows": [batch.num_rows] + [0] * (n - 1) if n else [],
         "errors": [errors] + [0] * (n - 1) if n else [],
         "dim": [dim] * n,
+        **{name: [count] + [0] * (n - 1) if n else [] for name, count in tokens.items()},
     }, schema=WRITTEN_SCHEMA)

@@ -1,52 +1,64 @@
-"""``caption``: a multimodal LLM from transformers writes a caption for each image.
+"""``caption``: a multimodal LLM from transformers writes a caption for each item.
 
-The model is anything ``AutoModelForImageTextToText`` loads with one fixed-size image per
-prompt (LLaVA-1.5, BLIP-2, BLIP, GIT, ...), from a local folder or a hub id, with its own
-``AutoProcessor``. A video arrives as one image too: a grid of its sampled frames, made in
-the CPU workers.
+The model is any image-text-to-text model that ``AutoProcessor`` and
+``AutoModelForImageTextToText`` load (LLaVA-1.5, BLIP-2, Qwen2.5-VL, Qwen3-VL, LLaVA-OneVision,
+SmolVLM2, Idefics3, Gemma 3, InternVL3 ...), from a local folder or a hub id, read the way it
+expects its input: one fixed-size tensor per picture, tiles, or a variable-length patch sequence
+with its grid; a video natively (its sampled frames with their times) where the processor takes
+video, as one grid picture of its frames where it does not; all of an item's photos in one prompt
+where the model takes several images. :mod:`itemlens.extractors.encoders.caption_inputs` does the
+work in two halves:
 
-The work is split like the other image encoders':
+* CPU workers run :meth:`CaptionEncoder.prepare_images` / :meth:`CaptionEncoder.prepare_video`:
+  one item through the model's own processor (pictures and prompt together), shipped as a
+  :class:`~itemlens.extractors.encoders.caption_inputs.VisionPayload` (flat arrays plus shapes);
+* the accelerator actor runs :meth:`CaptionEncoder.caption`: items sorted by vision tokens and cut
+  into batches under a token budget, each batch assembled exactly as the processor would have
+  built it (left padding, the processor's own token expansion), then :meth:`CaptionEncoder.generate`
+  (greedy by default, or beam search), the one method that runs the model: a serving engine (vLLM,
+  SGLang) would replace it without touching preparation or storage.
 
-* CPU workers run :meth:`CaptionEncoder.image_transform`, the processor's own image
-  processor (resize, crop, normalise), so float32 ``[3, H, W]`` tensors travel to the GPU;
-* the accelerator actor runs :meth:`CaptionEncoder.caption_images`: one prompt per image
-  (through the processor's chat template when it has one, as plain text otherwise, BLIP-2
-  style), tokenized with LEFT padding so that a batch of prompts ends where generation
-  starts (with right padding, shorter prompts would continue after their pad tokens and a
-  caption would depend on its batch neighbours; with one prompt and fixed-size images the
-  prompts are usually of equal length, but a processor may count image tokens per image),
-  then ``generate`` (greedy by default, or beam search) and only the newly generated tokens
-  are decoded.
+Which path a feature takes (pixels fixed / tiles / patches, native video or frame grid, images per
+prompt) is decided from the processor on the driver, before any work (:meth:`check_weights`), and
+recorded in the feature version's description (``itemlens show`` prints it). Asking a model for
+what it cannot do (several images of a one-image model, native video of an image-only one) is a
+:class:`ConfigError` then; ``video: auto`` takes the frame grid for image-only models, the
+documented fallback. See docs/captions.md.
 
-The stored output is a caption (a string) per item, so there is no vector size: ``dim`` is 0.
+The stored output is a caption (a string) per item with its vision-token and generated-token
+counts, so there is no vector size: ``dim`` is 0.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import numpy as np
-from pydantic import Field
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from itemlens.errors import ConfigError
-from itemlens.extractors.base import Encoder, autocast
-from itemlens.extractors.spec import HubModelSpec
+from itemlens.extractors.base import Encoder
+from itemlens.extractors.spec import FeatureSpec, HubModelSpec, fingerprint
 from itemlens.extractors.weights import ModelFiles
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
+    from itemlens.extractors.encoders.caption_inputs import (
+        AssembledBatch, Caption, Generated, GenerationSettings, VideoClip, VisionInputs, VisionPayload,
+    )
+
 DEFAULT_PROMPT = "Describe this product image in one sentence."
 DEFAULT_MAX_NEW_TOKENS = 40
+#: token slots per generate call (items x (longest prompt + max_new_tokens)); see CaptionSpec.token_budget
+DEFAULT_TOKEN_BUDGET = 32768
 
 _CONFIG_FILES = ["config.json"]
 _WEIGHT_FILES = ["model.safetensors", "model.safetensors.index.json"]
-# The image processor's steps, all turned off when the prompt goes through the processor:
-# the pixels it gets then are the ones the CPU workers already prepared (see _prompt_inputs).
-_IMAGE_STEPS = ("do_resize", "do_center_crop", "do_crop", "do_rescale", "do_normalize", "do_pad",
-                "do_convert_rgb")
+#: processor call arguments that itemlens sets itself (processor_options may not)
+_RESERVED_PROCESSOR_OPTIONS = frozenset({"images", "text", "videos", "audio", "return_tensors", "padding",
+                                         "padding_side", "add_special_tokens"})
 
 
 class CaptionSpec(HubModelSpec):
@@ -54,10 +66,53 @@ class CaptionSpec(HubModelSpec):
 
     encoder: Literal["caption"]
     prompt: str | None = Field(
-        None, description="the instruction given with each image (through the chat template when the processor "
-                          "has one); default: " + repr(DEFAULT_PROMPT))
+        None, description="the instruction given with the item's pictures (through the chat template when the "
+                          "processor has one); default: " + repr(DEFAULT_PROMPT))
     max_new_tokens: int | None = Field(None, ge=1, le=4096, description="longest caption, in tokens (default 40)")
     num_beams: int | None = Field(None, ge=1, le=16, description="beam search width (default 1: greedy)")
+    images: Literal["first", "all"] | PositiveInt = Field(
+        "first", description="an image column's pictures that go in one prompt: first, all, or at most N (a model "
+                             "that reads one image per prompt takes only first)")
+    video: Literal["auto", "native", "frame_grid"] = Field(
+        "auto", description="a video column: native (the sampled frames with their times through the model's video "
+                            "processor), frame_grid (one picture of the frames) or auto (native where the model takes "
+                            "video, else frame_grid)")
+    min_pixels: int | None = Field(
+        None, ge=1, description="dynamic-resolution models (Qwen-VL kind): the fewest pixels an image is resized to "
+                                "(default: the processor's own)")
+    max_pixels: int | None = Field(
+        None, ge=1, description="dynamic-resolution models (Qwen-VL kind): the most pixels an image is resized to "
+                                "(default: the processor's own, at most 1003520 = 1280 x 28 x 28)")
+    processor_options: dict[str, Any] = Field(
+        default_factory=dict, description="passed to every processor call, e.g. {images_kwargs: {do_pan_and_scan: "
+                                          "true}} (Gemma 3) or {videos_kwargs: {size: {...}}}")
+    token_budget: int | None = Field(
+        None, ge=64, description="token slots per generate call: items x (longest prompt + max_new_tokens) "
+                                 f"(default {DEFAULT_TOKEN_BUDGET}); an execution setting, not in the fingerprint")
+
+    #: the token budget only decides how items are batched: captions do not depend on it
+    EXECUTION_FIELDS: ClassVar[frozenset[str]] = FeatureSpec.EXECUTION_FIELDS | {"token_budget"}
+
+    @field_validator("images", mode="before")
+    @classmethod
+    def _images(cls, value: Any) -> Any:
+        if isinstance(value, bool) or (isinstance(value, int) and value < 1):
+            raise ValueError(f"images must be first, all or a number >= 1, got {value!r}")
+        return value
+
+    @field_validator("processor_options")
+    @classmethod
+    def _processor_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        reserved = sorted(_RESERVED_PROCESSOR_OPTIONS & set(value))
+        if reserved:
+            raise ValueError(f"processor_options may not set {', '.join(reserved)}: itemlens passes them itself")
+        return value
+
+    @model_validator(mode="after")
+    def _bounds(self) -> CaptionSpec:
+        if self.min_pixels is not None and self.max_pixels is not None and self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels ({self.min_pixels}) is larger than max_pixels ({self.max_pixels})")
+        return self
 
 
 class CaptionEncoder(Encoder):
@@ -65,6 +120,17 @@ class CaptionEncoder(Encoder):
     spec_model = CaptionSpec
     output_kind = "caption"
     input_kinds = frozenset({"image", "video"})
+
+    @classmethod
+    def validate_spec(cls, spec: FeatureSpec) -> None:
+        super().validate_spec(spec)
+        # options of the other input kind would be ignored: refused, never silently dropped
+        if spec.input.kind == "image" and spec.video != "auto":
+            raise ConfigError(f"video: {spec.video} applies to a video input; this feature reads images "
+                              f"({spec.input.image!r})")
+        if spec.input.kind == "video" and spec.images != "first":
+            raise ConfigError(f"images: {spec.images!r} applies to an image input; this feature reads a video "
+                              f"({spec.input.video!r}): its frames go in as the model takes video (see video:)")
 
     # -- settings -----------------------------------------------------------------------
     @property
@@ -79,6 +145,21 @@ class CaptionEncoder(Encoder):
     def num_beams(self) -> int:
         return self.spec.num_beams or 1
 
+    @property
+    def token_budget(self) -> int:
+        return self.spec.token_budget or DEFAULT_TOKEN_BUDGET
+
+    @property
+    def settings(self) -> GenerationSettings:
+        from itemlens.extractors.encoders.caption_inputs import GenerationSettings
+
+        return GenerationSettings(max_new_tokens=self.max_new_tokens, num_beams=self.num_beams)
+
+    @property
+    def images_per_item(self) -> int | None:
+        """How many of an item's images go in (None: all): the input hash covers exactly those."""
+        return {"first": 1, "all": None}.get(self.spec.images, self.spec.images)
+
     # -- identity -----------------------------------------------------------------------
     @functools.cached_property
     def files(self) -> ModelFiles:
@@ -87,49 +168,94 @@ class CaptionEncoder(Encoder):
     def weights_identity(self) -> str:
         return self.files.identity()
 
-    def check_weights(self) -> None:
+    def _require_files(self) -> None:
         # safetensors only: transformers' pickled .bin weights are never loaded here
         self.files.require(_CONFIG_FILES, _WEIGHT_FILES, hub_groups=[_CONFIG_FILES])
+
+    def check_weights(self) -> None:
+        """The weights' files, then the model's vision path, decided from its processor before any
+        work: a model asked for what it cannot do (several images, native video) or whose
+        processor's batches cannot be assembled item by item is a ConfigError now."""
+        self._require_files()
+        self.inputs.path  # noqa: B018  (computing it is the check)
+
+    @functools.cached_property
+    def _fingerprint(self) -> str:
+        """The spec's fingerprint, with a dynamic-resolution model's effective pixel bounds in its
+        recipe (they decide what the model reads: the default cap included); other models' specs
+        keep the fingerprints they had before these options existed."""
+        spec = self.spec
+        bounds = self.inputs.pixel_bounds
+        if bounds is not None:
+            spec = spec.model_copy(update={"min_pixels": bounds[0], "max_pixels": bounds[1]})
+        return fingerprint(spec, self.weights_identity(), f"{self.name}/{self.processing_version}")
 
     # -- CPU side -----------------------------------------------------------------------
     @functools.cached_property
     def processor(self):
-        """The model's own AutoProcessor (tokenizer + image processor; no weights)."""
+        """The model's own AutoProcessor (tokenizer, image and video processors; no weights)."""
         from transformers import AutoProcessor
 
-        self.check_weights()
+        self._require_files()
         try:
-            processor = AutoProcessor.from_pretrained(self.files.source, **self.files.options())
+            return AutoProcessor.from_pretrained(self.files.source, **self.files.options())
         except OSError as exc:
             raise self.files.load_error(exc, _CONFIG_FILES) from exc
-        for part in ("image_processor", "tokenizer"):
-            if getattr(processor, part, None) is None:
-                raise ConfigError(
-                    f"caption model {self.spec.model!r}: its processor ({type(processor).__name__}) has no "
-                    f"{part}; the caption encoder needs a processor for images and text")
-        # Prompts end where generation starts only with left padding (see the module docstring).
-        processor.tokenizer.padding_side = "left"
-        return processor
 
-    def image_transform(self) -> Callable[[Image.Image], np.ndarray]:
-        image_processor = self.processor.image_processor
+    @functools.cached_property
+    def inputs(self) -> VisionInputs:
+        """Both halves of input preparation (see caption_inputs): the processor, the prompt, which
+        images and which video path, the processor options with the pixel bounds."""
+        from transformers import AutoConfig
 
-        def preprocess(image: Image.Image) -> np.ndarray:
-            pixels = np.asarray(image_processor(image, return_tensors="np")["pixel_values"], dtype=np.float32)
-            if pixels.ndim != 4 or pixels.shape[:2] != (1, 3):
-                # e.g. LLaVA-NeXT's tiles: more than one tensor per image, not one [3, H, W]
-                raise ConfigError(
-                    f"caption model {self.spec.model!r}: its image processor makes pixel values of shape "
-                    f"{tuple(pixels.shape)} per image; the caption encoder takes models with one [3, H, W] "
-                    "image per prompt")
-            return pixels[0]
+        from itemlens.extractors.encoders.caption_inputs import VisionInputs, dynamic_resolution
 
-        return preprocess
+        processor = self.processor
+        try:
+            config = AutoConfig.from_pretrained(self.files.source, **self.files.options())
+        except OSError as exc:
+            raise self.files.load_error(exc, _CONFIG_FILES) from exc
+        except ValueError as exc:
+            raise ConfigError(f"caption model {self.spec.model!r}: its config cannot be read: {exc}") from exc
+        options = {k: dict(v) if isinstance(v, dict) else v for k, v in self.spec.processor_options.items()}
+        own = dynamic_resolution(getattr(processor, "image_processor", None))
+        if own is None and (self.spec.min_pixels is not None or self.spec.max_pixels is not None):
+            raise ConfigError(
+                f"caption model {self.spec.model!r}: min_pixels / max_pixels bound dynamic-resolution image "
+                f"processors (Qwen-VL kind); {type(getattr(processor, 'image_processor', None)).__name__} resizes "
+                "to its own sizes: set its options with processor_options instead")
+        if own is not None:
+            from itemlens.extractors.encoders.caption_inputs import DEFAULT_MAX_PIXELS
+
+            high = self.spec.max_pixels if self.spec.max_pixels is not None else min(own[1], DEFAULT_MAX_PIXELS)
+            low = self.spec.min_pixels if self.spec.min_pixels is not None else min(own[0], high)
+            if low > high:
+                raise ConfigError(f"caption model {self.spec.model!r}: min_pixels {low} is larger than max_pixels "
+                                  f"{high}")
+            images_kwargs = dict(options.get("images_kwargs") or {})
+            images_kwargs["size"] = {**dict(images_kwargs.get("size") or {}), "shortest_edge": low,
+                                     "longest_edge": high}
+            options["images_kwargs"] = images_kwargs
+        return VisionInputs(processor, config, prompt=self.prompt, images=self.spec.images, video=self.spec.video,
+                            processor_kwargs=options, name=self.spec.model)
+
+    def prepare_images(self, images: Sequence[Image.Image | bytes]) -> VisionPayload:
+        """One item's images (those :attr:`images_per_item` selects) through the processor with the
+        prompt. A picture the processor cannot take is the item's ItemError("decode")."""
+        return self.inputs.prepare(list(images))
+
+    def prepare_video(self, clip: VideoClip) -> VisionPayload:
+        """One video's sampled frames with their times: natively, or as a grid of the frames."""
+        return self.inputs.prepare(clip)
 
     def preprocessed_size(self, width: int, height: int) -> tuple[int, int] | None:
-        from itemlens.extractors.images import hf_preprocessed_size
+        """The size an image takes inside the processor (a dynamic-resolution processor's resize
+        to its pixel bounds, an anyres grid's best resolution, a fixed or edge resize)."""
+        return self.inputs.preprocessed_size(width, height)
 
-        return hf_preprocessed_size(getattr(self.processor.image_processor, "size", None), width, height)
+    def frame_size(self, width: int, height: int) -> tuple[int, int] | None:
+        """The size a frame of a natively read video takes inside the video processor."""
+        return self.inputs.preprocessed_size(width, height, video=True)
 
     # -- accelerator side ---------------------------------------------------------------
     def _dtype(self, device: str):
@@ -146,8 +272,8 @@ class CaptionEncoder(Encoder):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # a bar per actor per load is noise in a pipeline
-        self.check_weights()
-        processor = self.processor
+        self._require_files()
+        inputs = self.inputs
         try:
             model = AutoModelForImageTextToText.from_pretrained(
                 self.files.source, dtype=self._dtype(device), use_safetensors=True, **self.files.options())
@@ -157,36 +283,7 @@ class CaptionEncoder(Encoder):
             # "Unrecognized configuration class ... for AutoModelForImageTextToText"
             raise ConfigError(f"caption model {self.spec.model!r} is not an image-text-to-text model: {exc}") from exc
         self.model = model.to(device).eval()
-        self.prompt_text = self._render_prompt(processor)
-
-    def _render_prompt(self, processor) -> str:
-        """The text each image is captioned with: the processor's chat template around an image
-        placeholder and the prompt (LLaVA and other chat models), or the prompt itself when the
-        processor has no template (BLIP-2: the processor puts its image tokens in front)."""
-        if getattr(processor, "chat_template", None):
-            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.prompt}]}]
-            return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return self.prompt
-
-    def _prompt_inputs(self, pixels: np.ndarray) -> dict[str, Any]:
-        """The processor's inputs for a batch: its tokenized, left-padded prompts with the image
-        placeholder expanded into as many image tokens as the model reads.
-
-        Processors expand image tokens while they process images, so the prepared pixels go in
-        with every image step turned off (already resized and normalised in the CPU workers):
-        they come back unchanged and only the text side does work."""
-        processor = self.processor
-        image_processor = processor.image_processor
-        steps_off = {step: False for step in _IMAGE_STEPS if hasattr(image_processor, step)}
-        inputs = processor(
-            images=list(pixels), text=[self.prompt_text] * len(pixels), padding=True, return_tensors="pt",
-            input_data_format="channels_first", **steps_off)
-        got = tuple(inputs["pixel_values"].shape)
-        if got != pixels.shape:
-            raise ConfigError(
-                f"caption model {self.spec.model!r}: its processor turned prepared pixels of shape "
-                f"{pixels.shape} into {got}; the caption encoder takes models with one [3, H, W] image per prompt")
-        return dict(inputs)
+        self.vision_inputs = inputs
 
     @property
     def dim(self) -> int:
@@ -194,41 +291,61 @@ class CaptionEncoder(Encoder):
         ``output_kind`` before they size vector columns)."""
         return 0
 
-    def caption_images(self, pixels: np.ndarray) -> list[str]:
-        tokens = self.generate_tokens(pixels)
-        if len(tokens) == 0:
-            return []
-        texts = self.processor.tokenizer.batch_decode(tokens, skip_special_tokens=True)
-        return [text.strip() for text in texts]
-
-    def generate_tokens(self, pixels: np.ndarray):
-        """The caption tokens generated for preprocessed images, float32 [n, 3, H, W] -> a long
-        tensor [n, <= max_new_tokens] (the prompt left out; padded after an early EOS)."""
-        import torch
+    def caption(self, payloads: Sequence[VisionPayload]) -> list[Caption]:
+        """Captions of prepared items, in their order: sorted by vision tokens and cut into batches
+        under the token budget (at most ``resources.batch_size`` items), each assembled as the
+        processor builds it and generated by :meth:`generate`."""
+        from itemlens.extractors.encoders.caption_inputs import caption_items
 
         self.load()
-        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
-        if pixels.ndim != 4 or pixels.shape[1] != 3:
-            raise ValueError(f"caption_images takes float32 [n, 3, H, W], got shape {pixels.shape}")
-        if len(pixels) == 0:
-            return torch.zeros((0, 0), dtype=torch.long)
-        inputs = self._prompt_inputs(pixels)
-        prompt_length = inputs["input_ids"].shape[1]
-        # The prepared pixels themselves, not the processor's copy of them.
-        inputs["pixel_values"] = torch.from_numpy(pixels).to(self.model.dtype)
-        inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-        with torch.inference_mode(), autocast(self.device, self.spec.precision):
-            out = self.model.generate(
-                **inputs, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, do_sample=False)
-        if not self.model.config.get_text_config().is_encoder_decoder:
-            out = out[:, prompt_length:]  # a decoder-only model returns the prompt, then the caption
-        return out.cpu()
+        return caption_items(self.inputs, self.model, list(payloads), self.settings, budget=self.token_budget,
+                             max_items=self.spec.resources.batch_size,
+                             generate_fn=lambda model, batch, settings: self.generate(batch, settings))
+
+    def generate(self, batch: AssembledBatch, settings: GenerationSettings) -> Generated:
+        """The one place captions are generated: an assembled batch -> each item's new tokens (to
+        its end of sequence) and counts. A serving engine (vLLM, SGLang) replaces this method."""
+        from itemlens.extractors.encoders.caption_inputs import generate
+
+        self.load()
+        return generate(self.model, batch, settings)
+
+    def caption_images(self, images: Sequence[Image.Image | Sequence[Image.Image]]) -> list[str]:
+        """A caption per item, each item an image or a list of images (PIL images, or encoded
+        bytes), as the pipeline writes them (:attr:`images_per_item` of each list go in)."""
+        items = [image if isinstance(image, (list, tuple)) else [image] for image in images]
+        return [c.text for c in self.caption([self.prepare_images(item) for item in items])]
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info.update(model=self.spec.model, revision=self.spec.revision, prompt=self.prompt,
                     max_new_tokens=self.max_new_tokens, num_beams=self.num_beams,
-                    decoding="greedy" if self.num_beams == 1 else "beam search")
-        if hasattr(self, "model"):
-            info["architecture"] = type(self.model).__name__
+                    decoding="greedy" if self.num_beams == 1 else "beam search", token_budget=self.token_budget)
+        inputs = self.inputs
+        path = inputs.path.describe()
+        path["input"] = self.spec.input.kind
+        bounds = inputs.pixel_bounds
+        if bounds is not None:
+            path["pixel bounds"] = list(bounds)
+        if self.spec.processor_options:
+            path["processor options"] = self.spec.processor_options
+        info["path"] = path
+        info["architecture"] = type(self.model).__name__ if hasattr(self, "model") else path["architecture"]
         return info
+
+
+def describe_path(path: dict[str, Any]) -> str:
+    """One line of what a caption feature's description says about its vision path (``itemlens
+    show``): e.g. ``patches (256-4096 pixels an image), images: all, video: native; Qwen2_5_VLProcessor
+    -> Qwen2_5_VLForConditionalGeneration``."""
+    pixels = path.get("pixels", "?")
+    if path.get("pixel bounds"):
+        low, high = path["pixel bounds"]
+        pixels += f" ({low}-{high} pixels an image)"
+    if path.get("input") == "video":
+        what = f"video: {path.get('video')}"
+    else:
+        what = f"images: {path.get('images')}" + ("" if path.get("several images per prompt") else
+                                                   " (one image per prompt)")
+    extra = f", processor options {path['processor options']}" if path.get("processor options") else ""
+    return f"{pixels}, {what}{extra}; {path.get('processor')} -> {path.get('architecture')}"

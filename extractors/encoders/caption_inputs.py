@@ -92,6 +92,24 @@ _PROBE_SIZES = ((256, 256), (256, 1024), (32, 32))
 #: A clip's times are given to the processor on a millisecond clock (see VideoClip.metadata).
 _CLOCK_FPS = 1000.0
 
+#: The most pixels an image is resized to by a dynamic-resolution processor (Qwen-VL kind) unless
+#: the spec says otherwise: 1280 x 28 x 28, the bound Qwen's model cards suggest. Their processors'
+#: own bound (12,845,056 for Qwen2.5-VL) makes a 4000x3000 photo ~16,000 vision tokens and a 288 MB
+#: float32 payload; at this bound it is ~1,280 tokens and ~24 MB. A processor's lower own bound is kept.
+DEFAULT_MAX_PIXELS = 1280 * 28 * 28
+
+
+def dynamic_resolution(processor) -> tuple[int, int] | None:
+    """``(min_pixels, max_pixels)`` of an image (or video) processor that resizes each picture to a
+    pixel budget and reads it as a variable-length patch sequence (Qwen2-VL's ``smart_resize``:
+    ``size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}`` with a ``patch_size`` and a
+    ``merge_size``); None for processors that resize to sizes of their own."""
+    size = dict(getattr(processor, "size", None) or {})
+    if ({"shortest_edge", "longest_edge"} <= size.keys() and getattr(processor, "patch_size", None)
+            and getattr(processor, "merge_size", None)):
+        return int(size["shortest_edge"]), int(size["longest_edge"])
+    return None
+
 
 # -- inputs ---------------------------------------------------------------------------------------
 
@@ -387,6 +405,57 @@ class VisionInputs:
             processor=type(self.processor).__name__, architecture=architectures[0], pixels=layout, video=self.video,
             several_images=self.several_images, images=self.images_label,
             probe_tokens={f"{h}x{w}": p.vision_tokens for (h, w), p in zip(_PROBE_SIZES, payloads)})
+
+    # -- sizes ---------------------------------------------------------------------------------------
+    @property
+    def pixel_bounds(self) -> tuple[int, int] | None:
+        """The pixel bounds a dynamic-resolution image processor resizes each image to, with the
+        ``size`` of ``processor_kwargs["images_kwargs"]`` applied; None for other processors."""
+        return self._bounds(getattr(self.processor, "image_processor", None), "images_kwargs")
+
+    def _bounds(self, processor, kwargs_key: str) -> tuple[int, int] | None:
+        own = dynamic_resolution(processor)
+        if own is None:
+            return None
+        size = dict((self.processor_kwargs.get(kwargs_key) or {}).get("size") or {})
+        return int(size.get("shortest_edge", own[0])), int(size.get("longest_edge", own[1]))
+
+    def preprocessed_size(self, width: int, height: int, *, video: bool = False) -> tuple[int, int] | None:
+        """The largest size (width, height) a picture of ``width`` x ``height`` takes inside the
+        processor, for the pipeline's size guard (:func:`itemlens.extractors.images.check_preprocessed_size`):
+        a dynamic-resolution processor's resize to its pixel bounds, an anyres processor's best grid
+        resolution (LLaVA-NeXT/OneVision), a fixed or edge resize otherwise; None when it cannot say.
+        ``video``: a frame through the video processor."""
+        from itemlens.extractors.images import hf_preprocessed_size
+
+        processor = getattr(self.processor, "video_processor" if video else "image_processor", None)
+        if processor is None:
+            return None
+        bounds = self._bounds(processor, "videos_kwargs" if video else "images_kwargs")
+        if bounds is not None:
+            from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+            try:
+                h, w = smart_resize(height, width, processor.patch_size * processor.merge_size,
+                                    min_pixels=bounds[0], max_pixels=bounds[1])
+            except ValueError:
+                return None     # an aspect ratio the processor refuses itself: the item's error there
+            return w, h
+        pinpoints = getattr(processor, "image_grid_pinpoints", None)
+        if pinpoints and not video:
+            from transformers.image_processing_utils import select_best_resolution
+
+            h, w = select_best_resolution((height, width), pinpoints)
+            return int(w), int(h)
+        return hf_preprocessed_size(getattr(processor, "size", None), width, height)
+
+    def probe_payload(self) -> VisionPayload:
+        """A known-good prepared item (the 32x32 probe image): the pipeline's canary that tells a
+        broken model from bad inputs."""
+        from PIL import Image
+
+        h, w = _PROBE_SIZES[-1]
+        return self.prepare([Image.fromarray(_probe_pixels(h, w))])
 
     @property
     def images_label(self) -> str | int:

@@ -242,7 +242,7 @@ SMOLVLM_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
 )
 
-# Gemma 3's: it starts with the BOS itself (so the processor adds none: see vision_inputs) and
+# Gemma 3's: it starts with the BOS itself (so the processor adds none: see caption_inputs) and
 # marks each image with <start_of_image>, which the processor expands.
 GEMMA3_CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"

@@ -1,6 +1,7 @@
 """Captioning inputs of every shape (extractors/encoders/caption_inputs.py) on tiny seeded checkpoints of each
 family (extractors/standins/caption.py), saved and loaded through AutoProcessor and
-AutoModelForImageTextToText.
+AutoModelForImageTextToText. The caption encoder and the pipeline's stages that use them are
+tested in tests/test_captioner.py and tests/test_conformance.py.
 
 The reference in every test is transformers used directly: ``processor(images=..., text=...,
 return_tensors="pt")`` (or ``videos=...``) on the same pictures and prompt, then
@@ -21,6 +22,7 @@ from itemlens.errors import ConfigError
 from itemlens.extractors.base import ItemError
 from itemlens.extractors.images import load_image
 
+from .captioners import standin
 from .conftest import EXAMPLE_CATALOG
 
 PROMPT = "Describe this product image in one sentence."
@@ -50,10 +52,7 @@ MULTI_IMAGE_FAMILIES = [f for f, e in EXPECTED.items() if e[4]]
 @pytest.fixture(scope="session")
 def folders(tmp_path_factory) -> dict[str, str]:
     """Each stand-in written once per session (seed 0)."""
-    from itemlens.extractors.standins.caption import write_tiny_captioner
-
-    root = tmp_path_factory.mktemp("vision-input-models")
-    return {family: str(write_tiny_captioner(family, root / family)) for family in FAMILIES}
+    return {family: standin(tmp_path_factory, family) for family in FAMILIES}
 
 
 @pytest.fixture(scope="session")
