@@ -55,10 +55,12 @@ else:
     from itemlens.store.graphs import build
     reports, _ = build(store, {"g": spec}, rebuild=True, runner=runner)
     report = reports["g"]
+status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+memory = {k: status[k].strip() for k in ("VmHWM", "RssAnon", "RssFile", "RssShmem") if k in status}
 doc = report.to_doc()
 doc.pop("metrics", None) if what == "graph" else None
 print("RESULT " + json.dumps({"wall_s": round(time.perf_counter() - t, 1), "ran_on": report.ran_on,
-                              "driver_peak_mb": report.driver_peak_mb,
+                              "driver_peak_mb": report.driver_peak_mb, "driver_memory_at_end": memory,
                               "seconds": {k: round(v, 1) for k, v in report.seconds.items()},
                               "stats": {k: v for k, v in (report.metrics if what == "sid" else report.stats).items()
                                         if k in ("collision_rate", "reconstruction_error", "training_sample",

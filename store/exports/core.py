@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from itemlens.store.exports import align as exports_align
 from itemlens.store.exports.align import MAPPING_FILE, MAPPING_HEADER, Order
+from itemlens.store.vectors import driver_peak_mb
 
 from itemlens.errors import ConfigError
 
@@ -204,11 +205,13 @@ class ExportReport:
     fill: float | int | None
     versions: dict[str, str] = field(default_factory=dict)    # artifact -> its qualified version
     notes: list[str] = field(default_factory=list)
+    ran_on: str = "this process, chunk by chunk"
+    peak_mb: float = 0.0             # this process's peak resident memory when the export ended
 
     def summary(self) -> str:
         fill = "" if self.fill is None else f" (fill {self.fill})"
         lines = [f"wrote {', '.join(self.files)} to {self.out} (snapshot {self.snapshot})",
-                 f"{self.rows:,} rows in the order of {self.order}"]
+                 f"{self.rows:,} rows in the order of {self.order}; ran in {self.ran_on}, peak {self.peak_mb:,.0f} MiB"]
         for name in self.present:
             version = self.versions.get(name)
             shown = name if version in (None, name) or version.split("@")[0] == name else f"{name} = {version}"
@@ -306,7 +309,7 @@ def export(lens: Lens, fmt: str, out: str | os.PathLike, *,
         format=fmt, out=os.fspath(target), snapshot=lens.snapshot, rows=len(order.ids), order=order.description,
         files=files + [MANIFEST], present={n: int(p.sum()) for n, p in aligned.present.items()},
         filled={n: int((~p).sum()) for n, p in aligned.present.items()}, fill=aligned.fill,
-        versions=dict(aligned.versions), notes=notes)
+        versions=dict(aligned.versions), notes=notes, peak_mb=driver_peak_mb())
     entry = {
         "format": fmt, "store": lens.uri, "snapshot": lens.snapshot, "rows": len(order.ids),
         "order": {"source": order.source, "description": order.description, "digest": order.digest},
