@@ -48,8 +48,10 @@ class AudioFormat:
 class ItemError(Exception):
     """One item's input cannot be encoded; it becomes an errors row and the job goes on.
 
-    ``stage`` is where it failed: ``input`` (empty text, missing or wrong-typed cell),
-    ``read`` (file missing or unreadable), ``decode`` (not a usable image) or ``encode``.
+    ``stage`` is where it failed: ``input`` (a wrong-typed cell, a text with no word),
+    ``read`` (file missing or unreadable), ``decode`` (not a usable image) or ``encode``; or
+    ``absent`` when the item has no such input at all (an empty cell: a song has no photo),
+    recorded apart from failures.
     """
 
     def __init__(self, stage: str, reason: str):
@@ -150,11 +152,6 @@ class Encoder(ABC):
         and at most one window long, -> float32 [n, dim] (one vector per clip, unnormalized:
         the caller pools an item's windows, then normalizes)."""
         raise ConfigError(f"encoder {self.name!r} does not take audio")
-
-    def caption_images(self, pixels: np.ndarray) -> list[str]:
-        """Write a caption for each preprocessed image, float32 [n, 3, H, W] -> n strings
-        (a video arrives as one image: a grid of its sampled frames)."""
-        raise ConfigError(f"encoder {self.name!r} does not write captions")
 
     def describe(self) -> dict[str, Any]:
         """What `itemlens show` prints about the model besides the spec."""

@@ -32,15 +32,13 @@ def normalized(vector: np.ndarray, spec: FeatureSpec) -> np.ndarray:
 
 # -- CPU side ----------------------------------------------------------------------------------
 
-def video_pixels(data: bytes, spec: FeatureSpec, transform: Callable, *, captioning: bool,
-                 max_pixels: int) -> np.ndarray:
-    """A video's sampled frames through the encoder's own image preprocessing: float32
-    [frames, 3, H, W]; for a captioner one image, the frames tiled in a grid, [1, 3, H, W]."""
-    from itemlens.extractors.video import frame_grid, read_video_frames, to_images
+def video_pixels(data: bytes, spec: FeatureSpec, transform: Callable, *, max_pixels: int) -> np.ndarray:
+    """A video's sampled frames through a vector encoder's own image preprocessing: float32
+    [frames, 3, H, W] (a captioner's frames go through :func:`caption_video_payload`)."""
+    from itemlens.extractors.video import read_video_frames, to_images
 
     frames, _ = read_video_frames(data, spec.input, max_pixels=max_pixels)
-    images = [frame_grid(frames)] if captioning else to_images(frames)
-    return np.stack([transform(image) for image in images])
+    return np.stack([transform(image) for image in to_images(frames)])
 
 
 def caption_image_payload(encoder: Encoder, images: Sequence[Image.Image], *, max_pixels: int,

@@ -4,8 +4,9 @@ A template like ``"{title}. {bullet_points}"`` is filled per row: strings as the
 values (None, NaN) empty, numbers through ``str`` (or a format spec: ``{price:.2f}``), bytes
 decoded as UTF-8, lists of those joined with ``"; "``. Anything else (a dict from a JSON object
 or a struct column, a list of lists) is an ``input`` error naming the column: its Python repr
-is not a text anyone meant to embed. A text with no word character left (``". "`` from two
-empty columns) is an ``input`` error too, not a vector of punctuation.
+is not a text anyone meant to embed. A row whose template columns are all empty has no text:
+an ``absent`` input, recorded apart from failures. A text with no word character left (``". "``
+from a lone full stop) is an ``input`` error, not a vector of punctuation.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ class TextTemplate:
 
     def render(self, row: Mapping[str, Any]) -> str:
         """The row's text, stripped; ItemError("input", ...) when it has no word in it."""
+        if all(_blank(row.get(name)) for name in self.columns):
+            raise ItemError("absent", f"no text: {', '.join(self.columns)} empty")
         values = {name: _Cell(row.get(name), name) for name in self.columns}
         try:
             text = self._formatter.vformat(self.template, (), values).strip()
@@ -78,6 +81,17 @@ class TextTemplate:
         if not _WORD.search(text):
             raise ItemError("input", f"empty text (template {self.template!r} gave {text!r})")
         return text
+
+
+def _blank(value: Any) -> bool:
+    """A missing value: None, NaN, a string of spaces, or a list of such values."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "ndarray":
+        return all(_blank(v) for v in value)
+    return False
 
 
 def text_hash(text: str) -> str:

@@ -39,11 +39,16 @@ ITEMS_SCHEMA = pa.schema([
     pa.field("item_index", pa.int64()),
     pa.field("first_seen", TIMESTAMP),
 ])
+#: the errors table's stage for an item that has no such input (an empty cell, no path): recorded
+#: so that a refresh knows it was seen, but not a failure (reports, ``show`` and ``lens.errors()``
+#: count it apart)
+ABSENT = "absent"
+
 ERRORS_SCHEMA = pa.schema([
     pa.field("feature", pa.string()),
     pa.field("version", pa.string()),      # the feature version's fingerprint
     pa.field("item_id", pa.string()),
-    pa.field("stage", pa.string()),                        # input | read | decode | encode
+    pa.field("stage", pa.string()),                        # input | read | decode | encode | absent
     pa.field("reason", pa.string()),
     pa.field("input_hash", pa.string()),
     pa.field("media_key", pa.string()),

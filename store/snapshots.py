@@ -36,7 +36,8 @@ class FeatureVersion(BaseModel):
     pooling: str = "mean"
     index: dict[str, Any] | None = None   # vector index: kind, params, rows, recall_at_10
     count: int = 0                  # items with a value
-    errors: int = 0                 # items with an errors row instead
+    errors: int = 0                 # items whose input failed (an errors row)
+    absent: int = 0                 # items without such an input (an errors row of stage "absent")
     encoder: dict[str, Any] = Field(default_factory=dict)
     created_at: str
 

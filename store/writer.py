@@ -26,9 +26,9 @@ from itemlens.errors import CatalogError, ConfigError, StoreError, StoreFormatEr
 from itemlens.store import lance_io
 from itemlens.store.faults import fault_point
 from itemlens.store.layout import (
-    ERRORS_SCHEMA, ERRORS_TABLE, FORMAT_VERSION, ITEMS_SCHEMA, ITEMS_TABLE, META_SCHEMA,
+    ABSENT, ERRORS_SCHEMA, ERRORS_TABLE, FORMAT_VERSION, ITEMS_SCHEMA, ITEMS_TABLE, META_SCHEMA,
     META_TABLE, SNAPSHOTS_SCHEMA, SNAPSHOTS_TABLE, TIMESTAMP, WORK_IDS_PATH, WORK_IDS_SCHEMA,
-    feature_table, staging_path, value_column,
+    feature_columns, feature_table, staging_path, value_column,
 )
 from itemlens.store.location import StoreLocation
 from itemlens.store.lock import WriterLock
@@ -541,7 +541,7 @@ class StoreWriter:
         ok, bad = "error_stage IS NULL", "error_stage IS NOT NULL"
         n_ok = staging.count_rows(filter=ok)
         n_bad = staging.count_rows() - n_ok
-        columns = ["item_id", value, "n_parts", "input_hash", "media_key", "fingerprint", "computed_at"]
+        columns = feature_columns(version.pooling, version.kind)     # a caption's token counts too
         schema = pa.schema([staging.schema.field(c) for c in columns])
         if version.kind == "vector":
             vtype = schema.field(value).type
@@ -552,6 +552,10 @@ class StoreWriter:
 
         target = self.open_table(version.table)
         had_rows = target is not None and target.count_rows() > 0
+        missing = [f for f in schema if target is not None and f.name not in target.schema.names]
+        if missing:         # a table written before a column existed (captions' token counts): null there
+            target.add_columns(missing)
+            target = self.open_table(version.table)
         if target is None:
             reader = staging.scanner(columns=columns, filter=ok).to_reader()
             target = lance.write_dataset(reader, self._uri(version.table), schema=schema, storage_options=opts)
@@ -593,9 +597,10 @@ class StoreWriter:
             for row in lance_io.sql_rows(staging, "SELECT error_stage AS s, COUNT(*) AS n FROM dataset "
                                                   "WHERE error_stage IS NOT NULL GROUP BY error_stage"):
                 stats.by_stage[row["s"]] = row["n"]
+            # the most frequent reasons of failures (absent inputs are counted by stage only)
             for row in lance_io.sql_rows(staging, "SELECT error_reason AS r, COUNT(*) AS n FROM dataset WHERE "
-                                                  "error_stage IS NOT NULL GROUP BY error_reason ORDER BY n DESC, r "
-                                                  f"LIMIT {TOP_REASONS}"):
+                                                  f"error_stage IS NOT NULL AND error_stage != '{ABSENT}' "
+                                                  f"GROUP BY error_reason ORDER BY n DESC, r LIMIT {TOP_REASONS}"):
                 stats.by_reason[row["r"]] = row["n"]
         if errors_touched:
             _index_item_ids(self.open_table(ERRORS_TABLE))
@@ -717,7 +722,9 @@ class StoreWriter:
         for name, version in current.items():
             dataset = self.open_table(version.table)
             version.count = dataset.count_rows() if dataset is not None else 0
-            version.errors = errors.count_rows(filter=f"version = '{version.fingerprint}'")
+            own = f"version = '{version.fingerprint}'"
+            version.absent = errors.count_rows(filter=f"{own} AND stage = '{ABSENT}'")
+            version.errors = errors.count_rows(filter=own) - version.absent
             if dataset is not None:
                 doc.tables[version.table] = dataset.version
             entry = doc.features.get(name)

@@ -397,4 +397,4 @@ def test_prepared_items_travel_in_bounded_blocks_sorted_by_vision_tokens(models,
         tokens = [-1 if p is None else p["vision_tokens"] for p in table.column("payload").to_pylist()]
         assert tokens == sorted(tokens)
     errors = [r for t in tables for r in t.to_pylist() if r["error_stage"]]
-    assert [(r["item_id"], r["error_stage"]) for r in errors] == [("x", "input")]
+    assert [(r["item_id"], r["error_stage"]) for r in errors] == [("x", "absent")]

@@ -133,28 +133,37 @@ def test_bad_inputs_become_errors_rows_and_every_other_item_is_stored(
 
     ids = [r["item_id"] for r in rows]
     errors = {(r["feature"], r["item_id"]): r for r in lens.errors().to_pylist()}
+    absent = {(r["feature"], r["item_id"]): r for r in lens.errors(absent=True).to_pylist()}
+    assert not errors.keys() & absent.keys()
     for feature in ("text", "image"):
-        stored = {i for i in ids if (feature, i) not in errors}
+        stored = {i for i in ids if (feature, i) not in errors and (feature, i) not in absent}
         failed = {i for (f, i) in errors if f == feature}
-        assert stored | failed == set(ids) and not stored & failed     # each item in exactly one place
+        missing = set(lens.absent(feature))
+        assert stored | failed | missing == set(ids)                    # each item in exactly one place
+        assert len(stored) + len(failed) + len(missing) == len(ids)
         lens.vectors(feature, sorted(stored))                            # all of them readable
     image_errors = {i: (r["stage"], r["reason"]) for (f, i), r in errors.items() if f == "image"}
     assert set(image_errors) == {"bad-corrupt", "bad-truncated", "bad-zero_bytes", "bad-bomb", "bad-missing",
-                                 "bad-no-image", "bad-wrong-type", "bad-one-of-two"}
+                                 "bad-wrong-type", "bad-one-of-two"}
+    # an item without a photo, or without any text, is not a failure: its input is absent
+    assert lens.absent("image") == ["bad-no-image"] and lens.absent("text") == ["empty-text"]
+    assert {f.name: (f.errors, f.absent) for f in lens.features()} == {"text": (0, 1), "image": (7, 1)}
     assert image_errors["bad-bomb"][0] == "decode" and "decompression-bomb" in image_errors["bad-bomb"][1]
     assert image_errors["bad-missing"][0] == "read" and "file not found" in image_errors["bad-missing"][1]
     assert image_errors["bad-wrong-type"][0] == "input"
     assert "missing-too.jpg" in image_errors["bad-one-of-two"][1]
     # odd but valid images are encoded
     assert lens.vectors("image", ["bad-cmyk", "bad-gray16", "bad-palette_alpha", "bad-transparent"]).shape == (4, 32)
-    assert [(f, i) for (f, i) in errors if f == "text"] == [("text", "empty-text")]
-    assert report.features["image"].errors_by_stage == {"decode": 3, "read": 3, "input": 2}
+    assert [(f, i) for (f, i) in errors if f == "text"] == []
+    assert report.features["image"].errors_by_stage == {"decode": 3, "read": 3, "input": 1}
+    assert (report.features["image"].errors, report.features["image"].absent) == (7, 1)
+    assert "7 errors, 2 inputs absent" in report.headline()
     with pytest.raises(KeyError, match="bad-corrupt.*decode: not a recognised image format"):
         lens.vectors("image", ["bad-corrupt"])
     # unchanged failures are not retried; --retry-errors retries them
     assert ingest(catalog, _config(minilm_path, tiny_clip), store, progress=False).snapshot is None
     retried = ingest(catalog, _config(minilm_path, tiny_clip), store, progress=False, retry_errors=True)
-    assert retried.features["image"].errors == 8 and retried.features["image"].encoded == 0
+    assert retried.features["image"].errors == 7 and retried.features["image"].encoded == 0
 
 
 def test_ray_runs_decode_tasks_and_encoder_actors_as_separate_streaming_stages(

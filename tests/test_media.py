@@ -74,8 +74,12 @@ def test_text_templates():
     t = TextTemplate("{title}. {bullets} ({price:.2f})")
     assert t.render({"title": "Bag", "bullets": ["a", None, "b"], "price": 3.5}) == "Bag. a; b (3.50)"
     assert TextTemplate("{title}. {desc}").render({"title": "Bag", "desc": float("nan")}) == "Bag."
-    with pytest.raises(ItemError, match="empty text"):
+    with pytest.raises(ItemError, match="no text: title, desc empty") as info:      # nothing to embed: absent
         TextTemplate("{title}. {desc}").render({"title": None, "desc": "  "})
+    assert info.value.stage == "absent"
+    with pytest.raises(ItemError, match="empty text") as info:                     # punctuation only: a failure
+        TextTemplate("{title}. {desc}").render({"title": ".", "desc": None})
+    assert info.value.stage == "input"
     with pytest.raises(ItemError) as info:
         TextTemplate("{price:.2f}").render({"price": "cheap"})
     assert info.value.stage == "input"

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 import itemlens
@@ -108,13 +109,16 @@ def test_every_modality_in_one_ingest_equals_the_libraries_and_bad_media_become_
                                      "caption_text"]
 
     lens = itemlens.connect(store)
-    errors = lens.errors().to_pandas()
-    # nothing lost: every item ends in exactly one place per feature
+    failures = lens.errors().to_pandas()
+    errors = pa.concat_tables([lens.errors(), lens.errors(absent=True)]).to_pandas()
+    # nothing lost: every item ends in exactly one place per feature (a value, a failure, or an
+    # absent input)
     for name in features:
         stored = set(lens.ids(name))
-        failed = set(errors[errors["feature"] == name]["item_id"])
-        assert not stored & failed, name
-        assert stored | failed == set(ids), name
+        failed = set(failures[failures["feature"] == name]["item_id"])
+        missing = set(lens.absent(name))
+        assert not stored & failed and not stored & missing and not failed & missing, name
+        assert stored | failed | missing == set(ids), name
 
     def reason(feature, item):
         match = errors[(errors["feature"] == feature) & (errors["item_id"] == item)]
@@ -126,7 +130,7 @@ def test_every_modality_in_one_ingest_equals_the_libraries_and_bad_media_become_
     for name in ("truncated", "corrupt", "image", "empty", "text", "audio_only"):
         stage, why = reason("video", f"bad-{name}")
         assert stage in {"decode", "read"} and why, (name, why)
-    assert reason("video", "sound-robin-13")[0] == "input"              # no video column value
+    assert reason("video", "sound-robin-13")[0] == "absent"             # no video column value
     assert "no audio track" in reason("audio", "vid-vfr")[1]
     assert reason("audio", "bad-image-as-audio")[0] == "decode"
     assert reason("audio", "bad-corrupt")[0] == "decode"
@@ -226,7 +230,7 @@ def test_every_modality_in_one_ingest_equals_the_libraries_and_bad_media_become_
     assert _cos(lens.vectors("caption_text", with_text), expected).min() >= 0.99999
     # an item whose caption failed has an input error in the text feature, not a vector of nothing
     stage, why = reason("caption_text", "bad-corrupt")
-    assert stage == "input" and "no caption from feature 'caption'" in why
+    assert stage == "absent" and "no caption: feature 'caption'" in why
 
     # a second run over the same catalog encodes nothing, captions included
     config = {"features": features, "decode": {"batch_size": 4}}

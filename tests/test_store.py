@@ -244,3 +244,43 @@ def test_staging_for_versions_no_longer_configured_is_dropped(store):
                 table, writer.staging_uri(version)), table.schema)
         assert writer.discard_other_staging([keep]) == ["emb__0123456789abcdef.lance"]
     assert sorted(p.name for p in (store / "_staging").iterdir()) == ["txt__fedcba9876543210.lance"]
+
+
+def _stage_captions(writer, version, ids, tokens):
+    import pyarrow as pa
+
+    from itemlens.store import lance_io
+    from itemlens.store.layout import staging_rows, staging_schema
+
+    schema = staging_schema("float32", None, "mean", "caption")
+    rows = staging_rows(schema, pa.array(ids, pa.string()), pa.array([f"caption of {i}" for i in ids]),
+                        n_parts=np.ones(len(ids), np.int32), input_hash=pa.array(ids, pa.string()),
+                        fingerprint=version.fingerprint, run_id=writer.run_id,
+                        vision_tokens=pa.array(tokens, pa.int32()),
+                        generated_tokens=pa.array([t // 10 for t in tokens], pa.int32()))
+    writer.commit_staged(version, lance_io.write_fragments(rows, writer.staging_uri(version)), schema)
+    writer.merge_staged(version)
+
+
+def test_a_captions_token_counts_reach_its_feature_table_old_tables_gain_the_columns(store):
+    """The counts the captioner staged (vision tokens read, tokens generated) are stored with
+    each caption; a caption table written before those columns existed gains them (null for its
+    old rows) at its next merge instead of refusing it."""
+    import lance
+
+    with StoreWriter.open(store) as writer:
+        writer.register_ids(["a", "b", "c"])
+        version = writer.resolve_version("caption", "f" * 16, {"model": "m"}, dtype="float32", pooling="mean",
+                                         kind="caption", encoder={})
+        _stage_captions(writer, version, ["a", "b"], [256, 1024])
+        table = writer.open_table(version.table)
+        got = table.to_table(columns=["item_id", "vision_tokens", "generated_tokens"]).sort_by("item_id")
+        assert got.to_pylist() == [{"item_id": "a", "vision_tokens": 256, "generated_tokens": 25},
+                                   {"item_id": "b", "vision_tokens": 1024, "generated_tokens": 102}]
+        # a table of the earlier layout: no count columns
+        table.drop_columns(["vision_tokens", "generated_tokens"])
+        _stage_captions(writer, version, ["c"], [64])
+        got = lance.dataset(writer._uri(version.table)).to_table().sort_by("item_id")
+        assert got.column("item_id").to_pylist() == ["a", "b", "c"]
+        assert got.column("vision_tokens").to_pylist() == [None, None, 64]
+        assert got.column("caption").to_pylist() == ["caption of a", "caption of b", "caption of c"]

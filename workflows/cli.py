@@ -360,13 +360,13 @@ def _show(args) -> int:
         print(f"then delta {d['uri']} ({d['upserts']} upserts, {d['deletions']} deletions)")
     print(f"items known to the store: {lens.items().num_rows}")
     print()
-    print(f"{'feature':<22}{'encoder':<23}{'dim':>5} {'dtype':<8}{'values':>8}{'errors':>8}  model")
+    print(f"{'feature':<22}{'encoder':<23}{'dim':>5} {'dtype':<8}{'values':>8}{'errors':>8}{'absent':>8}  model")
     for f in lens.features():
         name = f.qualified + ("*" if f.current else "")
         weights = f.spec.get("checkpoint") or f.spec.get("pretrained") or ""
         model = f.model + (f" ({weights})" if weights and weights != f.model else "")
         dtype = f.dtype if f.kind == "vector" else "text"      # a caption feature holds strings
-        print(f"{name:<22}{f.encoder:<23}{f.dim or '-':>5} {dtype:<8}{f.count:>8}{f.errors:>8}  {model}")
+        print(f"{name:<22}{f.encoder:<23}{f.dim or '-':>5} {dtype:<8}{f.count:>8}{f.errors:>8}{f.absent:>8}  {model}")
         if f.note:
             print(f"{'':<22}note: {f.note}")
         path = (lens.doc.features[f.name].versions[f.version].encoder or {}).get("path")
@@ -377,7 +377,7 @@ def _show(args) -> int:
         if f.index:
             print(f"{'':<22}index: {f.index['kind']} {f.index.get('params', {})}, {f.index.get('rows')} rows, "
                   f"recall@10 {f.index.get('recall_at_10')} (against exact search)")
-    print("(* = current version; older versions stay readable as name@vN)")
+    print("(* = current version; older versions stay readable as name@vN; absent = items without such an input)")
     if lens.doc.semantic_ids:
         print()
         print(f"{'semantic IDs':<22}{'method':<11}{'codes':<9}{'items':>8}{'retired':>9}{'collisions':>12}"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from itemlens.errors import ConfigError
-from itemlens.store.layout import staging_schema, value_column
+from itemlens.store.layout import ABSENT, staging_schema, value_column
 from itemlens.store.writer import MergeStats, StoreWriter
 from itemlens.workflows import stages
 from itemlens.workflows.catalog import CatalogSource
@@ -80,6 +80,9 @@ class FeatureJob:
         merged: MergeStats = writer.merge_staged(version)
         report.merge_seconds = time.perf_counter() - t
         report.inserted, report.updated = merged.inserted, merged.updated
+        # an absent input is recorded (the next run knows it saw the item) but is not a failure
+        report.absent = merged.by_stage.pop(ABSENT, 0)
+        report.errors = max(report.errors - report.absent, 0)
         report.errors_by_stage, report.errors_by_reason = merged.by_stage, merged.by_reason
         self.build_index_when_due()
         return report

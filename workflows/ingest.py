@@ -121,13 +121,14 @@ def ingest(catalog: str | os.PathLike, config: str | os.PathLike | dict | Ingest
             job = FeatureJob(context, encoder, versions[name], captions_from=versions[ref] if ref else None,
                              recovered=recovered[name])
             feature = run_ray_step(job.run)
-            feature.unchanged = max(registration.seen - feature.encoded - feature.errors - feature.recovered, 0)
+            feature.unchanged = max(registration.seen - feature.encoded - feature.errors - feature.absent
+                                    - feature.recovered, 0)
             feature.seconds = time.perf_counter() - t
             pin.check(source, f"after feature {name!r}")
             report.features[name] = feature
             timings[f"feature:{name}"] = feature.seconds
-            log.info("%s@%s: %d encoded, %d errors, %d unchanged in %.1f s", name, feature.version,
-                     feature.encoded, feature.errors, feature.unchanged, feature.seconds)
+            log.info("%s@%s: %d encoded, %d errors, %d absent, %d unchanged in %.1f s", name, feature.version,
+                     feature.encoded, feature.errors, feature.absent, feature.unchanged, feature.seconds)
 
         # derived artifacts by blocks in Ray tasks (workflows/derive.py): the driver holds no vectors
         derive_runner = RayRunner() if cfg.semantic_ids or cfg.graphs else None

@@ -21,8 +21,9 @@ class FeatureReport:
     device: str = ""
     actors: int = 0             # encoder actors that ran
     encoded: int = 0            # items given a value by this run
-    errors: int = 0             # items given an errors row by this run
-    errors_by_stage: dict[str, int] = field(default_factory=dict)
+    errors: int = 0             # items whose input failed in this run (an errors row)
+    absent: int = 0             # items without such an input (a song has no photo): recorded, not a failure
+    errors_by_stage: dict[str, int] = field(default_factory=dict)   # failures per stage (input, read, ...)
     errors_by_reason: dict[str, int] = field(default_factory=dict)   # the 10 most frequent reasons
     unchanged: int = 0          # items whose input hash matched the store: not encoded
     recovered: int = 0          # items merged from a previous, interrupted run's staging
@@ -94,9 +95,10 @@ class IngestReport:
     def headline(self) -> str:
         encoded = sum(f.encoded for f in self.features.values())
         errors = sum(f.errors for f in self.features.values())
+        absent = sum(f.absent for f in self.features.values())
         what = "delta" if self.delta else "ingest"
         return (f"{what} of {self.items_seen} items ({self.new_items} new, {self.removed_items} removed): "
-                f"{encoded} values encoded, {errors} errors")
+                f"{encoded} values encoded, {errors} errors" + (f", {absent} inputs absent" if absent else ""))
 
     def summary(self) -> str:
         lines = [self.headline()]
@@ -104,10 +106,10 @@ class IngestReport:
             lines.append(f"nothing changed: no new snapshot published in {self.store}")
         else:
             lines.append(f"published snapshot {self.snapshot} in {self.store}")
-        lines.append(f"{'feature':<14}{'version':<9}{'device':<8}{'encoded':>9}{'errors':>8}"
+        lines.append(f"{'feature':<14}{'version':<9}{'device':<8}{'encoded':>9}{'errors':>8}{'absent':>8}"
                      f"{'recovered':>11}{'unchanged':>11}{'seconds':>9}")
         for f in self.features.values():
-            lines.append(f"{f.name:<14}{f.version:<9}{f.device:<8}{f.encoded:>9}{f.errors:>8}"
+            lines.append(f"{f.name:<14}{f.version:<9}{f.device:<8}{f.encoded:>9}{f.errors:>8}{f.absent:>8}"
                          f"{f.recovered:>11}{f.unchanged:>11}{f.seconds:>9.1f}")
             for stage, count in sorted(f.errors_by_stage.items()):
                 lines.append(f"{'':<14}errors at {stage}: {count}")

@@ -171,8 +171,9 @@ def prepare_texts(batch: pa.Table, *, spec_json: str, id_column: str, stored: St
     for item_id, row in zip(ids, rows):
         try:
             if source is not None and row["text"] is None:
-                raise ItemError("input", f"no caption from feature {spec.input.feature!r} "
-                                         "(it has an errors row for this item)")
+                # nothing to embed: why is recorded once, where it happened (the caption feature's
+                # errors row, or its absent input)
+                raise ItemError("absent", f"no caption: feature {spec.input.feature!r} has none for this item")
             text = template.render(row)
             out.append((item_id, text_hash(text), text, None, None))
         except ItemError as error:
@@ -190,9 +191,10 @@ def _empty(cell: Any) -> bool:
 
 
 def image_uris(cell: Any) -> list[str]:
-    """A catalog cell as a list of image paths/URIs; ItemError("input") when unusable."""
+    """A catalog cell as a list of image paths/URIs; ItemError("absent") when the item has none,
+    ItemError("input") when the cell is not usable."""
     if _empty(cell):
-        raise ItemError("input", "no image (empty cell)")
+        raise ItemError("absent", "no image (empty cell)")
     values = [cell] if isinstance(cell, str) else cell
     if not isinstance(values, (list, tuple)) and type(values).__name__ != "ndarray":
         raise ItemError("input", f"image cell must be a path/URI or a list of them, not {type(cell).__name__}")
@@ -203,7 +205,7 @@ def image_uris(cell: Any) -> list[str]:
         if value.strip():
             uris.append(value.strip())
     if not uris:
-        raise ItemError("input", "no image (empty path)")
+        raise ItemError("absent", "no image (empty path)")
     return uris
 
 
@@ -332,9 +334,10 @@ def prepare_images(batch: pa.Table, *, spec_json: str, id_column: str, base: str
 
 
 def media_uri(cell: Any, what: str) -> str:
-    """A catalog cell holding one video/audio path or URI; ItemError("input") when unusable."""
+    """A catalog cell holding one video/audio path or URI; ItemError("absent") when the item has
+    none, ItemError("input") when the cell is not usable."""
     if _empty(cell) or (isinstance(cell, str) and not cell.strip()):
-        raise ItemError("input", f"no {what} (empty cell)")
+        raise ItemError("absent", f"no {what} (empty cell)")
     if not isinstance(cell, str):
         raise ItemError("input", f"{what} cell must be a path/URI, not {type(cell).__name__}: {cell!r}")
     return cell.strip()
@@ -381,15 +384,14 @@ def _prepare_media(batch: pa.Table, *, column: str, what: str, id_column: str, b
 def prepare_videos(batch: pa.Table, *, spec_json: str, id_column: str, base: str, stored: StoredHashes,
                    limits: MediaLimits, read_log: str | None = None) -> pa.Table:
     """Read each video, hash its bytes, drop unchanged items, sample frames (PyAV) and
-    apply the encoder's own image preprocessing to each (a captioner gets one image: the
-    frames in a grid). Ships float32 pixels [frames, 3, H, W] like the image stage."""
+    apply the vector encoder's own image preprocessing to each (a captioner's videos go through
+    :func:`prepare_caption_videos`). Ships float32 pixels [frames, 3, H, W] like the image stage."""
     spec = _spec(spec_json)
     encoder = _encoder(spec_json)
     transform = functools.partial(_preprocess, _image_transform(spec_json), encoder=encoder, limits=limits)
-    captioning = encoder.output_kind == "caption"
 
     def decode(data: bytes) -> tuple:
-        pixels = video_pixels(data, spec, transform, captioning=captioning, max_pixels=limits.max_pixels)
+        pixels = video_pixels(data, spec, transform, max_pixels=limits.max_pixels)
         n, _, height, width = pixels.shape
         return pixels.tobytes(), n, height, width
 

@@ -38,7 +38,8 @@ class FeatureInfo:
     dtype: str
     pooling: str
     count: int              # items with a value
-    errors: int             # items with an errors row instead
+    errors: int             # items whose input failed (lens.errors(name))
+    absent: int             # items without such an input (lens.absent(name))
     note: str | None
     spec: dict[str, Any]
     created_at: str
@@ -140,7 +141,8 @@ class LensBase:
                 out.append(FeatureInfo(
                     name=name, version=label, current=label == entry.current, fingerprint=v.fingerprint,
                     kind=v.kind, encoder=v.spec.get("encoder", ""), model=v.spec.get("model", ""), dim=v.dim,
-                    dtype=v.dtype, pooling=v.pooling, count=v.count, errors=v.errors, note=v.spec.get("note"),
+                    dtype=v.dtype, pooling=v.pooling, count=v.count, errors=v.errors, absent=v.absent,
+                    note=v.spec.get("note"),
                     spec=v.spec, created_at=v.created_at, index=v.index))
         return out
 

@@ -85,7 +85,7 @@ class Encoding(LensBase):
             if media == "video":
                 vectors = items.encode_pixel_items(encoder, [
                     items.video_pixels(media_limits.read(_path(x)), encoder.spec, transform,
-                                       captioning=False, max_pixels=media_limits.max_pixels) for x in inputs])
+                                       max_pixels=media_limits.max_pixels) for x in inputs])
                 return np.stack(vectors) if encoder.spec.pooling == "mean" else vectors
             pixels = [transform(decode_image(image_limits.read(_path(x)), image_limits.max_pixels)
                                 if isinstance(x, (str, os.PathLike)) else to_rgb(x))

@@ -291,10 +291,13 @@ class Browser:
 
     # -- errors ------------------------------------------------------------------------------------
     def errors(self):
-        """The errors of every feature's current version (read once)."""
+        """The errors rows of every feature's current version, failures and absent inputs (stage
+        ``absent``) alike (read once)."""
         if self._errors is None:
+            import pyarrow as pa
+
             with self.lock:
-                self._errors = self.lens.errors()
+                self._errors = pa.concat_tables([self.lens.errors(), self.lens.errors(absent=True)])
         return self._errors
 
     def errors_of(self, item_id: str) -> list[dict]:
