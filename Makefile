@@ -1,11 +1,12 @@
 # The two commands of the README: `make demo` and `make test`. Both set up .venv first
 # (pinned versions from constraints.txt; torch comes from this machine's wheel cache).
+# `make test-fast` is the inner loop: the tests that need no Ray; `make lint` is ruff.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.itemlens-installed
 
-.PHONY: demo test bench setup clean
+.PHONY: demo test test-fast lint bench setup clean
 
 setup: $(STAMP)
 
@@ -19,7 +20,16 @@ demo: $(STAMP)
 	$(BIN)/python examples/demo.py --store ./lens
 
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest --no-skips --durations=15
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not integration" --durations=10
+
+lint: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest_throughput.py

@@ -59,11 +59,18 @@ def build(folder: Path, rows: int) -> tuple[Path, Path, list[str]]:
     photos = sorted((ROOT / "examples" / "catalog" / "images").rglob("*.jpg"))
     catalog.parent.mkdir(parents=True, exist_ok=True)
     relative = [os.path.relpath(p, catalog.parent) for p in photos]
-    pq.write_table(pa.table({
-        "item_id": ids, "title": [f"product number {i}" for i in range(rows)],
-        "price": np.round(np.random.default_rng(0).uniform(1, 100, rows), 2),
-        "images": [[relative[i % len(relative)]] for i in range(rows)],
-    }), catalog, row_group_size=65536)
+    pq.write_table(
+        pa.table(
+            {
+                "item_id": ids,
+                "title": [f"product number {i}" for i in range(rows)],
+                "price": np.round(np.random.default_rng(0).uniform(1, 100, rows), 2),
+                "images": [[relative[i % len(relative)]] for i in range(rows)],
+            }
+        ),
+        catalog,
+        row_group_size=65536,
+    )
     StoreWriter.open(store).close()
     lens = itemlens.connect(store)
     started = time.perf_counter()
@@ -130,14 +137,19 @@ def main() -> None:
         filtered.append(time.perf_counter() - t)
 
     result = {
-        "rows": args.rows, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "rows": args.rows,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "date": time.strftime("%Y-%m-%d"),
-        "open_app_s": round(open_seconds, 3), "first_item_page_s": round(first, 3),
-        "catalog_index_build_s": round(rows.build_seconds or 0.0, 2), "catalog_arrow_bytes": rows.disk_bytes,
-        "item_page_median_s": round(statistics.median(item), 3), "item_page_max_s": round(max(item), 3),
+        "open_app_s": round(open_seconds, 3),
+        "first_item_page_s": round(first, 3),
+        "catalog_index_build_s": round(rows.build_seconds or 0.0, 2),
+        "catalog_arrow_bytes": rows.disk_bytes,
+        "item_page_median_s": round(statistics.median(item), 3),
+        "item_page_max_s": round(max(item), 3),
         "summary_page_median_s": round(statistics.median(summary), 3),
         "items_list_page_median_s": round(statistics.median(listing), 3),
-        "sid_first_page_s": round(sid_first, 3), "sid_root_page_median_s": round(statistics.median(sid_root), 3),
+        "sid_first_page_s": round(sid_first, 3),
+        "sid_root_page_median_s": round(statistics.median(sid_root), 3),
         "sid_prefix_page_median_s": round(statistics.median(sid_prefix), 3),
         "diff_page_first_s": round(diff_first, 2),
         "catalog_row_index_median_ms": round(1000 * statistics.median(lookup), 3),

@@ -58,12 +58,14 @@ def build(store: Path, rows: int, dim: int, dtype) -> tuple[list[str], float]:
 
 
 def cold_open(store: Path, ids: list[str]) -> float:
-    code = ("import time, itemlens\n"
-            f"ids = {ids[:1000]!r}\n"
-            "t = time.perf_counter()\n"
-            f"lens = itemlens.connect({str(store)!r}, snapshot=1)\n"
-            "lens.vectors('emb', ids)\n"
-            "print(time.perf_counter() - t)\n")
+    code = (
+        "import time, itemlens\n"
+        f"ids = {ids[:1000]!r}\n"
+        "t = time.perf_counter()\n"
+        f"lens = itemlens.connect({str(store)!r}, snapshot=1)\n"
+        "lens.vectors('emb', ids)\n"
+        "print(time.perf_counter() - t)\n"
+    )
     return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
 
@@ -73,8 +75,8 @@ def lookups(store: Path, ids: list[str], trials: int) -> dict:
     import itemlens
 
     lens = itemlens.connect(store, snapshot=1)
-    lens.vectors("emb", ids[:1])                                  # load once (the cold open is measured apart)
-    values = lens._entry(lens._version("emb")).values            # the same array, in memory: the floor's input
+    lens.vectors("emb", ids[:1])  # load once (the cold open is measured apart)
+    values = lens._entry(lens._version("emb")).values  # the same array, in memory: the floor's input
     table_name = lens.doc.feature_version("emb").table
     table = lancedb.connect(str(store)).open_table(table_name, version=lens.doc.tables[table_name])
     as_dict = dict(zip(ids, itertools.count()))
@@ -84,8 +86,12 @@ def lookups(store: Path, ids: list[str], trials: int) -> dict:
     for trial in range(trials):
         rows = rng.integers(0, len(ids), 1000)
         asked = keys[rows].tolist()
-        t = time.perf_counter(); values[rows]; samples["floor"].append(time.perf_counter() - t)
-        t = time.perf_counter(); got = lens.vectors("emb", asked); samples["itemlens"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        values[rows]
+        samples["floor"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        got = lens.vectors("emb", asked)
+        samples["itemlens"].append(time.perf_counter() - t)
         t = time.perf_counter()
         values[np.fromiter(map(as_dict.get, asked, itertools.repeat(-1)), np.int64, len(asked))]
         samples["dict"].append(time.perf_counter() - t)
@@ -97,10 +103,12 @@ def lookups(store: Path, ids: list[str], trials: int) -> dict:
         if trial == 0:
             assert np.array_equal(got, values[rows])
     med = {k: float(np.median(v)) * 1e6 for k, v in samples.items()}
-    return {"median_us": {k: round(v, 1) for k, v in med.items()},
-            "x_floor": {k: round(v / med["floor"], 2) for k, v in med.items()},
-            "lancedb_over_itemlens": round(med["lancedb"] / med["itemlens"], 1),
-            "samples": {k: len(v) for k, v in samples.items()}}
+    return {
+        "median_us": {k: round(v, 1) for k, v in med.items()},
+        "x_floor": {k: round(v / med["floor"], 2) for k, v in med.items()},
+        "lancedb_over_itemlens": round(med["lancedb"] / med["itemlens"], 1),
+        "samples": {k: len(v) for k, v in samples.items()},
+    }
 
 
 def ann(store: Path, queries: int = 200) -> dict:
@@ -131,8 +139,11 @@ def main() -> None:
         store = OUT / f"lookup-{args.rows}x{dim}-{np.dtype(dtype).name}"
         ids, build_s = build(store, args.rows, dim, dtype)
         shape = f"{dim}x{np.dtype(dtype).name}"
-        result[shape] = {"put_vectors_s": round(build_s, 1), "cold_open_s": round(cold_open(store, ids), 2),
-                         **lookups(store, ids, args.trials)}
+        result[shape] = {
+            "put_vectors_s": round(build_s, 1),
+            "cold_open_s": round(cold_open(store, ids), 2),
+            **lookups(store, ids, args.trials),
+        }
         if dim == 128:
             result[shape]["ann"] = ann(store)
         print(json.dumps({shape: result[shape]}, indent=2), flush=True)

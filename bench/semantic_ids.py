@@ -66,18 +66,24 @@ def main() -> None:
     from itemlens.store.semantic_ids.quantizers.rq_vae import RQVAE
 
     x = data(args.rows, args.dim)
-    print(f"{args.rows} x {args.dim} float32, {args.levels} levels x {args.codes} codes; "
-          f"{os.cpu_count()} CPUs; faiss threads {__import__('faiss').omp_get_max_threads()}")
+    print(
+        f"{args.rows} x {args.dim} float32, {args.levels} levels x {args.codes} codes; "
+        f"{os.cpu_count()} CPUs; faiss threads {__import__('faiss').omp_get_max_threads()}"
+    )
     results = {}
 
     def record(name, seconds, codes, decoded):
         m = code_metrics(codes, args.codes, x, decoded)
-        results[name] = {"seconds": seconds, "collision_rate": m["collision_rate"],
-                         "utilization": m["utilization"], "reconstruction_error": m["reconstruction_error"],
-                         "largest_group": m["largest_group"]}
+        results[name] = {
+            "seconds": seconds,
+            "collision_rate": m["collision_rate"],
+            "utilization": m["utilization"],
+            "reconstruction_error": m["reconstruction_error"],
+            "largest_group": m["largest_group"],
+        }
 
     ours, plain = [], []
-    for _ in range(args.repeats):     # alternate, so drift on a shared machine hits both
+    for _ in range(args.repeats):  # alternate, so drift on a shared machine hits both
         t = time.perf_counter()
         codes_p, decoded_p = plain_faiss(x, args.levels, args.codes, args.niter, 0)
         plain.append(time.perf_counter() - t)
@@ -93,8 +99,10 @@ def main() -> None:
         for name, r in results.items():
             print(f"{name:<40}  {r['seconds']:7.1f} s  {json.dumps({k: v for k, v in r.items() if k != 'seconds'})}")
         return
-    for name, options in (("itemlens rq-kmeans normalized", {"normalize_residual": True}),
-                          ("itemlens rq-kmeans balanced", {"balanced": True})):
+    for name, options in (
+        ("itemlens rq-kmeans normalized", {"normalize_residual": True}),
+        ("itemlens rq-kmeans balanced", {"balanced": True}),
+    ):
         t = time.perf_counter()
         q = RQKMeans(args.levels, args.codes, niter=args.niter, seed=0, **options)
         encoded = q.fit_encode(x)
@@ -103,7 +111,9 @@ def main() -> None:
     t = time.perf_counter()
     vae = RQVAE(args.levels, args.codes, input_dim=args.dim, epochs=args.vae_epochs)
     encoded = vae.fit_encode(x)
-    record(f"itemlens rq-vae ({args.vae_epochs} epochs)", time.perf_counter() - t, encoded.codes, vae.decode(encoded.codes))
+    record(
+        f"itemlens rq-vae ({args.vae_epochs} epochs)", time.perf_counter() - t, encoded.codes, vae.decode(encoded.codes)
+    )
 
     # the whole build through the store: read vectors, train, unique IDs, metrics, plot, write
     import itemlens
@@ -115,25 +125,48 @@ def main() -> None:
         lens = itemlens.connect(folder)
         lens.put_vectors("emb", [f"item{i}" for i in range(args.rows)], x)
         t = time.perf_counter()
-        reports, _ = build(folder, {"sid": {"features": ["emb"], "levels": args.levels,
-                                            "codebook_size": args.codes, "kmeans_iterations": args.niter}})
+        reports, _ = build(
+            folder,
+            {
+                "sid": {
+                    "features": ["emb"],
+                    "levels": args.levels,
+                    "codebook_size": args.codes,
+                    "kmeans_iterations": args.niter,
+                }
+            },
+        )
         whole = time.perf_counter() - t
         more = data(1000, args.dim, seed=1)
         lens.put_vectors("emb", [f"new{i}" for i in range(1000)], more)
         t = time.perf_counter()
-        refresh, _ = build(folder, {"sid": {"features": ["emb"], "levels": args.levels,
-                                            "codebook_size": args.codes, "kmeans_iterations": args.niter}})
+        refresh, _ = build(
+            folder,
+            {
+                "sid": {
+                    "features": ["emb"],
+                    "levels": args.levels,
+                    "codebook_size": args.codes,
+                    "kmeans_iterations": args.niter,
+                }
+            },
+        )
         results["itemlens semantic-ids build (store to store)"] = {
-            "seconds": whole, "stages": {k: round(v, 2) for k, v in reports["sid"].seconds.items()},
-            "refresh_1000_new_seconds": time.perf_counter() - t, "refresh_trained": refresh["sid"].trained}
+            "seconds": whole,
+            "stages": {k: round(v, 2) for k, v in reports["sid"].seconds.items()},
+            "refresh_1000_new_seconds": time.perf_counter() - t,
+            "refresh_trained": refresh["sid"].trained,
+        }
 
     width = max(len(k) for k in results)
     for name, r in results.items():
         extra = {k: v for k, v in r.items() if k not in ("seconds",)}
         print(f"{name:<{width}}  {r['seconds']:7.1f} s  {json.dumps(extra)}")
     base = results["plain faiss residual k-means"]["seconds"]
-    print(f"rq-kmeans / plain faiss time: {results['itemlens rq-kmeans']['seconds'] / base:.2f} "
-          f"(per repeat {results['itemlens rq-kmeans']['ratio_to_plain']})")
+    print(
+        f"rq-kmeans / plain faiss time: {results['itemlens rq-kmeans']['seconds'] / base:.2f} "
+        f"(per repeat {results['itemlens rq-kmeans']['ratio_to_plain']})"
+    )
     os.makedirs("bench/out", exist_ok=True)
     with open("bench/out/semantic_ids.json", "w") as f:
         json.dump(results, f, indent=2)

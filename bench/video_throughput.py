@@ -79,16 +79,23 @@ def video_spec(args) -> dict:
 
     if args.clip_model == "tiny-clip":
         config = EXAMPLES / "standins" / "tiny-clip.json"
-        model = {"model": "tiny-clip", "model_config_file": str(config),
-                 "checkpoint": str(write_open_clip_checkpoint(config, OUT / "tiny-clip-seed0.safetensors"))}
+        model = {
+            "model": "tiny-clip",
+            "model_config_file": str(config),
+            "checkpoint": str(write_open_clip_checkpoint(config, OUT / "tiny-clip-seed0.safetensors")),
+        }
     else:
         sys.path.insert(0, str(Path(__file__).parent))
         from ingest_throughput import write_open_clip_checkpoint_builtin
 
         model = {"model": args.clip_model, "checkpoint": str(write_open_clip_checkpoint_builtin(args.clip_model))}
     gpus = 1 if args.device == "cuda" else 0
-    return {"encoder": "video-frames", **model, "input": {"video": "video", "frames": args.frames},
-            "resources": {"num_gpus": gpus, "concurrency": 1, "batch_size": args.batch_size}}
+    return {
+        "encoder": "video-frames",
+        **model,
+        "input": {"video": "video", "frames": args.frames},
+        "resources": {"num_gpus": gpus, "concurrency": 1, "batch_size": args.batch_size},
+    }
 
 
 def plain_loop(catalog: Path, spec: dict, batch_size: int, device: str, store: Path) -> dict:
@@ -110,7 +117,7 @@ def plain_loop(catalog: Path, spec: dict, batch_size: int, device: str, store: P
     frames = spec["input"]["frames"]
     ids, vectors = [], []
     for start in range(0, len(rows), batch_size):
-        batch = rows[start:start + batch_size]
+        batch = rows[start : start + batch_size]
         pixels = []
         for row in batch:
             reader = decord.VideoReader(str(catalog.parent / row["video"]))
@@ -121,8 +128,9 @@ def plain_loop(catalog: Path, spec: dict, batch_size: int, device: str, store: P
         vectors.append(encoded / np.linalg.norm(encoded, axis=1, keepdims=True))
         ids += [r["item_id"] for r in batch]
     matrix = np.concatenate(vectors)
-    table = pa.table({"item_id": ids, "vector": pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)),
-                                                                                 matrix.shape[1])})
+    table = pa.table(
+        {"item_id": ids, "vector": pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])}
+    )
     lance.write_dataset(table, str(store), mode="overwrite")
     return {"load_model_s": load_s, "rest_s": time.perf_counter() - t1, "videos": len(rows), "vectors": matrix}
 
@@ -132,11 +140,18 @@ def run_ingest(catalog: Path, spec: dict, store: Path, batch_size: int, decode_c
 
     shutil.rmtree(store, ignore_errors=True)
     t0 = time.perf_counter()
-    report = ingest(catalog, {"features": {"video": spec}, "decode": {"batch_size": batch_size,
-                                                                       "num_cpus": decode_cpus}}, store,
-                    progress=False)
-    return {"total_s": time.perf_counter() - t0, "timings": report.timings,
-            "encoded": report.features["video"].encoded, "errors": report.features["video"].errors}
+    report = ingest(
+        catalog,
+        {"features": {"video": spec}, "decode": {"batch_size": batch_size, "num_cpus": decode_cpus}},
+        store,
+        progress=False,
+    )
+    return {
+        "total_s": time.perf_counter() - t0,
+        "timings": report.timings,
+        "encoded": report.features["video"].encoded,
+        "errors": report.features["video"].errors,
+    }
 
 
 def main() -> None:
@@ -147,8 +162,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--clip-model", default="tiny-clip", help="tiny-clip, or an open_clip name such as ViT-B-32")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--decode-cpus", type=float, default=1.0,
-                        help="CPUs a decode task reserves (0.5: two decode tasks beside a 1-CPU actor on 2 cores)")
+    parser.add_argument(
+        "--decode-cpus",
+        type=float,
+        default=1.0,
+        help="CPUs a decode task reserves (0.5: two decode tasks beside a 1-CPU actor on 2 cores)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     OUT.mkdir(parents=True, exist_ok=True)
@@ -164,7 +183,7 @@ def main() -> None:
     from itemlens.workflows.runtime import start_ray
 
     runs = []
-    for _ in range(args.repeat):   # this VM is shared and noisy: whole comparisons, repeated
+    for _ in range(args.repeat):  # this VM is shared and noisy: whole comparisons, repeated
         t0 = time.perf_counter()
         runtime = start_ray(progress=False)
         ray_start_s = time.perf_counter() - t0
@@ -175,26 +194,32 @@ def main() -> None:
         ray.shutdown()
         loop = plain_loop(catalog, spec, args.batch_size, args.device, OUT / "video-store-loop.lance")
         ids = [f"video-{i:05d}" for i in range(args.videos)]
-        agree = float(np.min(np.sum(itemlens.connect(OUT / "video-store-n").vectors("video", ids) * loop["vectors"],
-                                    axis=1)))
+        agree = float(
+            np.min(np.sum(itemlens.connect(OUT / "video-store-n").vectors("video", ids) * loop["vectors"], axis=1))
+        )
         rate = (args.videos - 1) / (full["total_s"] - fixed["total_s"])
         loop_rate = args.videos / loop["rest_s"]
-        runs.append({
-            "ray_start_s": round(ray_start_s, 2),
-            "itemlens_fixed_s (1-video ingest)": round(fixed["total_s"], 2),
-            "itemlens_total_s": round(full["total_s"], 2),
-            "itemlens_videos_per_s (rest)": round(rate, 2),
-            "loop_load_model_s": round(loop["load_model_s"], 2),
-            "loop_rest_s": round(loop["rest_s"], 2),
-            "loop_videos_per_s": round(loop_rate, 2),
-            "ratio itemlens/loop (rest)": round(rate / loop_rate, 2),
-            "min cosine itemlens vs loop vectors": round(agree, 6),
-            "itemlens_timings_s": {k: round(v, 2) for k, v in full["timings"].items()},
-        })
+        runs.append(
+            {
+                "ray_start_s": round(ray_start_s, 2),
+                "itemlens_fixed_s (1-video ingest)": round(fixed["total_s"], 2),
+                "itemlens_total_s": round(full["total_s"], 2),
+                "itemlens_videos_per_s (rest)": round(rate, 2),
+                "loop_load_model_s": round(loop["load_model_s"], 2),
+                "loop_rest_s": round(loop["rest_s"], 2),
+                "loop_videos_per_s": round(loop_rate, 2),
+                "ratio itemlens/loop (rest)": round(rate / loop_rate, 2),
+                "min cosine itemlens vs loop vectors": round(agree, 6),
+                "itemlens_timings_s": {k: round(v, 2) for k, v in full["timings"].items()},
+            }
+        )
     ratios = sorted(r["ratio itemlens/loop (rest)"] for r in runs)
     result = {
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, {args.device}",
-        "videos": args.videos, "frames": args.frames, "batch_size": args.batch_size, "clip_model": args.clip_model,
+        "videos": args.videos,
+        "frames": args.frames,
+        "batch_size": args.batch_size,
+        "clip_model": args.clip_model,
         "decode_cpus": args.decode_cpus,
         "ray": runtime.describe(),
         "ratio itemlens/loop (rest): median, min, max": [ratios[len(ratios) // 2], ratios[0], ratios[-1]],

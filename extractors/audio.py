@@ -93,13 +93,15 @@ def _decode_stream(container, stream, fmt: AudioFormat, max_seconds: float | Non
                 expected = _declared_samples(container, stream, source_rate)
                 if limit is not None:
                     expected = limit if expected is None else min(expected, limit)
-                resampler = StreamingResampler(source_rate, fmt.sample_rate, fmt.channels,
-                                               expected_samples=expected)
+                resampler = StreamingResampler(source_rate, fmt.sample_rate, fmt.channels, expected_samples=expected)
             elif frame.sample_rate != source_rate or samples.shape[0] != source_channels:
-                raise ItemError("decode", f"the audio format changes mid-stream ({source_rate} Hz x "
-                                          f"{source_channels} -> {frame.sample_rate} Hz x {samples.shape[0]})")
+                raise ItemError(
+                    "decode",
+                    f"the audio format changes mid-stream ({source_rate} Hz x "
+                    f"{source_channels} -> {frame.sample_rate} Hz x {samples.shape[0]})",
+                )
             if limit is not None:
-                samples = samples[:, :limit - decoded]
+                samples = samples[:, : limit - decoded]
             resampler.push(mix_channels(samples, fmt.channels))
             decoded += samples.shape[1]
             if limit is not None and decoded >= limit:
@@ -149,7 +151,7 @@ def _to_float(frame) -> np.ndarray:
     """An audio frame as float32 [channels, samples] in [-1, 1] (integer formats scaled by
     their full range, unsigned 8-bit centred)."""
     array = frame.to_ndarray()
-    if not frame.format.is_planar:   # packed: one row, channels interleaved
+    if not frame.format.is_planar:  # packed: one row, channels interleaved
         array = array.reshape(-1, frame.layout.nb_channels).T
     if array.dtype == np.uint8:
         return (array.astype(np.float32) - 128.0) / 128.0
@@ -189,9 +191,9 @@ class OutputBuffer:
         end = self.length + samples.shape[1]
         if end > self.array.shape[1]:
             grown = np.empty((self.array.shape[0], max(end, self.array.shape[1] * 3 // 2)), np.float32)
-            grown[:, :self.length] = self.array[:, :self.length]
+            grown[:, : self.length] = self.array[:, : self.length]
             self.array = grown
-        self.array[:, self.length:end] = samples
+        self.array[:, self.length : end] = samples
         self.length = end
 
     def result(self) -> np.ndarray:
@@ -202,7 +204,7 @@ class OutputBuffer:
             # buffer can be shrunk in place (no other references to it exist)
             array.resize((1, self.length), refcheck=False)
             return array
-        return np.ascontiguousarray(array[:, :self.length])
+        return np.ascontiguousarray(array[:, : self.length])
 
 
 class StreamingResampler:
@@ -220,12 +222,21 @@ class StreamingResampler:
     ``expected_samples`` (source samples, an estimate) sizes the output buffer.
     """
 
-    def __init__(self, source_rate: int, target_rate: int, channels: int, *,
-                 expected_samples: int | None = None, block_seconds: float = _BLOCK_SECONDS):
+    def __init__(
+        self,
+        source_rate: int,
+        target_rate: int,
+        channels: int,
+        *,
+        expected_samples: int | None = None,
+        block_seconds: float = _BLOCK_SECONDS,
+    ):
         self.source_rate, self.target_rate, self.channels = int(source_rate), int(target_rate), channels
         self.identity = self.source_rate == self.target_rate
-        expected = min(expected_samples if expected_samples is not None else 30 * self.source_rate,
-                       _MAX_PREALLOCATED_SECONDS * self.source_rate)
+        expected = min(
+            expected_samples if expected_samples is not None else 30 * self.source_rate,
+            _MAX_PREALLOCATED_SECONDS * self.source_rate,
+        )
         self._out = OutputBuffer(channels, -(-expected * self.target_rate // self.source_rate) + self.target_rate)
         self._total_in = 0
         # source samples not resampled yet, after `_left` samples of already-resampled context
@@ -237,11 +248,17 @@ class StreamingResampler:
         g = math.gcd(self.source_rate, self.target_rate)
         self.period_in, self.period_out = self.source_rate // g, self.target_rate // g
         # torchaudio's filter half-width, in source samples (as in _get_sinc_resample_kernel)
-        width = math.ceil(RESAMPLE_OPTIONS["lowpass_filter_width"] * self.period_in
-                          / (min(self.period_in, self.period_out) * RESAMPLE_OPTIONS["rolloff"]))
+        width = math.ceil(
+            RESAMPLE_OPTIONS["lowpass_filter_width"]
+            * self.period_in
+            / (min(self.period_in, self.period_out) * RESAMPLE_OPTIONS["rolloff"])
+        )
         if self.period_out * (2 * width + self.period_in) > _MAX_KERNEL_VALUES:
-            raise ItemError("decode", f"cannot resample {self.source_rate} Hz to {self.target_rate} Hz: the rates "
-                                      "share too small a common factor for an exact resampling filter")
+            raise ItemError(
+                "decode",
+                f"cannot resample {self.source_rate} Hz to {self.target_rate} Hz: the rates "
+                "share too small a common factor for an exact resampling filter",
+            )
         import torchaudio
 
         self._resample = torchaudio.transforms.Resample(self.source_rate, self.target_rate, **RESAMPLE_OPTIONS)
@@ -267,10 +284,11 @@ class StreamingResampler:
         buffer, left = np.concatenate(self._buffer, axis=1), self._left
         while buffer.shape[1] - left >= self.block_len + self.context_len:
             end = left + self.block_len
-            self._emit(buffer[:, :end + self.context_len], left,
-                       keep=self.block_len // self.period_in * self.period_out)
-            buffer, left = buffer[:, end - self.context_len:], self.context_len
-        buffer = buffer.copy()   # do not keep the whole concatenation alive
+            self._emit(
+                buffer[:, : end + self.context_len], left, keep=self.block_len // self.period_in * self.period_out
+            )
+            buffer, left = buffer[:, end - self.context_len :], self.context_len
+        buffer = buffer.copy()  # do not keep the whole concatenation alive
         self._buffer, self._buffered, self._left = [buffer], buffer.shape[1], left
 
     def _emit(self, signal: np.ndarray, left: int, keep: int) -> None:
@@ -281,7 +299,7 @@ class StreamingResampler:
         with torch.inference_mode():
             out = self._resample(torch.from_numpy(np.ascontiguousarray(signal, dtype=np.float32))).numpy()
         first = left // self.period_in * self.period_out
-        self._out.append(out[:, first:first + keep])
+        self._out.append(out[:, first : first + keep])
 
     def finish(self) -> np.ndarray:
         """The resampled signal, float32 [channels, ceil(n * target / source)]."""
@@ -311,8 +329,11 @@ def resample_whole(samples: np.ndarray, source_rate: int, target_rate: int) -> n
     padded = np.concatenate([samples, np.zeros((*samples.shape[:-1], 2 * period_in), samples.dtype)], axis=-1)
     with torch.inference_mode():
         out = torchaudio.functional.resample(
-            torch.from_numpy(np.ascontiguousarray(padded, dtype=np.float32)), source_rate, target_rate,
-            **RESAMPLE_OPTIONS).numpy()
+            torch.from_numpy(np.ascontiguousarray(padded, dtype=np.float32)),
+            source_rate,
+            target_rate,
+            **RESAMPLE_OPTIONS,
+        ).numpy()
     return out[..., :length]
 
 
@@ -324,7 +345,7 @@ def audio_windows(waveform: np.ndarray, fmt: AudioFormat) -> list[np.ndarray]:
     if total == 0:
         raise ItemError("decode", "no audio samples")
     size = max(1, fmt.window_samples)
-    return [waveform[..., start:start + size] for start in range(0, total, size)]
+    return [waveform[..., start : start + size] for start in range(0, total, size)]
 
 
 def pool_windows(vectors: np.ndarray, lengths: Sequence[int]) -> np.ndarray:

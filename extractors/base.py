@@ -85,19 +85,22 @@ class Encoder(ABC):
         """Raise ConfigError for a spec this encoder cannot honour (its fields are checked by
         ``spec_model`` already: here, what depends on several of them)."""
         if not isinstance(spec, cls.spec_model):
-            raise ConfigError(f"encoder {cls.name!r} takes a {cls.spec_model.__name__}, not a "
-                              f"{type(spec).__name__}: build specs with FeatureSpec.model_validate")
+            raise ConfigError(
+                f"encoder {cls.name!r} takes a {cls.spec_model.__name__}, not a "
+                f"{type(spec).__name__}: build specs with FeatureSpec.model_validate"
+            )
         if spec.input.kind not in cls.input_kinds:
             raise ConfigError(
                 f"encoder {cls.name!r} cannot encode {spec.input.kind} input; "
-                f"it takes: {', '.join(sorted(cls.input_kinds))}")
+                f"it takes: {', '.join(sorted(cls.input_kinds))}"
+            )
 
     # -- identity (driver side, no model load) ----------------------------------------
     @abstractmethod
     def weights_identity(self) -> str:
         """A string that changes whenever the weights (or architecture) change."""
 
-    def check_weights(self) -> None:
+    def check_weights(self) -> None:  # noqa: B027 (an optional hook: most encoders have nothing to check)
         """Raise WeightsNotFoundError now if the weights can be seen to be missing."""
 
     @functools.cached_property
@@ -159,6 +162,7 @@ class Encoder(ABC):
 
 
 # -- device and precision helpers shared by the torch encoders --------------------------
+
 
 def default_device() -> str:
     import torch

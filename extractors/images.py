@@ -48,8 +48,10 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Ima
                 raise ItemError("decode", f"image has no pixels ({width}x{height})")
             if width * height > max_pixels:
                 raise ItemError(
-                    "decode", f"image too large: {width}x{height} = {width * height:,} pixels "
-                              f"> max_image_pixels {max_pixels:,} (decompression-bomb guard)")
+                    "decode",
+                    f"image too large: {width}x{height} = {width * height:,} pixels "
+                    f"> max_image_pixels {max_pixels:,} (decompression-bomb guard)",
+                )
             img.load()
             img = ImageOps.exif_transpose(img)
             return to_rgb(img)
@@ -63,8 +65,13 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Ima
         raise ItemError("decode", f"{type(exc).__name__}: {exc}") from None
 
 
-def check_preprocessed_size(size: tuple[int, int], encoder, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-                            max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO) -> None:
+def check_preprocessed_size(
+    size: tuple[int, int],
+    encoder,
+    *,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
+) -> None:
     """Refuse, as a ``decode`` error, an image whose preprocessing would exceed the bounds: an
     aspect ratio above ``max_aspect_ratio``, or more than ``max_pixels`` once the encoder's own
     resize has run (:meth:`Encoder.preprocessed_size`). Checked before the transform, which
@@ -72,13 +79,18 @@ def check_preprocessed_size(size: tuple[int, int], encoder, *, max_pixels: int =
     width, height = size
     ratio = max(width, height) / max(min(width, height), 1)
     if ratio > max_aspect_ratio:
-        raise ItemError("decode", f"image of {width}x{height} has an aspect ratio of {ratio:,.0f}:1 "
-                                  f"> max_aspect_ratio {max_aspect_ratio:g}")
+        raise ItemError(
+            "decode",
+            f"image of {width}x{height} has an aspect ratio of {ratio:,.0f}:1 > max_aspect_ratio {max_aspect_ratio:g}",
+        )
     resized = encoder.preprocessed_size(width, height)
     if resized is not None and resized[0] * resized[1] > max_pixels:
-        raise ItemError("decode", f"image of {width}x{height} would become {resized[0]}x{resized[1]} = "
-                                  f"{resized[0] * resized[1]:,} pixels in the encoder's preprocessing "
-                                  f"> max_image_pixels {max_pixels:,}")
+        raise ItemError(
+            "decode",
+            f"image of {width}x{height} would become {resized[0]}x{resized[1]} = "
+            f"{resized[0] * resized[1]:,} pixels in the encoder's preprocessing "
+            f"> max_image_pixels {max_pixels:,}",
+        )
 
 
 def resized_size(size: int | tuple[int, int], mode: str, width: int, height: int) -> tuple[int, int]:
@@ -130,7 +142,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
-def load_image(uri: str, *, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
-               max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+def load_image(
+    uri: str, *, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> Image.Image:
     """Read and decode one image (used for online queries; the pipeline splits the two steps)."""
     return decode_image(read_bytes(uri, max_bytes, what="max_image_bytes"), max_pixels)

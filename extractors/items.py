@@ -32,6 +32,7 @@ def normalized(vector: np.ndarray, spec: FeatureSpec) -> np.ndarray:
 
 # -- CPU side ----------------------------------------------------------------------------------
 
+
 def video_pixels(data: bytes, spec: FeatureSpec, transform: Callable, *, max_pixels: int) -> np.ndarray:
     """A video's sampled frames through a vector encoder's own image preprocessing: float32
     [frames, 3, H, W] (a captioner's frames go through :func:`caption_video_payload`)."""
@@ -41,8 +42,9 @@ def video_pixels(data: bytes, spec: FeatureSpec, transform: Callable, *, max_pix
     return np.stack([transform(image) for image in to_images(frames)])
 
 
-def caption_image_payload(encoder: Encoder, images: Sequence[Image.Image], *, max_pixels: int,
-                          max_aspect_ratio: float) -> VisionPayload:
+def caption_image_payload(
+    encoder: Encoder, images: Sequence[Image.Image], *, max_pixels: int, max_aspect_ratio: float
+) -> VisionPayload:
     """An item's decoded images (those the caption spec selects, in order) through the
     captioner's processor with its prompt. Each image first passes the size guard on the size it
     takes inside the processor (:func:`~itemlens.extractors.images.check_preprocessed_size`)."""
@@ -65,13 +67,18 @@ def caption_video_payload(data: bytes, encoder: Encoder, *, max_pixels: int, max
     clip = VideoClip(sample.frames, sample.times, duration=sample.duration)
     if encoder.inputs.video == "native":
         height, width = sample.frames.shape[1:3]
-        check_preprocessed_size((width, height), _FrameSize(encoder), max_pixels=max_pixels,
-                                max_aspect_ratio=max_aspect_ratio)
-    else:   # the grid frame_grid makes: ceil(sqrt(F)) columns
+        check_preprocessed_size(
+            (width, height), _FrameSize(encoder), max_pixels=max_pixels, max_aspect_ratio=max_aspect_ratio
+        )
+    else:  # the grid frame_grid makes: ceil(sqrt(F)) columns
         count, height, width = sample.frames.shape[:3]
         columns = math.ceil(math.sqrt(count))
-        check_preprocessed_size((columns * width, math.ceil(count / columns) * height), encoder,
-                                max_pixels=max_pixels, max_aspect_ratio=max_aspect_ratio)
+        check_preprocessed_size(
+            (columns * width, math.ceil(count / columns) * height),
+            encoder,
+            max_pixels=max_pixels,
+            max_aspect_ratio=max_aspect_ratio,
+        )
     return encoder.prepare_video(clip)
 
 
@@ -95,13 +102,14 @@ def audio_waveform(data: bytes, encoder: Encoder) -> np.ndarray:
 
 # -- accelerator side ---------------------------------------------------------------------------
 
+
 def encode_pixel_items(encoder: Encoder, items: list[np.ndarray]) -> list[np.ndarray]:
     """Images (or frames) of several items, each [n_i, 3, H, W], in one encoder call; each
     item's vectors mean-pooled then normalized (``pooling: mean``) or kept, [n_i, dim]."""
     vectors = encoder.encode_images(np.concatenate(items))
     out, start = [], 0
     for item in items:
-        part = vectors[start:start + len(item)]
+        part = vectors[start : start + len(item)]
         start += len(item)
         out.append(normalized(part.mean(axis=0), encoder.spec) if encoder.spec.pooling == "mean" else part)
     return out
@@ -123,7 +131,7 @@ def encode_audio_items(encoder: Encoder, waveforms: list[np.ndarray]) -> list[np
     vectors = encoder.encode_audio([w for ws in windows for w in ws])
     out, start = [], 0
     for ws in windows:
-        part = vectors[start:start + len(ws)]
+        part = vectors[start : start + len(ws)]
         start += len(ws)
         out.append(normalized(pool_windows(part, [w.shape[-1] for w in ws]), encoder.spec))
     return out

@@ -87,10 +87,16 @@ def media_key(uri: str) -> str | None:
 
             fs, remote = fsspec.core.url_to_fs(uri)
             info = fs.info(remote)
-            stamp = (info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
-                     or info.get("updated") or info.get("last_modified"))
+            stamp = (
+                info.get("ETag")
+                or info.get("etag")
+                or info.get("mtime")
+                or info.get("LastModified")
+                or info.get("updated")
+                or info.get("last_modified")
+            )
             if stamp is None:
-                return None                       # no change stamp: only the bytes can tell
+                return None  # no change stamp: only the bytes can tell
             return f"{uri}\0{info.get('size')}\0{stamp}"
         st = os.stat(path)
         return f"{uri}\0{st.st_size}\0{st.st_mtime_ns}"
@@ -98,14 +104,19 @@ def media_key(uri: str) -> str | None:
         return None
 
 
-def read_bytes(uri: str, max_bytes: int = DEFAULT_MAX_BYTES, timeout: float = DEFAULT_READ_TIMEOUT, *, what: str = "max_bytes") -> bytes:
+def read_bytes(
+    uri: str, max_bytes: int = DEFAULT_MAX_BYTES, timeout: float = DEFAULT_READ_TIMEOUT, *, what: str = "max_bytes"
+) -> bytes:
     """The file's bytes within the byte and time budgets; ItemError("read", ...) when missing,
     empty, not a regular file, too large or too slow. ``what`` names the byte limit in messages
     (the configuration field that sets it)."""
     path = _local(uri)
     try:
-        data = _read_local(path, uri, max_bytes, timeout, what) if path is not None else \
-            _read_remote(uri, max_bytes, timeout, what)
+        data = (
+            _read_local(path, uri, max_bytes, timeout, what)
+            if path is not None
+            else _read_remote(uri, max_bytes, timeout, what)
+        )
     except ItemError:
         raise
     except FileNotFoundError:
@@ -120,10 +131,10 @@ def read_bytes(uri: str, max_bytes: int = DEFAULT_MAX_BYTES, timeout: float = DE
 
 
 def _read_local(path: str, uri: str, max_bytes: int, timeout: float, what: str) -> bytes:
-    real = os.path.realpath(path)          # symlinks resolved once ...
+    real = os.path.realpath(path)  # symlinks resolved once ...
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(real, flags)          # ... then never followed again, and no blocking open
+        fd = os.open(real, flags)  # ... then never followed again, and no blocking open
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise ItemError("read", f"the file changed into a symbolic link while it was opened: {uri}") from None
@@ -150,8 +161,13 @@ def _read_local(path: str, uri: str, max_bytes: int, timeout: float, what: str) 
 
 
 def _file_kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+    for test, name in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
         if test(mode):
             return name
     return "not a plain file"

@@ -23,14 +23,15 @@ ENTRY_POINT_GROUP = "itemlens.encoders"
 
 @dataclass(frozen=True)
 class EncoderEntry:
-    target: str          # "package.module:Class"
-    extra: str | None    # pip extra providing its dependencies: pip install 'itemlens[extra]'
+    target: str  # "package.module:Class"
+    extra: str | None  # pip extra providing its dependencies: pip install 'itemlens[extra]'
 
 
 _BUILTIN: dict[str, EncoderEntry] = {
     "open-clip": EncoderEntry("itemlens.extractors.encoders.open_clip:OpenClipEncoder", "image"),
     "sentence-transformers": EncoderEntry(
-        "itemlens.extractors.encoders.sentence_transformers:SentenceTransformerEncoder", "text"),
+        "itemlens.extractors.encoders.sentence_transformers:SentenceTransformerEncoder", "text"
+    ),
     "hf-text": EncoderEntry("itemlens.extractors.encoders.hf_text:HFTextEncoder", "text"),
     "video-frames": EncoderEntry("itemlens.extractors.encoders.open_clip:VideoFramesEncoder", "video"),
     "audio": EncoderEntry("itemlens.extractors.encoders.audio:AudioEncoder", "audio"),
@@ -51,7 +52,8 @@ def register_encoder(name: str, target: str, *, extra: str | None = None, replac
         raise ValueError(f"encoder target must look like 'package.module:Class', got {target!r}")
     if name in _registry and not replace and _registry[name].target != target:
         raise ValueError(
-            f"encoder {name!r} is already registered ({_registry[name].target}); pass replace=True to replace it")
+            f"encoder {name!r} is already registered ({_registry[name].target}); pass replace=True to replace it"
+        )
     _registry[name] = EncoderEntry(target, extra)
 
 
@@ -72,7 +74,8 @@ def encoder_class(name: str) -> type[Encoder]:
     except ImportError as exc:
         hint = f"pip install 'itemlens[{entry.extra}]'" if entry.extra else "install its package"
         raise MissingDependencyError(
-            f"encoder {name!r} needs a package that is not installed ({exc.name or exc}): {hint}") from exc
+            f"encoder {name!r} needs a package that is not installed ({exc.name or exc}): {hint}"
+        ) from exc
     return getattr(module, class_name)
 
 
@@ -94,5 +97,6 @@ def _load_entry_points() -> None:
         if ep.name in _registry and _registry[ep.name].target != ep.value:
             raise ValueError(
                 f"entry point {ep.name!r} = {ep.value!r} clashes with the registered encoder "
-                f"{_registry[ep.name].target!r}")
+                f"{_registry[ep.name].target!r}"
+            )
         _registry[ep.name] = EncoderEntry(ep.value, None)

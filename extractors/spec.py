@@ -22,13 +22,14 @@ from __future__ import annotations
 import hashlib
 import json
 import string
-from typing import Any, ClassVar, Literal, Union
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from itemlens.config_types import NAME, StrictModel
 
 _Strict = StrictModel
+
 
 class TextInput(_Strict):
     """A text built from catalog columns: ``template: "{title}. {description}"``."""
@@ -125,9 +126,14 @@ class FeatureRefInput(_Strict):
         return "{text}"
 
 
-FeatureInput = Union[TextInput, ImageInput, VideoInput, AudioInput, FeatureRefInput]
-_INPUT_KEYS = {"template": TextInput, "image": ImageInput, "video": VideoInput, "audio": AudioInput,
-               "feature": FeatureRefInput}
+FeatureInput = TextInput | ImageInput | VideoInput | AudioInput | FeatureRefInput
+_INPUT_KEYS = {
+    "template": TextInput,
+    "image": ImageInput,
+    "video": VideoInput,
+    "audio": AudioInput,
+    "feature": FeatureRefInput,
+}
 
 
 class Resources(_Strict):
@@ -139,8 +145,10 @@ class Resources(_Strict):
     concurrency: int = Field(1, ge=1, description="actors in the pool")
     batch_size: int = Field(64, ge=1, description="items per encoder call")
     resources: dict[str, float] = Field(
-        default_factory=dict, description="custom Ray resources per actor, e.g. {a100: 1} for nodes started "
-                                          "with --resources='{\"a100\": 1}'; actors run only where they exist")
+        default_factory=dict,
+        description="custom Ray resources per actor, e.g. {a100: 1} for nodes started "
+        "with --resources='{\"a100\": 1}'; actors run only where they exist",
+    )
 
 
 class IndexSpec(_Strict):
@@ -150,8 +158,9 @@ class IndexSpec(_Strict):
     kind: Literal["IVF_PQ", "IVF_HNSW_SQ"] = Field("IVF_PQ", description="the Lance vector index type")
     min_rows: int = Field(100_000, ge=1, description="build once the table has this many vectors")
     num_partitions: int | None = Field(None, ge=1, description="IVF partitions (default: about sqrt(rows))")
-    num_sub_vectors: int | None = Field(None, ge=1, description=(
-        "IVF_PQ sub-vectors (default: from the dimension, 16 or 8 values each)"))
+    num_sub_vectors: int | None = Field(
+        None, ge=1, description=("IVF_PQ sub-vectors (default: from the dimension, 16 or 8 values each)")
+    )
 
 
 class FeatureSpec(_Strict):
@@ -159,15 +168,20 @@ class FeatureSpec(_Strict):
 
     encoder: str = Field(description="registered encoder name, e.g. open-clip, sentence-transformers")
     model: str = Field(description="model name, hub id or local folder")
-    input: FeatureInput = Field(description=(
-        "{template: '...'} (text from columns), {image: COLUMN}, {video: COLUMN, frames: N}, {audio: COLUMN}, "
-        "or {feature: NAME} (another feature's captions)"))
+    input: FeatureInput = Field(
+        description=(
+            "{template: '...'} (text from columns), {image: COLUMN}, {video: COLUMN, frames: N}, {audio: COLUMN}, "
+            "or {feature: NAME} (another feature's captions)"
+        )
+    )
     normalize: bool = Field(True, description="L2-normalize the vectors")
     dtype: Literal["float32", "float16"] = Field("float32", description="the stored vectors' dtype")
     pooling: Literal["mean"] = Field(
-        "mean", description="several inputs per item (images, frames, windows): the mean of their vectors")
+        "mean", description="several inputs per item (images, frames, windows): the mean of their vectors"
+    )
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
-        "auto", description="auto: bf16/fp16 autocast on GPU, fp32 on CPU")
+        "auto", description="auto: bf16/fp16 autocast on GPU, fp32 on CPU"
+    )
     resources: Resources = Field(Resources(), description="the encoder's actor pool")
     index: IndexSpec | None = Field(None, description="a vector index to build and keep current")
     note: str | None = Field(None, description="free text shown by `itemlens show` (e.g. a stand-in label)")
@@ -177,12 +191,20 @@ class FeatureSpec(_Strict):
     #: fields that name the weights: they enter the fingerprint through the encoder's weights
     #: identity, where a local file counts by its content, not by where it lies
     WEIGHTS_FIELDS: ClassVar[frozenset[str]] = frozenset(
-        {"model", "revision", "pretrained", "checkpoint", "model_config_file"})
+        {"model", "revision", "pretrained", "checkpoint", "model_config_file"}
+    )
     #: the recipe's keys when every option lived on one spec: they stay in every recipe (None
     #: where an encoder does not have them), so that stores written then keep their versions
     LEGACY_RECIPE: ClassVar[dict[str, Any]] = {
-        "trust_remote_code": False, "max_seq_length": None, "token_pooling": None, "instruction": None,
-        "prompt": None, "max_new_tokens": None, "num_beams": None, "window_seconds": None}
+        "trust_remote_code": False,
+        "max_seq_length": None,
+        "token_pooling": None,
+        "instruction": None,
+        "prompt": None,
+        "max_new_tokens": None,
+        "num_beams": None,
+        "window_seconds": None,
+    }
 
     @model_validator(mode="wrap")
     @classmethod
@@ -213,7 +235,7 @@ class FeatureSpec(_Strict):
         if isinstance(value, tuple(_INPUT_KEYS.values())):
             return value
         if isinstance(value, str) and NAME.match(value):
-            value = {"feature": value}      # `input: caption`: another feature's output
+            value = {"feature": value}  # `input: caption`: another feature's output
         if isinstance(value, dict):
             keys = [k for k in value if k in _INPUT_KEYS]
             if len(keys) == 1:
@@ -222,12 +244,16 @@ class FeatureSpec(_Strict):
                 except ValidationError as exc:
                     error = exc.errors()[0]
                     where = ".".join(str(p) for p in error["loc"])
-                    raise ValueError(f"{where}: " + error["msg"].removeprefix("Value error, ") if where
-                                     else error["msg"].removeprefix("Value error, ")) from None
+                    raise ValueError(
+                        f"{where}: " + error["msg"].removeprefix("Value error, ")
+                        if where
+                        else error["msg"].removeprefix("Value error, ")
+                    ) from None
         raise ValueError(
             "input must be {template: '...'} (a text built from columns, e.g. '{title}. {description}'), "
             "{image: COLUMN} (image paths/URIs), {video: COLUMN, frames: 8} (video paths/URIs), "
-            "{audio: COLUMN} (audio or video paths/URIs) or {feature: NAME} (another feature's captions)")
+            "{audio: COLUMN} (audio or video paths/URIs) or {feature: NAME} (another feature's captions)"
+        )
 
     @field_validator("encoder")
     @classmethod
@@ -298,8 +324,10 @@ def template_columns(template: str) -> list[str]:
         if field == "" or field.isdigit():
             raise ValueError(f"template {template!r}: use column names in braces, e.g. {{title}}")
         if "." in field or "[" in field:
-            raise ValueError(f"template {template!r}: {{{field}}} reaches into a column; use plain column "
-                             "names (a list column is joined with '; ')")
+            raise ValueError(
+                f"template {template!r}: {{{field}}} reaches into a column; use plain column "
+                "names (a list column is joined with '; ')"
+            )
         if field not in columns:
             columns.append(field)
     return columns

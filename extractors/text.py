@@ -52,15 +52,16 @@ def cell_text(value: Any, column: str = "", *, nested: bool = False) -> str:
         return value
     if isinstance(value, float) and math.isnan(value):
         return ""
-    if isinstance(value, numbers.Real):      # Python and numpy numbers (and bools)
+    if isinstance(value, numbers.Real):  # Python and numpy numbers (and bools)
         return str(value)
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     if not nested and (isinstance(value, (list, tuple)) or type(value).__name__ == "ndarray"):
         return LIST_SEPARATOR.join(t for t in (cell_text(v, column, nested=True) for v in value) if t)
     what = f"a list holding a {type(value).__name__}" if nested else f"a {type(value).__name__}"
-    raise ItemError("input", f"column {column!r} holds {what}, not text: a template takes strings, numbers "
-                             "or lists of them")
+    raise ItemError(
+        "input", f"column {column!r} holds {what}, not text: a template takes strings, numbers or lists of them"
+    )
 
 
 class TextTemplate:

@@ -55,8 +55,14 @@ TIME_TOLERANCE = 1e-3
 
 # -- which frames ---------------------------------------------------------------------------
 
-def sample_indices(n_frames: int, frames: int, every_seconds: float | None = None,
-                   frame_starts: np.ndarray | None = None, end: float | None = None) -> list[int]:
+
+def sample_indices(
+    n_frames: int,
+    frames: int,
+    every_seconds: float | None = None,
+    frame_starts: np.ndarray | None = None,
+    end: float | None = None,
+) -> list[int]:
     """The frame indices to sample, ascending and without repeats.
 
     Uniform (``every_seconds`` None): the middle frame of each of ``frames`` equal segments,
@@ -94,8 +100,9 @@ def sample_indices(n_frames: int, frames: int, every_seconds: float | None = Non
         raise ValueError("frame_starts must be in presentation order (non-decreasing)")
     if end is None:
         end = starts[-1] + (starts[-1] - starts[-2] if n_frames > 1 else 0.0)
-    chosen = np.flatnonzero(_on_screen_some_time(starts - starts[0], float(end) - starts[0],
-                                                 float(every_seconds))).tolist()
+    chosen = np.flatnonzero(
+        _on_screen_some_time(starts - starts[0], float(end) - starts[0], float(every_seconds))
+    ).tolist()
     if len(chosen) <= frames:
         return chosen
     return [chosen[k] for k in _middles(len(chosen), frames)]
@@ -128,6 +135,7 @@ def _middles(n: int, k: int) -> list[int]:
 
 # -- what the container says, before decoding --------------------------------------------------
 
+
 @dataclass(frozen=True)
 class VideoIndex:
     """The video stream's frames as the container lists them (read without decoding)."""
@@ -159,33 +167,36 @@ def index_video(container, stream, *, max_pixels: int) -> VideoIndex:
     if width <= 0 or height <= 0:
         raise ItemError("decode", f"video stream ({codec}) has no frame size")
     if width * height > max_pixels:
-        raise ItemError("decode", f"video frames too large: {width}x{height} = {width * height:,} pixels "
-                                  f"> max_pixels {max_pixels:,}")
-    packets: list[tuple[int, int, bool, int]] = []   # (pts, dts, keyframe, duration)
-    listed = 0                                       # every packet, discarded ones included
+        raise ItemError(
+            "decode",
+            f"video frames too large: {width}x{height} = {width * height:,} pixels > max_pixels {max_pixels:,}",
+        )
+    packets: list[tuple[int, int, bool, int]] = []  # (pts, dts, keyframe, duration)
+    listed = 0  # every packet, discarded ones included
     try:
         for packet in container.demux(stream):
             if packet.size == 0 and packet.pts is None and packet.dts is None:
-                continue    # PyAV's end-of-stream marker, not a frame
+                continue  # PyAV's end-of-stream marker, not a frame
             listed += 1
             if packet.is_discard:
                 continue
             if packet.pts is None:
-                raise ItemError("decode", f"frame {len(packets)} has no timestamp "
-                                          "(a raw stream without a container?)")
+                raise ItemError("decode", f"frame {len(packets)} has no timestamp (a raw stream without a container?)")
             dts = packet.dts if packet.dts is not None else packet.pts
             packets.append((packet.pts, dts, packet.is_keyframe, packet.duration or 0))
     except ItemError:
         raise
-    except Exception as exc:   # demuxer errors: broken or cut-off container
+    except Exception as exc:  # demuxer errors: broken or cut-off container
         raise ItemError("decode", f"unreadable after frame {len(packets)}: {type(exc).__name__}: {exc}") from None
     if not packets:
         raise ItemError("decode", "video stream has no frames")
-    declared = stream.frames    # 0 when the container does not say (Matroska, MPEG-TS)
+    declared = stream.frames  # 0 when the container does not say (Matroska, MPEG-TS)
     if declared and listed < declared:
         # the index promises frames whose data is not in the file
-        raise ItemError("decode", f"truncated: the container lists {declared} frames but the file holds "
-                                  f"{listed}; frame {listed} is missing")
+        raise ItemError(
+            "decode",
+            f"truncated: the container lists {declared} frames but the file holds {listed}; frame {listed} is missing",
+        )
     packets.sort(key=lambda p: p[0])
     pts = [p[0] for p in packets]
     if len(set(pts)) != len(pts):
@@ -205,10 +216,18 @@ def index_video(container, stream, *, max_pixels: int) -> VideoIndex:
     starts = ticks * num / den
     if packets[-1][3] > 0:
         end = float((int(ticks[-1]) + packets[-1][3]) * num / den)
-    else:   # no duration stored: the last frame lasts as long as the one before
+    else:  # no duration stored: the last frame lasts as long as the one before
         end = float(starts[-1] + (starts[-1] - starts[-2] if len(starts) > 1 else 0.0))
-    return VideoIndex(pts=pts, dts=[p[1] for p in packets], keyframe=keyframe, starts=starts, end=end,
-                      width=width, height=height, codec=codec)
+    return VideoIndex(
+        pts=pts,
+        dts=[p[1] for p in packets],
+        keyframe=keyframe,
+        starts=starts,
+        end=end,
+        width=width,
+        height=height,
+        codec=codec,
+    )
 
 
 # -- decoding -------------------------------------------------------------------------------
@@ -232,8 +251,9 @@ class VideoSample:
     duration: float
 
 
-def read_video_frames(data: bytes, video: VideoInput, *, max_pixels: int,
-                      threads: int = 1) -> tuple[np.ndarray, list[int]]:
+def read_video_frames(
+    data: bytes, video: VideoInput, *, max_pixels: int, threads: int = 1
+) -> tuple[np.ndarray, list[int]]:
     """Decode the sampled frames of a video file's bytes: uint8 [F, H, W, 3] RGB frames,
     turned upright when the container carries a rotation flag (quarter turns), and their
     frame indices (see :func:`sample_indices`).
@@ -261,8 +281,7 @@ def read_video_sample(data: bytes, video: VideoInput, *, max_pixels: int, thread
         sizes = ", ".join(f"{f.shape[1]}x{f.shape[0]} at frame {i}" for i, f in zip(indices, frames))
         raise ItemError("decode", f"frame size changes within the video ({sizes})")
     times = [float(index.starts[i]) for i in indices]
-    return VideoSample(frames=np.stack(frames), indices=indices, times=times,
-                       duration=max(float(index.end), times[-1]))
+    return VideoSample(frames=np.stack(frames), indices=indices, times=times, duration=max(float(index.end), times[-1]))
 
 
 @contextlib.contextmanager
@@ -275,10 +294,12 @@ def _open(data: bytes, threads: int):
     except Exception as exc:
         if data[4:8] == b"ftyp" and b"moov" not in data:
             # an MP4/MOV writer puts the frame index (the moov box) last by default
-            raise ItemError("decode", "an MP4/MOV file without its index (no moov box): truncated, "
-                                      "or its writer never finished") from None
-        raise ItemError("decode", f"not a video file (no known container format): "
-                                  f"{type(exc).__name__}: {exc}") from None
+            raise ItemError(
+                "decode", "an MP4/MOV file without its index (no moov box): truncated, or its writer never finished"
+            ) from None
+        raise ItemError(
+            "decode", f"not a video file (no known container format): {type(exc).__name__}: {exc}"
+        ) from None
     with container:
         form = container.format.name
         if form.endswith("_pipe") or form.startswith("image2"):
@@ -295,8 +316,9 @@ def _open(data: bytes, threads: int):
         yield container, stream
 
 
-def _decode(data: bytes, index: VideoIndex, wanted: list[int], *, max_pixels: int,
-            threads: int) -> dict[int, np.ndarray]:
+def _decode(
+    data: bytes, index: VideoIndex, wanted: list[int], *, max_pixels: int, threads: int
+) -> dict[int, np.ndarray]:
     """Frames ``wanted`` (ascending) as RGB arrays, decoded in runs: a run puts the decoder
     at the keyframe before the next missing frame and decodes forward until the frame after
     that lies behind a later keyframe (the next run goes there) or all are done.
@@ -314,25 +336,27 @@ def _decode(data: bytes, index: VideoIndex, wanted: list[int], *, max_pixels: in
     previous_key = -1
     with contextlib.ExitStack() as stack:
         container, stream = stack.enter_context(_open(data, threads))
-        at_start = True       # freshly opened, nothing decoded yet
+        at_start = True  # freshly opened, nothing decoded yet
         while pending:
             key = index.keyframe[pending[0]]
-            if key <= previous_key:      # cannot happen: a run either advances or raises
+            if key <= previous_key:  # cannot happen: a run either advances or raises
                 raise ItemError("decode", f"frame {pending[0]} of {index.n_frames} could not be reached")
             previous_key = key
             seeks = [] if key == 0 else list(dict.fromkeys([index.pts[key], index.dts[key]]))
             for seek_ts in [*seeks, None]:
                 if seek_ts is not None:
                     _seek(container, stream, seek_ts, pending[0], index.n_frames)
-                elif not at_start:      # from the file's start: a fresh container
+                elif not at_start:  # from the file's start: a fresh container
                     stack.close()
                     container, stream = stack.enter_context(_open(data, threads))
                 at_start = False
                 if _run(container, stream, index, frame_of, pending, out, max_pixels, key=key):
                     break
             else:
-                raise ItemError("decode", f"frame {pending[0]} of {index.n_frames} could not be decoded "
-                                          "(the decoder did not produce it)")
+                raise ItemError(
+                    "decode",
+                    f"frame {pending[0]} of {index.n_frames} could not be decoded (the decoder did not produce it)",
+                )
     return out
 
 
@@ -343,8 +367,17 @@ def _seek(container, stream, ts: int, target: int, n: int) -> None:
         raise ItemError("decode", f"cannot seek to frame {target} of {n}: {type(exc).__name__}: {exc}") from None
 
 
-def _run(container, stream, index: VideoIndex, frame_of: dict[int, int], pending: list[int],
-         out: dict[int, np.ndarray], max_pixels: int, *, key: int) -> bool:
+def _run(
+    container,
+    stream,
+    index: VideoIndex,
+    frame_of: dict[int, int],
+    pending: list[int],
+    out: dict[int, np.ndarray],
+    max_pixels: int,
+    *,
+    key: int,
+) -> bool:
     """Decode forward from where the container is (at or before keyframe ``key``), moving
     frames in ``pending`` to ``out``. True: all done, or the next pending frame lies behind a
     keyframe after both the current frame and ``key``, so a new seek reaches it sooner.
@@ -356,7 +389,7 @@ def _run(container, stream, index: VideoIndex, frame_of: dict[int, int], pending
         for frame in container.decode(stream):
             i = frame_of.get(frame.pts)
             if i is None:
-                continue    # e.g. an open GOP's leading frame whose references the seek skipped
+                continue  # e.g. an open GOP's leading frame whose references the seek skipped
             if first and i > key:
                 return False
             first = False
@@ -370,9 +403,10 @@ def _run(container, stream, index: VideoIndex, frame_of: dict[int, int], pending
                 return False
     except ItemError:
         raise
-    except Exception as exc:    # corrupt data the decoder gives up on
-        raise ItemError("decode", f"frame {pending[0]} of {index.n_frames} could not be decoded: "
-                                  f"{type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # corrupt data the decoder gives up on
+        raise ItemError(
+            "decode", f"frame {pending[0]} of {index.n_frames} could not be decoded: {type(exc).__name__}: {exc}"
+        ) from None
     return False
 
 
@@ -380,8 +414,7 @@ def _to_rgb(frame, i: int, n: int, max_pixels: int) -> np.ndarray:
     if frame.is_corrupt:
         raise ItemError("decode", f"frame {i} of {n} is corrupt")
     if frame.width * frame.height > max_pixels:
-        raise ItemError("decode", f"frame {i} too large: {frame.width}x{frame.height} "
-                                  f"> max_pixels {max_pixels:,}")
+        raise ItemError("decode", f"frame {i} too large: {frame.width}x{frame.height} > max_pixels {max_pixels:,}")
     rgb = frame.to_ndarray(format="rgb24")
     # the display matrix turns the stored picture counter-clockwise by frame.rotation degrees
     # (phones store portrait video as landscape plus a 90 or 270 degree flag)
@@ -392,6 +425,7 @@ def _to_rgb(frame, i: int, n: int, max_pixels: int) -> np.ndarray:
 
 
 # -- frames as pictures -----------------------------------------------------------------------
+
 
 def frame_grid(frames: np.ndarray, *, columns: int | None = None, max_side: int | None = None) -> Image.Image:
     """The frames tiled in one picture, row-major in time order: frame k at row

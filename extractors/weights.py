@@ -75,7 +75,8 @@ def check_loadable(path: str | os.PathLike, what: str) -> None:
         raise ConfigError(
             f"{what} {p} cannot be loaded safely: {type(exc).__name__}: {first}. itemlens loads weights "
             "without running pickled code (safetensors, or torch.load(weights_only=True)); save the state "
-            "dict with safetensors (safetensors.torch.save_file) and point the spec at that file") from None
+            "dict with safetensors (safetensors.torch.save_file) and point the spec at that file"
+        ) from None
     _loadable_cache.add(key)
 
 
@@ -112,12 +113,12 @@ def require_local_path(path: str, what: str) -> Path:
 
 def missing_hub_weights(what: str, repo_id: str, filenames: list[str], revision: str | None) -> WeightsNotFoundError:
     rev = f" at revision {revision!r}" if revision else ""
-    mode = ("HF_HUB_OFFLINE=1, so nothing was downloaded" if hub_offline()
-            else "the download failed")
+    mode = "HF_HUB_OFFLINE=1, so nothing was downloaded" if hub_offline() else "the download failed"
     return WeightsNotFoundError(
         f"{what} not found: looked for {repo_id}{rev} ({' or '.join(filenames)}) in the Hugging Face "
         f"cache {hub_cache_dir()} ({mode}). Fetch the weights on a machine with hub access "
-        f"(or set HF_HOME to a cache that has them), or point the spec at a local copy.")
+        f"(or set HF_HOME to a cache that has them), or point the spec at a local copy."
+    )
 
 
 class ModelFiles:
@@ -133,7 +134,7 @@ class ModelFiles:
         self.model = spec.model
         self.revision = spec.revision
         self.trust_remote_code = spec.trust_remote_code
-        self.what = what                      # e.g. "hf-text model": how messages name it
+        self.what = what  # e.g. "hf-text model": how messages name it
 
     def folder(self) -> Path | None:
         """The local folder, or None for a hub id; a path that does not exist is an error."""
@@ -158,11 +159,18 @@ class ModelFiles:
 
     def options(self) -> dict:
         """``from_pretrained`` keyword arguments: revision, remote code, offline."""
-        return {"revision": self.revision, "trust_remote_code": self.trust_remote_code,
-                "local_files_only": hub_offline()}
+        return {
+            "revision": self.revision,
+            "trust_remote_code": self.trust_remote_code,
+            "local_files_only": hub_offline(),
+        }
 
-    def require(self, *groups: Sequence[str], hub_groups: Sequence[Sequence[str]] | None = None,
-                kind: str = "transformers model") -> None:
+    def require(
+        self,
+        *groups: Sequence[str],
+        hub_groups: Sequence[Sequence[str]] | None = None,
+        kind: str = "transformers model",
+    ) -> None:
         """Raise WeightsNotFoundError unless every group has one of its files: in the folder,
         or (offline) in the hub cache (``hub_groups``, default the same). Never downloads."""
         folder = self.folder()
@@ -170,12 +178,15 @@ class ModelFiles:
             missing = [" or ".join(g) for g in groups if not any((folder / name).is_file() for name in g)]
             if missing:
                 raise WeightsNotFoundError(
-                    f"{folder.resolve()} is not a complete {kind} folder: missing {', '.join(missing)}")
+                    f"{folder.resolve()} is not a complete {kind} folder: missing {', '.join(missing)}"
+                )
         elif hub_offline():
             for names in groups if hub_groups is None else hub_groups:
                 if cached_hub_file(self.model, list(names), self.revision) is None:
                     error = missing_hub_weights(f"{self.what} {self.model!r}", self.model, list(names), self.revision)
-                    raise WeightsNotFoundError(f"{error} (There is no local folder {Path(self.model).resolve()} either.)")
+                    raise WeightsNotFoundError(
+                        f"{error} (There is no local folder {Path(self.model).resolve()} either.)"
+                    )
 
     def load_error(self, exc: Exception, names: Sequence[str]) -> WeightsNotFoundError:
         """What a failed ``from_pretrained`` becomes: where it looked."""

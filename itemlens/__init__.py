@@ -33,8 +33,15 @@ __all__ = sorted(_LAZY) + ["__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from itemlens.errors import (  # noqa: F401
-        CatalogError, ConfigError, ItemlensError, QueryError, StoreError, StoreFormatError,
-        StoreLockedError, UnknownItemsError, WeightsNotFoundError,
+        CatalogError,
+        ConfigError,
+        ItemlensError,
+        QueryError,
+        StoreError,
+        StoreFormatError,
+        StoreLockedError,
+        UnknownItemsError,
+        WeightsNotFoundError,
     )
     from itemlens.store.client import FeatureInfo, Lens, SearchResult, connect, create  # noqa: F401
 

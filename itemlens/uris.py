@@ -33,7 +33,7 @@ class Location:
     """A parsed location: ``scheme`` is ``""`` for a local path (then ``path`` is absolute)."""
 
     scheme: str
-    path: str          # local: an absolute path; remote: the whole URI without credentials
+    path: str  # local: an absolute path; remote: the whole URI without credentials
 
     @property
     def is_local(self) -> bool:
@@ -61,16 +61,20 @@ def parse_location(value: str | os.PathLike, *, what: str = "location", base: st
         host = parts.netloc.rsplit("@", 1)[1]
         raise LocationError(
             f"{what} {scheme}://...@{host}{parts.path} carries credentials; pass them as storage options "
-            "(the config's storage_options) or in the environment instead")
+            "(the config's storage_options) or in the environment instead"
+        )
     if parts.query or parts.fragment:
-        raise LocationError(f"{what} {scheme}://{parts.netloc}{parts.path} has a query string or fragment "
-                            f"({'?' + parts.query if parts.query else '#' + parts.fragment}); give the plain "
-                            "location and pass options separately")
+        raise LocationError(
+            f"{what} {scheme}://{parts.netloc}{parts.path} has a query string or fragment "
+            f"({'?' + parts.query if parts.query else '#' + parts.fragment}); give the plain "
+            "location and pass options separately"
+        )
     if scheme == "file":
         if parts.netloc.lower() not in _LOCAL_HOSTS:
             raise LocationError(
                 f"{what} {text} names the host {parts.netloc!r}: a file: URI must name this machine "
-                "(file:///path or file://localhost/path); mount the other machine's folder and give its path")
+                "(file:///path or file://localhost/path); mount the other machine's folder and give its path"
+            )
         path = unquote(parts.path)
         if not path.startswith("/"):
             raise LocationError(f"{what} {text}: a file: URI needs an absolute path (file:///abs/path)")

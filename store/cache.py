@@ -20,6 +20,8 @@ import pyarrow as pa
 
 #: default bound of a reader's cache (connect(..., cache_bytes=...))
 DEFAULT_CACHE_BYTES = 4 * 1024**3
+
+
 class IdIndex:
     """item_id -> row position: a bucketized hash table probed with numpy gathers.
 
@@ -35,7 +37,7 @@ class IdIndex:
     """
 
     BUCKET = 8
-    MAX_ID_BYTES = 512 * 1024**2        # fixed-width ids beyond this: the dict fallback
+    MAX_ID_BYTES = 512 * 1024**2  # fixed-width ids beyond this: the dict fallback
 
     def __init__(self, ids: pa.Array | pa.ChunkedArray):
         values = ids.to_pylist()
@@ -46,16 +48,16 @@ class IdIndex:
             self._dict = dict(zip(values, itertools.count()))
             return
         self.width = self.words.shape[1] * 8
-        self._rows_as_one = np.dtype((np.void, self.width))   # compare a whole id in one step
+        self._rows_as_one = np.dtype((np.void, self.width))  # compare a whole id in one step
         hashes = _hash_words(self.words)
         buckets = 1 << max(1, int(math.ceil(2 * max(self.size, 1) / self.BUCKET) - 1).bit_length())  # load <= 1/2
         self.mask = np.uint64(buckets - 1)
-        self.table = np.zeros((buckets, 2 * self.BUCKET), np.uint32)   # fingerprints | row + 1 (0: empty)
+        self.table = np.zeros((buckets, 2 * self.BUCKET), np.uint32)  # fingerprints | row + 1 (0: empty)
         fingerprints = _fingerprints(hashes)
         filled = np.zeros(buckets, np.int64)
         pending = np.arange(self.size)
         target = (hashes & self.mask).astype(np.int64)
-        while pending.size:   # fill each bucket in order; what does not fit moves to the next bucket
+        while pending.size:  # fill each bucket in order; what does not fit moves to the next bucket
             pending = pending[np.argsort(target[pending], kind="stable")]
             bucket = target[pending]
             slot = filled[bucket] + np.arange(len(bucket)) - np.searchsorted(bucket, bucket, side="left")
@@ -75,7 +77,7 @@ class IdIndex:
             has_nul = "\x00" in "".join(ids)
         if self._dict is not None:
             return np.fromiter(map(self._dict.get, ids, itertools.repeat(-1)), np.int64, len(ids))
-        query = _fixed_width(ids, None, width=self.width + 8)   # one word more: longer ids cannot match
+        query = _fixed_width(ids, None, width=self.width + 8)  # one word more: longer ids cannot match
         result = np.full(len(ids), -1, np.int64)
         # Stored ids hold no NUL (else the dict is used), and a trailing NUL would vanish in the
         # padding: ids with one are simply unknown.
@@ -92,7 +94,7 @@ class IdIndex:
         B = self.BUCKET
         while pending.size:
             lines = self.table[bucket[pending]]
-            match = lines[:, :B] == fingerprint[pending, None]      # empty slots hold fingerprint 0
+            match = lines[:, :B] == fingerprint[pending, None]  # empty slots hold fingerprint 0
             first = match.argmax(axis=1)
             at = np.arange(len(pending))
             candidate = match[at, first]
@@ -116,7 +118,7 @@ class IdIndex:
     @property
     def nbytes(self) -> int:
         if self._dict is not None:
-            return self.size * 120      # a dict entry with its key object, roughly
+            return self.size * 120  # a dict entry with its key object, roughly
         return self.words.nbytes + self.table.nbytes
 
 
@@ -147,9 +149,9 @@ def _fixed_width(ids: list[str], max_bytes: int | None, width: int | None = None
     """UTF-8 ids as zero-padded 64-bit words [n, width/8]. When sizing a new table (no
     ``width``): None if an id holds a NUL byte (it would be indistinguishable from padding) or
     the matrix would exceed ``max_bytes``."""
-    dtype = f"S{width}" if width else "S"    # a query is cut to width: its extra word stays nonzero
+    dtype = f"S{width}" if width else "S"  # a query is cut to width: its extra word stays nonzero
     try:
-        encoded = np.array(ids, dtype=dtype)      # ASCII, in C: the common case
+        encoded = np.array(ids, dtype=dtype)  # ASCII, in C: the common case
     except UnicodeEncodeError:
         encoded = np.array([str(i).encode() for i in ids], dtype=dtype)
     if width is None:
@@ -165,7 +167,7 @@ def _fixed_width(ids: list[str], max_bytes: int | None, width: int | None = None
 @dataclass
 class CachedTable:
     index: IdIndex
-    values: np.ndarray | None      # [rows, ...] in the stored dtype; None: take rows from Lance
+    values: np.ndarray | None  # [rows, ...] in the stored dtype; None: take rows from Lance
 
     @property
     def nbytes(self) -> int:
@@ -208,7 +210,7 @@ def load_table(dataset, value_column: str, budget: int) -> CachedTable:
     ids = dataset.to_table(columns=["item_id"]).column("item_id")
     index = IdIndex(ids)
     value_type = dataset.schema.field(value_column).type
-    if not pa.types.is_fixed_size_list(value_type):   # captions, per-image lists: one object per row
+    if not pa.types.is_fixed_size_list(value_type):  # captions, per-image lists: one object per row
         values = dataset.to_table(columns=[value_column]).column(value_column).to_pylist()
         objects = np.empty(len(values), dtype=object)
         for i, value in enumerate(values):

@@ -62,21 +62,31 @@ def parse_side(text: str) -> Side:
     raw = text.strip()
     match = _SIDE.match(raw)
     if match is None:
-        hint = ("write NAME@vN for a feature version (text@v2), NAME@sN for the feature in snapshot N "
-                "(text@s5), or both (text@v2@s5)")
+        hint = (
+            "write NAME@vN for a feature version (text@v2), NAME@sN for the feature in snapshot N "
+            "(text@s5), or both (text@v2@s5)"
+        )
         bare = re.match(r"^([A-Za-z][A-Za-z0-9_]*)@([0-9]+)$", raw)
         if bare:
             name, number = bare.groups()
-            raise ConfigError(f"{raw!r} is ambiguous: version v{number} or snapshot {number}? Write {name}@v{number} "
-                              f"for the feature version or {name}@s{number} for snapshot {number}")
+            raise ConfigError(
+                f"{raw!r} is ambiguous: version v{number} or snapshot {number}? Write {name}@v{number} "
+                f"for the feature version or {name}@s{number} for snapshot {number}"
+            )
         raise ConfigError(f"cannot read {raw!r} as a side of a diff: {hint}")
     name, version, snapshot = match.group("name", "version", "snapshot")
     return Side(raw, f"{name}@v{int(version)}" if version else name, int(snapshot) if snapshot else None)
 
 
-def open_sides(uri: str | os.PathLike, a: str, b: str, *, snapshot: int | None = None,
-               storage_options: dict[str, str] | None = None, lens: Lens | None = None
-               ) -> tuple[tuple[Lens, str], tuple[Lens, str]]:
+def open_sides(
+    uri: str | os.PathLike,
+    a: str,
+    b: str,
+    *,
+    snapshot: int | None = None,
+    storage_options: dict[str, str] | None = None,
+    lens: Lens | None = None,
+) -> tuple[tuple[Lens, str], tuple[Lens, str]]:
     """Readers and qualified feature versions (``text@v2``) of two sides. A side without
     ``@sN`` reads ``snapshot`` (default: the latest), or ``lens`` where given (a reader already
     open on it). Refuses what is not a pooled vector feature, and two sides that are one."""
@@ -116,8 +126,9 @@ def feature_info(lens: Lens, feature: str):
     match = [f for f in infos if f.name == name and (f.version == label if label else f.current)]
     if not match:
         known = ", ".join(f.qualified + (" (current)" if f.current else "") for f in infos)
-        raise UnknownFeatureError(f"snapshot {lens.snapshot} of {lens.uri} has no feature {feature!r}; "
-                                  f"it has: {known or 'none'}")
+        raise UnknownFeatureError(
+            f"snapshot {lens.snapshot} of {lens.uri} has no feature {feature!r}; it has: {known or 'none'}"
+        )
     return match[0]
 
 
@@ -137,14 +148,14 @@ def compare_lists(index_a: np.ndarray, index_b: np.ndarray) -> tuple[np.ndarray,
     shared = np.zeros(n, np.int64)
     chunk = max(1, 4_000_000 // max(k * k, 1))
     for start in range(0, n, chunk):
-        a, b = index_a[start:start + chunk], index_b[start:start + chunk]
-        same = (a[:, :, None] == b[:, None, :]) & (a[:, :, None] >= 0)     # [rows, i in a, j in b]
-        in_a = same.any(axis=2)                                             # a's entry i is shared
-        in_b = same.any(axis=1)                                             # b's entry j is shared
+        a, b = index_a[start : start + chunk], index_b[start : start + chunk]
+        same = (a[:, :, None] == b[:, None, :]) & (a[:, :, None] >= 0)  # [rows, i in a, j in b]
+        in_a = same.any(axis=2)  # a's entry i is shared
+        in_b = same.any(axis=1)  # b's entry j is shared
         m = in_a.sum(axis=1)
         union = (a >= 0).sum(axis=1) + (b >= 0).sum(axis=1) - m
         with np.errstate(invalid="ignore", divide="ignore"):
-            jaccard[start:start + len(a)] = np.where(union > 0, m / np.maximum(union, 1), np.nan)
+            jaccard[start : start + len(a)] = np.where(union > 0, m / np.maximum(union, 1), np.nan)
         # ranks among the shared ones: a's entry i is the rank_a[i]-th shared entry of a, and it
         # sits at b's position j = argmax(same[i]), the rank_b[j]-th shared entry of b
         rank_a = np.cumsum(in_a, axis=1)
@@ -153,8 +164,8 @@ def compare_lists(index_a: np.ndarray, index_b: np.ndarray) -> tuple[np.ndarray,
         d = np.where(in_a, rank_a - np.take_along_axis(rank_b, position_b, axis=1), 0)
         with np.errstate(invalid="ignore", divide="ignore"):
             rho = 1.0 - 6.0 * (d.astype(np.float64) ** 2).sum(axis=1) / (m * (m.astype(np.float64) ** 2 - 1))
-        spearman[start:start + len(a)] = np.where(m >= 2, rho, np.nan)
-        shared[start:start + len(a)] = m
+        spearman[start : start + len(a)] = np.where(m >= 2, rho, np.nan)
+        shared[start : start + len(a)] = m
     return jaccard, spearman, shared
 
 
@@ -163,17 +174,17 @@ class DiffResult:
     """Per item of ``ids``: ``jaccard``, ``spearman`` and ``shared`` (see the module), and the two
     neighbour lists (positions into ``pool``, the items both sides have)."""
 
-    a: str                  # "text@v1 (snapshot 3)"
+    a: str  # "text@v1 (snapshot 3)"
     b: str
     k: int
-    pool: list[str]         # items with a vector on both sides: where neighbours were searched
-    rows: np.ndarray        # positions into pool of the items compared (all, or a sample)
+    pool: list[str]  # items with a vector on both sides: where neighbours were searched
+    rows: np.ndarray  # positions into pool of the items compared (all, or a sample)
     neighbours_a: np.ndarray
     neighbours_b: np.ndarray
     jaccard: np.ndarray
     spearman: np.ndarray
     shared: np.ndarray
-    only_a: int             # items with a vector on side A only (left out)
+    only_a: int  # items with a vector on side A only (left out)
     only_b: int
     sampled: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -185,18 +196,29 @@ class DiffResult:
     def summary(self) -> dict[str, Any]:
         """Counts and the distribution of both measures (NaN-free: items without a value are
         counted apart)."""
+
         def stats(values: np.ndarray) -> dict[str, Any]:
             v = values[np.isfinite(values)]
             if not len(v):
                 return {"items": 0}
-            return {"items": int(len(v)), "mean": round(float(v.mean()), 4), "median": round(float(np.median(v)), 4),
-                    "min": round(float(v.min()), 4), "max": round(float(v.max()), 4),
-                    "quantiles": {f"{q:g}": round(float(np.quantile(v, q)), 4) for q in QUANTILES}}
+            return {
+                "items": int(len(v)),
+                "mean": round(float(v.mean()), 4),
+                "median": round(float(np.median(v)), 4),
+                "min": round(float(v.min()), 4),
+                "max": round(float(v.max()), 4),
+                "quantiles": {f"{q:g}": round(float(np.quantile(v, q)), 4) for q in QUANTILES},
+            }
 
         finite = np.isfinite(self.jaccard)
         return {
-            "a": self.a, "b": self.b, "k": self.k, "items_compared": int(len(self.rows)),
-            "items_in_both": len(self.pool), "only_in_a": self.only_a, "only_in_b": self.only_b,
+            "a": self.a,
+            "b": self.b,
+            "k": self.k,
+            "items_compared": int(len(self.rows)),
+            "items_in_both": len(self.pool),
+            "only_in_a": self.only_a,
+            "only_in_b": self.only_b,
             "sampled": self.sampled,
             "jaccard": stats(self.jaccard),
             "identical_sets": int((self.jaccard[finite] == 1.0).sum()),
@@ -210,7 +232,7 @@ class DiffResult:
     def movers(self, n: int = 20) -> list[dict[str, Any]]:
         """The ``n`` items whose neighbourhoods changed most: lowest Jaccard first, then lowest
         rank correlation (undefined counts as lowest), then item id."""
-        jaccard = np.where(np.isfinite(self.jaccard), self.jaccard, 2.0)     # no neighbours at all: last
+        jaccard = np.where(np.isfinite(self.jaccard), self.jaccard, 2.0)  # no neighbours at all: last
         spearman = np.where(np.isfinite(self.spearman), self.spearman, -2.0)
         ids = self.ids
         order = np.lexsort((np.array(ids, dtype=str), spearman, jaccard))[:n]
@@ -218,12 +240,18 @@ class DiffResult:
 
     def row(self, i: int) -> dict[str, Any]:
         """Item ``i`` of the comparison (an index into ``ids``) with its two neighbour lists."""
+
         def names(index: np.ndarray) -> list[str]:
             return [self.pool[j] for j in index if j >= 0]
 
-        return {"item_id": self.pool[self.rows[i]], "jaccard": _number(self.jaccard[i]),
-                "spearman": _number(self.spearman[i]), "shared": int(self.shared[i]),
-                "neighbours_a": names(self.neighbours_a[i]), "neighbours_b": names(self.neighbours_b[i])}
+        return {
+            "item_id": self.pool[self.rows[i]],
+            "jaccard": _number(self.jaccard[i]),
+            "spearman": _number(self.spearman[i]),
+            "shared": int(self.shared[i]),
+            "neighbours_a": names(self.neighbours_a[i]),
+            "neighbours_b": names(self.neighbours_b[i]),
+        }
 
     def histogram_png(self) -> bytes:
         """A PNG: items by Jaccard@k (one bar per possible value), and by rank correlation."""
@@ -234,16 +262,18 @@ class DiffResult:
 
         fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
         counts = np.bincount(self.shared, minlength=self.k + 1)
-        values = [s / (2 * self.k - s) for s in range(self.k + 1)]      # Jaccard of s shared of k and k
+        values = [s / (2 * self.k - s) for s in range(self.k + 1)]  # Jaccard of s shared of k and k
         left.bar(range(self.k + 1), counts, width=0.9)
         step = max(1, (self.k + 1) // 10)
-        left.set_xticks(range(0, self.k + 1, step), [f"{values[s]:.2f}" for s in range(0, self.k + 1, step)],
-                        fontsize=7)
+        left.set_xticks(
+            range(0, self.k + 1, step), [f"{values[s]:.2f}" for s in range(0, self.k + 1, step)], fontsize=7
+        )
         left.set_xlabel(f"Jaccard@{self.k} (shared neighbours 0 .. {self.k})")
         left.set_ylabel("items")
         finite = self.jaccard[np.isfinite(self.jaccard)]
-        left.set_title(f"neighbour overlap: mean {finite.mean():.3f}" if len(finite) else "neighbour overlap",
-                       fontsize=9)
+        left.set_title(
+            f"neighbour overlap: mean {finite.mean():.3f}" if len(finite) else "neighbour overlap", fontsize=9
+        )
         rho = self.spearman[np.isfinite(self.spearman)]
         right.hist(rho, bins=np.linspace(-1, 1, 21))
         right.set_xlabel("Spearman's rho of the shared neighbours")
@@ -288,8 +318,9 @@ def neighbour_lists(x: np.ndarray, k: int, rows: np.ndarray | None = None) -> np
     return index
 
 
-def diff(lens_a: Lens, name_a: str, lens_b: Lens, name_b: str, *, k: int = 10, sample: int | None = None,
-         seed: int = 0) -> DiffResult:
+def diff(
+    lens_a: Lens, name_a: str, lens_b: Lens, name_b: str, *, k: int = 10, sample: int | None = None, seed: int = 0
+) -> DiffResult:
     """Compare feature ``name_a`` read by ``lens_a`` with ``name_b`` read by ``lens_b`` (see the
     module). ``sample``: compare that many items (drawn with ``seed``), each against all the
     items both sides have, instead of every item."""
@@ -313,13 +344,33 @@ def diff(lens_a: Lens, name_a: str, lens_b: Lens, name_b: str, *, k: int = 10, s
     index_a = neighbour_lists(x_a, k, rows)
     index_b = neighbour_lists(x_b, k, rows)
     jaccard, spearman, shared = compare_lists(index_a, index_b)
-    return DiffResult(a=label_a, b=label_b, k=k, pool=pool, rows=np.arange(len(pool)) if rows is None else rows,
-                      neighbours_a=index_a, neighbours_b=index_b, jaccard=jaccard, spearman=spearman, shared=shared,
-                      only_a=only_a, only_b=only_b, sampled=rows is not None)
+    return DiffResult(
+        a=label_a,
+        b=label_b,
+        k=k,
+        pool=pool,
+        rows=np.arange(len(pool)) if rows is None else rows,
+        neighbours_a=index_a,
+        neighbours_b=index_b,
+        jaccard=jaccard,
+        spearman=spearman,
+        shared=shared,
+        only_a=only_a,
+        only_b=only_b,
+        sampled=rows is not None,
+    )
 
 
-def diff_store(uri: str | os.PathLike, a: str, b: str, *, k: int = 10, snapshot: int | None = None,
-               sample: int | None = None, storage_options: dict[str, str] | None = None) -> DiffResult:
+def diff_store(
+    uri: str | os.PathLike,
+    a: str,
+    b: str,
+    *,
+    k: int = 10,
+    snapshot: int | None = None,
+    sample: int | None = None,
+    storage_options: dict[str, str] | None = None,
+) -> DiffResult:
     """:func:`diff` of two sides written as text (see :func:`parse_side`)."""
     (lens_a, name_a), (lens_b, name_b) = open_sides(uri, a, b, snapshot=snapshot, storage_options=storage_options)
     return diff(lens_a, name_a, lens_b, name_b, k=k, sample=sample)

@@ -29,7 +29,7 @@ def default_params(kind: str, rows: int, dim: int) -> dict[str, Any]:
     params: dict[str, Any] = {"num_partitions": max(1, round(math.sqrt(rows)))}
     if kind == "IVF_PQ":
         params["num_sub_vectors"] = _sub_vectors(dim)
-    else:   # HNSW inside each partition: fewer, larger partitions
+    else:  # HNSW inside each partition: fewer, larger partitions
         params["num_partitions"] = max(1, round(math.sqrt(rows) / 8))
     return params
 
@@ -67,8 +67,13 @@ def build(dataset, kind: str, overrides: dict[str, Any] | None = None) -> dict[s
     start = time.perf_counter()
     dataset.create_index("vector", index_type=kind, metric="cosine", replace=True, **params)
     seconds = time.perf_counter() - start
-    return {"kind": kind, "params": params, "rows": rows, "build_seconds": round(seconds, 2),
-            "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return {
+        "kind": kind,
+        "params": params,
+        "rows": rows,
+        "build_seconds": round(seconds, 2),
+        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def recall_at_k(dataset, kind: str, k: int = 10, queries: int = RECALL_QUERIES, seed: int = 0) -> float:
@@ -84,7 +89,9 @@ def recall_at_k(dataset, kind: str, k: int = 10, queries: int = RECALL_QUERIES, 
     for q in vectors:
         nearest = {"column": "vector", "q": q, "k": k, "metric": "cosine"}
         refine = refine_factor(kind, k)
-        approx = dataset.to_table(columns=["item_id"], nearest={**nearest, **({"refine_factor": refine} if refine else {})})
+        approx = dataset.to_table(
+            columns=["item_id"], nearest={**nearest, **({"refine_factor": refine} if refine else {})}
+        )
         approx = approx.column("item_id").to_pylist()
         exact = dataset.to_table(columns=["item_id"], nearest={**nearest, "use_index": False})
         hits += len(set(approx) & set(exact.column("item_id").to_pylist()))

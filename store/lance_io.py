@@ -31,7 +31,7 @@ def open_dataset(uri: str, version: int | None = None, storage_options: dict | N
         if "not found" in str(exc).lower():
             if version is None:
                 return None
-            raise               # a version that is gone (pruned): the reader says which snapshot
+            raise  # a version that is gone (pruned): the reader says which snapshot
         # unreachable object storage, permissions, a corrupt manifest: one message, not a traceback
         from itemlens.errors import StoreError
 
@@ -48,13 +48,13 @@ def write_fragments(table: pa.Table, uri: str, storage_options: dict | None = No
 
     if table.num_rows == 0:
         return []
-    fragments = _write(table, uri, schema=table.schema, max_rows_per_file=MAX_ROWS_PER_FILE,
-                       storage_options=storage_options)
+    fragments = _write(
+        table, uri, schema=table.schema, max_rows_per_file=MAX_ROWS_PER_FILE, storage_options=storage_options
+    )
     return [json.dumps(f.to_json()) for f in fragments]
 
 
-def commit_fragments(uri: str, fragments: Sequence[str], schema: pa.Schema,
-                     storage_options: dict | None = None):
+def commit_fragments(uri: str, fragments: Sequence[str], schema: pa.Schema, storage_options: dict | None = None):
     """Commit fragments written by :func:`write_fragments` in one transaction (creating the
     dataset with ``schema`` if it does not exist yet). Returns the dataset."""
     import lance
@@ -74,8 +74,7 @@ def commit_fragments(uri: str, fragments: Sequence[str], schema: pa.Schema,
 def create_empty(uri: str, schema: pa.Schema, storage_options: dict | None = None):
     import lance
 
-    return lance.write_dataset(schema.empty_table(), uri, schema=schema, mode="create",
-                               storage_options=storage_options)
+    return lance.write_dataset(schema.empty_table(), uri, schema=schema, mode="create", storage_options=storage_options)
 
 
 def remove_tree(uri: str, storage_options: dict | None = None) -> None:

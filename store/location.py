@@ -59,12 +59,22 @@ class StoreLocation:
 #: prefixes optional) -> the fsspec implementation's keyword. Unlisted keys are Lance's alone;
 #: fsspec then falls back to the environment, as Lance does.
 _FSSPEC_KEYS = {
-    "s3": {"access_key_id": "key", "secret_access_key": "secret", "session_token": "token",
-           "endpoint": "client_kwargs.endpoint_url", "endpoint_url": "client_kwargs.endpoint_url",
-           "region": "client_kwargs.region_name"},
+    "s3": {
+        "access_key_id": "key",
+        "secret_access_key": "secret",
+        "session_token": "token",
+        "endpoint": "client_kwargs.endpoint_url",
+        "endpoint_url": "client_kwargs.endpoint_url",
+        "region": "client_kwargs.region_name",
+    },
     "gs": {"service_account": "token", "service_account_path": "token", "application_credentials": "token"},
-    "az": {"storage_account_name": "account_name", "account_name": "account_name",
-           "storage_account_key": "account_key", "account_key": "account_key", "storage_sas_token": "sas_token"},
+    "az": {
+        "storage_account_name": "account_name",
+        "account_name": "account_name",
+        "storage_account_key": "account_key",
+        "account_key": "account_key",
+        "storage_sas_token": "sas_token",
+    },
 }
 _FSSPEC_KEYS["gcs"] = _FSSPEC_KEYS["gs"]
 _FSSPEC_KEYS["abfs"] = _FSSPEC_KEYS["az"]

@@ -38,7 +38,7 @@ from itemlens.store.location import StoreLocation
 LEASE_SECONDS = float(os.environ.get("ITEMLENS_LOCK_LEASE_SECONDS", 60))
 
 
-def WriterLock(location: StoreLocation):   # noqa: N802 - a factory standing in for the class it returns
+def WriterLock(location: StoreLocation):  # noqa: N802 - a factory standing in for the class it returns
     """The lock for this store: a local file lock, or an object-storage lease."""
     return LocalLock(location) if location.is_local else ObjectStoreLock(location)
 
@@ -55,15 +55,15 @@ def _holder(command: str | None) -> dict:
 def _describe(info: dict) -> str:
     if not info:
         return "holder unknown"
-    return (f"pid {info.get('pid')} on {info.get('host')} since {info.get('since')} "
-            f"({info.get('command', '')})")
+    return f"pid {info.get('pid')} on {info.get('host')} since {info.get('since')} ({info.get('command', '')})"
 
 
 def _locked_error(location: StoreLocation, holder: str, wait: float, extra: str = "") -> StoreLockedError:
     waited = f" after waiting {wait:g} s" if wait > 0 else ""
     return StoreLockedError(
         f"store {location.uri} is being written by another itemlens process{waited}: {holder}.{extra} "
-        "Wait for it to finish, or pass --wait-for-lock SECONDS (lock_wait= in Python) to wait.")
+        "Wait for it to finish, or pass --wait-for-lock SECONDS (lock_wait= in Python) to wait."
+    )
 
 
 class _LockBase:
@@ -135,7 +135,7 @@ def _read_holder(fd: int) -> str:
 class ObjectStoreLock(_LockBase):
     """A lease object at ``<store>/_itemlens_writer.lock`` (see the module docstring)."""
 
-    _probed: set[str] = set()           # servers (per scheme and endpoint) seen to honour conditional writes
+    _probed: set[str] = set()  # servers (per scheme and endpoint) seen to honour conditional writes
 
     def __init__(self, location: StoreLocation, lease_seconds: float | None = None):
         self.location = location
@@ -159,8 +159,9 @@ class ObjectStoreLock(_LockBase):
         try:
             if self._s3:
                 bucket, key = self.path.split("/", 1)
-                self._etag = self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=self._payload(),
-                                             IfNoneMatch="*")["ETag"]
+                self._etag = self.fs.call_s3(
+                    "put_object", Bucket=bucket, Key=key, Body=self._payload(), IfNoneMatch="*"
+                )["ETag"]
             else:
                 self.fs.pipe_file(self.path, self._payload(), mode="create")
             return True
@@ -172,8 +173,9 @@ class ObjectStoreLock(_LockBase):
         try:
             if self._s3:
                 bucket, key = self.path.split("/", 1)
-                self._etag = self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=self._payload(),
-                                             IfMatch=etag)["ETag"]
+                self._etag = self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=self._payload(), IfMatch=etag)[
+                    "ETag"
+                ]
                 return True
             # Without compare-and-swap (fsspec has no portable one): delete and create. Two writers
             # taking over one stale lock at the same instant could both pass; documented.
@@ -208,7 +210,7 @@ class ObjectStoreLock(_LockBase):
         try:
             info = json.loads(data or b"{}")
         except ValueError:
-            info = {}             # a torn or foreign object: treated as a lease that ran out long ago
+            info = {}  # a torn or foreign object: treated as a lease that ran out long ago
         return (info if isinstance(info, dict) else {}), etag
 
     # -- the lock --------------------------------------------------------------------------------
@@ -220,16 +222,19 @@ class ObjectStoreLock(_LockBase):
                 break
             info, etag = self._read()
             if info is None:
-                continue                     # released between our create and read: try again
+                continue  # released between our create and read: try again
             age = time.time() - float(info.get("renewed", 0))
             if age > float(info.get("lease_seconds", self.lease)) and self._replace(etag):
-                break                        # its holder stopped renewing: a dead writer's lease
+                break  # its holder stopped renewing: a dead writer's lease
             if time.monotonic() >= deadline:
                 expires = max(float(info.get("lease_seconds", self.lease)) - age, 0)
                 raise _locked_error(
-                    self.location, _describe(info), wait,
+                    self.location,
+                    _describe(info),
+                    wait,
                     f" (its lease on object storage runs out {expires:.0f} s after its last renewal if that "
-                    "process is gone)")
+                    "process is gone)",
+                )
             time.sleep(min(1.0, max(deadline - time.monotonic(), 0.05)))
         self._probe()
         self._thread = threading.Thread(target=self._heartbeat, name="itemlens-lock-heartbeat", daemon=True)
@@ -239,17 +244,19 @@ class ObjectStoreLock(_LockBase):
     def _probe(self) -> None:
         """Refuse a server that ignores put-if-absent: neither Lance's commits nor this lock hold there."""
         endpoint = (getattr(self.fs, "client_kwargs", None) or {}).get("endpoint_url") or os.environ.get(
-            "AWS_ENDPOINT_URL", "")
+            "AWS_ENDPOINT_URL", ""
+        )
         key = f"{type(self.fs).__name__}:{endpoint}:{self.path.split('/', 1)[0]}"
         if key in self._probed:
             return
-        if self._create():                  # must fail: we hold the object
+        if self._create():  # must fail: we hold the object
             self.fs.rm_file(self.path)
             raise StoreError(
                 f"the object store behind {self.location.uri} ignored a conditional write (If-None-Match: *). "
                 "Lance's commits and the itemlens writer lock rely on it, so writing there is unsafe; "
                 "use AWS S3, GCS, Azure, MinIO or another server that honours conditional writes "
-                "(cluster/README.md, 'Where the store lives')")
+                "(cluster/README.md, 'Where the store lives')"
+            )
         self._probed.add(key)
 
     def _heartbeat(self) -> None:
@@ -266,7 +273,7 @@ class ObjectStoreLock(_LockBase):
                         self._lost = "another writer took over this store's lock (its lease had run out)"
                         return
                     self.fs.pipe_file(self.path, self._payload())
-            except Exception as e:           # a transient error: the lease still has 3/4 of its time
+            except Exception as e:  # a transient error: the lease still has 3/4 of its time
                 sys.stderr.write(f"itemlens: renewing the store lock failed ({type(e).__name__}); retrying\n")
 
     def check(self) -> None:

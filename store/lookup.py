@@ -24,9 +24,9 @@ def _open_pinned(uri: str, version: int | None, options: tuple):
 
 @dataclass(frozen=True)
 class StoredHashes:
-    feature_uri: str | None          # None: no stored values for this version yet
+    feature_uri: str | None  # None: no stored values for this version yet
     feature_version: int | None
-    errors_uri: str | None           # None: no errors rows to compare with (or errors are retried)
+    errors_uri: str | None  # None: no errors rows to compare with (or errors are retried)
     errors_version: int | None
     fingerprint: str
     storage_options: dict[str, str] | None = None
@@ -74,7 +74,7 @@ class StoredValues:
     table version pinned when the job read it: how a feature with ``input: {feature: NAME}``
     gets its texts, batch by batch, in the workers."""
 
-    feature_uri: str | None          # None: the feature has no stored values
+    feature_uri: str | None  # None: the feature has no stored values
     feature_version: int | None
     column: str
     storage_options: dict[str, str] | None = None
@@ -82,7 +82,8 @@ class StoredValues:
     def lookup(self, ids: list[str]) -> dict[str, str]:
         if not ids or self.feature_uri is None:
             return {}
-        dataset = _open_pinned(self.feature_uri, self.feature_version,
-                               tuple(sorted((self.storage_options or {}).items())))
+        dataset = _open_pinned(
+            self.feature_uri, self.feature_version, tuple(sorted((self.storage_options or {}).items()))
+        )
         table = dataset.to_table(columns=["item_id", self.column], filter=lance_io.isin_filter("item_id", ids))
         return {k: v for k, v in zip(table.column(0).to_pylist(), table.column(1).to_pylist()) if v is not None}

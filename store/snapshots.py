@@ -26,18 +26,18 @@ class FeatureVersion(BaseModel):
     """One version of a feature: a spec (fingerprint) and the table holding its rows."""
 
     name: str
-    label: str                      # "v1", "v2", ... in order of creation
+    label: str  # "v1", "v2", ... in order of creation
     fingerprint: str
     table: str
     spec: dict[str, Any]
-    kind: str = "vector"            # "vector" or "caption"
-    dim: int | None = None          # None until the first vector is stored (and for captions)
+    kind: str = "vector"  # "vector" or "caption"
+    dim: int | None = None  # None until the first vector is stored (and for captions)
     dtype: str = "float32"
     pooling: str = "mean"
-    index: dict[str, Any] | None = None   # vector index: kind, params, rows, recall_at_10
-    count: int = 0                  # items with a value
-    errors: int = 0                 # items whose input failed (an errors row)
-    absent: int = 0                 # items without such an input (an errors row of stage "absent")
+    index: dict[str, Any] | None = None  # vector index: kind, params, rows, recall_at_10
+    count: int = 0  # items with a value
+    errors: int = 0  # items whose input failed (an errors row)
+    absent: int = 0  # items without such an input (an errors row of stage "absent")
     encoder: dict[str, Any] = Field(default_factory=dict)
     created_at: str
 
@@ -47,7 +47,7 @@ class FeatureVersion(BaseModel):
 
 
 class FeatureEntry(BaseModel):
-    current: str                    # label of the version the config now specifies
+    current: str  # label of the version the config now specifies
     versions: dict[str, FeatureVersion]
 
     def by_fingerprint(self, fingerprint: str) -> FeatureVersion | None:
@@ -62,15 +62,15 @@ class SemanticIdVersion(BaseModel):
 
     name: str
     label: str
-    fingerprint: str                # the spec and its input feature versions
-    table: str                      # codes: one active row per item, plus retired tuples
-    quantizer_table: str            # weights (safetensors) and the code-usage plot
+    fingerprint: str  # the spec and its input feature versions
+    table: str  # codes: one active row per item, plus retired tuples
+    quantizer_table: str  # weights (safetensors) and the code-usage plot
     spec: dict[str, Any]
-    inputs: dict[str, str]          # input feature -> its qualified version ("text@v2")
+    inputs: dict[str, str]  # input feature -> its qualified version ("text@v2")
     input_dim: int
-    width: int                      # codes per item: levels (+1 with the suffix)
-    count: int = 0                  # items with an ID
-    retired: int = 0                # tuples retired (changed or deleted items), never reused
+    width: int  # codes per item: levels (+1 with the suffix)
+    count: int = 0  # items with an ID
+    retired: int = 0  # tuples retired (changed or deleted items), never reused
     metrics: dict[str, Any] = Field(default_factory=dict)
     created_at: str
     refreshed_at: str = ""
@@ -93,11 +93,11 @@ class GraphVersion(BaseModel):
 
     name: str
     label: str
-    fingerprint: str                # k, self-loops, method and the input feature versions
+    fingerprint: str  # k, self-loops, method and the input feature versions
     table: str
-    spec: dict[str, Any]            # the definition as last built (preset and weights apply when read)
+    spec: dict[str, Any]  # the definition as last built (preset and weights apply when read)
     inputs: dict[str, str]
-    count: int = 0                  # items with a list
+    count: int = 0  # items with a list
     stats: dict[str, Any] = Field(default_factory=dict)
     created_at: str
     refreshed_at: str = ""
@@ -119,7 +119,7 @@ class SnapshotDoc(BaseModel):
     snapshot_id: int = 0
     created_at: str = ""
     format_version: int = FORMAT_VERSION
-    tables: dict[str, int] = Field(default_factory=dict)   # table name -> Lance version
+    tables: dict[str, int] = Field(default_factory=dict)  # table name -> Lance version
     features: dict[str, FeatureEntry] = Field(default_factory=dict)
     semantic_ids: dict[str, SemanticIdEntry] = Field(default_factory=dict)
     graphs: dict[str, GraphEntry] = Field(default_factory=dict)
@@ -134,14 +134,12 @@ class SnapshotDoc(BaseModel):
             return None
         return entry.versions.get(label or entry.current)
 
-
     def semantic_id_version(self, name: str) -> SemanticIdVersion | None:
         base, _, label = name.partition("@")
         entry = self.semantic_ids.get(base)
         if entry is None:
             return None
         return entry.versions.get(label or entry.current)
-
 
     def graph_version(self, name: str) -> GraphVersion | None:
         base, _, label = name.partition("@")
@@ -155,8 +153,9 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def read_doc(location: StoreLocation, snapshot_id: int | None = None,
-             snapshots_version: int | None = None) -> SnapshotDoc | None:
+def read_doc(
+    location: StoreLocation, snapshot_id: int | None = None, snapshots_version: int | None = None
+) -> SnapshotDoc | None:
     """The latest (or a given) snapshot's document; None if the store has none yet."""
     ds = lance_io.open_dataset(location.table_uri(SNAPSHOTS_TABLE), snapshots_version, location.options())
     if ds is None:
@@ -171,12 +170,14 @@ def read_doc(location: StoreLocation, snapshot_id: int | None = None,
         known = list_snapshots(location)
         raise SnapshotNotFoundError(
             f"store {location.uri} has no snapshot {snapshot_id} (never published, or pruned); it has "
-            f"{', '.join(str(s['snapshot_id']) for s in known[-10:]) or 'none'}")
+            f"{', '.join(str(s['snapshot_id']) for s in known[-10:]) or 'none'}"
+        )
     doc = SnapshotDoc.model_validate_json(table.column("doc")[0].as_py())
     if doc.format_version > FORMAT_VERSION:
         raise StoreFormatError(
             f"snapshot {snapshot_id} of {location.uri} was written in store format {doc.format_version}; "
-            f"this itemlens reads format {FORMAT_VERSION}: upgrade itemlens")
+            f"this itemlens reads format {FORMAT_VERSION}: upgrade itemlens"
+        )
     return doc
 
 
@@ -193,7 +194,7 @@ def pinned_snapshots(location: StoreLocation) -> list[int]:
     ds = lance_io.open_dataset(location.table_uri(ITEMS_TABLE), storage_options=location.options())
     if ds is None:
         return []
-    return sorted(int(tag[len(PIN_PREFIX):]) for tag in ds.tags.list() if tag.startswith(PIN_PREFIX))
+    return sorted(int(tag[len(PIN_PREFIX) :]) for tag in ds.tags.list() if tag.startswith(PIN_PREFIX))
 
 
 def list_snapshots(location: StoreLocation) -> list[dict[str, Any]]:
@@ -205,16 +206,18 @@ def list_snapshots(location: StoreLocation) -> list[dict[str, Any]]:
     out = []
     for row in sorted(rows, key=lambda r: r["snapshot_id"]):
         doc = json.loads(row["doc"])
-        out.append({
-            "snapshot_id": row["snapshot_id"],
-            "created_at": row["created_at"],
-            "features": {name: e["current"] for name, e in doc.get("features", {}).items()},
-            "semantic_ids": {name: e["current"] for name, e in doc.get("semantic_ids", {}).items()},
-            "graphs": {name: e["current"] for name, e in doc.get("graphs", {}).items()},
-            "items": doc.get("catalog", {}).get("items"),
-            "summary": doc.get("report", {}).get("summary", ""),
-            "pinned": row["snapshot_id"] in pinned,
-        })
+        out.append(
+            {
+                "snapshot_id": row["snapshot_id"],
+                "created_at": row["created_at"],
+                "features": {name: e["current"] for name, e in doc.get("features", {}).items()},
+                "semantic_ids": {name: e["current"] for name, e in doc.get("semantic_ids", {}).items()},
+                "graphs": {name: e["current"] for name, e in doc.get("graphs", {}).items()},
+                "items": doc.get("catalog", {}).get("items"),
+                "summary": doc.get("report", {}).get("summary", ""),
+                "pinned": row["snapshot_id"] in pinned,
+            }
+        )
     return out
 
 
@@ -222,10 +225,11 @@ def append_doc(location: StoreLocation, doc: SnapshotDoc) -> None:
     """Publish: one atomic Lance append to the snapshots table."""
     import lance
 
-    row = pa.table({
-        "snapshot_id": pa.array([doc.snapshot_id], pa.int64()),
-        "created_at": pa.array([datetime.fromisoformat(doc.created_at)], TIMESTAMP),
-        "doc": pa.array([doc.model_dump_json()], pa.string()),
-    })
-    lance.write_dataset(row, location.table_uri(SNAPSHOTS_TABLE), mode="append",
-                        storage_options=location.options())
+    row = pa.table(
+        {
+            "snapshot_id": pa.array([doc.snapshot_id], pa.int64()),
+            "created_at": pa.array([datetime.fromisoformat(doc.created_at)], TIMESTAMP),
+            "doc": pa.array([doc.model_dump_json()], pa.string()),
+        }
+    )
+    lance.write_dataset(row, location.table_uri(SNAPSHOTS_TABLE), mode="append", storage_options=location.options())

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-from itemlens.store.layout import ITEMS_TABLE
 
 from itemlens.errors import ConfigError
+from itemlens.store.layout import ITEMS_TABLE
 
 if TYPE_CHECKING:  # pragma: no cover
     from itemlens.store.snapshots import FeatureVersion
@@ -77,6 +77,7 @@ def items_in_order(writer: StoreWriter) -> pa.Table:
 
 # -- where each item's row is ------------------------------------------------------------------
 
+
 def join_item_indexes(table: TableSource, items: TableSource) -> tuple[np.ndarray, np.ndarray]:
     """(row address, item index) of every row of ``table`` (a table keyed by item_id), sorted by
     item index; rows whose id the items table lacks are left out. Holds both tables' ids: run it
@@ -102,19 +103,22 @@ class FeatureRows:
     source: TableSource | None
     dim: int
     dtype: str
-    item_index: np.ndarray          # [rows] int64, ascending
-    address: np.ndarray             # [rows] int64
+    item_index: np.ndarray  # [rows] int64, ascending
+    address: np.ndarray  # [rows] int64
 
     def __len__(self) -> int:
         return len(self.item_index)
 
 
-def feature_rows(writer: StoreWriter, version: FeatureVersion, table_version: int | None,
-                 runner: Runner) -> FeatureRows:
+def feature_rows(
+    writer: StoreWriter, version: FeatureVersion, table_version: int | None, runner: Runner
+) -> FeatureRows:
     """Where the vectors of one pooled vector feature are (the id join runs on ``runner``)."""
     if version.kind != "vector" or version.pooling != "mean":
-        raise ConfigError(f"semantic IDs and graphs take pooled vector features; {version.qualified} holds "
-                          f"{version.kind}s per {version.pooling}")
+        raise ConfigError(
+            f"semantic IDs and graphs take pooled vector features; {version.qualified} holds "
+            f"{version.kind}s per {version.pooling}"
+        )
     source = table_source(writer, version.table, table_version)
     if source is None:
         return FeatureRows(None, int(version.dim or 0), version.dtype, np.zeros(0, np.int64), np.zeros(0, np.int64))
@@ -132,6 +136,7 @@ def aligned_rows(parts: list[FeatureRows]) -> tuple[np.ndarray, list[np.ndarray]
 
 
 # -- reading blocks ---------------------------------------------------------------------------
+
 
 def read_block(source: TableSource, address: np.ndarray, columns: list[str]) -> pa.Table:
     """Rows at ``address`` (any order, repeats allowed) of ``source``, in that order."""
@@ -161,17 +166,21 @@ def blocks(n: int, size: int = BLOCK_ITEMS) -> list[slice]:
     return [slice(start, min(n, start + size)) for start in range(0, n, size)]
 
 
-def read_vectors(writer: StoreWriter, version: FeatureVersion, table_version: int | None,
-                 item_ids: pa.Array) -> tuple[np.ndarray, np.ndarray, pa.Array]:
+def read_vectors(
+    writer: StoreWriter, version: FeatureVersion, table_version: int | None, item_ids: pa.Array
+) -> tuple[np.ndarray, np.ndarray, pa.Array]:
     """One pooled vector feature aligned to ``item_ids``, read whole: (present [n] bool, vectors
     [n, d] float32, zero where absent, the input hashes, null where absent). For small stores
     and the exact graph's refresh; derived passes over large stores read blocks instead."""
     import pyarrow.compute as pc
+
     from itemlens.store import lance_io
 
     if version.kind != "vector" or version.pooling != "mean":
-        raise ConfigError(f"semantic IDs and graphs take pooled vector features; {version.qualified} holds "
-                          f"{version.kind}s per {version.pooling}")
+        raise ConfigError(
+            f"semantic IDs and graphs take pooled vector features; {version.qualified} holds "
+            f"{version.kind}s per {version.pooling}"
+        )
     n = len(item_ids)
     dataset = lance_io.open_dataset(writer.location.table_uri(version.table), table_version, writer.location.options())
     if dataset is None:
@@ -193,6 +202,7 @@ def read_vectors(writer: StoreWriter, version: FeatureVersion, table_version: in
 
 
 # -- who runs the blocks ----------------------------------------------------------------------
+
 
 class Runner:
     """Runs a derived pass's work: ``call`` one function, ``map`` a function over blocks

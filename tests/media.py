@@ -17,10 +17,11 @@ REAL_JPEG = sorted((EXAMPLE_CATALOG.parent / "images").rglob("*.jpg"))[0]
 
 def png_bomb(width: int = 40_000, height: int = 40_000) -> bytes:
     """A valid PNG header claiming a huge image (a decompression bomb), with little data."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)   # 1-bit greyscale
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
     row = b"\x00" + b"\x00" * ((width + 7) // 8)
     data = zlib.compress(row * 16)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
@@ -37,7 +38,7 @@ def write_bad_images(folder: Path) -> dict[str, str]:
         "zero_bytes": ("empty.jpg", b""),
         "bomb": ("bomb.png", png_bomb()),
     }
-    for name, (filename, data) in files.items():
+    for filename, data in files.values():
         (folder / filename).write_bytes(data)
     base = Image.open(REAL_JPEG).convert("RGB").resize((96, 80))
     base.convert("CMYK").save(folder / "cmyk.jpg")
@@ -46,11 +47,16 @@ def write_bad_images(folder: Path) -> dict[str, str]:
     palette = base.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
     palette.info["transparency"] = 0
     palette.save(folder / "palette_alpha.png", transparency=0)
-    rgba = Image.new("RGBA", (50, 40), (255, 0, 0, 0))   # fully transparent red
+    rgba = Image.new("RGBA", (50, 40), (255, 0, 0, 0))  # fully transparent red
     rgba.save(folder / "transparent.png")
     out = {name: filename for name, (filename, _) in files.items()}
-    out.update(cmyk="cmyk.jpg", gray16="gray16.png", palette_alpha="palette_alpha.png",
-               transparent="transparent.png", missing="does-not-exist.jpg")
+    out.update(
+        cmyk="cmyk.jpg",
+        gray16="gray16.png",
+        palette_alpha="palette_alpha.png",
+        transparent="transparent.png",
+        missing="does-not-exist.jpg",
+    )
     return out
 
 

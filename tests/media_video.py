@@ -18,16 +18,16 @@ from .conftest import EXAMPLE_CATALOG
 
 #: frame numbers up to 2**BITS - 1 can be drawn
 BITS = 12
-GRID = (3, 4)          # rows x columns of bit blocks; rows * columns == BITS
-ONE = (230, 20, 20)    # red: bit set
-ZERO = (20, 20, 230)   # blue: bit clear
+GRID = (3, 4)  # rows x columns of bit blocks; rows * columns == BITS
+ONE = (230, 20, 20)  # red: bit set
+ZERO = (20, 20, 230)  # blue: bit clear
 #: a real JPEG, the "image file named .mp4" bad input
 REAL_JPEG = EXAMPLE_CATALOG.parent / "images" / "B074M5HPBD" / "9ea6992d.jpg"
 
 
 def frame_pixels(k: int, width: int, height: int) -> np.ndarray:
     """uint8 [height, width, 3] RGB picture of frame number ``k``."""
-    if not 0 <= k < 2 ** BITS:
+    if not 0 <= k < 2**BITS:
         raise ValueError(f"frame number {k} does not fit in {BITS} bits")
     rows, cols = GRID
     picture = np.empty((height, width, 3), np.uint8)
@@ -76,9 +76,20 @@ def vfr_starts_ms(n_frames: int, fps: float) -> list[int]:
     return starts
 
 
-def write_video(path: str | Path, *, n_frames: int = 30, width: int = 64, height: int = 48,
-                fps: int = 10, vfr: bool = False, audio: bool = False, codec: str = "libx264",
-                faststart: bool = False, gop: int | None = None, rotation: int = 0) -> Path:
+def write_video(
+    path: str | Path,
+    *,
+    n_frames: int = 30,
+    width: int = 64,
+    height: int = 48,
+    fps: int = 10,
+    vfr: bool = False,
+    audio: bool = False,
+    codec: str = "libx264",
+    faststart: bool = False,
+    gop: int | None = None,
+    rotation: int = 0,
+) -> Path:
     """Write a video whose frame ``k`` shows the number ``k`` (see :func:`frame_number`).
 
     * ``libx264``: near-lossless in yuv444p, which also allows odd sizes (x264 needs even
@@ -113,7 +124,7 @@ def write_video(path: str | Path, *, n_frames: int = 30, width: int = 64, height
         else:
             stream.pix_fmt = "yuv420p"
             if codec == "mpeg4":
-                stream.codec_context.qmax = 2       # near-lossless for the colour blocks
+                stream.codec_context.qmax = 2  # near-lossless for the colour blocks
             if codec == "libx265":
                 options = {"x265-params": "log-level=error"}
         if gop is not None:
@@ -154,7 +165,7 @@ def _write_tone(container, stream, seconds: float, hz: float = 440.0) -> None:
 
     rate = stream.rate
     total = int(seconds * rate)
-    chunk = 1024          # AAC frame size
+    chunk = 1024  # AAC frame size
     for start in range(0, total, chunk):
         t = np.arange(start, min(start + chunk, total)) / rate
         samples = (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32)[None, :]
@@ -228,14 +239,14 @@ def unfinished_avi(path: str | Path, *, n_frames: int = 60, keep_frames: int = 1
     segmentation fault on it)."""
     data = bytearray(video_bytes(n_frames=n_frames, codec="mpeg4", gop=10, suffix=".avi"))
     avih = data.index(b"avih")
-    data[avih + 8 + 16: avih + 8 + 20] = bytes(4)    # MainAVIHeader.dwTotalFrames
+    data[avih + 8 + 16 : avih + 8 + 20] = bytes(4)  # MainAVIHeader.dwTotalFrames
     strh = data.index(b"strh")
-    data[strh + 8 + 32: strh + 8 + 36] = bytes(4)    # AVIStreamHeader.dwLength
+    data[strh + 8 + 32 : strh + 8 + 36] = bytes(4)  # AVIStreamHeader.dwLength
     # walk the chunks of the 'movi' list: id (4 bytes), size (4, little-endian), data (even)
     pos, frames = data.index(b"movi") + 4, 0
     while frames < keep_frames:
-        chunk, size = bytes(data[pos:pos + 4]), int.from_bytes(data[pos + 4:pos + 8], "little")
-        frames += chunk[2:] in (b"dc", b"db")         # a video frame chunk: '00dc'
+        chunk, size = bytes(data[pos : pos + 4]), int.from_bytes(data[pos + 4 : pos + 8], "little")
+        frames += chunk[2:] in (b"dc", b"db")  # a video frame chunk: '00dc'
         pos += 8 + size + (size & 1)
     path = Path(path)
     path.write_bytes(bytes(data[:pos]))

@@ -22,21 +22,26 @@ from pydantic import ValidationError
 
 from itemlens.errors import ConfigError, WeightsNotFoundError
 from itemlens.extractors.audio import (
-    StreamingResampler, audio_windows, decode_audio, pool_windows, resample_whole,
+    StreamingResampler,
+    audio_windows,
+    decode_audio,
+    pool_windows,
+    resample_whole,
 )
 from itemlens.extractors.base import AudioFormat, ItemError
 from itemlens.extractors.spec import FeatureSpec
 
-SPEECH = Path("/work/shared/data/audio/198-209-0000.ogg")        # 13.9 s, 22,050 Hz mono
+SPEECH = Path("/work/shared/data/audio/198-209-0000.ogg")  # 13.9 s, 22,050 Hz mono
 ROBIN = Path("/work/shared/data/audio/456440__inspectorj__bird-whistling-robin-single-13.ogg")  # 2.7 s
 ROOT = Path(__file__).resolve().parent.parent
 
-MONO16 = AudioFormat(16000)                  # wav2vec2 / HuBERT
-MONO48 = AudioFormat(48000, window_seconds=10.0)   # CLAP
+MONO16 = AudioFormat(16000)  # wav2vec2 / HuBERT
+MONO48 = AudioFormat(48000, window_seconds=10.0)  # CLAP
 STEREO48 = AudioFormat(48000, channels=2)
 
 
 # -- generated media ----------------------------------------------------------------------------
+
 
 def tone(rate: int, seconds: float, freq: float, channels: int = 1, start: int = 0) -> np.ndarray:
     """float32 [channels, n]: the same sine in every channel, at a different level in each."""
@@ -45,8 +50,18 @@ def tone(rate: int, seconds: float, freq: float, channels: int = 1, start: int =
     return np.stack([(0.5 - 0.05 * c) * wave for c in range(channels)]).astype(np.float32)
 
 
-def encode_audio_file(container: str, codec: str, rate: int, layout: str, seconds: float, freq: float = 1000.0,
-                      *, bit_rate: int | None = None, options: dict | None = None, signal=None) -> bytes:
+def encode_audio_file(
+    container: str,
+    codec: str,
+    rate: int,
+    layout: str,
+    seconds: float,
+    freq: float = 1000.0,
+    *,
+    bit_rate: int | None = None,
+    options: dict | None = None,
+    signal=None,
+) -> bytes:
     """An audio file in memory: ``signal(start, n)`` -> [channels, n] (default: a tone), fed
     in one-second frames."""
     import av
@@ -112,8 +127,9 @@ FORMATS = [  # container, codec, rate, layout, lossless
 ]
 
 
-@pytest.mark.parametrize("container,codec,rate,layout,lossless", FORMATS,
-                         ids=[f"{f[1]}-{f[2]}-{f[3]}" for f in FORMATS])
+@pytest.mark.parametrize(
+    "container,codec,rate,layout,lossless", FORMATS, ids=[f"{f[1]}-{f[2]}-{f[3]}" for f in FORMATS]
+)
 def test_any_rate_and_layout_ends_at_the_model_rate_and_layout(container, codec, rate, layout, lossless):
     seconds, freq = 1.5, 1000.0
     data = encode_audio_file(container, codec, rate, layout, seconds, freq)
@@ -121,32 +137,37 @@ def test_any_rate_and_layout_ends_at_the_model_rate_and_layout(container, codec,
         waveform = decode_audio(data, fmt)
         assert waveform.dtype == np.float32 and waveform.ndim == 2
         assert waveform.shape[0] == fmt.channels
-        if lossless:   # exactly ceil(n * target / source) samples
+        if lossless:  # exactly ceil(n * target / source) samples
             assert waveform.shape[1] == -(-int(seconds * rate) * fmt.sample_rate // rate)
-        else:          # lossy codecs add a little encoder delay (AAC: 1024 samples of priming)
+        else:  # lossy codecs add a little encoder delay (AAC: 1024 samples of priming)
             assert abs(waveform.shape[1] / fmt.sample_rate - seconds) < 0.1
         for channel in waveform:
             assert dominant_hz(channel, fmt.sample_rate) == pytest.approx(freq, abs=2.0)
-            assert 0.2 < np.abs(channel).max() < 1.5   # the tone, not silence or noise
+            assert 0.2 < np.abs(channel).max() < 1.5  # the tone, not silence or noise
 
 
 def test_mono_is_the_mean_of_the_channels_and_mono_is_duplicated_for_stereo():
     rate = 16000
     left, right = tone(rate, 1.0, 440.0), tone(rate, 1.0, 440.0) * 0 + 0.25
-    data = encode_audio_file("wav", "pcm_f32le", rate, "stereo", 1.0,
-                             signal=lambda s, n: np.concatenate([left, right])[:, s:s + n])
+    data = encode_audio_file(
+        "wav", "pcm_f32le", rate, "stereo", 1.0, signal=lambda s, n: np.concatenate([left, right])[:, s : s + n]
+    )
     mono = decode_audio(data, AudioFormat(rate))
     np.testing.assert_allclose(mono[0], (left[0] + right[0]) / 2, atol=1e-6)
-    stereo = decode_audio(encode_audio_file("wav", "pcm_f32le", rate, "mono", 1.0, freq=440.0),
-                          AudioFormat(rate, channels=2))
+    stereo = decode_audio(
+        encode_audio_file("wav", "pcm_f32le", rate, "mono", 1.0, freq=440.0), AudioFormat(rate, channels=2)
+    )
     np.testing.assert_array_equal(stereo[0], stereo[1])
     np.testing.assert_allclose(stereo[0], tone(rate, 1.0, 440.0)[0], atol=1e-6)
 
 
 # -- streaming resampling ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("source,target", [(8000, 16000), (22050, 16000), (44100, 16000), (48000, 16000),
-                                           (22050, 48000), (44100, 48000), (16000, 16000)])
+
+@pytest.mark.parametrize(
+    "source,target",
+    [(8000, 16000), (22050, 16000), (44100, 16000), (48000, 16000), (22050, 48000), (44100, 48000), (16000, 16000)],
+)
 def test_streaming_resampling_equals_resampling_the_whole_signal(source, target):
     import torch
     import torchaudio
@@ -156,9 +177,9 @@ def test_streaming_resampling_equals_resampling_the_whole_signal(source, target)
         signal = (0.3 * rng.standard_normal((2, length))).astype(np.float32)
         resampler = StreamingResampler(source, target, 2)
         pos = 0
-        while pos < length:   # frames of random sizes, as decoders deliver them
+        while pos < length:  # frames of random sizes, as decoders deliver them
             size = int(rng.integers(1, 3000))
-            resampler.push(signal[:, pos:pos + size])
+            resampler.push(signal[:, pos : pos + size])
             pos += size
         streamed = resampler.finish()
         whole = resample_whole(signal, source, target)
@@ -168,25 +189,27 @@ def test_streaming_resampling_equals_resampling_the_whole_signal(source, target)
         # length one short: it computes ceil(n * target / source) in float32)
         plain = torchaudio.functional.resample(torch.from_numpy(signal), source, target).numpy()
         assert whole.shape[1] - plain.shape[1] in (0, 1)
-        np.testing.assert_allclose(whole[:, :plain.shape[1]], plain, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(whole[:, : plain.shape[1]], plain, atol=1e-5, rtol=0)
 
 
 def test_decode_resamples_like_torchaudio_on_the_whole_mixed_signal():
     rate, seconds = 44100, 4.3
     rng = np.random.default_rng(1)
     signal = (0.2 * rng.standard_normal((2, int(rate * seconds)))).astype(np.float32)
-    data = encode_audio_file("wav", "pcm_f32le", rate, "stereo", seconds, signal=lambda s, n: signal[:, s:s + n])
+    data = encode_audio_file("wav", "pcm_f32le", rate, "stereo", seconds, signal=lambda s, n: signal[:, s : s + n])
     decoded = decode_audio(data, MONO16)
     expected = resample_whole(signal.mean(axis=0, keepdims=True), rate, 16000)
     assert decoded.shape == expected.shape
     np.testing.assert_allclose(decoded, expected, atol=1e-4, rtol=0)
     first_second = decode_audio(data, MONO16, max_seconds=1.0)
     assert first_second.shape == (1, 16000)
-    np.testing.assert_allclose(first_second, resample_whole(signal[:, :rate].mean(axis=0, keepdims=True), rate,
-                                                            16000), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        first_second, resample_whole(signal[:, :rate].mean(axis=0, keepdims=True), rate, 16000), atol=1e-4, rtol=0
+    )
 
 
 # -- real recordings, videos, damaged files -------------------------------------------------------
+
 
 @pytest.mark.parametrize("path,seconds", [(SPEECH, 13.9), (ROBIN, 2.7)])
 def test_real_ogg_clips_decode(path, seconds):
@@ -221,7 +244,7 @@ def test_bad_files_are_item_errors_with_a_reason():
             decode_audio(data, MONO16)
         assert info.value.stage == "decode", name
         assert reason in info.value.reason, (name, info.value.reason)
-    with pytest.raises(ItemError) as info:   # it says how far it got: about half of the 4 s
+    with pytest.raises(ItemError) as info:  # it says how far it got: about half of the 4 s
         decode_audio(flac[: len(flac) // 2], MONO16)
     assert 1.0 <= float(info.value.reason.split("after ")[1].split(" s")[0]) <= 2.5, info.value.reason
 
@@ -230,7 +253,7 @@ def test_a_file_cut_between_packets_decodes_as_the_shorter_clip():
     """Documented choice: without a decoder error there is no telling a cut WAV/Ogg from a
     shorter one, so it is decoded as it is."""
     wav = encode_audio_file("wav", "pcm_s16le", 16000, "mono", 2.0)
-    waveform = decode_audio(wav[: len(wav) - 2 * 16000], MONO16)   # without its last second
+    waveform = decode_audio(wav[: len(wav) - 2 * 16000], MONO16)  # without its last second
     assert waveform.shape == (1, 16000)
 
 
@@ -242,8 +265,9 @@ def test_short_clip_decodes():
 
 # -- windows and pooling -----------------------------------------------------------------------
 
+
 def test_windows_are_consecutive_and_only_the_last_is_shorter():
-    fmt = AudioFormat(10, window_seconds=3.0)    # 30-sample windows
+    fmt = AudioFormat(10, window_seconds=3.0)  # 30-sample windows
     waveform = np.arange(75, dtype=np.float32)[None]
     windows = audio_windows(waveform, fmt)
     assert [w.shape for w in windows] == [(1, 30), (1, 30), (1, 15)]
@@ -288,13 +312,26 @@ def long_clip(tmp_path_factory) -> dict:
     16 kHz mono in a subprocess that reports its peak memory."""
     folder = tmp_path_factory.mktemp("long-audio")
     source = folder / "ten-minutes.ogg"
-    source.write_bytes(encode_audio_file(
-        "ogg", "libopus", 48000, "stereo", LONG_SECONDS, bit_rate=64000,
-        options={"compression_level": "0", "frame_duration": "60"},
-        signal=lambda s, n: tone(48000, n / 48000, 220.0 + 20 * (s // 48000 % 30), 2, s)))
+    source.write_bytes(
+        encode_audio_file(
+            "ogg",
+            "libopus",
+            48000,
+            "stereo",
+            LONG_SECONDS,
+            bit_rate=64000,
+            options={"compression_level": "0", "frame_duration": "60"},
+            signal=lambda s, n: tone(48000, n / 48000, 220.0 + 20 * (s // 48000 % 30), 2, s),
+        )
+    )
     decoded = folder / "decoded.npy"
-    result = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(source), str(ROBIN), str(decoded)],
-                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", _MEMORY_PROBE, str(source), str(ROBIN), str(decoded)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     before, after = (int(x) for x in result.stdout.split())
     return {"path": source, "waveform": np.load(decoded), "peak_growth": (after - before) * 1024}
@@ -304,8 +341,8 @@ def test_ten_minute_clip_decodes_in_bounded_memory(long_clip):
     waveform = long_clip["waveform"]
     assert waveform.shape[0] == 1
     assert abs(waveform.shape[1] / 16000 - LONG_SECONDS) < 0.1
-    whole_source = LONG_SECONDS * 48000 * 2 * 4     # 230 MB: the source decoded at once, float32
-    output = waveform.nbytes                        # 38 MB: 16 kHz mono float32
+    whole_source = LONG_SECONDS * 48000 * 2 * 4  # 230 MB: the source decoded at once, float32
+    output = waveform.nbytes  # 38 MB: 16 kHz mono float32
     # Measured here: the decode raises peak RSS by 48 MiB (the 37 MiB output plus ~12 MiB of
     # blocks, torch and decoder buffers), against 220 MiB for the whole source alone (and more
     # for the usual decode-everything-then-resample). Holding the output twice (a list of
@@ -315,6 +352,7 @@ def test_ten_minute_clip_decodes_in_bounded_memory(long_clip):
 
 
 # -- the encoder ---------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def audio_models(tmp_path_factory) -> dict[str, str]:
@@ -340,16 +378,16 @@ def loaded(audio_models) -> dict:
     return {name: audio_encoder(path).load("cpu") for name, path in audio_models.items()}
 
 
-@pytest.mark.parametrize("family,rate,window,dim", [("wav2vec2", 16000, 30.0, 32), ("hubert", 16000, 30.0, 32),
-                                                   ("clap", 48000, 10.0, 16)])
+@pytest.mark.parametrize(
+    "family,rate,window,dim", [("wav2vec2", 16000, 30.0, 32), ("hubert", 16000, 30.0, 32), ("clap", 48000, 10.0, 16)]
+)
 def test_audio_format_comes_from_the_config_without_loading(audio_models, family, rate, window, dim):
     encoder = audio_encoder(audio_models[family])
     encoder.check_weights()
     assert encoder.audio_format() == AudioFormat(rate, 1, window)
     assert not hasattr(encoder, "model")
     assert audio_encoder(audio_models[family], window_seconds=4.0).audio_format().window_seconds == 4.0
-    assert (audio_encoder(audio_models[family], window_seconds=4.0).fingerprint()
-            != encoder.fingerprint())
+    assert audio_encoder(audio_models[family], window_seconds=4.0).fingerprint() != encoder.fingerprint()
 
 
 @pytest.mark.parametrize("family", ["wav2vec2", "hubert", "clap"])
@@ -358,18 +396,18 @@ def test_encoder_conformance(audio_models, loaded, family):
     fmt = encoder.audio_format()
     rng = np.random.default_rng(7)
     seconds = [fmt.window_seconds, 3.3, 0.1, 0.01, 7.0, 3.3]
-    clips = []   # a different tone in each, with noise
+    clips = []  # a different tone in each, with noise
     for i, s in enumerate(seconds):
         clip = tone(fmt.sample_rate, s, 200.0 * (i + 1))
         clips.append((clip + 0.05 * rng.standard_normal(clip.shape)).astype(np.float32))
     together = encoder.encode_audio(clips)
     assert together.shape == (len(clips), encoder.dim) and together.dtype == np.float32
     assert np.isfinite(together).all()
-    assert getattr(encoder, "masked", False) == (family == "wav2vec2")   # hubert: equal lengths only
+    assert getattr(encoder, "masked", False) == (family == "wav2vec2")  # hubert: equal lengths only
     # a clip's vector does not depend on its batch-mates (different lengths, padding)
     alone = np.stack([encoder.encode_audio([clip])[0] for clip in clips])
     np.testing.assert_allclose(together, alone, atol=1e-4, rtol=0)
-    assert not np.allclose(together[1], together[4], atol=1e-3)   # different clips, different vectors
+    assert not np.allclose(together[1], together[4], atol=1e-3)  # different clips, different vectors
     # deterministic across two loads of the same folder
     again = audio_encoder(audio_models[family]).load("cpu").encode_audio(clips[:3])
     np.testing.assert_allclose(again, together[:3], atol=1e-5, rtol=0)
@@ -380,7 +418,7 @@ def test_encoder_conformance(audio_models, loaded, family):
         encoder.encode_audio([np.zeros((2, 100), np.float32)])
 
 
-@pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask")   # torch, inside WavLM
+@pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask")  # torch, inside WavLM
 @pytest.mark.parametrize("model_type", ["wavlm", "data2vec-audio", "wav2vec2-conformer"])
 def test_other_speech_encoders_are_batch_invariant(tmp_path, model_type):
     """wavlm takes padded batches with a mask; data2vec-audio and the conformer would carry
@@ -408,7 +446,7 @@ def test_a_long_clip_is_several_windows_pooled(audio_models, family):
     expected = (vectors * np.array([w.shape[1] for w in windows], np.float64)[:, None]).sum(axis=0)
     np.testing.assert_allclose(item, expected / np.linalg.norm(expected), atol=1e-6)
     assert item.dtype == np.float32 and np.linalg.norm(item) == pytest.approx(1.0, abs=1e-5)
-    assert not np.allclose(vectors[0], vectors[1], atol=1e-3)   # windows differ: pooling is not a no-op
+    assert not np.allclose(vectors[0], vectors[1], atol=1e-3)  # windows differ: pooling is not a no-op
 
 
 def test_short_and_ten_minute_clips_encode(loaded, long_clip):
@@ -428,6 +466,7 @@ def test_short_and_ten_minute_clips_encode(loaded, long_clip):
 
 # -- configuration errors ------------------------------------------------------------------------
 
+
 def test_missing_or_incomplete_model_folders(tmp_path, audio_models):
     missing = audio_encoder(str(tmp_path / "no-such-model"))
     for call in (missing.check_weights, missing.audio_format, missing.load):
@@ -438,7 +477,7 @@ def test_missing_or_incomplete_model_folders(tmp_path, audio_models):
     (incomplete / "config.json").write_text(Path(audio_models["wav2vec2"], "config.json").read_text())
     with pytest.raises(WeightsNotFoundError, match="preprocessor_config.json"):
         audio_encoder(str(incomplete)).check_weights()
-    with pytest.raises(WeightsNotFoundError, match="not found"):   # a hub id, offline, not cached
+    with pytest.raises(WeightsNotFoundError, match="not found"):  # a hub id, offline, not cached
         audio_encoder("someone/no-such-audio-model").check_weights()
 
 
@@ -462,8 +501,10 @@ def test_configuration_errors(tmp_path, audio_models):
 
 
 def test_modules_import_without_torch():
-    code = ("import sys; import itemlens.extractors.audio, itemlens.extractors.encoders.audio, "
-            "itemlens.extractors.standins.audio; assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys; import itemlens.extractors.audio, itemlens.extractors.encoders.audio, "
+        "itemlens.extractors.standins.audio; assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
 
 

@@ -17,9 +17,9 @@ def test_create_then_put_then_derive_from_a_section_only_config(tmp_path, capsys
     store = tmp_path / "lens"
     with pytest.raises(StoreNotFoundError):
         itemlens.connect(store)
-    lens = itemlens.create(store)                       # an empty store, no catalog
+    lens = itemlens.create(store)  # an empty store, no catalog
     assert lens.snapshot == 0 and lens.features() == []
-    assert itemlens.create(store).uri == lens.uri       # creating an existing store opens it
+    assert itemlens.create(store).uri == lens.uri  # creating an existing store opens it
     rng = np.random.default_rng(0)
     ids = [f"song-{i:03d}" for i in range(60)]
     centers = rng.normal(size=(6, 16))
@@ -28,16 +28,20 @@ def test_create_then_put_then_derive_from_a_section_only_config(tmp_path, capsys
     assert itemlens.connect(tmp_path / "other", create=True).snapshot == 0
 
     config = tmp_path / "derived.yaml"
-    config.write_text(yaml.safe_dump({
-        "semantic_ids": {"sid": {"features": ["twotower"], "levels": 2, "codebook_size": 8}},
-        "graphs": {"g": {"features": ["twotower"], "k": 5, "preset": "cosine"}},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "semantic_ids": {"sid": {"features": ["twotower"], "levels": 2, "codebook_size": 8}},
+                "graphs": {"g": {"features": ["twotower"], "k": 5, "preset": "cosine"}},
+            }
+        )
+    )
     assert cli(["semantic-ids", str(store), "--config", str(config)]) == 0
     assert cli(["graph", str(store), "--config", str(config)]) == 0
     capsys.readouterr()
     lens = itemlens.connect(store)
     codes = lens.semantic_ids("sid", ids)
-    assert codes.shape == (60, 3) and len({tuple(c) for c in codes.tolist()}) == 60      # unique
+    assert codes.shape == (60, 3) and len({tuple(c) for c in codes.tolist()}) == 60  # unique
     # the five nearest of an item (itself among them) are all of its own cluster
     near = [n for n, _ in lens.neighbors("g", ["song-000"])[0]]
     assert len(near) == 5 and "song-000" in near and all(int(n[-3:]) % 6 == 0 for n in near)
@@ -66,9 +70,9 @@ def test_neighbors_build_the_graph_once_per_reader(tmp_path, monkeypatch):
     monkeypatch.setattr(graphs, "fused_matrix", lambda *a, **k: calls.append(1) or real(*a, **k))
     first = lens.neighbors("g", ids[:3])
     assert [lens.neighbors("g", [i])[0] for i in ids[:3]] == first
-    assert len(calls) == 1                          # one build, then row look-ups
+    assert len(calls) == 1  # one build, then row look-ups
     lens.neighbors("g", ids[:3], preset="lattice")
-    assert len(calls) == 2                          # another preset is another matrix
+    assert len(calls) == 2  # another preset is another matrix
     matrix, order = lens.graph("g")
-    matrix.data[:] = 0                              # a caller's copy: the reader's stays intact
+    matrix.data[:] = 0  # a caller's copy: the reader's stays intact
     assert lens.neighbors("g", ids[:1]) == first[:1]

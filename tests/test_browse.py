@@ -35,7 +35,7 @@ from itemlens.store.writer import StoreWriter
 from itemlens.workflows.browse import create_app
 from itemlens.workflows.browse.catalog_rows import CatalogRows
 
-from .conftest import EXAMPLE_CATALOG, ROOT, write_jsonl
+from .conftest import EXAMPLE_CATALOG, write_jsonl
 
 PHOTOS = sorted((EXAMPLE_CATALOG.parent / "images").rglob("*.jpg"))
 N = 60
@@ -49,14 +49,17 @@ def _tiles(page: str, marker: str) -> list[tuple[str, float | None]]:
     """The (item id, score) tiles of the page section that starts at ``marker``."""
     start = page.index(marker)
     end = page.find('<div class="neighbours"', start + len(marker))
-    section = page[start:end if end > 0 else page.find("</section>", start)]
-    return [(html.unescape(i), float(s) if s else None)
-            for i, s in re.findall(r'<li class="tile" data-item-id="([^"]*)"(?: data-score="([^"]*)")?', section)]
+    section = page[start : end if end > 0 else page.find("</section>", start)]
+    return [
+        (html.unescape(i), float(s) if s else None)
+        for i, s in re.findall(r'<li class="tile" data-item-id="([^"]*)"(?: data-score="([^"]*)")?', section)
+    ]
 
 
 def _files(folder: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in folder.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +73,9 @@ def small(tmp_path_factory) -> dict:
     rows = []
     for i, item in enumerate(ids):
         photos = [str(PHOTOS[(i + j) % len(PHOTOS)].relative_to(EXAMPLE_CATALOG.parent)) for j in range(1 + i % 2)]
-        rows.append({"item_id": item, "title": f"thing number {i}", "price": i * 1.5,
-                     "images": None if i % 5 == 0 else photos})
+        rows.append(
+            {"item_id": item, "title": f"thing number {i}", "price": i * 1.5, "images": None if i % 5 == 0 else photos}
+        )
     catalog = write_jsonl(root / "catalog" / "catalog.jsonl", rows)
     store = root / "lens"
     StoreWriter.open(store).close()
@@ -80,8 +84,12 @@ def small(tmp_path_factory) -> dict:
     lens.put_vectors("text", ids, rng.normal(size=(N, 16)).astype(np.float32), spec={"model": "text-a"})
     lens.put_vectors("text", ids, rng.normal(size=(N, 16)).astype(np.float32), spec={"model": "text-b"})
     with_photos = [r["item_id"] for r in rows if r["images"]]
-    lens.put_vectors("image", with_photos, rng.normal(size=(len(with_photos), 8)).astype(np.float32),
-                     spec={"model": "image-a", "input": {"image": "images"}})
+    lens.put_vectors(
+        "image",
+        with_photos,
+        rng.normal(size=(len(with_photos), 8)).astype(np.float32),
+        spec={"model": "image-a", "input": {"image": "images"}},
+    )
     graphs.build(lens.uri, {"knn": {"features": ["text", "image"], "k": 4}})
     semantic_ids.build(lens.uri, {"sid": {"features": ["text"], "levels": 2, "codebook_size": 4}})
     return {"store": store, "catalog": catalog, "ids": ids, "rows": {r["item_id"]: r for r in rows}, "root": root}
@@ -111,7 +119,7 @@ def test_the_summary_shows_features_versions_counts_semantic_ids_graphs_and_snap
 
 def test_an_item_page_shows_the_clients_neighbours_semantic_ids_and_catalog_fields(small, client):
     lens = itemlens.connect(small["store"])
-    for item in ("item-007", "item-010"):           # one with photos, one without (no image vector)
+    for item in ("item-007", "item-010"):  # one with photos, one without (no image vector)
         page = client.get(f"/item/{item}")
         assert page.status_code == 200
         text = page.text
@@ -119,7 +127,7 @@ def test_an_item_page_shows_the_clients_neighbours_semantic_ids_and_catalog_fiel
             marker = f'<div class="neighbours" data-feature="{feature}">'
             assert marker in text
             if feature == "image" and item not in lens.ids("image"):
-                assert "no vector" in text[text.index(marker):text.index(marker) + 600]
+                assert "no vector" in text[text.index(marker) : text.index(marker) + 600]
                 continue
             hits = lens.search(feature, lens.vectors(feature, [item])[0], k=11)
             expected = [(h.item_id, h.score) for h in hits if h.item_id != item][:10]
@@ -137,8 +145,9 @@ def test_an_item_page_shows_the_clients_neighbours_semantic_ids_and_catalog_fiel
         for photo in row["images"] or []:
             thumb = client.get(f"/thumb?item={item}&src={quote(photo, safe='')}&size=320")
             assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
-            from PIL import Image
             import io
+
+            from PIL import Image
 
             assert max(Image.open(io.BytesIO(thumb.content)).size) <= 320
             assert f"/thumb?item={item}&amp;src={quote(photo, safe='')}&amp;size=320" in text
@@ -174,7 +183,7 @@ def test_the_semantic_id_page_counts_items_under_each_prefix_and_shows_collision
     listed = re.findall(r'data-item-id="([^"]*)"', group)
     assert sorted(listed) == sorted(members)
     suffixes = sorted(int(c[2]) for c in codes if ".".join(map(str, c[:2])) == biggest)
-    assert suffixes == list(range(len(members)))             # each got its own suffix: 0, 1, 2 ...
+    assert suffixes == list(range(len(members)))  # each got its own suffix: 0, 1, 2 ...
     for item, c in zip(small["ids"], codes):
         if item in members:
             assert f'<span class="codes">{c[0]}.{c[1]}.{c[2]}</span>' in group
@@ -192,9 +201,19 @@ def test_media_are_served_only_as_the_catalog_names_them_for_that_item(small, cl
     foreign = next(p for p in small["rows"][other]["images"] if p not in small["rows"][item]["images"])
     folder, name = photo.rsplit("/", 1)
     refused = [
-        "../catalog.jsonl", "catalog.jsonl", "images/../catalog.jsonl", "/etc/passwd", str(path),   # absolute
-        f"file://{path}", f"{folder}/../{folder.rsplit('/', 1)[1]}/{name}",   # the same file, spelled otherwise
-        foreign, photo + "/", "./" + photo, photo.replace("/", "//"), "", "%2e%2e/catalog.jsonl",
+        "../catalog.jsonl",
+        "catalog.jsonl",
+        "images/../catalog.jsonl",
+        "/etc/passwd",
+        str(path),  # absolute
+        f"file://{path}",
+        f"{folder}/../{folder.rsplit('/', 1)[1]}/{name}",  # the same file, spelled otherwise
+        foreign,
+        photo + "/",
+        "./" + photo,
+        photo.replace("/", "//"),
+        "",
+        "%2e%2e/catalog.jsonl",
     ]
     for src in refused:
         for encoded in (quote(src, safe=""), quote(src, safe="/"), quote(quote(src, safe=""), safe="")):
@@ -235,7 +254,7 @@ def test_unknown_items_features_and_pages_give_a_clear_404_page(small, client):
 def test_search_says_why_a_feature_cannot_embed_a_query(small, client):
     answer = client.get("/search?feature=text&q=a%20red%20bag")
     assert answer.status_code == 400
-    assert "put by the user" in html.unescape(answer.text)         # put_vectors: no encoder to embed text
+    assert "put by the user" in html.unescape(answer.text)  # put_vectors: no encoder to embed text
     upload = client.post("/search", data={"feature": "image"}, files={"file": ("q.jpg", PHOTOS[0].read_bytes())})
     assert upload.status_code == 400 and "put by the user" in html.unescape(upload.text)
     form = client.get("/search?feature=image")
@@ -261,9 +280,22 @@ def test_nothing_is_written_to_the_store(small):
     before = _files(small["store"])
     app_client = _client(create_app(small["store"], catalog=str(small["catalog"])))
     photo = small["rows"]["item-007"]["images"][0]
-    for url in ("/", "/items", "/items?page=2", "/item/item-007", "/item/item-010", "/sid/sid", "/sid/sid?prefix=0",
-                "/errors", "/diff?a=text@v1&b=text@v2", "/diff.png?a=text@v1&b=text@v2", "/search?feature=text&q=x",
-                f"/thumb?item=item-007&src={quote(photo, safe='')}", "/plot/sid/sid.png", "/plot/graph/knn.png"):
+    for url in (
+        "/",
+        "/items",
+        "/items?page=2",
+        "/item/item-007",
+        "/item/item-010",
+        "/sid/sid",
+        "/sid/sid?prefix=0",
+        "/errors",
+        "/diff?a=text@v1&b=text@v2",
+        "/diff.png?a=text@v1&b=text@v2",
+        "/search?feature=text&q=x",
+        f"/thumb?item=item-007&src={quote(photo, safe='')}",
+        "/plot/sid/sid.png",
+        "/plot/graph/knn.png",
+    ):
         assert app_client.get(url).status_code in (200, 400)
     assert _files(small["store"]) == before
 
@@ -282,8 +314,11 @@ def live(small):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(small["store"], catalog=str(small["catalog"])),
-                                           host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(small["store"], catalog=str(small["catalog"])), host="127.0.0.1", port=port, log_level="warning"
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -297,14 +332,23 @@ def live(small):
 
 def test_raw_paths_with_dot_segments_reach_no_file(small, live):
     secret = small["catalog"].read_bytes()[:40]
-    paths = ["/media/../../catalog/catalog.jsonl", "/static/../../catalog/catalog.jsonl", "/static/..%2f..%2fapp.py",
-             "/static/%2e%2e/%2e%2e/%2e%2e/etc/passwd", "/static/../templates/base.html", "/static//etc/passwd",
-             "/media?item=item-007&src=../catalog.jsonl", "/media?item=item-007&src=%2e%2e%2fcatalog.jsonl",
-             "/media?item=item-007&src=/etc/passwd", "/media?item=item-007&src=%2Fetc%2Fpasswd",
-             "/thumb?item=item-007&src=..%5c..%5ccatalog.jsonl", "/item/../../etc/passwd"]
+    paths = [
+        "/media/../../catalog/catalog.jsonl",
+        "/static/../../catalog/catalog.jsonl",
+        "/static/..%2f..%2fapp.py",
+        "/static/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+        "/static/../templates/base.html",
+        "/static//etc/passwd",
+        "/media?item=item-007&src=../catalog.jsonl",
+        "/media?item=item-007&src=%2e%2e%2fcatalog.jsonl",
+        "/media?item=item-007&src=/etc/passwd",
+        "/media?item=item-007&src=%2Fetc%2Fpasswd",
+        "/thumb?item=item-007&src=..%5c..%5ccatalog.jsonl",
+        "/item/../../etc/passwd",
+    ]
     for path in paths:
         connection = http.client.HTTPConnection("127.0.0.1", live, timeout=30)
-        connection.request("GET", path)          # sent as written: no dot-segment removal on the way
+        connection.request("GET", path)  # sent as written: no dot-segment removal on the way
         answer = connection.getresponse()
         body = answer.read()
         connection.close()
@@ -329,11 +373,13 @@ def test_catalog_rows_from_parquet_csv_jsonl_folders_and_a_delta(tmp_path):
         assert got[5] is None
         for item, row in zip(wanted, got):
             if item != "nope":
-                assert row["item_id"] == item and row["title"] == f"t{int(item)}"   # "00017" stays a string
+                assert row["item_id"] == item and row["title"] == f"t{int(item)}"  # "00017" stays a string
         assert catalog.rows_indexed == 2500 and catalog.disk_bytes > 0
     assert CatalogRows(str(tmp_path / "pq")).rows(["00003"])[0]["tags"] == ["a3", "b"]
-    delta = write_jsonl(tmp_path / "delta.jsonl", [{"item_id": "00005", "title": "new", "_op": "upsert"},
-                                                    {"item_id": "00006", "_op": "delete"}])
+    delta = write_jsonl(
+        tmp_path / "delta.jsonl",
+        [{"item_id": "00005", "title": "new", "_op": "upsert"}, {"item_id": "00006", "_op": "delete"}],
+    )
     rows = CatalogRows(str(delta), delta=True).rows(["00005", "00006"])
     assert rows[0]["title"] == "new" and rows[1] is None
 
@@ -342,9 +388,22 @@ def test_the_command_line_serves_the_store_on_loopback(small):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "itemlens.workflows.cli", "browse", str(small["store"]),
-                                "--port", str(port), "--catalog", str(small["catalog"])],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "itemlens.workflows.cli",
+            "browse",
+            str(small["store"]),
+            "--port",
+            str(port),
+            "--catalog",
+            str(small["catalog"]),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -360,12 +419,17 @@ def test_the_command_line_serves_the_store_on_loopback(small):
         process.terminate()
         _, err = process.communicate(timeout=30)
     assert f"on http://127.0.0.1:{port}/" in err and "read-only" in err
-    bad = subprocess.run([sys.executable, "-m", "itemlens.workflows.cli", "browse", str(small["root"] / "nothing")],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "itemlens.workflows.cli", "browse", str(small["root"] / "nothing")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
 
 
 # -- the example store, ingested with Ray ------------------------------------------------------------
+
 
 @pytest.fixture(scope="session")
 def example_client(example_store) -> TestClient:
@@ -393,13 +457,14 @@ def test_every_page_of_the_example_store(example_store, example_client):
         text = html.unescape(page.text)
         assert row["title"] in text
         for photo in row.get("images") or []:
-            assert f'/thumb?item={item}&src={quote(photo, safe="")}&size=320' in text
+            assert f"/thumb?item={item}&src={quote(photo, safe='')}&size=320" in text
         if row.get("video"):
             video = quote(row["video"], safe="")
             assert f'<video controls preload="metadata" src="/media?item={item}&src={video}"' in text
             spec = VideoInput.model_validate(next(f.spec["input"] for f in lens.features() if f.name == "video"))
-            _, indices = read_video_frames(read_bytes(str(EXAMPLE_CATALOG.parent / row["video"]), 2**31), spec,
-                                           max_pixels=64_000_000)
+            _, indices = read_video_frames(
+                read_bytes(str(EXAMPLE_CATALOG.parent / row["video"]), 2**31), spec, max_pixels=64_000_000
+            )
             # the frames feature "video" embedded (the video caption feature shows the frames it read too)
             shown = text.split("<h3>Frames embedded by video</h3>", 1)[1].split("<h3>", 1)[0].split("</section>")[0]
             assert re.findall(r'alt="frame (\d+)"', shown) == [str(i) for i in indices] and len(indices) == 8
@@ -443,8 +508,9 @@ def test_every_page_of_the_example_store(example_store, example_client):
     assert re.findall(r'data-item-id="([^"]*)"', answer.text.split('id="results"')[1]) == [h.item_id for h in hits]
     assert hits[0].item_id == "B074M5HPBD"
     photo = EXAMPLE_CATALOG.parent / rows["B0799CK52K"]["images"][1]
-    answer = client.post("/search", data={"feature": "image", "k": "3"},
-                         files={"file": ("photo.jpg", photo.read_bytes(), "image/jpeg")})
+    answer = client.post(
+        "/search", data={"feature": "image", "k": "3"}, files={"file": ("photo.jpg", photo.read_bytes(), "image/jpeg")}
+    )
     hits = lens.search("image", str(photo), k=3)
     assert answer.status_code == 200
     shown = re.findall(r'data-item-id="([^"]*)" data-score="([^"]*)"', answer.text.split('id="results"')[1])
@@ -460,9 +526,17 @@ def test_example_media_are_the_catalogs_and_nothing_else(example_store, example_
     assert whole.status_code == 200 and whole.headers["content-type"] == "video/mp4"
     assert whole.content == (EXAMPLE_CATALOG.parent / video).read_bytes()
     part = client.get(f"/media?item=B074M5HPBD&src={quote(video, safe='')}", headers={"range": "bytes=0-99"})
-    assert part.status_code == 206 and part.content == whole.content[:100]      # players can seek
-    others = ["catalog.jsonl", "../lens.yaml", rows["B0799CK52K"]["video"], rows["B0799CK52K"]["images"][0],
-              str(EXAMPLE_CATALOG), "README.md", "audio/198-209-0000.txt", "videos/../catalog.jsonl"]
+    assert part.status_code == 206 and part.content == whole.content[:100]  # players can seek
+    others = [
+        "catalog.jsonl",
+        "../lens.yaml",
+        rows["B0799CK52K"]["video"],
+        rows["B0799CK52K"]["images"][0],
+        str(EXAMPLE_CATALOG),
+        "README.md",
+        "audio/198-209-0000.txt",
+        "videos/../catalog.jsonl",
+    ]
     for src in others:
         assert client.get(f"/media?item=B074M5HPBD&src={quote(src, safe='')}").status_code == 403, src
     assert client.get("/frame?item=sound-robin-13&feature=video&n=0").status_code == 404
@@ -480,7 +554,7 @@ def test_a_real_browser_loads_the_photos_and_neighbour_thumbnails_and_searches(e
     example store's item page: every photo and neighbour thumbnail decodes (natural width > 0),
     the search box returns results; the screenshots are test artifacts (ITEMLENS_ARTIFACTS)."""
     found = _chromium()
-    if found is None:    # CI runs --no-skips: this skip fails the run there, as it should
+    if found is None:  # CI runs --no-skips: this skip fails the run there, as it should
         pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
     import uvicorn
     from selenium import webdriver
@@ -492,7 +566,9 @@ def test_a_real_browser_loads_the_photos_and_neighbour_thumbnails_and_searches(e
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(example_store["store"]), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(example_store["store"]), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -500,10 +576,19 @@ def test_a_real_browser_loads_the_photos_and_neighbour_thumbnails_and_searches(e
         time.sleep(0.05)
     options = Options()
     options.binary_location = found[0]
-    for argument in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                     "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}",
-                     "--window-size=1280,2400"):
+    for argument in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--window-size=1280,2400",
+    ):
         options.add_argument(argument)
     driver = webdriver.Chrome(options=options, service=Service(found[1]))
     artifacts = tmp_path / "artifacts"
@@ -515,7 +600,7 @@ def test_a_real_browser_loads_the_photos_and_neighbour_thumbnails_and_searches(e
         def images_done(d):
             return d.execute_script("return Array.from(document.images).every(i => i.complete)")
 
-        for img in driver.find_elements(By.CSS_SELECTOR, "img"):       # lazy tiles: bring each into view
+        for img in driver.find_elements(By.CSS_SELECTOR, "img"):  # lazy tiles: bring each into view
             driver.execute_script("arguments[0].scrollIntoView()", img)
         WebDriverWait(driver, 120).until(images_done)
         photos = driver.find_elements(By.CSS_SELECTOR, "#photos img.photo")
@@ -523,8 +608,10 @@ def test_a_real_browser_loads_the_photos_and_neighbour_thumbnails_and_searches(e
         frames = driver.find_elements(By.CSS_SELECTOR, "img.frame")
         # 8 frames for each of the two video features (video, and the frames video_caption read)
         assert len(photos) == len(_catalog_rows()["B0799CK52K"]["images"]) and thumbs and len(frames) == 16
-        widths = {img.get_attribute("src"): driver.execute_script("return arguments[0].naturalWidth", img)
-                  for img in photos + thumbs + frames}
+        widths = {
+            img.get_attribute("src"): driver.execute_script("return arguments[0].naturalWidth", img)
+            for img in photos + thumbs + frames
+        }
         assert all(w > 0 for w in widths.values()), {s: w for s, w in widths.items() if not w}
         driver.execute_script("window.scrollTo(0, 0)")
         driver.save_screenshot(str(artifacts / "item-page.png"))

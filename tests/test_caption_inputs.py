@@ -29,12 +29,18 @@ PROMPT = "Describe this product image in one sentence."
 MAX_NEW_TOKENS = 8
 #: every family with a stand-in, and the processor options its tests use
 FAMILIES = {
-    "llava": {}, "blip2": {}, "qwen2_5_vl": {}, "qwen3_vl": {}, "llava_onevision": {}, "smolvlm": {},
+    "llava": {},
+    "blip2": {},
+    "qwen2_5_vl": {},
+    "qwen3_vl": {},
+    "llava_onevision": {},
+    "smolvlm": {},
     # pan-and-scan on, so that Gemma 3 reads an image as a variable number of crops
     "gemma3": {"images_kwargs": {"do_pan_and_scan": True, "pan_and_scan_min_crop_size": 16}},
-    "internvl": {}, "idefics3": {},
+    "internvl": {},
+    "idefics3": {},
 }
-EXPECTED = {   # processor, model, pixels, video, several images per prompt
+EXPECTED = {  # processor, model, pixels, video, several images per prompt
     "llava": ("LlavaProcessor", "LlavaForConditionalGeneration", "fixed", "frame grid", True),
     "blip2": ("Blip2Processor", "Blip2ForConditionalGeneration", "fixed", "frame grid", False),
     "qwen2_5_vl": ("Qwen2_5_VLProcessor", "Qwen2_5_VLForConditionalGeneration", "patches", "native", True),
@@ -69,10 +75,14 @@ def loaded(folders):
     def get(family: str, **options):
         key = (family, tuple(sorted(options.items())))
         if key not in cache:
-            inputs = VisionInputs.from_pretrained(folders[family], prompt=PROMPT, processor_kwargs=FAMILIES[family],
-                                                  **options)
-            model = cache[(family, ())][1] if (family, ()) in cache else AutoModelForImageTextToText.from_pretrained(
-                folders[family]).eval()
+            inputs = VisionInputs.from_pretrained(
+                folders[family], prompt=PROMPT, processor_kwargs=FAMILIES[family], **options
+            )
+            model = (
+                cache[(family, ())][1]
+                if (family, ()) in cache
+                else AutoModelForImageTextToText.from_pretrained(folders[family]).eval()
+            )
             cache[key] = (inputs, model)
         return cache[key]
 
@@ -94,9 +104,11 @@ def odd_sizes(photos):
     three different products."""
     from PIL import Image
 
-    return [photos[0].resize((2000, 64), Image.Resampling.BILINEAR),
-            photos[3].resize((4000, 3000), Image.Resampling.BILINEAR),
-            photos[8].resize((32, 32), Image.Resampling.BILINEAR)]
+    return [
+        photos[0].resize((2000, 64), Image.Resampling.BILINEAR),
+        photos[3].resize((4000, 3000), Image.Resampling.BILINEAR),
+        photos[8].resize((32, 32), Image.Resampling.BILINEAR),
+    ]
 
 
 def direct(inputs, model, images=None, texts=None, videos=None, **kwargs):
@@ -105,10 +117,10 @@ def direct(inputs, model, images=None, texts=None, videos=None, **kwargs):
     processor.tokenizer.padding_side = "left"
     extra = dict(inputs.processor_kwargs)
     if processor.tokenizer.bos_token and texts[0].startswith(processor.tokenizer.bos_token):
-        extra["add_special_tokens"] = False       # as apply_chat_template(tokenize=True) does
+        extra["add_special_tokens"] = False  # as apply_chat_template(tokenize=True) does
     batch = processor(images=images, text=texts, videos=videos, padding=True, return_tensors="pt", **extra, **kwargs)
     out = model.generate(**batch, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
-    return batch, out[:, batch["input_ids"].shape[1]:].tolist()
+    return batch, out[:, batch["input_ids"].shape[1] :].tolist()
 
 
 def ours(inputs, model, payloads, **settings):
@@ -121,8 +133,8 @@ def ours(inputs, model, payloads, **settings):
 def assert_same_tokens(generated, reference_rows, pad_id):
     """Our tokens are the reference row up to its end of sequence; after it the reference pads."""
     for tokens, row in zip(generated.tokens, reference_rows, strict=True):
-        assert tokens == row[:len(tokens)], (tokens, row)
-        assert all(t == pad_id for t in row[len(tokens):]), row
+        assert tokens == row[: len(tokens)], (tokens, row)
+        assert all(t == pad_id for t in row[len(tokens) :]), row
     assert generated.generated_tokens == [len(t) for t in generated.tokens]
 
 
@@ -137,12 +149,13 @@ def assert_same_batch(assembled, reference):
 
 # -- loading and the path -----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_loads_through_the_auto_classes_and_describes_its_path(family, loaded):
     inputs, model = loaded(family)
     processor_class, model_class, pixels, video, several = EXPECTED[family]
     assert type(inputs.processor).__name__ == processor_class and type(model).__name__ == model_class
-    path = inputs.path           # also checks that probe batches assemble as the processor builds them
+    path = inputs.path  # also checks that probe batches assemble as the processor builds them
     assert (path.pixels, path.video, path.several_images) == (pixels, video, several)
     info = path.describe()
     assert info["architecture"] == model_class and info["images"] == "first"
@@ -158,7 +171,7 @@ def test_payload_travels_as_an_arrow_struct(family, loaded, odd_sizes):
     payload = inputs.prepare([odd_sizes[0]])
     row = payload.to_dict()
     stored = dict(zip(row["names"], row["stored"]))
-    assert stored["input_ids"] == "<u2" and sum(map(len, row["data"])) < payload.nbytes    # ids < 65536 as uint16
+    assert stored["input_ids"] == "<u2" and sum(map(len, row["data"])) < payload.nbytes  # ids < 65536 as uint16
     if "pixel_attention_mask" in stored:
         assert stored["pixel_attention_mask"] == "|u1"
     column = pa.array([row], type=payload_arrow_type())
@@ -167,11 +180,16 @@ def test_payload_travels_as_an_arrow_struct(family, loaded, odd_sizes):
     for name, array in payload.tensors.items():
         assert back.tensors[name].dtype == array.dtype and np.array_equal(back.tensors[name], array), name
     assert (back.vision_tokens, back.prompt_tokens, back.kind, back.pictures) == (
-        payload.vision_tokens, payload.prompt_tokens, "images", 1)
+        payload.vision_tokens,
+        payload.prompt_tokens,
+        "images",
+        1,
+    )
     assert 0 < payload.vision_tokens < payload.prompt_tokens == payload.tensors["input_ids"].shape[1]
 
 
 # -- images: the processor used directly, batch invariance --------------------------------------------
+
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_captions_equal_the_processor_and_generate_used_directly(family, loaded, odd_sizes):
@@ -182,7 +200,7 @@ def test_captions_equal_the_processor_and_generate_used_directly(family, loaded,
     assembled, generated = ours(inputs, model, payloads)
     assert_same_batch(assembled, reference)
     assert_same_tokens(generated, rows, inputs.tokenizer.pad_token_id)
-    assert len({tuple(t) for t in generated.tokens}) >= 2, generated.tokens     # the image matters
+    assert len({tuple(t) for t in generated.tokens}) >= 2, generated.tokens  # the image matters
     assert generated.vision_tokens == [p.vision_tokens for p in payloads]
 
 
@@ -195,15 +213,20 @@ def test_an_item_alone_gives_what_it_gives_among_odd_batch_mates(family, loaded,
 
     inputs, model = loaded(family)
     payloads = [inputs.prepare([image]) for image in [*odd_sizes, photos[5]]]
-    if family not in ("llava", "blip2"):   # dynamic resolution or tiles: the items cost different token counts
+    if family not in ("llava", "blip2"):  # dynamic resolution or tiles: the items cost different token counts
         assert len({p.prompt_tokens for p in payloads}) >= 2, [p.prompt_tokens for p in payloads]
 
     def scores(items):
         batch = inputs.assemble(items).inputs
         with torch.inference_mode():
-            out = model.generate(**batch, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, output_scores=True,
-                                 return_dict_in_generate=True)
-        return out.sequences[:, batch["input_ids"].shape[1]:], torch.stack(out.scores, 1)
+            out = model.generate(
+                **batch,
+                max_new_tokens=MAX_NEW_TOKENS,
+                do_sample=False,
+                output_scores=True,
+                return_dict_in_generate=True,
+            )
+        return out.sequences[:, batch["input_ids"].shape[1] :], torch.stack(out.scores, 1)
 
     tokens, logits = scores(payloads)
     noise = 0.0
@@ -228,7 +251,7 @@ def test_processor_options_reach_every_call(folders, loaded, odd_sizes):
     default = loaded("qwen2_5_vl")[0].prepare([odd_sizes[1]])
     payload = inputs.prepare([odd_sizes[1]])
     assert payload.vision_tokens < default.vision_tokens
-    assert payload.tensors["image_grid_thw"].prod() <= 16 * 16 * 4 // 16    # at most 1024 pixels of 4 x 4 patches
+    assert payload.tensors["image_grid_thw"].prod() <= 16 * 16 * 4 // 16  # at most 1024 pixels of 4 x 4 patches
     reference, rows = direct(inputs, model, images=[[odd_sizes[1]]], texts=[inputs.prompt_text(images=1)])
     assembled, generated = ours(inputs, model, [payload])
     assert_same_batch(assembled, reference)
@@ -242,7 +265,7 @@ def test_beam_search_equals_generate_used_directly(loaded, odd_sizes):
     reference, _ = direct(inputs, model, images=[[image] for image in odd_sizes], texts=[text] * 3)
     theirs = model.generate(**reference, max_new_tokens=MAX_NEW_TOKENS, num_beams=2, do_sample=False)
     _, generated = ours(inputs, model, [inputs.prepare([image]) for image in odd_sizes], num_beams=2)
-    assert_same_tokens(generated, theirs[:, reference["input_ids"].shape[1]:].tolist(), inputs.tokenizer.pad_token_id)
+    assert_same_tokens(generated, theirs[:, reference["input_ids"].shape[1] :].tolist(), inputs.tokenizer.pad_token_id)
 
 
 def test_tokens_end_at_the_end_of_sequence(loaded, odd_sizes):
@@ -266,6 +289,7 @@ def test_tokens_end_at_the_end_of_sequence(loaded, odd_sizes):
 
 # -- several images per item ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("family", MULTI_IMAGE_FAMILIES)
 def test_an_item_with_twelve_photos(family, loaded, photos, odd_sizes):
     inputs, model = loaded(family, images="all")
@@ -273,24 +297,29 @@ def test_an_item_with_twelve_photos(family, loaded, photos, odd_sizes):
     item = inputs.prepare(photos)
     assert item.pictures == 12
     one = inputs.prepare([odd_sizes[2]])
-    reference, rows = direct(inputs, model, images=[photos, [odd_sizes[2]]],
-                             texts=[inputs.prompt_text(images=12), inputs.prompt_text(images=1)])
+    reference, rows = direct(
+        inputs,
+        model,
+        images=[photos, [odd_sizes[2]]],
+        texts=[inputs.prompt_text(images=12), inputs.prompt_text(images=1)],
+    )
     if inputs.batch_key(item) == inputs.batch_key(one):
         assembled, generated = ours(inputs, model, [item, one])
         assert_same_batch(assembled, reference)
-    else:   # a processor that cannot batch them (none of these families): each alone
+    else:  # a processor that cannot batch them (none of these families): each alone
         generated = ours(inputs, model, [item])[1]
         generated.tokens += ours(inputs, model, [one])[1].tokens
     assert_same_tokens(generated, rows, inputs.tokenizer.pad_token_id)
     alone = ours(inputs, model, [item])[1]
     assert alone.tokens[0] == generated.tokens[0] and alone.vision_tokens[0] == item.vision_tokens
-    first = loaded(family)[0].prepare(photos)                 # images: first (the default) reads one
+    first = loaded(family)[0].prepare(photos)  # images: first (the default) reads one
     assert first.pictures == 1 and first.vision_tokens < item.vision_tokens
     three = loaded(family, images=3)[0].prepare(photos)
     assert three.pictures == 3
 
 
 # -- video -------------------------------------------------------------------------------------------------
+
 
 def _clips():
     """Three clips (frames, 10 fps frame indices): 4 frames of 48x64, 6 of 90x40, 4 of 30x30."""
@@ -323,10 +352,17 @@ def test_native_video_equals_the_processors_own_video_path(family, loaded):
     text = inputs.prompt_text(video=True)
 
     def reference(members):
-        metadata = [{"fps": 10.0, "frames_indices": indices[i], "total_num_frames": 25, "duration": 2.5}
-                    for i in members]
-        return direct(inputs, model, videos=[frames[i] for i in members], texts=[text] * len(members),
-                      video_metadata=metadata, do_sample_frames=False)
+        metadata = [
+            {"fps": 10.0, "frames_indices": indices[i], "total_num_frames": 25, "duration": 2.5} for i in members
+        ]
+        return direct(
+            inputs,
+            model,
+            videos=[frames[i] for i in members],
+            texts=[text] * len(members),
+            video_metadata=metadata,
+            do_sample_frames=False,
+        )
 
     # the two 4-frame clips together: the processor's batch, exactly
     batch, rows = reference([0, 2])
@@ -335,15 +371,16 @@ def test_native_video_equals_the_processors_own_video_path(family, loaded):
     assert_same_tokens(generated, rows, inputs.tokenizer.pad_token_id)
     # all three (4 and 6 frames): each as the processor and generate give it alone
     keys = {inputs.batch_key(p) for p in payloads}
-    groups = [[0, 1, 2]] if len(keys) == 1 else [[0, 2], [1]]     # LLaVA-OneVision stacks frames: equal counts only
+    groups = [[0, 1, 2]] if len(keys) == 1 else [[0, 2], [1]]  # LLaVA-OneVision stacks frames: equal counts only
     captions = []
     for members in groups:
         generated = ours(inputs, model, [payloads[i] for i in members])[1]
         for i, tokens in zip(members, generated.tokens):
-            assert_same_tokens(type(generated)([tokens], [0], [len(tokens)]), reference([i])[1],
-                               inputs.tokenizer.pad_token_id)
+            assert_same_tokens(
+                type(generated)([tokens], [0], [len(tokens)]), reference([i])[1], inputs.tokenizer.pad_token_id
+            )
             captions.append(tuple(tokens))
-    assert len(set(captions)) >= 2, captions      # the video matters
+    assert len(set(captions)) >= 2, captions  # the video matters
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "smolvlm"])
@@ -383,6 +420,7 @@ def test_an_image_only_model_captions_a_grid_of_the_frames(loaded):
 
 
 # -- what a model cannot do, and bad input ----------------------------------------------------------------------
+
 
 def test_a_model_that_takes_neither_video_nor_several_images_says_so_before_any_work(folders):
     from itemlens.extractors.encoders.caption_inputs import VisionInputs
@@ -424,7 +462,7 @@ def test_bad_images_are_item_errors(family, loaded, photos):
     with pytest.raises(ItemError, match="no image") as error:
         inputs.prepare([])
     assert error.value.stage == "input"
-    if family == "qwen2_5_vl":    # its processor refuses aspect ratios over 200: that item's error
+    if family == "qwen2_5_vl":  # its processor refuses aspect ratios over 200: that item's error
         with pytest.raises(ItemError, match="preprocessing failed.*aspect ratio") as error:
             inputs.prepare([Image.new("RGB", (3000, 10))])
         assert error.value.stage == "decode"
@@ -440,6 +478,7 @@ def load_image_bytes(data: bytes):
 
 # -- batching ------------------------------------------------------------------------------------------------
 
+
 def test_plan_batches_orders_by_vision_tokens_and_keeps_the_budget():
     from itemlens.extractors.encoders.caption_inputs import plan_batches
 
@@ -448,10 +487,10 @@ def test_plan_batches_orders_by_vision_tokens_and_keeps_the_budget():
     batches = plan_batches(vision, prompt, budget=2000, max_new_tokens=40)
     assert sorted(i for b in batches for i in b) == list(range(7))
     order = [i for b in batches for i in b]
-    assert [vision[i] for i in order] == sorted(vision)            # thumbnails together, large photos apart
+    assert [vision[i] for i in order] == sorted(vision)  # thumbnails together, large photos apart
     for batch in batches:
         cost = len(batch) * (max(prompt[i] for i in batch) + 40)
-        assert cost <= 2000 or len(batch) == 1, (batch, cost)       # only an item over budget alone exceeds it
+        assert cost <= 2000 or len(batch) == 1, (batch, cost)  # only an item over budget alone exceeds it
     assert batches[0] == [1, 3, 6, 4] and [5] in batches
     assert plan_batches(vision, prompt, budget=10**6, max_new_tokens=40, max_items=3)[0] == [1, 3, 6]
     keyed = plan_batches(vision, prompt, budget=10**6, max_new_tokens=40, keys=["a", "b", "a", "b", "a", "b", "a"])
@@ -470,8 +509,17 @@ def test_caption_items_cuts_batches_by_the_budget_and_keeps_the_order(family, lo
     payloads = [inputs.prepare([image]) for image in [*odd_sizes, photos[5], photos[9]]]
     settings = GenerationSettings(max_new_tokens=MAX_NEW_TOKENS)
     budget = 2 * (max(p.prompt_tokens for p in payloads) + MAX_NEW_TOKENS)
-    assert len(plan_batches([p.vision_tokens for p in payloads], [p.prompt_tokens for p in payloads], budget=budget,
-                            max_new_tokens=MAX_NEW_TOKENS)) >= 3
+    assert (
+        len(
+            plan_batches(
+                [p.vision_tokens for p in payloads],
+                [p.prompt_tokens for p in payloads],
+                budget=budget,
+                max_new_tokens=MAX_NEW_TOKENS,
+            )
+        )
+        >= 3
+    )
     calls = []
 
     def counting(model, batch, settings):
@@ -496,9 +544,14 @@ def test_items_that_cannot_share_a_batch_are_kept_apart(loaded):
     frames, indices = _clips()
     payloads = [inputs.prepare(VideoClip(f, [i / 10 for i in ix])) for f, ix in zip(frames, indices)]
     keys = [inputs.batch_key(p) for p in payloads]
-    assert keys[0] == keys[2] != keys[1]          # 4 and 6 stacked frames
+    assert keys[0] == keys[2] != keys[1]  # 4 and 6 stacked frames
     with pytest.raises(ValueError, match="cannot share a batch"):
         inputs.assemble(payloads)
-    batches = plan_batches([p.vision_tokens for p in payloads], [p.prompt_tokens for p in payloads], budget=10**6,
-                           max_new_tokens=MAX_NEW_TOKENS, keys=keys)
+    batches = plan_batches(
+        [p.vision_tokens for p in payloads],
+        [p.prompt_tokens for p in payloads],
+        budget=10**6,
+        max_new_tokens=MAX_NEW_TOKENS,
+        keys=keys,
+    )
     assert sorted(map(sorted, batches)) == [[0, 2], [1]]

@@ -65,31 +65,50 @@ def direct(encoder, items) -> list[str]:
     batch = processor(images=items, text=texts, padding=True, return_tensors="pt", **inputs.processor_kwargs)
     with torch.inference_mode():
         out = encoder.model.generate(**batch, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
-    return [t.strip() for t in processor.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)]
+    return [t.strip() for t in processor.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)]
 
 
 # -- options ----------------------------------------------------------------------------------------
 
+
 def test_options_parse_and_bad_values_are_refused(models):
     folder = models("llava")
-    parsed = spec(folder, images=3, video="auto", token_budget=4096,
-                  processor_options={"images_kwargs": {"do_pan_and_scan": True}})
+    parsed = spec(
+        folder,
+        images=3,
+        video="auto",
+        token_budget=4096,
+        processor_options={"images_kwargs": {"do_pan_and_scan": True}},
+    )
     assert (parsed.images, parsed.token_budget) == (3, 4096)
     assert spec(folder, images="all").images == "all" and spec(folder).images == "first"
-    for bad, where in [({"images": 0}, "images"), ({"images": True}, "images"), ({"images": "some"}, "images"),
-                       ({"video": "yes"}, "video"), ({"min_pixels": 5000, "max_pixels": 4000}, "min_pixels"),
-                       ({"processor_options": {"padding": "max_length"}}, "padding"),
-                       ({"token_budget": 10}, "token_budget"), ({"max_pixel": 10}, "max_pixel")]:
+    for bad, where in [
+        ({"images": 0}, "images"),
+        ({"images": True}, "images"),
+        ({"images": "some"}, "images"),
+        ({"video": "yes"}, "video"),
+        ({"min_pixels": 5000, "max_pixels": 4000}, "min_pixels"),
+        ({"processor_options": {"padding": "max_length"}}, "padding"),
+        ({"token_budget": 10}, "token_budget"),
+        ({"max_pixel": 10}, "max_pixel"),
+    ]:
         with pytest.raises(ValidationError, match=where):
             spec(folder, **bad)
 
 
-@pytest.mark.parametrize("field, value", [
-    ("pretrained", "laion2b"), ("checkpoint", "w.safetensors"), ("model_config_file", "c.json"),
-    ("token_pooling", "mean"), ("instruction", "query: "), ("window_seconds", 10.0),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("pretrained", "laion2b"),
+        ("checkpoint", "w.safetensors"),
+        ("model_config_file", "c.json"),
+        ("token_pooling", "mean"),
+        ("instruction", "query: "),
+        ("window_seconds", 10.0),
+    ],
+)
 def test_fields_it_does_not_use_are_rejected(field, value, models):
-    with pytest.raises(ValidationError, match=field):        # not an option of the caption spec
+    with pytest.raises(ValidationError, match=field):  # not an option of the caption spec
         spec(models("blip2"), **{field: value})
 
 
@@ -105,52 +124,68 @@ def test_options_of_the_other_input_kind_are_refused_not_ignored(models):
 
 # -- the path, decided on the driver before any work ---------------------------------------------------
 
-@pytest.mark.parametrize("family, input, options, path", [   # path: pixels, video, images, several, pixel bounds
-    ("qwen2_5_vl", {"image": "images"}, {"images": "all"}, ("patches", "native", "all", True, [256, 4096])),
-    ("qwen3_vl", {"video": "clip"}, {}, ("patches", "native", "first", True, [256, 4096])),
-    ("qwen2_5_vl", {"image": "images"}, {"max_pixels": 1024}, ("patches", "native", "first", True, [256, 1024])),
-    ("llava_onevision", {"video": "clip"}, {}, ("tiles", "native", "first", True, None)),
-    ("smolvlm", {"image": "images"}, {"images": 4}, ("tiles", "native", 4, True, None)),
-    ("idefics3", {"video": "clip"}, {}, ("tiles", "frame grid", "first", True, None)),
-    ("gemma3", {"image": "images"}, {"processor_options": {"images_kwargs": {"do_pan_and_scan": True}}},
-     ("tiles", "frame grid", "first", True, None)),
-    ("gemma3", {"image": "images"}, {}, ("fixed", "frame grid", "first", True, None)),
-    ("internvl", {"image": "images"}, {"images": "all"}, ("tiles", "native", "all", True, None)),
-    ("llava", {"image": "images"}, {}, ("fixed", "frame grid", "first", True, None)),
-    ("blip2", {"video": "clip"}, {}, ("fixed", "frame grid", "first", False, None)),
-])
+
+@pytest.mark.parametrize(
+    "family, input, options, path",
+    [  # path: pixels, video, images, several, pixel bounds
+        ("qwen2_5_vl", {"image": "images"}, {"images": "all"}, ("patches", "native", "all", True, [256, 4096])),
+        ("qwen3_vl", {"video": "clip"}, {}, ("patches", "native", "first", True, [256, 4096])),
+        ("qwen2_5_vl", {"image": "images"}, {"max_pixels": 1024}, ("patches", "native", "first", True, [256, 1024])),
+        ("llava_onevision", {"video": "clip"}, {}, ("tiles", "native", "first", True, None)),
+        ("smolvlm", {"image": "images"}, {"images": 4}, ("tiles", "native", 4, True, None)),
+        ("idefics3", {"video": "clip"}, {}, ("tiles", "frame grid", "first", True, None)),
+        (
+            "gemma3",
+            {"image": "images"},
+            {"processor_options": {"images_kwargs": {"do_pan_and_scan": True}}},
+            ("tiles", "frame grid", "first", True, None),
+        ),
+        ("gemma3", {"image": "images"}, {}, ("fixed", "frame grid", "first", True, None)),
+        ("internvl", {"image": "images"}, {"images": "all"}, ("tiles", "native", "all", True, None)),
+        ("llava", {"image": "images"}, {}, ("fixed", "frame grid", "first", True, None)),
+        ("blip2", {"video": "clip"}, {}, ("fixed", "frame grid", "first", False, None)),
+    ],
+)
 def test_the_path_is_decided_from_the_processor_and_recorded(family, input, options, path, models):
     from itemlens.extractors.encoders.caption import describe_path
 
     encoder = build_encoder(spec(models(family), input=input, **options))
-    encoder.check_weights()          # the driver's check: loads the processor, not the model
+    encoder.check_weights()  # the driver's check: loads the processor, not the model
     assert not hasattr(encoder, "model")
     described = encoder.describe()["path"]
     pixels, video, images, several, bounds = path
-    assert (described["pixels"], described["video"], described["images"], described["several images per prompt"],
-            described.get("pixel bounds")) == path
+    assert (
+        described["pixels"],
+        described["video"],
+        described["images"],
+        described["several images per prompt"],
+        described.get("pixel bounds"),
+    ) == path
     assert described["input"] == ("video" if "video" in input else "image") and described["vision tokens"]
     line = describe_path(described)
     assert line.startswith(pixels) and described["processor"] in line
     assert (f"video: {video}" if "video" in input else f"images: {images}") in line
 
 
-@pytest.mark.parametrize("family, options, message", [
-    ("blip2", {"images": "all"}, "reads one image per prompt"),
-    ("blip2", {"images": 2}, "images: 2"),
-    ("blip2", {"input": {"video": "clip"}, "video": "native"}, "does not take video natively"),
-    ("gemma3", {"input": {"video": "clip"}, "video": "native"}, "does not take video natively"),
-    ("idefics3", {"input": {"video": "clip"}, "video": "native"}, "does not take video natively"),
-    ("llava", {"max_pixels": 4096}, "min_pixels / max_pixels bound dynamic-resolution"),
-])
+@pytest.mark.parametrize(
+    "family, options, message",
+    [
+        ("blip2", {"images": "all"}, "reads one image per prompt"),
+        ("blip2", {"images": 2}, "images: 2"),
+        ("blip2", {"input": {"video": "clip"}, "video": "native"}, "does not take video natively"),
+        ("gemma3", {"input": {"video": "clip"}, "video": "native"}, "does not take video natively"),
+        ("idefics3", {"input": {"video": "clip"}, "video": "native"}, "does not take video natively"),
+        ("llava", {"max_pixels": 4096}, "min_pixels / max_pixels bound dynamic-resolution"),
+    ],
+)
 def test_a_model_asked_for_what_it_cannot_do_is_refused_before_any_work(family, options, message, models):
-    encoder = build_encoder(spec(models(family), **options))       # the spec itself is valid
+    encoder = build_encoder(spec(models(family), **options))  # the spec itself is valid
     with pytest.raises(ConfigError, match=message):
         encoder.check_weights()
 
 
 def test_the_documented_fallback_for_video_is_the_frame_grid(models):
-    for family in ("blip2", "gemma3", "idefics3"):          # image-only: video auto takes the grid
+    for family in ("blip2", "gemma3", "idefics3"):  # image-only: video auto takes the grid
         encoder = build_encoder(spec(models(family), input={"video": "clip"}))
         assert encoder.describe()["path"]["video"] == "frame grid"
     asked = build_encoder(spec(models("qwen2_5_vl"), input={"video": "clip"}, video="frame_grid"))
@@ -179,6 +214,7 @@ def test_hub_id_not_in_the_offline_cache_says_where_it_looked():
 
 # -- fingerprint --------------------------------------------------------------------------------------
 
+
 def test_fingerprint_follows_what_changes_the_captions(models):
     from itemlens.extractors.spec import fingerprint
 
@@ -186,13 +222,25 @@ def test_fingerprint_follows_what_changes_the_captions(models):
     base = build_encoder(spec(llava))
     # a spec written before these options existed keeps its version: the recipe it always had
     assert base.fingerprint() == fingerprint(base.spec, base.weights_identity(), "caption/1")
-    same = spec(llava, images="first", video="auto", processor_options={}, token_budget=1000, precision="fp32",
-                resources={"num_gpus": 1, "batch_size": 3})
-    assert build_encoder(same).fingerprint() == base.fingerprint()          # defaults and execution settings
-    for changed in ({"prompt": "What is this?"}, {"max_new_tokens": 9}, {"num_beams": 2}, {"images": "all"},
-                    {"processor_options": {"images_kwargs": {"do_center_crop": False}}}):
+    same = spec(
+        llava,
+        images="first",
+        video="auto",
+        processor_options={},
+        token_budget=1000,
+        precision="fp32",
+        resources={"num_gpus": 1, "batch_size": 3},
+    )
+    assert build_encoder(same).fingerprint() == base.fingerprint()  # defaults and execution settings
+    for changed in (
+        {"prompt": "What is this?"},
+        {"max_new_tokens": 9},
+        {"num_beams": 2},
+        {"images": "all"},
+        {"processor_options": {"images_kwargs": {"do_center_crop": False}}},
+    ):
         assert build_encoder(spec(llava, **changed)).fingerprint() != base.fingerprint(), changed
-    assert build_encoder(spec(models("blip2"))).fingerprint() != base.fingerprint()        # other weights
+    assert build_encoder(spec(models("blip2"))).fingerprint() != base.fingerprint()  # other weights
 
     # a dynamic-resolution model: its effective pixel bounds are in the recipe, the default cap included
     qwen = models("qwen2_5_vl")
@@ -206,8 +254,10 @@ def test_fingerprint_follows_what_changes_the_captions(models):
 
 # -- captions through the encoder ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("family, options", [("llava", {}), ("blip2", {}), ("qwen2_5_vl", {"images": "all"}),
-                                             ("idefics3", {"images": 2})])
+
+@pytest.mark.parametrize(
+    "family, options", [("llava", {}), ("blip2", {}), ("qwen2_5_vl", {"images": "all"}), ("idefics3", {"images": 2})]
+)
 def test_captions_equal_the_processor_and_generate_used_directly(family, options, models, photos):
     """LLaVA and BLIP-2 keep working; a dynamic-resolution and a tiling model with several
     images: what the encoder writes (each item prepared alone, batched by vision tokens) is what
@@ -215,12 +265,12 @@ def test_captions_equal_the_processor_and_generate_used_directly(family, options
     encoder = build_encoder(spec(models(family), **options)).load("cpu")
     assert encoder.processor.tokenizer is encoder.inputs.tokenizer and encoder.dim == 0
     n = encoder.images_per_item or 3
-    items = [photos[:n], photos[1:1 + n], [photos[4]], photos[2:2 + n]]
+    items = [photos[:n], photos[1 : 1 + n], [photos[4]], photos[2 : 2 + n]]
     items = [item[:n] for item in items]
     captions = encoder.caption_images(items)
     assert captions == direct(encoder, items)
-    assert len(set(captions)) >= 2, captions          # the image matters
-    assert [encoder.caption_images([item])[0] for item in items] == captions      # alone as together
+    assert len(set(captions)) >= 2, captions  # the image matters
+    assert [encoder.caption_images([item])[0] for item in items] == captions  # alone as together
     info = encoder.describe()
     assert (info["prompt"], info["max_new_tokens"], info["decoding"]) == (PROMPT, MAX_NEW_TOKENS, "greedy")
     assert info["architecture"] == type(encoder.model).__name__
@@ -243,8 +293,9 @@ def test_generation_goes_through_one_method_and_the_budget_cuts_batches(models, 
     payloads = [wide.prepare_images(item) for item in items]
     together = wide.caption(payloads)
     assert Counting.calls == [len(items)]
-    narrow = Counting(spec(models("qwen2_5_vl"), token_budget=2 * (max(p.prompt_tokens for p in payloads)
-                                                                   + MAX_NEW_TOKENS)))
+    narrow = Counting(
+        spec(models("qwen2_5_vl"), token_budget=2 * (max(p.prompt_tokens for p in payloads) + MAX_NEW_TOKENS))
+    )
     assert narrow.fingerprint() == wide.fingerprint()
     Counting.calls.clear()
     cut = narrow.load("cpu").caption(payloads)
@@ -263,6 +314,7 @@ def test_beam_search_is_part_of_the_recipe(models, photos):
 
 # -- sizes: the guards and the payload ----------------------------------------------------------------------
 
+
 def test_a_dynamic_resolution_payload_is_bounded_by_max_pixels(models, photos):
     """A 4000x3000 photo through Qwen2.5-VL's real image processor settings (14 x 14 patches merged
     2 x 2, pairs of frames, 3136 to 12,845,056 pixels) is a ~290 MB float32 payload; the default
@@ -272,8 +324,9 @@ def test_a_dynamic_resolution_payload_is_bounded_by_max_pixels(models, photos):
 
     from itemlens.extractors.encoders.caption_inputs import DEFAULT_MAX_PIXELS
 
-    real = Qwen2VLImageProcessor(patch_size=14, merge_size=2, temporal_patch_size=2,
-                                 size={"shortest_edge": 3136, "longest_edge": 12845056})
+    real = Qwen2VLImageProcessor(
+        patch_size=14, merge_size=2, temporal_patch_size=2, size={"shortest_edge": 3136, "longest_edge": 12845056}
+    )
     floats_per_patch = 3 * 2 * 14 * 14
     own = real.get_number_of_image_patches(3000, 4000, {}) * floats_per_patch * 4
     capped = real.get_number_of_image_patches(3000, 4000, {"max_pixels": DEFAULT_MAX_PIXELS}) * floats_per_patch * 4
@@ -296,8 +349,8 @@ def test_size_guards_apply_to_caption_inputs(tmp_path, models):
     before the processor runs; under looser limits the same icon is captioned."""
     from PIL import Image
 
-    Image.new("RGB", (250, 2), "red").save(tmp_path / "strip.png")        # 125 : 1
-    Image.new("RGB", (20, 20), "blue").save(tmp_path / "icon.png")         # 400 pixels, upscaled to 64x64
+    Image.new("RGB", (250, 2), "red").save(tmp_path / "strip.png")  # 125 : 1
+    Image.new("RGB", (20, 20), "blue").save(tmp_path / "icon.png")  # 400 pixels, upscaled to 64x64
     rows = [{"item_id": "strip", "images": ["strip.png"]}, {"item_id": "icon", "images": ["icon.png"]}]
     caption = spec(models("qwen2_5_vl"), min_pixels=4096, max_pixels=4096)
     staged = _run(caption, rows, tmp_path, MediaLimits(max_pixels=3000))
@@ -314,15 +367,25 @@ def _run(caption: FeatureSpec, rows: list[dict], base: Path, limits: MediaLimits
 
     spec_json = caption.model_dump_json()
     prepare = stages.prepare_caption_images if caption.input.kind == "image" else stages.prepare_caption_videos
-    prepared = pa.concat_tables(prepare(pa.Table.from_pylist(rows), spec_json=spec_json, id_column="item_id",
-                                        base=str(base), stored=StoredHashes(None, None, None, None, "t"),
-                                        limits=limits))
+    prepared = pa.concat_tables(
+        prepare(
+            pa.Table.from_pylist(rows),
+            spec_json=spec_json,
+            id_column="item_id",
+            base=str(base),
+            stored=StoredHashes(None, None, None, None, "t"),
+            limits=limits,
+        )
+    )
     staged = stages.EncodeBatches(spec_json, "fp", "cpu", 1, "run")(prepared).to_pylist()
-    return {r["item_id"]: r["caption"] if r["error_stage"] is None else f"{r['error_stage']}: {r['error_reason']}"
-            for r in staged}
+    return {
+        r["item_id"]: r["caption"] if r["error_stage"] is None else f"{r['error_stage']}: {r['error_reason']}"
+        for r in staged
+    }
 
 
 # -- which images, and the input hash ---------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("images, selected", [("first", 1), (2, 2), ("all", 4)])
 def test_the_input_hash_covers_exactly_the_selected_images_in_order(images, selected, models, tmp_path):
@@ -344,8 +407,13 @@ def test_the_input_hash_covers_exactly_the_selected_images_in_order(images, sele
         return hashlib.sha256(b"".join(hashlib.sha256((tmp_path / n).read_bytes()).digest() for n in names)).hexdigest()
 
     def common(stored):
-        return {"spec_json": spec_json, "id_column": "item_id", "base": str(tmp_path), "stored": stored,
-                "limits": MediaLimits()}
+        return {
+            "spec_json": spec_json,
+            "id_column": "item_id",
+            "base": str(tmp_path),
+            "stored": stored,
+            "limits": MediaLimits(),
+        }
 
     nothing = StoredHashes(None, None, None, None, "t")
     prepared = pa.concat_tables(stages.prepare_caption_images(batch, **common(nothing)))
@@ -358,12 +426,13 @@ def test_the_input_hash_covers_exactly_the_selected_images_in_order(images, sele
 
     # what a store holds after that run (no media key: the hash decides)
     table = str(tmp_path / "stored.lance")
-    lance.write_dataset(pa.table({"item_id": ["p"], "input_hash": [staged["input_hash"]],
-                                  "media_key": pa.nulls(1, pa.string())}), table)
+    lance.write_dataset(
+        pa.table({"item_id": ["p"], "input_hash": [staged["input_hash"]], "media_key": pa.nulls(1, pa.string())}), table
+    )
     stored = StoredHashes(table, None, None, None, "t")
     assert stages.plan_inputs(batch, **common(stored)).num_rows == 0
     assert pa.concat_tables(stages.prepare_caption_images(batch, **common(stored))).num_rows == 0
-    shutil.copy(CATALOG_DIR / PHOTOS[0], tmp_path / "2.jpg")               # the third image changes
+    shutil.copy(CATALOG_DIR / PHOTOS[0], tmp_path / "2.jpg")  # the third image changes
     planned = stages.plan_inputs(batch, **common(stored)).to_pylist()
     again = pa.concat_tables(stages.prepare_caption_images(batch, **common(stored)))
     if selected <= 2:
@@ -386,10 +455,16 @@ def test_prepared_items_travel_in_bounded_blocks_sorted_by_vision_tokens(models,
     rows = [{"item_id": f"p{i}", "images": [f"{i}.jpg"]} for i in range(6)] + [{"item_id": "x", "images": None}]
     payload = build_encoder(caption).prepare_images([load_image(str(tmp_path / "0.jpg"))])
     monkeypatch.setattr(stages, "CAPTION_BLOCK_BYTES", 2 * payload.nbytes)
-    tables = list(stages.prepare_caption_images(pa.Table.from_pylist(rows), spec_json=caption.model_dump_json(),
-                                                id_column="item_id", base=str(tmp_path),
-                                                stored=StoredHashes(None, None, None, None, "t"),
-                                                limits=MediaLimits()))
+    tables = list(
+        stages.prepare_caption_images(
+            pa.Table.from_pylist(rows),
+            spec_json=caption.model_dump_json(),
+            id_column="item_id",
+            base=str(tmp_path),
+            stored=StoredHashes(None, None, None, None, "t"),
+            limits=MediaLimits(),
+        )
+    )
     assert len(tables) >= 3 and sum(t.num_rows for t in tables) == 7
     for table in tables:
         sizes = [sum(len(d) for d in p["data"]) for p in table.column("payload").to_pylist() if p]

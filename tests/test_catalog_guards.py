@@ -20,8 +20,8 @@ from PIL import Image
 
 import itemlens
 from itemlens.errors import CatalogError, StoreError
-from itemlens.workflows.feature_job import FeatureJob
 from itemlens.workflows.catalog import CatalogChangedError
+from itemlens.workflows.feature_job import FeatureJob
 from itemlens.workflows.ingest import ingest
 from itemlens.workflows.plan import plan
 
@@ -50,10 +50,10 @@ def test_an_empty_or_truncated_catalog_does_not_empty_the_store(ray_session, tmp
     ingest(write_jsonl(tmp_path / "c.jsonl", _rows(20)), config, store, progress=False)
     empty = tmp_path / "empty.jsonl"
     empty.write_bytes(b"")
-    for allow in (None, "all"):       # not even --allow-removals all lets an empty catalog through
+    for allow in (None, "all"):  # not even --allow-removals all lets an empty catalog through
         with pytest.raises(CatalogError, match="the catalog is empty"):
             ingest(empty, config, store, progress=False, allow_removals=allow)
-    truncated = write_jsonl(tmp_path / "truncated.jsonl", _rows(20)[:6])     # 14 of 20 would go
+    truncated = write_jsonl(tmp_path / "truncated.jsonl", _rows(20)[:6])  # 14 of 20 would go
     with pytest.raises(CatalogError, match=r"would remove 14 of the 20 items that text@v1 holds"):
         ingest(truncated, config, store, progress=False)
     assert "REFUSED" in plan(truncated, config, store).summary()
@@ -63,8 +63,9 @@ def test_an_empty_or_truncated_catalog_does_not_empty_the_store(ray_session, tmp
     assert lens.snapshot == 1 and len(lens.ids("text")) == 20 and _items(store) == 20
     # an explicit allowance lets the truncation through
     report = ingest(truncated, config, store, progress=False, allow_removals=14)
-    assert report.removed_items == 14 and sorted(itemlens.connect(store).ids("text")) == \
-        sorted(r["item_id"] for r in _rows(6))
+    assert report.removed_items == 14 and sorted(itemlens.connect(store).ids("text")) == sorted(
+        r["item_id"] for r in _rows(6)
+    )
 
 
 def test_special_files_and_extreme_images_are_errors_rows_within_budget(ray_session, tmp_path, tiny_clip):
@@ -72,13 +73,17 @@ def test_special_files_and_extreme_images_are_errors_rows_within_budget(ray_sess
     folder.mkdir()
     Image.new("RGB", (40, 30), (10, 200, 10)).save(folder / "ok.png")
     os.mkfifo(folder / "fifo.jpg")
-    Image.new("RGB", (1, 100_000), (200, 10, 10)).save(folder / "strip.png")     # 100k pixels, 475 bytes
-    rows = [{"item_id": "ok", "images": ["ok.png"]}, {"item_id": "fifo", "images": ["fifo.jpg"]},
-            {"item_id": "dev", "images": ["/dev/zero"]}, {"item_id": "strip", "images": ["strip.png"]}]
+    Image.new("RGB", (1, 100_000), (200, 10, 10)).save(folder / "strip.png")  # 100k pixels, 475 bytes
+    rows = [
+        {"item_id": "ok", "images": ["ok.png"]},
+        {"item_id": "fifo", "images": ["fifo.jpg"]},
+        {"item_id": "dev", "images": ["/dev/zero"]},
+        {"item_id": "strip", "images": ["strip.png"]},
+    ]
     config = {"features": {"image": image_spec(tiny_clip)}, "decode": {"read_timeout": 5}}
     started = time.monotonic()
     report = ingest(write_jsonl(folder / "c.jsonl", rows), config, tmp_path / "lens", progress=False)
-    assert time.monotonic() - started < 120          # the FIFO did not hang the job
+    assert time.monotonic() - started < 120  # the FIFO did not hang the job
     assert (report.features["image"].encoded, report.features["image"].errors) == (1, 3)
     errors = {r["item_id"]: (r["stage"], r["reason"]) for r in itemlens.connect(tmp_path / "lens").errors().to_pylist()}
     assert errors["fifo"][0] == "read" and "a FIFO" in errors["fifo"][1]
@@ -87,7 +92,8 @@ def test_special_files_and_extreme_images_are_errors_rows_within_budget(ray_sess
 
 
 def test_a_catalog_replaced_during_a_job_publishes_nothing_and_the_next_run_is_right(
-        ray_session, tmp_path, minilm_path, monkeypatch):
+    ray_session, tmp_path, minilm_path, monkeypatch
+):
     config = {"features": {"text": text_spec(minilm_path, template="{title}")}}
     store = tmp_path / "lens"
     catalog = write_jsonl(tmp_path / "c.jsonl", _rows(30))
@@ -106,7 +112,7 @@ def test_a_catalog_replaced_during_a_job_publishes_nothing_and_the_next_run_is_r
 
     def swap_then_run(job):
         if not swapped:
-            time.sleep(0.01)                 # a new mtime and ctime, whatever the clock's granularity
+            time.sleep(0.01)  # a new mtime and ctime, whatever the clock's granularity
             write_jsonl(catalog, third)
             swapped.append(job.version.name)
         return original(job)
@@ -133,13 +139,16 @@ def test_a_catalog_replaced_during_a_job_publishes_nothing_and_the_next_run_is_r
 
 
 def test_ids_of_mixed_types_are_refused_before_anything_is_written_and_dicts_are_not_text(
-        ray_session, tmp_path, minilm_path):
+    ray_session, tmp_path, minilm_path
+):
     config = {"features": {"text": text_spec(minilm_path, template="{title}. {specs}")}}
     store = tmp_path / "lens"
     # integer ids are fine (stored as their decimal strings); a dict in a text column is an
     # input error of its item, naming the column
-    ints = write_jsonl(tmp_path / "ints.jsonl", [{"item_id": 7, "title": "lamp", "specs": "40 W"},
-                                                 {"item_id": 8, "title": "bulb", "specs": {"watts": 40}}])
+    ints = write_jsonl(
+        tmp_path / "ints.jsonl",
+        [{"item_id": 7, "title": "lamp", "specs": "40 W"}, {"item_id": 8, "title": "bulb", "specs": {"watts": 40}}],
+    )
     report = ingest(ints, config, store, progress=False)
     assert report.features["text"].errors_by_stage == {"input": 1}
     lens = itemlens.connect(store)
@@ -148,14 +157,16 @@ def test_ids_of_mixed_types_are_refused_before_anything_is_written_and_dicts_are
     assert error["item_id"] == "8" and "column 'specs' holds a dict" in error["reason"]
 
     mixed = tmp_path / "mixed.jsonl"
-    mixed.write_text('{"item_id": 7, "title": "a", "specs": "x"}\n{"item_id": "abc", "title": "b", "specs": "x"}\n'
-                     '{"item_id": 8.5, "title": "c", "specs": "x"}\n')
+    mixed.write_text(
+        '{"item_id": 7, "title": "a", "specs": "x"}\n{"item_id": "abc", "title": "b", "specs": "x"}\n'
+        '{"item_id": 8.5, "title": "c", "specs": "x"}\n'
+    )
     with pytest.raises(CatalogError, match="ids must all be strings or all integers"):
         ingest(mixed, config, store, progress=False)
     floats = write_jsonl(tmp_path / "floats.jsonl", [{"item_id": 1.5, "title": "x", "specs": "y"}])
     with pytest.raises(CatalogError, match="double values, e.g. 1.5"):
         ingest(floats, config, store, progress=False)
-    assert _items(store) == 2 and itemlens.connect(store).snapshot == 1       # nothing was written
+    assert _items(store) == 2 and itemlens.connect(store).snapshot == 1  # nothing was written
 
 
 def _cli(*args: str, env: dict) -> subprocess.CompletedProcess:
@@ -163,7 +174,8 @@ def _cli(*args: str, env: dict) -> subprocess.CompletedProcess:
 
 
 def test_unreadable_catalogs_and_bad_store_uris_are_one_message_with_exit_2(
-        ray_session, ray_cluster, tmp_path, minilm_path):
+    ray_session, ray_cluster, tmp_path, minilm_path
+):
     config = tmp_path / "lens.yaml"
     config.write_text(yaml.safe_dump({"features": {"text": text_spec(minilm_path, template="{title}")}}))
     env = {**ray_cluster["env"], "RAY_ADDRESS": ray_cluster["address"]}
@@ -177,28 +189,52 @@ def test_unreadable_catalogs_and_bad_store_uris_are_one_message_with_exit_2(
     truncated = tmp_path / "truncated.parquet"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     store = tmp_path / "lens"
-    for catalog, message in ((malformed, "malformed.jsonl, line 2: not valid JSON"),
-                             (truncated, "truncated.parquet: Parquet magic bytes not found")):
+    for catalog, message in (
+        (malformed, "malformed.jsonl, line 2: not valid JSON"),
+        (truncated, "truncated.parquet: Parquet magic bytes not found"),
+    ):
         run = _cli("ingest", str(catalog), "--config", str(config), "--store", str(store), "--no-progress", env=env)
         assert run.returncode == 2, run.stderr[-2000:]
         assert message in run.stderr and "Traceback" not in run.stderr
     assert not (store / "items.lance").exists() or _items(store) == 0
 
     secret = "s3cr3t-in-a-uri"
-    run = _cli("ingest", str(good), "--config", str(config), "--store", f"file://user:{secret}@localhost{tmp_path}/x",
-               "--no-progress", env=env)
+    run = _cli(
+        "ingest",
+        str(good),
+        "--config",
+        str(config),
+        "--store",
+        f"file://user:{secret}@localhost{tmp_path}/x",
+        "--no-progress",
+        env=env,
+    )
     assert run.returncode == 2 and "carries credentials" in run.stderr
     assert secret not in run.stdout + run.stderr and not list(Path.cwd().glob("user:*"))
     # file://localhost/ABS is the local path ABS, not ./localhost/ABS
-    run = _cli("ingest", str(good), "--config", str(config), "--store", f"file://localhost{tmp_path}/by-uri",
-               "--no-progress", env=env)
+    run = _cli(
+        "ingest",
+        str(good),
+        "--config",
+        str(config),
+        "--store",
+        f"file://localhost{tmp_path}/by-uri",
+        "--no-progress",
+        env=env,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert sorted(itemlens.connect(tmp_path / "by-uri").ids("text")) == ["a", "b"]
 
 
 def test_a_store_on_unreachable_object_storage_is_a_message_not_a_traceback(tmp_path):
-    env = {**os.environ, "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x",
-           "AWS_SECRET_ACCESS_KEY": "y", "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true"}
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "y",
+        "AWS_REGION": "us-east-1",
+        "AWS_ALLOW_HTTP": "true",
+    }
     run = _cli("show", "s3://no-such-bucket/lens", env=env)
     assert run.returncode == 2 and run.stderr.startswith("itemlens: error: cannot open s3://no-such-bucket/lens")
     assert "Traceback" not in run.stderr
@@ -216,21 +252,30 @@ def test_a_killed_drivers_local_ray_is_ended_by_the_next_run(tmp_path, minilm_pa
     config.write_text(yaml.safe_dump({"features": {"text": text_spec(minilm_path, template="{title}")}}))
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
     env.update(HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0")
-    command = [ITEMLENS, "ingest", str(catalog), "--config", str(config), "--store", str(tmp_path / "lens"),
-               "--no-progress"]
+    command = [
+        ITEMLENS,
+        "ingest",
+        str(catalog),
+        "--config",
+        str(config),
+        "--store",
+        str(tmp_path / "lens"),
+        "--no-progress",
+    ]
     driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     record = _RECORDS / f"{driver.pid}.json"
     deadline = time.monotonic() + 120
     while not record.exists():
         assert time.monotonic() < deadline and driver.poll() is None, "the driver did not start Ray"
         time.sleep(0.2)
-    time.sleep(1)                     # Ray's node (and the agents that outlive a killed driver) is up
+    time.sleep(1)  # Ray's node (and the agents that outlive a killed driver) is up
     session = json.loads(record.read_text())
     driver.kill()
     driver.wait()
     time.sleep(2)
-    assert _session_processes(session["node_id"], session["session_dir"]), \
+    assert _session_processes(session["node_id"], session["session_dir"]), (
         "expected Ray processes to outlive the killed driver (the case this test is about)"
+    )
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     # a local run says nothing users read as failures: not Ray's token-authentication notice,

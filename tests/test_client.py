@@ -39,7 +39,7 @@ def test_vectors_are_exact_for_1_1000_and_100000_ids(store, dtype):
     reader = itemlens.connect(store)
     rng = np.random.default_rng(1)
     for size in (1, 1000, 100_000):
-        pick = rng.integers(0, n, size=size)          # duplicates included at these sizes
+        pick = rng.integers(0, n, size=size)  # duplicates included at these sizes
         got = reader.vectors("emb", [ids[i] for i in pick])
         assert got.dtype == dtype and np.array_equal(got, values[pick])
     # the same through Lance row takes, when the table does not fit the cache
@@ -90,17 +90,20 @@ def test_reads_through_a_dataloader_with_two_workers(store, context):
     values = _unit(64, 8)
     lens = itemlens.connect(store)
     lens.put_vectors("emb", ids, values, spec={"model": "m"})
-    lens.vectors("emb", ids[:2])          # the parent has its cache and Lance handles open
-    loader = torch.utils.data.DataLoader(_Rows(lens, ids), batch_size=8, num_workers=2,
-                                         multiprocessing_context=context)
+    lens.vectors("emb", ids[:2])  # the parent has its cache and Lance handles open
+    loader = torch.utils.data.DataLoader(_Rows(lens, ids), batch_size=8, num_workers=2, multiprocessing_context=context)
     got = torch.cat(list(loader)).numpy()
     assert np.array_equal(got, values)
 
 
 def test_captions(store):
     lens = itemlens.connect(store)
-    lens.put_captions("caption", ["a", "b"], ["a grey yoga bag", "an LED bulb"],
-                      spec={"model": "llava-tiny", "prompt": "Describe the product."})
+    lens.put_captions(
+        "caption",
+        ["a", "b"],
+        ["a grey yoga bag", "an LED bulb"],
+        spec={"model": "llava-tiny", "prompt": "Describe the product."},
+    )
     assert lens.captions("caption", ["b", "a", "b"]) == ["an LED bulb", "a grey yoga bag", "an LED bulb"]
     assert lens.captions("caption", ["zz"], fill="") == [""]
     with pytest.raises(UnknownItemsError):
@@ -119,7 +122,7 @@ def test_an_index_finds_the_same_top1_as_exact_search(store):
     lens = itemlens.connect(store)
     lens.put_vectors("emb", ids, values, spec={"model": "m"})
     info = lens.create_index("emb", kind="IVF_PQ")
-    assert info["kind"] == "IVF_PQ" and info["params"] == {"num_partitions": round(n ** 0.5), "num_sub_vectors": 4}
+    assert info["kind"] == "IVF_PQ" and info["params"] == {"num_partitions": round(n**0.5), "num_sub_vectors": 4}
     assert 0.0 < info["recall_at_10"] <= 1.0
     assert lens.features()[0].index["recall_at_10"] == info["recall_at_10"]
     for i in np.random.default_rng(2).choice(n, 50, replace=False):
@@ -134,7 +137,7 @@ def test_an_index_finds_the_same_top1_as_exact_search(store):
 
 def test_pins_survive_writes_and_pruning(store):
     lens = itemlens.connect(store)
-    for generation in range(1, 5):      # snapshots 1..4, every value rewritten each time
+    for generation in range(1, 5):  # snapshots 1..4, every value rewritten each time
         lens.put_vectors("emb", ["a", "b"], np.full((2, 4), generation, np.float32), spec={"model": "m"})
     with StoreWriter.open(store) as writer:
         writer.pin(2)
@@ -167,7 +170,7 @@ def test_exports_align_to_the_item_index_or_to_given_ids(store, tmp_path):
 
     lens = itemlens.connect(store)
     image, text = _unit(3, 4, seed=1), _unit(2, 6, seed=2)
-    lens.put_vectors("image", ["c", "a", "b"], image, spec={"model": "clip"})     # item_index c=0, a=1, b=2
+    lens.put_vectors("image", ["c", "a", "b"], image, spec={"model": "clip"})  # item_index c=0, a=1, b=2
     lens.put_vectors("text", ["a", "b"], text, spec={"model": "st"})
 
     # MMRec's row order is its whole contract: refused without one, the store's when asked for;
@@ -182,7 +185,7 @@ def test_exports_align_to_the_item_index_or_to_given_ids(store, tmp_path):
     assert mapping["asin"].tolist() == ["c", "a", "b"] and mapping["itemID"].tolist() == [0, 1, 2]
     assert np.array_equal(np.load(tmp_path / "mmrec" / "image_feat.npy"), image)
     text_feat = np.load(tmp_path / "mmrec" / "text_feat.npy")
-    assert np.array_equal(text_feat[1:], text) and not text_feat[0].any()      # c has no text: filled with 0
+    assert np.array_equal(text_feat[1:], text) and not text_feat[0].any()  # c has no text: filled with 0
     assert np.load(tmp_path / "mmrec" / "text_mask.npy").tolist() == [False, True, True]
     assert report.present == {"image": 3, "text": 2} and report.filled == {"image": 0, "text": 1}
     manifest = json.loads((tmp_path / "mmrec" / "export.json").read_text())["exports"]["mmrec"]
@@ -218,15 +221,19 @@ def test_many_readers_never_see_a_half_written_snapshot(store, tmp_path):
             seen.add(lens.snapshot)
         print(len(seen))
     """)
-    readers = [subprocess.Popen([sys.executable, "-c", reader, "12"], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    readers = [
+        subprocess.Popen(
+            [sys.executable, "-c", reader, "12"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
     time.sleep(1.5)
     for generation in range(1, 7):
         lens.put_vectors("emb", ids, np.full((2000, 8), generation, np.float32), spec={"model": "m"})
     for proc in readers:
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
-        assert int(out) >= 2          # each reader saw snapshots change under it
+        assert int(out) >= 2  # each reader saw snapshots change under it
 
 
 def test_command_line_snapshots_pin_prune_index_export(store, tmp_path):
@@ -247,8 +254,18 @@ def test_command_line_snapshots_pin_prune_index_export(store, tmp_path):
     shown = cli("show", str(store))
     assert "index: IVF_PQ" in shown and "recall@10" in shown
     (tmp_path / "ids.txt").write_text("i5\nnot-there\ni1\n")
-    out = cli("export", str(store), "--format", "npz", "--out", str(tmp_path / "x"), "--ids", str(tmp_path / "ids.txt"),
-              "--fill", "nan")
+    out = cli(
+        "export",
+        str(store),
+        "--format",
+        "npz",
+        "--out",
+        str(tmp_path / "x"),
+        "--ids",
+        str(tmp_path / "ids.txt"),
+        "--fill",
+        "nan",
+    )
     assert "features.npz" in out
     archive = np.load(tmp_path / "x" / "features.npz")
     assert archive["item_id"].tolist() == ["i5", "not-there", "i1"] and np.isnan(archive["text"][1]).all()

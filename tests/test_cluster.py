@@ -22,7 +22,7 @@ from .test_jobs import ITEMLENS
 
 pytestmark = pytest.mark.integration
 
-SLOT = "encoder_slot"          # the custom resource: one per "GPU"
+SLOT = "encoder_slot"  # the custom resource: one per "GPU"
 
 
 class Nodes:
@@ -37,13 +37,28 @@ class Nodes:
 
         before = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
         self.procs[name] = subprocess.Popen(
-            [self.cluster["ray"], "start", f"--address={self.cluster['address']}", f"--num-cpus={cpus}",
-             "--num-gpus=0", f"--resources={json.dumps({SLOT: slots})}", "--block", "--disable-usage-stats"],
-            env=self.cluster["env"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            [
+                self.cluster["ray"],
+                "start",
+                f"--address={self.cluster['address']}",
+                f"--num-cpus={cpus}",
+                "--num-gpus=0",
+                f"--resources={json.dumps({SLOT: slots})}",
+                "--block",
+                "--disable-usage-stats",
+            ],
+            env=self.cluster["env"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            new = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] not in before
-                   and n["Resources"].get(SLOT) == slots]
+            new = [
+                n["NodeID"]
+                for n in ray.nodes()
+                if n["Alive"] and n["NodeID"] not in before and n["Resources"].get(SLOT) == slots
+            ]
             if new:
                 return new[0]
             time.sleep(0.5)
@@ -78,12 +93,23 @@ def _config(path: Path, model: str, *, slots: bool, concurrency: int = 2, extra:
     resources = {"num_gpus": 0, "batch_size": 50, "concurrency": concurrency}
     if slots:
         resources["resources"] = {SLOT: 1}
-    path.write_text(yaml.safe_dump({
-        "features": {"text": {"encoder": "hf-text", "model": model, "input": {"template": "{title}"},
-                              "resources": resources}},
-        "decode": {"text_batch_size": 100, "num_cpus": 0.5},
-        "staging": {"commit_seconds": 1, "fragment_rows": 100},
-        **(extra or {})}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "features": {
+                    "text": {
+                        "encoder": "hf-text",
+                        "model": model,
+                        "input": {"template": "{title}"},
+                        "resources": resources,
+                    }
+                },
+                "decode": {"text_batch_size": 100, "num_cpus": 0.5},
+                "staging": {"commit_seconds": 1, "fragment_rows": 100},
+                **(extra or {}),
+            }
+        )
+    )
     return path
 
 
@@ -101,21 +127,44 @@ def _encoded_by_node(log: Path) -> dict[str, list[str]]:
 
 
 def _ingest(catalog: str, config: Path, store: str, log: Path, ray_cluster: dict) -> list[str]:
-    return [ITEMLENS, "ingest", catalog, "--config", str(config), "--store", store, "--address",
-            ray_cluster["address"], "--encode-log", str(log), "--no-progress"]
+    return [
+        ITEMLENS,
+        "ingest",
+        catalog,
+        "--config",
+        str(config),
+        "--store",
+        store,
+        "--address",
+        ray_cluster["address"],
+        "--encode-log",
+        str(log),
+        "--no-progress",
+    ]
 
 
 def test_actors_go_where_the_resource_is_and_a_multi_node_s3_run_gives_the_local_vectors(
-        nodes, ray_cluster, s3_server, tmp_path, tiny_llm):
+    nodes, ray_cluster, s3_server, tmp_path, tiny_llm
+):
     import s3fs
 
     rows = _rows(600)
     catalog = write_jsonl(tmp_path / "catalog.jsonl", rows)
     env = ray_cluster["env"]
     # one node: the session's head alone, a local folder
-    single = subprocess.run(_ingest(str(catalog), _config(tmp_path / "one.yaml", tiny_llm, slots=False, concurrency=1),
-                                    str(tmp_path / "lens"), tmp_path / "log1", ray_cluster),
-                            env=env, capture_output=True, text=True, timeout=600)
+    single = subprocess.run(
+        _ingest(
+            str(catalog),
+            _config(tmp_path / "one.yaml", tiny_llm, slots=False, concurrency=1),
+            str(tmp_path / "lens"),
+            tmp_path / "log1",
+            ray_cluster,
+        ),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert single.returncode == 0, single.stderr
 
     a, b = nodes.add("a", slots=1), nodes.add("b", slots=1)
@@ -124,16 +173,29 @@ def test_actors_go_where_the_resource_is_and_a_multi_node_s3_run_gives_the_local
     fs.mkdir("lens-cluster")
     fs.put(str(catalog), "lens-cluster/catalog.jsonl")
     log = tmp_path / "log2"
-    multi = subprocess.run(_ingest("s3://lens-cluster/catalog.jsonl", _config(tmp_path / "slots.yaml", tiny_llm, slots=True),
-                                   "s3://lens-cluster/lens", log, ray_cluster),
-                           env=env, capture_output=True, text=True, timeout=600)
+    multi = subprocess.run(
+        _ingest(
+            "s3://lens-cluster/catalog.jsonl",
+            _config(tmp_path / "slots.yaml", tiny_llm, slots=True),
+            "s3://lens-cluster/lens",
+            log,
+            ray_cluster,
+        ),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert multi.returncode == 0, multi.stderr
     by_node = _encoded_by_node(log)
-    assert set(by_node) == {a[:12], b[:12]}                  # both worker nodes, never the head
+    assert set(by_node) == {a[:12], b[:12]}  # both worker nodes, never the head
     assert sorted(i for ids in by_node.values() for i in ids) == sorted(r["item_id"] for r in rows)
 
     ids = [r["item_id"] for r in rows]
-    one, many = itemlens.connect(tmp_path / "lens").vectors("text", ids), itemlens.connect("s3://lens-cluster/lens").vectors("text", ids)
+    one, many = (
+        itemlens.connect(tmp_path / "lens").vectors("text", ids),
+        itemlens.connect("s3://lens-cluster/lens").vectors("text", ids),
+    )
     cos = (one * many).sum(1) / (np.linalg.norm(one, axis=1) * np.linalg.norm(many, axis=1))
     assert cos.min() >= 0.99999
 
@@ -141,18 +203,22 @@ def test_actors_go_where_the_resource_is_and_a_multi_node_s3_run_gives_the_local
 def test_a_node_lost_mid_job_loses_and_duplicates_no_item(nodes, ray_cluster, tmp_path, tiny_llm):
     import ray
 
-    nodes.close()                    # two nodes with the resource: one that stays, one to lose
+    nodes.close()  # two nodes with the resource: one that stays, one to lose
     keep, lost = nodes.add("keep", slots=2), nodes.add("lost", slots=1)
     n = 2500
     rows = _rows(n)
     catalog = write_jsonl(tmp_path / "catalog.jsonl", rows)
     store, log = tmp_path / "lens", tmp_path / "log"
-    job = subprocess.Popen(_ingest(str(catalog), _config(tmp_path / "lens.yaml", tiny_llm, slots=True), str(store),
-                                   log, ray_cluster),
-                           env=ray_cluster["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job = subprocess.Popen(
+        _ingest(str(catalog), _config(tmp_path / "lens.yaml", tiny_llm, slots=True), str(store), log, ray_cluster),
+        env=ray_cluster["env"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 300
-        while len(_encoded_by_node(log).get(lost[:12], [])) < 300:      # the doomed node is at work
+        while len(_encoded_by_node(log).get(lost[:12], [])) < 300:  # the doomed node is at work
             assert job.poll() is None, job.communicate()
             assert time.monotonic() < deadline, "the node to be lost never encoded anything"
             time.sleep(0.2)
@@ -166,7 +232,7 @@ def test_a_node_lost_mid_job_loses_and_duplicates_no_item(nodes, ray_cluster, tm
 
     lens = itemlens.connect(store)
     stored = lens.ids("text")
-    assert len(stored) == n and sorted(stored) == sorted(r["item_id"] for r in rows)     # each item once
+    assert len(stored) == n and sorted(stored) == sorted(r["item_id"] for r in rows)  # each item once
     assert lens.errors().num_rows == 0
     assert np.isfinite(lens.vectors("text", stored)).all()
     # the node that stayed carried both actors after the loss (its second slot), and every item

@@ -40,7 +40,7 @@ def _check_cluster_spec(spec: dict) -> set[str]:
     assert spec["rayVersion"] == _ray_version()
     assert spec["enableInTreeAutoscaling"] is True
     head = spec["headGroupSpec"]
-    assert head["rayStartParams"]["num-cpus"] == "0"          # the head runs the driver, not the work
+    assert head["rayStartParams"]["num-cpus"] == "0"  # the head runs the driver, not the work
     images = {c["image"] for c in head["template"]["spec"]["containers"]}
     gpu_groups = []
     for group in spec["workerGroupSpecs"]:
@@ -51,7 +51,7 @@ def _check_cluster_spec(spec: dict) -> set[str]:
         if "nvidia.com/gpu" in limits:
             assert group["rayStartParams"]["num-gpus"] == limits["nvidia.com/gpu"]
             gpu_groups.append(group["groupName"])
-        for c in containers:          # credentials come from a secret or the pod's identity, never inline
+        for c in containers:  # credentials come from a secret or the pod's identity, never inline
             assert not [e for e in c.get("env", []) if "SECRET" in e["name"] and "value" in e]
     assert gpu_groups, "no GPU worker group"
     assert len(images) == 1
@@ -69,8 +69,9 @@ def test_kuberay_rayjob_runs_an_ingest_the_cli_accepts():
     assert (doc["apiVersion"], doc["kind"]) == ("ray.io/v1", "RayJob")
     assert doc["spec"]["shutdownAfterJobFinishes"] is True
     images = _check_cluster_spec(doc["spec"]["rayClusterSpec"])
-    assert images == {c["image"] for c in _yaml("kuberay/raycluster.yaml")["spec"]["headGroupSpec"]["template"]
-                      ["spec"]["containers"]}
+    assert images == {
+        c["image"] for c in _yaml("kuberay/raycluster.yaml")["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
+    }
     args = _entrypoint_args(doc["spec"]["entrypoint"])
     assert args.command == "ingest" and args.store.startswith("s3://") and args.catalog.startswith("s3://")
     # the config the entrypoint names is this repository's cluster/lens-cluster.yaml, at /app in the image
@@ -108,11 +109,13 @@ def test_the_cluster_configuration_is_valid_and_sized_for_gpus():
     cfg = load_config(CLUSTER / "lens-cluster.yaml")
     gpus = {name: spec.resources.num_gpus for name, spec in cfg.features.items()}
     assert all(0 < g <= 1 for g in gpus.values())
-    assert gpus["text"] < 1                               # a small encoder shares a GPU
+    assert gpus["text"] < 1  # a small encoder shares a GPU
     assert cfg.storage_options and "secret" not in " ".join(cfg.storage_options).lower()
 
 
-@pytest.mark.parametrize("name", ["kuberay/raycluster.yaml", "kuberay/rayjob.yaml", "aws/cluster.yaml",
-                                  "runtime_env.yaml", "lens-cluster.yaml"])
+@pytest.mark.parametrize(
+    "name",
+    ["kuberay/raycluster.yaml", "kuberay/rayjob.yaml", "aws/cluster.yaml", "runtime_env.yaml", "lens-cluster.yaml"],
+)
 def test_the_readme_walks_through_each_file(name):
     assert name in (CLUSTER / "README.md").read_text()

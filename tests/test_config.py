@@ -13,17 +13,26 @@ def _features(**spec) -> dict:
     return {"features": {"text": {**base, **spec}}}
 
 
-@pytest.mark.parametrize("spec, expected", [
-    ({"pooling": "avg"}, ["features.text.pooling", "'avg'", "'mean'"]),
-    ({"pretrained": "x"}, ["features.text.pretrained", "unknown field for encoder 'sentence-transformers'",
-                           "its own options: revision, trust_remote_code, max_seq_length"]),
-    ({"dtype": "int8"}, ["features.text.dtype", "'int8'", "'float32'", "'float16'"]),
-    ({"encoder": "clip"}, ["features.text.encoder", "'clip'", "open-clip", "sentence-transformers"]),
-    ({"normalise": True}, ["features.text.normalise", "unknown field", "did you mean 'normalize'?"]),
-    ({"input": {"column": "title"}}, ["features.text.input", "template", "image"]),
-    ({"input": {"template": "{}"}}, ["features.text.input", "column names"]),
-    ({"resources": {"num_gpus": -1}}, ["features.text.resources.num_gpus", "-1", "greater than or equal to 0"]),
-])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ({"pooling": "avg"}, ["features.text.pooling", "'avg'", "'mean'"]),
+        (
+            {"pretrained": "x"},
+            [
+                "features.text.pretrained",
+                "unknown field for encoder 'sentence-transformers'",
+                "its own options: revision, trust_remote_code, max_seq_length",
+            ],
+        ),
+        ({"dtype": "int8"}, ["features.text.dtype", "'int8'", "'float32'", "'float16'"]),
+        ({"encoder": "clip"}, ["features.text.encoder", "'clip'", "open-clip", "sentence-transformers"]),
+        ({"normalise": True}, ["features.text.normalise", "unknown field", "did you mean 'normalize'?"]),
+        ({"input": {"column": "title"}}, ["features.text.input", "template", "image"]),
+        ({"input": {"template": "{}"}}, ["features.text.input", "column names"]),
+        ({"resources": {"num_gpus": -1}}, ["features.text.resources.num_gpus", "-1", "greater than or equal to 0"]),
+    ],
+)
 def test_invalid_fields_are_named_with_value_and_choices(spec, expected):
     with pytest.raises(ConfigError) as info:
         load_config(_features(**spec))
@@ -50,7 +59,8 @@ def test_yaml_file_errors_and_relative_paths(tmp_path):
     good.write_text(
         "features:\n  image:\n    encoder: open-clip\n    model: tiny-clip\n"
         "    checkpoint: weights/w.safetensors\n    model_config_file: ../arch/tiny-clip.json\n"
-        "    input: {image: images}\n")
+        "    input: {image: images}\n"
+    )
     spec = load_config(good).features["image"]
     assert spec.checkpoint == str(tmp_path / "conf" / "weights" / "w.safetensors")
     assert spec.model_config_file == str(tmp_path / "arch" / "tiny-clip.json")
@@ -58,21 +68,33 @@ def test_yaml_file_errors_and_relative_paths(tmp_path):
 
 def test_encoder_specific_rules():
     with pytest.raises(ConfigError, match="never encodes with random weights"):
-        build_encoder(FeatureSpec.model_validate(dict(encoder="open-clip", model="ViT-B-32", input={"image": "images"})))
-    with pytest.raises(ValidationError, match="pretrained"):      # each encoder's spec holds its own options
-        FeatureSpec.model_validate(dict(encoder="sentence-transformers", model="m", pretrained="x",
-                                        input={"template": "{t}"}))
+        build_encoder(
+            FeatureSpec.model_validate(dict(encoder="open-clip", model="ViT-B-32", input={"image": "images"}))
+        )
+    with pytest.raises(ValidationError, match="pretrained"):  # each encoder's spec holds its own options
+        FeatureSpec.model_validate(
+            dict(encoder="sentence-transformers", model="m", pretrained="x", input={"template": "{t}"})
+        )
     with pytest.raises(ValidationError, match="'mean' or 'per_image'"):
-        FeatureSpec.model_validate(dict(encoder="open-clip", model="ViT-B-32", pretrained="x", pooling="per_frame",
-                                        input={"image": "images"}))
+        FeatureSpec.model_validate(
+            dict(encoder="open-clip", model="ViT-B-32", pretrained="x", pooling="per_frame", input={"image": "images"})
+        )
     with pytest.raises(ConfigError, match="cannot encode image input"):
-        build_encoder(FeatureSpec.model_validate(dict(encoder="sentence-transformers", model="m", input={"image": "images"})))
+        build_encoder(
+            FeatureSpec.model_validate(dict(encoder="sentence-transformers", model="m", input={"image": "images"}))
+        )
     with pytest.raises(ConfigError, match="no pretrained tag 'nope'.*laion2b_s34b_b79k"):
-        build_encoder(FeatureSpec.model_validate(dict(encoder="open-clip", model="ViT-B-32", pretrained="nope",
-                                  input={"image": "i"}))).fingerprint()
+        build_encoder(
+            FeatureSpec.model_validate(
+                dict(encoder="open-clip", model="ViT-B-32", pretrained="nope", input={"image": "i"})
+            )
+        ).fingerprint()
     with pytest.raises(ConfigError, match="no model 'ViT-B-33'.*ViT-B-32"):
-        build_encoder(FeatureSpec.model_validate(dict(encoder="open-clip", model="ViT-B-33", pretrained="x",
-                                  input={"image": "i"}))).fingerprint()
+        build_encoder(
+            FeatureSpec.model_validate(
+                dict(encoder="open-clip", model="ViT-B-33", pretrained="x", input={"image": "i"})
+            )
+        ).fingerprint()
 
 
 def test_templates_use_plain_column_names():
@@ -101,11 +123,20 @@ def _caption_config(**extra_features) -> dict:
 
 
 def test_video_audio_and_caption_inputs_parse_with_their_settings():
-    cfg = load_config({"features": {
-        "video": {"encoder": "video-frames", "model": "m", "checkpoint": "w", "pooling": "per_frame",
-                  "input": {"video": "clip", "frames": 4, "every_seconds": 0.5}},
-        "audio": {"encoder": "audio", "model": "m", "input": {"audio": "sound"}, "window_seconds": 5},
-    }})
+    cfg = load_config(
+        {
+            "features": {
+                "video": {
+                    "encoder": "video-frames",
+                    "model": "m",
+                    "checkpoint": "w",
+                    "pooling": "per_frame",
+                    "input": {"video": "clip", "frames": 4, "every_seconds": 0.5},
+                },
+                "audio": {"encoder": "audio", "model": "m", "input": {"audio": "sound"}, "window_seconds": 5},
+            }
+        }
+    )
     assert cfg.features["video"].input.kind == "video" and cfg.features["video"].input.frames == 4
     assert cfg.features["audio"].input.columns == ["sound"]
     # `input: caption` is short for `input: {feature: caption}`; captions run first
@@ -114,20 +145,41 @@ def test_video_audio_and_caption_inputs_parse_with_their_settings():
     assert [name for name, _ in cfg.feature_order()] == ["caption", "caption_text"]
 
 
-@pytest.mark.parametrize("config, expected", [
-    ({"features": {"t": {"encoder": "sentence-transformers", "model": "m", "input": "nope"}}},
-     ["features.t.input", "'nope' is not a caption feature", "caption features: none"]),
-    (_caption_config(), None),
-    ({**_caption_config(), "semantic_ids": {"sid": {"features": ["caption"]}}},
-     ["semantic_ids.sid.features", "'caption' holds captions"]),
-    ({"features": {"v": {"encoder": "video-frames", "model": "m", "checkpoint": "w",
-                         "input": {"video": "clip", "frames": 0}}}},
-     ["features.v.input", "frames", "greater than or equal to 1"]),
-    ({"features": {"v": {"encoder": "open-clip", "model": "m", "checkpoint": "w", "input": {"video": "clip"}}}},
-     ["features.v", "cannot encode video input"]),
-    ({"features": {"a": {"encoder": "audio", "model": "m", "input": {"audio": "a"}, "prompt": "hi"}}},
-     ["features.a.prompt", "unknown field for encoder 'audio'", "window_seconds"]),
-])
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        (
+            {"features": {"t": {"encoder": "sentence-transformers", "model": "m", "input": "nope"}}},
+            ["features.t.input", "'nope' is not a caption feature", "caption features: none"],
+        ),
+        (_caption_config(), None),
+        (
+            {**_caption_config(), "semantic_ids": {"sid": {"features": ["caption"]}}},
+            ["semantic_ids.sid.features", "'caption' holds captions"],
+        ),
+        (
+            {
+                "features": {
+                    "v": {
+                        "encoder": "video-frames",
+                        "model": "m",
+                        "checkpoint": "w",
+                        "input": {"video": "clip", "frames": 0},
+                    }
+                }
+            },
+            ["features.v.input", "frames", "greater than or equal to 1"],
+        ),
+        (
+            {"features": {"v": {"encoder": "open-clip", "model": "m", "checkpoint": "w", "input": {"video": "clip"}}}},
+            ["features.v", "cannot encode video input"],
+        ),
+        (
+            {"features": {"a": {"encoder": "audio", "model": "m", "input": {"audio": "a"}, "prompt": "hi"}}},
+            ["features.a.prompt", "unknown field for encoder 'audio'", "window_seconds"],
+        ),
+    ],
+)
 def test_inputs_that_cannot_work_are_refused_before_any_work(config, expected):
     if expected is None:
         load_config(config)
@@ -138,19 +190,65 @@ def test_inputs_that_cannot_work_are_refused_before_any_work(config, expected):
         assert fragment in str(info.value)
 
 
-@pytest.mark.parametrize("spec, expected", [
-    ({"encoder": "sentence-transformers", "model": "m", "input": {"template": "{t}"}, "max_seq_length": 128,
-      "dtype": "float16", "normalize": False}, "e7e43f24b38ed64a"),
-    ({"encoder": "hf-text", "model": "m", "input": {"template": "{t}"}, "token_pooling": "last_token",
-      "instruction": "q: ", "trust_remote_code": True}, "f39e638de12b8511"),
-    ({"encoder": "open-clip", "model": "ViT-B-32", "pretrained": "x", "input": {"image": "images"},
-      "pooling": "per_image"}, "4671f72a28d38f8b"),
-    ({"encoder": "video-frames", "model": "ViT-B-32", "pretrained": "x",
-      "input": {"video": "v", "frames": 4, "every_seconds": 2}, "pooling": "per_frame"}, "34ee9efe42c5d6c0"),
-    ({"encoder": "audio", "model": "m", "input": {"audio": "a"}, "window_seconds": 5}, "8719af4a7018b233"),
-    ({"encoder": "caption", "model": "m", "input": {"image": "images"}, "prompt": "Say", "max_new_tokens": 20,
-      "num_beams": 2}, "88d6b4b8f8f14308"),
-])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        (
+            {
+                "encoder": "sentence-transformers",
+                "model": "m",
+                "input": {"template": "{t}"},
+                "max_seq_length": 128,
+                "dtype": "float16",
+                "normalize": False,
+            },
+            "e7e43f24b38ed64a",
+        ),
+        (
+            {
+                "encoder": "hf-text",
+                "model": "m",
+                "input": {"template": "{t}"},
+                "token_pooling": "last_token",
+                "instruction": "q: ",
+                "trust_remote_code": True,
+            },
+            "f39e638de12b8511",
+        ),
+        (
+            {
+                "encoder": "open-clip",
+                "model": "ViT-B-32",
+                "pretrained": "x",
+                "input": {"image": "images"},
+                "pooling": "per_image",
+            },
+            "4671f72a28d38f8b",
+        ),
+        (
+            {
+                "encoder": "video-frames",
+                "model": "ViT-B-32",
+                "pretrained": "x",
+                "input": {"video": "v", "frames": 4, "every_seconds": 2},
+                "pooling": "per_frame",
+            },
+            "34ee9efe42c5d6c0",
+        ),
+        ({"encoder": "audio", "model": "m", "input": {"audio": "a"}, "window_seconds": 5}, "8719af4a7018b233"),
+        (
+            {
+                "encoder": "caption",
+                "model": "m",
+                "input": {"image": "images"},
+                "prompt": "Say",
+                "max_new_tokens": 20,
+                "num_beams": 2,
+            },
+            "88d6b4b8f8f14308",
+        ),
+    ],
+)
 def test_fingerprints_of_existing_stores_do_not_move(spec, expected):
     """The values the fingerprint had when every option lived on one spec model: moving the
     options into each encoder's own spec keeps the versions of the stores written before (a

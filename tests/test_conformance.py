@@ -35,8 +35,12 @@ CATALOG_DIR = EXAMPLE_CATALOG.parent
 PHOTOS = sorted(str(p.relative_to(CATALOG_DIR)) for p in (CATALOG_DIR / "images").rglob("*.jpg"))[:3]
 VIDEOS = sorted(str(p.relative_to(CATALOG_DIR)) for p in (CATALOG_DIR / "videos").glob("*.mp4"))[:2]
 SOUNDS = sorted(str(p.relative_to(CATALOG_DIR)) for p in (CATALOG_DIR / "audio").glob("*.ogg"))
-TEXTS = ["lamp", "A grey yoga mat bag with a shoulder strap, two zip pockets and room for a 6 mm mat. " * 3,
-         "Vitamin E capsules", "An LED bulb: 400 lumens, soft white, 15,000 hours"]
+TEXTS = [
+    "lamp",
+    "A grey yoga mat bag with a shoulder strap, two zip pockets and room for a 6 mm mat. " * 3,
+    "Vitamin E capsules",
+    "An LED bulb: 400 lumens, soft white, 15,000 hours",
+]
 CPU = {"num_gpus": 0, "batch_size": 8}
 ALL_PHOTOS = sorted(str(p.relative_to(CATALOG_DIR)) for p in (CATALOG_DIR / "images").rglob("*.jpg"))
 #: a 64x2000 strip, a 4000x3000 photo and a 32x32 icon (width x height)
@@ -53,7 +57,7 @@ def media(tmp_path_factory) -> Path:
     (folder / "corrupt.bin").write_bytes(b"\x00\x01 not media at all " * 64)
     from PIL import Image
 
-    for name, size in ODD_SIZES.items():     # pictures of very different sizes and shapes, for the captioners
+    for name, size in ODD_SIZES.items():  # pictures of very different sizes and shapes, for the captioners
         Image.open(CATALOG_DIR / PHOTOS[0]).convert("RGB").resize(size).save(folder / name)
     return folder
 
@@ -70,8 +74,11 @@ CAPTION_CASES = {
     "caption llava_onevision (video: native)": ("llava_onevision", {"video": "video", "frames": 4}, {}),
     "caption smolvlm (video: native)": ("smolvlm", {"video": "video", "frames": 4}, {}),
     "caption idefics3 (images: 2)": ("idefics3", {"image": "images"}, {"images": 2}),
-    "caption gemma3 (pan-and-scan)": ("gemma3", {"image": "images"}, {"processor_options": {"images_kwargs": {
-        "do_pan_and_scan": True, "pan_and_scan_min_crop_size": 16}}}),
+    "caption gemma3 (pan-and-scan)": (
+        "gemma3",
+        {"image": "images"},
+        {"processor_options": {"images_kwargs": {"do_pan_and_scan": True, "pan_and_scan_min_crop_size": 16}}},
+    ),
     "caption internvl (images: all)": ("internvl", {"image": "images"}, {"images": "all"}),
 }
 
@@ -86,21 +93,46 @@ def specs(tmp_path_factory, minilm_path, tiny_clip) -> dict[str, dict]:
     clip = {k: v for k, v in tiny_clip.items() if k != "encoder"}
     return {
         "sentence-transformers": text_spec(minilm_path, template="{title}", resources=CPU),
-        "hf-text (last token)": {"encoder": "hf-text", "model": str(write_tiny_text_llm(root / "llm")),
-                                 "token_pooling": "last_token", "input": {"template": "{title}"}, "resources": CPU},
-        "hf-text (mean, BERT)": {"encoder": "hf-text", "model": minilm_path, "input": {"template": "{title}"},
-                                 "resources": CPU},
+        "hf-text (last token)": {
+            "encoder": "hf-text",
+            "model": str(write_tiny_text_llm(root / "llm")),
+            "token_pooling": "last_token",
+            "input": {"template": "{title}"},
+            "resources": CPU,
+        },
+        "hf-text (mean, BERT)": {
+            "encoder": "hf-text",
+            "model": minilm_path,
+            "input": {"template": "{title}"},
+            "resources": CPU,
+        },
         "open-clip image": {**tiny_clip, "input": {"image": "images"}, "resources": CPU},
         "open-clip text": {**tiny_clip, "input": {"template": "{title}"}, "resources": CPU},
-        "video-frames": {"encoder": "video-frames", **clip, "input": {"video": "video", "frames": 4},
-                         "resources": CPU},
-        "audio wav2vec2": {"encoder": "audio", "model": str(write_tiny_wav2vec2(root / "w2v")),
-                           "input": {"audio": "audio"}, "window_seconds": 4.0, "resources": CPU},
-        "audio clap": {"encoder": "audio", "model": str(write_tiny_clap(root / "clap")),
-                       "input": {"audio": "audio"}, "resources": CPU},
-        **{case: {"encoder": "caption", "model": standin(tmp_path_factory, family), "input": input,
-                  "max_new_tokens": 6, "resources": CPU, **options}
-           for case, (family, input, options) in CAPTION_CASES.items()},
+        "video-frames": {"encoder": "video-frames", **clip, "input": {"video": "video", "frames": 4}, "resources": CPU},
+        "audio wav2vec2": {
+            "encoder": "audio",
+            "model": str(write_tiny_wav2vec2(root / "w2v")),
+            "input": {"audio": "audio"},
+            "window_seconds": 4.0,
+            "resources": CPU,
+        },
+        "audio clap": {
+            "encoder": "audio",
+            "model": str(write_tiny_clap(root / "clap")),
+            "input": {"audio": "audio"},
+            "resources": CPU,
+        },
+        **{
+            case: {
+                "encoder": "caption",
+                "model": standin(tmp_path_factory, family),
+                "input": input,
+                "max_new_tokens": 6,
+                "resources": CPU,
+                **options,
+            }
+            for case, (family, input, options) in CAPTION_CASES.items()
+        },
     }
 
 
@@ -118,12 +150,20 @@ def _rows(kind: str, caption: bool = False) -> list[dict]:
     if kind == "text":
         return [{"item_id": f"t{i}", "title": t} for i, t in enumerate(TEXTS)] + [{"item_id": "bad", "title": " . "}]
     if kind == "image":
-        return ([{"item_id": "i0", "images": PHOTOS[:1]}, {"item_id": "i1", "images": PHOTOS[1:3]},
-                 {"item_id": "i2", "images": PHOTOS[2:3]}] + [{"item_id": "bad", "images": ["corrupt.bin"]}])
+        return [
+            {"item_id": "i0", "images": PHOTOS[:1]},
+            {"item_id": "i1", "images": PHOTOS[1:3]},
+            {"item_id": "i2", "images": PHOTOS[2:3]},
+        ] + [{"item_id": "bad", "images": ["corrupt.bin"]}]
     if kind == "video":
-        return ([{"item_id": f"v{i}", "video": v} for i, v in enumerate(VIDEOS)] + [{"item_id": "v9", "video": "odd.mp4"}]
-                + [{"item_id": "bad", "video": "corrupt.bin"}])
-    return [{"item_id": f"a{i}", "audio": a} for i, a in enumerate(SOUNDS)] + [{"item_id": "bad", "audio": "corrupt.bin"}]
+        return (
+            [{"item_id": f"v{i}", "video": v} for i, v in enumerate(VIDEOS)]
+            + [{"item_id": "v9", "video": "odd.mp4"}]
+            + [{"item_id": "bad", "video": "corrupt.bin"}]
+        )
+    return [{"item_id": f"a{i}", "audio": a} for i, a in enumerate(SOUNDS)] + [
+        {"item_id": "bad", "audio": "corrupt.bin"}
+    ]
 
 
 def run_stages(spec: FeatureSpec, rows: list[dict], base: Path) -> dict[str, object]:
@@ -134,7 +174,7 @@ def run_stages(spec: FeatureSpec, rows: list[dict], base: Path) -> dict[str, obj
     stored = StoredHashes(None, None, None, None, "conformance")
     common = {"spec_json": spec_json, "id_column": "item_id", "stored": stored}
     kind = spec.input.kind
-    if spec.encoder == "caption":      # the captioner's own processor, in tables of bounded size
+    if spec.encoder == "caption":  # the captioner's own processor, in tables of bounded size
         prepare = stages.prepare_caption_images if kind == "image" else stages.prepare_caption_videos
         prepared = pa.concat_tables(prepare(batch, **common, base=str(base), limits=MediaLimits(max_bytes=1 << 30)))
     elif kind == "text":
@@ -147,12 +187,20 @@ def run_stages(spec: FeatureSpec, rows: list[dict], base: Path) -> dict[str, obj
         prepared = stages.prepare_audio(batch, **common, base=str(base), limits=MediaLimits(max_bytes=1 << 30))
     staged = stages.EncodeBatches(spec_json, "conformance", "cpu", 1, "run")(prepared)
     value = [c for c in ("vector", "vectors", "caption") if c in staged.column_names][0]
-    assert staged.schema.field(value).type == stages.staging_schema(
-        spec.dtype, None if value == "caption" else _dim(staged, value), spec.pooling,
-        "caption" if value == "caption" else "vector").field(value).type
+    assert (
+        staged.schema.field(value).type
+        == stages.staging_schema(
+            spec.dtype,
+            None if value == "caption" else _dim(staged, value),
+            spec.pooling,
+            "caption" if value == "caption" else "vector",
+        )
+        .field(value)
+        .type
+    )
     out: dict[str, object] = {}
     for row in staged.to_pylist():
-        if value == "caption" and row["error_stage"] is None:    # a caption records what it read and wrote
+        if value == "caption" and row["error_stage"] is None:  # a caption records what it read and wrote
             assert row["vision_tokens"] > 0 and 0 < row["generated_tokens"] <= spec.max_new_tokens, row
             assert row["n_parts"] >= 1, row
         if row["error_stage"] is not None:
@@ -169,8 +217,17 @@ def _dim(staged: pa.Table, column: str) -> int:
     return (vtype.value_type if pa.types.is_list(vtype) else vtype).list_size
 
 
-CASES = ["sentence-transformers", "hf-text (last token)", "hf-text (mean, BERT)", "open-clip image", "open-clip text",
-         "video-frames", "audio wav2vec2", "audio clap", *CAPTION_CASES]
+CASES = [
+    "sentence-transformers",
+    "hf-text (last token)",
+    "hf-text (mean, BERT)",
+    "open-clip image",
+    "open-clip text",
+    "video-frames",
+    "audio wav2vec2",
+    "audio clap",
+    *CAPTION_CASES,
+]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -234,7 +291,7 @@ def _direct_caption(encoder, row: dict, base: Path) -> str:
     processor, model = _DIRECT[key]
     options = dict(spec.processor_options)
     if "images" in row:
-        pictures = {"images": [[load_image(str(base / p)) for p in row["images"][:encoder.images_per_item]]]}
+        pictures = {"images": [[load_image(str(base / p)) for p in row["images"][: encoder.images_per_item]]]}
         content = [{"type": "image"}] * len(pictures["images"][0])
     else:
         sample = read_video_sample((base / row["video"]).read_bytes(), spec.input, max_pixels=64_000_000)
@@ -252,11 +309,11 @@ def _direct_caption(encoder, row: dict, base: Path) -> str:
         text = DEFAULT_PROMPT
     bos = processor.tokenizer.bos_token
     if bos and text.startswith(bos):
-        options["add_special_tokens"] = False       # as apply_chat_template(tokenize=True) does
+        options["add_special_tokens"] = False  # as apply_chat_template(tokenize=True) does
     batch = processor(text=[text], return_tensors="pt", **pictures, **options)
     with torch.inference_mode():
         out = model.generate(**batch, max_new_tokens=spec.max_new_tokens, do_sample=False)
-    return processor.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)[0].strip()
+    return processor.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)[0].strip()
 
 
 _DIRECT: dict[str, tuple] = {}

@@ -21,6 +21,7 @@ N, DIM, K = 1500, 24, 10
 def _direct(x_a: np.ndarray, x_b: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Jaccard@k and Spearman's rho of the shared neighbours, written out the slow way: dense
     float64 cosine matrices, a full argsort per row, Python sets, scipy's spearmanr."""
+
     def top(x):
         u = x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
         s = u @ u.T
@@ -32,8 +33,11 @@ def _direct(x_a: np.ndarray, x_b: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
     for row_a, row_b in zip(a.tolist(), b.tolist()):
         shared = [j for j in row_a if j in set(row_b)]
         jaccard.append(len(set(row_a) & set(row_b)) / len(set(row_a) | set(row_b)))
-        rho.append(spearmanr([row_a.index(j) for j in shared], [row_b.index(j) for j in shared]).statistic
-                   if len(shared) >= 2 else np.nan)
+        rho.append(
+            spearmanr([row_a.index(j) for j in shared], [row_b.index(j) for j in shared]).statistic
+            if len(shared) >= 2
+            else np.nan
+        )
     return np.array(jaccard), np.array(rho)
 
 
@@ -75,9 +79,9 @@ def test_identical_versions_give_jaccard_1_for_every_item(store):
 def test_shuffled_vectors_give_near_0_and_both_measures_equal_a_direct_numpy_computation(store):
     lens = itemlens.connect(store["uri"])
     shuffled = diff(lens, "emb@v1", lens, "emb@v3", k=K)
-    assert shuffled.summary()["jaccard"]["mean"] < 0.02      # chance: about k / N = 0.007
+    assert shuffled.summary()["jaccard"]["mean"] < 0.02  # chance: about k / N = 0.007
     noisy = diff(lens, "emb@v1", lens, "emb@v4", k=K)
-    assert 0.2 < noisy.summary()["jaccard"]["mean"] < 0.9     # a real but partial change
+    assert 0.2 < noisy.summary()["jaccard"]["mean"] < 0.9  # a real but partial change
     for result, second in ((shuffled, "emb@v3"), (noisy, "emb@v4")):
         expected_j, expected_rho = _direct(lens.vectors("emb@v1", store["ids"]), lens.vectors(second, store["ids"]), K)
         order = _aligned(result, store["ids"])
@@ -125,13 +129,13 @@ def test_one_feature_in_two_snapshots(store, tmp_path):
     x = rng.normal(size=(400, 8)).astype(np.float32)
     lens.put_vectors("emb", ids, x, spec={"model": "m"})
     changed = x.copy()
-    changed[:40] = rng.normal(size=(40, 8))                   # 40 items re-encoded by a "refresh"
+    changed[:40] = rng.normal(size=(40, 8))  # 40 items re-encoded by a "refresh"
     lens.put_vectors("emb", ids, changed, spec={"model": "m"})  # the same version, a new snapshot
     assert [f.qualified for f in itemlens.connect(uri).features()] == ["emb@v1"]
     result = diff_store(uri, "emb@s1", "emb@s2", k=5)
     assert result.a == "emb@v1 (snapshot 1)" and result.b == "emb@v1 (snapshot 2)"
     moved = {m["item_id"] for m in result.movers(40)}
-    assert len(moved & set(ids[:40])) >= 30                   # the changed items moved most
+    assert len(moved & set(ids[:40])) >= 30  # the changed items moved most
     expected_j, _ = _direct(x, changed, 5)
     np.testing.assert_allclose(result.jaccard[_aligned(result, ids)], expected_j, atol=1e-12)
     with pytest.raises(ConfigError, match="same vectors"):

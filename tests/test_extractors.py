@@ -20,15 +20,20 @@ def test_sentence_transformers_vectors_equal_the_library_encode(minilm_path, exa
 
     template = TextTemplate("{title}. {bullet_points}")
     texts = [template.render(r) for r in example_rows] + [
-        "a red chair", "Vitamin E capsules, 400 IU", "yoga", "x " * 300]   # the last one is truncated
+        "a red chair",
+        "Vitamin E capsules, 400 IU",
+        "yoga",
+        "x " * 300,
+    ]  # the last one is truncated
     for normalize in (True, False):
-        spec = FeatureSpec(encoder="sentence-transformers", model=minilm_path, input={"template": "{t}"},
-                           normalize=normalize)
+        spec = FeatureSpec(
+            encoder="sentence-transformers", model=minilm_path, input={"template": "{t}"}, normalize=normalize
+        )
         ours = build_encoder(spec).load("cpu").encode_texts(texts)
         theirs = SentenceTransformer(minilm_path, device="cpu").encode(texts, normalize_embeddings=normalize)
         assert ours.shape == (len(texts), 384) and ours.dtype == np.float32
         assert _cosines(ours, theirs).min() >= 0.99999
-        if normalize:   # (this model ends in a Normalize module anyway; the library decides)
+        if normalize:  # (this model ends in a Normalize module anyway; the library decides)
             assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
 
 
@@ -65,13 +70,14 @@ def test_open_clip_text_tower_matches_encode_text(tiny_clip):
 
 
 def test_missing_weights_say_where_they_looked(tmp_path, tiny_clip):
-    tag = build_encoder(FeatureSpec(encoder="open-clip", model="ViT-B-32", pretrained="laion2b_s34b_b79k",
-                                    input={"image": "i"}))
+    tag = build_encoder(
+        FeatureSpec(encoder="open-clip", model="ViT-B-32", pretrained="laion2b_s34b_b79k", input={"image": "i"})
+    )
     with pytest.raises(WeightsNotFoundError) as info:
         tag.check_weights()
     assert "laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in str(info.value)
     assert "Hugging Face cache" in str(info.value) and "HF_HUB_OFFLINE=1" in str(info.value)
-    with pytest.raises(WeightsNotFoundError):   # loading fails the same way: no random weights
+    with pytest.raises(WeightsNotFoundError):  # loading fails the same way: no random weights
         tag.load("cpu")
 
     missing = tmp_path / "nope.safetensors"
@@ -79,19 +85,19 @@ def test_missing_weights_say_where_they_looked(tmp_path, tiny_clip):
     with pytest.raises(WeightsNotFoundError, match=str(missing)):
         ckpt.load("cpu")
 
-    hub = build_encoder(FeatureSpec(encoder="sentence-transformers", model="sentence-transformers/nope-v1",
-                                    input={"template": "{t}"}))
+    hub = build_encoder(
+        FeatureSpec(encoder="sentence-transformers", model="sentence-transformers/nope-v1", input={"template": "{t}"})
+    )
     with pytest.raises(WeightsNotFoundError, match="sentence-transformers/nope-v1.*Hugging Face cache"):
         hub.load("cpu")
-    folder = build_encoder(FeatureSpec(encoder="sentence-transformers", model=str(tmp_path),
-                                       input={"template": "{t}"}))
+    folder = build_encoder(FeatureSpec(encoder="sentence-transformers", model=str(tmp_path), input={"template": "{t}"}))
     with pytest.raises(WeightsNotFoundError, match="modules.json or config.json"):
         folder.load("cpu")
 
 
 def test_a_checkpoint_that_does_not_fit_the_architecture_is_an_error(tmp_path, tiny_clip):
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     wrong = tmp_path / "wrong.safetensors"
     save_file({"visual.conv1.weight": torch.zeros(1)}, str(wrong))

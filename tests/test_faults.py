@@ -30,28 +30,41 @@ ITEMLENS = str(Path(sys.executable).parent / "itemlens")
 
 def _catalogs(folder: Path) -> tuple[Path, Path]:
     words = "red blue lamp bag bottle soft warm steel glass cotton small large".split()
-    first = [{"item_id": f"item-{i:02d}", "title": f"{words[i % 12]} {words[(i * 5) % 12]} thing {i}"}
-             for i in range(24)]
+    first = [
+        {"item_id": f"item-{i:02d}", "title": f"{words[i % 12]} {words[(i * 5) % 12]} thing {i}"} for i in range(24)
+    ]
     second = [dict(r) for r in first if r["item_id"] not in {"item-03", "item-07", "item-11", "item-19"}]
     for row in second:
         if row["item_id"] in {"item-01", "item-05", "item-09", "item-13"}:
             row["title"] += " (new edition)"
         if row["item_id"] == "item-15":
-            row["title"] = {"not": "text"}                     # an input error in the refresh
+            row["title"] = {"not": "text"}  # an input error in the refresh
     second += [{"item_id": f"new-{i}", "title": f"{words[i]} {words[-i]} novelty {i}"} for i in range(4)]
     return write_jsonl(folder / "first.jsonl", first), write_jsonl(folder / "second.jsonl", second)
 
 
 def _config(path: Path, tiny_llm: str) -> Path:
-    path.write_text(yaml.safe_dump({
-        "features": {"text": {"encoder": "hf-text", "model": tiny_llm, "input": {"template": "{title}"},
-                              "resources": {"num_gpus": 0, "batch_size": 4}}},
-        "decode": {"text_batch_size": 6},
-        # small staging files committed at once: several staging commits in one run
-        "staging": {"commit_seconds": 0.001, "fragment_rows": 6},
-        "semantic_ids": {"sid": {"features": ["text"], "levels": 2, "codebook_size": 4, "kmeans_iterations": 5}},
-        "graphs": {"g": {"features": ["text"], "k": 3}},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "features": {
+                    "text": {
+                        "encoder": "hf-text",
+                        "model": tiny_llm,
+                        "input": {"template": "{title}"},
+                        "resources": {"num_gpus": 0, "batch_size": 4},
+                    }
+                },
+                "decode": {"text_batch_size": 6},
+                # small staging files committed at once: several staging commits in one run
+                "staging": {"commit_seconds": 0.001, "fragment_rows": 6},
+                "semantic_ids": {
+                    "sid": {"features": ["text"], "levels": 2, "codebook_size": 4, "kmeans_iterations": 5}
+                },
+                "graphs": {"g": {"features": ["text"], "k": 3}},
+            }
+        )
+    )
     return path
 
 
@@ -90,8 +103,9 @@ KILLED = ("register:items", "merge:values", "semantic-ids:codes")
 
 
 @pytest.mark.integration
-def test_a_driver_killed_at_every_commit_point_loses_and_duplicates_nothing(ray_session, ray_cluster, tmp_path,
-                                                                             tiny_llm):
+def test_a_driver_killed_at_every_commit_point_loses_and_duplicates_nothing(
+    ray_session, ray_cluster, tmp_path, tiny_llm
+):
     first, second = _catalogs(tmp_path / "catalog")
     config = _config(tmp_path / "lens.yaml", tiny_llm)
     base = tmp_path / "base"
@@ -102,21 +116,34 @@ def test_a_driver_killed_at_every_commit_point_loses_and_duplicates_nothing(ray_
     # the clean run: its commit points, and the store as a SIGKILL at each of them would leave it
     reference, log, copies = tmp_path / "reference", tmp_path / "commits.log", tmp_path / "at-commit"
     shutil.copytree(base, reference)
-    clean = _run(command + ["--store", str(reference), "--report", str(tmp_path / "r.json")], env,
-                 ITEMLENS_COMMIT_LOG=str(log), ITEMLENS_COPY_AT_COMMIT=f"{reference}|{copies}")
+    clean = _run(
+        command + ["--store", str(reference), "--report", str(tmp_path / "r.json")],
+        env,
+        ITEMLENS_COMMIT_LOG=str(log),
+        ITEMLENS_COPY_AT_COMMIT=f"{reference}|{copies}",
+    )
     assert clean.returncode == 0, clean.stderr[-3000:]
     expected, report = _state(reference), json.loads((tmp_path / "r.json").read_text())
     assert (report["items_seen"], report["new_items"], report["removed_items"]) == (24, 4, 4)
     assert len(expected["errors"]) == 1 and expected["snapshot"] == 2
     points = [tuple(line.split(" ", 1)) for line in log.read_text().splitlines()]
     # every kind of commit a refresh makes is among them
-    assert {"register:items", "remove:values", "staging:commit", "merge:values", "merge:errors",
-            "merge:staging-dropped", "semantic-ids:codes", "semantic-ids:quantizer", "graph:write",
-            "publish"} <= {name for _, name in points}
+    assert {
+        "register:items",
+        "remove:values",
+        "staging:commit",
+        "merge:values",
+        "merge:errors",
+        "merge:staging-dropped",
+        "semantic-ids:codes",
+        "semantic-ids:quantizer",
+        "graph:write",
+        "publish",
+    } <= {name for _, name in points}
     assert len(list(copies.iterdir())) == len(points)
 
     def recovered(store: Path, name: str) -> None:
-        for snapshot in itemlens.connect(store).snapshots():              # every listed snapshot reads
+        for snapshot in itemlens.connect(store).snapshots():  # every listed snapshot reads
             _state(store, snapshot["snapshot_id"])
         assert itemlens.connect(store).snapshot == (2 if name == "publish" else 1), name
         rerun = ingest(second, config, store, progress=False)
@@ -147,8 +174,9 @@ def test_a_driver_killed_at_every_commit_point_loses_and_duplicates_nothing(ray_
     pruned = tmp_path / "pruned"
     shutil.copytree(reference, pruned)
     assert _run(["prune", str(pruned), "--keep", "1"], env, ITEMLENS_COMMIT_LOG=str(prune_log)).returncode == 0
-    prune_points = {line.split(" ", 1)[1]: int(line.split(" ", 1)[0]) for line in
-                    reversed(prune_log.read_text().splitlines())}
+    prune_points = {
+        line.split(" ", 1)[1]: int(line.split(" ", 1)[0]) for line in reversed(prune_log.read_text().splitlines())
+    }
     assert {"prune:snapshots", "prune:versions"} <= set(prune_points)
     for name, number in prune_points.items():
         store = tmp_path / f"prune-killed-{number}"

@@ -13,8 +13,7 @@ import scipy.sparse as sp
 
 import itemlens
 from itemlens.errors import ConfigError
-from itemlens.store.graphs import knn
-from itemlens.store.graphs import GRAPH_SCHEMA, FeatureInputs, GraphSpec, build, graph_stats
+from itemlens.store.graphs import GRAPH_SCHEMA, FeatureInputs, GraphSpec, build, graph_stats, knn
 from itemlens.store.graphs.build import _refresh_lists
 from itemlens.store.writer import StoreWriter
 from itemlens.workflows.cli import main as cli
@@ -49,7 +48,7 @@ def _knn_dense(x, k, self_loops=True):
 
 def _sym(a):
     d = a.sum(1)
-    d = np.where(d > 0, d ** -0.5, 0.0)
+    d = np.where(d > 0, d**-0.5, 0.0)
     return d[:, None] * a * d[None, :]
 
 
@@ -69,28 +68,32 @@ def test_each_preset_equals_a_direct_numpy_implementation(tmp_path, self_loops):
     wi, bi = _knn_dense(image, k, self_loops)
     wt, bt = _knn_dense(text, k, self_loops)
     expected = {
-        "freedom": 0.1 * _sym(bi) + 0.9 * _sym(bt),           # FREEDOM / DRAGON
-        "lattice": 0.1 * _sym(wi) + 0.9 * _sym(wt),           # LATTICE / MGCN
+        "freedom": 0.1 * _sym(bi) + 0.9 * _sym(bt),  # FREEDOM / DRAGON
+        "lattice": 0.1 * _sym(wi) + 0.9 * _sym(wt),  # LATTICE / MGCN
         "row": 0.1 * _rw(wi) + 0.9 * _rw(wt),
         "cosine": 0.1 * wi + 0.9 * wt,
     }
-    h = np.hstack([bi.T, bt.T])                              # hyperedge j: item j's kNN list
+    h = np.hstack([bi.T, bt.T])  # hyperedge j: item j's kNN list
     w = np.concatenate([np.full(n, 0.1), np.full(n, 0.9)])
     dv, de = h @ w, h.sum(0)
-    dv_is = np.where(dv > 0, dv ** -0.5, 0)
+    dv_is = np.where(dv > 0, dv**-0.5, 0)
     expected["hypergraph"] = dv_is[:, None] * (h * (w / de)[None, :]) @ h.T * dv_is[None, :]
     for preset, dense in expected.items():
         matrix, order = lens.graph("mm", preset)
         assert order == ids and isinstance(matrix, sp.csr_matrix)
         got = matrix.toarray()
-        assert np.array_equal(got != 0, dense != 0), preset        # identical edge sets
+        assert np.array_equal(got != 0, dense != 0), preset  # identical edge sets
         assert np.abs(got - dense).max() < 1e-6, preset
-    assert lens.graph("mm")[0].nnz == lens.graph("mm", "freedom")[0].nnz   # the definition's preset
+    assert lens.graph("mm")[0].nnz == lens.graph("mm", "freedom")[0].nnz  # the definition's preset
 
 
 def _inputs(x, ids, hashes):
-    return FeatureInputs(ids=pa.array(ids, pa.string()), item_index=np.array([int(i[1:]) for i in ids], np.int64),
-                         x=x.astype(np.float32), source_hash=pa.array(hashes, pa.string()))
+    return FeatureInputs(
+        ids=pa.array(ids, pa.string()),
+        item_index=np.array([int(i[1:]) for i in ids], np.int64),
+        x=x.astype(np.float32),
+        source_hash=pa.array(hashes, pa.string()),
+    )
 
 
 def _apply(old: pa.Table, upsert: pa.Table, deleted: list[str]) -> dict[str, tuple[list, list]]:
@@ -109,8 +112,9 @@ def test_a_refresh_recomputes_only_affected_lists_and_equals_a_rebuild(depth):
     x = rng.normal(size=(n + 30, 32)).astype(np.float32)
     ids = [f"i{j}" for j in range(n + 30)]
     spec = GraphSpec(features=["emb"], k=k, depth=depth, self_loops=False, block=256, device="cpu")
-    first, _, recomputed, _, _ = _refresh_lists(GRAPH_SCHEMA.empty_table(), _inputs(x[:n], ids[:n], ["h"] * n),
-                                                spec, "cpu")
+    first, _, recomputed, _, _ = _refresh_lists(
+        GRAPH_SCHEMA.empty_table(), _inputs(x[:n], ids[:n], ["h"] * n), spec, "cpu"
+    )
     assert recomputed == n
     old = first.append_column("feature", pa.array(["emb"] * n)).select(GRAPH_SCHEMA.names).cast(GRAPH_SCHEMA)
 
@@ -121,20 +125,22 @@ def test_a_refresh_recomputes_only_affected_lists_and_equals_a_rebuild(depth):
     y[changed] = rng.normal(size=(20, 32))
     keep = np.setdiff1d(np.arange(n + 30), deleted)
     hashes = ["c" if j in set(changed.tolist()) else ("new" if j >= n else "h") for j in keep.tolist()]
-    upsert, gone, recomputed, merged, _ = _refresh_lists(old, _inputs(y[keep], [ids[j] for j in keep], hashes),
-                                                         spec, "cpu")
+    upsert, gone, recomputed, merged, _ = _refresh_lists(
+        old, _inputs(y[keep], [ids[j] for j in keep], hashes), spec, "cpu"
+    )
     assert sorted(gone) == sorted(ids[j] for j in deleted)
     # rebuilt from scratch: the lists of the new catalog
-    full, _, _, _, _ = _refresh_lists(GRAPH_SCHEMA.empty_table(), _inputs(y[keep], [ids[j] for j in keep], hashes),
-                                      spec, "cpu")
+    full, _, _, _, _ = _refresh_lists(
+        GRAPH_SCHEMA.empty_table(), _inputs(y[keep], [ids[j] for j in keep], hashes), spec, "cpu"
+    )
     refreshed = _apply(old, upsert, gone)
     rebuilt = {r["item_id"]: (r["neighbors"], r["scores"]) for r in full.to_pylist()}
     assert refreshed.keys() == rebuilt.keys()
-    for item, (neighbors, scores) in rebuilt.items():       # the graph reads the first k
+    for item, (neighbors, scores) in rebuilt.items():  # the graph reads the first k
         assert refreshed[item][0][:k] == neighbors[:k], item
         assert np.allclose(refreshed[item][1][:k], scores[:k], atol=1e-5)
     exact = {r["item_id"]: r["exact"] for r in upsert.to_pylist()}
-    assert all(e >= k for e in exact.values())              # every stored list vouches for its first k
+    assert all(e >= k for e in exact.values())  # every stored list vouches for its first k
     # what changed: new and changed items' lists (recomputed), the lists that held a changed or
     # deleted item, and those a new or changed item entered
     before = {r["item_id"]: r["neighbors"] for r in old.to_pylist()}
@@ -144,9 +150,9 @@ def test_a_refresh_recomputes_only_affected_lists_and_equals_a_rebuild(depth):
     entered = {i for i, (nb, _) in refreshed.items() if i not in fresh and i in before and nb != before[i]}
     assert set(upsert.column("item_id").to_pylist()) == fresh | affected | entered
     assert recomputed + merged == len(fresh | affected | entered)
-    if depth is None:       # 2k deep: a list that lost a neighbour still knows its top k
+    if depth is None:  # 2k deep: a list that lost a neighbour still knows its top k
         assert recomputed < len(fresh) + 0.01 * len(keep)
-    else:                   # k deep: a list that lost one is recomputed, unless a new candidate
+    else:  # k deep: a list that lost one is recomputed, unless a new candidate
         # fills the gap with a score above everything it did not know
         assert len(fresh) + 0.5 * len(affected) < recomputed <= len(fresh | affected)
 
@@ -187,8 +193,8 @@ def test_merge_lists_equals_a_stable_sort_of_both_lists():
     rng = np.random.default_rng(8)
     for _ in range(200):
         m, ka, kb, k = rng.integers(0, 5), rng.integers(0, 6), rng.integers(0, 6), rng.integers(1, 9)
-        sims_a = rng.integers(0, 4, (m, ka)).astype(np.float32)     # few values: many ties
-        sims_a[rng.random((m, ka)) < 0.3] = -np.inf                  # empty slots
+        sims_a = rng.integers(0, 4, (m, ka)).astype(np.float32)  # few values: many ties
+        sims_a[rng.random((m, ka)) < 0.3] = -np.inf  # empty slots
         sims_a = -np.sort(-sims_a, axis=1)
         sims_b = -np.sort(-rng.integers(0, 4, (m, kb)).astype(np.float32), axis=1)
         index_a, index_b = rng.integers(0, 100, (m, ka)), rng.integers(100, 200, (m, kb))
@@ -221,11 +227,11 @@ def _counting_kernels(monkeypatch):
 def test_screened_and_fp32_kernel_blocks_give_the_lists_of_a_dense_search(self_loops, monkeypatch):
     rng = np.random.default_rng(7)
     x = rng.normal(size=(3000, 64)).astype(np.float32)
-    x[5] = 0                                         # no direction
-    x[100:140] = x[99]                               # 41 equal rows: more survivors than a row holds
+    x[5] = 0  # no direction
+    x[100:140] = x[99]  # 41 equal rows: more survivors than a row holds
     folded = _counting_kernels(monkeypatch)
     screened, s_scores = knn.exact_knn(x, 10, self_loops=self_loops, block=256, screen=True)
-    assert folded["bf16"] > 40          # of 66 off-diagonal blocks (early ones may take fp32)
+    assert folded["bf16"] > 40  # of 66 off-diagonal blocks (early ones may take fp32)
     folded.update(bf16=0, fp32=0)
     plain, p_scores = knn.exact_knn(x, 10, self_loops=self_loops, block=256, screen=False)
     assert folded["bf16"] == 0 and folded["fp32"] > 40
@@ -256,17 +262,17 @@ def test_search_from_sources_equals_a_dense_search(self_loops, monkeypatch):
     rng = np.random.default_rng(11)
     n, k = 2500, 8
     x = rng.normal(size=(n, 48)).astype(np.float32)
-    x[7] = 0                                                   # no direction
+    x[7] = 0  # no direction
     sources = np.sort(rng.choice(n, 120, replace=False))
-    sources = np.union1d(sources, [7])                         # a zero source: nobody's match
+    sources = np.union1d(sources, [7])  # a zero source: nobody's match
     s = _cos(np.where(np.arange(n)[:, None] == 7, 1.0, x).astype(np.float64))
     s[7], s[:, 7] = -np.inf, -np.inf
     if not self_loops:
         np.fill_diagonal(s, -np.inf)
-    floor = np.quantile(s[:, sources], 0.97, axis=1).astype(np.float32)   # a few sources above it
-    floor[:50] = np.inf                                        # rows that take nothing
-    floor[50:60] = -np.inf                                     # rows that take any source
-    floor[7] = np.inf                                          # (a refresh gives a zero row no floor)
+    floor = np.quantile(s[:, sources], 0.97, axis=1).astype(np.float32)  # a few sources above it
+    floor[:50] = np.inf  # rows that take nothing
+    floor[50:60] = -np.inf  # rows that take any source
+    floor[7] = np.inf  # (a refresh gives a zero row no floor)
     among = np.where(s[:, sources] >= floor[:, None], s[:, sources], -np.inf)
     want_rows = sources[np.argsort(-among, axis=1, kind="stable")[:, :k]]
     want_rows[~np.isfinite(np.sort(among, axis=1)[:, ::-1][:, :k])] = knn.NO_NEIGHBOUR
@@ -274,13 +280,14 @@ def test_search_from_sources_equals_a_dense_search(self_loops, monkeypatch):
     want_own[sources == 7] = knn.NO_NEIGHBOUR
     folded = _counting_kernels(monkeypatch)
     for screen in (True, False):
-        (rows, _), (own, own_scores) = knn.search_from(x, sources, k, row_floor=floor, self_loops=self_loops,
-                                                       block=256, screen=screen)
+        (rows, _), (own, own_scores) = knn.search_from(
+            x, sources, k, row_floor=floor, self_loops=self_loops, block=256, screen=screen
+        )
         assert np.array_equal(rows, want_rows) and np.array_equal(own, want_own), screen
         expected = np.take_along_axis(s[sources], np.maximum(want_own, 0), 1)
         found = want_own >= 0
         assert np.abs(own_scores[found] - expected[found]).max() < 1e-5
-    assert folded["bf16"] > 5 and folded["fp32"] > 5           # both ways were taken
+    assert folded["bf16"] > 5 and folded["fp32"] > 5  # both ways were taken
 
 
 def test_bf16_screening_error_bound_holds_for_every_pair():
@@ -291,18 +298,18 @@ def test_bf16_screening_error_bound_holds_for_every_pair():
     rng = np.random.default_rng(3)
     x = rng.normal(size=(600, 96))
     x[0] = 0
-    x[0, 0] = 1                                       # a basis vector: rounds exactly
-    x[1] = 1 + 2.0 ** -9                              # every coordinate half an ulp off
-    x[2] = (1 + 2.0 ** -9) * np.sign(rng.normal(size=96))
-    x[3] = x[1] * np.where(np.arange(96) % 2, 1, 1 + 2.0 ** -8)
+    x[0, 0] = 1  # a basis vector: rounds exactly
+    x[1] = 1 + 2.0**-9  # every coordinate half an ulp off
+    x[2] = (1 + 2.0**-9) * np.sign(rng.normal(size=96))
+    x[3] = x[1] * np.where(np.arange(96) % 2, 1, 1 + 2.0**-8)
     xu, _ = knn.unit(x.astype(np.float32))
     margins = knn.bf16_margins(xu)
     X16 = torch.from_numpy(xu).to(torch.bfloat16)
-    approx = (X16 @ X16.T).double().numpy()           # what the screen reads (rounded to bf16)
+    approx = (X16 @ X16.T).double().numpy()  # what the screen reads (rounded to bf16)
     exact = xu.astype(np.float64) @ xu.T.astype(np.float64)
     error = np.abs(approx - exact)
     assert (error <= margins[:, None]).all() and (error <= margins[None, :]).all()
-    assert margins.max() < 1.5 * 2.0 ** -8            # about one unit roundoff: few survivors
+    assert margins.max() < 1.5 * 2.0**-8  # about one unit roundoff: few survivors
 
 
 def test_the_bound_rounds_to_bf16_as_torch_does_and_unit_rows_are_unit():
@@ -315,13 +322,16 @@ def test_the_bound_rounds_to_bf16_as_torch_does_and_unit_rows_are_unit():
     rng = np.random.default_rng(9)
     bits = rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32)
     halfway = (bits & np.uint32(0xFFFF0000)) | np.uint32(0x8000)
-    values = np.concatenate([rng.normal(size=200_000).astype(np.float32), bits.view(np.float32),
-                             halfway.view(np.float32)])
+    values = np.concatenate(
+        [rng.normal(size=200_000).astype(np.float32), bits.view(np.float32), halfway.view(np.float32)]
+    )
     values = values[np.isfinite(values)]
     rounded = knn_kernels.round_bf16(values)
-    assert np.array_equal(rounded.view(np.uint32), torch.from_numpy(values).to(torch.bfloat16).float().numpy().view(np.uint32))
+    assert np.array_equal(
+        rounded.view(np.uint32), torch.from_numpy(values).to(torch.bfloat16).float().numpy().view(np.uint32)
+    )
     x = rng.normal(size=(50, 7)).astype(np.float32)
-    x[3], x[4], x[5] = 0, np.nan, 3e38                # no direction, no length, float32-overflowing squares
+    x[3], x[4], x[5] = 0, np.nan, 3e38  # no direction, no length, float32-overflowing squares
     xu, valid = knn.unit(x)
     assert valid.tolist() == [i not in (3, 4) for i in range(50)] and np.array_equal(valid, knn.valid_rows(x))
     assert np.allclose(np.linalg.norm(xu[valid].astype(np.float64), axis=1), 1, atol=1e-6)
@@ -332,12 +342,12 @@ def test_bf16_floor_bits_compare_as_the_numbers_they_stand_for():
     import torch
 
     rng = np.random.default_rng(5)
-    values = np.concatenate([rng.uniform(1e-4, 1.0, 2000), [2.0 ** -8, 0.5, 1.0, np.inf]])
+    values = np.concatenate([rng.uniform(1e-4, 1.0, 2000), [2.0**-8, 0.5, 1.0, np.inf]])
     bits = knn._bf16_floor_bits(values.astype(np.float64))
     as_numbers = torch.from_numpy(bits).view(torch.bfloat16).double().numpy()
-    assert (as_numbers <= values).all()                                    # a floor ...
-    assert (values[:-1] - as_numbers[:-1] <= values[:-1] * 2.0 ** -7).all()  # ... one ulp at most
-    assert knn._bf16_floor_bits(np.array([0.3, 0.0])) is None              # zero: no integer order
+    assert (as_numbers <= values).all()  # a floor ...
+    assert (values[:-1] - as_numbers[:-1] <= values[:-1] * 2.0**-7).all()  # ... one ulp at most
+    assert knn._bf16_floor_bits(np.array([0.3, 0.0])) is None  # zero: no integer order
     assert knn._bf16_floor_bits(np.array([0.3, -0.1])) is None
     # every bf16 pattern against positive floors: integer order is number order
     every = np.arange(-32768, 32768, dtype=np.int64).astype(np.int16)
@@ -351,8 +361,8 @@ def test_bf16_floor_bits_compare_as_the_numbers_they_stand_for():
 def test_zero_and_duplicate_vectors_give_no_nan(tmp_path):
     rng = np.random.default_rng(2)
     x = rng.normal(size=(50, 8)).astype(np.float32)
-    x[3] = 0                       # no direction: no neighbours, nobody's neighbour
-    x[10] = x[11] = x[12]          # duplicates: neighbours of each other with cosine 1
+    x[3] = 0  # no direction: no neighbours, nobody's neighbour
+    x[10] = x[11] = x[12]  # duplicates: neighbours of each other with cosine 1
     lens, ids = _store(tmp_path, {"emb": x}, 50)
     build(lens.uri, {"g": {"features": ["emb"], "k": 4, "self_loops": False}})
     lens.refresh()
@@ -415,17 +425,30 @@ def test_approximate_graph_reports_recall_against_exact(tmp_path):
 def test_cooccurrence_from_interactions(tmp_path):
     lens, ids = _store(tmp_path, {"emb": np.eye(6, dtype=np.float32) + 0.01}, 6)
     interactions = tmp_path / "interactions.csv"
-    interactions.write_text("user_id,item_id\nu1,item0000\nu1,item0001\nu2,item0000\nu2,item0001\nu2,item0002\n"
-                            "u3,item0002\nu3,item0003\nu3,unknown\nu1,item0000\n")
-    build(lens.uri, {"co": {"features": ["emb"], "k": 2, "preset": "cosine",
-                            "interactions": {"path": str(interactions), "top_n": 2, "weight": 1.0}}})
+    interactions.write_text(
+        "user_id,item_id\nu1,item0000\nu1,item0001\nu2,item0000\nu2,item0001\nu2,item0002\n"
+        "u3,item0002\nu3,item0003\nu3,unknown\nu1,item0000\n"
+    )
+    build(
+        lens.uri,
+        {
+            "co": {
+                "features": ["emb"],
+                "k": 2,
+                "preset": "cosine",
+                "interactions": {"path": str(interactions), "top_n": 2, "weight": 1.0},
+            }
+        },
+    )
     lens.refresh()
     table = lens._dataset(lens.graph_info("co").table).to_table().to_pylist()
     lists = {r["item_id"]: (r["neighbors"], r["scores"]) for r in table if r["feature"] == "cooccurrence"}
-    assert lists["item0000"] == ([1, 2], [2.0, 1.0])       # u1 and u2 had 0 and 1 (u1's repeat counted once)
+    assert lists["item0000"] == ([1, 2], [2.0, 1.0])  # u1 and u2 had 0 and 1 (u1's repeat counted once)
     assert lists["item0003"] == ([2], [1.0]) and "item0004" not in lists
     with pytest.raises(ConfigError, match="no column 'user'"):
-        build(lens.uri, {"bad": {"features": ["emb"], "interactions": {"path": str(interactions), "user_column": "user"}}})
+        build(
+            lens.uri, {"bad": {"features": ["emb"], "interactions": {"path": str(interactions), "user_column": "user"}}}
+        )
 
 
 def test_graph_exports_load_with_their_libraries(tmp_path):
@@ -434,7 +457,7 @@ def test_graph_exports_load_with_their_libraries(tmp_path):
     rng = np.random.default_rng(5)
     x = rng.normal(size=(100, 8)).astype(np.float32)
     lens, ids = _store(tmp_path, {"emb": x}, 100)
-    lens.put_vectors("other", ["extra"], np.ones((1, 2), np.float32))     # an item with no list
+    lens.put_vectors("other", ["extra"], np.ones((1, 2), np.float32))  # an item with no list
     build(lens.uri, {"g": {"features": ["emb"], "k": 4}})
     lens.refresh()
     matrix, order = lens.graph("g")
@@ -476,12 +499,14 @@ def test_command_line_graph_show_and_refresh(tmp_path, capsys):
     rng = np.random.default_rng(6)
     lens, ids = _store(tmp_path, {"text": rng.normal(size=(120, 8)).astype(np.float32)}, 120)
     config = tmp_path / "lens.yaml"
-    config.write_text(textwrap.dedent("""
+    config.write_text(
+        textwrap.dedent("""
         features:
           text: {encoder: sentence-transformers, model: all-MiniLM-L6-v2, input: {template: "{title}"}}
         graphs:
           knn: {features: [text], k: 5, preset: lattice}
-    """))
+    """)
+    )
     assert cli(["graph", lens.uri, "--config", str(config)]) == 0
     assert "knn@v1: built, 120 items" in capsys.readouterr().out
     lens.put_vectors("text", ids[:3], rng.normal(size=(3, 8)).astype(np.float32))
@@ -497,22 +522,27 @@ def test_command_line_graph_show_and_refresh(tmp_path, capsys):
     rows = np.load(tmp_path / "x" / "knn_row_edge_index.npy")[0]
     assert np.allclose(np.bincount(rows, weights), 1.0)  # rows sum to 1
     with pytest.raises(ConfigError, match=r"graphs.g.features: 'image' is not a feature"):
-        load_config({"features": {"text": {"encoder": "sentence-transformers", "model": "m",
-                                           "input": {"template": "{t}"}}}, "graphs": {"g": {"features": ["image"]}}})
+        load_config(
+            {
+                "features": {"text": {"encoder": "sentence-transformers", "model": "m", "input": {"template": "{t}"}}},
+                "graphs": {"g": {"features": ["image"]}},
+            }
+        )
 
 
 @pytest.mark.parametrize("self_loops", [True, False])
 def test_an_approximate_refresh_equals_a_rebuild_with_the_same_index_and_touches_only_affected_lists(
-        tmp_path, self_loops):
+    tmp_path, self_loops
+):
     """2% of the items change: they are searched with the stored index; every list's vouched
     prefix (``exact``), and the whole list of every item searched, equal a rebuild with that
     index; lists the refresh did not count as touched are stored as they were."""
+    import lance
+
     from itemlens.store.graphs import ivf
     from itemlens.store.graphs.build import _stored_centroids
     from itemlens.store.semantic_ids.build import _commit_overwrite
     from itemlens.store.vectors import LocalRunner, feature_rows
-
-    import lance
 
     n = 20_000
     rng = np.random.default_rng(11)
@@ -526,7 +556,7 @@ def test_an_approximate_refresh_equals_a_rebuild_with_the_same_index_and_touches
 
     changed = np.sort(rng.choice(n, n // 50, replace=False))
     moved_to = x[rng.choice(n, len(changed), replace=False)] + 0.05 * rng.normal(size=(len(changed), 24))
-    lens.put_vectors("emb", [ids[i] for i in changed], moved_to.astype(np.float32))     # (no two alike: no ties)
+    lens.put_vectors("emb", [ids[i] for i in changed], moved_to.astype(np.float32))  # (no two alike: no ties)
     reports, _ = build(lens.uri, spec)
     report = reports["g"]
     lens.refresh()
@@ -548,9 +578,9 @@ def test_an_approximate_refresh_equals_a_rebuild_with_the_same_index_and_touches
     searched = exact == depth
     assert searched[changed].all()
     for i in np.flatnonzero(searched):
-        assert got[i] == want[i]                                     # searched: the rebuild's list
+        assert got[i] == want[i]  # searched: the rebuild's list
     for i in range(n):
-        assert got[i][:exact[i]] == want[i][:exact[i]]             # every list: its vouched prefix
+        assert got[i][: exact[i]] == want[i][: exact[i]]  # every list: its vouched prefix
     assert (exact >= 10).all()
 
     # only the affected lists were touched, and counted
@@ -559,6 +589,6 @@ def test_an_approximate_refresh_equals_a_rebuild_with_the_same_index_and_touches
     touched = report.recomputed["emb"] + report.merged["emb"]
     # (a changed item leaves about depth lists and enters about as many: here half the lists)
     assert report.recomputed["emb"] >= len(changed) and differs <= touched < n
-    assert report.recomputed["emb"] < n // 10               # searched: the changed items and a few more
+    assert report.recomputed["emb"] < n // 10  # searched: the changed items and a few more
     kept = np.setdiff1d(np.arange(n), changed)
     assert after.column("probes").take(pa.array(kept)).equals(before.column("probes").take(pa.array(kept)))

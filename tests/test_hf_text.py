@@ -66,7 +66,8 @@ def variants(llm, tmp_path_factory) -> dict[str, Path]:
         if name == "bos_only":
             bos = tokenizer.convert_tokens_to_ids("[CLS]")
             tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-                single="[CLS] $A", pair="[CLS] $A $B", special_tokens=[("[CLS]", bos)])
+                single="[CLS] $A", pair="[CLS] $A $B", special_tokens=[("[CLS]", bos)]
+            )
             tokenizer.pad_token = None
         tokenizer.save_pretrained(folder)
         out[name] = folder
@@ -147,14 +148,14 @@ def test_pooling_is_batch_invariant_and_matches_direct_computation(variants, dir
     # The check means something: the batch was padded, and texts give clearly different vectors.
     assert max(lengths) > 5 * min(lengths)
     if pooling == "cls" and variant == "bos_only":
-        return   # the first token is BOS for every text, and a decoder's BOS sees nothing after it
+        return  # the first token is BOS for every text, and a decoder's BOS sees nothing after it
     assert min(np.abs(batch[i] - batch[j]).max() for i in range(len(TEXTS)) for j in range(i)) > 0.05
 
 
 def test_sub_batches_restore_order(llm):
     whole = encoder(llm, token_pooling="last_token").encode_texts(TEXTS)
     small = encoder(llm, token_pooling="last_token")
-    small.tokens_per_batch = 12   # forces several padding groups
+    small.tokens_per_batch = 12  # forces several padding groups
     np.testing.assert_allclose(small.encode_texts(TEXTS), whole, atol=1e-5)
 
 
@@ -162,7 +163,7 @@ def test_length_groups():
     lengths = [3, 40, 1, 7, 7, 2]
     groups = _length_groups(lengths, tokens_per_batch=16)
     assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
-    assert groups[0] == [1]                            # longest first, alone even above the budget
+    assert groups[0] == [1]  # longest first, alone even above the budget
     for group in groups:
         assert len(group) == 1 or len(group) * max(lengths[i] for i in group) <= 16
         assert [lengths[i] for i in group] == sorted((lengths[i] for i in group), reverse=True)
@@ -175,7 +176,8 @@ def test_instruction_is_a_prefix(llm):
     assert np.abs(a - b).max(axis=1).min() > 0.01
     assert plain.fingerprint() != instructed.fingerprint()
     np.testing.assert_allclose(
-        b, plain.encode_texts(["Instruct: find the product\nQuery: " + t for t in TEXTS]), atol=1e-6)
+        b, plain.encode_texts(["Instruct: find the product\nQuery: " + t for t in TEXTS]), atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("variant,pooling", [("right", "mean"), ("bos_only", "last_token")])
@@ -198,11 +200,13 @@ def test_deterministic_across_loads_and_writes(llm, tmp_path):
     np.testing.assert_array_equal(first.encode_texts(TEXTS), second.encode_texts(TEXTS))
     assert first.fingerprint() == second.fingerprint()
     again = write_tiny_text_llm(tmp_path / "again", seed=0)
-    np.testing.assert_array_equal(encoder(again, token_pooling="last_token").encode_texts(TEXTS),
-                                  first.encode_texts(TEXTS))
+    np.testing.assert_array_equal(
+        encoder(again, token_pooling="last_token").encode_texts(TEXTS), first.encode_texts(TEXTS)
+    )
     other = write_tiny_text_llm(tmp_path / "other", seed=1)
-    assert np.abs(encoder(other, token_pooling="last_token").encode_texts(TEXTS)
-                  - first.encode_texts(TEXTS)).max() > 0.05
+    assert (
+        np.abs(encoder(other, token_pooling="last_token").encode_texts(TEXTS) - first.encode_texts(TEXTS)).max() > 0.05
+    )
     # An existing complete folder is kept, not rewritten.
     mtime = (again / "model.safetensors").stat().st_mtime_ns
     assert write_tiny_text_llm(again, seed=5) == again
@@ -237,10 +241,18 @@ def test_checkpoint_missing_layers_is_refused(llm, tmp_path):
         encoder(folder)
 
 
-@pytest.mark.parametrize("field,value", [("prompt", "describe"), ("checkpoint", "w.safetensors"),
-                                         ("pretrained", "laion"), ("max_new_tokens", 8), ("window_seconds", 5.0)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("prompt", "describe"),
+        ("checkpoint", "w.safetensors"),
+        ("pretrained", "laion"),
+        ("max_new_tokens", 8),
+        ("window_seconds", 5.0),
+    ],
+)
 def test_rejects_fields_it_does_not_use(llm, field, value):
-    with pytest.raises(ValidationError, match=field):         # not an option of the hf-text spec
+    with pytest.raises(ValidationError, match=field):  # not an option of the hf-text spec
         FeatureSpec(encoder="hf-text", model=str(llm), input={"template": "{text}"}, **{field: value})
 
 
@@ -248,8 +260,9 @@ def test_minilm_mean_pooling_matches_sentence_transformers(minilm_path):
     texts = TEXTS + ["Wireless noise-cancelling headphones with 30 hours of battery"]
     hf = encoder(minilm_path, token_pooling="mean")
     assert type(hf.model).__name__ == "BertModel"
-    st = build_encoder(FeatureSpec(encoder="sentence-transformers", model=minilm_path,
-                                   input={"template": "{text}"})).load("cpu")
+    st = build_encoder(
+        FeatureSpec(encoder="sentence-transformers", model=minilm_path, input={"template": "{text}"})
+    ).load("cpu")
     a, b = hf.encode_texts(texts).astype(np.float64), st.encode_texts(texts).astype(np.float64)
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cosine.min() >= 0.9999, cosine
@@ -267,8 +280,17 @@ def test_left_padding_with_absolute_positions(variants, tmp_path):
 
     tokenizer = AutoTokenizer.from_pretrained(variants["left"])
     torch.manual_seed(0)
-    model = GPT2Model(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2, n_positions=128,
-                                 initializer_range=0.5, eos_token_id=tokenizer.eos_token_id))
+    model = GPT2Model(
+        GPT2Config(
+            vocab_size=len(tokenizer),
+            n_embd=32,
+            n_layer=1,
+            n_head=2,
+            n_positions=128,
+            initializer_range=0.5,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
     model.save_pretrained(tmp_path / "gpt2")
     tokenizer.save_pretrained(tmp_path / "gpt2")
     for pooling in ("mean", "last_token"):
@@ -282,11 +304,11 @@ def test_left_padding_with_absolute_positions(variants, tmp_path):
 def test_bf16_on_cuda_matches_fp32_on_cpu(minilm_path):
     texts = TEXTS
     gpu = build_encoder(FeatureSpec(encoder="hf-text", model=minilm_path, input={"template": "{text}"})).load("cuda")
-    assert gpu.describe()["dtype"] in {"bfloat16", "float16"}   # precision auto: half weights on GPU
+    assert gpu.describe()["dtype"] in {"bfloat16", "float16"}  # precision auto: half weights on GPU
     a = gpu.encode_texts(texts).astype(np.float64)
     b = encoder(minilm_path).encode_texts(texts).astype(np.float64)
     assert a.shape == b.shape and np.isfinite(a).all()
-    assert ((a * b).sum(1)).min() >= 0.99    # both normalized
+    assert ((a * b).sum(1)).min() >= 0.99  # both normalized
 
 
 def test_text_without_tokens_is_an_input_error(llm, tmp_path):

@@ -31,7 +31,7 @@ def test_a_fifo_named_as_an_image_is_a_read_error_at_once(tmp_path):
     started = time.monotonic()
     with pytest.raises(ItemError, match=r"not a regular file \(a FIFO\)"):
         read_bytes(str(fifo), timeout=5)
-    assert time.monotonic() - started < 1.0           # no open() that waits for a writer
+    assert time.monotonic() - started < 1.0  # no open() that waits for a writer
 
 
 def test_devices_sockets_and_symlinks_to_them_are_refused(tmp_path):
@@ -52,7 +52,7 @@ def test_devices_sockets_and_symlinks_to_them_are_refused(tmp_path):
 def test_a_file_larger_than_the_budget_is_refused_before_it_is_read(tmp_path):
     big = tmp_path / "big.mp4"
     with open(big, "wb") as f:
-        f.truncate(10 * 1024**3)                      # sparse: 10 GiB that would take long to read
+        f.truncate(10 * 1024**3)  # sparse: 10 GiB that would take long to read
     started = time.monotonic()
     with pytest.raises(ItemError, match="larger than max_media_bytes"):
         MediaLimits(max_bytes=1024, bytes_field="max_media_bytes").read(str(big))
@@ -99,8 +99,8 @@ class _Encoder:
 def test_strips_that_the_transform_would_upscale_are_refused_before_it_runs(tmp_path, size):
     path = tmp_path / "strip.png"
     Image.new("RGB", size, (200, 10, 10)).save(path)
-    assert path.stat().st_size < 5000                  # a few hundred bytes on disk
-    image = decode_image(path.read_bytes())            # 100k pixels: within max_image_pixels
+    assert path.stat().st_size < 5000  # a few hundred bytes on disk
+    image = decode_image(path.read_bytes())  # 100k pixels: within max_image_pixels
     with pytest.raises(ItemError, match="aspect ratio"):
         check_preprocessed_size(image.size, _Encoder())
     # without the aspect-ratio bound, the upscaled size is still refused (20000 x 1 -> 4.5e6 x 224)
@@ -110,7 +110,7 @@ def test_strips_that_the_transform_would_upscale_are_refused_before_it_runs(tmp_
 
 def test_ordinary_shapes_pass_and_the_hf_size_forms_are_read():
     check_preprocessed_size((4000, 3000), _Encoder())
-    check_preprocessed_size((64, 2000), _Encoder())     # a 1:31 strip
+    check_preprocessed_size((64, 2000), _Encoder())  # a 1:31 strip
     assert hf_preprocessed_size({"shortest_edge": 336}, 1000, 500) == (672, 336)
     assert hf_preprocessed_size({"height": 384, "width": 384}, 1, 100_000) == (384, 384)
     assert hf_preprocessed_size({"longest_edge": 512}, 2000, 1000) == (512, 256)
@@ -128,21 +128,29 @@ def test_the_open_clip_transform_is_guarded_with_its_own_resize(tiny_clip):
         check_preprocessed_size((20_000, 1), encoder, max_aspect_ratio=1e9)
 
 
-@pytest.mark.parametrize("uri, expected", [
-    ("file:///data/x", "/data/x"),
-    ("file://localhost/data/x", "/data/x"),
-    ("file:/data/x", "/data/x"),
-    ("file:///data/a%20b", "/data/a b"),
-    ("s3://bucket/lens/", "s3://bucket/lens"),
-])
+@pytest.mark.parametrize(
+    "uri, expected",
+    [
+        ("file:///data/x", "/data/x"),
+        ("file://localhost/data/x", "/data/x"),
+        ("file:/data/x", "/data/x"),
+        ("file:///data/a%20b", "/data/a b"),
+        ("s3://bucket/lens/", "s3://bucket/lens"),
+    ],
+)
 def test_store_uris_follow_rfc_8089(uri, expected):
     assert StoreLocation.parse(uri).uri == expected
 
 
-@pytest.mark.parametrize("uri", [
-    "file://u:SECRET@localhost/path", "s3://KEY:SECRET@bucket/lens", "gs://u:SECRET@bucket/x",
-    "file://SECRET@localhost/x",
-])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "file://u:SECRET@localhost/path",
+        "s3://KEY:SECRET@bucket/lens",
+        "gs://u:SECRET@bucket/x",
+        "file://SECRET@localhost/x",
+    ],
+)
 def test_credentials_in_any_scheme_are_refused_without_being_repeated(uri):
     with pytest.raises(StoreError) as info:
         StoreLocation.parse(uri)
@@ -224,14 +232,18 @@ def test_a_full_catalog_removes_at_most_its_allowance(tmp_path):
     def refused(catalog, policy, match):
         with pytest.raises(CatalogError, match=match):
             _register(store, catalog, policy)
-        assert len(list((table / "_versions").iterdir())) == versions       # nothing written
+        assert len(list((table / "_versions").iterdir())) == versions  # nothing written
 
     refused([], RemovalPolicy(allowed=RemovalPolicy.ALL), "the catalog is empty")
-    refused(ids[:6], RemovalPolicy(), r"would remove 14 of the 20 items that v@v1 holds \(more than "
-                                      r"catalog.max_removed_share 50%\)")
+    refused(
+        ids[:6],
+        RemovalPolicy(),
+        r"would remove 14 of the 20 items that v@v1 holds \(more than "
+        r"catalog.max_removed_share 50%\)",
+    )
     refused(ids[:6], RemovalPolicy(allowed=13), "more than --allow-removals 13")
     refused(ids[:18], RemovalPolicy(max_share=0.05), "more than catalog.max_removed_share 5%")
     refused(["other"], RemovalPolicy(max_share=1.0), r"would remove 20 of the 20 items .* \(all of them\)")
-    assert _register(store, ids[:18], RemovalPolicy()).removed == 2                      # a few: fine
-    assert _register(store, ids[:10] + ["new"], RemovalPolicy()).removed == 10           # half: fine
+    assert _register(store, ids[:18], RemovalPolicy()).removed == 2  # a few: fine
+    assert _register(store, ids[:10] + ["new"], RemovalPolicy()).removed == 10  # half: fine
     assert _register(store, ids[:6], RemovalPolicy(allowed=14)).removed == 14

@@ -22,7 +22,7 @@ from itemlens.errors import CatalogError, ConfigError, QueryError, StoreLockedEr
 from itemlens.extractors.text import TextTemplate
 from itemlens.workflows.ingest import ingest
 
-from .conftest import EXAMPLE_CATALOG, ROOT, image_spec, text_spec, write_jsonl
+from .conftest import EXAMPLE_CATALOG, image_spec, text_spec, write_jsonl
 from .media import write_bad_images
 
 pytestmark = pytest.mark.integration
@@ -43,8 +43,14 @@ def catalog(tmp_path, example_rows) -> Path:
     rows = [dict(r) for r in example_rows]
     for i, path in enumerate(IMAGES):
         source = example_rows[i % 3]
-        rows.append({**source, "item_id": f"photo-{i:02d}", "title": f"{source['title']} photo {i}",
-                     "images": [str(path.relative_to(EXAMPLE_CATALOG.parent))]})
+        rows.append(
+            {
+                **source,
+                "item_id": f"photo-{i:02d}",
+                "title": f"{source['title']} photo {i}",
+                "images": [str(path.relative_to(EXAMPLE_CATALOG.parent))],
+            }
+        )
     return write_jsonl(folder / "catalog.jsonl", rows)
 
 
@@ -68,7 +74,10 @@ def test_ingest_gives_the_libraries_own_vectors(ray_session, tmp_path, catalog, 
     report = ingest(catalog, config, store, progress=False)
     assert report.snapshot == 1 and report.items_seen == 15 and report.new_items == 15
     assert {n: (f.encoded, f.errors) for n, f in report.features.items()} == {
-        "text": (15, 0), "image": (15, 0), "image_parts": (15, 0)}
+        "text": (15, 0),
+        "image": (15, 0),
+        "image_parts": (15, 0),
+    }
 
     lens = itemlens.connect(store)
     rows = _rows(catalog)
@@ -102,8 +111,8 @@ def test_ingest_gives_the_libraries_own_vectors(ray_session, tmp_path, catalog, 
     assert hits[0].item_id in {r["item_id"] for r in rows if r["brand"] == "AmazonBasics"}
     photo = rows[3]["images"][0]
     assert lens.search("image", str(catalog.parent / photo), k=1)[0].item_id == rows[3]["item_id"]
-    assert len(lens.search("image", "a grey yoga bag", k=4)) == 4   # text query through the CLIP text tower
-    with pytest.raises(QueryError, match="file not found"):           # a mistyped path is not a text query
+    assert len(lens.search("image", "a grey yoga bag", k=4)) == 4  # text query through the CLIP text tower
+    with pytest.raises(QueryError, match="file not found"):  # a mistyped path is not a text query
         lens.search("image", "photos/no-such-photo.jpg")
 
     again = ingest(catalog, config, store, progress=False)
@@ -113,17 +122,28 @@ def test_ingest_gives_the_libraries_own_vectors(ray_session, tmp_path, catalog, 
 
 
 def test_bad_inputs_become_errors_rows_and_every_other_item_is_stored(
-        ray_session, tmp_path, catalog, minilm_path, tiny_clip):
+    ray_session, tmp_path, catalog, minilm_path, tiny_clip
+):
     bad = write_bad_images(catalog.parent / "bad")
     rows = _rows(catalog)[:4]
     for name, filename in bad.items():
-        rows.append({"item_id": f"bad-{name}", "title": f"item with {name} image", "bullet_points": [],
-                     "images": [f"bad/{filename}"]})
+        rows.append(
+            {
+                "item_id": f"bad-{name}",
+                "title": f"item with {name} image",
+                "bullet_points": [],
+                "images": [f"bad/{filename}"],
+            }
+        )
     rows += [
         {"item_id": "bad-no-image", "title": "no image", "bullet_points": [], "images": None},
         {"item_id": "bad-wrong-type", "title": "wrong type", "bullet_points": [], "images": [17]},
-        {"item_id": "bad-one-of-two", "title": "one good, one missing", "bullet_points": [],
-         "images": [rows[0]["images"][0], "bad/missing-too.jpg"]},
+        {
+            "item_id": "bad-one-of-two",
+            "title": "one good, one missing",
+            "bullet_points": [],
+            "images": [rows[0]["images"][0], "bad/missing-too.jpg"],
+        },
         {"item_id": "empty-text", "title": "", "bullet_points": [" "], "images": rows[0]["images"]},
     ]
     write_jsonl(catalog, rows)
@@ -139,12 +159,19 @@ def test_bad_inputs_become_errors_rows_and_every_other_item_is_stored(
         stored = {i for i in ids if (feature, i) not in errors and (feature, i) not in absent}
         failed = {i for (f, i) in errors if f == feature}
         missing = set(lens.absent(feature))
-        assert stored | failed | missing == set(ids)                    # each item in exactly one place
+        assert stored | failed | missing == set(ids)  # each item in exactly one place
         assert len(stored) + len(failed) + len(missing) == len(ids)
-        lens.vectors(feature, sorted(stored))                            # all of them readable
+        lens.vectors(feature, sorted(stored))  # all of them readable
     image_errors = {i: (r["stage"], r["reason"]) for (f, i), r in errors.items() if f == "image"}
-    assert set(image_errors) == {"bad-corrupt", "bad-truncated", "bad-zero_bytes", "bad-bomb", "bad-missing",
-                                 "bad-wrong-type", "bad-one-of-two"}
+    assert set(image_errors) == {
+        "bad-corrupt",
+        "bad-truncated",
+        "bad-zero_bytes",
+        "bad-bomb",
+        "bad-missing",
+        "bad-wrong-type",
+        "bad-one-of-two",
+    }
     # an item without a photo, or without any text, is not a failure: its input is absent
     assert lens.absent("image") == ["bad-no-image"] and lens.absent("text") == ["empty-text"]
     assert {f.name: (f.errors, f.absent) for f in lens.features()} == {"text": (0, 1), "image": (7, 1)}
@@ -167,7 +194,8 @@ def test_bad_inputs_become_errors_rows_and_every_other_item_is_stored(
 
 
 def test_ray_runs_decode_tasks_and_encoder_actors_as_separate_streaming_stages(
-        ray_session, tmp_path, catalog, minilm_path, tiny_clip):
+    ray_session, tmp_path, catalog, minilm_path, tiny_clip
+):
     report = ingest(catalog, _config(minilm_path, tiny_clip), tmp_path / "lens", progress=False)
     for feature, prepare in (("image", "prepare_images"), ("text", "prepare_texts")):
         ops = report.features[feature].operators
@@ -176,7 +204,7 @@ def test_ray_runs_decode_tasks_and_encoder_actors_as_separate_streaming_stages(
         assert kinds["MapBatches(EncodeBatches)"] == "actors"
         assert kinds["MapBatches(write_fragments)"] == "tasks"
         encoder_op = next(op for op in ops if op["kind"] == "actors")
-        assert "prepare" not in encoder_op["operator"]               # decoding is not fused into the actors
+        assert "prepare" not in encoder_op["operator"]  # decoding is not fused into the actors
         stats = report.features[feature].stats
         assert f"MapBatches({prepare})" in stats and "MapBatches(EncodeBatches)" in stats
         # no all-to-all stage (sort, shuffle, aggregate) gathers the catalog anywhere
@@ -186,7 +214,8 @@ def test_ray_runs_decode_tasks_and_encoder_actors_as_separate_streaming_stages(
 
 
 def test_a_reader_on_snapshot_n_sees_n_while_a_second_ingest_writes(
-        ray_session, tmp_path, catalog, minilm_path, tiny_clip):
+    ray_session, tmp_path, catalog, minilm_path, tiny_clip
+):
     store = tmp_path / "lens"
     config = {"features": {"text": text_spec(minilm_path)}}
     ingest(catalog, config, store, progress=False)
@@ -216,10 +245,10 @@ def test_a_reader_on_snapshot_n_sees_n_while_a_second_ingest_writes(
         reads += 1
     thread.join()
     assert result["report"].snapshot == 2 and reads > 0
-    assert np.array_equal(reader.vectors("text", ids), before)            # still on snapshot 1
+    assert np.array_equal(reader.vectors("text", ids), before)  # still on snapshot 1
     assert reader.refresh() == 2
     after = reader.vectors("text", ids)
-    assert _cos(after, before).max() < 0.9999                            # every title changed
+    assert _cos(after, before).max() < 0.9999  # every title changed
 
 
 def test_an_index_declared_in_the_config_is_built_once_big_enough(ray_session, tmp_path, catalog, minilm_path):
@@ -234,9 +263,11 @@ def test_an_index_declared_in_the_config_is_built_once_big_enough(ray_session, t
 def test_ingest_derives_semantic_ids_and_graphs_and_a_refresh_keeps_them(ray_session, tmp_path, catalog, minilm_path):
     from itemlens.store.semantic_ids import quantizers
 
-    config = {"features": {"text": text_spec(minilm_path)},
-              "semantic_ids": {"sid": {"features": ["text"], "levels": 2, "codebook_size": 4}},
-              "graphs": {"knn": {"features": ["text"], "k": 3}}}
+    config = {
+        "features": {"text": text_spec(minilm_path)},
+        "semantic_ids": {"sid": {"features": ["text"], "levels": 2, "codebook_size": 4}},
+        "graphs": {"knn": {"features": ["text"], "k": 3}},
+    }
     first = ingest(catalog, config, tmp_path / "lens", progress=False)
     assert first.semantic_ids["sid"].trained and first.semantic_ids["sid"].items == 15
     lens = itemlens.connect(tmp_path / "lens")
@@ -265,7 +296,8 @@ def test_ingest_derives_semantic_ids_and_graphs_and_a_refresh_keeps_them(ray_ses
 
 
 def test_a_changed_spec_makes_a_new_version_and_leaves_the_rest_alone(
-        ray_session, tmp_path, catalog, minilm_path, tiny_clip):
+    ray_session, tmp_path, catalog, minilm_path, tiny_clip
+):
     store = tmp_path / "lens"
     ingest(catalog, _config(minilm_path, tiny_clip), store, progress=False)
     v1 = itemlens.connect(store).vectors("text", ["B0799CK52K"])
@@ -313,8 +345,12 @@ def test_bad_catalogs_and_weights_fail_before_any_work(ray_session, tmp_path, ca
     with pytest.raises(ConfigError, match="column.*'headline'"):
         ingest(catalog, {"features": {"text": text_spec(minilm_path, template="{headline}")}}, store, progress=False)
     with pytest.raises(ConfigError, match="no id column 'sku'"):
-        ingest(catalog, {"catalog": {"id_column": "sku"}, "features": {"text": text_spec(minilm_path)}}, store,
-               progress=False)
+        ingest(
+            catalog,
+            {"catalog": {"id_column": "sku"}, "features": {"text": text_spec(minilm_path)}},
+            store,
+            progress=False,
+        )
     no_ids = write_jsonl(tmp_path / "noid.jsonl", [rows[0], {**rows[1], "item_id": None}])
     with pytest.raises(CatalogError, match="1 catalog row.*no 'item_id'"):
         ingest(no_ids, _config(minilm_path, tiny_clip), store, progress=False)
@@ -322,18 +358,26 @@ def test_bad_catalogs_and_weights_fail_before_any_work(ray_session, tmp_path, ca
     with pytest.raises(WeightsNotFoundError, match="gone.pt"):
         ingest(catalog, missing, tmp_path / "never-created", progress=False)
     assert not (tmp_path / "never-created").exists()
-    assert itemlens.connect(store).snapshot == 0        # nothing was published by the failed runs
+    assert itemlens.connect(store).snapshot == 0  # nothing was published by the failed runs
 
 
 def test_a_second_concurrent_ingest_fails_with_a_clear_message(ray_session, tmp_path, catalog, minilm_path):
     store = tmp_path / "lens"
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import time
         from itemlens.store.writer import StoreWriter
         w = StoreWriter.open({str(store)!r}, command="itemlens ingest other-catalog.parquet")
         print("locked", flush=True)
         time.sleep(60)
-        """)], stdout=subprocess.PIPE, text=True)
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(StoreLockedError, match=f"pid {holder.pid}.*other-catalog.parquet"):
@@ -350,24 +394,57 @@ def test_command_line_ingest_and_show(ray_session, tmp_path, catalog, minilm_pat
     config.write_text(yaml.safe_dump(_config(minilm_path, tiny_clip)))
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     store = tmp_path / "lens"
-    run = subprocess.run([sys.executable, "-m", "itemlens.workflows.cli", "ingest", str(catalog), "--config",
-                          str(config), "--store", str(store), "--report", str(tmp_path / "report.json")],
-                         env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "itemlens.workflows.cli",
+            "ingest",
+            str(catalog),
+            "--config",
+            str(config),
+            "--store",
+            str(store),
+            "--report",
+            str(tmp_path / "report.json"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     assert "published snapshot 1" in run.stdout and "text" in run.stdout
     assert "itemlens: catalog has 15 items (15 new to the store)" in run.stderr
     assert json.loads((tmp_path / "report.json").read_text())["features"]["image"]["encoded"] == 15
-    show = subprocess.run([sys.executable, "-m", "itemlens.workflows.cli", "show", str(store)],
-                          capture_output=True, text=True, timeout=120)
+    show = subprocess.run(
+        [sys.executable, "-m", "itemlens.workflows.cli", "show", str(store)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert show.returncode == 0, show.stderr
     assert "text@v1*" in show.stdout and "image@v1*" in show.stdout and "snapshot 1 of 1" in show.stdout
-    bad = subprocess.run([sys.executable, "-m", "itemlens.workflows.cli", "ingest", str(catalog), "--config",
-                          str(tmp_path / "nope.yaml"), "--store", str(store)], capture_output=True, text=True)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "itemlens.workflows.cli",
+            "ingest",
+            str(catalog),
+            "--config",
+            str(tmp_path / "nope.yaml"),
+            "--store",
+            str(store),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "configuration file not found" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_the_demo_runs_and_labels_its_stand_ins(example_store):
-    out = example_store["output"]          # `make demo`, run once per session (tests/conftest.py)
+    out = example_store["output"]  # `make demo`, run once per session (tests/conftest.py)
     assert "STAND-IN" in out and "published snapshot 1" in out
     assert "search text 'an LED light bulb': B074M5HPBD" in out
     lens = itemlens.connect(example_store["store"], snapshot=1)
@@ -375,7 +452,12 @@ def test_the_demo_runs_and_labels_its_stand_ins(example_store):
     # every modality of the example catalog: 3 products (photos, a video each), 2 sound clips
     counts = {f.name: f.count for f in lens.features()}
     assert {n: counts[n] for n in ("text", "image", "video", "audio", "caption_text")} == {
-        "text": 5, "image": 3, "video": 3, "audio": 2, "caption_text": 3}
+        "text": 5,
+        "image": 3,
+        "video": 3,
+        "audio": 2,
+        "caption_text": 3,
+    }
     assert sorted(lens.ids("audio")) == ["audiobook-198-209", "sound-robin-13"]
     assert all(lens.captions("caption", lens.ids("caption")))
 
@@ -393,25 +475,32 @@ def test_work_staged_by_a_dead_job_is_merged_not_encoded_again(ray_session, tmp_
     spec = load_config(config).features["text"]
     rows = _rows(catalog)
     dead = rows[:5]
-    marker = np.full((5, 384), 0.05, np.float32)     # not what the model would give: proves no re-encoding
-    with StoreWriter.open(store) as writer:           # a job that staged 5 items, then died
-        version = writer.resolve_version("text", build_encoder(spec).fingerprint(), spec.model_dump(mode="json"),
-                                         dtype="float32", pooling="mean")
+    marker = np.full((5, 384), 0.05, np.float32)  # not what the model would give: proves no re-encoding
+    with StoreWriter.open(store) as writer:  # a job that staged 5 items, then died
+        version = writer.resolve_version(
+            "text", build_encoder(spec).fingerprint(), spec.model_dump(mode="json"), dtype="float32", pooling="mean"
+        )
         schema = staging_schema("float32", 384, "mean")
         template = TextTemplate(spec.input.template)
-        staged = pa.table({
-            "item_id": [r["item_id"] for r in dead],
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(marker.reshape(-1)), 384),
-            "n_parts": pa.array([1] * 5, pa.int32()),
-            "input_hash": [text_hash(template.render(r)) for r in dead],
-            "media_key": pa.nulls(5, pa.string()),
-            "fingerprint": [version.fingerprint] * 5,
-            "computed_at": pa.array([datetime(2026, 1, 1, tzinfo=timezone.utc)] * 5, schema.field("computed_at").type),
-            "error_stage": pa.nulls(5, pa.string()), "error_reason": pa.nulls(5, pa.string()),
-            "run_id": ["dead-job"] * 5,
-        }, schema=schema)
+        staged = pa.table(
+            {
+                "item_id": [r["item_id"] for r in dead],
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(marker.reshape(-1)), 384),
+                "n_parts": pa.array([1] * 5, pa.int32()),
+                "input_hash": [text_hash(template.render(r)) for r in dead],
+                "media_key": pa.nulls(5, pa.string()),
+                "fingerprint": [version.fingerprint] * 5,
+                "computed_at": pa.array(
+                    [datetime(2026, 1, 1, tzinfo=timezone.utc)] * 5, schema.field("computed_at").type
+                ),
+                "error_stage": pa.nulls(5, pa.string()),
+                "error_reason": pa.nulls(5, pa.string()),
+                "run_id": ["dead-job"] * 5,
+            },
+            schema=schema,
+        )
         writer.commit_staged(version, lance_io.write_fragments(staged, writer.staging_uri(version)), schema)
-    assert itemlens.connect(store).snapshot == 0      # staged work is not visible
+    assert itemlens.connect(store).snapshot == 0  # staged work is not visible
 
     report = ingest(catalog, config, store, progress=False)
     feature = report.features["text"]
@@ -423,7 +512,8 @@ def test_work_staged_by_a_dead_job_is_merged_not_encoded_again(ray_session, tmp_
 
 
 def test_more_actors_than_the_cluster_can_feed_are_scaled_down_not_left_waiting(
-        ray_session, tmp_path, catalog, minilm_path):
+    ray_session, tmp_path, catalog, minilm_path
+):
     config = {"features": {"text": text_spec(minilm_path, resources={"num_gpus": 1, "concurrency": 3})}}
     report = ingest(catalog, config, tmp_path / "lens", progress=False)
     assert report.features["text"].actors == 1 and report.features["text"].encoded == 15

@@ -29,23 +29,44 @@ ITEMLENS = str(Path(sys.executable).parent / "itemlens")
 
 
 def _setup(tmp_path: Path, tiny_llm: str, n: int = N) -> tuple[Path, Path]:
-    rows = [{"item_id": f"item-{i:05d}", "title": f"product {i}: " + " ".join(["word"] * (i % 13))}
-            for i in range(n)]
+    rows = [{"item_id": f"item-{i:05d}", "title": f"product {i}: " + " ".join(["word"] * (i % 13))} for i in range(n)]
     catalog = write_jsonl(tmp_path / "catalog.jsonl", rows)
     config = tmp_path / "lens.yaml"
-    config.write_text(yaml.safe_dump({
-        "features": {"text": {"encoder": "hf-text", "model": tiny_llm, "input": {"template": "{title}"},
-                              "resources": {"num_gpus": 0, "batch_size": 50}}},
-        "decode": {"text_batch_size": 100},
-        # commit staged rows every second and write small files, so that a kill keeps some work
-        "staging": {"commit_seconds": 1, "fragment_rows": 100},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "features": {
+                    "text": {
+                        "encoder": "hf-text",
+                        "model": tiny_llm,
+                        "input": {"template": "{title}"},
+                        "resources": {"num_gpus": 0, "batch_size": 50},
+                    }
+                },
+                "decode": {"text_batch_size": 100},
+                # commit staged rows every second and write small files, so that a kill keeps some work
+                "staging": {"commit_seconds": 1, "fragment_rows": 100},
+            }
+        )
+    )
     return catalog, config
 
 
 def _command(catalog: Path, config: Path, store: Path, log: Path, address: str) -> list[str]:
-    return [ITEMLENS, "ingest", str(catalog), "--config", str(config), "--store", str(store),
-            "--address", address, "--encode-log", str(log), "--no-progress"]
+    return [
+        ITEMLENS,
+        "ingest",
+        str(catalog),
+        "--config",
+        str(config),
+        "--store",
+        str(store),
+        "--address",
+        address,
+        "--encode-log",
+        str(log),
+        "--no-progress",
+    ]
 
 
 def _logged(log: Path) -> list[str]:
@@ -72,27 +93,36 @@ def _staged_ids(store: Path) -> set[str]:
     for path in found:
         try:
             ids |= set(lance.dataset(str(path)).to_table(columns=["item_id"]).column(0).to_pylist())
-        except ValueError:      # data files written but never committed: nothing staged
+        except ValueError:  # data files written but never committed: nothing staged
             pass
     return ids
 
 
 def test_a_driver_killed_halfway_loses_nothing_and_the_rerun_encodes_only_the_rest(
-        ray_session, ray_cluster, tmp_path, tiny_llm):
+    ray_session, ray_cluster, tmp_path, tiny_llm
+):
     catalog, config = _setup(tmp_path, tiny_llm)
     store, log = tmp_path / "lens", tmp_path / "log"
     # a first, published snapshot that readers hold through what follows
     first = write_jsonl(tmp_path / "first.jsonl", [json.loads(line) for line in catalog.read_text().splitlines()[:10]])
-    subprocess.run(_command(first, config, store, log, ray_cluster["address"]), check=True, env=ray_cluster["env"],
-                   capture_output=True)
+    subprocess.run(
+        _command(first, config, store, log, ray_cluster["address"]),
+        check=True,
+        env=ray_cluster["env"],
+        capture_output=True,
+    )
     reader = itemlens.connect(store)
     assert reader.snapshot == 1 and len(reader.ids("text")) == 10
     before = reader.vectors("text", reader.ids("text"))
     for p in log.glob("*.log"):
         p.unlink()
 
-    driver = subprocess.Popen(_command(catalog, config, store, log, ray_cluster["address"]), env=ray_cluster["env"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver = subprocess.Popen(
+        _command(catalog, config, store, log, ray_cluster["address"]),
+        env=ray_cluster["env"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         # about half way: half of the items encoded, and some of them committed to staging
         _wait_for(lambda: len(_logged(log)) >= N // 2 and _staged_ids(store), 240, "half of the items")
@@ -102,16 +132,20 @@ def test_a_driver_killed_halfway_loses_nothing_and_the_rerun_encodes_only_the_re
     encoded_before_kill = set(_logged(log))
     staged = _staged_ids(store)
     assert 0 < len(staged) < N and staged <= encoded_before_kill
-    assert itemlens.connect(store).snapshot == 1           # nothing published by the killed job
+    assert itemlens.connect(store).snapshot == 1  # nothing published by the killed job
 
     (killed_run,) = _runs(log)
-    rerun = subprocess.run(_command(catalog, config, store, log, ray_cluster["address"]) + ["--report",
-                                                                                          str(tmp_path / "r.json")],
-                           env=ray_cluster["env"], capture_output=True, text=True)
+    rerun = subprocess.run(
+        _command(catalog, config, store, log, ray_cluster["address"]) + ["--report", str(tmp_path / "r.json")],
+        env=ray_cluster["env"],
+        capture_output=True,
+        text=True,
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     report = json.loads((tmp_path / "r.json").read_text())
-    encoded_by_rerun = [line for p in log.glob(f"text.{report['run_id']}.encoded.*.log")
-                        for line in p.read_text().split()]
+    encoded_by_rerun = [
+        line for p in log.glob(f"text.{report['run_id']}.encoded.*.log") for line in p.read_text().split()
+    ]
     all_ids = {f"item-{i:05d}" for i in range(N)}
     # the rerun encoded exactly the items that were not staged (the first 10 were already stored)
     assert sorted(encoded_by_rerun) == sorted(all_ids - staged - {f"item-{i:05d}" for i in range(10)})
@@ -121,7 +155,7 @@ def test_a_driver_killed_halfway_loses_nothing_and_the_rerun_encodes_only_the_re
     lens = itemlens.connect(store)
     assert lens.snapshot == 2
     ids = lens.ids("text")
-    assert len(ids) == N and set(ids) == all_ids                # every item present, once
+    assert len(ids) == N and set(ids) == all_ids  # every item present, once
     assert not lens.errors().num_rows
     # the reader that stayed on snapshot 1 saw it unchanged throughout
     assert reader.snapshot == 1 and (reader.vectors("text", reader.ids("text")) == before).all()
@@ -132,11 +166,19 @@ def test_a_killed_encoder_actor_is_replaced_and_the_job_completes(ray_session, r
 
     catalog, config = _setup(tmp_path, tiny_llm, n=1500)
     store, log = tmp_path / "lens", tmp_path / "log"
-    driver = subprocess.Popen(_command(catalog, config, store, log, ray_cluster["address"]), env=ray_cluster["env"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    driver = subprocess.Popen(
+        _command(catalog, config, store, log, ray_cluster["address"]),
+        env=ray_cluster["env"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for(lambda: len(_logged(log)) >= 300, 240, "the encoder to start")
-    actors = [a for a in list_actors(address=ray_cluster["dashboard"], filters=[("state", "=", "ALIVE")])
-              if "EncodeBatches" in a.class_name and a.pid]
+    actors = [
+        a
+        for a in list_actors(address=ray_cluster["dashboard"], filters=[("state", "=", "ALIVE")])
+        if "EncodeBatches" in a.class_name and a.pid
+    ]
     assert actors, "no encoder actor alive"
     os.kill(actors[0].pid, signal.SIGKILL)
     _, stderr = driver.communicate(timeout=300)
@@ -144,23 +186,55 @@ def test_a_killed_encoder_actor_is_replaced_and_the_job_completes(ray_session, r
     lens = itemlens.connect(store)
     ids = lens.ids("text")
     assert len(ids) == 1500 and len(set(ids)) == 1500
-    assert len(_logged(log)) >= 1500                           # items in flight were encoded again
+    assert len(_logged(log)) >= 1500  # items in flight were encoded again
 
 
 def test_ray_job_submit_runs_an_ingest_on_a_running_cluster(ray_session, ray_cluster, tmp_path, minilm_path):
-    catalog = write_jsonl(tmp_path / "catalog.jsonl", [
-        {"item_id": "a", "title": "an LED light bulb"}, {"item_id": "b", "title": "a grey yoga bag"}])
+    catalog = write_jsonl(
+        tmp_path / "catalog.jsonl",
+        [{"item_id": "a", "title": "an LED light bulb"}, {"item_id": "b", "title": "a grey yoga bag"}],
+    )
     config = tmp_path / "lens.yaml"
-    config.write_text(yaml.safe_dump({"features": {"text": {
-        "encoder": "sentence-transformers", "model": minilm_path, "input": {"template": "{title}"},
-        "resources": {"num_gpus": 0}}}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "features": {
+                    "text": {
+                        "encoder": "sentence-transformers",
+                        "model": minilm_path,
+                        "input": {"template": "{title}"},
+                        "resources": {"num_gpus": 0},
+                    }
+                }
+            }
+        )
+    )
     store = tmp_path / "lens"
     runtime_env = {"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}}
     job = subprocess.run(
-        [ray_cluster["ray"], "job", "submit", "--address", ray_cluster["dashboard"],
-         "--runtime-env-json", json.dumps(runtime_env), "--",
-         ITEMLENS, "ingest", str(catalog), "--config", str(config), "--store", str(store), "--no-progress"],
-        env=ray_cluster["env"], capture_output=True, text=True, timeout=300)
+        [
+            ray_cluster["ray"],
+            "job",
+            "submit",
+            "--address",
+            ray_cluster["dashboard"],
+            "--runtime-env-json",
+            json.dumps(runtime_env),
+            "--",
+            ITEMLENS,
+            "ingest",
+            str(catalog),
+            "--config",
+            str(config),
+            "--store",
+            str(store),
+            "--no-progress",
+        ],
+        env=ray_cluster["env"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
     assert "succeeded" in job.stdout and "joined Ray" in job.stdout + job.stderr
     lens = itemlens.connect(store)

@@ -15,12 +15,16 @@ def test_fragments_written_by_ray_tasks_commit_in_one_transaction(ray_session, t
 
     uri = str(tmp_path / "t.lance")
     rows = pa.table({"item_id": [f"i{i}" for i in range(300)], "x": list(range(300))})
-    ds = ray.data.from_arrow(rows).repartition(3).map_batches(
-        stages.write_fragments, fn_kwargs={"uri": uri}, batch_format="pyarrow")
-    fragments = [f for b in ds.iter_batches(batch_size=None, batch_format="pyarrow")
-                 for f in b.column("fragment").to_pylist()]
+    ds = (
+        ray.data.from_arrow(rows)
+        .repartition(3)
+        .map_batches(stages.write_fragments, fn_kwargs={"uri": uri}, batch_format="pyarrow")
+    )
+    fragments = [
+        f for b in ds.iter_batches(batch_size=None, batch_format="pyarrow") for f in b.column("fragment").to_pylist()
+    ]
     assert len(fragments) == 3
-    assert lance_io.open_dataset(uri) is None            # nothing visible before the commit
+    assert lance_io.open_dataset(uri) is None  # nothing visible before the commit
     dataset = lance_io.commit_fragments(uri, fragments, rows.schema)
     assert dataset.version == 1 and dataset.count_rows() == 300
     more = lance_io.write_fragments(rows.slice(0, 10), uri)

@@ -18,13 +18,16 @@ def bad(tmp_path_factory):
     return folder, write_bad_images(folder)
 
 
-@pytest.mark.parametrize("name, stage, reason", [
-    ("corrupt", "decode", "not a recognised image format"),
-    ("truncated", "decode", "truncated"),
-    ("zero_bytes", "read", "empty file"),
-    ("missing", "read", "file not found"),
-    ("bomb", "decode", "decompression-bomb"),
-])
+@pytest.mark.parametrize(
+    "name, stage, reason",
+    [
+        ("corrupt", "decode", "not a recognised image format"),
+        ("truncated", "decode", "truncated"),
+        ("zero_bytes", "read", "empty file"),
+        ("missing", "read", "file not found"),
+        ("bomb", "decode", "decompression-bomb"),
+    ],
+)
 def test_bad_images_are_item_errors(bad, name, stage, reason):
     folder, files = bad
     with pytest.raises(ItemError) as info:
@@ -35,13 +38,13 @@ def test_bad_images_are_item_errors(bad, name, stage, reason):
 
 def test_odd_images_decode_to_rgb_correctly(bad):
     folder, files = bad
-    load = lambda name: decode_image(read_bytes(str(folder / files[name])))   # noqa: E731
+    load = lambda name: decode_image(read_bytes(str(folder / files[name])))  # noqa: E731
     for name in ("ok_jpeg", "cmyk", "gray16", "palette_alpha", "transparent"):
         assert load(name).mode == "RGB"
     gray = np.asarray(load("gray16"))
     assert gray[0, 0].tolist() == [0, 0, 0] and gray[-1, -1].tolist() == [255, 255, 255]
-    assert 100 < gray[24, 32, 0] < 160     # mid-range 16-bit values keep their grey, not clipped to white
-    assert np.asarray(load("transparent")).min() == 255    # transparent composites on white, not black
+    assert 100 < gray[24, 32, 0] < 160  # mid-range 16-bit values keep their grey, not clipped to white
+    assert np.asarray(load("transparent")).min() == 255  # transparent composites on white, not black
     cmyk = np.asarray(load("cmyk")).astype(int)
     original = np.asarray(Image.open(REAL_JPEG).convert("RGB").resize((96, 80))).astype(int)
     assert np.abs(cmyk - original).mean() < 12
@@ -50,7 +53,7 @@ def test_odd_images_decode_to_rgb_correctly(bad):
 def test_exif_orientation_is_applied():
     image = Image.new("RGB", (60, 20), "white")
     exif = Image.Exif()
-    exif[0x0112] = 6   # rotate 90 degrees on display
+    exif[0x0112] = 6  # rotate 90 degrees on display
     decoded = decode_image(jpeg_bytes(image, exif=exif.tobytes()))
     assert decoded.size == (20, 60)
 
@@ -74,10 +77,10 @@ def test_text_templates():
     t = TextTemplate("{title}. {bullets} ({price:.2f})")
     assert t.render({"title": "Bag", "bullets": ["a", None, "b"], "price": 3.5}) == "Bag. a; b (3.50)"
     assert TextTemplate("{title}. {desc}").render({"title": "Bag", "desc": float("nan")}) == "Bag."
-    with pytest.raises(ItemError, match="no text: title, desc empty") as info:      # nothing to embed: absent
+    with pytest.raises(ItemError, match="no text: title, desc empty") as info:  # nothing to embed: absent
         TextTemplate("{title}. {desc}").render({"title": None, "desc": "  "})
     assert info.value.stage == "absent"
-    with pytest.raises(ItemError, match="empty text") as info:                     # punctuation only: a failure
+    with pytest.raises(ItemError, match="empty text") as info:  # punctuation only: a failure
         TextTemplate("{title}. {desc}").render({"title": ".", "desc": None})
     assert info.value.stage == "input"
     with pytest.raises(ItemError) as info:

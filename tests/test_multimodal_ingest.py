@@ -53,15 +53,34 @@ def media_catalog(tmp_path, example_rows, example_sound_rows) -> Path:
     generated.mkdir()
     write_video(generated / "odd.mp4", n_frames=24, width=67, height=45, fps=12, audio=True)
     write_video(generated / "vfr.mp4", n_frames=30, vfr=True)
-    rows.append({"item_id": "vid-odd", "title": "an odd-sized clip with a tone", "video": "generated/odd.mp4",
-                 "audio": "generated/odd.mp4"})
-    rows.append({"item_id": "vid-vfr", "title": "a variable frame rate clip", "video": "generated/vfr.mp4",
-                 "audio": "generated/vfr.mp4"})     # no audio track: an audio error for this item
+    rows.append(
+        {
+            "item_id": "vid-odd",
+            "title": "an odd-sized clip with a tone",
+            "video": "generated/odd.mp4",
+            "audio": "generated/odd.mp4",
+        }
+    )
+    rows.append(
+        {
+            "item_id": "vid-vfr",
+            "title": "a variable frame rate clip",
+            "video": "generated/vfr.mp4",
+            "audio": "generated/vfr.mp4",
+        }
+    )  # no audio track: an audio error for this item
     for name, path in write_bad_videos(folder / "bad").items():
-        rows.append({"item_id": f"bad-{name}", "title": f"a broken video ({name})",
-                     "video": str(path.relative_to(folder)), "audio": str(path.relative_to(folder))})
-    rows.append({"item_id": "bad-image-as-audio", "title": "a photo where sound is expected",
-                 "audio": rows[0]["images"][0]})
+        rows.append(
+            {
+                "item_id": f"bad-{name}",
+                "title": f"a broken video ({name})",
+                "video": str(path.relative_to(folder)),
+                "audio": str(path.relative_to(folder)),
+            }
+        )
+    rows.append(
+        {"item_id": "bad-image-as-audio", "title": "a photo where sound is expected", "audio": rows[0]["images"][0]}
+    )
     return write_jsonl(folder / "catalog.jsonl", rows)
 
 
@@ -71,16 +90,38 @@ def _features(minilm_path, tiny_clip, tiny_audio_model, tiny_qwen) -> dict:
     return {
         "text": text_spec(minilm_path, template="{title}"),
         "video": {"encoder": "video-frames", **clip, "input": {"video": "video", "frames": 4}, "resources": cpu},
-        "video_frames": {"encoder": "video-frames", **clip, "pooling": "per_frame",
-                         "input": {"video": "video", "frames": 3, "every_seconds": 0.5}, "resources": cpu},
-        "audio": {"encoder": "audio", "model": tiny_audio_model, "input": {"audio": "audio"},
-                  "window_seconds": 4.0, "resources": cpu},
+        "video_frames": {
+            "encoder": "video-frames",
+            **clip,
+            "pooling": "per_frame",
+            "input": {"video": "video", "frames": 3, "every_seconds": 0.5},
+            "resources": cpu,
+        },
+        "audio": {
+            "encoder": "audio",
+            "model": tiny_audio_model,
+            "input": {"audio": "audio"},
+            "window_seconds": 4.0,
+            "resources": cpu,
+        },
         # native video: the sampled frames with their times through Qwen2.5-VL's video processor
-        "caption": {"encoder": "caption", "model": tiny_qwen, "input": {"video": "video", "frames": 4},
-                    "prompt": "What is in this video?", "max_new_tokens": 8, "resources": cpu},
+        "caption": {
+            "encoder": "caption",
+            "model": tiny_qwen,
+            "input": {"video": "video", "frames": 4},
+            "prompt": "What is in this video?",
+            "max_new_tokens": 8,
+            "resources": cpu,
+        },
         # every photo of a product in one prompt
-        "photo_caption": {"encoder": "caption", "model": tiny_qwen, "input": {"image": "images"}, "images": "all",
-                          "max_new_tokens": 8, "resources": cpu},
+        "photo_caption": {
+            "encoder": "caption",
+            "model": tiny_qwen,
+            "input": {"image": "images"},
+            "images": "all",
+            "max_new_tokens": 8,
+            "resources": cpu,
+        },
         "caption_text": text_spec(minilm_path, input="caption"),
     }
 
@@ -91,7 +132,8 @@ def _cos(a, b) -> np.ndarray:
 
 
 def test_every_modality_in_one_ingest_equals_the_libraries_and_bad_media_become_errors(
-        ray_session, tmp_path, media_catalog, minilm_path, tiny_clip, tiny_audio_model, tiny_qwen, capsys):
+    ray_session, tmp_path, media_catalog, minilm_path, tiny_clip, tiny_audio_model, tiny_qwen, capsys
+):
     import json
 
     from itemlens.extractors.audio import audio_windows, decode_audio, pool_windows
@@ -105,8 +147,15 @@ def test_every_modality_in_one_ingest_equals_the_libraries_and_bad_media_become_
     ids = [r["item_id"] for r in rows]
     assert report.items_seen == len(rows)
     # captions run before the text feature that embeds them
-    assert list(report.features) == ["text", "video", "video_frames", "audio", "caption", "photo_caption",
-                                     "caption_text"]
+    assert list(report.features) == [
+        "text",
+        "video",
+        "video_frames",
+        "audio",
+        "caption",
+        "photo_caption",
+        "caption_text",
+    ]
 
     lens = itemlens.connect(store)
     failures = lens.errors().to_pandas()
@@ -130,7 +179,7 @@ def test_every_modality_in_one_ingest_equals_the_libraries_and_bad_media_become_
     for name in ("truncated", "corrupt", "image", "empty", "text", "audio_only"):
         stage, why = reason("video", f"bad-{name}")
         assert stage in {"decode", "read"} and why, (name, why)
-    assert reason("video", "sound-robin-13")[0] == "absent"             # no video column value
+    assert reason("video", "sound-robin-13")[0] == "absent"  # no video column value
     assert "no audio track" in reason("audio", "vid-vfr")[1]
     assert reason("audio", "bad-image-as-audio")[0] == "decode"
     assert reason("audio", "bad-corrupt")[0] == "decode"
@@ -162,8 +211,10 @@ def test_every_modality_in_one_ingest_equals_the_libraries_and_bad_media_become_
         windows = audio_windows(decode_audio(path.read_bytes(), fmt), fmt)
         pooled = pool_windows(audio.encode_audio(windows), [w.shape[-1] for w in windows])
         assert _cos(lens.vectors("audio", [item])[0], pooled)[0] >= 0.9999, item
-    assert len(audio_windows(decode_audio((media_catalog.parent / "audio" / "198-209-0000.ogg").read_bytes(), fmt),
-                             fmt)) == 4     # 13.9 s in 4 s windows
+    assert (
+        len(audio_windows(decode_audio((media_catalog.parent / "audio" / "198-209-0000.ogg").read_bytes(), fmt), fmt))
+        == 4
+    )  # 13.9 s in 4 s windows
 
     # captions: what transformers writes for the documented frames with their times (the processor's
     # own video path, then generate), stored with the model and prompt and their token counts
@@ -178,21 +229,29 @@ def test_every_modality_in_one_ingest_equals_the_libraries_and_bad_media_become_
     model = AutoModelForImageTextToText.from_pretrained(tiny_qwen).eval()
     prompt = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What is in this video?"}]}],
-        add_generation_prompt=True, tokenize=False)
+        add_generation_prompt=True,
+        tokenize=False,
+    )
 
     def generated(batch) -> str:
         with torch.inference_mode():
             out = model.generate(**batch, max_new_tokens=8, do_sample=False)
-        return processor.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)[0].strip()
+        return processor.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)[0].strip()
 
     captioned = [r["item_id"] for r in good_videos]
     stored = lens.captions("caption", captioned, output="pandas")
     for row in good_videos:
-        sample = read_video_sample((media_catalog.parent / row["video"]).read_bytes(), caption_spec.input,
-                                   max_pixels=64_000_000)
+        sample = read_video_sample(
+            (media_catalog.parent / row["video"]).read_bytes(), caption_spec.input, max_pixels=64_000_000
+        )
         metadata = VideoClip(sample.frames, sample.times, duration=sample.duration).metadata()
-        batch = processor(text=[prompt], videos=[sample.frames], video_metadata=[metadata], do_sample_frames=False,
-                          return_tensors="pt")
+        batch = processor(
+            text=[prompt],
+            videos=[sample.frames],
+            video_metadata=[metadata],
+            do_sample_frames=False,
+            return_tensors="pt",
+        )
         assert stored.loc[row["item_id"], "caption"] == generated(batch), row["item_id"]
     assert set(stored["model"]) == {tiny_qwen} and set(stored["prompt"]) == {"What is in this video?"}
     # every photo of each product in one prompt, at the processor's bounds
@@ -200,10 +259,12 @@ def test_every_modality_in_one_ingest_equals_the_libraries_and_bad_media_become_
     assert sorted(len(r["images"]) for r in products) == [3, 4, 5]
     for row in products:
         images = [load_image(str(media_catalog.parent / p)) for p in row["images"]]
-        content = [{"type": "image"}] * len(images) + [{"type": "text", "text": "Describe this product image in "
-                                                                               "one sentence."}]
-        text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                             tokenize=False)
+        content = [{"type": "image"}] * len(images) + [
+            {"type": "text", "text": "Describe this product image in one sentence."}
+        ]
+        text = processor.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        )
         batch = processor(images=[images], text=[text], return_tensors="pt")
         assert lens.captions("photo_caption", [row["item_id"]])[0] == generated(batch), row["item_id"]
     # the job report: captions/s and generated tokens/s per caption feature, and in all
@@ -236,7 +297,7 @@ def test_every_modality_in_one_ingest_equals_the_libraries_and_bad_media_become_
     config = {"features": features, "decode": {"batch_size": 4}}
     again = ingest(media_catalog, config, store, progress=False)
     assert again.snapshot is None
-    assert {n: (f.encoded, f.errors) for n, f in again.features.items()} == {n: (0, 0) for n in features}
+    assert {n: (f.encoded, f.errors) for n, f in again.features.items()} == dict.fromkeys(features, (0, 0))
 
     # dependents: a product's new video re-encodes the video features and re-captions it, and the
     # caption's text feature follows; the dry run says so first, with the reason
@@ -246,14 +307,29 @@ def test_every_modality_in_one_ingest_equals_the_libraries_and_bad_media_become_
     write_video(media_catalog.parent / changed["video"], n_frames=16, width=80, height=60, fps=8)
     planned = plan(media_catalog, config, store)
     assert {n: (f.new, f.changed, f.dependent) for n, f in planned.features.items()} == {
-        "text": (0, 0, 0), "video": (0, 1, 0), "video_frames": (0, 1, 0), "audio": (0, 0, 0),
-        "caption": (0, 1, 0), "photo_caption": (0, 0, 0), "caption_text": (0, 0, 1)}
+        "text": (0, 0, 0),
+        "video": (0, 1, 0),
+        "video_frames": (0, 1, 0),
+        "audio": (0, 0, 0),
+        "caption": (0, 1, 0),
+        "photo_caption": (0, 0, 0),
+        "caption_text": (0, 0, 1),
+    }
     assert planned.features["caption_text"].examples == {"dependent": ["B0799CK52K"]}
     log = tmp_path / "log"
     refresh = ingest(media_catalog, config, store, progress=False, encode_log=log)
-    encoded = {n: sorted(line for p in log.glob(f"{n}.{refresh.run_id}.encoded.*.log") for line in p.read_text().split())
-               for n in features}
+    encoded = {
+        n: sorted(line for p in log.glob(f"{n}.{refresh.run_id}.encoded.*.log") for line in p.read_text().split())
+        for n in features
+    }
     new_caption = itemlens.connect(store).captions("caption", ["B0799CK52K"])[0]
-    assert new_caption != stored.loc["B0799CK52K", "caption"]      # the tiny captioner saw other frames
-    assert encoded == {"text": [], "video": ["B0799CK52K"], "video_frames": ["B0799CK52K"], "audio": [],
-                       "caption": ["B0799CK52K"], "photo_caption": [], "caption_text": ["B0799CK52K"]}
+    assert new_caption != stored.loc["B0799CK52K", "caption"]  # the tiny captioner saw other frames
+    assert encoded == {
+        "text": [],
+        "video": ["B0799CK52K"],
+        "video_frames": ["B0799CK52K"],
+        "audio": [],
+        "caption": ["B0799CK52K"],
+        "photo_caption": [],
+        "caption_text": ["B0799CK52K"],
+    }

@@ -41,6 +41,7 @@ def _bucket(name: str) -> str:
 
 # -- the server and the lock (no Ray) -------------------------------------------------------------
 
+
 def test_the_test_server_honours_the_conditional_writes_lance_commits_rely_on(s3_server):
     """Lance commits a table version with put-if-absent; the writer lock also uses put-if-match."""
     fs, bucket = _s3(), _bucket("lens-probe")
@@ -49,7 +50,7 @@ def test_the_test_server_honours_the_conditional_writes_lance_commits_rely_on(s3
         fs.pipe_file(f"{bucket}/v1.manifest", b"second", mode="create")
     assert fs.cat_file(f"{bucket}/v1.manifest") == b"first"
     etag = fs.info(f"{bucket}/v1.manifest", refresh=True)["ETag"]
-    with pytest.raises(OSError, match="pre-condition"):        # 412 Precondition Failed
+    with pytest.raises(OSError, match="pre-condition"):  # 412 Precondition Failed
         fs.call_s3("put_object", Bucket=bucket, Key="v1.manifest", Body=b"third", IfMatch='"0000"')
     fs.call_s3("put_object", Bucket=bucket, Key="v1.manifest", Body=b"fourth", IfMatch=etag)
     assert fs.cat_file(f"{bucket}/v1.manifest") == b"fourth"
@@ -73,10 +74,10 @@ def test_one_writer_at_a_time_on_object_storage(s3_server):
 def test_a_dead_writers_lease_runs_out_and_a_writer_whose_lease_was_taken_stops(s3_server):
     location = StoreLocation.parse(f"s3://{_bucket('lens-lock')}/lease")
     dead = ObjectStoreLock(location, lease_seconds=1).acquire(command="dies")
-    dead._stop.set()                 # its process hangs: no more heartbeats, no release
+    dead._stop.set()  # its process hangs: no more heartbeats, no release
     dead._thread.join()
     with pytest.raises(StoreLockedError, match="dies"):
-        ObjectStoreLock(location, lease_seconds=1).acquire()       # not yet: the lease still runs
+        ObjectStoreLock(location, lease_seconds=1).acquire()  # not yet: the lease still runs
     time.sleep(1.5)
     taker = ObjectStoreLock(location, lease_seconds=1).acquire(command="takes over")
     try:
@@ -104,14 +105,14 @@ def test_a_server_that_ignores_conditional_writes_is_refused(s3_server, monkeypa
 
     class IgnoresConditions(MemoryFileSystem):
         def pipe_file(self, path, value, mode="overwrite", **kwargs):
-            return super().pipe_file(path, value, **kwargs)      # mode="create" ignored, as some clones do
+            return super().pipe_file(path, value, **kwargs)  # mode="create" ignored, as some clones do
 
     fs = IgnoresConditions(skip_instance_cache=True)
     location = StoreLocation.parse("gs://lax-server/store")
     monkeypatch.setattr(StoreLocation, "filesystem", lambda self, rel="": (fs, f"/lax/{rel}"))
     with pytest.raises(StoreError, match="ignored a conditional write"):
         ObjectStoreLock(location).acquire()
-    assert not fs.exists("/lax/_itemlens_writer.lock")            # it did not leave its lock behind
+    assert not fs.exists("/lax/_itemlens_writer.lock")  # it did not leave its lock behind
 
 
 def test_credentials_in_a_store_uri_are_refused():
@@ -123,12 +124,21 @@ def test_credentials_in_a_store_uri_are_refused():
 def test_store_options_reach_fsspec_under_its_own_names():
     from itemlens.store.location import fsspec_options
 
-    assert fsspec_options("s3", {"aws_access_key_id": "K", "AWS_SECRET_ACCESS_KEY": "S", "aws_endpoint": "http://e",
-                                 "region": "r", "allow_http": "true"}) == {
-        "key": "K", "secret": "S", "client_kwargs": {"endpoint_url": "http://e", "region_name": "r"}}
+    assert fsspec_options(
+        "s3",
+        {
+            "aws_access_key_id": "K",
+            "AWS_SECRET_ACCESS_KEY": "S",
+            "aws_endpoint": "http://e",
+            "region": "r",
+            "allow_http": "true",
+        },
+    ) == {"key": "K", "secret": "S", "client_kwargs": {"endpoint_url": "http://e", "region_name": "r"}}
     assert fsspec_options("gs", {"google_service_account": "/sa.json"}) == {"token": "/sa.json"}
     assert fsspec_options("az", {"azure_storage_account_name": "acct", "azure_storage_account_key": "k"}) == {
-        "account_name": "acct", "account_key": "k"}
+        "account_name": "acct",
+        "account_key": "k",
+    }
 
 
 def test_config_storage_options_read_the_environment(monkeypatch):
@@ -147,6 +157,7 @@ def test_config_storage_options_read_the_environment(monkeypatch):
 
 # -- ingest, refresh and reads against s3:// -----------------------------------------------------
 
+
 def _run(args: list[str], env: dict) -> subprocess.CompletedProcess:
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -159,27 +170,55 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @pytest.mark.integration
 def test_an_s3_catalog_media_and_store_give_the_libraries_vectors_refresh_and_leak_no_secret(
-        ray_cluster, s3_server, tmp_path, minilm_path, tiny_clip):
+    ray_cluster, s3_server, tmp_path, minilm_path, tiny_clip
+):
     fs, bucket = _s3(), _bucket("lens-e2e")
     folder = tmp_path / "catalog"
     rows = _catalog(folder, n=24)
     write_jsonl(folder / "catalog.jsonl", rows)
-    fs.put(str(folder) + "/", f"{bucket}/catalog/", recursive=True)      # media and catalog, side by side
+    fs.put(str(folder) + "/", f"{bucket}/catalog/", recursive=True)  # media and catalog, side by side
     config = tmp_path / "lens.yaml"
-    config.write_text(yaml.safe_dump({
-        "features": {"text": text_spec(minilm_path, template="{title}"), "image": image_spec(tiny_clip, column="image")},
-        "decode": {"batch_size": 8, "text_batch_size": 16},
-        # the store's credentials from the config, through environment variables
-        "storage_options": {"aws_access_key_id": "${LENS_KEY_ID}", "aws_secret_access_key": "${LENS_SECRET}",
-                            "aws_endpoint": s3_server["endpoint"], "aws_region": "us-east-1", "allow_http": "true"},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "features": {
+                    "text": text_spec(minilm_path, template="{title}"),
+                    "image": image_spec(tiny_clip, column="image"),
+                },
+                "decode": {"batch_size": 8, "text_batch_size": 16},
+                # the store's credentials from the config, through environment variables
+                "storage_options": {
+                    "aws_access_key_id": "${LENS_KEY_ID}",
+                    "aws_secret_access_key": "${LENS_SECRET}",
+                    "aws_endpoint": s3_server["endpoint"],
+                    "aws_region": "us-east-1",
+                    "allow_http": "true",
+                },
+            }
+        )
+    )
     env = {**ray_cluster["env"], "LENS_KEY_ID": "AKIAITEMLENSTEST0001", "LENS_SECRET": s3_server["secret"]}
     store = f"s3://{bucket}/lens"
 
     def ingest(catalog: str, store: str, report: str) -> subprocess.CompletedProcess:
-        return _run([ITEMLENS, "ingest", catalog, "--config", str(config), "--store", store,
-                     "--address", ray_cluster["address"], "--report", str(tmp_path / report), "--no-progress",
-                     "--verbose"], env)
+        return _run(
+            [
+                ITEMLENS,
+                "ingest",
+                catalog,
+                "--config",
+                str(config),
+                "--store",
+                store,
+                "--address",
+                ray_cluster["address"],
+                "--report",
+                str(tmp_path / report),
+                "--no-progress",
+                "--verbose",
+            ],
+            env,
+        )
 
     runs = [ingest(f"s3://{bucket}/catalog/catalog.jsonl", store, "s3.json")]
     remote = itemlens.connect(store)

@@ -45,11 +45,12 @@ def test_cpu_threads_are_the_actors_share_of_the_node_and_never_zero():
 
 
 def test_actors_asking_for_a_resource_no_node_has_stop_the_job_with_a_message():
-    cluster = RayRuntime(False, 1.0, 6, 0, 2, nodes=3, resources={"CPU": 2.0, "encoder_slot": 1.0, "memory": 1e9,
-                                                                  "node:127.0.0.1": 1.0})
+    cluster = RayRuntime(
+        False, 1.0, 6, 0, 2, nodes=3, resources={"CPU": 2.0, "encoder_slot": 1.0, "memory": 1e9, "node:127.0.0.1": 1.0}
+    )
     with pytest.raises(ConfigError, match=r"asks for resources \{'a100': 1.0\}.*of its nodes: encoder_slot\)"):
         _place("t", _spec(num_gpus=0, resources={"a100": 1}), cluster, CFG)
-    with pytest.raises(ConfigError, match="encoder_slot"):          # 2 per actor: no node has 2
+    with pytest.raises(ConfigError, match="encoder_slot"):  # 2 per actor: no node has 2
         _place("t", _spec(num_gpus=0, resources={"encoder_slot": 2}), cluster, CFG)
     assert _place("t", _spec(num_gpus=0, resources={"encoder_slot": 1}), cluster, CFG).concurrency == 1
 
@@ -70,6 +71,7 @@ def _encoder(bad: set, broken: bool = False):
         if broken or any(x in bad for x in items):
             raise ValueError(f"cannot encode {items}")
         return [np.full(2, float(len(x))) for x in items]
+
     return encode
 
 
@@ -77,7 +79,7 @@ def test_one_bad_item_becomes_an_error_row_in_any_batch_size():
     results = EncodeBatches._isolating(["ab", "BAD", "c"], _encoder({"BAD"}), canary="ok")
     assert isinstance(results[1], ItemError) and results[1].stage == "encode"
     assert [r.tolist() for r in (results[0], results[2])] == [[2, 2], [1, 1]]
-    alone = EncodeBatches._isolating(["BAD"], _encoder({"BAD"}), canary="ok")   # an incremental run of one
+    alone = EncodeBatches._isolating(["BAD"], _encoder({"BAD"}), canary="ok")  # an incremental run of one
     assert isinstance(alone[0], ItemError) and "cannot encode" in alone[0].reason
 
 

@@ -33,28 +33,43 @@ def _catalog(folder: Path, n: int = N) -> list[dict]:
     (folder / "images").mkdir(parents=True, exist_ok=True)
     words = "red blue green lamp bag bottle soft warm steel glass cotton small large".split()
     rng = random.Random(0)
-    return [{"item_id": f"item-{i:04d}", "title": " ".join(rng.sample(words, 4)) + f" {i}",
-             "image": "images/" + _image(folder / "images" / f"{i:04d}.jpg", i)} for i in range(n)]
+    return [
+        {
+            "item_id": f"item-{i:04d}",
+            "title": " ".join(rng.sample(words, 4)) + f" {i}",
+            "image": "images/" + _image(folder / "images" / f"{i:04d}.jpg", i),
+        }
+        for i in range(n)
+    ]
 
 
 def _config(minilm_path, tiny_clip) -> dict:
-    return {"features": {"text": text_spec(minilm_path, template="{title}"),
-                         "image": image_spec(tiny_clip, column="image")},
-            "decode": {"batch_size": 8, "text_batch_size": 16}}
+    return {
+        "features": {
+            "text": text_spec(minilm_path, template="{title}"),
+            "image": image_spec(tiny_clip, column="image"),
+        },
+        "decode": {"batch_size": 8, "text_batch_size": 16},
+    }
 
 
 def _logged(folder: Path, feature: str, run_id: str) -> list[str]:
-    return [line.strip() for p in sorted(folder.glob(f"{feature}.{run_id}.encoded.*.log"))
-            for line in p.read_text().splitlines()]
+    return [
+        line.strip()
+        for p in sorted(folder.glob(f"{feature}.{run_id}.encoded.*.log"))
+        for line in p.read_text().splitlines()
+    ]
 
 
 def _read(folder: Path, feature: str, run_id: str) -> list[str]:
-    return [Path(line.strip()).name for p in sorted(folder.glob(f"{feature}.{run_id}.reads.*.log"))
-            for line in p.read_text().splitlines()]
+    return [
+        Path(line.strip()).name
+        for p in sorted(folder.glob(f"{feature}.{run_id}.reads.*.log"))
+        for line in p.read_text().splitlines()
+    ]
 
 
-def test_a_refresh_encodes_exactly_what_changed_and_equals_a_full_ingest(
-        ray_session, tmp_path, minilm_path, tiny_clip):
+def test_a_refresh_encodes_exactly_what_changed_and_equals_a_full_ingest(ray_session, tmp_path, minilm_path, tiny_clip):
     folder = tmp_path / "catalog"
     rows = _catalog(folder)
     config = _config(minilm_path, tiny_clip)
@@ -93,10 +108,12 @@ def test_a_refresh_encodes_exactly_what_changed_and_equals_a_full_ingest(
     planned = plan(new_catalog, config, store)
     assert (planned.items_seen, planned.new_items, planned.removed_items) == (N + 2, 3, 1)
     assert {n: (f.new, f.changed, f.dependent, f.unchanged) for n, f in planned.features.items()} == {
-        "text": (3, 5, 0, N - 6), "image": (3, 2, 0, N - 3)}
+        "text": (3, 5, 0, N - 6),
+        "image": (3, 2, 0, N - 3),
+    }
     assert sorted(planned.features["text"].examples["changed"]) == sorted(retitled)
-    assert itemlens.connect(store).snapshot == 1                       # nothing published ...
-    assert {p.name.split(".")[1] for p in log.glob("*.log")} == {first.run_id}   # ... nothing encoded
+    assert itemlens.connect(store).snapshot == 1  # nothing published ...
+    assert {p.name.split(".")[1] for p in log.glob("*.log")} == {first.run_id}  # ... nothing encoded
 
     refresh = ingest(new_catalog, config, store, progress=False, encode_log=log)
     assert refresh.snapshot == 2
@@ -136,12 +153,15 @@ def test_a_delta_upserts_and_deletes_and_leaves_the_rest(ray_session, tmp_path, 
     store = tmp_path / "lens"
     ingest(write_jsonl(folder / "full.jsonl", rows), config, store, progress=False)
 
-    delta = write_jsonl(folder / "delta.jsonl", [
-        {"item_id": "item-0001", "title": "a brand new title", "_op": "upsert"},
-        {"item_id": "item-0100", "title": "an item that was not there"},          # _op missing: upsert
-        {"item_id": "item-0002", "_op": "delete"},
-        {"item_id": "item-0003", "_op": "DELETE"},
-    ])
+    delta = write_jsonl(
+        folder / "delta.jsonl",
+        [
+            {"item_id": "item-0001", "title": "a brand new title", "_op": "upsert"},
+            {"item_id": "item-0100", "title": "an item that was not there"},  # _op missing: upsert
+            {"item_id": "item-0002", "_op": "delete"},
+            {"item_id": "item-0003", "_op": "DELETE"},
+        ],
+    )
     report = ingest(delta, config, store, progress=False, delta=True)
     assert report.delta and (report.items_seen, report.new_items, report.removed_items) == (2, 1, 2)
     assert report.features["text"].encoded == 2
@@ -155,14 +175,15 @@ def test_a_delta_upserts_and_deletes_and_leaves_the_rest(ray_session, tmp_path, 
     want = model.encode(["a brand new title", rows[5]["title"]], normalize_embeddings=True)
     assert np.min(np.sum(got * want, axis=1)) >= 0.99999
 
-    clash = write_jsonl(folder / "clash.jsonl", [{"item_id": "item-0004", "title": "x"},
-                                                {"item_id": "item-0004", "_op": "delete"}])
+    clash = write_jsonl(
+        folder / "clash.jsonl", [{"item_id": "item-0004", "title": "x"}, {"item_id": "item-0004", "_op": "delete"}]
+    )
     with pytest.raises(CatalogError, match="both upserts and deletes 'item-0004'"):
         ingest(clash, config, store, progress=False, delta=True)
     bad = write_jsonl(folder / "bad.jsonl", [{"item_id": "item-0004", "_op": "remove"}])
     with pytest.raises(CatalogError, match="'remove'"):
         ingest(bad, config, store, progress=False, delta=True)
-    with pytest.raises(CatalogError, match="is it a delta"):      # a delta given as a full catalog
+    with pytest.raises(CatalogError, match="is it a delta"):  # a delta given as a full catalog
         ingest(delta, config, store, progress=False)
     assert itemlens.connect(store).snapshot == 2
 
@@ -184,8 +205,22 @@ def test_the_job_report_is_printed_stored_and_shown(ray_session, tmp_path, minil
     config.write_text(yaml.safe_dump({"features": {"text": text_spec(minilm_path, template="{title}")}}))
     catalog = write_jsonl(folder / "c.jsonl", rows)
     report_file = tmp_path / "report.json"
-    assert main(["ingest", str(catalog), "--config", str(config), "--store", str(tmp_path / "lens"),
-                 "--no-progress", "--report", str(report_file)]) == 0
+    assert (
+        main(
+            [
+                "ingest",
+                str(catalog),
+                "--config",
+                str(config),
+                "--store",
+                str(tmp_path / "lens"),
+                "--no-progress",
+                "--report",
+                str(report_file),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "ingest of 7 items (7 new, 0 removed): 6 values encoded, 1 errors" in out
     doc = json.loads(report_file.read_text())
@@ -197,7 +232,6 @@ def test_the_job_report_is_printed_stored_and_shown(ray_session, tmp_path, minil
     assert "last job: ingest of 7 items (7 new, 0 removed)" in shown
 
 
-
 def test_a_file_that_could_not_be_read_is_read_again_next_time(ray_session, tmp_path, tiny_clip):
     folder = tmp_path / "catalog"
     rows = _catalog(folder, n=3)
@@ -205,7 +239,7 @@ def test_a_file_that_could_not_be_read_is_read_again_next_time(ray_session, tmp_
     config = {"features": {"image": image_spec(tiny_clip, column="image")}, "decode": {"max_image_bytes": 100}}
     store = tmp_path / "lens"
     first = ingest(catalog, config, store, progress=False)
-    assert first.features["image"].errors_by_stage == {"read": 3}      # larger than the limit
+    assert first.features["image"].errors_by_stage == {"read": 3}  # larger than the limit
     # the files did not change (same size and mtime), but a read error keeps no media key:
     # with the limit raised they are read, and encoded
     again = ingest(catalog, {**config, "decode": {}}, store, progress=False)

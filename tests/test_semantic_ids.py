@@ -13,8 +13,7 @@ import pytest
 
 import itemlens
 from itemlens.errors import ConfigError
-from itemlens.store.semantic_ids import quantizers
-from itemlens.store.semantic_ids import build
+from itemlens.store.semantic_ids import build, quantizers
 from itemlens.store.writer import StoreWriter
 from itemlens.workflows.cli import main as cli
 from itemlens.workflows.config import load_config
@@ -33,7 +32,7 @@ def clustered(seed: int = 0, clusters: int = CLUSTERS, per: int = PER_CLUSTER, d
 
 def new_store(tmp_path, vectors, name="emb", prefix="item"):
     ids = [f"{prefix}{i:05d}" for i in range(len(vectors))]
-    StoreWriter.open(tmp_path / "lens").close()        # an empty store
+    StoreWriter.open(tmp_path / "lens").close()  # an empty store
     lens = itemlens.connect(tmp_path / "lens")
     lens.put_vectors(name, ids, vectors)
     return lens, ids
@@ -42,14 +41,17 @@ def new_store(tmp_path, vectors, name="emb", prefix="item"):
 VAE_SMALL = {"epochs": 30, "hidden": [64], "latent_dim": 16, "batch_size": 256, "lr": 3e-3}
 
 
-@pytest.mark.parametrize("definition, share", [
-    ({"method": "rq-kmeans"}, 0.8),
-    ({"method": "rq-kmeans", "normalize_residual": True}, 0.8),
-    # capacity ceil(2000/64) = 32 < 40 items per cluster: a balanced code must split clusters
-    ({"method": "rq-kmeans", "balanced": True}, 0.6),
-    ({"method": "rq-vae", "vae": VAE_SMALL}, 0.6),
-    ({"method": "rq-vae", "vae": {**VAE_SMALL, "gradient": "rotation"}}, 0.6),
-])
+@pytest.mark.parametrize(
+    "definition, share",
+    [
+        ({"method": "rq-kmeans"}, 0.8),
+        ({"method": "rq-kmeans", "normalize_residual": True}, 0.8),
+        # capacity ceil(2000/64) = 32 < 40 items per cluster: a balanced code must split clusters
+        ({"method": "rq-kmeans", "balanced": True}, 0.6),
+        ({"method": "rq-vae", "vae": VAE_SMALL}, 0.6),
+        ({"method": "rq-vae", "vae": {**VAE_SMALL, "gradient": "rotation"}}, 0.6),
+    ],
+)
 def test_items_of_one_cluster_share_their_first_code(tmp_path, definition, share):
     x, labels = clustered()
     lens, ids = new_store(tmp_path, x)
@@ -71,21 +73,22 @@ def test_every_item_has_a_unique_tuple_and_item_for_inverts_it(tmp_path, uniquen
     rng = np.random.default_rng(1)
     x = rng.normal(size=(600, 16)).astype(np.float32)
     lens, ids = new_store(tmp_path, x)
-    reports, _ = build(lens.uri, {"sid": {"features": ["emb"], "levels": 2, "codebook_size": 32,
-                                          "uniqueness": uniqueness}})
+    reports, _ = build(
+        lens.uri, {"sid": {"features": ["emb"], "levels": 2, "codebook_size": 32, "uniqueness": uniqueness}}
+    )
     lens.refresh()
     codes = lens.semantic_ids("sid", ids)
     assert codes.shape == (600, 3 if uniqueness == "suffix" else 2) and codes.dtype == np.int64
     assert len({tuple(c) for c in codes.tolist()}) == 600
-    assert reports["sid"].metrics["collision_rate"] > 0.1      # there were collisions to resolve
+    assert reports["sid"].metrics["collision_rate"] > 0.1  # there were collisions to resolve
     assert lens.item_for("sid", codes) == ids
     assert lens.item_for("sid", codes[7]) == ids[7]
-    order = rng.permutation(600)[:50].tolist() + [3, 3]         # any order, duplicates included
+    order = rng.permutation(600)[:50].tolist() + [3, 3]  # any order, duplicates included
     assert lens.item_for("sid", lens.semantic_ids("sid", [ids[i] for i in order])) == [ids[i] for i in order]
     if uniqueness == "suffix":
         # the suffix numbers items sharing a tuple 0, 1, 2 ... in item-index order
         prefix = {}
-        for item, row in zip(ids, codes.tolist()):
+        for row in codes.tolist():
             prefix.setdefault(tuple(row[:2]), []).append(row[2])
         assert all(s == list(range(len(s))) for s in prefix.values())
     else:
@@ -139,26 +142,26 @@ def test_a_refresh_keeps_existing_ids_trains_nothing_and_never_reuses_a_tuple(tm
     before = lens.semantic_ids("sid", ids)
     v1 = lens.semantic_id_info("sid")
 
-    more, _ = clustered(seed=3, per=20)                     # 1,000 new items, same kind of data
+    more, _ = clustered(seed=3, per=20)  # 1,000 new items, same kind of data
     new_ids = [f"new{i:05d}" for i in range(len(more))]
     changed = ids[:10]
-    lens.put_vectors("emb", new_ids + changed, np.concatenate([more, x[100:110]]))   # 10 items now look like others
+    lens.put_vectors("emb", new_ids + changed, np.concatenate([more, x[100:110]]))  # 10 items now look like others
     trainings = quantizers.TRAININGS["count"]
     reports, snapshot = build(lens.uri, {"sid": definition})
-    assert quantizers.TRAININGS["count"] == trainings        # frozen codebooks: no training
+    assert quantizers.TRAININGS["count"] == trainings  # frozen codebooks: no training
     report = reports["sid"]
     assert not report.trained and report.version == "v1"
     assert (report.new, report.changed, report.retired, report.unchanged) == (1000, 10, 10, 1990)
 
     lens.refresh()
     after = lens.semantic_ids("sid", ids[10:])
-    assert np.array_equal(after, before[10:])                 # unchanged items keep their IDs
+    assert np.array_equal(after, before[10:])  # unchanged items keep their IDs
     everything = lens.semantic_ids("sid", ids + new_ids)
     assert len({tuple(c) for c in everything.tolist()}) == len(ids) + len(new_ids)
     old_tuples = {tuple(c) for c in before.tolist()}
-    for item, row in zip(changed, lens.semantic_ids("sid", changed).tolist()):
-        assert tuple(row) not in old_tuples                   # a changed item gets a tuple never handed out
-    for row in before[:10]:                                   # its old tuple is retired, held by nobody
+    for row in lens.semantic_ids("sid", changed).tolist():
+        assert tuple(row) not in old_tuples  # a changed item gets a tuple never handed out
+    for row in before[:10]:  # its old tuple is retired, held by nobody
         with pytest.raises(KeyError):
             lens.item_for("sid", row)
     # a new item whose tuple exists gets the next suffix after every one used before
@@ -183,11 +186,11 @@ def test_retraining_is_explicit_and_makes_a_new_version(tmp_path):
     build(lens.uri, {"sid": definition})
     reports, _ = build(lens.uri, {"sid": definition}, retrain=True)
     assert reports["sid"].trained and reports["sid"].version == "v2"
-    reports, _ = build(lens.uri, {"sid": {**definition, "levels": 3}})      # a changed definition: trains
+    reports, _ = build(lens.uri, {"sid": {**definition, "levels": 3}})  # a changed definition: trains
     assert reports["sid"].trained and reports["sid"].version == "v3"
     lens.refresh()
     assert lens.semantic_ids("sid", ids).shape == (300, 4)
-    assert lens.semantic_ids("sid@v1", ids).shape == (300, 3)             # older versions stay readable
+    assert lens.semantic_ids("sid@v1", ids).shape == (300, 3)  # older versions stay readable
 
 
 def test_several_weighted_inputs_and_items_missing_one(tmp_path):
@@ -195,9 +198,8 @@ def test_several_weighted_inputs_and_items_missing_one(tmp_path):
     lens, ids = new_store(tmp_path, x, name="image")
     rng = np.random.default_rng(5)
     text = rng.normal(size=(len(ids) - 50, 8)).astype(np.float32)
-    lens.put_vectors("text", ids[50:], text)                      # 50 items have no text vector
-    reports, _ = build(lens.uri, {"sid": {"features": {"image": 1.0, "text": 0.1}, "levels": 2,
-                                          "codebook_size": 16}})
+    lens.put_vectors("text", ids[50:], text)  # 50 items have no text vector
+    reports, _ = build(lens.uri, {"sid": {"features": {"image": 1.0, "text": 0.1}, "levels": 2, "codebook_size": 16}})
     assert reports["sid"].items == len(ids) - 50 and reports["sid"].missing_inputs == 50
     lens.refresh()
     assert lens.semantic_id_info("sid").input_dim == DIM + 8
@@ -209,7 +211,7 @@ def test_several_weighted_inputs_and_items_missing_one(tmp_path):
 def test_metrics_plot_and_exports(tmp_path):
     x, _ = clustered(seed=6, clusters=10, per=30)
     lens, ids = new_store(tmp_path, x)
-    lens.put_vectors("other", ["extra1", "extra2"], np.ones((2, 4), np.float32))   # items with no ID
+    lens.put_vectors("other", ["extra1", "extra2"], np.ones((2, 4), np.float32))  # items with no ID
     build(lens.uri, {"sid": {"features": ["emb"], "levels": 2, "codebook_size": 8}})
     lens.refresh()
     info = lens.semantic_id_info("sid")
@@ -259,12 +261,14 @@ def test_command_line_semantic_ids_show_and_export(tmp_path, capsys):
     x, _ = clustered(seed=8, clusters=10, per=30)
     lens, ids = new_store(tmp_path, x, name="text")
     config = tmp_path / "lens.yaml"
-    config.write_text(textwrap.dedent("""
+    config.write_text(
+        textwrap.dedent("""
         features:
           text: {encoder: sentence-transformers, model: all-MiniLM-L6-v2, input: {template: "{title}"}}
         semantic_ids:
           sid: {features: [text], levels: 2, codebook_size: 8}
-    """))
+    """)
+    )
     assert cli(["semantic-ids", lens.uri, "--config", str(config)]) == 0
     assert "sid@v1: trained, 300 items" in capsys.readouterr().out
     assert cli(["show", lens.uri, "--plots", str(tmp_path / "plots")]) == 0

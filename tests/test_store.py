@@ -10,8 +10,13 @@ import pytest
 
 import itemlens
 from itemlens.errors import (
-    SnapshotNotFoundError, StoreError, StoreFormatError, StoreLockedError, StoreNotFoundError,
-    UnknownFeatureError, UnknownItemsError,
+    SnapshotNotFoundError,
+    StoreError,
+    StoreFormatError,
+    StoreLockedError,
+    StoreNotFoundError,
+    UnknownFeatureError,
+    UnknownItemsError,
 )
 from itemlens.store.layout import FORMAT_VERSION
 from itemlens.store.writer import StoreWriter
@@ -64,8 +69,10 @@ def test_a_pinned_snapshot_keeps_its_values_after_later_writes(store):
     latest.put_vectors("emb", ["a", "c"], _vectors(2, seed=2), spec={"model": "m"})
     assert latest.snapshot == 2
     assert np.array_equal(pinned.vectors("emb", ["a"]), _vectors(2, seed=1)[:1])
-    assert np.array_equal(latest.vectors("emb", ["a", "b", "c"]),
-                          np.vstack([_vectors(2, seed=2)[0], _vectors(2, seed=1)[1], _vectors(2, seed=2)[1]]))
+    assert np.array_equal(
+        latest.vectors("emb", ["a", "b", "c"]),
+        np.vstack([_vectors(2, seed=2)[0], _vectors(2, seed=1)[1], _vectors(2, seed=2)[1]]),
+    )
     with pytest.raises(KeyError):
         pinned.vectors("emb", ["c"])
     stale = itemlens.connect(store, snapshot=1)
@@ -125,8 +132,9 @@ def test_not_a_store_and_unknown_format(tmp_path, store):
     import lance
     import pyarrow as pa
 
-    lance.write_dataset(pa.table({"key": ["format_version"], "value": ["99"]}),
-                        str(store / "meta.lance"), mode="overwrite")
+    lance.write_dataset(
+        pa.table({"key": ["format_version"], "value": ["99"]}), str(store / "meta.lance"), mode="overwrite"
+    )
     with pytest.raises(StoreFormatError, match=f"format version 99.*reads format {FORMAT_VERSION} only"):
         itemlens.connect(store)
     with pytest.raises(StoreFormatError):
@@ -140,21 +148,30 @@ def test_not_a_store_and_unknown_format(tmp_path, store):
 
 
 def test_one_writer_at_a_time(store):
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys, time
         from itemlens.store.writer import StoreWriter
         w = StoreWriter.open({str(store)!r}, command="itemlens ingest held-by-test")
         print("locked", flush=True)
         time.sleep(float(sys.argv[1]))
         w.close()
-        """), "3"], stdout=subprocess.PIPE, text=True)
+        """),
+            "3",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(StoreLockedError) as info:
             StoreWriter.open(store)
         message = str(info.value)
         assert f"pid {holder.pid}" in message and "held-by-test" in message and "--wait-for-lock" in message
-        lens = itemlens.connect(store)            # readers are never blocked
+        lens = itemlens.connect(store)  # readers are never blocked
         with pytest.raises(StoreLockedError, match="after waiting 0.5 s"):
             lens.put_vectors("emb", ["a"], _vectors(1), spec={}, lock_wait=0.5)
         start = time.monotonic()
@@ -166,13 +183,21 @@ def test_one_writer_at_a_time(store):
 
 
 def test_a_killed_writer_leaves_no_stale_lock(store):
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import time
         from itemlens.store.writer import StoreWriter
         w = StoreWriter.open({str(store)!r})
         print("locked", flush=True)
         time.sleep(60)
-        """)], stdout=subprocess.PIPE, text=True)
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "locked"
     holder.kill()
     holder.wait()
@@ -188,7 +213,7 @@ def test_work_merged_by_a_job_that_died_before_publishing_is_published_next_time
     monkeypatch.undo()
     assert itemlens.connect(store).snapshot == 1
     version = itemlens.connect(store).features()[0]
-    with StoreWriter.open(store) as writer:          # a rerun that has nothing new to write itself
+    with StoreWriter.open(store) as writer:  # a rerun that has nothing new to write itself
         writer.resolve_version("emb", version.fingerprint, version.spec, dtype="float32", pooling="mean")
         doc = writer.publish(catalog={}, report={})
     assert doc is not None and doc.snapshot_id == 2
@@ -201,7 +226,10 @@ def test_other_sizes_and_dtypes_make_new_versions(store):
     lens.put_vectors("emb", ["a"], _vectors(1, dim=8), spec={"model": "m"})
     lens.put_vectors("emb", ["a"], _vectors(1, dim=8).astype(np.float16), spec={"model": "m"})
     assert [(f.version, f.dim, f.dtype) for f in lens.features()] == [
-        ("v1", 4, "float32"), ("v2", 8, "float32"), ("v3", 8, "float16")]
+        ("v1", 4, "float32"),
+        ("v2", 8, "float32"),
+        ("v3", 8, "float16"),
+    ]
     assert lens.vectors("emb", ["a"]).dtype == np.float16
     assert lens.vectors("emb@v1", ["a"]).shape == (1, 4)
 
@@ -223,7 +251,7 @@ def test_an_interrupted_store_creation_is_finished_and_errors_of_an_empty_store_
     from itemlens.store.layout import ITEMS_SCHEMA
 
     uri = tmp_path / "half"
-    lance.write_dataset(ITEMS_SCHEMA.empty_table(), str(uri / "items.lance"))   # died after the first table
+    lance.write_dataset(ITEMS_SCHEMA.empty_table(), str(uri / "items.lance"))  # died after the first table
     StoreWriter.open(uri).close()
     lens = itemlens.connect(uri)
     assert lens.snapshot == 0 and lens.errors().num_rows == 0
@@ -232,16 +260,18 @@ def test_an_interrupted_store_creation_is_finished_and_errors_of_an_empty_store_
 
 
 def test_staging_for_versions_no_longer_configured_is_dropped(store):
-    from itemlens.store import lance_io
     import pyarrow as pa
+
+    from itemlens.store import lance_io
 
     with StoreWriter.open(store) as writer:
         old = writer.resolve_version("emb", "0123456789abcdef", {"model": "old"}, dtype="float32", pooling="mean")
         keep = writer.resolve_version("txt", "fedcba9876543210", {"model": "new"}, dtype="float32", pooling="mean")
         for version in (old, keep):
             table = pa.table({"item_id": ["a"]})
-            lance_io.commit_fragments(writer.staging_uri(version), lance_io.write_fragments(
-                table, writer.staging_uri(version)), table.schema)
+            lance_io.commit_fragments(
+                writer.staging_uri(version), lance_io.write_fragments(table, writer.staging_uri(version)), table.schema
+            )
         assert writer.discard_other_staging([keep]) == ["emb__0123456789abcdef.lance"]
     assert sorted(p.name for p in (store / "_staging").iterdir()) == ["txt__fedcba9876543210.lance"]
 
@@ -253,11 +283,17 @@ def _stage_captions(writer, version, ids, tokens):
     from itemlens.store.layout import staging_rows, staging_schema
 
     schema = staging_schema("float32", None, "mean", "caption")
-    rows = staging_rows(schema, pa.array(ids, pa.string()), pa.array([f"caption of {i}" for i in ids]),
-                        n_parts=np.ones(len(ids), np.int32), input_hash=pa.array(ids, pa.string()),
-                        fingerprint=version.fingerprint, run_id=writer.run_id,
-                        vision_tokens=pa.array(tokens, pa.int32()),
-                        generated_tokens=pa.array([t // 10 for t in tokens], pa.int32()))
+    rows = staging_rows(
+        schema,
+        pa.array(ids, pa.string()),
+        pa.array([f"caption of {i}" for i in ids]),
+        n_parts=np.ones(len(ids), np.int32),
+        input_hash=pa.array(ids, pa.string()),
+        fingerprint=version.fingerprint,
+        run_id=writer.run_id,
+        vision_tokens=pa.array(tokens, pa.int32()),
+        generated_tokens=pa.array([t // 10 for t in tokens], pa.int32()),
+    )
     writer.commit_staged(version, lance_io.write_fragments(rows, writer.staging_uri(version)), schema)
     writer.merge_staged(version)
 
@@ -270,13 +306,16 @@ def test_a_captions_token_counts_reach_its_feature_table_old_tables_gain_the_col
 
     with StoreWriter.open(store) as writer:
         writer.register_ids(["a", "b", "c"])
-        version = writer.resolve_version("caption", "f" * 16, {"model": "m"}, dtype="float32", pooling="mean",
-                                         kind="caption", encoder={})
+        version = writer.resolve_version(
+            "caption", "f" * 16, {"model": "m"}, dtype="float32", pooling="mean", kind="caption", encoder={}
+        )
         _stage_captions(writer, version, ["a", "b"], [256, 1024])
         table = writer.open_table(version.table)
         got = table.to_table(columns=["item_id", "vision_tokens", "generated_tokens"]).sort_by("item_id")
-        assert got.to_pylist() == [{"item_id": "a", "vision_tokens": 256, "generated_tokens": 25},
-                                   {"item_id": "b", "vision_tokens": 1024, "generated_tokens": 102}]
+        assert got.to_pylist() == [
+            {"item_id": "a", "vision_tokens": 256, "generated_tokens": 25},
+            {"item_id": "b", "vision_tokens": 1024, "generated_tokens": 102},
+        ]
         # a table of the earlier layout: no count columns
         table.drop_columns(["vision_tokens", "generated_tokens"])
         _stage_captions(writer, version, ["c"], [64])

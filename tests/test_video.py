@@ -28,12 +28,16 @@ from .conftest import ROOT
 from .media_video import frame_number, frame_pixels, unfinished_avi, write_bad_videos, write_video
 
 MAX_PIXELS = 10_000_000
-LATE = 0.001        # sample times are read 1 ms late (the documented TIME_TOLERANCE)
+LATE = 0.001  # sample times are read 1 ms late (the documented TIME_TOLERANCE)
 
 
 def sample(path, frames=8, every_seconds=None, *, max_pixels=MAX_PIXELS, threads=1):
-    return read_video_frames(path.read_bytes(), VideoInput(video="v", frames=frames, every_seconds=every_seconds),
-                             max_pixels=max_pixels, threads=threads)
+    return read_video_frames(
+        path.read_bytes(),
+        VideoInput(video="v", frames=frames, every_seconds=every_seconds),
+        max_pixels=max_pixels,
+        threads=threads,
+    )
 
 
 def decord_frames(path, indices):
@@ -79,6 +83,7 @@ def by_time_reference(starts, end, every, frames):
 
 # -- the sampling rule ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("n", [1, 2, 7, 8, 9, 30, 31, 100, 1001])
 @pytest.mark.parametrize("frames", [1, 3, 8, 16])
 def test_uniform_indices_follow_the_middle_rule(n, frames):
@@ -92,7 +97,7 @@ def test_the_documented_tolerance():
 def test_uniform_examples_by_hand():
     assert sample_indices(30, 8) == [1, 5, 9, 13, 16, 20, 24, 28]
     assert sample_indices(5, 4) == [0, 1, 3, 4]
-    assert sample_indices(3, 8) == [0, 1, 2]        # fewer frames than asked: each once
+    assert sample_indices(3, 8) == [0, 1, 2]  # fewer frames than asked: each once
     assert sample_indices(100, 1) == [50]
 
 
@@ -127,8 +132,11 @@ def test_by_time_matches_the_rule_time_by_time_on_random_streams():
         end = float(starts[-1] + gaps[-1])
         every = float(rng.choice([0.01, 0.033, 0.1, 0.3, 0.5, 1.0, 2.5]))
         frames = int(rng.choice([1, 4, 8, 256]))
-        assert sample_indices(n, frames, every, starts, end) == by_time_reference(starts, end, every, frames), \
-            (n, every, frames)
+        assert sample_indices(n, frames, every, starts, end) == by_time_reference(starts, end, every, frames), (
+            n,
+            every,
+            frames,
+        )
 
 
 def test_by_time_work_grows_with_frames_not_with_sample_times():
@@ -150,6 +158,7 @@ def test_sample_indices_rejects_misuse():
 
 
 # -- decoding real files ------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
@@ -200,7 +209,7 @@ def test_by_seconds_picks_the_frame_on_screen_in_a_variable_frame_rate_video(vid
 
     path = videos["vfr"]
     reader = decord.VideoReader(str(path), num_threads=1)
-    stamps = reader.get_frame_timestamp(list(range(len(reader))))      # [n, 2]: start, end
+    stamps = reader.get_frame_timestamp(list(range(len(reader))))  # [n, 2]: start, end
     starts, end = stamps[:, 0].astype(np.float64), float(stamps[-1, 1])
     assert len(set(np.round(np.diff(starts), 3))) > 1, "the test video should have irregular frame gaps"
     for every, frames in [(0.1, 256), (0.1, 8), (0.35, 256), (1.0, 3)]:
@@ -215,7 +224,7 @@ def test_by_seconds_picks_the_frame_on_screen_in_a_variable_frame_rate_video(vid
 
 
 def test_constant_frame_rate_by_seconds(videos):
-    _, indices = sample(videos["cfr"], frames=256, every_seconds=0.5)     # 10 fps, 3 s
+    _, indices = sample(videos["cfr"], frames=256, every_seconds=0.5)  # 10 fps, 3 s
     assert indices == [0, 5, 10, 15, 20, 25]
 
 
@@ -225,10 +234,10 @@ def test_odd_sizes_audio_tracks_and_short_videos(videos):
     assert [frame_number(f) for f in frames] == indices
     assert np.array_equal(frames, decord_frames(videos["odd"], indices))
 
-    frames, indices = sample(videos["audio"], frames=4)             # the AAC track is ignored
+    frames, indices = sample(videos["audio"], frames=4)  # the AAC track is ignored
     assert [frame_number(f) for f in frames] == indices == uniform_reference(20, 4)
 
-    frames, indices = sample(videos["few"], frames=8)               # fewer frames than asked
+    frames, indices = sample(videos["few"], frames=8)  # fewer frames than asked
     assert indices == [0, 1, 2] and frames.shape[0] == 3
     assert [frame_number(f) for f in frames] == [0, 1, 2]
 
@@ -248,7 +257,7 @@ def test_rotated_video_comes_out_upright(tmp_path, rotation):
     turns = rotation // 90
     assert frames.shape[1:3] == ((64, 48) if turns % 2 else (48, 64))
     for frame, index in zip(frames, indices):
-        stored = np.rot90(frame, k=-turns)                  # undo the display rotation
+        stored = np.rot90(frame, k=-turns)  # undo the display rotation
         assert frame_number(stored) == index
         assert np.abs(stored.astype(int) - frame_pixels(index, 64, 48)).max() <= 16
 
@@ -292,21 +301,25 @@ def test_frames_larger_than_max_pixels_are_refused(videos):
 
 # -- bad files --------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def bad_videos(tmp_path_factory):
     return write_bad_videos(tmp_path_factory.mktemp("bad-videos"))
 
 
-@pytest.mark.parametrize("name, reason", [
-    ("truncated", "without its index (no moov box): truncated"),
-    ("truncated_faststart", "truncated: the container lists 60 frames"),
-    ("truncated_avi", "truncated: the container lists 60 frames"),
-    ("corrupt", "not a video file"),
-    ("image", "an image (jpeg), not a video"),
-    ("empty", "empty file"),
-    ("text", "not a video file"),
-    ("audio_only", "no video stream (streams: audio)"),
-])
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("truncated", "without its index (no moov box): truncated"),
+        ("truncated_faststart", "truncated: the container lists 60 frames"),
+        ("truncated_avi", "truncated: the container lists 60 frames"),
+        ("corrupt", "not a video file"),
+        ("image", "an image (jpeg), not a video"),
+        ("empty", "empty file"),
+        ("text", "not a video file"),
+        ("audio_only", "no video stream (streams: audio)"),
+    ],
+)
 @pytest.mark.parametrize("every_seconds", [None, 0.5])
 def test_bad_videos_are_decode_errors_with_a_reason(bad_videos, name, reason, every_seconds):
     with pytest.raises(ItemError) as info:
@@ -352,8 +365,9 @@ def test_the_process_survives_every_bad_video(bad_videos, tmp_path):
                     out[f"{name}/{every}"] = exc.stage
         print(json.dumps(out))
     """)
-    done = subprocess.run([sys.executable, "-c", script, json.dumps(paths)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(paths)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
     results = json.loads(done.stdout.strip().splitlines()[-1])
     for key, result in results.items():
@@ -363,8 +377,10 @@ def test_the_process_survives_every_bad_video(bad_videos, tmp_path):
 
 
 def test_importing_the_module_loads_neither_torch_nor_pyav():
-    code = ("import sys, itemlens.extractors.video; "
-            "print(sorted(m for m in ('torch', 'av', 'decord', 'PIL') if m in sys.modules))")
+    code = (
+        "import sys, itemlens.extractors.video; "
+        "print(sorted(m for m in ('torch', 'av', 'decord', 'PIL') if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
@@ -372,29 +388,30 @@ def test_importing_the_module_loads_neither_torch_nor_pyav():
 
 # -- frames as pictures -------------------------------------------------------------------------
 
+
 def test_frame_grid_puts_frame_k_at_row_k_div_columns_column_k_mod_columns():
     frames = np.stack([frame_pixels(k, 64, 48) for k in range(5)])
-    grid = np.asarray(frame_grid(frames))                  # 5 frames: 3 columns, 2 rows
+    grid = np.asarray(frame_grid(frames))  # 5 frames: 3 columns, 2 rows
     assert grid.shape == (2 * 48, 3 * 64, 3)
     for k in range(5):
         row, col = divmod(k, 3)
-        tile = grid[row * 48:(row + 1) * 48, col * 64:(col + 1) * 64]
+        tile = grid[row * 48 : (row + 1) * 48, col * 64 : (col + 1) * 64]
         assert np.array_equal(tile, frames[k]) and frame_number(tile) == k
-    assert not grid[48:, 128:].any()                        # the unused sixth tile is black
+    assert not grid[48:, 128:].any()  # the unused sixth tile is black
 
-    grid = np.asarray(frame_grid(frames, columns=2))       # 2 columns, 3 rows
+    grid = np.asarray(frame_grid(frames, columns=2))  # 2 columns, 3 rows
     assert grid.shape == (3 * 48, 2 * 64, 3)
-    assert frame_number(grid[2 * 48:, :64]) == 4
+    assert frame_number(grid[2 * 48 :, :64]) == 4
 
 
 def test_frame_grid_max_side_shrinks_tiles_and_keeps_the_layout():
     frames = np.stack([frame_pixels(k, 64, 48) for k in range(4)])
-    grid = frame_grid(frames, max_side=64)                 # 2x2 of 64x48 -> 128x96 -> 64x48
+    grid = frame_grid(frames, max_side=64)  # 2x2 of 64x48 -> 128x96 -> 64x48
     assert grid.size == (64, 48)
     small = np.asarray(grid)
     for k in range(4):
         row, col = divmod(k, 2)
-        assert frame_number(small[row * 24:(row + 1) * 24, col * 32:(col + 1) * 32]) == k
+        assert frame_number(small[row * 24 : (row + 1) * 24, col * 32 : (col + 1) * 32]) == k
 
 
 def test_to_images_and_frame_grid_input_checks():

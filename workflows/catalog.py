@@ -34,7 +34,7 @@ _EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".jso
 class CatalogSource:
     uri: str
     format: str
-    base: str           # folder that relative media paths resolve against
+    base: str  # folder that relative media paths resolve against
     id_column: str
     delta: bool = False  # a delta of upserts and deletions, not a full catalog
 
@@ -52,7 +52,7 @@ class CatalogSource:
                 raise CatalogError(f"catalog not found: {path}")
             text = str(path)
             is_dir = path.is_dir()
-        else:   # a remote URI names a folder unless it ends in a catalog file's extension
+        else:  # a remote URI names a folder unless it ends in a catalog file's extension
             name = text.rstrip("/").rsplit("/", 1)[-1].lower()
             is_dir = not any(name.endswith(ext) or name.endswith(ext + ".gz") for ext in _EXTENSIONS)
         fmt = config.format
@@ -78,16 +78,19 @@ class CatalogSource:
         ds = self._read_all()
         if OP_COLUMN not in (ds.schema().names if ds.schema() is not None else []):
             return []
-        batches = list(ds.select_columns([self.id_column, OP_COLUMN]).iter_batches(batch_size=None,
-                                                                                     batch_format="pyarrow"))
+        batches = list(
+            ds.select_columns([self.id_column, OP_COLUMN]).iter_batches(batch_size=None, batch_format="pyarrow")
+        )
         table = pa.concat_tables(batches, promote_options="permissive") if batches else None
         if table is None or table.num_rows == 0:
             return []
         op = pc.fill_null(pc.utf8_lower(pc.cast(table.column(OP_COLUMN), pa.string())), "upsert")
         unknown = sorted(set(op.to_pylist()) - set(_OPS))
         if unknown:
-            raise CatalogError(f"delta {self.uri}: column {OP_COLUMN!r} holds {', '.join(map(repr, unknown))}; "
-                               "use 'upsert' or 'delete'")
+            raise CatalogError(
+                f"delta {self.uri}: column {OP_COLUMN!r} holds {', '.join(map(repr, unknown))}; "
+                "use 'upsert' or 'delete'"
+            )
         ids = pc.cast(table.column(self.id_column), pa.string()).filter(pc.equal(op, "delete")).to_pylist()
         if any(i is None for i in ids):
             raise CatalogError(f"delta {self.uri}: a deletion has no {self.id_column!r}")
@@ -105,7 +108,8 @@ class CatalogSource:
 
             # Ids stay strings: "00123" must not become the integer 123.
             ds = ray.data.read_csv(
-                self.uri, convert_options=csv.ConvertOptions(column_types={self.id_column: pa.string()}))
+                self.uri, convert_options=csv.ConvertOptions(column_types={self.id_column: pa.string()})
+            )
         return ds
 
     def files(self) -> list[tuple[str, str]]:
@@ -176,13 +180,15 @@ class CatalogSource:
         if self.id_column not in available:
             raise ConfigError(
                 f"catalog {self.uri} has no id column {self.id_column!r} (set catalog.id_column); "
-                f"its columns: {', '.join(schema_names)}")
+                f"its columns: {', '.join(schema_names)}"
+            )
         for feature, columns in needed.items():
             missing = [c for c in columns if c not in available]
             if missing:
                 raise ConfigError(
                     f"feature {feature!r} uses column(s) {', '.join(map(repr, missing))} that catalog "
-                    f"{self.uri} does not have; its columns: {', '.join(schema_names)}")
+                    f"{self.uri} does not have; its columns: {', '.join(schema_names)}"
+                )
 
 
 @dataclass(frozen=True)
@@ -201,12 +207,14 @@ class CatalogPin:
         before = dict(self.files)
         changed = sorted(p for p in before.keys() | now.keys() if before.get(p) != now.get(p))
         if changed:
-            what = ", ".join(f"{p} ({'added' if p not in before else 'removed' if p not in now else 'changed'})"
-                             for p in changed[:3])
+            what = ", ".join(
+                f"{p} ({'added' if p not in before else 'removed' if p not in now else 'changed'})" for p in changed[:3]
+            )
             raise CatalogChangedError(
                 f"catalog {self.uri} changed while the job ran ({what}{' ...' if len(changed) > 3 else ''}; "
                 f"noticed {step}): nothing was published. The work done so far is kept; run the job again on "
-                "the catalog as it now is (it re-encodes only what differs)")
+                "the catalog as it now is (it re-encodes only what differs)"
+            )
 
 
 class CatalogChangedError(CatalogError):
@@ -229,4 +237,5 @@ def _detect_format(uri: str, is_dir: bool) -> str:
             if candidate.lower().endswith(ext) or candidate.lower().endswith(ext + ".gz"):
                 return fmt
     raise ConfigError(
-        f"cannot tell the format of catalog {uri} from its name; set catalog.format to parquet, jsonl or csv")
+        f"cannot tell the format of catalog {uri} from its name; set catalog.format to parquet, jsonl or csv"
+    )

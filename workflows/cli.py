@@ -37,29 +37,50 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", help="encode a catalog into a store (full or incremental: it diffs)")
     p.add_argument("catalog", help="Parquet, JSONL or CSV file (or folder of them); a path or URI")
     p.add_argument("--config", required=True, help="YAML configuration (features, catalog, decode)")
-    p.add_argument("--store", required=True,
-                   help="store URI: a local folder, or s3://, gs://, az:// (credentials from the environment "
-                        "or the config's storage_options)")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--wait-for-lock", type=float, default=0.0, metavar="SECONDS",
-                   help="wait this long for another writer to finish (default: fail at once)")
+    p.add_argument(
+        "--store",
+        required=True,
+        help="store URI: a local folder, or s3://, gs://, az:// (credentials from the environment "
+        "or the config's storage_options)",
+    )
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument(
+        "--wait-for-lock",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long for another writer to finish (default: fail at once)",
+    )
     p.add_argument("--retry-errors", action="store_true", help="retry items whose unchanged input failed before")
-    p.add_argument("--allow-removals", metavar="N|all", default=None,
-                   help="let a full catalog remove up to N items (or all) from the new snapshot; by default a "
-                        "catalog that would remove more than catalog.max_removed_share (half) of a feature's "
-                        "items, or all of them, is refused (an empty catalog always is)")
-    p.add_argument("--delta", action="store_true",
-                   help="CATALOG is a delta: upserts and deletions (column _op: upsert|delete); items it does "
-                        "not mention stay (default: a full catalog; items it lacks leave the new snapshot)")
+    p.add_argument(
+        "--allow-removals",
+        metavar="N|all",
+        default=None,
+        help="let a full catalog remove up to N items (or all) from the new snapshot; by default a "
+        "catalog that would remove more than catalog.max_removed_share (half) of a feature's "
+        "items, or all of them, is refused (an empty catalog always is)",
+    )
+    p.add_argument(
+        "--delta",
+        action="store_true",
+        help="CATALOG is a delta: upserts and deletions (column _op: upsert|delete); items it does "
+        "not mention stay (default: a full catalog; items it lacks leave the new snapshot)",
+    )
     p.add_argument("--report", metavar="FILE", help="also write the job report as JSON")
-    p.add_argument("--dry-run", action="store_true",
-                   help="say what would be encoded (per feature: new, changed, dependent) and removed; start "
-                        "no encoder, write nothing")
-    p.add_argument("--encode-log", metavar="DIR", default=None,
-                   help="an audit: encoder actors append the ids they encode to "
-                        "DIR/<feature>.<run>.encoded.<node>-<pid>.log, decode tasks the media files they read "
-                        "to DIR/<feature>.<run>.reads.<pid>.log (DIR on each node's own disk)")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="say what would be encoded (per feature: new, changed, dependent) and removed; start "
+        "no encoder, write nothing",
+    )
+    p.add_argument(
+        "--encode-log",
+        metavar="DIR",
+        default=None,
+        help="an audit: encoder actors append the ids they encode to "
+        "DIR/<feature>.<run>.encoded.<node>-<pid>.log, decode tasks the media files they read "
+        "to DIR/<feature>.<run>.reads.<pid>.log (DIR on each node's own disk)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no Ray Data progress bars")
     p.add_argument("--verbose", action="store_true", help="show Ray worker logs and debug messages")
 
@@ -67,116 +88,217 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("store", help="the store: a folder, or an s3:// gs:// az:// URI")
     s.add_argument("--snapshot", type=int, default=None, help="show this snapshot (default: the latest)")
     s.add_argument("--json", action="store_true", help="print the snapshot document as JSON")
-    s.add_argument("--plots", metavar="DIR", default=None,
-                   help="also write plots as PNG here: semantic-ID code usage and graph in-degrees")
+    s.add_argument(
+        "--plots",
+        metavar="DIR",
+        default=None,
+        help="also write plots as PNG here: semantic-ID code usage and graph in-degrees",
+    )
 
-    sub.add_parser("snapshots", help="list the store's snapshots (* pinned)").add_argument("store", help="the store: a folder, or an s3:// gs:// az:// URI")
+    sub.add_parser("snapshots", help="list the store's snapshots (* pinned)").add_argument(
+        "store", help="the store: a folder, or an s3:// gs:// az:// URI"
+    )
     for verb, text in (("pin", "keep snapshot N through prunes"), ("unpin", "let prune remove snapshot N")):
         p = sub.add_parser(verb, help=text)
         p.add_argument("store", help="the store: a folder, or an s3:// gs:// az:// URI")
         p.add_argument("snapshot", type=int, help="the snapshot's number (itemlens snapshots lists them)")
     p = sub.add_parser("prune", help="delete all but the newest K snapshots (and the pinned ones)")
     p.add_argument("store", help="the store: a folder, or an s3:// gs:// az:// URI")
-    p.add_argument("--keep", type=int, required=True, metavar="K",
-                   help="keep the newest K snapshots (and the pinned ones); K >= 1")
+    p.add_argument(
+        "--keep", type=int, required=True, metavar="K", help="keep the newest K snapshots (and the pinned ones); K >= 1"
+    )
     p = sub.add_parser("index", help="build a vector index on a feature and measure its recall@10")
     p.add_argument("store", help="the store: a folder, or an s3:// gs:// az:// URI")
     p.add_argument("feature", help="a pooled vector feature (name, or name@vN)")
     p.add_argument("--kind", default="IVF_PQ", choices=["IVF_PQ", "IVF_HNSW_SQ"])
     p.add_argument("--num-partitions", type=int, default=None, help="IVF partitions (default: about sqrt(rows))")
-    p.add_argument("--num-sub-vectors", type=int, default=None,
-                   help="PQ sub-vectors (default: 16 or 8 values each, at least 8 where the size allows)")
+    p.add_argument(
+        "--num-sub-vectors",
+        type=int,
+        default=None,
+        help="PQ sub-vectors (default: 16 or 8 values each, at least 8 where the size allows)",
+    )
     from itemlens.store.exports import export_formats
     from itemlens.store.exports.models import model_names
 
-    p = sub.add_parser("export", help="write features, semantic IDs or graphs in the files recommender code reads",
-                       description="Rows follow the order of your own data (--inter, --ids); see docs/exports.md.")
+    p = sub.add_parser(
+        "export",
+        help="write features, semantic IDs or graphs in the files recommender code reads",
+        description="Rows follow the order of your own data (--inter, --ids); see docs/exports.md.",
+    )
     p.add_argument("store", help="the store: a folder, or an s3:// gs:// az:// URI")
-    p.add_argument("--format", choices=export_formats(), default=None,
-                   help="the file format (default with --for: mmrec, the features and the model's graph files)")
+    p.add_argument(
+        "--format",
+        choices=export_formats(),
+        default=None,
+        help="the file format (default with --for: mmrec, the features and the model's graph files)",
+    )
     p.add_argument("--out", required=True)
-    p.add_argument("--feature", action="extend", nargs="+", default=None, metavar="[ROLE=]NAME",
-                   help="features to export, ROLE=NAME to write NAME as ROLE (mmrec: --feature image=clip_vitl "
-                        "text=minilm writes image_feat.npy, text_feat.npy); default all, for mmrec image and text")
-    p.add_argument("--ids", default=None, metavar="FILE",
-                   help="the rows' item ids: a list (one per line), a CSV/TSV with a header (--ids-column), or "
-                        "MMRec's i_id_mapping.csv (asin, itemID)")
+    p.add_argument(
+        "--feature",
+        action="extend",
+        nargs="+",
+        default=None,
+        metavar="[ROLE=]NAME",
+        help="features to export, ROLE=NAME to write NAME as ROLE (mmrec: --feature image=clip_vitl "
+        "text=minilm writes image_feat.npy, text_feat.npy); default all, for mmrec image and text",
+    )
+    p.add_argument(
+        "--ids",
+        default=None,
+        metavar="FILE",
+        help="the rows' item ids: a list (one per line), a CSV/TSV with a header (--ids-column), or "
+        "MMRec's i_id_mapping.csv (asin, itemID)",
+    )
     p.add_argument("--ids-column", default=None, metavar="NAME", help="the id column of a CSV/TSV --ids file")
-    p.add_argument("--inter", default=None, metavar="FILE",
-                   help="align rows to the item index of an interaction file: an MMRec .inter (itemID, mapped by "
-                        "the i_id_mapping.csv beside it or --ids), a RecBole .inter, or a table (--item-column)")
+    p.add_argument(
+        "--inter",
+        default=None,
+        metavar="FILE",
+        help="align rows to the item index of an interaction file: an MMRec .inter (itemID, mapped by "
+        "the i_id_mapping.csv beside it or --ids), a RecBole .inter, or a table (--item-column)",
+    )
     p.add_argument("--item-column", default=None, metavar="NAME", help="the item column of an --inter table")
-    p.add_argument("--store-order", action="store_true",
-                   help="keep the store's item index as the row order (mmrec, mmrec-adj, sid-grid refuse to "
-                        "guess it)")
-    p.add_argument("--fill", default=None,
-                   help="write rows without a value (unknown ids, items without one) with this value: a number or "
-                        "nan for features, a negative integer for semantic IDs, 0 for graphs (default: refuse)")
+    p.add_argument(
+        "--store-order",
+        action="store_true",
+        help="keep the store's item index as the row order (mmrec, mmrec-adj, sid-grid refuse to guess it)",
+    )
+    p.add_argument(
+        "--fill",
+        default=None,
+        help="write rows without a value (unknown ids, items without one) with this value: a number or "
+        "nan for features, a negative integer for semantic IDs, 0 for graphs (default: refuse)",
+    )
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="feature dtype (default float32)")
-    p.add_argument("--semantic-ids", action="append", default=None, metavar="NAME",
-                   help="semantic IDs to export with a sid-* format (repeat; default all)")
-    p.add_argument("--dedup", default=None, choices=["grid", "store"],
-                   help="sid-grid's last row: GRID's numbering (default) or the store's suffix")
-    p.add_argument("--graph", action="append", default=None, metavar="NAME",
-                   help="graphs to export with pyg, scipy-npz or mmrec-adj (repeat; default all)")
+    p.add_argument(
+        "--semantic-ids",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="semantic IDs to export with a sid-* format (repeat; default all)",
+    )
+    p.add_argument(
+        "--dedup",
+        default=None,
+        choices=["grid", "store"],
+        help="sid-grid's last row: GRID's numbering (default) or the store's suffix",
+    )
+    p.add_argument(
+        "--graph",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="graphs to export with pyg, scipy-npz or mmrec-adj (repeat; default all)",
+    )
     p.add_argument("--preset", default=None, help="graph normalization preset (default: the definition's)")
-    p.add_argument("--for", dest="model", default=None, choices=model_names(), metavar="MODEL",
-                   help=f"also write the graph files this MMRec model caches ({', '.join(model_names())})")
-    p.add_argument("--model-param", action="append", default=None, metavar="KEY=VALUE",
-                   help="a graph parameter of the --for model, by its MMRec config key (knn_k=10, "
-                        "mm_image_weight=0.1; a comma list writes one file per value)")
+    p.add_argument(
+        "--for",
+        dest="model",
+        default=None,
+        choices=model_names(),
+        metavar="MODEL",
+        help=f"also write the graph files this MMRec model caches ({', '.join(model_names())})",
+    )
+    p.add_argument(
+        "--model-param",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="a graph parameter of the --for model, by its MMRec config key (knn_k=10, "
+        "mm_image_weight=0.1; a comma list writes one file per value)",
+    )
     p.add_argument("--snapshot", type=int, default=None)
     p = sub.add_parser("graph", help="build or refresh the kNN item graphs a configuration defines")
     p.add_argument("store", help="the store: a folder, or an s3:// gs:// az:// URI")
     p.add_argument("--config", required=True, help="YAML configuration with a graphs: section")
     p.add_argument("--name", action="append", default=None, help="only this graph (repeat; default all)")
     p.add_argument("--rebuild", action="store_true", help="rebuild every list instead of refreshing")
-    p.add_argument("--address", default=None, help="run on this Ray cluster (default: RAY_ADDRESS if set, else "
-                                                   "in this process)")
+    p.add_argument(
+        "--address", default=None, help="run on this Ray cluster (default: RAY_ADDRESS if set, else in this process)"
+    )
     p = sub.add_parser("semantic-ids", help="train or refresh the semantic IDs a configuration defines")
     p.add_argument("store", help="the store: a folder, or an s3:// gs:// az:// URI")
-    p.add_argument("--address", default=None, help="run on this Ray cluster (default: RAY_ADDRESS if set, else "
-                                                   "in this process)")
+    p.add_argument(
+        "--address", default=None, help="run on this Ray cluster (default: RAY_ADDRESS if set, else in this process)"
+    )
     p.add_argument("--config", required=True, help="YAML configuration with a semantic_ids: section")
     p.add_argument("--name", action="append", default=None, help="only this definition (repeat; default all)")
-    p.add_argument("--retrain", action="store_true",
-                   help="train a new version even if the definition and inputs are unchanged")
-    p = sub.add_parser("browse", help="a local web page of the items, their neighbours, captions, semantic IDs and "
-                                      "errors (read-only)")
+    p.add_argument(
+        "--retrain", action="store_true", help="train a new version even if the definition and inputs are unchanged"
+    )
+    p = sub.add_parser(
+        "browse", help="a local web page of the items, their neighbours, captions, semantic IDs and errors (read-only)"
+    )
     p.add_argument("store", help="the store: a folder, or an s3:// gs:// az:// URI")
     p.add_argument("--snapshot", type=int, default=None, help="browse this snapshot (default: the latest)")
     p.add_argument("--port", type=int, default=8765)
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default loopback only; another address shows the catalog's media to "
-                        "anyone who can reach it)")
-    p.add_argument("--catalog", default=None,
-                   help="read catalog fields and media from this catalog instead of the one the snapshot records")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default loopback only; another address shows the catalog's media to "
+        "anyone who can reach it)",
+    )
+    p.add_argument(
+        "--catalog",
+        default=None,
+        help="read catalog fields and media from this catalog instead of the one the snapshot records",
+    )
     p.add_argument("--id-column", default=None, help="the catalog's id column (default: as recorded, else item_id)")
-    p = sub.add_parser("diff", help="per item, how much its top-k neighbours change between two feature versions "
-                                    "or snapshots (Jaccard@k, Spearman's rho of the shared ones)")
+    p = sub.add_parser(
+        "diff",
+        help="per item, how much its top-k neighbours change between two feature versions "
+        "or snapshots (Jaccard@k, Spearman's rho of the shared ones)",
+    )
     p.add_argument("store", help="the store: a folder, or an s3:// gs:// az:// URI")
     p.add_argument("a", help="NAME@vN (a feature version), NAME@sN (the feature in snapshot N) or NAME@vN@sN")
     p.add_argument("b", help="the other side, written the same way")
     p.add_argument("--k", type=int, default=10, help="neighbours per item (default 10)")
     p.add_argument("--snapshot", type=int, default=None, help="snapshot of the sides without @sN (default: the latest)")
-    p.add_argument("--sample", type=int, default=None,
-                   help="compare this many items drawn at random (each against all items) instead of every item")
+    p.add_argument(
+        "--sample",
+        type=int,
+        default=None,
+        help="compare this many items drawn at random (each against all items) instead of every item",
+    )
     p.add_argument("--movers", type=int, default=10, help="how many of the items that moved most to print")
     p.add_argument("--out", default=None, help="write diff.json, items.csv and histogram.png to this folder")
     for p in sub.choices.values():
-        if "--wait-for-lock" not in p._option_string_actions and p.prog.split()[-1] in ("pin", "unpin", "prune", "index", "semantic-ids", "graph"):
-            p.add_argument("--wait-for-lock", type=float, default=0.0, metavar="SECONDS",
-                           help="wait this long for another writer to finish (default: fail at once)")
+        if "--wait-for-lock" not in p._option_string_actions and p.prog.split()[-1] in (
+            "pin",
+            "unpin",
+            "prune",
+            "index",
+            "semantic-ids",
+            "graph",
+        ):
+            p.add_argument(
+                "--wait-for-lock",
+                type=float,
+                default=0.0,
+                metavar="SECONDS",
+                help="wait this long for another writer to finish (default: fail at once)",
+            )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"ingest": _ingest, "show": _show, "snapshots": _snapshots, "pin": _pin, "unpin": _pin,
-                "prune": _prune, "index": _index, "export": _export,
-                "semantic-ids": _semantic_ids, "graph": _graph,
-                "browse": _browse, "diff": _diff}[args.command](args)
+        return {
+            "ingest": _ingest,
+            "show": _show,
+            "snapshots": _snapshots,
+            "pin": _pin,
+            "unpin": _pin,
+            "prune": _prune,
+            "index": _index,
+            "export": _export,
+            "semantic-ids": _semantic_ids,
+            "graph": _graph,
+            "browse": _browse,
+            "diff": _diff,
+        }[args.command](args)
     except ItemlensError as exc:
         print(f"itemlens: error: {exc}", file=sys.stderr)
         return 2
@@ -192,8 +314,16 @@ def _ingest(args) -> int:
 
     configure_logging(args.verbose)
     if args.dry_run:
-        report = plan(args.catalog, args.config, args.store, address=args.address, lock_wait=args.wait_for_lock,
-                      retry_errors=args.retry_errors, delta=args.delta, allow_removals=args.allow_removals)
+        report = plan(
+            args.catalog,
+            args.config,
+            args.store,
+            address=args.address,
+            lock_wait=args.wait_for_lock,
+            retry_errors=args.retry_errors,
+            delta=args.delta,
+            allow_removals=args.allow_removals,
+        )
         print(report.summary())
         if args.report:
             with open(args.report, "w") as f:
@@ -201,10 +331,19 @@ def _ingest(args) -> int:
         return 0
     quiet = contextlib.nullcontext() if args.verbose else quiet_ray_data_actor_warning()
     with quiet:
-        report = ingest(args.catalog, args.config, args.store, address=args.address, lock_wait=args.wait_for_lock,
-                        retry_errors=args.retry_errors, progress=False if args.no_progress else None,
-                        log_to_driver=args.verbose, delta=args.delta, encode_log=args.encode_log,
-                        allow_removals=args.allow_removals)
+        report = ingest(
+            args.catalog,
+            args.config,
+            args.store,
+            address=args.address,
+            lock_wait=args.wait_for_lock,
+            retry_errors=args.retry_errors,
+            progress=False if args.no_progress else None,
+            log_to_driver=args.verbose,
+            delta=args.delta,
+            encode_log=args.encode_log,
+            allow_removals=args.allow_removals,
+        )
     print(report.summary())
     if args.report:
         with open(args.report, "w") as f:
@@ -218,7 +357,9 @@ def _snapshots(args) -> int:
     for snap in itemlens.connect(args.store).snapshots():
         marker = "*" if snap["pinned"] else " "
         features = ", ".join(f"{k}@{v}" for k, v in snap["features"].items())
-        print(f"{marker}{snap['snapshot_id']:>5}  {snap['created_at']:%Y-%m-%d %H:%M:%S}  {features}  {snap['summary']}")
+        print(
+            f"{marker}{snap['snapshot_id']:>5}  {snap['created_at']:%Y-%m-%d %H:%M:%S}  {features}  {snap['summary']}"
+        )
     print("(* pinned: kept by itemlens prune)")
     return 0
 
@@ -237,19 +378,26 @@ def _prune(args) -> int:
 
     with StoreWriter.open(args.store, lock_wait=args.wait_for_lock, command="itemlens prune") as writer:
         report = writer.prune(args.keep)
-    print(f"kept snapshots {report['kept']} (pinned: {report['pinned']}); dropped {report['dropped']}; "
-          f"{report['versions_deleted']} table versions and {len(report['tables_dropped'])} tables deleted")
+    print(
+        f"kept snapshots {report['kept']} (pinned: {report['pinned']}); dropped {report['dropped']}; "
+        f"{report['versions_deleted']} table versions and {len(report['tables_dropped'])} tables deleted"
+    )
     return 0
 
 
 def _index(args) -> int:
     import itemlens
 
-    params = {k: v for k, v in (("num_partitions", args.num_partitions), ("num_sub_vectors", args.num_sub_vectors))
-              if v is not None}
+    params = {
+        k: v
+        for k, v in (("num_partitions", args.num_partitions), ("num_sub_vectors", args.num_sub_vectors))
+        if v is not None
+    }
     info = itemlens.connect(args.store).create_index(args.feature, args.kind, lock_wait=args.wait_for_lock, **params)
-    print(f"{args.feature}: {info['kind']} {info['params']} on {info['rows']} rows in {info['build_seconds']} s; "
-          f"recall@10 against exact search: {info['recall_at_10']}")
+    print(
+        f"{args.feature}: {info['kind']} {info['params']} on {info['rows']} rows in {info['build_seconds']} s; "
+        f"recall@10 against exact search: {info['recall_at_10']}"
+    )
     return 0
 
 
@@ -270,7 +418,7 @@ def _export(args) -> int:
     features = None
     if args.feature:
         features = {}
-        for item in args.feature:          # ROLE=NAME, or NAME (its role is its name)
+        for item in args.feature:  # ROLE=NAME, or NAME (its role is its name)
             role, sep, name = item.partition("=")
             features[role if sep else item.split("@")[0]] = name if sep else item
     params = {}
@@ -280,10 +428,24 @@ def _export(args) -> int:
             raise ConfigError(f"--model-param {item!r}: KEY=VALUE, e.g. knn_k=10")
         params[key.strip()] = value
     lens = itemlens.connect(args.store, snapshot=args.snapshot)
-    report = lens.export(args.format or "mmrec", args.out, features=features, semantic_ids=args.semantic_ids,
-                         graphs=args.graph, ids=args.ids, ids_column=args.ids_column, inter=args.inter,
-                         item_column=args.item_column, store_order=args.store_order, fill=fill, dtype=args.dtype,
-                         model=args.model, model_params=params or None, preset=args.preset, dedup=args.dedup)
+    report = lens.export(
+        args.format or "mmrec",
+        args.out,
+        features=features,
+        semantic_ids=args.semantic_ids,
+        graphs=args.graph,
+        ids=args.ids,
+        ids_column=args.ids_column,
+        inter=args.inter,
+        item_column=args.item_column,
+        store_order=args.store_order,
+        fill=fill,
+        dtype=args.dtype,
+        model=args.model,
+        model_params=params or None,
+        preset=args.preset,
+        dedup=args.dedup,
+    )
     print(report.summary())
     return 0
 
@@ -291,15 +453,37 @@ def _export(args) -> int:
 def _semantic_ids(args) -> int:
     from itemlens.store.semantic_ids import build
 
-    return _derive(args, "semantic_ids", "semantic IDs", lambda specs, options, runner: build(
-        args.store, specs, retrain=args.retrain, lock_wait=args.wait_for_lock, storage_options=options, runner=runner))
+    return _derive(
+        args,
+        "semantic_ids",
+        "semantic IDs",
+        lambda specs, options, runner: build(
+            args.store,
+            specs,
+            retrain=args.retrain,
+            lock_wait=args.wait_for_lock,
+            storage_options=options,
+            runner=runner,
+        ),
+    )
 
 
 def _graph(args) -> int:
     from itemlens.store.graphs import build
 
-    return _derive(args, "graphs", "graphs", lambda specs, options, runner: build(
-        args.store, specs, rebuild=args.rebuild, lock_wait=args.wait_for_lock, storage_options=options, runner=runner))
+    return _derive(
+        args,
+        "graphs",
+        "graphs",
+        lambda specs, options, runner: build(
+            args.store,
+            specs,
+            rebuild=args.rebuild,
+            lock_wait=args.wait_for_lock,
+            storage_options=options,
+            runner=runner,
+        ),
+    )
 
 
 def _derive(args, section: str, what: str, build) -> int:
@@ -315,7 +499,9 @@ def _derive(args, section: str, what: str, build) -> int:
     names = args.name or list(specs)
     unknown = [n for n in names if n not in specs]
     if unknown or not names:
-        raise ConfigError(f"{args.config} defines {what} {', '.join(specs) or 'none'}; not {', '.join(unknown) or 'any'}")
+        raise ConfigError(
+            f"{args.config} defines {what} {', '.join(specs) or 'none'}; not {', '.join(unknown) or 'any'}"
+        )
     # on Ray (--address, or RAY_ADDRESS as under ray job submit): passes by blocks in Ray tasks
     from itemlens.workflows.derive import runner_for
     from itemlens.workflows.runtime import run_ray_step
@@ -365,40 +551,51 @@ def _show(args) -> int:
         name = f.qualified + ("*" if f.current else "")
         weights = f.spec.get("checkpoint") or f.spec.get("pretrained") or ""
         model = f.model + (f" ({weights})" if weights and weights != f.model else "")
-        dtype = f.dtype if f.kind == "vector" else "text"      # a caption feature holds strings
+        dtype = f.dtype if f.kind == "vector" else "text"  # a caption feature holds strings
         print(f"{name:<22}{f.encoder:<23}{f.dim or '-':>5} {dtype:<8}{f.count:>8}{f.errors:>8}{f.absent:>8}  {model}")
         if f.note:
             print(f"{'':<22}note: {f.note}")
         path = (lens.doc.features[f.name].versions[f.version].encoder or {}).get("path")
-        if f.kind == "caption" and path:      # how the captioner reads pictures, decided when it loaded
+        if f.kind == "caption" and path:  # how the captioner reads pictures, decided when it loaded
             from itemlens.extractors.encoders.caption import describe_path
 
             print(f"{'':<22}caption path: {describe_path(path)}")
         if f.index:
-            print(f"{'':<22}index: {f.index['kind']} {f.index.get('params', {})}, {f.index.get('rows')} rows, "
-                  f"recall@10 {f.index.get('recall_at_10')} (against exact search)")
+            print(
+                f"{'':<22}index: {f.index['kind']} {f.index.get('params', {})}, {f.index.get('rows')} rows, "
+                f"recall@10 {f.index.get('recall_at_10')} (against exact search)"
+            )
     print("(* = current version; older versions stay readable as name@vN; absent = items without such an input)")
     if lens.doc.semantic_ids:
         print()
-        print(f"{'semantic IDs':<22}{'method':<11}{'codes':<9}{'items':>8}{'retired':>9}{'collisions':>12}"
-              f"{'largest':>9}{'recon err':>11}  inputs")
+        print(
+            f"{'semantic IDs':<22}{'method':<11}{'codes':<9}{'items':>8}{'retired':>9}{'collisions':>12}"
+            f"{'largest':>9}{'recon err':>11}  inputs"
+        )
         for name, entry in sorted(lens.doc.semantic_ids.items()):
             for label, v in sorted(entry.versions.items(), key=lambda kv: int(kv[0][1:])):
                 m = v.metrics
                 shape = f"{v.spec['levels']}x{v.spec['codebook_size']}" + ("+s" if v.width > v.spec["levels"] else "")
                 current = "*" if label == entry.current else ""
-                print(f"{v.qualified + current:<22}{v.spec['method']:<11}{shape:<9}{v.count:>8}{v.retired:>9}"
-                      f"{m.get('collision_rate', 0):>12.2%}{m.get('largest_group', 0):>9}"
-                      f"{m.get('reconstruction_error', float('nan')):>11.4f}  {', '.join(v.inputs.values())}")
+                print(
+                    f"{v.qualified + current:<22}{v.spec['method']:<11}{shape:<9}{v.count:>8}{v.retired:>9}"
+                    f"{m.get('collision_rate', 0):>12.2%}{m.get('largest_group', 0):>9}"
+                    f"{m.get('reconstruction_error', float('nan')):>11.4f}  {', '.join(v.inputs.values())}"
+                )
                 if m.get("utilization"):
-                    print(f"{'':<22}per level: utilization {', '.join(f'{u:.0%}' for u in m['utilization'])}; "
-                          f"perplexity {', '.join(f'{p:g}' for p in m['perplexity'])}")
+                    print(
+                        f"{'':<22}per level: utilization {', '.join(f'{u:.0%}' for u in m['utilization'])}; "
+                        f"perplexity {', '.join(f'{p:g}' for p in m['perplexity'])}"
+                    )
                 if args.plots and label == entry.current:
                     path = _save_plot(args.plots, f"{name}_code_usage.png", lens.semantic_id_plot(name))
                     print(f"{'':<22}code usage plot: {path}")
     if lens.doc.graphs:
         print()
-        print(f"{'graph':<22}{'k':>4}  {'preset':<11}{'items':>8}  inputs (weight): edges, mutual, in-degree min/median/max")
+        print(
+            f"{'graph':<22}{'k':>4}  {'preset':<11}{'items':>8}  "
+            "inputs (weight): edges, mutual, in-degree min/median/max"
+        )
         for name, entry in sorted(lens.doc.graphs.items()):
             for label, g in sorted(entry.versions.items(), key=lambda kv: int(kv[0][1:])):
                 current = "*" if label == entry.current else ""
@@ -406,12 +603,15 @@ def _show(args) -> int:
                 if method == "approximate":
                     method += f", recall@{g.spec['k']} {g.stats.get('recall_at_k', float('nan')):.3f} against exact"
                 print(f"{g.qualified + current:<22}{g.spec['k']:>4}  {g.spec['preset']:<11}{g.count:>8}  ({method})")
-                weights = g.spec["features"] if isinstance(g.spec["features"], dict) else {f: 1.0 for f in g.spec["features"]}
+                features = g.spec["features"]
+                weights = features if isinstance(features, dict) else dict.fromkeys(features, 1.0)
                 for feature, s in g.stats.get("inputs", {}).items():
                     d = s["in_degree"]
-                    print(f"{'':<22}{feature} ({weights.get(feature, 1.0):g}): {s['edges']} edges, "
-                          f"{s['mutual_share']:.0%} mutual, in-degree {d['min']}/{d['median']:g}/{d['max']} "
-                          f"({d['zero']} items never a neighbour)")
+                    print(
+                        f"{'':<22}{feature} ({weights.get(feature, 1.0):g}): {s['edges']} edges, "
+                        f"{s['mutual_share']:.0%} mutual, in-degree {d['min']}/{d['median']:g}/{d['max']} "
+                        f"({d['zero']} items never a neighbour)"
+                    )
                 if args.plots and label == entry.current:
                     path = _save_plot(args.plots, f"{name}_degrees.png", lens.graph_plot(name))
                     print(f"{'':<22}degree plot: {path}")
@@ -438,15 +638,23 @@ def _show(args) -> int:
     for snap in snapshots[-10:]:
         marker = ">" if snap["snapshot_id"] == lens.snapshot else ("*" if snap["pinned"] else " ")
         features = ", ".join(f"{k}@{v}" for k, v in snap["features"].items())
-        print(f" {marker}{snap['snapshot_id']:>4}  {snap['created_at']:%Y-%m-%d %H:%M:%S}  {features}  {snap['summary']}")
+        print(
+            f" {marker}{snap['snapshot_id']:>4}  {snap['created_at']:%Y-%m-%d %H:%M:%S}  {features}  {snap['summary']}"
+        )
     return 0
 
 
 def _browse(args) -> int:
     from itemlens.workflows.browse import serve
 
-    serve(args.store, snapshot=args.snapshot, host=args.host, port=args.port, catalog=args.catalog,
-          id_column=args.id_column)
+    serve(
+        args.store,
+        snapshot=args.snapshot,
+        host=args.host,
+        port=args.port,
+        catalog=args.catalog,
+        id_column=args.id_column,
+    )
     return 0
 
 
@@ -456,18 +664,25 @@ def _diff(args) -> int:
     result = diff_store(args.store, args.a, args.b, k=args.k, snapshot=args.snapshot, sample=args.sample)
     s = result.summary()
     j, r = s["jaccard"], s["spearman"]
-    print(f"{result.a} vs {result.b}: top-{result.k} neighbours of {s['items_compared']} items"
-          + (" (a sample)" if result.sampled else "") + f", searched among the {s['items_in_both']} items both have "
-          f"({s['only_in_a']} only in A, {s['only_in_b']} only in B, left out)")
+    print(
+        f"{result.a} vs {result.b}: top-{result.k} neighbours of {s['items_compared']} items"
+        + (" (a sample)" if result.sampled else "")
+        + f", searched among the {s['items_in_both']} items both have "
+        f"({s['only_in_a']} only in A, {s['only_in_b']} only in B, left out)"
+    )
     if j["items"]:
         q = j["quantiles"]
-        print(f"Jaccard@{result.k}: mean {j['mean']:.3f}, median {j['median']:.3f}, p10 {q['0.1']:.3f}, "
-              f"p90 {q['0.9']:.3f}; {s['identical_sets']} items keep the same set, {s['disjoint_sets']} share none")
+        print(
+            f"Jaccard@{result.k}: mean {j['mean']:.3f}, median {j['median']:.3f}, p10 {q['0.1']:.3f}, "
+            f"p90 {q['0.9']:.3f}; {s['identical_sets']} items keep the same set, {s['disjoint_sets']} share none"
+        )
     if s["without_neighbours"]:
         print(f"{s['without_neighbours']} items have no neighbour on either side (zero vectors)")
     if r["items"]:
-        print(f"Spearman's rho of the shared neighbours: mean {r['mean']:.3f}, median {r['median']:.3f} "
-              f"({r['items']} items with 2 or more shared)")
+        print(
+            f"Spearman's rho of the shared neighbours: mean {r['mean']:.3f}, median {r['median']:.3f} "
+            f"({r['items']} items with 2 or more shared)"
+        )
     print("moved most (item, Jaccard, rho, shared):")
     for m in result.movers(args.movers):
         rho = f"{m['spearman']:.3f}" if m["spearman"] is not None else "-"

@@ -54,16 +54,19 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator, model_validator
 
+from itemlens.config_types import NAME, StrictModel
 from itemlens.errors import ConfigError
 from itemlens.extractors.media import (
-    DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_READ_TIMEOUT, MediaLimits,
+    DEFAULT_MAX_ASPECT_RATIO,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_READ_TIMEOUT,
+    MediaLimits,
 )
 from itemlens.extractors.registry import encoder_class
-from itemlens.config_types import NAME, StrictModel
 from itemlens.extractors.spec import FeatureRefInput, FeatureSpec
 from itemlens.store.graphs import GraphSpec
 from itemlens.store.semantic_ids import SemanticIdSpec
-
 
 #: ``${NAME}`` in a storage option: the environment variable NAME
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -77,40 +80,64 @@ _Strict = StrictModel
 
 class CatalogConfig(_Strict):
     id_column: str = Field("item_id", description="the column of item ids (strings or integers)")
-    format: Literal["auto", "parquet", "jsonl", "csv"] = Field(
-        "auto", description="auto: by the file extension")
-    max_removed_share: float = Field(0.5, ge=0, le=1, description=(
-        "a full catalog that would remove more than this share of the items a feature holds (or all of them) "
-        "is refused unless the run passes --allow-removals; an empty catalog is always refused"))
+    format: Literal["auto", "parquet", "jsonl", "csv"] = Field("auto", description="auto: by the file extension")
+    max_removed_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description=(
+            "a full catalog that would remove more than this share of the items a feature holds (or all of them) "
+            "is refused unless the run passes --allow-removals; an empty catalog is always refused"
+        ),
+    )
 
 
 class DecodeConfig(_Strict):
     batch_size: int = Field(32, ge=1, description="items per decode task call (images, videos, audio)")
-    text_batch_size: int = Field(1024, ge=1, description=(
-        "items per text-preparation call; texts are sorted by length within it, so encoder batches pad little"))
+    text_batch_size: int = Field(
+        1024,
+        ge=1,
+        description=(
+            "items per text-preparation call; texts are sorted by length within it, so encoder batches pad little"
+        ),
+    )
     num_cpus: float = Field(1.0, gt=0, description="CPUs each decode task reserves (fractions run more tasks at once)")
-    max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description=(
-        "larger images (and video frames) are errors: the decompression-bomb guard"))
+    max_image_pixels: int = Field(
+        DEFAULT_MAX_PIXELS,
+        ge=1,
+        description=("larger images (and video frames) are errors: the decompression-bomb guard"),
+    )
     max_image_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1, description="largest image file, in bytes")
     max_media_bytes: int = Field(DEFAULT_MAX_MEDIA_BYTES, ge=1, description="largest video or audio file")
-    max_aspect_ratio: float = Field(DEFAULT_MAX_ASPECT_RATIO, ge=1, description=(
-        "images (and video frames) whose longer side is more than this many times the shorter are errors"))
-    read_timeout: float = Field(DEFAULT_READ_TIMEOUT, gt=0, description=(
-        "seconds one media file may take to read; a slower read is an errors row"))
+    max_aspect_ratio: float = Field(
+        DEFAULT_MAX_ASPECT_RATIO,
+        ge=1,
+        description=("images (and video frames) whose longer side is more than this many times the shorter are errors"),
+    )
+    read_timeout: float = Field(
+        DEFAULT_READ_TIMEOUT,
+        gt=0,
+        description=("seconds one media file may take to read; a slower read is an errors row"),
+    )
 
     def limits(self, kind: str) -> MediaLimits:
         """The bounds of one kind of media input (image, video or audio)."""
         image = kind == "image"
-        return MediaLimits(max_bytes=self.max_image_bytes if image else self.max_media_bytes,
-                           max_pixels=self.max_image_pixels, max_aspect_ratio=self.max_aspect_ratio,
-                           timeout=self.read_timeout, bytes_field="max_image_bytes" if image else "max_media_bytes")
+        return MediaLimits(
+            max_bytes=self.max_image_bytes if image else self.max_media_bytes,
+            max_pixels=self.max_image_pixels,
+            max_aspect_ratio=self.max_aspect_ratio,
+            timeout=self.read_timeout,
+            bytes_field="max_image_bytes" if image else "max_media_bytes",
+        )
 
 
 class StagingConfig(_Strict):
     """How often encoded rows are committed to staging: what a killed job keeps."""
 
-    commit_seconds: float = Field(30.0, gt=0, description="commit staged rows once this long has passed "
-                                                            "(checked as encoded data files arrive)")
+    commit_seconds: float = Field(
+        30.0, gt=0, description="commit staged rows once this long has passed (checked as encoded data files arrive)"
+    )
     commit_fragments: int = Field(16, ge=1, description="... or after this many data files")
     fragment_rows: int = Field(1024, ge=1, description="rows per staging data file")
 
@@ -119,18 +146,31 @@ class IngestConfig(_Strict):
     catalog: CatalogConfig = Field(CatalogConfig(), description="how the catalog is read")
     decode: DecodeConfig = Field(DecodeConfig(), description="the CPU stage that reads and decodes inputs")
     staging: StagingConfig = Field(StagingConfig(), description="how often a running job commits its encoded rows")
-    features: dict[str, SerializeAsAny[FeatureSpec]] = Field(min_length=1, description=(
-        "feature name -> how it is made; captions are made before the features that read them"))
-    semantic_ids: dict[str, SemanticIdSpec] = Field(default_factory=dict, description=(
-        "name -> a semantic-ID definition, derived from the stored vectors after the features, in the same snapshot"))
-    graphs: dict[str, GraphSpec] = Field(default_factory=dict, description=(
-        "name -> a kNN item graph definition, derived from the stored vectors after the features"))
+    features: dict[str, SerializeAsAny[FeatureSpec]] = Field(
+        min_length=1,
+        description=("feature name -> how it is made; captions are made before the features that read them"),
+    )
+    semantic_ids: dict[str, SemanticIdSpec] = Field(
+        default_factory=dict,
+        description=(
+            "name -> a semantic-ID definition, derived from the stored vectors after the features, in the same snapshot"
+        ),
+    )
+    graphs: dict[str, GraphSpec] = Field(
+        default_factory=dict,
+        description=("name -> a kNN item graph definition, derived from the stored vectors after the features"),
+    )
     # Options for an object-storage store (Lance's keys: aws_region, aws_endpoint, ...). Values
     # may name environment variables (``${AWS_SECRET_ACCESS_KEY}``) so that secrets stay out of
     # the file; never logged, never written into the store.
-    storage_options: dict[str, str] = Field(default_factory=dict, repr=False, description=(
-        "for an s3:// gs:// az:// store, Lance's option names (aws_region, aws_endpoint, ...); ${VAR} reads the "
-        "environment variable VAR, so that secrets stay out of the file; never logged or written into the store"))
+    storage_options: dict[str, str] = Field(
+        default_factory=dict,
+        repr=False,
+        description=(
+            "for an s3:// gs:// az:// store, Lance's option names (aws_region, aws_endpoint, ...); ${VAR} reads the "
+            "environment variable VAR, so that secrets stay out of the file; never logged or written into the store"
+        ),
+    )
 
     @field_validator("storage_options")
     @classmethod
@@ -154,7 +194,7 @@ class IngestConfig(_Strict):
 
     @model_validator(mode="after")
     def _inputs_are_features(self) -> IngestConfig:
-        for name, spec in self.features.items():     # what each encoder can and cannot take
+        for name, spec in self.features.items():  # what each encoder can and cannot take
             try:
                 encoder_class(spec.encoder).validate_spec(spec)
             except ConfigError as exc:
@@ -164,22 +204,28 @@ class IngestConfig(_Strict):
             if isinstance(spec.input, FeatureRefInput) and spec.input.feature not in captions:
                 raise ValueError(
                     f"features.{name}.input: {spec.input.feature!r} is not a caption feature of this configuration "
-                    f"(caption features: {', '.join(captions) or 'none'})")
+                    f"(caption features: {', '.join(captions) or 'none'})"
+                )
         derived = [("semantic_ids", n, list(s.weights)) for n, s in self.semantic_ids.items()]
         derived += [("graphs", n, list(s.features)) for n, s in self.graphs.items()]
         for section, name, inputs in derived:
             unknown = [f for f in inputs if f not in self.features]
             if unknown:
-                raise ValueError(f"{section}.{name}.features: {', '.join(map(repr, unknown))} is not a feature "
-                                 f"of this configuration (features: {', '.join(self.features)})")
+                raise ValueError(
+                    f"{section}.{name}.features: {', '.join(map(repr, unknown))} is not a feature "
+                    f"of this configuration (features: {', '.join(self.features)})"
+                )
             texts = [f for f in inputs if f in captions]
             if texts:
-                raise ValueError(f"{section}.{name}.features: {', '.join(map(repr, texts))} holds captions, not "
-                                 "vectors; embed them with a text feature (input: {feature: ...}) and use that")
+                raise ValueError(
+                    f"{section}.{name}.features: {', '.join(map(repr, texts))} holds captions, not "
+                    "vectors; embed them with a text feature (input: {feature: ...}) and use that"
+                )
         return self
 
     def feature_order(self) -> list[tuple[str, FeatureSpec]]:
         """Features in the order an ingest runs them: captions before the features that read them."""
+
         def reads_captions(item: tuple[str, FeatureSpec]) -> bool:
             return isinstance(item[1].input, FeatureRefInput)
 
@@ -281,18 +327,23 @@ def _not_an_option(raw: dict[str, Any] | None, feature: str, field: str) -> str 
     own = [f for f in model.model_fields if f not in common]
     close = difflib.get_close_matches(field, list(model.model_fields), n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    return (f"unknown field for encoder {encoder!r}; {hint}its own options: {', '.join(own) or 'none'}, "
-            f"besides the common {', '.join(sorted(common - {'encoder'}))}")
+    return (
+        f"unknown field for encoder {encoder!r}; {hint}its own options: {', '.join(own) or 'none'}, "
+        f"besides the common {', '.join(sorted(common - {'encoder'}))}"
+    )
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     graphs = raw.get("graphs")
-    if isinstance(graphs, dict):     # an interactions file, relative to the YAML's folder
+    if isinstance(graphs, dict):  # an interactions file, relative to the YAML's folder
         resolved_graphs = {}
         for name, spec in graphs.items():
             interactions = spec.get("interactions") if isinstance(spec, dict) else None
-            if isinstance(interactions, dict) and isinstance(interactions.get("path"), str) \
-                    and not os.path.isabs(os.path.expanduser(interactions["path"])):
+            if (
+                isinstance(interactions, dict)
+                and isinstance(interactions.get("path"), str)
+                and not os.path.isabs(os.path.expanduser(interactions["path"]))
+            ):
                 spec = {**spec, "interactions": {**interactions, "path": str((base / interactions["path"]).resolve())}}
             resolved_graphs[name] = spec
         raw = {**raw, "graphs": resolved_graphs}

@@ -70,7 +70,7 @@ class RayRunner(Runner):
 
         actor = ray.remote(num_cpus=cpus)(cls).options(scheduling_strategy="SPREAD")
         handles = [actor.remote(*a) for a in args]
-        ray.get([h.ready.remote() for h in handles])        # built (each reads its rows) before any search
+        ray.get([h.ready.remote() for h in handles])  # built (each reads its rows) before any search
         self.tasks += len(handles)
         return handles
 

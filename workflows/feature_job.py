@@ -45,9 +45,9 @@ class JobContext:
     source: CatalogSource
     writer: StoreWriter
     runtime: RayRuntime
-    items: int                      # catalog rows (sizes the decode tasks)
+    items: int  # catalog rows (sizes the decode tasks)
     retry_errors: bool = False
-    encode_log: str | None = None   # the audit folder (--encode-log)
+    encode_log: str | None = None  # the audit folder (--encode-log)
 
 
 @dataclass
@@ -59,12 +59,17 @@ class FeatureJob:
     encoder: Encoder
     version: FeatureVersion
     captions_from: FeatureVersion | None = None
-    recovered: MergeStats | None = None     # what a dead run had staged, merged at the start
+    recovered: MergeStats | None = None  # what a dead run had staged, merged at the start
 
     def run(self) -> FeatureReport:
         spec, version, writer = self.encoder.spec, self.version, self.context.writer
-        report = FeatureReport(name=version.name, version=version.label, fingerprint=version.fingerprint,
-                               encoder=spec.encoder, output=self.encoder.output_kind)
+        report = FeatureReport(
+            name=version.name,
+            version=version.label,
+            fingerprint=version.fingerprint,
+            encoder=spec.encoder,
+            output=self.encoder.output_kind,
+        )
         if self.recovered is not None:
             report.recovered = self.recovered.inserted + self.recovered.updated + self.recovered.failed
             log.info("%s: merged %d items staged by an interrupted run", version.name, report.recovered)
@@ -104,8 +109,12 @@ class FeatureJob:
             if kind == "text":
                 # ``input: {feature: NAME}``: the texts are that caption feature's, merged earlier in this run
                 captions = writer.stored_values(self.captions_from) if self.captions_from else None
-                ds = ds.map_batches(stages.prepare_texts, batch_size=cfg.decode.text_batch_size,
-                                    fn_kwargs={**common, "source": captions}, **cpu_args)
+                ds = ds.map_batches(
+                    stages.prepare_texts,
+                    batch_size=cfg.decode.text_batch_size,
+                    fn_kwargs={**common, "source": captions},
+                    **cpu_args,
+                )
             else:
                 # A catalog file is read as a few large blocks (its rows are small), and a block is
                 # one decode task: cut them (streaming, no shuffle) into about four per CPU so that
@@ -115,25 +124,48 @@ class FeatureJob:
                 # with an encode log, the CPU tasks also log the media files they read
                 read_log = os.path.join(ctx.encode_log, f"{version.name}.{writer.run_id}") if ctx.encode_log else None
                 media = {**common, "base": source.base, "read_log": read_log}
-                prepare = {"image": stages.prepare_images, "video": stages.prepare_videos,
-                           "audio": stages.prepare_audio}[kind]
-                if self.encoder.output_kind == "caption":    # the captioner's own processor, per item
+                prepare = {
+                    "image": stages.prepare_images,
+                    "video": stages.prepare_videos,
+                    "audio": stages.prepare_audio,
+                }[kind]
+                if self.encoder.output_kind == "caption":  # the captioner's own processor, per item
                     prepare = {"image": stages.prepare_caption_images, "video": stages.prepare_caption_videos}[kind]
-                ds = ds.map_batches(prepare, batch_size=cfg.decode.batch_size,
-                                    fn_kwargs={**media, "limits": cfg.decode.limits(kind)}, **cpu_args)
+                ds = ds.map_batches(
+                    prepare,
+                    batch_size=cfg.decode.batch_size,
+                    fn_kwargs={**media, "limits": cfg.decode.limits(kind)},
+                    **cpu_args,
+                )
         ds = ds.map_batches(
             stages.EncodeBatches,
-            fn_constructor_kwargs={"spec_json": spec_json, "fingerprint": version.fingerprint,
-                                   "device": placement.device, "cpu_threads": placement.cpu_threads,
-                                   "run_id": writer.run_id, "feature": version.name, "encode_log": ctx.encode_log},
+            fn_constructor_kwargs={
+                "spec_json": spec_json,
+                "fingerprint": version.fingerprint,
+                "device": placement.device,
+                "cpu_threads": placement.cpu_threads,
+                "run_id": writer.run_id,
+                "feature": version.name,
+                "encode_log": ctx.encode_log,
+            },
             compute=ray.data.ActorPoolStrategy(size=placement.concurrency),
-            num_gpus=placement.num_gpus, num_cpus=spec.resources.num_cpus or 1,
-            batch_size=spec.resources.batch_size, batch_format="pyarrow", **_actor_placement(spec.resources))
+            num_gpus=placement.num_gpus,
+            num_cpus=spec.resources.num_cpus or 1,
+            batch_size=spec.resources.batch_size,
+            batch_format="pyarrow",
+            **_actor_placement(spec.resources),
+        )
         return ds.map_batches(
-            stages.write_fragments, batch_size=cfg.staging.fragment_rows, batch_format="pyarrow",
+            stages.write_fragments,
+            batch_size=cfg.staging.fragment_rows,
+            batch_format="pyarrow",
             num_cpus=WRITE_TASK_CPUS,
-            fn_kwargs={"uri": writer.staging_uri(version), "storage_options": writer.location.options(),
-                       "value_column": value_column(spec.pooling, version.kind)})
+            fn_kwargs={
+                "uri": writer.staging_uri(version),
+                "storage_options": writer.location.options(),
+                "value_column": value_column(spec.pooling, version.kind),
+            },
+        )
 
     def stage(self, ds, report: FeatureReport) -> None:
         """Run the pipeline; commit the fragments it writes to staging as they come."""
@@ -168,8 +200,13 @@ class FeatureJob:
         if rows >= spec.index.min_rows:
             params = spec.index.model_dump(exclude={"kind", "min_rows"}, exclude_none=True)
             info = writer.build_index(version, spec.index.kind, params)
-            log.info("%s: built a %s index on %d vectors, recall@10 %.3f", version.qualified, info["kind"], rows,
-                     info["recall_at_10"])
+            log.info(
+                "%s: built a %s index on %d vectors, recall@10 %.3f",
+                version.qualified,
+                info["kind"],
+                rows,
+                info["recall_at_10"],
+            )
 
 
 def _own_stage() -> dict:
@@ -182,10 +219,10 @@ def _own_stage() -> dict:
 
 @dataclass(frozen=True)
 class Placement:
-    device: str             # "cuda" or "cpu"
-    num_gpus: float         # per actor, as requested (0 where the cluster has none)
-    concurrency: int        # actors, as requested unless the cluster is too small
-    cpu_threads: int        # torch threads of an actor running on CPU
+    device: str  # "cuda" or "cpu"
+    num_gpus: float  # per actor, as requested (0 where the cluster has none)
+    concurrency: int  # actors, as requested unless the cluster is too small
+    cpu_threads: int  # torch threads of an actor running on CPU
 
 
 def place(name: str, spec, runtime: RayRuntime, cfg: IngestConfig) -> Placement:
@@ -193,27 +230,35 @@ def place(name: str, spec, runtime: RayRuntime, cfg: IngestConfig) -> Placement:
     on CPU. Actors must leave CPUs to the decode tasks, or the pipeline would wait forever."""
     num_gpus = spec.resources.num_gpus
     if num_gpus > 0 and runtime.gpus == 0:
-        log.warning("no GPU in the Ray cluster: feature %r runs on CPU (its spec asks for num_gpus=%g)",
-                    name, num_gpus)
+        log.warning("no GPU in the Ray cluster: feature %r runs on CPU (its spec asks for num_gpus=%g)", name, num_gpus)
         num_gpus = 0.0
     elif num_gpus > runtime.gpus:
-        raise ConfigError(f"feature {name!r} asks for num_gpus={num_gpus:g} per actor; the cluster has "
-                          f"{runtime.gpus:g} GPUs in all")
+        raise ConfigError(
+            f"feature {name!r} asks for num_gpus={num_gpus:g} per actor; the cluster has {runtime.gpus:g} GPUs in all"
+        )
     missing = {r: n for r, n in spec.resources.resources.items() if runtime.resources.get(r, 0) < n}
     if missing:
         raise ConfigError(
             f"feature {name!r} asks for resources {missing} per actor; no node of the cluster has them "
-            f"(custom resources of its nodes: {', '.join(sorted(_custom(runtime.resources))) or 'none'})")
+            f"(custom resources of its nodes: {', '.join(sorted(_custom(runtime.resources))) or 'none'})"
+        )
     actor_cpus = spec.resources.num_cpus or 1.0
     concurrency = spec.resources.concurrency
-    fits = int((runtime.cpus - cfg.decode.num_cpus) // actor_cpus)   # write tasks can wait their turn
+    fits = int((runtime.cpus - cfg.decode.num_cpus) // actor_cpus)  # write tasks can wait their turn
     if fits < 1:
         raise ConfigError(
             f"feature {name!r}: one encoder actor ({actor_cpus:g} CPU) and the decode tasks ({cfg.decode.num_cpus:g} "
-            f"CPU) need more than the cluster's {runtime.cpus:g} CPUs; lower resources.num_cpus or decode.num_cpus")
+            f"CPU) need more than the cluster's {runtime.cpus:g} CPUs; lower resources.num_cpus or decode.num_cpus"
+        )
     if concurrency > fits:
-        log.warning("feature %r: %d actors of %g CPU would leave no CPU for decoding on this cluster (%g CPUs): "
-                    "running %d", name, concurrency, actor_cpus, runtime.cpus, fits)
+        log.warning(
+            "feature %r: %d actors of %g CPU would leave no CPU for decoding on this cluster (%g CPUs): running %d",
+            name,
+            concurrency,
+            actor_cpus,
+            runtime.cpus,
+            fits,
+        )
         concurrency = fits
     # On CPU an actor reserves num_cpus (default 1) in Ray's accounting, so that decode tasks
     # still get scheduled, but runs torch on its share of the node's cores: encoding is the
@@ -224,8 +269,11 @@ def place(name: str, spec, runtime: RayRuntime, cfg: IngestConfig) -> Placement:
 
 def _custom(resources: dict) -> list[str]:
     """Resources a node was started with (``--resources``), not Ray's own."""
-    return [r for r in resources if r not in ("CPU", "GPU", "memory", "object_store_memory")
-            and not r.startswith(("node:", "accelerator_type:"))]
+    return [
+        r
+        for r in resources
+        if r not in ("CPU", "GPU", "memory", "object_store_memory") and not r.startswith(("node:", "accelerator_type:"))
+    ]
 
 
 def _actor_placement(resources) -> dict:
@@ -240,7 +288,7 @@ def _physical_plan(ds) -> str:
         ds.explain()
     text = buffer.getvalue()
     marker = "-------- Physical Plan (Optimized) --------"
-    return text[text.index(marker) + len(marker):].strip() if marker in text else text
+    return text[text.index(marker) + len(marker) :].strip() if marker in text else text
 
 
 _OPERATOR = re.compile(r"(\w+)\[(.+)\]")
@@ -250,12 +298,14 @@ def _operators(plan: str, ds) -> list[dict[str, Any]]:
     """The pipeline's physical operators, in execution order, with their kind and wall time."""
     walls: dict[str, float] = {}
     with contextlib.suppress(Exception):
+
         def walk(summary):
             for op in summary.operators_stats:
                 wall = op.wall_time.get("sum") if isinstance(op.wall_time, dict) else getattr(op.wall_time, "sum", None)
                 walls[op.operator_name] = float(wall or 0.0)
             for parent in summary.parents:
                 walk(parent)
+
         walk(ds.get_stats_summary())
     ops = []
     for line in reversed(plan.splitlines()):
@@ -263,6 +313,11 @@ def _operators(plan: str, ds) -> list[dict[str, Any]]:
         if not match or match.group(1) == "InputDataBuffer":
             continue
         kind = {"TaskPoolMapOperator": "tasks", "ActorPoolMapOperator": "actors"}.get(match.group(1), match.group(1))
-        ops.append({"operator": match.group(2), "kind": kind,
-                    "wall_s": round(sum(walls.get(part, 0.0) for part in match.group(2).split("->")), 3)})
+        ops.append(
+            {
+                "operator": match.group(2),
+                "kind": kind,
+                "wall_s": round(sum(walls.get(part, 0.0) for part in match.group(2).split("->")), 3),
+            }
+        )
     return ops

@@ -21,6 +21,7 @@ unchanged catalog encodes nothing and publishes nothing.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -28,12 +29,12 @@ import time
 from itemlens.errors import CatalogError, ConfigError, ItemlensError
 from itemlens.extractors import build_encoder
 from itemlens.store import graphs, semantic_ids
-from itemlens.workflows.derive import RayRunner
 from itemlens.store.location import StoreLocation
 from itemlens.store.writer import RemovalPolicy, StoreWriter
 from itemlens.workflows import stages
 from itemlens.workflows.catalog import OP_COLUMN, CatalogSource
 from itemlens.workflows.config import IngestConfig, load_config
+from itemlens.workflows.derive import RayRunner
 from itemlens.workflows.feature_job import FeatureJob, JobContext
 from itemlens.workflows.reports import IngestReport
 from itemlens.workflows.runtime import run_ray_step, start_ray
@@ -41,10 +42,20 @@ from itemlens.workflows.runtime import run_ray_step, start_ray
 log = logging.getLogger("itemlens")
 
 
-def ingest(catalog: str | os.PathLike, config: str | os.PathLike | dict | IngestConfig, store: str | os.PathLike,
-           *, address: str | None = None, lock_wait: float = 0.0, retry_errors: bool = False,
-           progress: bool | None = None, log_to_driver: bool = False, delta: bool = False,
-           encode_log: str | os.PathLike | None = None, allow_removals: int | str | None = None) -> IngestReport:
+def ingest(
+    catalog: str | os.PathLike,
+    config: str | os.PathLike | dict | IngestConfig,
+    store: str | os.PathLike,
+    *,
+    address: str | None = None,
+    lock_wait: float = 0.0,
+    retry_errors: bool = False,
+    progress: bool | None = None,
+    log_to_driver: bool = False,
+    delta: bool = False,
+    encode_log: str | os.PathLike | None = None,
+    allow_removals: int | str | None = None,
+) -> IngestReport:
     """Ingest ``catalog`` into ``store`` as ``config`` says; returns the job report.
 
     A full catalog (the default) is the whole truth: items the store holds that it lacks are
@@ -64,13 +75,13 @@ def ingest(catalog: str | os.PathLike, config: str | os.PathLike | dict | Ingest
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     cfg = load_config(config)
-    location = StoreLocation.parse(store, cfg.storage_options)    # refuses credentials before anything is logged
+    location = StoreLocation.parse(store, cfg.storage_options)  # refuses credentials before anything is logged
     source = CatalogSource.open(catalog, cfg.catalog, delta=delta)
     removals = RemovalPolicy(cfg.catalog.max_removed_share, allowed_removals(allow_removals))
     encoders = {}
-    for name, spec in cfg.feature_order():     # captions before the features that read them
+    for name, spec in cfg.feature_order():  # captions before the features that read them
         encoder = build_encoder(spec)
-        encoder.check_weights()           # missing weights: an error now, not after an hour of decoding
+        encoder.check_weights()  # missing weights: an error now, not after an hour of decoding
         encoder.fingerprint()
         encoders[name] = encoder
     report = IngestReport(catalog=source.uri, store=location.uri, delta=delta)
@@ -78,81 +89,119 @@ def ingest(catalog: str | os.PathLike, config: str | os.PathLike | dict | Ingest
     log.info("catalog %s (%s) -> store %s", source.uri, source.format, report.store)
 
     command = f"itemlens ingest {source.uri}"
-    with StoreWriter.open(location.uri, storage_options=cfg.storage_options, lock_wait=lock_wait,
-                          command=command) as writer:
+    with StoreWriter.open(
+        location.uri, storage_options=cfg.storage_options, lock_wait=lock_wait, command=command
+    ) as writer:
         report.run_id = writer.run_id
-        pin = source.pin()          # what the catalog is now; checked after each step and before publishing
+        pin = source.pin()  # what the catalog is now; checked after each step and before publishing
         runtime = start_ray(address, log_to_driver=log_to_driver, progress=progress)
         report.ray = runtime.describe()
         timings["ray_start"] = runtime.seconds
         log.info("%s", report.ray)
         if runtime.nodes > 1 and writer.location.is_local:
-            log.warning("store %s is a local folder and the Ray cluster has %d nodes: every node must mount it "
-                        "at the same path (workers write staging files there); an object-storage store "
-                        "(s3://, gs://, az://) needs no shared disk", writer.location.uri, runtime.nodes)
+            log.warning(
+                "store %s is a local folder and the Ray cluster has %d nodes: every node must mount it "
+                "at the same path (workers write staging files there); an object-storage store "
+                "(s3://, gs://, az://) needs no shared disk",
+                writer.location.uri,
+                runtime.nodes,
+            )
 
-        versions = {name: writer.resolve_version(name, e.fingerprint(), e.spec.model_dump(mode="json"),
-                                                 dtype=e.spec.dtype, pooling=e.spec.pooling, kind=e.output_kind,
-                                                 encoder=e.describe())
-                    for name, e in encoders.items()}
+        versions = {
+            name: writer.resolve_version(
+                name,
+                e.fingerprint(),
+                e.spec.model_dump(mode="json"),
+                dtype=e.spec.dtype,
+                pooling=e.spec.pooling,
+                kind=e.output_kind,
+                encoder=e.describe(),
+            )
+            for name, e in encoders.items()
+        }
         # Work a dead job left staged is merged first, so that this catalog's deletions apply to it too.
         for dropped in writer.discard_other_staging(list(versions.values())):
             log.info("dropped %s, staged by an interrupted run for a spec no longer configured", dropped)
         recovered = {name: writer.recover_staging(version) for name, version in versions.items()}
         t = time.perf_counter()
         deletions = catalog_read(source, lambda: check_catalog(source, cfg))
-        registration = run_ray_step(lambda: register_items(source, writer, None if delta else list(versions.values()),
-                                                    removals))
+        registration = run_ray_step(
+            lambda: register_items(source, writer, None if delta else list(versions.values()), removals)
+        )
         pin.check(source, "after registering its ids")
         if delta:
             registration.removed = writer.remove_items(list(versions.values()), deletions)
         report.items_seen, report.new_items, report.digest = registration.seen, registration.new, registration.digest
         report.removed_items = registration.removed
         timings["register_items"] = time.perf_counter() - t
-        context = JobContext(cfg, source, writer, runtime, items=registration.seen, retry_errors=retry_errors,
-                             encode_log=encode_log)
-        log.info("%s has %d items (%d new to the store); %d removed from the new snapshot",
-                 "delta" if delta else "catalog", registration.seen, registration.new, registration.removed)
+        context = JobContext(
+            cfg, source, writer, runtime, items=registration.seen, retry_errors=retry_errors, encode_log=encode_log
+        )
+        log.info(
+            "%s has %d items (%d new to the store); %d removed from the new snapshot",
+            "delta" if delta else "catalog",
+            registration.seen,
+            registration.new,
+            registration.removed,
+        )
         for name, encoder in encoders.items():
             if delta and registration.seen == 0:
-                break                       # a delta of deletions only: nothing to encode
+                break  # a delta of deletions only: nothing to encode
             t = time.perf_counter()
             ref = getattr(encoder.spec.input, "feature", None)
-            job = FeatureJob(context, encoder, versions[name], captions_from=versions[ref] if ref else None,
-                             recovered=recovered[name])
+            job = FeatureJob(
+                context,
+                encoder,
+                versions[name],
+                captions_from=versions[ref] if ref else None,
+                recovered=recovered[name],
+            )
             feature = run_ray_step(job.run)
-            feature.unchanged = max(registration.seen - feature.encoded - feature.errors - feature.absent
-                                    - feature.recovered, 0)
+            feature.unchanged = max(
+                registration.seen - feature.encoded - feature.errors - feature.absent - feature.recovered, 0
+            )
             feature.seconds = time.perf_counter() - t
             pin.check(source, f"after feature {name!r}")
             report.features[name] = feature
             timings[f"feature:{name}"] = feature.seconds
-            log.info("%s@%s: %d encoded, %d errors, %d absent, %d unchanged in %.1f s", name, feature.version,
-                     feature.encoded, feature.errors, feature.absent, feature.unchanged, feature.seconds)
+            log.info(
+                "%s@%s: %d encoded, %d errors, %d absent, %d unchanged in %.1f s",
+                name,
+                feature.version,
+                feature.encoded,
+                feature.errors,
+                feature.absent,
+                feature.unchanged,
+                feature.seconds,
+            )
 
         # derived artifacts by blocks in Ray tasks (workflows/derive.py): the driver holds no vectors
         derive_runner = RayRunner() if cfg.semantic_ids or cfg.graphs else None
         for name, sid_spec in cfg.semantic_ids.items():
             t = time.perf_counter()
-            report.semantic_ids[name] = run_ray_step(lambda: semantic_ids.derive(
-                writer, name, sid_spec, features=versions, runner=derive_runner))
+            report.semantic_ids[name] = run_ray_step(
+                functools.partial(semantic_ids.derive, writer, name, sid_spec, features=versions, runner=derive_runner)
+            )
             timings[f"semantic_ids:{name}"] = time.perf_counter() - t
         for name, graph_spec in cfg.graphs.items():
             t = time.perf_counter()
-            report.graphs[name] = run_ray_step(lambda: graphs.derive(
-                writer, name, graph_spec, features=versions, runner=derive_runner))
+            report.graphs[name] = run_ray_step(
+                functools.partial(graphs.derive, writer, name, graph_spec, features=versions, runner=derive_runner)
+            )
             timings[f"graph:{name}"] = time.perf_counter() - t
 
         t = time.perf_counter()
         pin.check(source, "before publishing")
         # a delta describes changes, not the catalog: the snapshot keeps the catalog it had
-        catalog_doc = ({**writer.base.catalog, "delta": {"uri": source.uri, "upserts": registration.seen,
-                                                         "deletions": len(deletions)}}
-                       if delta else {"uri": source.uri, "format": source.format, "digest": registration.digest,
-                                      "items": registration.seen})
-        doc = writer.publish(
-            catalog=catalog_doc,
-            report=report.to_doc())
+        catalog_doc = (
+            {
+                **writer.base.catalog,
+                "delta": {"uri": source.uri, "upserts": registration.seen, "deletions": len(deletions)},
+            }
+            if delta
+            else {"uri": source.uri, "format": source.format, "digest": registration.digest, "items": registration.seen}
+        )
+        doc = writer.publish(catalog=catalog_doc, report=report.to_doc())
         report.snapshot = doc.snapshot_id if doc is not None else None
         timings["publish"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t_start
@@ -162,30 +211,42 @@ def ingest(catalog: str | os.PathLike, config: str | os.PathLike | dict | Ingest
 
 # -- catalog steps -----------------------------------------------------------------------------------------
 
+
 def check_catalog(source: CatalogSource, cfg: IngestConfig) -> list[str]:
     """Refuse what cannot be ingested, before any write; returns a delta's deletions."""
     deletions = source.deleted_ids()
-    schema = source.read().schema()       # a delta's: its upserts', without the _op column
+    schema = source.read().schema()  # a delta's: its upserts', without the _op column
     if schema is not None and not source.delta and OP_COLUMN in schema.names:
-        raise CatalogError(f"catalog {source.uri} has an {OP_COLUMN!r} column: is it a delta? Pass --delta "
-                           "(a full catalog's rows are all items)")
-    if schema is not None and not (source.delta and source.read().count() == 0):   # deletions only: no columns
+        raise CatalogError(
+            f"catalog {source.uri} has an {OP_COLUMN!r} column: is it a delta? Pass --delta "
+            "(a full catalog's rows are all items)"
+        )
+    if schema is not None and not (source.delta and source.read().count() == 0):  # deletions only: no columns
         source.check_columns(list(schema.names), {n: s.input.columns for n, s in cfg.features.items()})
     clash = sorted(set(deletions) & set(run_ray_step(lambda: _ids(source))))[:5] if deletions else []
     if clash:
-        raise CatalogError(f"delta {source.uri} both upserts and deletes {', '.join(map(repr, clash))}: "
-                           "which one wins is ambiguous, so nothing was changed")
+        raise CatalogError(
+            f"delta {source.uri} both upserts and deletes {', '.join(map(repr, clash))}: "
+            "which one wins is ambiguous, so nothing was changed"
+        )
     return deletions
 
 
 def _ids(source: CatalogSource) -> list[str]:
-    return [i for b in source.read([source.id_column]).iter_batches(batch_size=None, batch_format="pyarrow")
-            for i in stages.item_ids(b, source.id_column)]
+    return [
+        i
+        for b in source.read([source.id_column]).iter_batches(batch_size=None, batch_format="pyarrow")
+        for i in stages.item_ids(b, source.id_column)
+    ]
 
 
 def register_items(source: CatalogSource, writer: StoreWriter, remove_missing, removals: RemovalPolicy):
-    return writer.register_catalog_ids(catalog_read(source, lambda: write_catalog_ids(source, writer)),
-                                       source.id_column, remove_missing=remove_missing, removals=removals)
+    return writer.register_catalog_ids(
+        catalog_read(source, lambda: write_catalog_ids(source, writer)),
+        source.id_column,
+        remove_missing=remove_missing,
+        removals=removals,
+    )
 
 
 def allowed_removals(value: int | str | None) -> int | None:
@@ -243,9 +304,15 @@ def write_catalog_ids(source: CatalogSource, writer: StoreWriter) -> list[str]:
     # Item indexes of new ids follow the catalog's order.
     ds.context.execution_options.preserve_order = True
     work_uri = writer.reset_work_ids()
-    ds = (ds.map_batches(stages.catalog_ids, fn_kwargs={"id_column": source.id_column}, batch_format="pyarrow")
-          .map_batches(stages.write_fragments, fn_kwargs={"uri": work_uri,
-                                                          "storage_options": writer.location.options()},
-                       batch_format="pyarrow"))
-    return [f for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow")
-            for f in batch.column("fragment").to_pylist()]
+    ds = ds.map_batches(
+        stages.catalog_ids, fn_kwargs={"id_column": source.id_column}, batch_format="pyarrow"
+    ).map_batches(
+        stages.write_fragments,
+        fn_kwargs={"uri": work_uri, "storage_options": writer.location.options()},
+        batch_format="pyarrow",
+    )
+    return [
+        f
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow")
+        for f in batch.column("fragment").to_pylist()
+    ]

@@ -34,13 +34,13 @@ PROPAGATED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "HF_HUB_C
 
 @dataclass(frozen=True)
 class RayRuntime:
-    started_here: bool      # False when joining a running Ray (a cluster, a job, a test session)
-    seconds: float          # time to start or join
+    started_here: bool  # False when joining a running Ray (a cluster, a job, a test session)
+    seconds: float  # time to start or join
     cpus: float
     gpus: float
-    node_cpus: float        # CPUs of the largest node
-    nodes: int = 1          # alive nodes
-    resources: dict = field(default_factory=dict)   # each resource's largest amount on one node
+    node_cpus: float  # CPUs of the largest node
+    nodes: int = 1  # alive nodes
+    resources: dict = field(default_factory=dict)  # each resource's largest amount on one node
 
     def describe(self) -> str:
         where = "local Ray started" if self.started_here else "joined Ray"
@@ -97,9 +97,15 @@ def start_ray(address: str | None = None, *, log_to_driver: bool = False, progre
     for node in alive:
         for name, amount in node.items():
             per_node[name] = max(per_node.get(name, 0.0), float(amount))
-    return RayRuntime(started_here, time.perf_counter() - start,
-                      float(resources.get("CPU", 0)), float(resources.get("GPU", 0)), per_node.get("CPU", 0.0),
-                      nodes=len(alive), resources=per_node)
+    return RayRuntime(
+        started_here,
+        time.perf_counter() - start,
+        float(resources.get("CPU", 0)),
+        float(resources.get("GPU", 0)),
+        per_node.get("CPU", 0.0),
+        nodes=len(alive),
+        resources=per_node,
+    )
 
 
 # -- a killed driver's local Ray ---------------------------------------------------------------
@@ -129,8 +135,12 @@ def _record_local_ray() -> None:
         return
     try:
         node = ray._private.worker._global_node
-        record = {"driver": os.getpid(), "started": _started(os.getpid()), "node_id": ray.get_runtime_context().get_node_id(),
-                  "session_dir": node.get_session_dir_path()}
+        record = {
+            "driver": os.getpid(),
+            "started": _started(os.getpid()),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "session_dir": node.get_session_dir_path(),
+        }
         _RECORDS.mkdir(parents=True, exist_ok=True)
         path = _RECORDS / f"{os.getpid()}.json"
         path.write_text(json.dumps(record))
@@ -152,7 +162,7 @@ def reap_orphaned_ray() -> list[int]:
             path.unlink(missing_ok=True)
             continue
         if _started(record["driver"]) == record.get("started"):
-            continue                               # its driver still runs
+            continue  # its driver still runs
         for pid in _session_processes(record["node_id"], record["session_dir"]):
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -174,15 +184,18 @@ def _session_processes(node_id: str, session_dir: str) -> list[int]:
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if marker_env in (entry / "environ").read_bytes().split(b"\0") or \
-                    marker_cmd in (entry / "cmdline").read_bytes():
+            if (
+                marker_env in (entry / "environ").read_bytes().split(b"\0")
+                or marker_cmd in (entry / "cmdline").read_bytes()
+            ):
                 found.append(int(entry.name))
-        except OSError:                            # gone, or another user's
+        except OSError:  # gone, or another user's
             continue
     return found
 
 
 # -- Ray work and its errors ------------------------------------------------------------
+
 
 def run_ray_step(step):
     """Run a step that executes Ray work; an itemlens error raised inside a Ray worker is
@@ -237,7 +250,8 @@ def configure_logging(verbose: bool = False) -> None:
 #: apply; users read it as a failure. Only that line, for Ray Data's MapWorker actors, is dropped.
 _RAY_DATA_ACTOR_ARGS = re.compile(
     r"core_worker\.cc:\d+: Actor with class name: 'MapWorker\(.*has constructor arguments in the object "
-    r"store and max_restarts > 0")
+    r"store and max_restarts > 0"
+)
 
 
 @contextlib.contextmanager
@@ -249,7 +263,7 @@ def quiet_ray_data_actor_warning():
     try:
         original = os.dup(2)
         read_end, write_end = os.pipe()
-    except OSError:          # no real stderr (an embedding host): nothing to filter
+    except OSError:  # no real stderr (an embedding host): nothing to filter
         yield
         return
     sys.stderr.flush()
@@ -267,8 +281,7 @@ def quiet_ray_data_actor_warning():
                 break
             pending += chunk
             *lines, pending = pending.split(b"\n")
-            out = [line + b"\n" for line in lines
-                   if not _RAY_DATA_ACTOR_ARGS.search(line.decode("utf-8", "replace"))]
+            out = [line + b"\n" for line in lines if not _RAY_DATA_ACTOR_ARGS.search(line.decode("utf-8", "replace"))]
             # a partial line that is not a Ray log line ("[2026-...") goes out now: progress bars
             if pending and not pending.startswith(b"["):
                 out.append(pending)
@@ -284,7 +297,7 @@ def quiet_ray_data_actor_warning():
         yield
     finally:
         sys.stderr.flush()
-        os.dup2(original, 2)        # the pipe's last writer closes: the thread drains and ends
+        os.dup2(original, 2)  # the pipe's last writer closes: the thread drains and ends
         thread.join(timeout=5)
         os.close(read_end)
         os.close(original)

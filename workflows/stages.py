@@ -34,36 +34,65 @@ from itemlens.errors import CatalogError
 from itemlens.extractors import FeatureSpec, ItemError, build_encoder
 from itemlens.extractors.base import Encoder
 from itemlens.extractors.images import check_preprocessed_size, decode_image
-from itemlens.extractors.media import MediaLimits, media_key, resolve_uri
 from itemlens.extractors.items import (
-    audio_waveform, caption_image_payload, caption_payload_items, caption_video_payload, encode_audio_items,
-    encode_pixel_items, video_pixels,
+    audio_waveform,
+    caption_image_payload,
+    caption_payload_items,
+    caption_video_payload,
+    encode_audio_items,
+    encode_pixel_items,
+    video_pixels,
 )
+from itemlens.extractors.media import MediaLimits, media_key, resolve_uri
 from itemlens.extractors.text import TextTemplate, text_hash
 from itemlens.store import lance_io
 from itemlens.store.layout import WORK_IDS_SCHEMA, staging_rows, staging_schema
 from itemlens.store.lookup import StoredHashes, StoredValues
 
-PREPARED_TEXT_SCHEMA = pa.schema([
-    ("item_id", pa.string()), ("input_hash", pa.string()), ("text", pa.string()),
-    ("error_stage", pa.string()), ("error_reason", pa.string()),
-])
-PREPARED_IMAGE_SCHEMA = pa.schema([
-    ("item_id", pa.string()), ("input_hash", pa.string()), ("media_key", pa.string()),
-    ("pixels", pa.large_binary()),        # float32 [n_parts, 3, H, W], C order
-    ("n_parts", pa.int32()), ("height", pa.int32()), ("width", pa.int32()),
-    ("error_stage", pa.string()), ("error_reason", pa.string()),
-])
-PREPARED_AUDIO_SCHEMA = pa.schema([
-    ("item_id", pa.string()), ("input_hash", pa.string()), ("media_key", pa.string()),
-    ("samples", pa.large_binary()),       # float32 [channels, n_samples] at the model's rate, C order
-    ("channels", pa.int32()), ("n_samples", pa.int64()),
-    ("error_stage", pa.string()), ("error_reason", pa.string()),
-])
-WRITTEN_SCHEMA = pa.schema([
-    ("fragment", pa.string()), ("rows", pa.int64()), ("errors", pa.int64()), ("dim", pa.int64()),
-    ("vision_tokens", pa.int64()), ("generated_tokens", pa.int64()),     # captions: their token counts
-])
+PREPARED_TEXT_SCHEMA = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("input_hash", pa.string()),
+        ("text", pa.string()),
+        ("error_stage", pa.string()),
+        ("error_reason", pa.string()),
+    ]
+)
+PREPARED_IMAGE_SCHEMA = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("input_hash", pa.string()),
+        ("media_key", pa.string()),
+        ("pixels", pa.large_binary()),  # float32 [n_parts, 3, H, W], C order
+        ("n_parts", pa.int32()),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("error_stage", pa.string()),
+        ("error_reason", pa.string()),
+    ]
+)
+PREPARED_AUDIO_SCHEMA = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("input_hash", pa.string()),
+        ("media_key", pa.string()),
+        ("samples", pa.large_binary()),  # float32 [channels, n_samples] at the model's rate, C order
+        ("channels", pa.int32()),
+        ("n_samples", pa.int64()),
+        ("error_stage", pa.string()),
+        ("error_reason", pa.string()),
+    ]
+)
+WRITTEN_SCHEMA = pa.schema(
+    [
+        ("fragment", pa.string()),
+        ("rows", pa.int64()),
+        ("errors", pa.int64()),
+        ("dim", pa.int64()),
+        ("vision_tokens", pa.int64()),
+        ("generated_tokens", pa.int64()),  # captions: their token counts
+    ]
+)
 
 
 def prepared_caption_schema() -> pa.Schema:
@@ -72,10 +101,16 @@ def prepared_caption_schema() -> pa.Schema:
     shapes and token counts), or an error stage and reason."""
     from itemlens.extractors.encoders.caption_inputs import payload_arrow_type
 
-    return pa.schema([
-        ("item_id", pa.string()), ("input_hash", pa.string()), ("media_key", pa.string()),
-        ("payload", payload_arrow_type()), ("error_stage", pa.string()), ("error_reason", pa.string()),
-    ])
+    return pa.schema(
+        [
+            ("item_id", pa.string()),
+            ("input_hash", pa.string()),
+            ("media_key", pa.string()),
+            ("payload", payload_arrow_type()),
+            ("error_stage", pa.string()),
+            ("error_reason", pa.string()),
+        ]
+    )
 
 
 #: a caption prepare task hands on its items in tables of about this many payload bytes (one item
@@ -84,6 +119,7 @@ CAPTION_BLOCK_BYTES = 64 << 20
 
 
 # -- per-worker-process caches ---------------------------------------------------------------
+
 
 @functools.lru_cache(maxsize=8)
 def _spec(spec_json: str) -> FeatureSpec:
@@ -117,6 +153,7 @@ def item_ids(batch: pa.Table, id_column: str) -> list[str]:
 
 # -- registration of the catalog's ids -----------------------------------------------------------
 
+
 def catalog_ids(batch: pa.Table, *, id_column: str) -> pa.Table:
     """Ids (null where a row has none: the driver refuses such a catalog) and a 64-bit hash
     of each whole row (for the catalog's digest). Ids must be strings or integers: a float id
@@ -126,8 +163,9 @@ def catalog_ids(batch: pa.Table, *, id_column: str) -> pa.Table:
     check_id_type(column.type, id_column, column)
     ids = pc.cast(column, pa.string())
     hashes = [
-        int.from_bytes(hashlib.sha256(json.dumps(row, sort_keys=True, default=str).encode()).digest()[:8],
-                       "little", signed=True)
+        int.from_bytes(
+            hashlib.sha256(json.dumps(row, sort_keys=True, default=str).encode()).digest()[:8], "little", signed=True
+        )
         for row in batch.to_pylist()
     ]
     return pa.table({"item_id": ids, "row_hash": pa.array(hashes, pa.int64())}, schema=WORK_IDS_SCHEMA)
@@ -136,8 +174,12 @@ def catalog_ids(batch: pa.Table, *, id_column: str) -> pa.Table:
 def check_id_type(dtype: pa.DataType, id_column: str, column=None) -> None:
     """Refuse an id column that is not strings or integers (nulls alone are fine here: the
     driver's id check names them)."""
-    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_integer(dtype) \
-            or pa.types.is_null(dtype):
+    if (
+        pa.types.is_string(dtype)
+        or pa.types.is_large_string(dtype)
+        or pa.types.is_integer(dtype)
+        or pa.types.is_null(dtype)
+    ):
         return
     examples = ""
     if column is not None and not isinstance(dtype, pa.ExtensionType):
@@ -148,13 +190,16 @@ def check_id_type(dtype: pa.DataType, id_column: str, column=None) -> None:
         what = f"{dtype} values{examples}"
     raise CatalogError(
         f"the catalog's id column {id_column!r} holds {what}; ids must all be strings or all integers "
-        "(a float id is ambiguous: is 8.0 the id 8?). Write the ids as strings, so nothing was ingested")
+        "(a float id is ambiguous: is 8.0 the id 8?). Write the ids as strings, so nothing was ingested"
+    )
 
 
 # -- prepare: CPU tasks ---------------------------------------------------------------------
 
-def prepare_texts(batch: pa.Table, *, spec_json: str, id_column: str, stored: StoredHashes,
-                  source: StoredValues | None = None) -> pa.Table:
+
+def prepare_texts(
+    batch: pa.Table, *, spec_json: str, id_column: str, stored: StoredHashes, source: StoredValues | None = None
+) -> pa.Table:
     """Render each row's text (or take the caption another feature wrote: ``source``), hash
     it, drop unchanged items; rows sorted by text length so that the encoder's batches, cut
     from consecutive rows, need little padding."""
@@ -163,7 +208,7 @@ def prepare_texts(batch: pa.Table, *, spec_json: str, id_column: str, stored: St
     ids = item_ids(batch, id_column)
     if source is None:
         rows = batch.select(template.columns).to_pylist()
-    else:       # input: {feature: NAME}; an item that has no caption gets an input error
+    else:  # input: {feature: NAME}; an item that has no caption gets an input error
         captions = source.lookup(ids)
         rows = [{"text": captions.get(i)} for i in ids]
     check = InputCheck(stored, ids)
@@ -253,7 +298,7 @@ class InputCheck:
     out of what is stored)."""
 
     def __init__(self, stored: StoredHashes, ids: list[str]):
-        self.known = stored.lookup_keys(ids)       # item_id -> (input hash, media key)
+        self.known = stored.lookup_keys(ids)  # item_id -> (input hash, media key)
 
     def stored_hash(self, item_id: str) -> str | None:
         known = self.known.get(item_id)
@@ -286,14 +331,22 @@ class _ReadLog:
 
     def flush(self) -> None:
         if self.path and self.paths:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)     # on this worker's node
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)  # on this worker's node
             with open(self.path, "a") as f:
                 f.writelines(p + "\n" for p in self.paths)
         self.paths = []
 
 
-def prepare_images(batch: pa.Table, *, spec_json: str, id_column: str, base: str, stored: StoredHashes,
-                   limits: MediaLimits, read_log: str | None = None) -> pa.Table:
+def prepare_images(
+    batch: pa.Table,
+    *,
+    spec_json: str,
+    id_column: str,
+    base: str,
+    stored: StoredHashes,
+    limits: MediaLimits,
+    read_log: str | None = None,
+) -> pa.Table:
     """Read each item's images, hash their bytes, drop unchanged items, decode the rest and
     apply the encoder's own preprocessing; ship float32 pixels, not images."""
     spec = _spec(spec_json)
@@ -320,8 +373,9 @@ def prepare_images(batch: pa.Table, *, spec_json: str, id_column: str, base: str
         if check.unchanged(item_id, digest):
             continue
         try:
-            pixels = np.stack([_preprocess(transform, decode_image(d, limits.max_pixels), encoder, limits)
-                               for d in datas])
+            pixels = np.stack(
+                [_preprocess(transform, decode_image(d, limits.max_pixels), encoder, limits) for d in datas]
+            )
         except ItemError as error:
             out.append((item_id, digest, key, b"", 0, 0, 0, error.stage, error.reason))
             continue
@@ -329,8 +383,7 @@ def prepare_images(batch: pa.Table, *, spec_json: str, id_column: str, base: str
         out.append((item_id, digest, key, pixels.tobytes(), n, height, width, None, None))
     reads.flush()
     columns = list(zip(*out)) if out else [[]] * len(PREPARED_IMAGE_SCHEMA)
-    return pa.table([pa.array(c, f.type) for c, f in zip(columns, PREPARED_IMAGE_SCHEMA)],
-                    schema=PREPARED_IMAGE_SCHEMA)
+    return pa.table([pa.array(c, f.type) for c, f in zip(columns, PREPARED_IMAGE_SCHEMA)], schema=PREPARED_IMAGE_SCHEMA)
 
 
 def media_uri(cell: Any, what: str) -> str:
@@ -348,9 +401,20 @@ def _read_media(path: str, limits: MediaLimits, reads: _ReadLog) -> tuple[bytes,
     return data, hashlib.sha256(data).hexdigest()
 
 
-def _prepare_media(batch: pa.Table, *, column: str, what: str, id_column: str, base: str,
-                   stored: StoredHashes, limits: MediaLimits, read_log: str | None, decode, schema: pa.Schema,
-                   empty: tuple) -> pa.Table:
+def _prepare_media(
+    batch: pa.Table,
+    *,
+    column: str,
+    what: str,
+    id_column: str,
+    base: str,
+    stored: StoredHashes,
+    limits: MediaLimits,
+    read_log: str | None,
+    decode,
+    schema: pa.Schema,
+    empty: tuple,
+) -> pa.Table:
     """The loop a one-file-per-item stage shares (videos, audio): skip by media key, read and
     hash, skip by hash, ``decode(bytes) -> columns`` for the rest; a failure is a row with an
     error stage, reason and ``empty`` columns."""
@@ -381,8 +445,16 @@ def _prepare_media(batch: pa.Table, *, column: str, what: str, id_column: str, b
     return pa.table([pa.array(c, f.type) for c, f in zip(columns, schema)], schema=schema)
 
 
-def prepare_videos(batch: pa.Table, *, spec_json: str, id_column: str, base: str, stored: StoredHashes,
-                   limits: MediaLimits, read_log: str | None = None) -> pa.Table:
+def prepare_videos(
+    batch: pa.Table,
+    *,
+    spec_json: str,
+    id_column: str,
+    base: str,
+    stored: StoredHashes,
+    limits: MediaLimits,
+    read_log: str | None = None,
+) -> pa.Table:
     """Read each video, hash its bytes, drop unchanged items, sample frames (PyAV) and
     apply the vector encoder's own image preprocessing to each (a captioner's videos go through
     :func:`prepare_caption_videos`). Ships float32 pixels [frames, 3, H, W] like the image stage."""
@@ -395,13 +467,31 @@ def prepare_videos(batch: pa.Table, *, spec_json: str, id_column: str, base: str
         n, _, height, width = pixels.shape
         return pixels.tobytes(), n, height, width
 
-    return _prepare_media(batch, column=spec.input.video, what="video", id_column=id_column, base=base,
-                          stored=stored, limits=limits, read_log=read_log, decode=decode,
-                          schema=PREPARED_IMAGE_SCHEMA, empty=(b"", 0, 0, 0))
+    return _prepare_media(
+        batch,
+        column=spec.input.video,
+        what="video",
+        id_column=id_column,
+        base=base,
+        stored=stored,
+        limits=limits,
+        read_log=read_log,
+        decode=decode,
+        schema=PREPARED_IMAGE_SCHEMA,
+        empty=(b"", 0, 0, 0),
+    )
 
 
-def prepare_audio(batch: pa.Table, *, spec_json: str, id_column: str, base: str, stored: StoredHashes,
-                  limits: MediaLimits, read_log: str | None = None) -> pa.Table:
+def prepare_audio(
+    batch: pa.Table,
+    *,
+    spec_json: str,
+    id_column: str,
+    base: str,
+    stored: StoredHashes,
+    limits: MediaLimits,
+    read_log: str | None = None,
+) -> pa.Table:
     """Read each audio file (or a video's audio track), hash its bytes, drop unchanged items,
     decode it with PyAV and resample it to the model's rate and layout with torchaudio."""
     spec = _spec(spec_json)
@@ -411,13 +501,31 @@ def prepare_audio(batch: pa.Table, *, spec_json: str, id_column: str, base: str,
         waveform = audio_waveform(data, encoder)
         return waveform.tobytes(), waveform.shape[0], waveform.shape[1]
 
-    return _prepare_media(batch, column=spec.input.audio, what="audio", id_column=id_column, base=base,
-                          stored=stored, limits=limits, read_log=read_log, decode=decode,
-                          schema=PREPARED_AUDIO_SCHEMA, empty=(b"", 0, 0))
+    return _prepare_media(
+        batch,
+        column=spec.input.audio,
+        what="audio",
+        id_column=id_column,
+        base=base,
+        stored=stored,
+        limits=limits,
+        read_log=read_log,
+        decode=decode,
+        schema=PREPARED_AUDIO_SCHEMA,
+        empty=(b"", 0, 0),
+    )
 
 
-def prepare_caption_images(batch: pa.Table, *, spec_json: str, id_column: str, base: str, stored: StoredHashes,
-                           limits: MediaLimits, read_log: str | None = None):
+def prepare_caption_images(
+    batch: pa.Table,
+    *,
+    spec_json: str,
+    id_column: str,
+    base: str,
+    stored: StoredHashes,
+    limits: MediaLimits,
+    read_log: str | None = None,
+):
     """A captioner's image items: read the images its ``images`` option selects (first, all or N,
     in order: the input hash covers exactly those), hash them, drop unchanged items, decode the
     rest and run the model's own processor on each item's images with the prompt. Yields tables
@@ -448,8 +556,9 @@ def prepare_caption_images(batch: pa.Table, *, spec_json: str, id_column: str, b
             continue
         try:
             images = [decode_image(d, limits.max_pixels) for d in datas]
-            payload = caption_image_payload(encoder, images, max_pixels=limits.max_pixels,
-                                            max_aspect_ratio=limits.max_aspect_ratio)
+            payload = caption_image_payload(
+                encoder, images, max_pixels=limits.max_pixels, max_aspect_ratio=limits.max_aspect_ratio
+            )
         except ItemError as error:
             block.add(item_id, digest, key, error=error)
             continue
@@ -461,8 +570,16 @@ def prepare_caption_images(batch: pa.Table, *, spec_json: str, id_column: str, b
         yield block.table()
 
 
-def prepare_caption_videos(batch: pa.Table, *, spec_json: str, id_column: str, base: str, stored: StoredHashes,
-                           limits: MediaLimits, read_log: str | None = None):
+def prepare_caption_videos(
+    batch: pa.Table,
+    *,
+    spec_json: str,
+    id_column: str,
+    base: str,
+    stored: StoredHashes,
+    limits: MediaLimits,
+    read_log: str | None = None,
+):
     """A captioner's video items: read each video, hash its bytes, drop unchanged items, sample
     frames (PyAV) with their times and run the model's own processor on them: natively, or on
     the grid of the frames for an image-only model. Yields tables like
@@ -484,8 +601,9 @@ def prepare_caption_videos(batch: pa.Table, *, spec_json: str, id_column: str, b
             data, digest = _read_media(path, limits, reads)
             if check.unchanged(item_id, digest):
                 continue
-            payload = caption_video_payload(data, encoder, max_pixels=limits.max_pixels,
-                                            max_aspect_ratio=limits.max_aspect_ratio)
+            payload = caption_video_payload(
+                data, encoder, max_pixels=limits.max_pixels, max_aspect_ratio=limits.max_aspect_ratio
+            )
         except ItemError as error:
             digest = digest or error_hash(error)
             if not check.unchanged(item_id, digest):
@@ -505,7 +623,7 @@ class _CaptionBlock:
     def __init__(self):
         self.rows: list[tuple] = []
         self.bytes = 0
-        self.first = True           # no table handed on yet (an empty batch still gives one, empty)
+        self.first = True  # no table handed on yet (an empty batch still gives one, empty)
 
     def add(self, item_id: str, digest: str, key: str | None, *, payload=None, error: ItemError | None = None):
         if error is not None:
@@ -531,8 +649,7 @@ class _CaptionBlock:
 def _preprocess(transform, image, encoder: Encoder, limits: MediaLimits) -> np.ndarray:
     """The encoder's own transform of a decoded image, once its size has passed the bounds that
     hold after the encoder's resize (an ItemError("decode") otherwise, before any allocation)."""
-    check_preprocessed_size(image.size, encoder, max_pixels=limits.max_pixels,
-                            max_aspect_ratio=limits.max_aspect_ratio)
+    check_preprocessed_size(image.size, encoder, max_pixels=limits.max_pixels, max_aspect_ratio=limits.max_aspect_ratio)
     try:
         return transform(image)
     except Exception as exc:  # a transform that cannot handle this image is this item's problem
@@ -544,8 +661,17 @@ def _preprocess(transform, image, encoder: Encoder, limits: MediaLimits) -> np.n
 PLAN_SCHEMA = pa.schema([("item_id", pa.string()), ("reason", pa.string())])
 
 
-def plan_inputs(batch: pa.Table, *, spec_json: str, id_column: str, base: str, stored: StoredHashes,
-                limits: MediaLimits | None = None, source: StoredValues | None = None, dependents=None) -> pa.Table:
+def plan_inputs(
+    batch: pa.Table,
+    *,
+    spec_json: str,
+    id_column: str,
+    base: str,
+    stored: StoredHashes,
+    limits: MediaLimits | None = None,
+    source: StoredValues | None = None,
+    dependents=None,
+) -> pa.Table:
     """What ``prepare`` would send to the encoder, and why, without decoding anything: one
     row per item to encode with reason ``new`` (no stored input), ``changed`` (the input hash
     differs) or ``dependent`` (its input is a caption that this run writes again). Unchanged
@@ -560,7 +686,7 @@ def plan_inputs(batch: pa.Table, *, spec_json: str, id_column: str, base: str, s
 
         redo = ray.get(dependents) if isinstance(dependents, ray.ObjectRef) else set(dependents)
     if kind == "text":
-        everything = StoredHashes(None, None, None, None, "")      # compare below, not in prepare
+        everything = StoredHashes(None, None, None, None, "")  # compare below, not in prepare
         prepared = prepare_texts(batch, spec_json=spec_json, id_column=id_column, stored=everything, source=source)
         digests = dict(zip(prepared.column("item_id").to_pylist(), prepared.column("input_hash").to_pylist()))
     else:
@@ -569,8 +695,9 @@ def plan_inputs(batch: pa.Table, *, spec_json: str, id_column: str, base: str, s
         digests, reads = {}, _ReadLog(None)
         for item_id, cell in zip(ids, cells):
             try:
-                paths = (_image_paths(cell, base, limit) if kind == "image"
-                         else [resolve_uri(media_uri(cell, kind), base)])
+                paths = (
+                    _image_paths(cell, base, limit) if kind == "image" else [resolve_uri(media_uri(cell, kind), base)]
+                )
                 if check.unchanged_by_key(item_id, _key(paths)):
                     digests[item_id] = check.stored_hash(item_id)
                 elif kind == "image":
@@ -590,6 +717,7 @@ def plan_inputs(batch: pa.Table, *, spec_json: str, id_column: str, base: str, s
 
 # -- encode: the actor pool -----------------------------------------------------------------------
 
+
 def _node() -> str:
     import ray
 
@@ -605,8 +733,16 @@ class EncodeBatches:
     failure is the model's, not the data's, and the original error is raised.
     """
 
-    def __init__(self, spec_json: str, fingerprint: str, device: str, cpu_threads: int, run_id: str,
-                 feature: str = "", encode_log: str | None = None):
+    def __init__(
+        self,
+        spec_json: str,
+        fingerprint: str,
+        device: str,
+        cpu_threads: int,
+        run_id: str,
+        feature: str = "",
+        encode_log: str | None = None,
+    ):
         self.spec = _spec(spec_json)
         # An audit of what the actors encode (``itemlens ingest --encode-log DIR``): each actor
         # appends the ids it gave a value to DIR/<feature>.<run>.encoded.<node>-<pid>.log, as it
@@ -614,7 +750,7 @@ class EncodeBatches:
         self.encode_log = None
         if encode_log:
             name = f"{feature or fingerprint}.{run_id}.encoded.{_node()}-{os.getpid()}.log"
-            os.makedirs(encode_log, exist_ok=True)          # on this actor's node
+            os.makedirs(encode_log, exist_ok=True)  # on this actor's node
             self.encode_log = os.path.join(encode_log, name)
         self.fingerprint = fingerprint
         self.device = device
@@ -622,7 +758,7 @@ class EncodeBatches:
         self.run_id = run_id
         self.kind = self.spec.input.kind
         self.encoder: Encoder = build_encoder(self.spec)
-        self.output = self.encoder.output_kind           # "vector" or "caption"
+        self.output = self.encoder.output_kind  # "vector" or "caption"
         self.dtype = np.float16 if self.spec.dtype == "float16" else np.float32
         self.schema: pa.Schema | None = None
 
@@ -646,7 +782,7 @@ class EncodeBatches:
             texts = batch.column("text").to_pylist()
             inputs = [texts[i] for i in todo]
             results = self._isolating(inputs, self.encoder.encode_texts, canary="itemlens self-check")
-        elif self.output == "caption":     # a captioner's prepared items arrive as processor payloads
+        elif self.output == "caption":  # a captioner's prepared items arrive as processor payloads
             from itemlens.extractors.encoders.caption_inputs import VisionPayload
 
             column = batch.column("payload")
@@ -657,7 +793,7 @@ class EncodeBatches:
             inputs = [self._waveform(batch, i) for i in todo]
             canary = np.zeros((inputs[0].shape[0], 1600), np.float32) if inputs else None
             results = self._isolating(inputs, self._encode_audio_items, canary=canary)
-        else:   # images and video frames arrive as pixels
+        else:  # images and video frames arrive as pixels
             inputs = [self._pixels(batch, i) for i in todo]
             canary = np.zeros((1, *inputs[0].shape[1:]), np.float32) if inputs else None
             results = self._isolating(inputs, self._encode_items, canary=canary)
@@ -724,10 +860,12 @@ class EncodeBatches:
         n = batch.num_rows
         missing = np.array([v is None for v in values], dtype=bool)
         counts = {}
-        if self.output == "caption":    # (Caption, pictures) per item: the text, its token counts, the pictures read
+        if self.output == "caption":  # (Caption, pictures) per item: the text, its token counts, the pictures read
             value_array = pa.array([None if v is None else v[0].text for v in values], pa.string())
-            counts = {name: pa.array([None if v is None else getattr(v[0], name) for v in values], pa.int32())
-                      for name in ("vision_tokens", "generated_tokens")}
+            counts = {
+                name: pa.array([None if v is None else getattr(v[0], name) for v in values], pa.int32())
+                for name in ("vision_tokens", "generated_tokens")
+            }
         elif self.spec.pooling == "mean":
             matrix = np.zeros((n, self.dim), self.dtype)
             for i, v in enumerate(values):
@@ -738,25 +876,38 @@ class EncodeBatches:
         else:
             value_array = pa.array(
                 [None if v is None else np.asarray(v, self.dtype).tolist() for v in values],
-                self.schema.field("vectors").type)
+                self.schema.field("vectors").type,
+            )
         # inputs behind each value: images or frames pooled, or read by a caption; 1 for a text or an audio clip
         if self.output == "caption":
             parts = np.array([0 if v is None else v[1] for v in values], np.int32)
         else:
-            parts = (batch.column("n_parts").to_numpy().astype(np.int32)
-                     if "n_parts" in batch.column_names else np.ones(n, np.int32))
+            parts = (
+                batch.column("n_parts").to_numpy().astype(np.int32)
+                if "n_parts" in batch.column_names
+                else np.ones(n, np.int32)
+            )
         return staging_rows(
-            self.schema, batch.column("item_id"), value_array, n_parts=np.where(missing, 0, parts),
+            self.schema,
+            batch.column("item_id"),
+            value_array,
+            n_parts=np.where(missing, 0, parts),
             input_hash=batch.column("input_hash"),
             media_key=batch.column("media_key") if "media_key" in batch.column_names else None,
-            fingerprint=self.fingerprint, run_id=self.run_id,
-            error_stage=pa.array(stages, pa.string()), error_reason=pa.array(reasons, pa.string()), **counts)
+            fingerprint=self.fingerprint,
+            run_id=self.run_id,
+            error_stage=pa.array(stages, pa.string()),
+            error_reason=pa.array(reasons, pa.string()),
+            **counts,
+        )
 
 
 # -- write: CPU tasks ---------------------------------------------------------------------------
 
-def write_fragments(batch: pa.Table, *, uri: str, storage_options: dict | None = None,
-                    value_column: str | None = None) -> pa.Table:
+
+def write_fragments(
+    batch: pa.Table, *, uri: str, storage_options: dict | None = None, value_column: str | None = None
+) -> pa.Table:
     """Write the batch as Lance data files; return one row of metadata per fragment."""
     fragments = lance_io.write_fragments(batch, uri, storage_options)
     errors = 0
@@ -764,15 +915,20 @@ def write_fragments(batch: pa.Table, *, uri: str, storage_options: dict | None =
     if value_column is not None:
         errors = batch.num_rows - batch.column("error_stage").null_count
         vtype = batch.schema.field(value_column).type
-        if not pa.types.is_string(vtype):         # captions have no dimension
+        if not pa.types.is_string(vtype):  # captions have no dimension
             dim = (vtype.value_type if pa.types.is_list(vtype) else vtype).list_size
     n = len(fragments)
-    tokens = {name: (pc.sum(batch.column(name)).as_py() or 0) if name in batch.column_names else 0
-              for name in ("vision_tokens", "generated_tokens")}
-    return pa.table({
-        "fragment": fragments,
-        "rows": [batch.num_rows] + [0] * (n - 1) if n else [],
-        "errors": [errors] + [0] * (n - 1) if n else [],
-        "dim": [dim] * n,
-        **{name: [count] + [0] * (n - 1) if n else [] for name, count in tokens.items()},
-    }, schema=WRITTEN_SCHEMA)
+    tokens = {
+        name: (pc.sum(batch.column(name)).as_py() or 0) if name in batch.column_names else 0
+        for name in ("vision_tokens", "generated_tokens")
+    }
+    return pa.table(
+        {
+            "fragment": fragments,
+            "rows": [batch.num_rows] + [0] * (n - 1) if n else [],
+            "errors": [errors] + [0] * (n - 1) if n else [],
+            "dim": [dim] * n,
+            **{name: [count] + [0] * (n - 1) if n else [] for name, count in tokens.items()},
+        },
+        schema=WRITTEN_SCHEMA,
+    )

@@ -68,8 +68,11 @@ class AudioSpec(HubModelSpec):
 
     encoder: Literal["audio"]
     window_seconds: float | None = Field(
-        None, gt=0, description="window length; longer clips are cut into windows and pooled (default: the "
-                                "model's own, 10 s for CLAP, 30 s otherwise)")
+        None,
+        gt=0,
+        description="window length; longer clips are cut into windows and pooled (default: the "
+        "model's own, 10 s for CLAP, 30 s otherwise)",
+    )
 
 
 class AudioEncoder(Encoder):
@@ -89,16 +92,19 @@ class AudioEncoder(Encoder):
             path = folder / name
             if not path.is_file():
                 raise WeightsNotFoundError(
-                    f"{folder.resolve()} is not a transformers audio model folder: it has no {name}")
+                    f"{folder.resolve()} is not a transformers audio model folder: it has no {name}"
+                )
         else:
             from huggingface_hub import hf_hub_download
 
             try:
-                path = Path(hf_hub_download(self.spec.model, name, revision=self.spec.revision,
-                                            local_files_only=hub_offline()))
+                path = Path(
+                    hf_hub_download(self.spec.model, name, revision=self.spec.revision, local_files_only=hub_offline())
+                )
             except Exception as exc:  # offline cache miss, network error, no such repo or file
-                raise missing_hub_weights(f"audio model {self.spec.model!r}", self.spec.model, [name],
-                                          self.spec.revision) from exc
+                raise missing_hub_weights(
+                    f"audio model {self.spec.model!r}", self.spec.model, [name], self.spec.revision
+                ) from exc
         try:
             return json.loads(path.read_text())
         except (OSError, ValueError) as exc:
@@ -110,7 +116,8 @@ class AudioEncoder(Encoder):
         if model_type not in _CLAP_TYPES | _WAVEFORM_TYPES:
             raise ConfigError(
                 f"encoder 'audio' does not support model type {model_type!r} ({self.spec.model}); it takes CLAP "
-                f"(clap) and waveform speech encoders ({', '.join(sorted(_WAVEFORM_TYPES))})")
+                f"(clap) and waveform speech encoders ({', '.join(sorted(_WAVEFORM_TYPES))})"
+            )
         return model_type
 
     @property
@@ -122,9 +129,14 @@ class AudioEncoder(Encoder):
         return self.files.identity()
 
     def check_weights(self) -> None:
-        self.files.require([_CONFIG], [_PREPROCESSOR], _WEIGHTS, hub_groups=[[_CONFIG], [_PREPROCESSOR]],
-                           kind="transformers audio model")
-        self.audio_format()   # the model type and window are checked too, before any work
+        self.files.require(
+            [_CONFIG],
+            [_PREPROCESSOR],
+            _WEIGHTS,
+            hub_groups=[[_CONFIG], [_PREPROCESSOR]],
+            kind="transformers audio model",
+        )
+        self.audio_format()  # the model type and window are checked too, before any work
 
     # -- CPU side -----------------------------------------------------------------------
     def audio_format(self) -> AudioFormat:
@@ -144,7 +156,8 @@ class AudioEncoder(Encoder):
             if window is not None and round(window * rate) > round(longest * rate):
                 raise ConfigError(
                     f"window_seconds {window} is longer than CLAP's {longest:g} s input ({self.spec.model}); "
-                    "its feature extractor would crop a random part of each window")
+                    "its feature extractor would crop a random part of each window"
+                )
             window = window or longest
         return AudioFormat(sample_rate=rate, channels=1, window_seconds=window or _DEFAULT_WINDOW_SECONDS)
 
@@ -165,15 +178,19 @@ class AudioEncoder(Encoder):
         if not hasattr(model, needed):
             raise ConfigError(f"{self.spec.model}: {type(model).__name__} has no {needed}; not a supported audio model")
         if extractor.sampling_rate != self.audio_format().sample_rate:
-            raise ConfigError(f"{self.spec.model}: feature extractor rate {extractor.sampling_rate} Hz differs "
-                              f"from {_PREPROCESSOR}'s {self.audio_format().sample_rate} Hz")
+            raise ConfigError(
+                f"{self.spec.model}: feature extractor rate {extractor.sampling_rate} Hz differs "
+                f"from {_PREPROCESSOR}'s {self.audio_format().sample_rate} Hz"
+            )
         self.extractor = extractor
         self.model = model.to(device).eval()
         # Padded batches are safe only with an attention mask that the whole model honours;
         # group norm in the conv stack normalizes over time, padding included.
-        self.masked = (self._model_type in _PADDING_SAFE_TYPES
-                       and bool(getattr(extractor, "return_attention_mask", False))
-                       and getattr(model.config, "feat_extract_norm", "layer") != "group")
+        self.masked = (
+            self._model_type in _PADDING_SAFE_TYPES
+            and bool(getattr(extractor, "return_attention_mask", False))
+            and getattr(model.config, "feat_extract_norm", "layer") != "group"
+        )
         if not self.is_clap:
             self.min_samples = self._shortest_input()
 
@@ -202,8 +219,10 @@ class AudioEncoder(Encoder):
             if clip.ndim != 2 or clip.shape[0] != fmt.channels:
                 raise ValueError(f"audio clips must be float32 [{fmt.channels}, samples]; got shape {clip.shape}")
             if not 0 < clip.shape[1] <= fmt.window_samples:
-                raise ValueError(f"audio clips must hold 1 to {fmt.window_samples} samples (one window; cut longer "
-                                 f"ones with audio_windows); got {clip.shape[1]}")
+                raise ValueError(
+                    f"audio clips must hold 1 to {fmt.window_samples} samples (one window; cut longer "
+                    f"ones with audio_windows); got {clip.shape[1]}"
+                )
             waves.append(clip[0])
         if not waves:
             return np.zeros((0, self.dim), np.float32)
@@ -224,7 +243,7 @@ class AudioEncoder(Encoder):
         order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
         if self.masked:
             batches = [order]
-        else:   # equal lengths only: no padding at all
+        else:  # equal lengths only: no padding at all
             batches, last = [], None
             for i in order:
                 if len(waves[i]) != last:
@@ -240,14 +259,20 @@ class AudioEncoder(Encoder):
         """Mean of last_hidden_state over each clip's real frames."""
         import torch
 
-        inputs = self.extractor(waves, sampling_rate=self.extractor.sampling_rate, return_tensors="pt",
-                                padding=True, return_attention_mask=self.masked)
+        inputs = self.extractor(
+            waves,
+            sampling_rate=self.extractor.sampling_rate,
+            return_tensors="pt",
+            padding=True,
+            return_attention_mask=self.masked,
+        )
         values = inputs["input_values"].to(self.device, torch.float32)
         mask = inputs["attention_mask"].to(self.device) if self.masked else None
         with torch.inference_mode(), autocast(self.device, self.spec.precision):
             states = self.model(input_values=values, attention_mask=mask).last_hidden_state.float()
             frames = self.model._get_feat_extract_output_lengths(
-                torch.tensor([len(w) for w in waves], device=self.device)).clamp(min=1, max=states.shape[1])
+                torch.tensor([len(w) for w in waves], device=self.device)
+            ).clamp(min=1, max=states.shape[1])
             real = (torch.arange(states.shape[1], device=self.device)[None, :] < frames[:, None]).float()
             pooled = (states * real[..., None]).sum(dim=1) / frames[:, None].float()
         return pooled.cpu().numpy()

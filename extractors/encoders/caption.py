@@ -46,7 +46,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
     from itemlens.extractors.encoders.caption_inputs import (
-        AssembledBatch, Caption, Generated, GenerationSettings, VideoClip, VisionInputs, VisionPayload,
+        AssembledBatch,
+        Caption,
+        Generated,
+        GenerationSettings,
+        VideoClip,
+        VisionInputs,
+        VisionPayload,
     )
 
 DEFAULT_PROMPT = "Describe this product image in one sentence."
@@ -57,8 +63,9 @@ DEFAULT_TOKEN_BUDGET = 32768
 _CONFIG_FILES = ["config.json"]
 _WEIGHT_FILES = ["model.safetensors", "model.safetensors.index.json"]
 #: processor call arguments that itemlens sets itself (processor_options may not)
-_RESERVED_PROCESSOR_OPTIONS = frozenset({"images", "text", "videos", "audio", "return_tensors", "padding",
-                                         "padding_side", "add_special_tokens"})
+_RESERVED_PROCESSOR_OPTIONS = frozenset(
+    {"images", "text", "videos", "audio", "return_tensors", "padding", "padding_side", "add_special_tokens"}
+)
 
 
 class CaptionSpec(HubModelSpec):
@@ -66,29 +73,46 @@ class CaptionSpec(HubModelSpec):
 
     encoder: Literal["caption"]
     prompt: str | None = Field(
-        None, description="the instruction given with the item's pictures (through the chat template when the "
-                          "processor has one); default: " + repr(DEFAULT_PROMPT))
+        None,
+        description="the instruction given with the item's pictures (through the chat template when the "
+        "processor has one); default: " + repr(DEFAULT_PROMPT),
+    )
     max_new_tokens: int | None = Field(None, ge=1, le=4096, description="longest caption, in tokens (default 40)")
     num_beams: int | None = Field(None, ge=1, le=16, description="beam search width (default 1: greedy)")
     images: Literal["first", "all"] | PositiveInt = Field(
-        "first", description="an image column's pictures that go in one prompt: first, all, or at most N (a model "
-                             "that reads one image per prompt takes only first)")
+        "first",
+        description="an image column's pictures that go in one prompt: first, all, or at most N (a model "
+        "that reads one image per prompt takes only first)",
+    )
     video: Literal["auto", "native", "frame_grid"] = Field(
-        "auto", description="a video column: native (the sampled frames with their times through the model's video "
-                            "processor), frame_grid (one picture of the frames) or auto (native where the model takes "
-                            "video, else frame_grid)")
+        "auto",
+        description="a video column: native (the sampled frames with their times through the model's video "
+        "processor), frame_grid (one picture of the frames) or auto (native where the model takes "
+        "video, else frame_grid)",
+    )
     min_pixels: int | None = Field(
-        None, ge=1, description="dynamic-resolution models (Qwen-VL kind): the fewest pixels an image is resized to "
-                                "(default: the processor's own)")
+        None,
+        ge=1,
+        description="dynamic-resolution models (Qwen-VL kind): the fewest pixels an image is resized to "
+        "(default: the processor's own)",
+    )
     max_pixels: int | None = Field(
-        None, ge=1, description="dynamic-resolution models (Qwen-VL kind): the most pixels an image is resized to "
-                                "(default: the processor's own, at most 1003520 = 1280 x 28 x 28)")
+        None,
+        ge=1,
+        description="dynamic-resolution models (Qwen-VL kind): the most pixels an image is resized to "
+        "(default: the processor's own, at most 1003520 = 1280 x 28 x 28)",
+    )
     processor_options: dict[str, Any] = Field(
-        default_factory=dict, description="passed to every processor call, e.g. {images_kwargs: {do_pan_and_scan: "
-                                          "true}} (Gemma 3) or {videos_kwargs: {size: {...}}}")
+        default_factory=dict,
+        description="passed to every processor call, e.g. {images_kwargs: {do_pan_and_scan: "
+        "true}} (Gemma 3) or {videos_kwargs: {size: {...}}}",
+    )
     token_budget: int | None = Field(
-        None, ge=64, description="token slots per generate call: items x (longest prompt + max_new_tokens) "
-                                 f"(default {DEFAULT_TOKEN_BUDGET}); an execution setting, not in the fingerprint")
+        None,
+        ge=64,
+        description="token slots per generate call: items x (longest prompt + max_new_tokens) "
+        f"(default {DEFAULT_TOKEN_BUDGET}); an execution setting, not in the fingerprint",
+    )
 
     #: the token budget only decides how items are batched: captions do not depend on it
     EXECUTION_FIELDS: ClassVar[frozenset[str]] = FeatureSpec.EXECUTION_FIELDS | {"token_budget"}
@@ -126,11 +150,14 @@ class CaptionEncoder(Encoder):
         super().validate_spec(spec)
         # options of the other input kind would be ignored: refused, never silently dropped
         if spec.input.kind == "image" and spec.video != "auto":
-            raise ConfigError(f"video: {spec.video} applies to a video input; this feature reads images "
-                              f"({spec.input.image!r})")
+            raise ConfigError(
+                f"video: {spec.video} applies to a video input; this feature reads images ({spec.input.image!r})"
+            )
         if spec.input.kind == "video" and spec.images != "first":
-            raise ConfigError(f"images: {spec.images!r} applies to an image input; this feature reads a video "
-                              f"({spec.input.video!r}): its frames go in as the model takes video (see video:)")
+            raise ConfigError(
+                f"images: {spec.images!r} applies to an image input; this feature reads a video "
+                f"({spec.input.video!r}): its frames go in as the model takes video (see video:)"
+            )
 
     # -- settings -----------------------------------------------------------------------
     @property
@@ -223,21 +250,33 @@ class CaptionEncoder(Encoder):
             raise ConfigError(
                 f"caption model {self.spec.model!r}: min_pixels / max_pixels bound dynamic-resolution image "
                 f"processors (Qwen-VL kind); {type(getattr(processor, 'image_processor', None)).__name__} resizes "
-                "to its own sizes: set its options with processor_options instead")
+                "to its own sizes: set its options with processor_options instead"
+            )
         if own is not None:
             from itemlens.extractors.encoders.caption_inputs import DEFAULT_MAX_PIXELS
 
             high = self.spec.max_pixels if self.spec.max_pixels is not None else min(own[1], DEFAULT_MAX_PIXELS)
             low = self.spec.min_pixels if self.spec.min_pixels is not None else min(own[0], high)
             if low > high:
-                raise ConfigError(f"caption model {self.spec.model!r}: min_pixels {low} is larger than max_pixels "
-                                  f"{high}")
+                raise ConfigError(
+                    f"caption model {self.spec.model!r}: min_pixels {low} is larger than max_pixels {high}"
+                )
             images_kwargs = dict(options.get("images_kwargs") or {})
-            images_kwargs["size"] = {**dict(images_kwargs.get("size") or {}), "shortest_edge": low,
-                                     "longest_edge": high}
+            images_kwargs["size"] = {
+                **dict(images_kwargs.get("size") or {}),
+                "shortest_edge": low,
+                "longest_edge": high,
+            }
             options["images_kwargs"] = images_kwargs
-        return VisionInputs(processor, config, prompt=self.prompt, images=self.spec.images, video=self.spec.video,
-                            processor_kwargs=options, name=self.spec.model)
+        return VisionInputs(
+            processor,
+            config,
+            prompt=self.prompt,
+            images=self.spec.images,
+            video=self.spec.video,
+            processor_kwargs=options,
+            name=self.spec.model,
+        )
 
     def prepare_images(self, images: Sequence[Image.Image | bytes]) -> VisionPayload:
         """One item's images (those :attr:`images_per_item` selects) through the processor with the
@@ -276,7 +315,8 @@ class CaptionEncoder(Encoder):
         inputs = self.inputs
         try:
             model = AutoModelForImageTextToText.from_pretrained(
-                self.files.source, dtype=self._dtype(device), use_safetensors=True, **self.files.options())
+                self.files.source, dtype=self._dtype(device), use_safetensors=True, **self.files.options()
+            )
         except OSError as exc:
             raise self.files.load_error(exc, _CONFIG_FILES + _WEIGHT_FILES) from exc
         except ValueError as exc:
@@ -298,9 +338,15 @@ class CaptionEncoder(Encoder):
         from itemlens.extractors.encoders.caption_inputs import caption_items
 
         self.load()
-        return caption_items(self.inputs, self.model, list(payloads), self.settings, budget=self.token_budget,
-                             max_items=self.spec.resources.batch_size,
-                             generate_fn=lambda model, batch, settings: self.generate(batch, settings))
+        return caption_items(
+            self.inputs,
+            self.model,
+            list(payloads),
+            self.settings,
+            budget=self.token_budget,
+            max_items=self.spec.resources.batch_size,
+            generate_fn=lambda model, batch, settings: self.generate(batch, settings),
+        )
 
     def generate(self, batch: AssembledBatch, settings: GenerationSettings) -> Generated:
         """The one place captions are generated: an assembled batch -> each item's new tokens (to
@@ -318,9 +364,15 @@ class CaptionEncoder(Encoder):
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
-        info.update(model=self.spec.model, revision=self.spec.revision, prompt=self.prompt,
-                    max_new_tokens=self.max_new_tokens, num_beams=self.num_beams,
-                    decoding="greedy" if self.num_beams == 1 else "beam search", token_budget=self.token_budget)
+        info.update(
+            model=self.spec.model,
+            revision=self.spec.revision,
+            prompt=self.prompt,
+            max_new_tokens=self.max_new_tokens,
+            num_beams=self.num_beams,
+            decoding="greedy" if self.num_beams == 1 else "beam search",
+            token_budget=self.token_budget,
+        )
         inputs = self.inputs
         path = inputs.path.describe()
         path["input"] = self.spec.input.kind
@@ -345,7 +397,8 @@ def describe_path(path: dict[str, Any]) -> str:
     if path.get("input") == "video":
         what = f"video: {path.get('video')}"
     else:
-        what = f"images: {path.get('images')}" + ("" if path.get("several images per prompt") else
-                                                   " (one image per prompt)")
+        what = f"images: {path.get('images')}" + (
+            "" if path.get("several images per prompt") else " (one image per prompt)"
+        )
     extra = f", processor options {path['processor options']}" if path.get("processor options") else ""
     return f"{pixels}, {what}{extra}; {path.get('processor')} -> {path.get('architecture')}"

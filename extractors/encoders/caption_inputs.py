@@ -105,13 +105,17 @@ def dynamic_resolution(processor) -> tuple[int, int] | None:
     ``size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}`` with a ``patch_size`` and a
     ``merge_size``); None for processors that resize to sizes of their own."""
     size = dict(getattr(processor, "size", None) or {})
-    if ({"shortest_edge", "longest_edge"} <= size.keys() and getattr(processor, "patch_size", None)
-            and getattr(processor, "merge_size", None)):
+    if (
+        {"shortest_edge", "longest_edge"} <= size.keys()
+        and getattr(processor, "patch_size", None)
+        and getattr(processor, "merge_size", None)
+    ):
         return int(size["shortest_edge"]), int(size["longest_edge"])
     return None
 
 
 # -- inputs ---------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class VideoClip:
@@ -128,11 +132,15 @@ class VideoClip:
     def __post_init__(self):
         frames = self.frames
         if not isinstance(frames, np.ndarray) or frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"frames must be uint8 [F, H, W, 3], got {getattr(frames, 'dtype', type(frames))} "
-                             f"{getattr(frames, 'shape', '')}")
+            raise ValueError(
+                f"frames must be uint8 [F, H, W, 3], got {getattr(frames, 'dtype', type(frames))} "
+                f"{getattr(frames, 'shape', '')}"
+            )
         if len(frames) == 0 or len(self.timestamps) != len(frames):
-            raise ValueError(f"need one timestamp per frame and at least one frame: {len(frames)} frames, "
-                             f"{len(self.timestamps)} timestamps")
+            raise ValueError(
+                f"need one timestamp per frame and at least one frame: {len(frames)} frames, "
+                f"{len(self.timestamps)} timestamps"
+            )
         if any(b < a for a, b in zip(self.timestamps, self.timestamps[1:])):
             raise ValueError(f"timestamps must ascend, got {list(self.timestamps)}")
 
@@ -143,9 +151,14 @@ class VideoClip:
         ``second_per_grid_ts``) are the clip's own, for a variable frame rate too."""
         duration = float(self.duration if self.duration is not None else self.timestamps[-1])
         indices = [int(round(t * _CLOCK_FPS)) for t in self.timestamps]
-        return {"total_num_frames": max(int(round(duration * _CLOCK_FPS)), indices[-1] + 1), "fps": _CLOCK_FPS,
-                "duration": duration, "frames_indices": indices, "height": int(self.frames.shape[1]),
-                "width": int(self.frames.shape[2])}
+        return {
+            "total_num_frames": max(int(round(duration * _CLOCK_FPS)), indices[-1] + 1),
+            "fps": _CLOCK_FPS,
+            "duration": duration,
+            "frames_indices": indices,
+            "height": int(self.frames.shape[1]),
+            "width": int(self.frames.shape[2]),
+        }
 
 
 @dataclass(frozen=True)
@@ -169,12 +182,19 @@ class VisionPath:
 
     def describe(self) -> dict[str, Any]:
         """What ``itemlens show`` prints about the model's vision input."""
-        return {"pixels": self.pixels, "video": self.video, "images": self.images,
-                "several images per prompt": self.several_images, "processor": self.processor,
-                "architecture": self.architecture, "vision tokens": dict(self.probe_tokens)}
+        return {
+            "pixels": self.pixels,
+            "video": self.video,
+            "images": self.images,
+            "several images per prompt": self.several_images,
+            "processor": self.processor,
+            "architecture": self.architecture,
+            "vision tokens": dict(self.probe_tokens),
+        }
 
 
 # -- the payload --------------------------------------------------------------------------------------
+
 
 @dataclass
 class VisionPayload:
@@ -198,20 +218,33 @@ class VisionPayload:
         names = list(self.tensors)
         arrays = [np.ascontiguousarray(self.tensors[n]) for n in names]
         packed = [_narrowed(a) for a in arrays]
-        return {"names": names, "dtypes": [_dtype_name(a) for a in arrays], "stored": [_dtype_name(p) for p in packed],
-                "shapes": [list(a.shape) for a in arrays], "data": [p.tobytes() for p in packed],
-                "vision_tokens": int(self.vision_tokens), "prompt_tokens": int(self.prompt_tokens),
-                "kind": self.kind, "pictures": int(self.pictures)}
+        return {
+            "names": names,
+            "dtypes": [_dtype_name(a) for a in arrays],
+            "stored": [_dtype_name(p) for p in packed],
+            "shapes": [list(a.shape) for a in arrays],
+            "data": [p.tobytes() for p in packed],
+            "vision_tokens": int(self.vision_tokens),
+            "prompt_tokens": int(self.prompt_tokens),
+            "kind": self.kind,
+            "pictures": int(self.pictures),
+        }
 
     @classmethod
     def from_dict(cls, row: Mapping[str, Any]) -> VisionPayload:
         tensors = {}
-        for name, dtype, stored, shape, data in zip(row["names"], row["dtypes"], row["stored"], row["shapes"],
-                                                    row["data"]):
+        for name, dtype, stored, shape, data in zip(
+            row["names"], row["dtypes"], row["stored"], row["shapes"], row["data"]
+        ):
             array = np.frombuffer(data, dtype=_numpy_dtype(stored)).reshape(shape)
             tensors[name] = array if stored == dtype else array.astype(_numpy_dtype(dtype))
-        return cls(tensors=tensors, vision_tokens=int(row["vision_tokens"]), prompt_tokens=int(row["prompt_tokens"]),
-                   kind=row["kind"], pictures=int(row["pictures"]))
+        return cls(
+            tensors=tensors,
+            vision_tokens=int(row["vision_tokens"]),
+            prompt_tokens=int(row["prompt_tokens"]),
+            kind=row["kind"],
+            pictures=int(row["pictures"]),
+        )
 
     @property
     def nbytes(self) -> int:
@@ -222,12 +255,19 @@ def payload_arrow_type() -> pa.DataType:
     """The Arrow type of :meth:`VisionPayload.to_dict` (a struct; one row per item)."""
     import pyarrow as pa
 
-    return pa.struct([
-        ("names", pa.list_(pa.string())), ("dtypes", pa.list_(pa.string())), ("stored", pa.list_(pa.string())),
-        ("shapes", pa.list_(pa.list_(pa.int64()))), ("data", pa.list_(pa.large_binary())),
-        ("vision_tokens", pa.int32()), ("prompt_tokens", pa.int32()), ("kind", pa.string()),
-        ("pictures", pa.int32()),
-    ])
+    return pa.struct(
+        [
+            ("names", pa.list_(pa.string())),
+            ("dtypes", pa.list_(pa.string())),
+            ("stored", pa.list_(pa.string())),
+            ("shapes", pa.list_(pa.list_(pa.int64()))),
+            ("data", pa.list_(pa.large_binary())),
+            ("vision_tokens", pa.int32()),
+            ("prompt_tokens", pa.int32()),
+            ("kind", pa.string()),
+            ("pictures", pa.int32()),
+        ]
+    )
 
 
 def _dtype_name(array: np.ndarray) -> str:
@@ -263,10 +303,11 @@ def _to_torch(array: np.ndarray) -> torch.Tensor:
 
     if array.dtype == np.dtype("V2"):
         return torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16)
-    return torch.from_numpy(np.array(array))     # a copy: payload buffers are read-only
+    return torch.from_numpy(np.array(array))  # a copy: payload buffers are read-only
 
 
 # -- the model's processor on both sides ---------------------------------------------------------------
+
 
 @dataclass
 class AssembledBatch:
@@ -297,8 +338,17 @@ class VisionInputs:
     ``min_pixels`` / ``max_pixels``), ``{"images_kwargs": {"do_pan_and_scan": True}}`` (Gemma 3).
     """
 
-    def __init__(self, processor, config=None, *, prompt: str, images: str | int = "first", video: str = "auto",
-                 processor_kwargs: Mapping[str, Any] | None = None, name: str | None = None):
+    def __init__(
+        self,
+        processor,
+        config=None,
+        *,
+        prompt: str,
+        images: str | int = "first",
+        video: str = "auto",
+        processor_kwargs: Mapping[str, Any] | None = None,
+        name: str | None = None,
+    ):
         self.processor = processor
         self.config = config
         self.prompt = prompt
@@ -306,37 +356,57 @@ class VisionInputs:
         self.processor_kwargs = dict(processor_kwargs or {})
         self._prompts: dict[tuple[int, bool], str] = {}
         if getattr(processor, "tokenizer", None) is None or getattr(processor, "image_processor", None) is None:
-            raise ConfigError(f"caption model {self.name!r}: its processor ({type(processor).__name__}) needs a "
-                              "tokenizer and an image processor")
+            raise ConfigError(
+                f"caption model {self.name!r}: its processor ({type(processor).__name__}) needs a "
+                "tokenizer and an image processor"
+            )
         self.images = _images_choice(images)
         if video not in VIDEO_CHOICES:
             raise ConfigError(f"video must be one of {', '.join(VIDEO_CHOICES)}, got {video!r}")
         self.several_images = self._counts_placeholders("image", 2)
-        self.native_video = (getattr(processor, "video_processor", None) is not None
-                             and self._counts_placeholders("video", 1))
+        self.native_video = getattr(processor, "video_processor", None) is not None and self._counts_placeholders(
+            "video", 1
+        )
         if self.images != 1 and not self.several_images:
             raise ConfigError(
                 f"caption model {self.name!r} reads one image per prompt (its processor, "
                 f"{type(processor).__name__}, places no image placeholder per image), so images: {images!r} "
-                "cannot be honoured; use images: first, or a model that takes several images")
+                "cannot be honoured; use images: first, or a model that takes several images"
+            )
         if video == "native" and not self.native_video:
             raise ConfigError(
                 f"caption model {self.name!r} does not take video natively (its processor, "
                 f"{type(processor).__name__}, has no video processor or video placeholder); use video: auto or "
-                "frame_grid to caption a grid of the sampled frames")
+                "frame_grid to caption a grid of the sampled frames"
+            )
         self.video = "native" if self.native_video and video != "frame_grid" else "frame grid"
         self.padded_axes = _PADDED_AXES.get(type(processor).__name__, {})
 
     @classmethod
-    def from_pretrained(cls, source: str, *, prompt: str, images: str | int = "first", video: str = "auto",
-                        processor_kwargs: Mapping[str, Any] | None = None, **load_options) -> VisionInputs:
+    def from_pretrained(
+        cls,
+        source: str,
+        *,
+        prompt: str,
+        images: str | int = "first",
+        video: str = "auto",
+        processor_kwargs: Mapping[str, Any] | None = None,
+        **load_options,
+    ) -> VisionInputs:
         """``AutoProcessor`` and ``AutoConfig`` of a local folder or hub id (no weights)."""
         from transformers import AutoConfig, AutoProcessor
 
         processor = AutoProcessor.from_pretrained(source, **load_options)
         config = AutoConfig.from_pretrained(source, **load_options)
-        return cls(processor, config, prompt=prompt, images=images, video=video, processor_kwargs=processor_kwargs,
-                   name=str(source))
+        return cls(
+            processor,
+            config,
+            prompt=prompt,
+            images=images,
+            video=video,
+            processor_kwargs=processor_kwargs,
+            name=str(source),
+        )
 
     # -- the prompt ---------------------------------------------------------------------------------
     @property
@@ -355,7 +425,8 @@ class VisionInputs:
                 content = [{"type": "image"}] * images + ([{"type": "video"}] if video else [])
                 messages = [{"role": "user", "content": [*content, {"type": "text", "text": self.prompt}]}]
                 self._prompts[key] = self.processor.apply_chat_template(
-                    messages, add_generation_prompt=True, tokenize=False)
+                    messages, add_generation_prompt=True, tokenize=False
+                )
         return self._prompts[key]
 
     def _counts_placeholders(self, kind: str, n: int) -> bool:
@@ -390,8 +461,10 @@ class VisionInputs:
         try:
             payloads = [self.prepare([image]) for image in probes]
         except ItemError as error:
-            raise ConfigError(f"caption model {self.name!r}: its processor fails on a probe image "
-                              f"({', '.join(f'{h}x{w}' for h, w in _PROBE_SIZES)}): {error.reason}") from None
+            raise ConfigError(
+                f"caption model {self.name!r}: its processor fails on a probe image "
+                f"({', '.join(f'{h}x{w}' for h, w in _PROBE_SIZES)}): {error.reason}"
+            ) from None
         pixels = [p.tensors["pixel_values"].shape if "pixel_values" in p.tensors else None for p in payloads]
         if pixels[0] is not None and len(pixels[0]) == 2:
             layout = "patches"
@@ -402,9 +475,14 @@ class VisionInputs:
         self.verify_assembly(probes)
         architectures = getattr(self.config, "architectures", None) or [None]
         return VisionPath(
-            processor=type(self.processor).__name__, architecture=architectures[0], pixels=layout, video=self.video,
-            several_images=self.several_images, images=self.images_label,
-            probe_tokens={f"{h}x{w}": p.vision_tokens for (h, w), p in zip(_PROBE_SIZES, payloads)})
+            processor=type(self.processor).__name__,
+            architecture=architectures[0],
+            pixels=layout,
+            video=self.video,
+            several_images=self.several_images,
+            images=self.images_label,
+            probe_tokens={f"{h}x{w}": p.vision_tokens for (h, w), p in zip(_PROBE_SIZES, payloads)},
+        )
 
     # -- sizes ---------------------------------------------------------------------------------------
     @property
@@ -436,10 +514,15 @@ class VisionInputs:
             from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
             try:
-                h, w = smart_resize(height, width, processor.patch_size * processor.merge_size,
-                                    min_pixels=bounds[0], max_pixels=bounds[1])
+                h, w = smart_resize(
+                    height,
+                    width,
+                    processor.patch_size * processor.merge_size,
+                    min_pixels=bounds[0],
+                    max_pixels=bounds[1],
+                )
             except ValueError:
-                return None     # an aspect ratio the processor refuses itself: the item's error there
+                return None  # an aspect ratio the processor refuses itself: the item's error there
             return w, h
         pinpoints = getattr(processor, "image_grid_pinpoints", None)
         if pinpoints and not video:
@@ -463,7 +546,7 @@ class VisionInputs:
 
     def select_images(self, images: Sequence) -> list:
         """The images of an item that go in: the first, all, or the first N."""
-        return list(images[:self.images]) if self.images is not None else list(images)
+        return list(images[: self.images]) if self.images is not None else list(images)
 
     def verify_assembly(self, images: Sequence[Image.Image]) -> None:
         """Check that :meth:`assemble` of the images prepared one by one equals the processor's
@@ -481,20 +564,23 @@ class VisionInputs:
             theirs = {k: v for k, v in theirs.items() if isinstance(v, torch.Tensor)}
             ours = self.assemble([payloads[i] for i in members]).inputs
             if ours.keys() != theirs.keys():
-                raise ConfigError(f"caption model {self.name!r}: its processor's batch holds {sorted(theirs)}, the "
-                                  f"assembled one {sorted(ours)}")
+                raise ConfigError(
+                    f"caption model {self.name!r}: its processor's batch holds {sorted(theirs)}, the "
+                    f"assembled one {sorted(ours)}"
+                )
             for key, value in theirs.items():
                 if ours[key].shape != value.shape or not torch.equal(ours[key], value):
                     raise ConfigError(
                         f"caption model {self.name!r}: batches of its processor ({type(self.processor).__name__}) "
                         f"cannot be assembled from items prepared one by one ({key!r} differs: "
-                        f"{tuple(value.shape)} from the processor, {tuple(ours[key].shape)} assembled)")
+                        f"{tuple(value.shape)} from the processor, {tuple(ours[key].shape)} assembled)"
+                    )
 
     # -- CPU side -----------------------------------------------------------------------------------
     def _call(self, images: list | None, text: list[str], videos: list | None = None, **extra) -> dict[str, Any]:
         kwargs = {**self.processor_kwargs, **extra, **self._text_kwargs(text[0])}
         if self.tokenizer.padding_side != "left":
-            self.tokenizer.padding_side = "left"      # the processor's own batches, as generation needs them
+            self.tokenizer.padding_side = "left"  # the processor's own batches, as generation needs them
         inputs = self.processor(images=images, text=text, videos=videos, padding=True, return_tensors="pt", **kwargs)
         return dict(inputs)
 
@@ -521,10 +607,14 @@ class VisionInputs:
             grid = frame_grid(clip.frames)
             outputs = self._processed(lambda: self._call([[grid]], [self.prompt_text(images=1)]))
             return self._payload(outputs, kind="frame grid", pictures=len(clip.frames))
-        videos_kwargs = {**self.processor_kwargs.get("videos_kwargs", {}), "video_metadata": [clip.metadata()],
-                         "do_sample_frames": False}
+        videos_kwargs = {
+            **self.processor_kwargs.get("videos_kwargs", {}),
+            "video_metadata": [clip.metadata()],
+            "do_sample_frames": False,
+        }
         outputs = self._processed(
-            lambda: self._call(None, [self.prompt_text(video=True)], videos=[clip.frames], videos_kwargs=videos_kwargs))
+            lambda: self._call(None, [self.prompt_text(video=True)], videos=[clip.frames], videos_kwargs=videos_kwargs)
+        )
         return self._payload(outputs, kind="video", pictures=len(clip.frames))
 
     @staticmethod
@@ -540,8 +630,13 @@ class VisionInputs:
     def _payload(self, outputs: dict[str, Any], *, kind: str, pictures: int) -> VisionPayload:
         tensors = {k: _to_numpy(v) for k, v in outputs.items() if v is not None}
         length = int(tensors["input_ids"].shape[-1])
-        return VisionPayload(tensors=tensors, vision_tokens=length - self._text_only_tokens, prompt_tokens=length,
-                             kind=kind, pictures=pictures)
+        return VisionPayload(
+            tensors=tensors,
+            vision_tokens=length - self._text_only_tokens,
+            prompt_tokens=length,
+            kind=kind,
+            pictures=pictures,
+        )
 
     # -- accelerator side ---------------------------------------------------------------------------
     def batch_key(self, payload: VisionPayload) -> Hashable:
@@ -553,8 +648,9 @@ class VisionInputs:
                 parts.append((name, array.ndim))
             else:
                 padded = self.padded_axes.get(name, ())
-                parts.append((name, tuple(-1 if axis in padded else size for axis, size in enumerate(array.shape)
-                                          if axis > 0)))
+                parts.append(
+                    (name, tuple(-1 if axis in padded else size for axis, size in enumerate(array.shape) if axis > 0))
+                )
         return tuple(parts)
 
     def assemble(self, payloads: Sequence[VisionPayload]) -> AssembledBatch:
@@ -564,8 +660,10 @@ class VisionInputs:
             raise ValueError("assemble needs at least one item")
         keys = {self.batch_key(p) for p in payloads}
         if len(keys) > 1:
-            raise ValueError("these items cannot share a batch (their outputs differ in shape: "
-                             f"{sorted(map(str, keys))}); cut batches with plan_batches(..., keys=[batch_key(p) ...])")
+            raise ValueError(
+                "these items cannot share a batch (their outputs differ in shape: "
+                f"{sorted(map(str, keys))}); cut batches with plan_batches(..., keys=[batch_key(p) ...])"
+            )
         length = max(p.prompt_tokens for p in payloads)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         inputs: dict[str, torch.Tensor] = {}
@@ -577,11 +675,16 @@ class VisionInputs:
             elif name in self.padded_axes:
                 axes = self.padded_axes[name]
                 target = [max(a.shape[axis] for a in arrays) for axis in range(arrays[0].ndim)]
-                arrays = [np.pad(a, [(0, target[axis] - a.shape[axis] if axis in axes else 0)
-                                     for axis in range(a.ndim)]) for a in arrays]
+                arrays = [
+                    np.pad(a, [(0, target[axis] - a.shape[axis] if axis in axes else 0) for axis in range(a.ndim)])
+                    for a in arrays
+                ]
             inputs[name] = _to_torch(np.concatenate(arrays, axis=0))
-        return AssembledBatch(inputs=inputs, vision_tokens=[p.vision_tokens for p in payloads],
-                              prompt_tokens=[p.prompt_tokens for p in payloads])
+        return AssembledBatch(
+            inputs=inputs,
+            vision_tokens=[p.vision_tokens for p in payloads],
+            prompt_tokens=[p.prompt_tokens for p in payloads],
+        )
 
     def decode(self, tokens: Sequence[Sequence[int]]) -> list[str]:
         """Captions from generated tokens (special tokens dropped, whitespace stripped)."""
@@ -615,6 +718,7 @@ def _probe_pixels(height: int, width: int) -> np.ndarray:
 
 # -- generation ---------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class GenerationSettings:
     """How captions are generated: greedy (``num_beams`` 1) or beam search, at most
@@ -640,13 +744,16 @@ def generate(model, batch: AssembledBatch, settings: GenerationSettings = Genera
     model's dtype, as ``BatchFeature.to(device, dtype)`` does."""
     import torch
 
-    inputs = {k: v.to(model.device, dtype=model.dtype) if torch.is_floating_point(v) else v.to(model.device)
-              for k, v in batch.inputs.items()}
+    inputs = {
+        k: v.to(model.device, dtype=model.dtype) if torch.is_floating_point(v) else v.to(model.device)
+        for k, v in batch.inputs.items()
+    }
     with torch.inference_mode():
-        out = model.generate(**inputs, max_new_tokens=settings.max_new_tokens, num_beams=settings.num_beams,
-                             do_sample=False)
+        out = model.generate(
+            **inputs, max_new_tokens=settings.max_new_tokens, num_beams=settings.num_beams, do_sample=False
+        )
     if not getattr(model.config.get_text_config(), "is_encoder_decoder", False):
-        out = out[:, inputs["input_ids"].shape[1]:]    # a decoder-only model returns the prompt first
+        out = out[:, inputs["input_ids"].shape[1] :]  # a decoder-only model returns the prompt first
     stop = _eos_ids(model)
     tokens = []
     for row in out.cpu().tolist():
@@ -665,23 +772,36 @@ class Caption:
     generated_tokens: int
 
 
-def caption_items(inputs: VisionInputs, model, payloads: Sequence[VisionPayload],
-                  settings: GenerationSettings = GenerationSettings(), *, budget: int | None = None,
-                  max_items: int | None = None, generate_fn=None) -> list[Caption]:
+def caption_items(
+    inputs: VisionInputs,
+    model,
+    payloads: Sequence[VisionPayload],
+    settings: GenerationSettings = GenerationSettings(),
+    *,
+    budget: int | None = None,
+    max_items: int | None = None,
+    generate_fn=None,
+) -> list[Caption]:
     """The actor's whole job for a block of prepared items: cut them into batches
     (:func:`plan_batches`: by vision tokens, under ``budget`` token slots, items that cannot
     share a batch apart), assemble and generate each batch, decode; captions in the order of
     ``payloads``. ``generate_fn(model, batch, settings) -> Generated`` replaces :func:`generate`
     (a serving engine)."""
     generate_fn = generate_fn or generate
-    batches = plan_batches([p.vision_tokens for p in payloads], [p.prompt_tokens for p in payloads],
-                           budget=budget if budget is not None else 2**62, max_new_tokens=settings.max_new_tokens,
-                           keys=[inputs.batch_key(p) for p in payloads], max_items=max_items)
+    batches = plan_batches(
+        [p.vision_tokens for p in payloads],
+        [p.prompt_tokens for p in payloads],
+        budget=budget if budget is not None else 2**62,
+        max_new_tokens=settings.max_new_tokens,
+        keys=[inputs.batch_key(p) for p in payloads],
+        max_items=max_items,
+    )
     captions: list[Caption | None] = [None] * len(payloads)
     for members in batches:
         out = generate_fn(model, inputs.assemble([payloads[i] for i in members]), settings)
-        for i, tokens, text, vision, generated in zip(members, out.tokens, inputs.decode(out.tokens),
-                                                      out.vision_tokens, out.generated_tokens):
+        for i, tokens, text, vision, generated in zip(
+            members, out.tokens, inputs.decode(out.tokens), out.vision_tokens, out.generated_tokens
+        ):
             captions[i] = Caption(text=text, tokens=tokens, vision_tokens=vision, generated_tokens=generated)
     return captions
 
@@ -693,8 +813,16 @@ def _eos_ids(model) -> set[int]:
 
 # -- batching -------------------------------------------------------------------------------------------
 
-def plan_batches(vision_tokens: Sequence[int], prompt_tokens: Sequence[int], *, budget: int, max_new_tokens: int,
-                 keys: Sequence[Hashable] | None = None, max_items: int | None = None) -> list[list[int]]:
+
+def plan_batches(
+    vision_tokens: Sequence[int],
+    prompt_tokens: Sequence[int],
+    *,
+    budget: int,
+    max_new_tokens: int,
+    keys: Sequence[Hashable] | None = None,
+    max_items: int | None = None,
+) -> list[list[int]]:
     """Cut items into batches under a token budget: indices grouped by ``keys`` (items of
     different keys never share a batch), ordered by vision tokens (then prompt tokens), and a
     batch closed when one more item would make ``items x (longest prompt + max_new_tokens)``,

@@ -52,8 +52,12 @@ from itemlens.extractors.weights import ModelFiles
 
 _CONFIG_FILES = ["config.json"]
 # What AutoModel reads weights from, preferred first.
-_WEIGHT_FILES = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                 "pytorch_model.bin.index.json"]
+_WEIGHT_FILES = [
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+]
 # Default truncation when the spec gives none: most tokenizers say 512 or more (or a huge
 # "no limit" sentinel), and longer sequences cost quadratic attention for little gain on
 # catalog text.
@@ -66,9 +70,11 @@ class HFTextSpec(HubModelSpec):
     encoder: Literal["hf-text"]
     max_seq_length: int | None = Field(None, ge=1, description="truncation, in tokens (default: the model's)")
     token_pooling: Literal["mean", "last_token", "cls"] | None = Field(
-        None, description="how token states become one vector (default mean; last_token for LLM embedders)")
+        None, description="how token states become one vector (default mean; last_token for LLM embedders)"
+    )
     instruction: str | None = Field(
-        None, description="prefixed to every text (instruction-tuned embedders, e.g. 'query: ')")
+        None, description="prefixed to every text (instruction-tuned embedders, e.g. 'query: ')"
+    )
 
 
 class HFTextEncoder(Encoder):
@@ -114,12 +120,13 @@ class HFTextEncoder(Encoder):
             shown = ", ".join(sorted(missing)[:5]) + (", ..." if len(missing) > 5 else "")
             raise WeightsNotFoundError(
                 f"{source}: the checkpoint has no weights for {len(missing)} parameters of "
-                f"{type(model).__name__} ({shown}); itemlens never encodes with random weights")
+                f"{type(model).__name__} ({shown}); itemlens never encodes with random weights"
+            )
 
         if tokenizer.pad_token is None:
             if tokenizer.eos_token is None:
                 raise ConfigError(f"the tokenizer of {source} has neither a pad token nor an EOS token to pad with")
-            tokenizer.pad_token = tokenizer.eos_token   # padding is told apart by the attention mask
+            tokenizer.pad_token = tokenizer.eos_token  # padding is told apart by the attention mask
 
         max_tokens = self.spec.max_seq_length
         if max_tokens is None:
@@ -189,14 +196,14 @@ class HFTextEncoder(Encoder):
             # some models, e.g. RoBERTa, count positions from an offset of their own).
             batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
         states = self.model(**batch).last_hidden_state.float()
-        states = states.masked_fill(~mask.unsqueeze(-1), 0.0)   # padded rows may hold NaN or junk
+        states = states.masked_fill(~mask.unsqueeze(-1), 0.0)  # padded rows may hold NaN or junk
         positions = torch.arange(mask.shape[1], device=mask.device)
         if self.token_pooling == "mean":
             pooled = states.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
         else:
-            if self.token_pooling == "last_token":   # each row's last real token, whichever side is padded
+            if self.token_pooling == "last_token":  # each row's last real token, whichever side is padded
                 index = torch.where(mask, positions, -1).max(1).values
-            else:                                     # cls: each row's first real token
+            else:  # cls: each row's first real token
                 index = torch.where(mask, positions, mask.shape[1]).min(1).values
             pooled = states[torch.arange(states.shape[0], device=states.device), index]
         if self.spec.normalize:
@@ -207,9 +214,14 @@ class HFTextEncoder(Encoder):
         info = super().describe()
         info["token_pooling"] = self.token_pooling
         if hasattr(self, "model"):
-            info.update(model_class=type(self.model).__name__, dim=self.dim, max_seq_length=self.max_seq_length,
-                        padding_side=self.tokenizer.padding_side, appends_eos=self.append_eos,
-                        dtype=str(self._dtype).removeprefix("torch."))
+            info.update(
+                model_class=type(self.model).__name__,
+                dim=self.dim,
+                max_seq_length=self.max_seq_length,
+                padding_side=self.tokenizer.padding_side,
+                appends_eos=self.append_eos,
+                dtype=str(self._dtype).removeprefix("torch."),
+            )
         return info
 
 
@@ -228,7 +240,7 @@ def _model_dtype(device: str, precision: str):
 def _needs_eos(tokenizer) -> bool:
     """True when the tokenizer does not end a sequence with its EOS token by itself."""
     if tokenizer.eos_token_id is None:
-        return False     # nothing to append: the last token of the text is pooled
+        return False  # nothing to append: the last token of the text is pooled
     probe = tokenizer("a", truncation=False)["input_ids"]
     return not probe or probe[-1] != tokenizer.eos_token_id
 

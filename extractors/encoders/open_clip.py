@@ -32,14 +32,19 @@ from itemlens.errors import ConfigError, WeightsNotFoundError
 from itemlens.extractors.base import Encoder, autocast
 from itemlens.extractors.spec import FeatureSpec
 from itemlens.extractors.weights import (
-    cached_hub_file, check_loadable, file_digest, hub_offline, missing_hub_weights, require_local_path,
+    cached_hub_file,
+    check_loadable,
+    file_digest,
+    hub_offline,
+    missing_hub_weights,
+    require_local_path,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _register_model_config(path: str) -> None:
     import open_clip
 
@@ -53,11 +58,14 @@ class OpenClipSpec(FeatureSpec):
     model: str = Field(description="an open_clip architecture name (open_clip.list_models())")
     pretrained: str | None = Field(None, description="open_clip pretrained tag, e.g. laion2b_s34b_b79k")
     checkpoint: str | None = Field(
-        None, description="local weights file (.safetensors, or a .pt checkpoint loaded with weights_only)")
+        None, description="local weights file (.safetensors, or a .pt checkpoint loaded with weights_only)"
+    )
     model_config_file: str | None = Field(
-        None, description="an open_clip architecture JSON to register (its file stem is the model name)")
+        None, description="an open_clip architecture JSON to register (its file stem is the model name)"
+    )
     pooling: Literal["mean", "per_image"] = Field(
-        "mean", description="several images per item: the mean of their vectors (re-normalized), or kept per image")
+        "mean", description="several images per item: the mean of their vectors (re-normalized), or kept per image"
+    )
 
 
 class VideoFramesSpec(OpenClipSpec):
@@ -65,7 +73,8 @@ class VideoFramesSpec(OpenClipSpec):
 
     encoder: Literal["video-frames"]
     pooling: Literal["mean", "per_frame"] = Field(
-        "mean", description="a video's frames: the mean of their vectors (re-normalized), or kept per frame")
+        "mean", description="a video's frames: the mean of their vectors (re-normalized), or kept per frame"
+    )
 
 
 class OpenClipEncoder(Encoder):
@@ -79,12 +88,14 @@ class OpenClipEncoder(Encoder):
         if ":" in spec.model:
             raise ConfigError(
                 f"open-clip model {spec.model!r}: give an architecture name (see open_clip.list_models()) "
-                "with `pretrained:` (a tag) or `checkpoint:` (a local file), not a schema prefix")
+                "with `pretrained:` (a tag) or `checkpoint:` (a local file), not a schema prefix"
+            )
         if (spec.pretrained is None) == (spec.checkpoint is None):
             raise ConfigError(
                 f"open-clip feature with model {spec.model!r} needs exactly one of `pretrained:` (an open_clip "
                 "tag such as laion2b_s34b_b79k) or `checkpoint:` (a local weights file); itemlens never "
-                "encodes with random weights")
+                "encodes with random weights"
+            )
 
     # -- architecture and identity ------------------------------------------------------
     def _model_config(self) -> dict[str, Any]:
@@ -95,7 +106,8 @@ class OpenClipEncoder(Encoder):
             if path.stem != self.spec.model:
                 raise ConfigError(
                     f"model_config_file {path} defines model {path.stem!r}, but the spec's model is "
-                    f"{self.spec.model!r}; open_clip names a model after its config file")
+                    f"{self.spec.model!r}; open_clip names a model after its config file"
+                )
             _register_model_config(str(path.resolve()))
         config = open_clip.get_model_config(self.spec.model)
         if config is None:
@@ -103,7 +115,8 @@ class OpenClipEncoder(Encoder):
             raise ConfigError(
                 f"open_clip has no model {self.spec.model!r}"
                 + (f"; close names: {', '.join(close)}" if close else "")
-                + " (all: open_clip.list_models(); a custom one needs model_config_file)")
+                + " (all: open_clip.list_models(); a custom one needs model_config_file)"
+            )
         return config
 
     def _pretrained_cfg(self) -> dict[str, Any]:
@@ -114,7 +127,8 @@ class OpenClipEncoder(Encoder):
             tags = open_clip.list_pretrained_tags_by_model(self.spec.model)
             raise ConfigError(
                 f"open_clip has no pretrained tag {self.spec.pretrained!r} for {self.spec.model!r}; "
-                f"its tags: {', '.join(tags) or '(none: use checkpoint:)'}")
+                f"its tags: {', '.join(tags) or '(none: use checkpoint:)'}"
+            )
         return cfg
 
     def weights_identity(self) -> str:
@@ -144,13 +158,17 @@ class OpenClipEncoder(Encoder):
             if cached_hub_file(repo_id, candidates) is None:
                 raise missing_hub_weights(
                     f"open_clip weights for {self.spec.model} (pretrained={self.spec.pretrained!r})",
-                    repo_id, candidates, None)
+                    repo_id,
+                    candidates,
+                    None,
+                )
         elif cfg.get("url"):
             target = Path("~/.cache/clip").expanduser() / os.path.basename(cfg["url"])
             if not target.is_file():
                 raise WeightsNotFoundError(
                     f"open_clip weights for {self.spec.model} (pretrained={self.spec.pretrained!r}) not found: "
-                    f"looked for {target} (HF_HUB_OFFLINE=1, so nothing was downloaded)")
+                    f"looked for {target} (HF_HUB_OFFLINE=1, so nothing was downloaded)"
+                )
 
     # -- CPU side -----------------------------------------------------------------------
     def preprocess_config(self) -> dict[str, Any]:
@@ -203,7 +221,9 @@ class OpenClipEncoder(Encoder):
         try:
             model = open_clip.create_model(
                 self.spec.model,
-                pretrained=str(Path(self.spec.checkpoint).expanduser()) if self.spec.checkpoint else self.spec.pretrained,
+                pretrained=str(Path(self.spec.checkpoint).expanduser())
+                if self.spec.checkpoint
+                else self.spec.pretrained,
                 device=device,
                 precision="fp32",
                 require_pretrained=True,
@@ -214,7 +234,8 @@ class OpenClipEncoder(Encoder):
                 cfg = self._pretrained_cfg()
                 raise WeightsNotFoundError(
                     f"open_clip weights for {self.spec.model} (pretrained={self.spec.pretrained!r}, "
-                    f"{cfg.get('hf_hub') or cfg.get('url')}) could not be fetched: {exc}") from exc
+                    f"{cfg.get('hf_hub') or cfg.get('url')}) could not be fetched: {exc}"
+                ) from exc
             raise
         model.eval()
         self.model = model

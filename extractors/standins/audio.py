@@ -48,9 +48,11 @@ def write_tiny_speech_encoder(folder: str | os.PathLike, model_type: str, seed: 
     feature extractor, the settings of their large checkpoints."""
     from transformers import AutoConfig, AutoModel, Wav2Vec2FeatureExtractor
 
-    extra = {"wavlm": dict(num_buckets=16, max_bucket_distance=100),
-             "data2vec-audio": dict(num_conv_pos_embeddings=3, conv_pos_kernel_size=5),
-             "wav2vec2-conformer": dict(conv_depthwise_kernel_size=3)}
+    extra = {
+        "wavlm": dict(num_buckets=16, max_bucket_distance=100),
+        "data2vec-audio": dict(num_conv_pos_embeddings=3, conv_pos_kernel_size=5),
+        "wav2vec2-conformer": dict(conv_depthwise_kernel_size=3),
+    }
     if model_type not in extra:
         raise ValueError(f"no tiny stand-in for model type {model_type!r}; known: {', '.join(extra)}")
     config = AutoConfig.for_model(model_type, **{**_speech_sizes(), **extra[model_type]}, feat_extract_norm="layer")
@@ -66,12 +68,27 @@ def write_tiny_clap(folder: str | os.PathLike, seed: int = 0, fusion: bool = Tru
     from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
 
     audio = dict(
-        spec_size=256, num_mel_bins=64, patch_size=4, patch_stride=[4, 4], window_size=8,
-        depths=[1, 1], num_attention_heads=[1, 2], patch_embeds_hidden_size=16, hidden_size=32,
-        mlp_ratio=2.0, enable_fusion=fusion, fusion_type="aff_2d" if fusion else None,
+        spec_size=256,
+        num_mel_bins=64,
+        patch_size=4,
+        patch_stride=[4, 4],
+        window_size=8,
+        depths=[1, 1],
+        num_attention_heads=[1, 2],
+        patch_embeds_hidden_size=16,
+        hidden_size=32,
+        mlp_ratio=2.0,
+        enable_fusion=fusion,
+        fusion_type="aff_2d" if fusion else None,
     )
-    text = dict(vocab_size=128, hidden_size=16, num_hidden_layers=1, num_attention_heads=1,
-                intermediate_size=32, max_position_embeddings=40)
+    text = dict(
+        vocab_size=128,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        intermediate_size=32,
+        max_position_embeddings=40,
+    )
     config = ClapConfig(audio_config=audio, text_config=text, projection_dim=16)
     extractor = ClapFeatureExtractor(truncation="fusion" if fusion else "rand_trunc")
     return _write(folder, seed, lambda: ClapModel(config), extractor)
@@ -83,9 +100,16 @@ def _speech_sizes() -> dict[str, Any]:
     # clip is the real one (25 ms) and a 30 s window is about 1,500 frames, as in the real
     # 7-layer stack.
     return dict(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        conv_dim=(16, 16, 16), conv_stride=(5, 8, 8), conv_kernel=(10, 7, 10),
-        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, vocab_size=32,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16, 16, 16),
+        conv_stride=(5, 8, 8),
+        conv_kernel=(10, 7, 10),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        vocab_size=32,
     )
 
 
@@ -97,13 +121,13 @@ def _write(folder: str | os.PathLike, seed: int, build, extractor) -> Path:
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    tmp.chmod(0o755)   # mkdtemp makes it private; a model folder is not
+    tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is not
     try:
         torch.manual_seed(seed)
-        model = build().eval()   # random init on purpose: this *is* the stand-in
+        model = build().eval()  # random init on purpose: this *is* the stand-in
         model.save_pretrained(tmp)
         extractor.save_pretrained(tmp)
-        if folder.exists():      # an incomplete earlier attempt
+        if folder.exists():  # an incomplete earlier attempt
             shutil.rmtree(folder)
         tmp.replace(folder)
     finally:

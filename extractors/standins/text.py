@@ -25,7 +25,7 @@ from pathlib import Path
 
 #: a folder holding all of these is complete and is kept
 _REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
-INIT_RANGE = 0.5     # see the module docstring
+INIT_RANGE = 0.5  # see the module docstring
 MAX_TOKENS = 512
 
 
@@ -49,11 +49,18 @@ def tiny_llm_tokenizer(vocab_file: str | os.PathLike | None = None):
     backend.decoder = decoders.WordPiece(prefix="##")
     # EOS appended by the tokenizer, as Qwen3-Embedding's does (its state is the embedding).
     backend.post_processor = processors.TemplateProcessing(
-        single="$A [SEP]", pair="$A $B [SEP]", special_tokens=[("[SEP]", backend.token_to_id("[SEP]"))])
+        single="$A [SEP]", pair="$A $B [SEP]", special_tokens=[("[SEP]", backend.token_to_id("[SEP]"))]
+    )
     # No token_type_ids: a decoder takes none.
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="[SEP]", pad_token="[PAD]", unk_token="[UNK]",
-        padding_side="right", model_max_length=MAX_TOKENS, model_input_names=["input_ids", "attention_mask"])
+        tokenizer_object=backend,
+        eos_token="[SEP]",
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        padding_side="right",
+        model_max_length=MAX_TOKENS,
+        model_input_names=["input_ids", "attention_mask"],
+    )
 
 
 def write_tiny_text_llm(folder: str | os.PathLike, seed: int = 0, vocab_file: str | os.PathLike | None = None) -> Path:
@@ -71,11 +78,20 @@ def write_tiny_text_llm(folder: str | os.PathLike, seed: int = 0, vocab_file: st
         return folder
     tokenizer = tiny_llm_tokenizer(vocab_file)
     config = Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=MAX_TOKENS,
-        initializer_range=INIT_RANGE, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True)
-    hf_logging.disable_progress_bar()   # no "Writing model shards" bar for a 4 MB file
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=MAX_TOKENS,
+        initializer_range=INIT_RANGE,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar for a 4 MB file
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(config).eval()  # random init on purpose: this *is* the stand-in
     # Save into a temporary sibling, then rename: a half-written folder is never "complete".

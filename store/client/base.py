@@ -9,18 +9,25 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import pyarrow as pa
+
 from itemlens.errors import (
-    ConfigError, QueryError, SnapshotNotFoundError, UnknownFeatureError, UnknownItemsError,
+    ConfigError,
+    QueryError,
+    SnapshotNotFoundError,
+    UnknownFeatureError,
+    UnknownItemsError,
 )
 from itemlens.store import lance_io
 from itemlens.store.cache import DEFAULT_CACHE_BYTES, TableCache
 from itemlens.store.location import StoreLocation
 from itemlens.store.snapshots import FeatureVersion, SnapshotDoc, list_snapshots, read_doc
+
 if TYPE_CHECKING:  # pragma: no cover
-    from itemlens.store.client.derived import _CodesEntry, _GraphEntry
     from itemlens.extractors.base import Encoder
+    from itemlens.store.client.derived import _CodesEntry, _GraphEntry
 
 
 @dataclass(frozen=True)
@@ -28,22 +35,22 @@ class FeatureInfo:
     """One feature version as the snapshot records it."""
 
     name: str
-    version: str            # "v1", "v2", ...
-    current: bool           # the version that ``name`` alone resolves to
+    version: str  # "v1", "v2", ...
+    current: bool  # the version that ``name`` alone resolves to
     fingerprint: str
-    kind: str               # "vector" or "caption"
+    kind: str  # "vector" or "caption"
     encoder: str
     model: str
     dim: int | None
     dtype: str
     pooling: str
-    count: int              # items with a value
-    errors: int             # items whose input failed (lens.errors(name))
-    absent: int             # items without such an input (lens.absent(name))
+    count: int  # items with a value
+    errors: int  # items whose input failed (lens.errors(name))
+    absent: int  # items without such an input (lens.absent(name))
     note: str | None
     spec: dict[str, Any]
     created_at: str
-    index: dict[str, Any] | None = None     # vector index: kind, params, rows, recall_at_10
+    index: dict[str, Any] | None = None  # vector index: kind, params, rows, recall_at_10
 
     @property
     def qualified(self) -> str:
@@ -56,6 +63,7 @@ OUTPUTS = ("numpy", "torch", "arrow", "pandas")
 def snapshot_guard(method):
     """Reads of a snapshot that a prune removed fail inside Lance ("manifest was not found");
     they become :class:`SnapshotNotFoundError` naming the snapshots that remain."""
+
     @functools.wraps(method)
     def guarded(self, *args, **kwargs):
         try:
@@ -64,6 +72,7 @@ def snapshot_guard(method):
             if not isinstance(exc, (ConfigError, QueryError, UnknownItemsError)):
                 self._raise_if_pruned(exc)
             raise
+
     return guarded
 
 
@@ -81,13 +90,13 @@ class LensBase:
         self._datasets: dict[tuple[str, int], Any] = {}
         self._encoders: dict[str, Encoder] = {}
         self._db = None
-        self._codes: dict[tuple, _CodesEntry] = {}      # semantic IDs: small, held whole
-        self._graphs: dict[tuple, _GraphEntry] = {}       # graphs as read: matrix, item order, id index
+        self._codes: dict[tuple, _CodesEntry] = {}  # semantic IDs: small, held whole
+        self._graphs: dict[tuple, _GraphEntry] = {}  # graphs as read: matrix, item order, id index
         self._reverse: dict[tuple, dict[tuple[int, ...], str]] = {}
         self._pid = os.getpid()
 
     def _here(self) -> None:
-        if self._pid != os.getpid():   # a forked child: the parent's Lance handles are unusable here
+        if self._pid != os.getpid():  # a forked child: the parent's Lance handles are unusable here
             self._open_handles()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -121,7 +130,8 @@ class LensBase:
             raise SnapshotNotFoundError(
                 f"snapshot {self.snapshot} of {self.uri} was pruned while this reader was on it; the store has "
                 f"snapshots {', '.join(map(str, remaining[-10:])) or 'none'}: call refresh() to move to the newest, "
-                "or pin snapshots that readers must keep (itemlens pin)") from exc
+                "or pin snapshots that readers must keep (itemlens pin)"
+            ) from exc
 
     def snapshots(self) -> list[dict[str, Any]]:
         return list_snapshots(self.location)
@@ -138,12 +148,27 @@ class LensBase:
         out = []
         for name, entry in sorted(self.doc.features.items()):
             for label, v in sorted(entry.versions.items(), key=lambda kv: int(kv[0][1:])):
-                out.append(FeatureInfo(
-                    name=name, version=label, current=label == entry.current, fingerprint=v.fingerprint,
-                    kind=v.kind, encoder=v.spec.get("encoder", ""), model=v.spec.get("model", ""), dim=v.dim,
-                    dtype=v.dtype, pooling=v.pooling, count=v.count, errors=v.errors, absent=v.absent,
-                    note=v.spec.get("note"),
-                    spec=v.spec, created_at=v.created_at, index=v.index))
+                out.append(
+                    FeatureInfo(
+                        name=name,
+                        version=label,
+                        current=label == entry.current,
+                        fingerprint=v.fingerprint,
+                        kind=v.kind,
+                        encoder=v.spec.get("encoder", ""),
+                        model=v.spec.get("model", ""),
+                        dim=v.dim,
+                        dtype=v.dtype,
+                        pooling=v.pooling,
+                        count=v.count,
+                        errors=v.errors,
+                        absent=v.absent,
+                        note=v.spec.get("note"),
+                        spec=v.spec,
+                        created_at=v.created_at,
+                        index=v.index,
+                    )
+                )
         return out
 
     def _version(self, name: str) -> FeatureVersion:
@@ -151,7 +176,8 @@ class LensBase:
         if version is None:
             known = ", ".join(f.qualified + (" (current)" if f.current else "") for f in self.features())
             raise UnknownFeatureError(
-                f"snapshot {self.snapshot} of {self.uri} has no feature {name!r}; it has: {known or 'none'}")
+                f"snapshot {self.snapshot} of {self.uri} has no feature {name!r}; it has: {known or 'none'}"
+            )
         return version
 
     def _dataset(self, table: str):
@@ -161,8 +187,9 @@ class LensBase:
             return None
         key = (table, version)
         if key not in self._datasets:
-            self._datasets[key] = lance_io.open_dataset(self.location.table_uri(table), version,
-                                                        self.location.options())
+            self._datasets[key] = lance_io.open_dataset(
+                self.location.table_uri(table), version, self.location.options()
+            )
         return self._datasets[key]
 
 
@@ -175,8 +202,9 @@ def _as_output(values: np.ndarray, ids: list[str], column: str, output: str) -> 
         return torch.from_numpy(values)
     if output == "arrow":
         flat = pa.array(values.reshape(-1))
-        return pa.table({"item_id": pa.array(ids, pa.string()),
-                         column: pa.FixedSizeListArray.from_arrays(flat, values.shape[1])})
+        return pa.table(
+            {"item_id": pa.array(ids, pa.string()), column: pa.FixedSizeListArray.from_arrays(flat, values.shape[1])}
+        )
     if output == "pandas":
         import pandas as pd
 

@@ -8,12 +8,16 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import pyarrow.compute as pc
+
 from itemlens.errors import (
-    UnknownFeatureError, UnknownItemsError,
+    UnknownFeatureError,
+    UnknownItemsError,
 )
 from itemlens.store.snapshots import GraphVersion, SemanticIdVersion
+
 if TYPE_CHECKING:  # pragma: no cover
     pass
 from itemlens.store.client.base import LensBase, _as_ids, _strings, snapshot_guard
@@ -21,20 +25,19 @@ from itemlens.store.client.base import LensBase, _as_ids, _strings, snapshot_gua
 
 @dataclass
 class _GraphEntry:
-    matrix: Any              # scipy.sparse CSR [N, N], rows and columns in item-index order
-    order: list[str]         # item ids in item-index order
-    index: Any               # IdIndex over order: id -> row
+    matrix: Any  # scipy.sparse CSR [N, N], rows and columns in item-index order
+    order: list[str]  # item ids in item-index order
+    index: Any  # IdIndex over order: id -> row
 
 
 @dataclass
 class _CodesEntry:
-    index: Any              # IdIndex over the active rows' item ids
-    values: np.ndarray      # [rows, width] int64
+    index: Any  # IdIndex over the active rows' item ids
+    values: np.ndarray  # [rows, width] int64
     ids: list[str]
 
 
 class Derived(LensBase):
-
     # -- semantic IDs ---------------------------------------------------------------------------
     def semantic_id_info(self, name: str) -> SemanticIdVersion:
         """The semantic-ID version ``name`` resolves to (``"sid"`` current, ``"sid@v1"`` older):
@@ -44,7 +47,8 @@ class Derived(LensBase):
             known = [f"{n}@{v}" for n, e in sorted(self.doc.semantic_ids.items()) for v in e.versions]
             raise UnknownFeatureError(
                 f"snapshot {self.snapshot} of {self.uri} has no semantic IDs {name!r}; it has: "
-                f"{', '.join(known) or 'none'}")
+                f"{', '.join(known) or 'none'}"
+            )
         return version
 
     @snapshot_guard
@@ -60,9 +64,17 @@ class Derived(LensBase):
         found = rows >= 0
         if not found.all() and fill is None:
             missing = list(dict.fromkeys(_strings([i for i, ok in zip(ids, found) if not ok])))
-            raise UnknownItemsError(version.qualified, missing, detail="no semantic ID (no vector for "
-                                    f"every input of {', '.join(version.inputs.values())}, or not in this snapshot)")
-        codes = entry.values[np.where(found, rows, 0)] if len(entry.values) else np.zeros((len(ids), version.width), np.int64)
+            raise UnknownItemsError(
+                version.qualified,
+                missing,
+                detail="no semantic ID (no vector for "
+                f"every input of {', '.join(version.inputs.values())}, or not in this snapshot)",
+            )
+        codes = (
+            entry.values[np.where(found, rows, 0)]
+            if len(entry.values)
+            else np.zeros((len(ids), version.width), np.int64)
+        )
         if not found.all():
             codes[~found] = fill
         return codes
@@ -89,8 +101,10 @@ class Derived(LensBase):
                 unknown.append(row)
             out.append(item)
         if unknown:
-            raise KeyError(f"{version.qualified}: no item holds {', '.join(map(str, unknown[:5]))}"
-                           + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""))
+            raise KeyError(
+                f"{version.qualified}: no item holds {', '.join(map(str, unknown[:5]))}"
+                + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else "")
+            )
         return out[0] if single else out
 
     @snapshot_guard
@@ -109,8 +123,11 @@ class Derived(LensBase):
             table = self._dataset(version.table).to_table(columns=["item_id", "codes"], filter=pc.field("active"))
             ids = table.column("item_id")
             codes = table.column("codes").combine_chunks()
-            values = (codes.flatten().to_numpy().reshape(-1, version.width).astype(np.int64)
-                      if len(codes) else np.zeros((0, version.width), np.int64))
+            values = (
+                codes.flatten().to_numpy().reshape(-1, version.width).astype(np.int64)
+                if len(codes)
+                else np.zeros((0, version.width), np.int64)
+            )
             entry = self._codes[key] = _CodesEntry(IdIndex(ids), values, ids.to_pylist())
         return entry
 
@@ -120,8 +137,9 @@ class Derived(LensBase):
         version = self.doc.graph_version(name)
         if version is None:
             known = [f"{n}@{v}" for n, e in sorted(self.doc.graphs.items()) for v in e.versions]
-            raise UnknownFeatureError(f"snapshot {self.snapshot} of {self.uri} has no graph {name!r}; it has: "
-                                      f"{', '.join(known) or 'none'}")
+            raise UnknownFeatureError(
+                f"snapshot {self.snapshot} of {self.uri} has no graph {name!r}; it has: {', '.join(known) or 'none'}"
+            )
         return version
 
     @snapshot_guard
@@ -149,8 +167,9 @@ class Derived(LensBase):
         return entry
 
     @snapshot_guard
-    def neighbors(self, name: str, ids: Sequence[str], k: int | None = None, *,
-                  preset: str | None = "cosine") -> list[list[tuple[str, float]]]:
+    def neighbors(
+        self, name: str, ids: Sequence[str], k: int | None = None, *, preset: str | None = "cosine"
+    ) -> list[list[tuple[str, float]]]:
         """Per id, its neighbours as (item_id, weight), heaviest first: cosine scores by
         default (``preset="cosine"``; several inputs are summed with their weights), or the
         weights of another preset. Ids without a list get []; unknown ids raise KeyError.
@@ -164,8 +183,8 @@ class Derived(LensBase):
         matrix, order = entry.matrix, entry.order
         out = []
         for row in rows.tolist():
-            cols = matrix.indices[matrix.indptr[row]:matrix.indptr[row + 1]]
-            vals = matrix.data[matrix.indptr[row]:matrix.indptr[row + 1]]
+            cols = matrix.indices[matrix.indptr[row] : matrix.indptr[row + 1]]
+            vals = matrix.data[matrix.indptr[row] : matrix.indptr[row + 1]]
             best = np.lexsort((cols, -vals))[: k if k is not None else len(cols)]
             out.append([(order[cols[j]], float(vals[j])) for j in best])
         return out

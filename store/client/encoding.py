@@ -7,10 +7,15 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
+
 import numpy as np
+
 from itemlens.errors import (
-    ConfigError, QueryError, StoreError,
+    ConfigError,
+    QueryError,
+    StoreError,
 )
+
 if TYPE_CHECKING:  # pragma: no cover
     from itemlens.extractors.base import Encoder
 from itemlens.store.client.base import LensBase, snapshot_guard
@@ -18,11 +23,10 @@ from itemlens.store.client.base import LensBase, snapshot_guard
 
 class SearchResult(NamedTuple):
     item_id: str
-    score: float            # cosine similarity
+    score: float  # cosine similarity
 
 
 class Encoding(LensBase):
-
     # -- encoding raw inputs and search ---------------------------------------------------------
     def encoder(self, name: str) -> Encoder:
         """The encoder that wrote feature ``name``, rebuilt from its stored spec (loaded once)."""
@@ -32,7 +36,8 @@ class Encoding(LensBase):
             if version.spec.get("encoder") == "external":
                 raise ConfigError(
                     f"{version.qualified} holds vectors put by the user (put_vectors): there is no encoder "
-                    "to embed raw inputs; pass a vector")
+                    "to embed raw inputs; pass a vector"
+                )
             from itemlens.extractors import FeatureSpec, build_encoder
 
             encoder = build_encoder(FeatureSpec.model_validate(version.spec))
@@ -40,7 +45,8 @@ class Encoding(LensBase):
                 raise StoreError(
                     f"the model behind {version.qualified} has changed since its vectors were written "
                     f"(fingerprint {encoder.fingerprint()} now, {version.fingerprint} stored): queries would "
-                    "not be comparable; ingest again or pass a vector")
+                    "not be comparable; ingest again or pass a vector"
+                )
             self._encoders[key] = encoder.load()
         return self._encoders[key]
 
@@ -57,7 +63,7 @@ class Encoding(LensBase):
         if encoder.output_kind != "vector":
             raise ConfigError(f"feature {name!r} holds captions: there are no vectors to encode into")
         inputs = list(inputs)
-        media = encoder.spec.input.kind           # what the feature's catalog column held
+        media = encoder.spec.input.kind  # what the feature's catalog column held
         kinds = {_query_kind(x, kind, media) for x in inputs}
         if len(kinds) > 1:
             raise ConfigError("encode() takes texts or media in one call, not both")
@@ -74,29 +80,53 @@ class Encoding(LensBase):
         image_transform = None if media == "audio" else encoder.image_transform()
 
         def transform(image):
-            check_preprocessed_size(image.size, encoder, max_pixels=image_limits.max_pixels,
-                                    max_aspect_ratio=image_limits.max_aspect_ratio)
+            check_preprocessed_size(
+                image.size, encoder, max_pixels=image_limits.max_pixels, max_aspect_ratio=image_limits.max_aspect_ratio
+            )
             return image_transform(image)
 
         try:
             if media == "audio":
-                return np.stack(items.encode_audio_items(
-                    encoder, [items.audio_waveform(media_limits.read(_path(x)), encoder) for x in inputs]))
+                return np.stack(
+                    items.encode_audio_items(
+                        encoder, [items.audio_waveform(media_limits.read(_path(x)), encoder) for x in inputs]
+                    )
+                )
             if media == "video":
-                vectors = items.encode_pixel_items(encoder, [
-                    items.video_pixels(media_limits.read(_path(x)), encoder.spec, transform,
-                                       max_pixels=media_limits.max_pixels) for x in inputs])
+                vectors = items.encode_pixel_items(
+                    encoder,
+                    [
+                        items.video_pixels(
+                            media_limits.read(_path(x)), encoder.spec, transform, max_pixels=media_limits.max_pixels
+                        )
+                        for x in inputs
+                    ],
+                )
                 return np.stack(vectors) if encoder.spec.pooling == "mean" else vectors
-            pixels = [transform(decode_image(image_limits.read(_path(x)), image_limits.max_pixels)
-                                if isinstance(x, (str, os.PathLike)) else to_rgb(x))
-                      for x in inputs]     # a PIL image: the same mode rules as the pipeline
+            pixels = [
+                transform(
+                    decode_image(image_limits.read(_path(x)), image_limits.max_pixels)
+                    if isinstance(x, (str, os.PathLike))
+                    else to_rgb(x)
+                )
+                for x in inputs
+            ]  # a PIL image: the same mode rules as the pipeline
         except ItemError as error:
             raise QueryError(f"cannot use {media} query: {error.reason}") from None
         return encoder.encode_images(np.stack(pixels))
 
     @snapshot_guard
-    def search(self, name: str, query: Any, k: int = 10, *, kind: str = "auto", exact: bool = False,
-               nprobes: int | None = None, refine_factor: int | None = None) -> list[SearchResult]:
+    def search(
+        self,
+        name: str,
+        query: Any,
+        k: int = 10,
+        *,
+        kind: str = "auto",
+        exact: bool = False,
+        nprobes: int | None = None,
+        refine_factor: int | None = None,
+    ) -> list[SearchResult]:
         """The ``k`` items nearest to ``query`` by cosine similarity.
 
         ``query`` is a vector, or raw text / an image (path, URI or PIL image) encoded with the
@@ -134,8 +164,10 @@ class Encoding(LensBase):
             if factor:
                 query_builder = query_builder.refine_factor(factor)
         hits = query_builder.select(["item_id", "_distance"]).to_arrow()
-        return [SearchResult(i, 1.0 - float(d)) for i, d in
-                zip(hits.column("item_id").to_pylist(), hits.column("_distance").to_pylist())]
+        return [
+            SearchResult(i, 1.0 - float(d))
+            for i, d in zip(hits.column("item_id").to_pylist(), hits.column("_distance").to_pylist())
+        ]
 
 
 def _is_vector(query: Any) -> bool:
@@ -164,7 +196,7 @@ def _path(query: Any) -> str:
 
 
 def _query_kind(query: Any, kind: str, media: str = "image") -> str:
-    """"text" or "image" (a media path, URI or PIL image) for one query. A string is a path when
+    """ "text" or "image" (a media path, URI or PIL image) for one query. A string is a path when
     it names a file, a URI, or ends like a file of the feature's own media kind."""
     if kind in ("text", "image", "media"):
         return "text" if kind == "text" else "image"

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 from typing import TYPE_CHECKING
+
 from itemlens.store import lance_io
 from itemlens.store.cache import DEFAULT_CACHE_BYTES
 from itemlens.store.layout import META_TABLE
 from itemlens.store.location import StoreLocation
 from itemlens.store.snapshots import SnapshotDoc, read_doc
 from itemlens.store.writer import check_store_format
+
 if TYPE_CHECKING:  # pragma: no cover
     pass
 from itemlens.store.client.derived import Derived
@@ -23,9 +25,14 @@ from itemlens.store.client.reading import Reading
 from itemlens.store.client.writing import Writing
 
 
-def connect(uri: str | os.PathLike, snapshot: int | None = None, *,
-            storage_options: dict[str, str] | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES,
-            create: bool = False) -> Lens:
+def connect(
+    uri: str | os.PathLike,
+    snapshot: int | None = None,
+    *,
+    storage_options: dict[str, str] | None = None,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+    create: bool = False,
+) -> Lens:
     """Open the store at ``uri`` on its latest snapshot (or on ``snapshot``).
 
     ``create=True`` makes an empty store there first when there is none (for ``put_vectors``
@@ -60,7 +67,7 @@ def create_store(location: StoreLocation) -> None:
 
 class Lens(Reading, Encoding, Writing, Derived):
     """A reader on one snapshot of a store.
-    
+
     Safe in PyTorch DataLoader workers: pickled into a spawned worker it carries only its
     location, snapshot and settings; in a forked worker it drops the parent's Lance handles
     (Lance is not fork-safe) and keeps the arrays it had loaded (plain memory, shared

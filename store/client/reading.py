@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from itemlens.store import lance_io
-from itemlens.store.cache import CachedTable, load_table
-from itemlens.store.layout import ABSENT, ERRORS_SCHEMA, ERRORS_TABLE, ITEMS_TABLE, value_column
-from itemlens.store.snapshots import FeatureVersion
 
 from itemlens.errors import (
     ConfigError,
     UnknownItemsError,
 )
+from itemlens.store import lance_io
+from itemlens.store.cache import CachedTable, load_table
+from itemlens.store.layout import ABSENT, ERRORS_SCHEMA, ERRORS_TABLE, ITEMS_TABLE, value_column
+from itemlens.store.snapshots import FeatureVersion
 
 if TYPE_CHECKING:  # pragma: no cover
     pass
@@ -33,13 +33,15 @@ from itemlens.store.client.base import (
 
 
 class Reading(LensBase):
-
     @snapshot_guard
     def items(self) -> pa.Table:
         """item_id and its stable item_index, for every item the store has seen."""
         ds = self._dataset(ITEMS_TABLE)
-        return ds.to_table(columns=["item_id", "item_index"]) if ds is not None else pa.table(
-            {"item_id": pa.array([], pa.string()), "item_index": pa.array([], pa.int64())})
+        return (
+            ds.to_table(columns=["item_id", "item_index"])
+            if ds is not None
+            else pa.table({"item_id": pa.array([], pa.string()), "item_index": pa.array([], pa.int64())})
+        )
 
     @snapshot_guard
     def ids(self, name: str) -> list[str]:
@@ -76,8 +78,7 @@ class Reading(LensBase):
 
     # -- lookups ------------------------------------------------------------------------------
     @snapshot_guard
-    def vectors(self, name: str, ids: Sequence[str], *, fill: float | None = None,
-                output: str = "numpy") -> Any:
+    def vectors(self, name: str, ids: Sequence[str], *, fill: float | None = None, output: str = "numpy") -> Any:
         """Vectors of ``ids`` in their order, [len(ids), dim], in the stored dtype.
 
         Duplicates in ``ids`` are repeated. An id with no vector raises
@@ -121,11 +122,19 @@ class Reading(LensBase):
         model = version.spec.get("model", "")
         described = version.encoder or {}
         prompt = described.get("prompt", version.spec.get("prompt"))
-        generation = json.dumps({k: described[k] for k in ("max_new_tokens", "num_beams", "decoding")
-                                 if k in described}, sort_keys=True)
+        generation = json.dumps(
+            {k: described[k] for k in ("max_new_tokens", "num_beams", "decoding") if k in described}, sort_keys=True
+        )
         n = len(ids)
-        table = pa.table({"item_id": _strings(ids), "caption": pa.array(texts, pa.string()), "model": [model] * n,
-                          "prompt": [prompt] * n, "generation": [generation] * n})
+        table = pa.table(
+            {
+                "item_id": _strings(ids),
+                "caption": pa.array(texts, pa.string()),
+                "model": [model] * n,
+                "prompt": [prompt] * n,
+                "generation": [generation] * n,
+            }
+        )
         if output == "arrow":
             return table
         if output == "pandas":
@@ -146,7 +155,7 @@ class Reading(LensBase):
         entry = self._entry(version)
         row_of_item = self._row_of_item(version, entry)
         if len(indexes) and 0 <= indexes.min() and indexes.max() < len(row_of_item):
-            rows = row_of_item[indexes]                  # the common case: two gathers, nothing else
+            rows = row_of_item[indexes]  # the common case: two gathers, nothing else
         else:
             inside = (indexes >= 0) & (indexes < len(row_of_item))
             rows = np.where(inside, row_of_item[np.where(inside, indexes, 0)], -1)
@@ -207,7 +216,7 @@ class Reading(LensBase):
     def _entry(self, version: FeatureVersion) -> CachedTable:
         dataset = self._dataset(version.table)
         column = value_column(version.pooling, version.kind)
-        if dataset is None:   # nothing stored yet
+        if dataset is None:  # nothing stored yet
             from itemlens.store.cache import IdIndex
 
             return CachedTable(IdIndex(pa.array([], pa.string())), None)

@@ -15,9 +15,15 @@ A new format is one module with a writer ``(aligned, folder, options) -> files``
 :func:`register_exporter` call; docs/exports.md is the reference.
 """
 
-from itemlens.store.exports.core import (
-    MANIFEST, Aligned, ExportFormat, ExportReport, export, export_formats, register_exporter,
-)
 from itemlens.store.exports import features, graphs, semantic_ids  # noqa: F401,E402  (they register the formats)
+from itemlens.store.exports.core import (
+    MANIFEST,
+    Aligned,
+    ExportFormat,
+    ExportReport,
+    export,
+    export_formats,
+    register_exporter,
+)
 
 __all__ = ["MANIFEST", "Aligned", "ExportFormat", "ExportReport", "export", "export_formats", "register_exporter"]

@@ -36,9 +36,9 @@ from pathlib import Path
 
 from itemlens.errors import ConfigError
 
-MMREC_ITEM = "itemID"                # MMRec's item column (.inter and i_id_mapping.csv)
-RECBOLE_ITEM = "item_id"             # RecBole's default ITEM_ID_FIELD
-MAPPING_FILE = "i_id_mapping.csv"    # what MMRec's preprocessing writes beside the .inter
+MMREC_ITEM = "itemID"  # MMRec's item column (.inter and i_id_mapping.csv)
+RECBOLE_ITEM = "item_id"  # RecBole's default ITEM_ID_FIELD
+MAPPING_FILE = "i_id_mapping.csv"  # what MMRec's preprocessing writes beside the .inter
 MAPPING_HEADER = ("asin", MMREC_ITEM)  # its columns (0rating2inter.ipynb)
 
 
@@ -47,9 +47,9 @@ class Order:
     """The item id of every row, and what that order is."""
 
     ids: list[str]
-    source: str            # "store", "ids", "mmrec-mapping", "mmrec-inter", "recbole-inter", "table"
-    description: str       # for people: what row i is
-    plain_list: bool = False   # read from a one-column file without a header (its first line may be one)
+    source: str  # "store", "ids", "mmrec-mapping", "mmrec-inter", "recbole-inter", "table"
+    description: str  # for people: what row i is
+    plain_list: bool = False  # read from a one-column file without a header (its first line may be one)
 
     @property
     def digest(self) -> str:
@@ -62,21 +62,29 @@ def _checked(ids: list[str], source: str, description: str, *, plain_list: bool 
     repeated = [i for i, n in counts.items() if n > 1]
     if repeated:
         shown = ", ".join(f"{i!r} ({counts[i]}x)" for i in repeated[:5])
-        raise ConfigError(f"{description}: {len(repeated)} id(s) appear more than once ({shown}"
-                          f"{' ...' if len(repeated) > 5 else ''}); each row of an export is one item")
+        raise ConfigError(
+            f"{description}: {len(repeated)} id(s) appear more than once ({shown}"
+            f"{' ...' if len(repeated) > 5 else ''}); each row of an export is one item"
+        )
     return Order(ids, source, description, plain_list)
 
 
-def resolve(store_ids: Sequence[str] | None, *, ids: Sequence[str] | str | os.PathLike | None = None,
-            ids_column: str | None = None, inter: str | os.PathLike | None = None,
-            item_column: str | None = None) -> Order:
+def resolve(
+    store_ids: Sequence[str] | None,
+    *,
+    ids: Sequence[str] | str | os.PathLike | None = None,
+    ids_column: str | None = None,
+    inter: str | os.PathLike | None = None,
+    item_column: str | None = None,
+) -> Order:
     """The order an export follows (see the module's docstring); ``store_ids``: the store's
     ids in item-index order, used when neither ``ids`` nor ``inter`` is given."""
     if ids_column is not None and not isinstance(ids, (str, os.PathLike)):
         raise ConfigError("ids_column (--ids-column) names a column of an ids file: give the file with ids (--ids)")
     if item_column is not None and inter is None:
-        raise ConfigError("item_column (--item-column) names a column of an interaction file: give it with inter "
-                          "(--inter)")
+        raise ConfigError(
+            "item_column (--item-column) names a column of an interaction file: give it with inter (--inter)"
+        )
     given = None
     if isinstance(ids, (str, os.PathLike)):
         given = read_ids(ids, ids_column)
@@ -94,6 +102,7 @@ def resolve(store_ids: Sequence[str] | None, *, ids: Sequence[str] | str | os.Pa
 
 
 # -- ids files -----------------------------------------------------------------------------------
+
 
 def _lines(path: str | os.PathLike) -> list[str]:
     try:
@@ -117,8 +126,10 @@ def _no_blank(values: list[str], path, first_line: int) -> list[str]:
     out = [v.strip() for v in values]
     blank = [n for n, v in enumerate(out) if not v]
     if blank:
-        raise ConfigError(f"{os.fspath(path)}: line {blank[0] + first_line} has no id (every line is one row; "
-                          "an empty one would shift the rows after it)")
+        raise ConfigError(
+            f"{os.fspath(path)}: line {blank[0] + first_line} has no id (every line is one row; "
+            "an empty one would shift the rows after it)"
+        )
     return out
 
 
@@ -127,12 +138,14 @@ def read_ids(path: str | os.PathLike, column: str | None = None) -> Order:
     name = os.fspath(path)
     lines = _lines(path)
     delimiter = _delimiter(lines[0])
-    if delimiter is None:                      # one value per line
+    if delimiter is None:  # one value per line
         if column is None:
             return _checked(_no_blank(lines, path, 1), "ids", f"the lines of {name}", plain_list=True)
         if lines[0].strip() != column:
-            raise ConfigError(f"{name} has one column and its first line is {lines[0].strip()!r}, not the header "
-                              f"{column!r} that --ids-column names")
+            raise ConfigError(
+                f"{name} has one column and its first line is {lines[0].strip()!r}, not the header "
+                f"{column!r} that --ids-column names"
+            )
         return _checked(_no_blank(lines[1:], path, 2), "ids", f"the {column!r} column of {name}")
     rows = list(csv.reader(lines, delimiter=delimiter))
     header = [h.strip() for h in rows[0]]
@@ -141,14 +154,17 @@ def read_ids(path: str | os.PathLike, column: str | None = None) -> Order:
         return _mapping(name, header, body, column)
     if column is None:
         if RECBOLE_ITEM not in header:
-            raise ConfigError(f"{name} has columns {', '.join(map(repr, header))} (its first line is read as the "
-                              "header): name the id column with --ids-column (ids_column=)")
+            raise ConfigError(
+                f"{name} has columns {', '.join(map(repr, header))} (its first line is read as the "
+                "header): name the id column with --ids-column (ids_column=)"
+            )
         column = RECBOLE_ITEM
     if column not in header:
         raise ConfigError(f"{name} has no column {column!r}; its header is {', '.join(map(repr, header))}")
     at = header.index(column)
-    return _checked(_no_blank([r[at] if at < len(r) else "" for r in body], path, 2), "ids",
-                    f"the {column!r} column of {name}")
+    return _checked(
+        _no_blank([r[at] if at < len(r) else "" for r in body], path, 2), "ids", f"the {column!r} column of {name}"
+    )
 
 
 def _mapping(name: str, header: list[str], body: list[list[str]], column: str | None) -> Order:
@@ -161,8 +177,10 @@ def _mapping(name: str, header: list[str], body: list[list[str]], column: str | 
                 break
         else:
             if len(others) != 1:
-                raise ConfigError(f"{name} maps itemID to ids, but which of {', '.join(map(repr, others))} holds "
-                                  "the ids? Name it with --ids-column")
+                raise ConfigError(
+                    f"{name} maps itemID to ids, but which of {', '.join(map(repr, others))} holds "
+                    "the ids? Name it with --ids-column"
+                )
             column = others[0]
     if column not in header:
         raise ConfigError(f"{name} has no column {column!r}; its header is {', '.join(map(repr, header))}")
@@ -176,53 +194,70 @@ def _mapping(name: str, header: list[str], body: list[list[str]], column: str | 
     ids = _no_blank([r[at_id] if at_id < len(r) else "" for r in body], name, 2)
     if sorted(positions) != list(range(len(positions))):
         gaps = sorted(set(range(len(positions))) - set(positions))[:5]
-        raise ConfigError(f"{name}: itemIDs must be 0 .. {len(positions) - 1}, each once (MMRec's rows); "
-                          f"missing e.g. {gaps}" if gaps else f"{name}: an itemID appears twice")
+        raise ConfigError(
+            f"{name}: itemIDs must be 0 .. {len(positions) - 1}, each once (MMRec's rows); missing e.g. {gaps}"
+            if gaps
+            else f"{name}: an itemID appears twice"
+        )
     ordered = [""] * len(ids)
     for position, item in zip(positions, ids):
         ordered[position] = item
-    return _checked(ordered, "mmrec-mapping", f"itemID of {name} (MMRec's i_id_mapping.csv: row i = the item "
-                    f"whose itemID is i, its {column!r})")
+    return _checked(
+        ordered,
+        "mmrec-mapping",
+        f"itemID of {name} (MMRec's i_id_mapping.csv: row i = the item whose itemID is i, its {column!r})",
+    )
 
 
 # -- interaction files -----------------------------------------------------------------------
+
 
 def read_inter(path: str | os.PathLike, item_column: str | None = None, mapping: Order | None = None) -> Order:
     """The item order of an interaction file (see the module's docstring)."""
     name = os.fspath(path)
     if name.endswith((".parquet", ".pq")):
         if mapping is not None:
-            raise ConfigError("--ids with --inter maps an MMRec .inter's itemIDs to ids; a Parquet table holds its "
-                              "ids itself")
+            raise ConfigError(
+                "--ids with --inter maps an MMRec .inter's itemIDs to ids; a Parquet table holds its ids itself"
+            )
         return _table_parquet(name, item_column)
     lines = _lines(path)
     delimiter = _delimiter(lines[0]) or "\t"
     header = [h.strip() for h in lines[0].split(delimiter)]
     rows = csv.reader(lines[1:], delimiter=delimiter)
-    if all(":" in h for h in header):                             # RecBole's atomic file
+    if all(":" in h for h in header):  # RecBole's atomic file
         names = [h.split(":", 1)[0] for h in header]
         field = item_column or RECBOLE_ITEM
         if field not in names:
-            raise ConfigError(f"{name} (a RecBole atomic file) has no field {field!r}; its fields are "
-                              f"{', '.join(header)}; name the item field with --item-column")
+            raise ConfigError(
+                f"{name} (a RecBole atomic file) has no field {field!r}; its fields are "
+                f"{', '.join(header)}; name the item field with --item-column"
+            )
         kind = header[names.index(field)].split(":", 1)[1]
         if kind != "token":
             raise ConfigError(f"{name}: the item field {header[names.index(field)]!r} is not a token field")
         if mapping is not None:
-            raise ConfigError("--ids with --inter maps an MMRec .inter's itemIDs to ids; a RecBole .inter holds its "
-                              "item tokens itself")
+            raise ConfigError(
+                "--ids with --inter maps an MMRec .inter's itemIDs to ids; a RecBole .inter holds its "
+                "item tokens itself"
+            )
         ids = _first_appearance(rows, names.index(field), name)
-        return _checked(ids, "recbole-inter", f"the item tokens of {name} in order of first appearance (RecBole's "
-                        "internal item id = row + 1, 0 being [PAD], unless its filtering or an .item file changes "
-                        "the remapping)")
+        return _checked(
+            ids,
+            "recbole-inter",
+            f"the item tokens of {name} in order of first appearance (RecBole's "
+            "internal item id = row + 1, 0 being [PAD], unless its filtering or an .item file changes "
+            "the remapping)",
+        )
     if MMREC_ITEM in header and item_column in (None, MMREC_ITEM):
         return _mmrec_inter(name, header, rows, mapping)
     if mapping is not None:
         raise ConfigError(f"--ids with --inter maps an MMRec .inter's itemIDs to ids; {name} has no itemID column")
     field = item_column or RECBOLE_ITEM
     if field not in header:
-        raise ConfigError(f"{name} has columns {', '.join(map(repr, header))}: name its item column with "
-                          "--item-column (item_column=)")
+        raise ConfigError(
+            f"{name} has columns {', '.join(map(repr, header))}: name its item column with --item-column (item_column=)"
+        )
     ids = _first_appearance(rows, header.index(field), name)
     return _checked(ids, "table", f"the {field!r} column of {name} in order of first appearance")
 
@@ -247,12 +282,14 @@ def _table_parquet(name: str, item_column: str | None) -> Order:
         raise ConfigError(f"no such file: {name}") from None
     field = item_column or RECBOLE_ITEM
     if field not in columns:
-        raise ConfigError(f"{name} has columns {', '.join(map(repr, columns))}: name its item column with "
-                          "--item-column (item_column=)")
+        raise ConfigError(
+            f"{name} has columns {', '.join(map(repr, columns))}: name its item column with "
+            "--item-column (item_column=)"
+        )
     column = pq.read_table(name, columns=[field]).column(0)
     if column.null_count:
         raise ConfigError(f"{name}: {column.null_count} rows have no {field!r}")
-    ids = pc.unique(pc.cast(column, "string")).to_pylist()      # in order of first appearance
+    ids = pc.unique(pc.cast(column, "string")).to_pylist()  # in order of first appearance
     return _checked(ids, "table", f"the {field!r} column of {name} in order of first appearance")
 
 
@@ -263,8 +300,10 @@ def _mmrec_inter(name: str, header: list[str], rows, mapping: Order | None) -> O
     for line, row in enumerate(rows, start=2):
         value = row[at].strip() if at < len(row) else ""
         if not value.isdigit():
-            raise ConfigError(f"{name}, line {line}: itemID {value!r} is not an integer; MMRec's itemID is a row "
-                              "index (for a table of raw item ids, name its column with --item-column)")
+            raise ConfigError(
+                f"{name}, line {line}: itemID {value!r} is not an integer; MMRec's itemID is a row "
+                "index (for a table of raw item ids, name its column with --item-column)"
+            )
         largest = max(largest, int(value))
     if largest < 0:
         raise ConfigError(f"{name} has no interactions")
@@ -275,15 +314,23 @@ def _mmrec_inter(name: str, header: list[str], rows, mapping: Order | None) -> O
             raise ConfigError(
                 f"{name} is an MMRec .inter: its itemIDs are row indexes (0 .. {largest}) that MMRec's preprocessing "
                 f"assigned and recorded in {MAPPING_FILE} (asin<TAB>itemID); there is none beside it. Give the "
-                f"mapping with --ids {MAPPING_FILE} (or a list of item ids, one per itemID in order)")
+                f"mapping with --ids {MAPPING_FILE} (or a list of item ids, one per itemID in order)"
+            )
         mapping = read_ids(beside)
         if mapping.source != "mmrec-mapping":
             raise ConfigError(f"{beside} is not an MMRec mapping (a header with itemID and the ids' column)")
     if len(mapping.ids) < rows_needed:
-        raise ConfigError(f"{name} uses itemIDs up to {largest}, but {mapping.description} covers only "
-                          f"{len(mapping.ids)} rows")
+        raise ConfigError(
+            f"{name} uses itemIDs up to {largest}, but {mapping.description} covers only {len(mapping.ids)} rows"
+        )
     extra = len(mapping.ids) - rows_needed
-    note = (f"; {extra} mapped item(s) after itemID {largest} left out, as MMRec allocates max(itemID) + 1 rows"
-            if extra else "")
-    return Order(mapping.ids[:rows_needed], "mmrec-inter",
-                 f"itemID of {name} (rows 0 .. {largest}) via {mapping.description}{note}")
+    note = (
+        f"; {extra} mapped item(s) after itemID {largest} left out, as MMRec allocates max(itemID) + 1 rows"
+        if extra
+        else ""
+    )
+    return Order(
+        mapping.ids[:rows_needed],
+        "mmrec-inter",
+        f"itemID of {name} (rows 0 .. {largest}) via {mapping.description}{note}",
+    )

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+
 from itemlens.store.exports.core import (
     CHUNK_ROWS,
     Aligned,
@@ -77,22 +78,27 @@ def _parquet(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[str]:
     try:
         for start in range(0, len(aligned.ids), CHUNK_ROWS):
             stop = min(len(aligned.ids), start + CHUNK_ROWS)
-            columns: dict[str, pa.Array] = {"item_id": pa.array(aligned.ids[start:stop], pa.string()),
-                                            "item_index": pa.array(aligned.item_index[start:stop], pa.int64())}
+            columns: dict[str, pa.Array] = {
+                "item_id": pa.array(aligned.ids[start:stop], pa.string()),
+                "item_index": pa.array(aligned.item_index[start:stop], pa.int64()),
+            }
             for name in names:
                 values, present = next(streams[name]), aligned.present[name][start:stop]
-                columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1],
-                                                                  mask=pa.array(~present))
+                columns[name] = pa.FixedSizeListArray.from_arrays(
+                    pa.array(values.reshape(-1)), values.shape[1], mask=pa.array(~present)
+                )
                 columns[f"{name}_present"] = pa.array(present)
             table = pa.table(columns)
             if writer is None:
                 writer = pq.ParquetWriter(out / "items.parquet", table.schema)
             writer.write_table(table)
-        if writer is None:            # no rows: the columns still say what they would hold
+        if writer is None:  # no rows: the columns still say what they would hold
             columns = {"item_id": pa.array([], pa.string()), "item_index": pa.array([], pa.int64())}
             for name in names:
                 dim = aligned.features[name].shape[1]
-                columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(0, aligned.features[name].dtype)), dim)
+                columns[name] = pa.FixedSizeListArray.from_arrays(
+                    pa.array(np.zeros(0, aligned.features[name].dtype)), dim
+                )
                 columns[f"{name}_present"] = pa.array([], pa.bool_())
             pq.write_table(pa.table(columns), out / "items.parquet")
     finally:

@@ -6,10 +6,17 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
 import numpy as np
+
 from itemlens.store.exports.core import (
-    Aligned, check_mmrec_folder, register_exporter, save_model_files, write_mapping,
+    Aligned,
+    check_mmrec_folder,
+    register_exporter,
+    save_model_files,
+    write_mapping,
 )
+
 if TYPE_CHECKING:  # pragma: no cover
     pass
 
@@ -56,9 +63,12 @@ def _mmrec_adj(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[str
     files = []
     for name, matrix in aligned.graphs.items():
         coo = matrix.tocoo()
-        tensor = torch.sparse_coo_tensor(np.vstack([coo.row, coo.col]).astype(np.int64),
-                                         coo.data.astype(np.float32), matrix.shape,
-                                         check_invariants=True).coalesce()
+        tensor = torch.sparse_coo_tensor(
+            np.vstack([coo.row, coo.col]).astype(np.int64),
+            coo.data.astype(np.float32),
+            matrix.shape,
+            check_invariants=True,
+        ).coalesce()
         file = f"{_graph_stem(aligned, name)}_adj_{aligned.graph_info[name].spec['k']}.pt"
         torch.save(tensor, out / file)
         files.append(file)

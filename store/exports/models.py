@@ -47,7 +47,7 @@ import numpy as np
 
 from itemlens.errors import ConfigError
 
-ROLES = ("image", "text")      # MMRec's v_feat (vision_feature_file) and t_feat (text_feature_file)
+ROLES = ("image", "text")  # MMRec's v_feat (vision_feature_file) and t_feat (text_feature_file)
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,8 @@ class ModelGraphs:
     defaults: dict[str, Any]
     source: str
     files: Callable[[dict[str, Any], dict[str, np.ndarray], Callable], dict[str, Any]] | None
-    note: str = ""                 # what else the model loads that this export does not write
-    refused: str = ""              # why no graph can be exported for it
+    note: str = ""  # what else the model loads that this export does not write
+    refused: str = ""  # why no graph can be exported for it
     param_types: dict[str, type] = field(default_factory=dict)
 
 
@@ -68,6 +68,7 @@ def _fused_laplacian(file_name: Callable[[dict[str, Any]], str]):
     """FREEDOM's construction (also DRAGON's and PGL's): per modality the binary kNN graph,
     normalized D^-1/2 A D^-1/2 (D = row sums), fused mm_image_weight * image + (1 - w) * text;
     a single modality is used alone (weight 1), as the model does."""
+
     def files(params, vectors, knn):
         k, w = params["knn_k"], params["mm_image_weight"]
         parts = {role: _normalized(knn(role, k), "freedom") for role in vectors}
@@ -76,59 +77,82 @@ def _fused_laplacian(file_name: Callable[[dict[str, Any]], str]):
         else:
             (matrix,) = parts.values()
         return {file_name(params): _sparse(matrix)}
+
     return files
 
 
 def _per_modality(preset: str, dense: bool, file_name: Callable[[str, dict[str, Any]], str], k_of):
     """LATTICE's and MGCN's construction: per modality the cosine kNN graph, D^-1/2 A D^-1/2 (D =
     row sums of the cosines), one file per modality; dense (LATTICE) or sparse COO (MGCN, SMORE)."""
+
     def files(params, vectors, knn):
         out = {}
         for role in vectors:
             matrix = _normalized(knn(role, k_of(role, params)), preset, weighted=True)
             out[file_name(role, params)] = _dense(matrix) if dense else _sparse(matrix)
         return out
+
     return files
 
 
 MODELS: dict[str, ModelGraphs] = {
     "freedom": ModelGraphs(
-        "FREEDOM", {"knn_k": 10, "mm_image_weight": 0.1},
+        "FREEDOM",
+        {"knn_k": 10, "mm_image_weight": 0.1},
         "MMRec src/models/freedom.py lines 54-100 (file name line 55, fusion line 74, normalization lines 93-100)",
         _fused_laplacian(lambda p: f"mm_adj_freedomdsp_{p['knn_k']}_{int(10 * p['mm_image_weight'])}.pt"),
-        param_types={"knn_k": int, "mm_image_weight": float}),
+        param_types={"knn_k": int, "mm_image_weight": float},
+    ),
     "pgl": ModelGraphs(
-        "PGL", {"knn_k": 10, "mm_image_weight": 0.1},
+        "PGL",
+        {"knn_k": 10, "mm_image_weight": 0.1},
         "MMRec src/models/pgl.py lines 52-107 (file name line 53: the same file as FREEDOM)",
         _fused_laplacian(lambda p: f"mm_adj_freedomdsp_{p['knn_k']}_{int(10 * p['mm_image_weight'])}.pt"),
-        param_types={"knn_k": int, "mm_image_weight": float}),
+        param_types={"knn_k": int, "mm_image_weight": float},
+    ),
     "dragon": ModelGraphs(
-        "DRAGON", {"knn_k": 10, "mm_image_weight": 0.1},
+        "DRAGON",
+        {"knn_k": 10, "mm_image_weight": 0.1},
         "MMRec src/models/dragon.py lines 57-83 and 158-179 (file name line 61)",
         _fused_laplacian(lambda p: f"mm_adj_{p['knn_k']}.pt"),
         note="DRAGON also loads user_graph_dict.npy (user_graph_dict_file), a user-user graph from the training "
-             "interactions: make it with MMRec's preprocessing/dualgnn-gen-u-u-matrix.py",
-        param_types={"knn_k": int, "mm_image_weight": float}),
+        "interactions: make it with MMRec's preprocessing/dualgnn-gen-u-u-matrix.py",
+        param_types={"knn_k": int, "mm_image_weight": float},
+    ),
     "lattice": ModelGraphs(
-        "LATTICE", {"knn_k": 10},
+        "LATTICE",
+        {"knn_k": 10},
         "MMRec src/models/lattice.py lines 63-87, src/utils/utils.py lines 119-137 (dense)",
         _per_modality("lattice", True, lambda role, p: f"{role}_adj_{p['knn_k']}.pt", lambda role, p: p["knn_k"]),
-        param_types={"knn_k": int}),
+        param_types={"knn_k": int},
+    ),
     "mgcn": ModelGraphs(
-        "MGCN", {"knn_k": 10},
+        "MGCN",
+        {"knn_k": 10},
         "MMRec src/models/mgcn.py lines 41-69 (sparse = True), src/utils/utils.py lines 139-181",
         _per_modality("mgcn", False, lambda role, p: f"{role}_adj_{p['knn_k']}_True.pt", lambda role, p: p["knn_k"]),
-        param_types={"knn_k": int}),
+        param_types={"knn_k": int},
+    ),
     "smore": ModelGraphs(
-        "SMORE", {"image_knn_k": 10, "text_knn_k": 10},
+        "SMORE",
+        {"image_knn_k": 10, "text_knn_k": 10},
         "MMRec src/models/smore.py lines 45-73 (sparse = True), src/utils/utils.py lines 139-181",
-        _per_modality("mgcn", False, lambda role, p: f"{role}_adj_{p[role + '_knn_k']}_True.pt",
-                      lambda role, p: p[role + "_knn_k"]),
-        param_types={"image_knn_k": int, "text_knn_k": int}),
+        _per_modality(
+            "mgcn",
+            False,
+            lambda role, p: f"{role}_adj_{p[role + '_knn_k']}_True.pt",
+            lambda role, p: p[role + "_knn_k"],
+        ),
+        param_types={"image_knn_k": int, "text_knn_k": int},
+    ),
     "lgmrec": ModelGraphs(
-        "LGMRec", {}, "MMRec src/models/lgmrec.py lines 39-61 and 102-126", None,
+        "LGMRec",
+        {},
+        "MMRec src/models/lgmrec.py lines 39-61 and 102-126",
+        None,
         refused="LGMRec caches no item graph: its graphs are the user-item interaction graph (from the .inter "
-                "file) and hyperedges it learns itself; export its features alone (--format mmrec without --for)"),
+        "file) and hyperedges it learns itself; export its features alone (--format mmrec without --for)",
+    ),
 }
 
 
@@ -151,8 +175,10 @@ def parameter_grid(spec: ModelGraphs, given: dict[str, Any] | None) -> list[dict
     given = dict(given or {})
     unknown = sorted(set(given) - set(spec.defaults))
     if unknown:
-        raise ConfigError(f"{spec.name} has no parameter {', '.join(unknown)}; its graph parameters are "
-                          f"{', '.join(f'{k} (default {v})' for k, v in spec.defaults.items())}")
+        raise ConfigError(
+            f"{spec.name} has no parameter {', '.join(unknown)}; its graph parameters are "
+            f"{', '.join(f'{k} (default {v})' for k, v in spec.defaults.items())}"
+        )
     values = {}
     for key, default in spec.defaults.items():
         raw = given.get(key, default)
@@ -172,27 +198,32 @@ def parameter_grid(spec: ModelGraphs, given: dict[str, Any] | None) -> list[dict
     return [dict(zip(values, combo)) for combo in itertools.product(*values.values())]
 
 
-def build(model: str, vectors: dict[str, np.ndarray], params: dict[str, Any] | None = None, *,
-          device: str = "cpu") -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def build(
+    model: str, vectors: dict[str, np.ndarray], params: dict[str, Any] | None = None, *, device: str = "cpu"
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The cache files of ``model`` (name -> torch tensor) from its feature rows ``vectors``
     (role -> float32 [N, d], rows in export order), for every combination of ``params``; and
     the combinations. Rows the model could not compute a cosine for are refused."""
     spec = lookup(model)
     roles = [r for r in ROLES if r in vectors]
     if not roles or set(vectors) - set(ROLES):
-        raise ConfigError(f"{spec.name} reads image_feat.npy and text_feat.npy: give features for the roles image "
-                          f"and/or text (--feature image=NAME text=NAME), not {', '.join(sorted(vectors)) or 'none'}")
+        raise ConfigError(
+            f"{spec.name} reads image_feat.npy and text_feat.npy: give features for the roles image "
+            f"and/or text (--feature image=NAME text=NAME), not {', '.join(sorted(vectors)) or 'none'}"
+        )
     grid = parameter_grid(spec, params)
     n = len(next(iter(vectors.values())))
     for role in roles:
         norms = np.linalg.norm(vectors[role].astype(np.float64), axis=1)
         bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
         if len(bad):
-            raise ConfigError(f"{spec.name} takes the cosine of every row of {role}_feat.npy; {len(bad)} row(s) have "
-                              f"a zero or non-finite vector (rows {bad[:5].tolist()}): the model's graph would hold "
-                              "NaN there")
+            raise ConfigError(
+                f"{spec.name} takes the cosine of every row of {role}_feat.npy; {len(bad)} row(s) have "
+                f"a zero or non-finite vector (rows {bad[:5].tolist()}): the model's graph would hold "
+                "NaN there"
+            )
     largest = {role: max(_k_for(spec, role, p) for p in grid) for role in roles}
-    for role, k in largest.items():
+    for k in largest.values():
         if k > n:
             raise ConfigError(f"{spec.name}: k = {k} neighbours, but only {n} rows (torch.topk would fail)")
     from itemlens.store.graphs import knn as store_knn
@@ -226,8 +257,10 @@ def _normalized(a, preset: str, weighted: bool = False):
     if weighted:
         sums = np.asarray(a.sum(axis=1)).ravel()
         if (sums <= 0).any():
-            raise ConfigError(f"{int((sums <= 0).sum())} row(s) of the cosine kNN graph sum to <= 0: the model's "
-                              "D^-1/2 would be NaN there")
+            raise ConfigError(
+                f"{int((sums <= 0).sum())} row(s) of the cosine kNN graph sum to <= 0: the model's "
+                "D^-1/2 would be NaN there"
+            )
     return normalize(a, preset)
 
 
@@ -237,8 +270,9 @@ def _sparse(matrix):
 
     coo = matrix.tocoo()
     indices = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
-    return torch.sparse_coo_tensor(indices, torch.from_numpy(coo.data.astype(np.float32)), coo.shape,
-                                   check_invariants=True).coalesce()
+    return torch.sparse_coo_tensor(
+        indices, torch.from_numpy(coo.data.astype(np.float32)), coo.shape, check_invariants=True
+    ).coalesce()
 
 
 def _dense(matrix):

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+
 from itemlens.store.exports.core import (
     CHUNK_ROWS,
     Aligned,
@@ -29,7 +30,7 @@ def grid_dedup(prefix: np.ndarray) -> np.ndarray:
         return np.zeros(0, np.int64)
     _, inverse, counts = np.unique(prefix, axis=0, return_inverse=True, return_counts=True)
     inverse = inverse.reshape(-1)
-    grouped = np.argsort(inverse, kind="stable")           # rows by tuple, in row order within one
+    grouped = np.argsort(inverse, kind="stable")  # rows by tuple, in row order within one
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     rank = np.empty(len(prefix), np.int64)
     rank[grouped] = np.arange(len(prefix)) - starts[inverse[grouped]]
@@ -62,14 +63,21 @@ def _sid_grid(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[str]
         torch.save(torch.from_numpy(np.ascontiguousarray(grid.T)), out / f"{name}_semantic_ids.pt")
         files.append(f"{name}_semantic_ids.pt")
         largest, k = int(grid[present, levels].max(initial=0)), int(info.spec["codebook_size"])
-        aligned.details[name].update({
-            "file": f"{name}_semantic_ids.pt", "layout": f"int64 [{levels + 1}, {len(codes)}]: levels, then dedup",
-            "width": levels + 1, "dedup": how, "dedup_max": largest})
+        aligned.details[name].update(
+            {
+                "file": f"{name}_semantic_ids.pt",
+                "layout": f"int64 [{levels + 1}, {len(codes)}]: levels, then dedup",
+                "width": levels + 1,
+                "dedup": how,
+                "dedup_max": largest,
+            }
+        )
         if largest >= k:
             # GRID's TIGER offsets hierarchy h by h * num_embeddings_per_hierarchy in one embedding table
             aligned.notes.append(
                 f"{name}: the dedup digit reaches {largest}, beyond codebook_size {k}; GRID embeds every hierarchy "
-                f"with codebook_width (num_embeddings_per_hierarchy) entries: set it to at least {largest + 1}")
+                f"with codebook_width (num_embeddings_per_hierarchy) entries: set it to at least {largest + 1}"
+            )
     files += write_masks(aligned, out, aligned.semantic_ids)
     return files + [write_mapping(aligned, out)]
 
@@ -91,22 +99,33 @@ def _sid_tokens(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[st
         if not present.all():
             tokens[~present] = aligned.fill
         np.save(out / f"{name}_tokens.npy", tokens)
-        with open(out / f"{name}_tokens.txt", "w") as f:      # chunk by chunk: no string per item held
+        with open(out / f"{name}_tokens.txt", "w") as f:  # chunk by chunk: no string per item held
             for start in range(0, len(codes), CHUNK_ROWS):
-                f.write("".join(t + "\n" for t in token_strings(codes[start:start + CHUNK_ROWS],
-                                                                 present[start:start + CHUNK_ROWS])))
+                f.write(
+                    "".join(
+                        t + "\n"
+                        for t in token_strings(codes[start : start + CHUNK_ROWS], present[start : start + CHUNK_ROWS])
+                    )
+                )
             if not len(codes):
                 f.write("\n")
         k = int(info.spec["codebook_size"])
         suffix = int(info.metrics.get("suffix_values", 0)) if info.width > info.spec["levels"] else 0
-        vocab = {"codebook_size": k, "levels": info.spec["levels"], "width": info.width, "offsets": offsets.tolist(),
-                 "offsets_applied": {f"{name}_tokens.npy": True, f"{name}_tokens.txt": False},
-                 "suffix_values": suffix, "vocab_size": int(info.spec["levels"]) * k + suffix,
-                 "fill": aligned.fill}
+        vocab = {
+            "codebook_size": k,
+            "levels": info.spec["levels"],
+            "width": info.width,
+            "offsets": offsets.tolist(),
+            "offsets_applied": {f"{name}_tokens.npy": True, f"{name}_tokens.txt": False},
+            "suffix_values": suffix,
+            "vocab_size": int(info.spec["levels"]) * k + suffix,
+            "fill": aligned.fill,
+        }
         (out / f"{name}_vocab.json").write_text(json.dumps(vocab, indent=2))
         files += [f"{name}_tokens.npy", f"{name}_tokens.txt", f"{name}_vocab.json"]
-        aligned.details[name].update({"offsets": offsets.tolist(), "offsets_applied_in": f"{name}_tokens.npy",
-                                      "vocab_size": vocab["vocab_size"]})
+        aligned.details[name].update(
+            {"offsets": offsets.tolist(), "offsets_applied_in": f"{name}_tokens.npy", "vocab_size": vocab["vocab_size"]}
+        )
     files += write_masks(aligned, out, aligned.semantic_ids)
     return files + [write_mapping(aligned, out)]
 
@@ -115,14 +134,17 @@ def _sid_parquet(aligned: Aligned, out: Path, options: dict[str, Any]) -> list[s
     """semantic_ids.parquet: item_id, item_index, per definition its codes (null: no ID) and
     its token string (raw codes, no offsets); one row group per chunk of rows."""
     import pyarrow.parquet as pq
+
     from itemlens.store.semantic_ids import token_strings
 
     writer = None
     try:
         for start in range(0, max(len(aligned.ids), 1), CHUNK_ROWS):
             rows = slice(start, start + CHUNK_ROWS)
-            columns: dict[str, pa.Array] = {"item_id": pa.array(aligned.ids[rows], pa.string()),
-                                            "item_index": pa.array(aligned.item_index[rows], pa.int64())}
+            columns: dict[str, pa.Array] = {
+                "item_id": pa.array(aligned.ids[rows], pa.string()),
+                "item_index": pa.array(aligned.item_index[rows], pa.int64()),
+            }
             for name, codes in aligned.semantic_ids.items():
                 present, part = aligned.present[name][rows], codes[rows]
                 flat = pa.array(np.where(present[:, None], part, 0).reshape(-1).astype(np.int32))

@@ -22,14 +22,38 @@ never NaN. An item-item co-occurrence graph from interactions can be one of the 
 
 from itemlens.store.graphs.build import FeatureInputs, GraphReport, build, derive, read_feature
 from itemlens.store.graphs.presets import (
-    Preset, fused_matrix, get_preset, hypergraph, knn_matrix, normalize, preset_names, register_preset,
+    Preset,
+    fused_matrix,
+    get_preset,
+    hypergraph,
+    knn_matrix,
+    normalize,
+    preset_names,
+    register_preset,
 )
 from itemlens.store.graphs.spec import COOCCURRENCE, GraphSpec, InteractionsSpec
 from itemlens.store.graphs.stats import degree_plot, graph_stats, list_stats
 from itemlens.store.graphs.storage import GRAPH_SCHEMA
 
 __all__ = [
-    "COOCCURRENCE", "GRAPH_SCHEMA", "FeatureInputs", "GraphReport", "GraphSpec", "InteractionsSpec", "Preset",
-    "build", "degree_plot", "derive", "fused_matrix", "get_preset", "graph_stats", "hypergraph", "knn_matrix",
-    "list_stats", "normalize", "preset_names", "read_feature", "register_preset",
+    "COOCCURRENCE",
+    "GRAPH_SCHEMA",
+    "FeatureInputs",
+    "GraphReport",
+    "GraphSpec",
+    "InteractionsSpec",
+    "Preset",
+    "build",
+    "degree_plot",
+    "derive",
+    "fused_matrix",
+    "get_preset",
+    "graph_stats",
+    "hypergraph",
+    "knn_matrix",
+    "list_stats",
+    "normalize",
+    "preset_names",
+    "read_feature",
+    "register_preset",
 ]

@@ -4,11 +4,14 @@ same users' histories share, top-N by count (ties by item index)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
 import numpy as np
 import pyarrow as pa
+
 from itemlens.errors import ConfigError
 from itemlens.store.graphs.spec import InteractionsSpec
 from itemlens.store.graphs.storage import GRAPH_SCHEMA
+
 if TYPE_CHECKING:  # pragma: no cover
     pass
 
@@ -30,7 +33,9 @@ def _read_interactions(spec: InteractionsSpec) -> pa.Table:
         raise ConfigError(f"interactions file {path!r}: use .parquet, .jsonl or .csv/.tsv")
     for column in (spec.user_column, spec.item_column):
         if column not in table.column_names:
-            raise ConfigError(f"interactions file {path!r} has no column {column!r} (it has {', '.join(table.column_names)})")
+            raise ConfigError(
+                f"interactions file {path!r} has no column {column!r} (it has {', '.join(table.column_names)})"
+            )
     return table
 
 
@@ -42,7 +47,7 @@ def cooccurrence_lists(spec: InteractionsSpec, index_of: dict[str, int]) -> pa.T
     table = _read_interactions(spec)
     users = pa.compute.cast(table.column(spec.user_column), pa.string()).to_pylist()
     items = pa.compute.cast(table.column(spec.item_column), pa.string()).to_pylist()
-    pairs = {(u, index_of[i]) for u, i in zip(users, items) if i in index_of}      # known items, deduplicated
+    pairs = {(u, index_of[i]) for u, i in zip(users, items) if i in index_of}  # known items, deduplicated
     if not pairs:
         return GRAPH_SCHEMA.empty_table().drop_columns(["feature"])
     user_ids = {u: n for n, u in enumerate(sorted({u for u, _ in pairs}))}
@@ -56,15 +61,20 @@ def cooccurrence_lists(spec: InteractionsSpec, index_of: dict[str, int]) -> pa.T
     by_index = {v: k for k, v in index_of.items()}
     out_ids, out_index, neighbors, counts = [], [], [], []
     for i in np.flatnonzero(np.diff(c.indptr)).tolist():
-        cols_i = c.indices[c.indptr[i]:c.indptr[i + 1]]
-        vals_i = c.data[c.indptr[i]:c.indptr[i + 1]]
+        cols_i = c.indices[c.indptr[i] : c.indptr[i + 1]]
+        vals_i = c.data[c.indptr[i] : c.indptr[i + 1]]
         order = np.lexsort((cols_i, -vals_i))[: spec.top_n]
         out_ids.append(by_index[i])
         out_index.append(i)
         neighbors.append(cols_i[order].astype(np.int64).tolist())
         counts.append(vals_i[order].astype(np.float32).tolist())
-    return pa.table({"item_id": pa.array(out_ids, pa.string()), "item_index": pa.array(out_index, pa.int64()),
-                     "neighbors": pa.array(neighbors, pa.list_(pa.int64())),
-                     "scores": pa.array(counts, pa.list_(pa.float32())),
-                     "exact": pa.array([len(c) for c in counts], pa.int32()),
-                     "source_hash": pa.array([""] * len(out_ids), pa.string())})
+    return pa.table(
+        {
+            "item_id": pa.array(out_ids, pa.string()),
+            "item_index": pa.array(out_index, pa.int64()),
+            "neighbors": pa.array(neighbors, pa.list_(pa.int64())),
+            "scores": pa.array(counts, pa.list_(pa.float32())),
+            "exact": pa.array([len(c) for c in counts], pa.int32()),
+            "source_hash": pa.array([""] * len(out_ids), pa.string()),
+        }
+    )

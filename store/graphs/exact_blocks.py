@@ -10,6 +10,7 @@ A refresh of an exact graph reads the vectors in the driver (:func:`..build._ref
 from __future__ import annotations
 
 import numpy as np
+
 from itemlens.store.graphs.ivf import MUTUAL_ITEMS, Lists, _collect, _kept_rows, _sample_rows, _summary
 from itemlens.store.graphs.knn import NO_NEIGHBOUR, unit
 from itemlens.store.vectors import TableSource, blocks, read_block, vectors_of
@@ -18,12 +19,26 @@ from itemlens.store.vectors import TableSource, blocks, read_block, vectors_of
 COLUMNS, ROWS = 65_536, 16_384
 
 
-def exact_block(feature: str, source: TableSource, address: np.ndarray, item_index: np.ndarray, every: tuple,
-                depth: int, k: int, self_loops: bool, dim: int, device: str, uri: str, options, size: int,
-                keep: np.ndarray) -> dict:
+def exact_block(
+    feature: str,
+    source: TableSource,
+    address: np.ndarray,
+    item_index: np.ndarray,
+    every: tuple,
+    depth: int,
+    k: int,
+    self_loops: bool,
+    dim: int,
+    device: str,
+    uri: str,
+    options,
+    size: int,
+    keep: np.ndarray,
+) -> dict:
     """The exact lists of one block of items against every item (``every``: row addresses and
     item indexes, ascending), written as fragments of the graph table."""
     import torch
+
     from itemlens.store import lance_io
     from itemlens.store.graphs import knn
 
@@ -38,7 +53,7 @@ def exact_block(feature: str, source: TableSource, address: np.ndarray, item_ind
         for cols in blocks(len(all_address), COLUMNS):
             xu, valid = unit(vectors_of(read_block(source, all_address[cols], ["vector"]), dim))
             S = Q @ torch.from_numpy(xu).to(device).T
-            S[:, torch.from_numpy(~valid).to(device)] = float("-inf")        # a zero vector is nobody's neighbour
+            S[:, torch.from_numpy(~valid).to(device)] = float("-inf")  # a zero vector is nobody's neighbour
             items = torch.from_numpy(all_index[cols]).to(device)
             if not self_loops:
                 S[items[None, :] == own[:, None]] = float("-inf")
@@ -54,18 +69,24 @@ def exact_block(feature: str, source: TableSource, address: np.ndarray, item_ind
 def lists_table(feature: str, ids, item_index: np.ndarray, found: np.ndarray, scores: np.ndarray, hashes):
     """Graph rows (GRAPH_SCHEMA) of lists that are item indexes already, computed whole."""
     import pyarrow as pa
+
     from itemlens.store.graphs.storage import GRAPH_SCHEMA
 
     ok = found >= 0
     lengths = ok.sum(axis=1)
     offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
-    return pa.table({
-        "feature": pa.array([feature] * len(found), pa.string()), "item_id": ids,
-        "item_index": pa.array(item_index, pa.int64()),
-        "neighbors": pa.ListArray.from_arrays(offsets, pa.array(found[ok], pa.int64())),
-        "scores": pa.ListArray.from_arrays(offsets, pa.array(scores[ok].astype(np.float32), pa.float32())),
-        "exact": pa.array(lengths.astype(np.int32), pa.int32()), "source_hash": hashes,
-    }, schema=GRAPH_SCHEMA)
+    return pa.table(
+        {
+            "feature": pa.array([feature] * len(found), pa.string()),
+            "item_id": ids,
+            "item_index": pa.array(item_index, pa.int64()),
+            "neighbors": pa.ListArray.from_arrays(offsets, pa.array(found[ok], pa.int64())),
+            "scores": pa.ListArray.from_arrays(offsets, pa.array(scores[ok].astype(np.float32), pa.float32())),
+            "exact": pa.array(lengths.astype(np.int32), pa.int32()),
+            "source_hash": hashes,
+        },
+        schema=GRAPH_SCHEMA,
+    )
 
 
 def build_lists(runner, feature: str, rows, spec, uri: str, options, size: int, device: str) -> Lists:
@@ -73,9 +94,35 @@ def build_lists(runner, feature: str, rows, spec, uri: str, options, size: int, 
     n = len(rows.item_index)
     every = runner.share((rows.address, rows.item_index))
     sampled = _sample_rows(n, MUTUAL_ITEMS)
-    args = [(feature, rows.source, rows.address[b], rows.item_index[b], every, spec.list_depth, spec.k,
-             spec.self_loops, rows.dim, device, uri, options, size,
-             _kept_rows(sampled, b)) for b in blocks(n, ROWS)]
+    args = [
+        (
+            feature,
+            rows.source,
+            rows.address[b],
+            rows.item_index[b],
+            every,
+            spec.list_depth,
+            spec.k,
+            spec.self_loops,
+            rows.dim,
+            device,
+            uri,
+            options,
+            size,
+            _kept_rows(sampled, b),
+        )
+        for b in blocks(n, ROWS)
+    ]
     out = _collect(runner.map(exact_block, args, gpus=1 if device == "cuda" else 0), size, spec.k)
-    return Lists(out["fragments"], out["in_degree"], out["edges"], sampled, out["kept"], n, n, None,
-                 np.zeros((0, rows.dim), np.float32), [])
+    return Lists(
+        out["fragments"],
+        out["in_degree"],
+        out["edges"],
+        sampled,
+        out["kept"],
+        n,
+        n,
+        None,
+        np.zeros((0, rows.dim), np.float32),
+        [],
+    )

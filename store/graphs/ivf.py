@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+
 from itemlens.store.graphs.knn import NO_NEIGHBOUR, unit
 from itemlens.store.vectors import TableSource, blocks, read_block, vectors_of
 
@@ -48,16 +49,18 @@ MUTUAL_ITEMS = 100_000
 #: recall@k against exact search: on this many sampled rows
 RECALL_ROWS = 200
 
-APPROX_SCHEMA = pa.schema([
-    pa.field("feature", pa.string()),
-    pa.field("item_id", pa.string()),
-    pa.field("item_index", pa.int64()),
-    pa.field("neighbors", pa.list_(pa.int64())),
-    pa.field("scores", pa.list_(pa.float32())),
-    pa.field("exact", pa.int32()),
-    pa.field("source_hash", pa.string()),
-    pa.field("probes", pa.list_(pa.int32())),      # the item's nprobe nearest centroids, nearest first
-])
+APPROX_SCHEMA = pa.schema(
+    [
+        pa.field("feature", pa.string()),
+        pa.field("item_id", pa.string()),
+        pa.field("item_index", pa.int64()),
+        pa.field("neighbors", pa.list_(pa.int64())),
+        pa.field("scores", pa.list_(pa.float32())),
+        pa.field("exact", pa.int32()),
+        pa.field("source_hash", pa.string()),
+        pa.field("probes", pa.list_(pa.int32())),  # the item's nprobe nearest centroids, nearest first
+    ]
+)
 
 
 def nlist_for(n: int) -> int:
@@ -73,11 +76,11 @@ def probes_of(xu: np.ndarray, centroids: np.ndarray, nprobe: int) -> np.ndarray:
     c = np.ascontiguousarray(centroids.T)
     pad = np.zeros((PROBE_CHUNK, xu.shape[1]), np.float32)
     for start in range(0, len(xu), PROBE_CHUNK):
-        rows = xu[start:start + PROBE_CHUNK]
-        pad[:len(rows)] = rows
-        pad[len(rows):] = 0
-        scores = torch.from_numpy(pad @ c)[:len(rows)]
-        out[start:start + len(rows)] = scores.topk(nprobe, dim=1, sorted=True).indices.numpy()
+        rows = xu[start : start + PROBE_CHUNK]
+        pad[: len(rows)] = rows
+        pad[len(rows) :] = 0
+        scores = torch.from_numpy(pad @ c)[: len(rows)]
+        out[start : start + len(rows)] = scores.topk(nprobe, dim=1, sorted=True).indices.numpy()
     return out
 
 
@@ -97,8 +100,15 @@ def train_centroids(source: TableSource, address: np.ndarray, dim: int, nlist: i
 class IvfShard:
     """The IVF lists of some items: their unit vectors, each in the list of its first probe."""
 
-    def __init__(self, centroids: np.ndarray, source: TableSource, address: np.ndarray, item_index: np.ndarray,
-                 dim: int, nprobe: int):
+    def __init__(
+        self,
+        centroids: np.ndarray,
+        source: TableSource,
+        address: np.ndarray,
+        item_index: np.ndarray,
+        dim: int,
+        nprobe: int,
+    ):
         import faiss
 
         nlist, d = centroids.shape
@@ -108,7 +118,7 @@ class IvfShard:
         self.index = faiss.IndexIVFFlat(self.quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         for b in blocks(len(address)):
             xu, valid = unit(vectors_of(read_block(source, address[b], ["vector"]), dim))
-            keep = np.flatnonzero(valid)          # a zero vector is nobody's neighbour
+            keep = np.flatnonzero(valid)  # a zero vector is nobody's neighbour
             if len(keep):
                 x = np.ascontiguousarray(xu[keep])
                 ids = np.ascontiguousarray(item_index[b][keep], np.int64)
@@ -124,8 +134,9 @@ class IvfShard:
             return np.full((len(xu), k), -np.inf, np.float32), np.full((len(xu), k), NO_NEIGHBOUR, np.int64)
         self.index.nprobe = probes.shape[1]
         probes = np.ascontiguousarray(probes, np.int64)
-        scores, found = self.index.search_preassigned(np.ascontiguousarray(xu, np.float32), k, probes,
-                                                      np.zeros(probes.shape, np.float32))
+        scores, found = self.index.search_preassigned(
+            np.ascontiguousarray(xu, np.float32), k, probes, np.zeros(probes.shape, np.float32)
+        )
         return scores, found
 
     def exact(self, xu: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -137,8 +148,9 @@ def ask_local(shards, method: str, *args) -> list[Any]:
     return [getattr(s, method)(*args) for s in shards]
 
 
-def merge_parts(parts: list[tuple[np.ndarray, np.ndarray]], depth: int, own: np.ndarray | None
-                ) -> tuple[np.ndarray, np.ndarray]:
+def merge_parts(
+    parts: list[tuple[np.ndarray, np.ndarray]], depth: int, own: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the best ``depth`` of the shards' answers, by score then item index; ``own``
     (the rows' item indexes) are left out where given (no self-loops)."""
     scores = np.concatenate([p[0] for p in parts], axis=1).astype(np.float32)
@@ -162,17 +174,18 @@ class Search:
     """What every block task of one feature shares."""
 
     feature: str
-    centroids: Any               # [nlist, d] float32 (Ray: an object reference)
+    centroids: Any  # [nlist, d] float32 (Ray: an object reference)
     nprobe: int
     depth: int
     k: int
     self_loops: bool
     dim: int
-    caller: Any                  # calls a method on every shard (in this process, or on Ray actors)
+    caller: Any  # calls a method on every shard (in this process, or on Ray actors)
 
 
-def search_rows(search: Search, shards, xu: np.ndarray, valid: np.ndarray, item_index: np.ndarray,
-                probes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def search_rows(
+    search: Search, shards, xu: np.ndarray, valid: np.ndarray, item_index: np.ndarray, probes: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The lists of some items: (item indexes [b, depth], scores, probes)."""
     if probes is None:
         probes = probes_of(xu, search.centroids, search.nprobe)
@@ -183,22 +196,35 @@ def search_rows(search: Search, shards, xu: np.ndarray, valid: np.ndarray, item_
     return found, scores, probes
 
 
-def rows_table(feature: str, ids: pa.Array, item_index: np.ndarray, found: np.ndarray, scores: np.ndarray,
-               exact: np.ndarray | None, hashes: pa.Array, probes: np.ndarray) -> pa.Table:
+def rows_table(
+    feature: str,
+    ids: pa.Array,
+    item_index: np.ndarray,
+    found: np.ndarray,
+    scores: np.ndarray,
+    exact: np.ndarray | None,
+    hashes: pa.Array,
+    probes: np.ndarray,
+) -> pa.Table:
     ok = found >= 0
     lengths = ok.sum(axis=1)
     offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
     n, width = probes.shape
-    return pa.table({
-        "feature": pa.array([feature] * n, pa.string()), "item_id": ids,
-        "item_index": pa.array(item_index, pa.int64()),
-        "neighbors": pa.ListArray.from_arrays(offsets, pa.array(found[ok], pa.int64())),
-        "scores": pa.ListArray.from_arrays(offsets, pa.array(scores[ok].astype(np.float32), pa.float32())),
-        "exact": pa.array((lengths if exact is None else np.minimum(exact, lengths)).astype(np.int32), pa.int32()),
-        "source_hash": hashes,
-        "probes": pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32)),
-                                           pa.array(probes.reshape(-1), pa.int32())),
-    }, schema=APPROX_SCHEMA)
+    return pa.table(
+        {
+            "feature": pa.array([feature] * n, pa.string()),
+            "item_id": ids,
+            "item_index": pa.array(item_index, pa.int64()),
+            "neighbors": pa.ListArray.from_arrays(offsets, pa.array(found[ok], pa.int64())),
+            "scores": pa.ListArray.from_arrays(offsets, pa.array(scores[ok].astype(np.float32), pa.float32())),
+            "exact": pa.array((lengths if exact is None else np.minimum(exact, lengths)).astype(np.int32), pa.int32()),
+            "source_hash": hashes,
+            "probes": pa.ListArray.from_arrays(
+                pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32)), pa.array(probes.reshape(-1), pa.int32())
+            ),
+        },
+        schema=APPROX_SCHEMA,
+    )
 
 
 def _summary(found: np.ndarray, item_index: np.ndarray, k: int, size: int, keep: np.ndarray) -> dict[str, Any]:
@@ -209,22 +235,48 @@ def _summary(found: np.ndarray, item_index: np.ndarray, k: int, size: int, keep:
     return {"targets": first[edge].astype(np.int32), "edges": int(edge.sum()), "kept": first[keep].astype(np.int32)}
 
 
-def build_block(search: Search, shards, source: TableSource, address: np.ndarray, item_index: np.ndarray,
-                uri: str, options, size: int, keep: np.ndarray) -> dict[str, Any]:
+def build_block(
+    search: Search,
+    shards,
+    source: TableSource,
+    address: np.ndarray,
+    item_index: np.ndarray,
+    uri: str,
+    options,
+    size: int,
+    keep: np.ndarray,
+) -> dict[str, Any]:
     """Search one block of items and write its rows (uncommitted fragments)."""
     from itemlens.store import lance_io
 
     table = read_block(source, address, ["item_id", "vector", "input_hash"])
     xu, valid = unit(vectors_of(table, search.dim))
     found, scores, probes = search_rows(search, shards, xu, valid, item_index)
-    rows = rows_table(search.feature, table.column("item_id"), item_index, found, scores, None,
-                      table.column("input_hash"), probes)
-    return {"fragments": lance_io.write_fragments(rows, uri, options), **_summary(found, item_index, search.k, size, keep)}
+    rows = rows_table(
+        search.feature, table.column("item_id"), item_index, found, scores, None, table.column("input_hash"), probes
+    )
+    return {
+        "fragments": lance_io.write_fragments(rows, uri, options),
+        **_summary(found, item_index, search.k, size, keep),
+    }
 
 
-def refresh_block(search: Search, shards, fresh_shards, source: TableSource, address: np.ndarray,
-                  item_index: np.ndarray, stored: TableSource | None, stored_address: np.ndarray, moved_ref,
-                  reachable: int, uri: str, options, size: int, keep: np.ndarray) -> dict[str, Any]:
+def refresh_block(
+    search: Search,
+    shards,
+    fresh_shards,
+    source: TableSource,
+    address: np.ndarray,
+    item_index: np.ndarray,
+    stored: TableSource | None,
+    stored_address: np.ndarray,
+    moved_ref,
+    reachable: int,
+    uri: str,
+    options,
+    size: int,
+    keep: np.ndarray,
+) -> dict[str, Any]:
     """One block of a refresh: new and changed items searched; stored lists without the items
     that moved, merged with the new and changed items of their probed lists; lists left unsure
     of their first k searched again. Writes the block's rows; counts what it touched."""
@@ -240,8 +292,10 @@ def refresh_block(search: Search, shards, fresh_shards, source: TableSource, add
     old = None
     if stored is not None and len(held):
         old = read_block(stored, stored_address[held], ["neighbors", "scores", "exact", "source_hash", "probes"])
-        same = np.asarray([a == b for a, b in zip(old.column("source_hash").to_pylist(),
-                                                  hashes.take(pa.array(held)).to_pylist())], bool)
+        same = np.asarray(
+            [a == b for a, b in zip(old.column("source_hash").to_pylist(), hashes.take(pa.array(held)).to_pylist())],
+            bool,
+        )
         fresh[held[same]] = False
     found = np.full((n, depth), NO_NEIGHBOUR, np.int64)
     scores = np.full((n, depth), -np.inf, np.float32)
@@ -257,8 +311,9 @@ def refresh_block(search: Search, shards, fresh_shards, source: TableSource, add
         neighbors = old.column("neighbors").take(pa.array(at))
         lists, sims = _dense(neighbors, old.column("scores").take(pa.array(at)), depth)
         stored_exact = old.column("exact").take(pa.array(at)).to_numpy().astype(np.int64)
-        probes[kept] = np.asarray(old.column("probes").take(pa.array(at)).combine_chunks().flatten()
-                                  .to_numpy()).reshape(len(kept), -1)
+        probes[kept] = np.asarray(
+            old.column("probes").take(pa.array(at)).combine_chunks().flatten().to_numpy()
+        ).reshape(len(kept), -1)
         lengths = (lists >= 0).sum(axis=1)
         gone = (lists >= 0) & moved[np.maximum(lists, 0)]
         lost = gone.any(axis=1)
@@ -266,16 +321,19 @@ def refresh_block(search: Search, shards, fresh_shards, source: TableSource, add
         # what a stored list vouches for: its entries down to the last one that stayed
         survivors = np.where(gone, NO_NEIGHBOUR, lists)
         order = np.argsort(survivors < 0, axis=1, kind="stable")
-        lists, sims = np.take_along_axis(survivors, order, 1), np.take_along_axis(np.where(gone, -np.inf, sims), order, 1)
+        lists, sims = (
+            np.take_along_axis(survivors, order, 1),
+            np.take_along_axis(np.where(gone, -np.inf, sims), order, 1),
+        )
         remaining = (lists >= 0).sum(axis=1)
         bound = np.where(remaining > 0, sims[np.arange(len(kept)), np.maximum(remaining - 1, 0)], np.inf)
-        complete = lengths < depth           # the list held every item of its probes
+        complete = lengths < depth  # the list held every item of its probes
         bound = np.where(complete, -np.inf, bound)
         prefix = np.minimum(np.where(lost, remaining, stored_exact), remaining)
         # the new and changed items of each list's probed lists
         if fresh_shards is not None:
             extra = 0 if search.self_loops else 1
-            xq, _ = unit(_vectors_for(source, address[kept], search.dim))      # queries: the items' own vectors
+            xq, _ = unit(_vectors_for(source, address[kept], search.dim))  # queries: the items' own vectors
             parts = search.caller(fresh_shards, "search", xq, probes[kept], depth + extra)
             cand, cand_scores = merge_parts(parts, depth, None if search.self_loops else item_index[kept])
             new_lists, new_sims = merge_parts([(sims, lists), (cand_scores, cand)], depth, None)
@@ -295,8 +353,12 @@ def refresh_block(search: Search, shards, fresh_shards, source: TableSource, add
         exact[search_now] = depth
     rows = rows_table(search.feature, current.column("item_id"), item_index, found, scores, exact, hashes, probes)
     touched[search_now] = True
-    return {"fragments": lance_io.write_fragments(rows, uri, options),
-            "recomputed": len(search_now), "touched": int(touched.sum()), **_summary(found, item_index, search.k, size, keep)}
+    return {
+        "fragments": lance_io.write_fragments(rows, uri, options),
+        "recomputed": len(search_now),
+        "touched": int(touched.sum()),
+        **_summary(found, item_index, search.k, size, keep),
+    }
 
 
 def _vectors_for(source: TableSource, address: np.ndarray, dim: int) -> np.ndarray:
@@ -320,18 +382,19 @@ def _dense(neighbors: pa.ChunkedArray, scores: pa.ChunkedArray, depth: int) -> t
 
 # -- the passes ---------------------------------------------------------------------------------
 
+
 @dataclass
 class Lists:
     """What a build or refresh of one feature leaves on the driver."""
 
     fragments: list[str]
-    in_degree: np.ndarray          # [size] int32
+    in_degree: np.ndarray  # [size] int32
     edges: int
-    sampled: np.ndarray            # positions (into the items) whose first k are kept
-    sampled_lists: np.ndarray      # [len(sampled), k] item indexes
+    sampled: np.ndarray  # positions (into the items) whose first k are kept
+    sampled_lists: np.ndarray  # [len(sampled), k] item indexes
     recomputed: int
     touched: int
-    fresh: np.ndarray | None       # refresh: which items were new or changed
+    fresh: np.ndarray | None  # refresh: which items were new or changed
     centroids: np.ndarray
     shards: list
 
@@ -352,29 +415,52 @@ def _sample_rows(n: int, size: int, seed: int = 0) -> np.ndarray:
     return np.arange(n) if n <= size else np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
 
 
-def build_lists(runner, feature: str, rows, spec, uri: str, options, size: int,
-                centroids: np.ndarray | None = None) -> Lists:
+def build_lists(
+    runner, feature: str, rows, spec, uri: str, options, size: int, centroids: np.ndarray | None = None
+) -> Lists:
     """Train (unless ``centroids`` are given), shard and search every item of one feature."""
     n = len(rows.item_index)
     nlist = len(centroids) if centroids is not None else min(spec.nlist or nlist_for(n), max(n, 1))
     if centroids is None:
         picks = _sample_rows(n, SAMPLE_PER_LIST * nlist, seed=0)
         centroids = runner.call(train_centroids, rows.source, rows.address[picks], rows.dim, nlist, 0)
-    shards = runner.shards(IvfShard, _shard_args(runner.share(centroids), rows.source, rows.address, rows.item_index,
-                                                 rows.dim, spec.nprobe))
-    search = Search(feature, centroids, spec.nprobe, spec.list_depth, spec.k, spec.self_loops, rows.dim,
-                    getattr(runner, "shard_caller", ask_local))
+    shards = runner.shards(
+        IvfShard,
+        _shard_args(runner.share(centroids), rows.source, rows.address, rows.item_index, rows.dim, spec.nprobe),
+    )
+    search = Search(
+        feature,
+        centroids,
+        spec.nprobe,
+        spec.list_depth,
+        spec.k,
+        spec.self_loops,
+        rows.dim,
+        getattr(runner, "shard_caller", ask_local),
+    )
     shared = runner.share(search)
     sampled = _sample_rows(n, MUTUAL_ITEMS)
     cut = blocks(n)
-    args = [(shared, shards, rows.source, rows.address[b], rows.item_index[b], uri, options, size,
-             _kept_rows(sampled, b)) for b in cut]
+    args = [
+        (shared, shards, rows.source, rows.address[b], rows.item_index[b], uri, options, size, _kept_rows(sampled, b))
+        for b in cut
+    ]
     out = _collect(runner.map(build_block, args), size, spec.k, len(args))
     return Lists(out["fragments"], out["in_degree"], out["edges"], sampled, out["kept"], n, n, None, centroids, shards)
 
 
-def refresh_lists(runner, feature: str, rows, spec, stored: TableSource, stored_rows: tuple[np.ndarray, np.ndarray],
-                  centroids: np.ndarray, uri: str, options, size: int) -> tuple[Lists, int]:
+def refresh_lists(
+    runner,
+    feature: str,
+    rows,
+    spec,
+    stored: TableSource,
+    stored_rows: tuple[np.ndarray, np.ndarray],
+    centroids: np.ndarray,
+    uri: str,
+    options,
+    size: int,
+) -> tuple[Lists, int]:
     """Refresh one feature's lists with the stored centroids (see the module's docstring).
     ``stored_rows``: (item index, row address) of the feature's stored lists. Returns the
     lists and how many stored lists were deleted (their items are gone)."""
@@ -390,31 +476,81 @@ def refresh_lists(runner, feature: str, rows, spec, stored: TableSource, stored_
     # which items are new or changed: a first pass over the hashes
     fresh = np.ones(n, bool)
     held = np.flatnonzero(stored_of_item >= 0)
-    for b, same in zip(blocks(len(held)), runner.map(_same_hash, [
-            (rows.source, rows.address[held[b]], stored, stored_of_item[held[b]]) for b in blocks(len(held))])):
+    for b, same in zip(
+        blocks(len(held)),
+        runner.map(
+            _same_hash,
+            [(rows.source, rows.address[held[b]], stored, stored_of_item[held[b]]) for b in blocks(len(held))],
+        ),
+    ):
         fresh[held[b][same]] = False
     moved = np.zeros(size, bool)
     moved[rows.item_index[fresh]] = True
     moved[gone] = True
-    shards = runner.shards(IvfShard, _shard_args(runner.share(centroids), rows.source, rows.address, rows.item_index,
-                                                 rows.dim, spec.nprobe))
+    shards = runner.shards(
+        IvfShard,
+        _shard_args(runner.share(centroids), rows.source, rows.address, rows.item_index, rows.dim, spec.nprobe),
+    )
     new = np.flatnonzero(fresh)
-    fresh_shards = runner.shards(IvfShard, [(runner.share(centroids), rows.source, rows.address[new],
-                                             rows.item_index[new], rows.dim, spec.nprobe)]) if len(new) else None
-    search = Search(feature, centroids, spec.nprobe, spec.list_depth, spec.k, spec.self_loops, rows.dim,
-                    getattr(runner, "shard_caller", ask_local))
+    fresh_shards = (
+        runner.shards(
+            IvfShard,
+            [(runner.share(centroids), rows.source, rows.address[new], rows.item_index[new], rows.dim, spec.nprobe)],
+        )
+        if len(new)
+        else None
+    )
+    search = Search(
+        feature,
+        centroids,
+        spec.nprobe,
+        spec.list_depth,
+        spec.k,
+        spec.self_loops,
+        rows.dim,
+        getattr(runner, "shard_caller", ask_local),
+    )
     shared, moved_ref = runner.share(search), runner.share(moved)
     reachable = n - (0 if spec.self_loops else 1)
     sampled = _sample_rows(n, MUTUAL_ITEMS)
     cut = blocks(n)
-    args = [(shared, shards, fresh_shards, rows.source, rows.address[b], rows.item_index[b], stored,
-             stored_of_item[b], moved_ref, reachable, uri, options, size,
-             _kept_rows(sampled, b)) for b in cut]
+    args = [
+        (
+            shared,
+            shards,
+            fresh_shards,
+            rows.source,
+            rows.address[b],
+            rows.item_index[b],
+            stored,
+            stored_of_item[b],
+            moved_ref,
+            reachable,
+            uri,
+            options,
+            size,
+            _kept_rows(sampled, b),
+        )
+        for b in cut
+    ]
     out = _collect(runner.map(refresh_block, args), size, spec.k, len(args))
     if fresh_shards is not None:
         runner.release(fresh_shards)
-    return (Lists(out["fragments"], out["in_degree"], out["edges"], sampled, out["kept"], out["recomputed"],
-                  out["touched"], fresh, centroids, shards), len(gone))
+    return (
+        Lists(
+            out["fragments"],
+            out["in_degree"],
+            out["edges"],
+            sampled,
+            out["kept"],
+            out["recomputed"],
+            out["touched"],
+            fresh,
+            centroids,
+            shards,
+        ),
+        len(gone),
+    )
 
 
 def _same_hash(source: TableSource, address: np.ndarray, stored: TableSource, stored_address: np.ndarray) -> np.ndarray:
@@ -428,13 +564,19 @@ def _collect(results, size: int, k: int, total: int = 0) -> dict[str, Any]:
     import time
 
     log, start = logging.getLogger("itemlens.graphs"), time.perf_counter()
-    out = {"fragments": [], "in_degree": np.zeros(size, np.int64), "edges": 0, "kept": [], "recomputed": 0,
-           "touched": 0}
+    out = {
+        "fragments": [],
+        "in_degree": np.zeros(size, np.int64),
+        "edges": 0,
+        "kept": [],
+        "recomputed": 0,
+        "touched": 0,
+    }
     for done, r in enumerate(results, 1):
         if done % 10 == 0:
             log.info("%d of %d blocks done in %.0f s", done, total, time.perf_counter() - start)
         out["fragments"] += r["fragments"]
-        out["in_degree"] += np.bincount(r["targets"], minlength=size)      # the edges' targets, counted here
+        out["in_degree"] += np.bincount(r["targets"], minlength=size)  # the edges' targets, counted here
         out["edges"] += r["edges"]
         out["kept"].append(r["kept"])
         out["recomputed"] += r.get("recomputed", 0)
@@ -445,6 +587,7 @@ def _collect(results, size: int, k: int, total: int = 0) -> dict[str, Any]:
 
 # -- statistics ---------------------------------------------------------------------------------
 
+
 def stats(lists: Lists, rows) -> dict[str, Any]:
     """list_stats' figures from what the passes kept: in-degree over every list, the mutual
     share over the sampled lists (every list up to MUTUAL_ITEMS items: then exact)."""
@@ -452,9 +595,15 @@ def stats(lists: Lists, rows) -> dict[str, Any]:
     in_degree = lists.in_degree[rows.item_index]
     mutual = _mutual(lists.sampled_lists.astype(np.int64), rows.item_index[lists.sampled])
     return {
-        "items": int(n), "edges": int(lists.edges), "mutual_share": round(mutual, 4),
-        "in_degree": {"min": int(in_degree.min(initial=0)), "median": float(np.median(in_degree)) if n else 0.0,
-                      "max": int(in_degree.max(initial=0)), "zero": int((in_degree == 0).sum())},
+        "items": int(n),
+        "edges": int(lists.edges),
+        "mutual_share": round(mutual, 4),
+        "in_degree": {
+            "min": int(in_degree.min(initial=0)),
+            "median": float(np.median(in_degree)) if n else 0.0,
+            "max": int(in_degree.max(initial=0)),
+            "zero": int((in_degree == 0).sum()),
+        },
         "in_degree_histogram": np.bincount(in_degree).tolist(),
         **({"mutual_share_sample": len(lists.sampled)} if len(lists.sampled) < n else {}),
     }
@@ -489,7 +638,7 @@ def recall(runner, lists: Lists, rows, spec) -> float:
     for t, f, ok in zip(truth, found, valid):
         t = set(t[t >= 0].tolist())
         if ok and t:
-            recalls.append(len(t & set(f[:spec.k].tolist())) / len(t))
+            recalls.append(len(t & set(f[: spec.k].tolist())) / len(t))
     return round(float(np.mean(recalls)), 4) if recalls else 0.0
 
 
@@ -499,11 +648,19 @@ def _lists_of(runner, lists: Lists, rows, picks: np.ndarray, spec) -> np.ndarray
     at = np.searchsorted(lists.sampled, picks)
     if len(lists.sampled) and (at < len(lists.sampled)).all() and (lists.sampled[at] == picks).all():
         return lists.sampled_lists[at]
-    search = Search("", lists.centroids, spec.nprobe, spec.list_depth, spec.k, spec.self_loops, rows.dim,
-                    getattr(runner, "shard_caller", ask_local))
+    search = Search(
+        "",
+        lists.centroids,
+        spec.nprobe,
+        spec.list_depth,
+        spec.k,
+        spec.self_loops,
+        rows.dim,
+        getattr(runner, "shard_caller", ask_local),
+    )
     xu, valid = unit(_vectors_for(rows.source, rows.address[picks], rows.dim))
     found, _, _ = search_rows(search, lists.shards, xu, valid, rows.item_index[picks])
-    return found[:, :spec.k]
+    return found[:, : spec.k]
 
 
 def centroid_blob(centroids: np.ndarray) -> bytes:
@@ -516,4 +673,3 @@ def centroids_of(blob: bytes) -> np.ndarray:
     from safetensors.numpy import load
 
     return load(blob)["centroids"]
-

@@ -76,8 +76,8 @@ def _merge_candidates(best_v, best_i, start: int, count: int, rows, neighbours, 
     the current lists, instead of a top-k over a whole block."""
     import torch
 
-    current_v = best_v[start:start + count]
-    current_i = best_i[start:start + count]
+    current_v = best_v[start : start + count]
+    current_i = best_i[start : start + count]
     own = torch.arange(count, device=rows.device).repeat_interleave(k)
     all_r = torch.cat([rows, own])
     all_v = torch.cat([values, current_v.reshape(-1)])
@@ -88,8 +88,8 @@ def _merge_candidates(best_v, best_i, start: int, count: int, rows, neighbours, 
     counts = torch.bincount(r_sorted, minlength=count)
     first = torch.cumsum(counts, 0) - counts
     keep = (torch.arange(len(order), device=rows.device) - first[r_sorted]) < k
-    best_v[start:start + count] = all_v[order][keep].view(count, k)
-    best_i[start:start + count] = all_i[order][keep].view(count, k)
+    best_v[start : start + count] = all_v[order][keep].view(count, k)
+    best_i[start : start + count] = all_i[order][keep].view(count, k)
 
 
 def _update(best_v, best_i, S, start: int, offset: int, k: int, by_column: bool) -> None:
@@ -101,7 +101,7 @@ def _update(best_v, best_i, S, start: int, offset: int, k: int, by_column: bool)
     import torch
 
     count = S.shape[1] if by_column else S.shape[0]
-    threshold = best_v[start:start + count, -1]
+    threshold = best_v[start : start + count, -1]
     # lists mostly not full yet: a plain top-k (the threshold pass is right either way, but it
     # would keep every entry of a row whose list is not full)
     if float(torch.isinf(threshold).float().mean()) > 0.5:
@@ -165,9 +165,9 @@ def bf16_margins(xu: np.ndarray) -> np.ndarray:
 
     err = np.empty(len(xu), np.float64)
     size = np.empty(len(xu), np.float64)
-    knn_kernels.bf16_errors(np.ascontiguousarray(xu, dtype=np.float32), err, size)   # rounding as torch's
+    knn_kernels.bf16_errors(np.ascontiguousarray(xu, dtype=np.float32), err, size)  # rounding as torch's
     worst = err.max(initial=0.0)
-    accumulation = 2 * 2 * xu.shape[1] * 2.0 ** -24 * (1 + worst) ** 2
+    accumulation = 2 * 2 * xu.shape[1] * 2.0**-24 * (1 + worst) ** 2
     return err + size * worst + accumulation + 1e-6
 
 
@@ -176,7 +176,7 @@ def _bf16_floor_bits(values: np.ndarray) -> np.ndarray | None:
     is positive (the kernels compare patterns as integers, which orders positive numbers only)."""
     if not (values > 0).all():
         return None
-    bits = values.astype(np.float32).view(np.uint32) >> 16   # truncation: down, for positives
+    bits = values.astype(np.float32).view(np.uint32) >> 16  # truncation: down, for positives
     return bits.astype(np.uint16).view(np.int16)
 
 
@@ -191,8 +191,9 @@ def _bf16_block(A16, B16, low_r, low_c):
     return (A16 @ B16.T).view(torch.int16).numpy(), bits_r, bits_c
 
 
-def _merge_survivors(xu, S, low_r, low_c, rows, cols, row_lists, row_slot, row_floor, col_lists, col_slot,
-                     self_loops) -> bool:
+def _merge_survivors(
+    xu, S, low_r, low_c, rows, cols, row_lists, row_slot, row_floor, col_lists, col_slot, self_loops
+) -> bool:
     """Merge the entries of block ``S`` that reach their row's floor ``low_r`` or their
     column's ``low_c`` into the rows' and the columns' lists (the arguments of
     :func:`knn_kernels.merge_pairs`); bf16 patterns (int16) are scored again in fp32. False,
@@ -202,8 +203,20 @@ def _merge_survivors(xu, S, low_r, low_c, rows, cols, row_lists, row_slot, row_f
     found = knn_kernels.survivors(S, low_r, low_c, _survivors_per_row(S.shape[1]))
     if found is None:
         return False
-    knn_kernels.merge_pairs(xu, S, S.dtype == np.int16, rows, cols, *found, *row_lists, row_slot, row_floor,
-                            *col_lists, col_slot, self_loops)
+    knn_kernels.merge_pairs(
+        xu,
+        S,
+        S.dtype == np.int16,
+        rows,
+        cols,
+        *found,
+        *row_lists,
+        row_slot,
+        row_floor,
+        *col_lists,
+        col_slot,
+        self_loops,
+    )
     return True
 
 
@@ -215,29 +228,44 @@ def _fold_block_cpu(best_v, best_i, xu, X, X16, margins, valid, bi, ei, bj, ej):
     import torch
 
     kth = best_v.numpy()[:, -1]
-    floor_r = np.where(valid[bi:ei], kth[bi:ei], np.inf)     # a zero row takes nobody
+    floor_r = np.where(valid[bi:ei], kth[bi:ei], np.inf)  # a zero row takes nobody
     floor_c = np.where(valid[bj:ej], kth[bj:ej], np.inf)
     if np.isneginf(floor_r).any() or np.isneginf(floor_c).any():
-        return False, None            # some list not full yet: a top-k over the block
+        return False, None  # some list not full yet: a top-k over the block
     lists = best_v.numpy(), best_i.numpy()
     rows, cols = np.arange(bi, ei), np.arange(bj, ej)
-    merge = (rows, cols, lists, np.where(valid[bi:ei], rows, -1),       # a zero row keeps no list
-             np.full(ei - bi, -np.inf, np.float32), lists, np.where(valid[bj:ej], cols, -1), True)
+    merge = (
+        rows,
+        cols,
+        lists,
+        np.where(valid[bi:ei], rows, -1),  # a zero row keeps no list
+        np.full(ei - bi, -np.inf, np.float32),
+        lists,
+        np.where(valid[bj:ej], cols, -1),
+        True,
+    )
     if X16 is not None:
         block = _bf16_block(X16[bi:ei], X16[bj:ej], floor_r - margins[bi:ei], floor_c - margins[bj:ej])
         if block is not None and _merge_survivors(xu, *block, *merge):
             return True, None
     S = X[bi:ei] @ X[bj:ej].T
-    if not (valid[bi:ei].all() and valid[bj:ej].all()):      # zero rows score 0: may beat a floor < 0
+    if not (valid[bi:ei].all() and valid[bj:ej].all()):  # zero rows score 0: may beat a floor < 0
         S[torch.from_numpy(~valid[bi:ei])] = float("-inf")
         S[:, torch.from_numpy(~valid[bj:ej])] = float("-inf")
     if not _merge_survivors(xu, S.numpy(), floor_r.astype(np.float32), floor_c.astype(np.float32), *merge):
-        return False, S               # early blocks, low floors: a top-k of the block is cheaper
+        return False, S  # early blocks, low floors: a top-k of the block is cheaper
     return True, None
 
 
-def exact_knn(x: np.ndarray, k: int, *, self_loops: bool = False, block: int = 4096,
-              device: str = "cpu", screen: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+def exact_knn(
+    x: np.ndarray,
+    k: int,
+    *,
+    self_loops: bool = False,
+    block: int = 4096,
+    device: str = "cpu",
+    screen: bool | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` cosine neighbours of every row: (index [n, k] int64, cosine [n, k] float32),
     best first. ``self_loops``: a row counts itself among its k (as FREEDOM and LATTICE build
     their graphs), else its k others.
@@ -279,7 +307,7 @@ def exact_knn(x: np.ndarray, k: int, *, self_loops: bool = False, block: int = 4
             if bi == bj and not self_loops:
                 S.fill_diagonal_(float("-inf"))
             _update(best_v, best_i, S, bi, bj, k, by_column=False)
-            if bj != bi:           # the same products, read by column: block J's rows
+            if bj != bi:  # the same products, read by column: block J's rows
                 _update(best_v, best_i, S, bj, bi, k, by_column=True)
     return _finish(best_v, best_i, valid)
 
@@ -290,16 +318,16 @@ def _fold_rows(best_v, best_i, S, rows: slice, items, k: int) -> None:
     if S.device.type == "cpu":
         from itemlens.store.graphs import knn_kernels
 
-        v, i = best_v[rows], best_i[rows]          # views: the kernel writes the lists in place
-        knn_kernels.fold_rows(S.numpy(), v.numpy(), i.numpy(), items.numpy(),
-                              np.full(len(v), -np.inf, np.float32))
+        v, i = best_v[rows], best_i[rows]  # views: the kernel writes the lists in place
+        knn_kernels.fold_rows(S.numpy(), v.numpy(), i.numpy(), items.numpy(), np.full(len(v), -np.inf, np.float32))
         return
     top_v, top_i = S.topk(min(k, S.shape[1]), dim=1)
     _merge(best_v, best_i, rows, top_v, items[top_i], k)
 
 
-def knn_rows(x: np.ndarray, rows: np.ndarray, k: int, *, self_loops: bool = False, block: int = 4096,
-             device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+def knn_rows(
+    x: np.ndarray, rows: np.ndarray, k: int, *, self_loops: bool = False, block: int = 4096, device: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` neighbours of ``rows`` only (positions into ``x``), against every row."""
     import torch
 
@@ -316,16 +344,24 @@ def knn_rows(x: np.ndarray, rows: np.ndarray, k: int, *, self_loops: bool = Fals
             ej = min(bj + block, len(xu))
             S = Q @ X[bj:ej].T
             S.masked_fill_(invalid[bj:ej][None, :], float("-inf"))
-            if not self_loops:        # each query row's own column, where it falls in this block
+            if not self_loops:  # each query row's own column, where it falls in this block
                 own = (row_ids >= bj) & (row_ids < ej)
                 S[own.nonzero(as_tuple=True)[0], row_ids[own] - bj] = float("-inf")
             _fold_rows(best_v, best_i, S, slice(None), torch.arange(bj, ej, device=device), k)
     return _finish(best_v, best_i, valid[rows])
 
 
-def search_from(x: np.ndarray, sources: np.ndarray, k: int, *, row_floor: np.ndarray | None = None,
-                self_loops: bool = False, block: int = 4096, device: str = "cpu", screen: bool | None = None
-                ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def search_from(
+    x: np.ndarray,
+    sources: np.ndarray,
+    k: int,
+    *,
+    row_floor: np.ndarray | None = None,
+    self_loops: bool = False,
+    block: int = 4096,
+    device: str = "cpu",
+    screen: bool | None = None,
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """The two searches of a refresh, from one product of every row with the few ``sources``
     (positions into ``x``): for every row, its best ``k`` matches among the sources that score
     at least ``row_floor`` (default: any), and for every source, its own top ``k`` among all
@@ -358,19 +394,21 @@ def search_from(x: np.ndarray, sources: np.ndarray, k: int, *, row_floor: np.nda
     with torch.inference_mode():
         for b in range(0, n, block):
             e = min(b + block, n)
-            if screen and _screen_sources_cpu(X16, C16, margins, floors, b, e, sources, valid[sources], cand_v,
-                                              cand_i, own_v, own_i, xu, self_loops):
+            if screen and _screen_sources_cpu(
+                X16, C16, margins, floors, b, e, sources, valid[sources], cand_v, cand_i, own_v, own_i, xu, self_loops
+            ):
                 continue
-            S = X[b:e] @ C.T                       # rows b..e against the sources
-            if any_invalid:                        # zero vectors: nobody's neighbour
+            S = X[b:e] @ C.T  # rows b..e against the sources
+            if any_invalid:  # zero vectors: nobody's neighbour
                 S.masked_fill_(invalid[src][None, :], float("-inf"))
                 S.masked_fill_(invalid[b:e][:, None], float("-inf"))
-            if not self_loops:                     # a source does not match itself
+            if not self_loops:  # a source does not match itself
                 own = (src >= b) & (src < e)
                 S[src[own] - b, own.nonzero(as_tuple=True)[0]] = float("-inf")
             if cpu:
-                _fold_sources_cpu(S.numpy(), floors[b:e], b, e, sources, valid[sources], cand_v, cand_i,
-                                  own_v, own_i, xu)
+                _fold_sources_cpu(
+                    S.numpy(), floors[b:e], b, e, sources, valid[sources], cand_v, cand_i, own_v, own_i, xu
+                )
                 continue
             low = _torch(floors[b:e], device)
             R = S.masked_fill(S < low[:, None], float("-inf"))
@@ -381,19 +419,29 @@ def search_from(x: np.ndarray, sources: np.ndarray, k: int, *, row_floor: np.nda
     return _finish(cand_v, cand_i, valid), _finish(own_v, own_i, valid[sources])
 
 
-def _screen_sources_cpu(X16, C16, margins, floors, b, e, sources, source_valid, cand_v, cand_i, own_v, own_i, xu,
-                        self_loops) -> bool:
+def _screen_sources_cpu(
+    X16, C16, margins, floors, b, e, sources, source_valid, cand_v, cand_i, own_v, own_i, xu, self_loops
+) -> bool:
     """One block of :func:`search_from` from bf16 products, screened with the error bound and
     the survivors scored in fp32. False where it cannot be (the sources' lists are not full
     yet, a floor is not positive, or too many survive): the caller takes fp32 products."""
-    kth = np.where(source_valid, own_v.numpy()[:, -1], np.inf)     # a zero source keeps no list
+    kth = np.where(source_valid, own_v.numpy()[:, -1], np.inf)  # a zero source keeps no list
     if np.isneginf(kth).any():
         return False
     block = _bf16_block(X16[b:e], C16, floors[b:e] - margins[b:e], kth - margins[sources])
     rows = np.arange(b, e)
     return block is not None and _merge_survivors(
-        xu, *block, rows, sources, (cand_v.numpy(), cand_i.numpy()), rows, floors[b:e],
-        (own_v.numpy(), own_i.numpy()), np.arange(len(sources)), self_loops)
+        xu,
+        *block,
+        rows,
+        sources,
+        (cand_v.numpy(), cand_i.numpy()),
+        rows,
+        floors[b:e],
+        (own_v.numpy(), own_i.numpy()),
+        np.arange(len(sources)),
+        self_loops,
+    )
 
 
 def _fold_sources_cpu(S, floors, b, e, sources, source_valid, cand_v, cand_i, own_v, own_i, xu) -> None:
@@ -405,10 +453,21 @@ def _fold_sources_cpu(S, floors, b, e, sources, source_valid, cand_v, cand_i, ow
 
     rows = np.arange(b, e)
     own = own_v.numpy(), own_i.numpy()
-    kth = np.where(source_valid, own[0][:, -1], np.inf)            # a zero source keeps no list
+    kth = np.where(source_valid, own[0][:, -1], np.inf)  # a zero source keeps no list
     if not np.isneginf(kth).any() and _merge_survivors(
-            xu, S, floors, kth.astype(np.float32), rows, sources, (cand_v.numpy(), cand_i.numpy()), rows, floors,
-            own, np.arange(len(sources)), True):
+        xu,
+        S,
+        floors,
+        kth.astype(np.float32),
+        rows,
+        sources,
+        (cand_v.numpy(), cand_i.numpy()),
+        rows,
+        floors,
+        own,
+        np.arange(len(sources)),
+        True,
+    ):
         return
     knn_kernels.fold_columns(S, *own, rows)
     knn_kernels.fold_rows(S, cand_v[b:e].numpy(), cand_i[b:e].numpy(), sources, floors)
@@ -421,14 +480,20 @@ def merge_lists(index_a, sims_a, index_b, sims_b, k: int) -> tuple[np.ndarray, n
 
     index = np.empty((len(index_a), k), np.int64)
     sims = np.empty((len(index_a), k), np.float32)
-    knn_kernels.merge_sorted(np.ascontiguousarray(index_a, np.int64), np.ascontiguousarray(sims_a, np.float32),
-                             np.ascontiguousarray(index_b, np.int64), np.ascontiguousarray(sims_b, np.float32),
-                             index, sims)
+    knn_kernels.merge_sorted(
+        np.ascontiguousarray(index_a, np.int64),
+        np.ascontiguousarray(sims_a, np.float32),
+        np.ascontiguousarray(index_b, np.int64),
+        np.ascontiguousarray(sims_b, np.float32),
+        index,
+        sims,
+    )
     return index, sims
 
 
-def approximate_knn(x: np.ndarray, k: int, *, self_loops: bool = False, nlist: int | None = None,
-                    nprobe: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+def approximate_knn(
+    x: np.ndarray, k: int, *, self_loops: bool = False, nlist: int | None = None, nprobe: int = 32, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """Top-``k`` by a faiss IVF-Flat inner-product index (cosine on unit vectors):
     (index, cosine, the index parameters)."""
     import faiss
@@ -445,7 +510,7 @@ def approximate_knn(x: np.ndarray, k: int, *, self_loops: bool = False, nlist: i
     index.nprobe = min(nprobe, nlist)
     extra = 0 if self_loops else 1
     sims, found = index.search(xu, k + extra)
-    if not self_loops:      # drop the row itself wherever it came back
+    if not self_loops:  # drop the row itself wherever it came back
         own = found == np.arange(n)[:, None]
         sims = np.where(own, -np.inf, sims)
         order = np.argsort(-sims, axis=1, kind="stable")[:, :k]

@@ -26,7 +26,6 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-
 # rows are read in strips this wide: a vectorized count per strip first, then only the (rare)
 # strips with a survivor are read again to note its columns
 STRIP = 64
@@ -70,7 +69,7 @@ def bf16_errors(xu, err, size):
     """Per row: ``err`` = ||x - x~||, ``size`` = ||x~||, x~ the row rounded to bf16."""
     bits = xu.view(np.uint32)
     for i in nb.prange(xu.shape[0]):
-        rounded = np.empty(xu.shape[1], np.uint32)      # one row's rounded bits, read as float32
+        rounded = np.empty(xu.shape[1], np.uint32)  # one row's rounded bits, read as float32
         for j in range(xu.shape[1]):
             rounded[j] = _bf16_bits(bits[i, j])
         values = rounded.view(np.float32)
@@ -99,7 +98,7 @@ def screen(S, row_floor, col_floor, columns, counts):
     ``col_floor[j]``, in ``columns[i, :counts[i]]``. A row with more than fit gets a count above
     the capacity (the caller then takes another way)."""
     n, m = S.shape
-    full = m // STRIP                       # whole strips: a fixed trip count, which vectorizes
+    full = m // STRIP  # whole strips: a fixed trip count, which vectorizes
     strips = full + (m % STRIP > 0)
     hits = np.empty((n, strips), np.int32)
     for i in nb.prange(n):
@@ -145,8 +144,23 @@ def _insert(best_v, best_i, row, value, item):
 
 
 @nb.njit(cache=True)
-def merge_pairs(X, S, rescore, row_pos, col_pos, columns, counts, row_v, row_i, row_slot, row_floor,
-                col_v, col_i, col_slot, self_loops):
+def merge_pairs(
+    X,
+    S,
+    rescore,
+    row_pos,
+    col_pos,
+    columns,
+    counts,
+    row_v,
+    row_i,
+    row_slot,
+    row_floor,
+    col_v,
+    col_i,
+    col_slot,
+    self_loops,
+):
     """Fold the survivors of a block (:func:`screen`) into the lists of its rows and of its
     columns. Row ``r`` of the block is item ``row_pos[r]``, whose list is row ``row_slot[r]`` of
     ``row_v``/``row_i`` (-1: none), and likewise for columns. A survivor's score is ``S[r, c]``,
@@ -188,7 +202,7 @@ def fold_rows(S, best_v, best_i, item_of_column, row_floor):
     for r in nb.prange(S.shape[0]):
         row = S[r]
         low = row_floor[r]
-        kth = best_v[r, last]              # kept in a register: the loop is load, compare
+        kth = best_v[r, last]  # kept in a register: the loop is load, compare
         for c in range(S.shape[1]):
             if row[c] > kth and row[c] >= low:
                 _insert(best_v, best_i, r, row[c], item_of_column[c])
@@ -209,7 +223,7 @@ def fold_columns(S, best_v, best_i, item_of_row):
     for g in nb.prange((m + COLUMN_GROUP - 1) // COLUMN_GROUP):
         c0 = g * COLUMN_GROUP
         c1 = min(c0 + COLUMN_GROUP, m)
-        floor = np.empty(COLUMN_GROUP, best_v.dtype)     # the group's k-th bests, at hand
+        floor = np.empty(COLUMN_GROUP, best_v.dtype)  # the group's k-th bests, at hand
         for c in range(c0, c1):
             floor[c - c0] = best_v[c, last]
         for r in range(n):
@@ -247,13 +261,12 @@ def merge_sorted(index_a, sims_a, index_b, sims_b, index, sims):
             elif j < sims_b.shape[1]:
                 index[r, o], sims[r, o] = index_b[r, j], sims_b[r, j]
                 j += 1
-            else:                          # both lists ran out (k is more than both hold)
+            else:  # both lists ran out (k is more than both hold)
                 index[r, o], sims[r, o] = -1, -np.inf
 
 
 @nb.njit(parallel=True, cache=True)
-def unchanged_lists(offsets, targets, target_scores, stored_exact, owner, moved, position, lists, scores,
-                    exact, lost):
+def unchanged_lists(offsets, targets, target_scores, stored_exact, owner, moved, position, lists, scores, exact, lost):
     """A refresh's view of the stored lists: stored list ``r`` (entries ``offsets[r]`` to
     ``offsets[r + 1]`` of ``targets``, item indexes, and ``target_scores``) belongs to input
     position ``owner[r]`` (-1: its list goes). Into that row of ``lists`` (as positions) and

@@ -29,10 +29,10 @@ class Preset:
     """How one input's kNN lists become a model's matrix: the edges' weights, then a
     normalization (a callable ``csr -> csr`` for one the built-in ones do not cover)."""
 
-    weights: Literal["binary", "cosine"]        # binary: every kNN edge 1; cosine: its score
-    normalization: str | Callable[[Any], Any]   # "sym": D^-1/2 A D^-1/2 (D = row sums), "rw": D^-1 A,
+    weights: Literal["binary", "cosine"]  # binary: every kNN edge 1; cosine: its score
+    normalization: str | Callable[[Any], Any]  # "sym": D^-1/2 A D^-1/2 (D = row sums), "rw": D^-1 A,
     #                                             "none", "hypergraph" (HGNN's, over all inputs)
-    follows: str = ""                           # the models whose code builds this graph
+    follows: str = ""  # the models whose code builds this graph
 
 
 _PRESETS: dict[str, Preset] = {}
@@ -106,7 +106,7 @@ def normalize(a, preset: str):
     degree = np.asarray(a.sum(axis=1)).ravel()
     with np.errstate(divide="ignore", invalid="ignore"):
         if norm == "sym":
-            d = np.where(degree > 0, degree ** -0.5, 0.0)
+            d = np.where(degree > 0, degree**-0.5, 0.0)
             return (sp.diags(d) @ a @ sp.diags(d)).tocsr()
         if norm == "rw":
             d = np.where(degree > 0, 1.0 / degree, 0.0)
@@ -125,7 +125,7 @@ def hypergraph(incidences: list, weights: list[float] | None = None):
     dv = np.asarray(h @ w).ravel()
     de = np.asarray(h.sum(axis=0)).ravel()
     with np.errstate(divide="ignore"):
-        dv_inv = np.where(dv > 0, dv ** -0.5, 0.0)
+        dv_inv = np.where(dv > 0, dv**-0.5, 0.0)
         de_inv = np.where(de > 0, 1.0 / de, 0.0)
     return (sp.diags(dv_inv) @ h @ sp.diags(w * de_inv) @ h.T @ sp.diags(dv_inv)).tocsr()
 
@@ -139,8 +139,13 @@ def fused_matrix(table: pa.Table, spec: dict[str, Any], size: int, preset: str |
     weights = definition.weights
     if get_preset(preset).normalization == "hypergraph":
         # B_f = A_f^T: column j holds item j's neighbours
-        return hypergraph([(knn_matrix(table, f, size, depth_read(definition, f)) != 0).astype(np.float64).T.tocsr()
-                           for f in weights], list(weights.values()))
+        return hypergraph(
+            [
+                (knn_matrix(table, f, size, depth_read(definition, f)) != 0).astype(np.float64).T.tocsr()
+                for f in weights
+            ],
+            list(weights.values()),
+        )
     total = None
     for feature, weight in weights.items():
         part = normalize(knn_matrix(table, feature, size, depth_read(definition, feature)), preset) * weight

@@ -30,22 +30,39 @@ class GraphSpec(StrictModel):
 
     features: list[str] | dict[str, float] = Field(description="features, or feature -> fusion weight")
     k: int = Field(10, ge=1, le=1000, description="neighbours per item in the graph")
-    depth: int | None = Field(None, ge=1, description=(
-        "neighbours stored per item (default 2k): slack that lets a refresh merge lists instead of recomputing them"))
+    depth: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "neighbours stored per item (default 2k): slack that lets a refresh merge lists instead of recomputing them"
+        ),
+    )
     self_loops: bool = Field(True, description="an item counts itself among its k, as FREEDOM and LATTICE build them")
-    preset: str = Field("freedom", description="how the lists become the matrix a model reads (a registered "
-                                               "preset: freedom, dragon, lattice, mgcn, row, cosine, hypergraph ...)")
-    method: Literal["exact", "approximate"] = Field("exact", description=(
-        "exact: blocked matrix products; approximate: a faiss IVF index (rebuilt whole on refresh)"))
+    preset: str = Field(
+        "freedom",
+        description="how the lists become the matrix a model reads (a registered "
+        "preset: freedom, dragon, lattice, mgcn, row, cosine, hypergraph ...)",
+    )
+    method: Literal["exact", "approximate"] = Field(
+        "exact",
+        description=("exact: blocked matrix products; approximate: a faiss IVF index (rebuilt whole on refresh)"),
+    )
     nprobe: int = Field(32, ge=1, description="approximate: IVF lists searched per item")
-    nlist: int | None = Field(None, ge=1, description=(
-        "approximate: IVF lists (default 4 x the square root of the items); each item costs about nlist + nprobe x "
-        "items / nlist products"))
+    nlist: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "approximate: IVF lists (default 4 x the square root of the items); each item costs about nlist + nprobe x "
+            "items / nlist products"
+        ),
+    )
     block: int = Field(4096, ge=64, description="exact: rows per block of products")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description=(
-        "where the products run (auto: cuda where there is one); not part of the fingerprint"))
-    interactions: InteractionsSpec | None = Field(None, description=(
-        "an item co-occurrence input from interactions, fused with the features"))
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description=("where the products run (auto: cuda where there is one); not part of the fingerprint")
+    )
+    interactions: InteractionsSpec | None = Field(
+        None, description=("an item co-occurrence input from interactions, fused with the features")
+    )
 
     @field_validator("features")
     @classmethod
@@ -65,7 +82,7 @@ class GraphSpec(StrictModel):
 
     @property
     def weights(self) -> dict[str, float]:
-        weights = dict(self.features) if isinstance(self.features, dict) else {f: 1.0 for f in self.features}
+        weights = dict(self.features) if isinstance(self.features, dict) else dict.fromkeys(self.features, 1.0)
         if self.interactions is not None:
             weights[COOCCURRENCE] = self.interactions.weight
         return weights
@@ -73,8 +90,14 @@ class GraphSpec(StrictModel):
     def fingerprint(self, inputs: dict[str, str]) -> str:
         """What changes the stored lists: k, self-loops, method and the inputs' versions (the
         preset and fusion weights apply when read)."""
-        doc = {"k": self.k, "depth": self.list_depth, "self_loops": self.self_loops, "method": self.method, "inputs": inputs,
-               "nprobe": self.nprobe if self.method == "approximate" else None,
-               **({"nlist": self.nlist} if self.nlist is not None and self.method == "approximate" else {}),
-               "interactions": self.interactions.model_dump(exclude={"weight"}) if self.interactions else None}
+        doc = {
+            "k": self.k,
+            "depth": self.list_depth,
+            "self_loops": self.self_loops,
+            "method": self.method,
+            "inputs": inputs,
+            "nprobe": self.nprobe if self.method == "approximate" else None,
+            **({"nlist": self.nlist} if self.nlist is not None and self.method == "approximate" else {}),
+            "interactions": self.interactions.model_dump(exclude={"weight"}) if self.interactions else None,
+        }
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]

@@ -4,11 +4,14 @@ by ``itemlens show``, and the in-degree histogram plot."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import pyarrow as pa
+
 from itemlens.store.graphs.presets import depth_read
 from itemlens.store.graphs.spec import GraphSpec
 from itemlens.store.graphs.storage import of_feature
+
 if TYPE_CHECKING:  # pragma: no cover
     pass
 
@@ -19,7 +22,7 @@ def held_lists(part: pa.Table, order: np.ndarray, width: int | None) -> np.ndarr
     size = int(max(order.max(initial=-1), part.column("item_index").to_numpy().max(initial=-1))) + 1
     neighbors = part.column("neighbors").combine_chunks()
     lengths = np.diff(neighbors.offsets.to_numpy())
-    position = np.full(size + 1, -1, np.int64)          # position[-1]: an item without a row
+    position = np.full(size + 1, -1, np.int64)  # position[-1]: an item without a row
     position[order] = np.arange(len(order))
     targets = neighbors.flatten().to_numpy()
     rank = np.arange(len(targets)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
@@ -43,10 +46,15 @@ def list_stats(held: np.ndarray) -> dict[str, Any]:
     edges = len(targets)
     mutual = knn_kernels.count_mutual(held) if edges else 0
     return {
-        "items": int(len(held)), "edges": int(edges),
+        "items": int(len(held)),
+        "edges": int(edges),
         "mutual_share": round(mutual / edges, 4) if edges else 0.0,
-        "in_degree": {"min": int(in_degree.min(initial=0)), "median": float(np.median(in_degree)) if len(held) else 0.0,
-                      "max": int(in_degree.max(initial=0)), "zero": int((in_degree == 0).sum())},
+        "in_degree": {
+            "min": int(in_degree.min(initial=0)),
+            "median": float(np.median(in_degree)) if len(held) else 0.0,
+            "max": int(in_degree.max(initial=0)),
+            "zero": int((in_degree == 0).sum()),
+        },
         "in_degree_histogram": np.bincount(in_degree).tolist(),
     }
 
@@ -71,6 +79,14 @@ def degree_plot(stats: dict[str, Any], title: str) -> bytes:
     """A PNG: in-degree histogram per input."""
     from itemlens.store.plots import bar_panels
 
-    return bar_panels([(f"{feature}: in-degree (mutual edges {s['mutual_share']:.0%})",
-                        s.get("in_degree_histogram", []), "in-degree")
-                       for feature, s in stats.get("inputs", {}).items()], title)
+    return bar_panels(
+        [
+            (
+                f"{feature}: in-degree (mutual edges {s['mutual_share']:.0%})",
+                s.get("in_degree_histogram", []),
+                "in-degree",
+            )
+            for feature, s in stats.get("inputs", {}).items()
+        ],
+        title,
+    )

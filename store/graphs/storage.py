@@ -5,27 +5,32 @@ and the hash of the item's input vector; one Lance commit per build or refresh."
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
 import pyarrow as pa
+
 from itemlens.store.faults import fault_point
+
 if TYPE_CHECKING:  # pragma: no cover
     from itemlens.store.writer import StoreWriter
 
 
-GRAPH_SCHEMA = pa.schema([
-    pa.field("feature", pa.string()),
-    pa.field("item_id", pa.string()),
-    pa.field("item_index", pa.int64()),
-    pa.field("neighbors", pa.list_(pa.int64())),    # item indexes, best first
-    pa.field("scores", pa.list_(pa.float32())),     # cosine (co-occurrence: counts)
-    pa.field("exact", pa.int32()),                  # leading entries known to be the exact top
-    pa.field("source_hash", pa.string()),           # the input hash of the item's vector
-])
+GRAPH_SCHEMA = pa.schema(
+    [
+        pa.field("feature", pa.string()),
+        pa.field("item_id", pa.string()),
+        pa.field("item_index", pa.int64()),
+        pa.field("neighbors", pa.list_(pa.int64())),  # item indexes, best first
+        pa.field("scores", pa.list_(pa.float32())),  # cosine (co-occurrence: counts)
+        pa.field("exact", pa.int32()),  # leading entries known to be the exact top
+        pa.field("source_hash", pa.string()),  # the input hash of the item's vector
+    ]
+)
 
 
 def of_feature(table: pa.Table, feature: str) -> pa.Table:
     """The rows of one input (the whole table, uncopied, when it has no other)."""
     mine = pa.compute.equal(table.column("feature"), feature)
-    every = pa.compute.all(mine).as_py()              # None: an empty table
+    every = pa.compute.all(mine).as_py()  # None: an empty table
     return table if every is not False else table.filter(mine)
 
 
@@ -34,8 +39,15 @@ def with_feature(rows: pa.Table, feature: str) -> pa.Table:
     return rows.select(GRAPH_SCHEMA.names).cast(GRAPH_SCHEMA)
 
 
-def write_lists(writer: StoreWriter, table: str, upsert: pa.Table, deletions: dict[str, list[str]], *, replace: bool,
-           base_version: int | None = None) -> None:
+def write_lists(
+    writer: StoreWriter,
+    table: str,
+    upsert: pa.Table,
+    deletions: dict[str, list[str]],
+    *,
+    replace: bool,
+    base_version: int | None = None,
+) -> None:
     """One Lance commit: the whole table (a new version), or an upsert keyed on (feature,
     item_index) that also deletes the lists of items that are gone, applied to the version the
     published snapshot names (``base_version``; a later one, left by a run killed before it
@@ -52,8 +64,11 @@ def write_lists(writer: StoreWriter, table: str, upsert: pa.Table, deletions: di
         dataset.checkout_version(base_version).restore()
         fault_point("graph:restore")
         dataset = lance.dataset(uri, storage_options=opts)
-    gone = " OR ".join(f"(feature = '{f}' AND item_id IN ({', '.join(sql_string(i) for i in ids)}))"
-                       for f, ids in deletions.items() if ids)
+    gone = " OR ".join(
+        f"(feature = '{f}' AND item_id IN ({', '.join(sql_string(i) for i in ids)}))"
+        for f, ids in deletions.items()
+        if ids
+    )
     # the item index names the same rows as the id (never reused), and joins cheaper
     builder = dataset.merge_insert(["feature", "item_index"]).when_matched_update_all().when_not_matched_insert_all()
     if gone:

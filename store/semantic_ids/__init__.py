@@ -25,10 +25,29 @@ tuples are made unique:
 from itemlens.store.semantic_ids.build import Plan, SemanticIdReport, build, derive, make_unique, plan_inputs
 from itemlens.store.semantic_ids.metrics import code_metrics, usage_plot
 from itemlens.store.semantic_ids.spec import SemanticIdSpec, VaeParams, check_inputs
-from itemlens.store.semantic_ids.storage import CODES_FIELDS, QUANTIZER_SCHEMA, codes_schema, token_offsets, token_strings
+from itemlens.store.semantic_ids.storage import (
+    CODES_FIELDS,
+    QUANTIZER_SCHEMA,
+    codes_schema,
+    token_offsets,
+    token_strings,
+)
 
 __all__ = [
-    "CODES_FIELDS", "QUANTIZER_SCHEMA", "Plan", "SemanticIdReport", "SemanticIdSpec", "VaeParams", "build",
-    "check_inputs", "code_metrics", "codes_schema", "derive", "make_unique", "plan_inputs", "token_offsets",
-    "token_strings", "usage_plot",
+    "CODES_FIELDS",
+    "QUANTIZER_SCHEMA",
+    "Plan",
+    "SemanticIdReport",
+    "SemanticIdSpec",
+    "VaeParams",
+    "build",
+    "check_inputs",
+    "code_metrics",
+    "codes_schema",
+    "derive",
+    "make_unique",
+    "plan_inputs",
+    "token_offsets",
+    "token_strings",
+    "usage_plot",
 ]

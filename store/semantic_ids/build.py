@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+
+from itemlens.errors import ConfigError, StoreError
 from itemlens.store.faults import fault_point
 from itemlens.store.layout import TIMESTAMP
 from itemlens.store.semantic_ids.metrics import code_metrics, tuple_groups, usage_plot
@@ -59,8 +61,6 @@ from itemlens.store.vectors import (
     table_source,
 )
 
-from itemlens.errors import ConfigError, StoreError
-
 if TYPE_CHECKING:  # pragma: no cover
     from itemlens.store.snapshots import FeatureVersion
     from itemlens.store.writer import StoreWriter
@@ -81,13 +81,13 @@ class SemanticIdReport:
     name: str
     version: str = ""
     trained: bool = False
-    items: int = 0              # items with an ID after the run
-    new: int = 0                # items that got an ID for the first time
-    changed: int = 0            # items whose inputs changed: new tuple, old one retired
-    retired: int = 0            # tuples retired in this run (changed + gone)
+    items: int = 0  # items with an ID after the run
+    new: int = 0  # items that got an ID for the first time
+    changed: int = 0  # items whose inputs changed: new tuple, old one retired
+    retired: int = 0  # tuples retired in this run (changed + gone)
     unchanged: int = 0
-    missing_inputs: int = 0     # items lacking a vector of some input feature: no ID
-    ran_on: str = "driver"      # "driver", or the Ray tasks (and nodes) that did the work
+    missing_inputs: int = 0  # items lacking a vector of some input feature: no ID
+    ran_on: str = "driver"  # "driver", or the Ray tasks (and nodes) that did the work
     driver_peak_mb: float = 0.0  # the driver process's peak resident memory at the end of the run
     seconds: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -99,10 +99,13 @@ class SemanticIdReport:
 
     def line(self) -> str:
         m = self.metrics
-        return (f"{self.name}@{self.version}: {'trained, ' if self.trained else ''}{self.items} items "
-                f"({self.new} new, {self.changed} changed, {self.retired} retired), collision rate "
-                f"{m.get('collision_rate', 0):.2%}, reconstruction error {m.get('reconstruction_error', float('nan')):.4f}; "
-                f"ran on {self.ran_on}, driver peak {self.driver_peak_mb:,.0f} MiB")
+        return (
+            f"{self.name}@{self.version}: {'trained, ' if self.trained else ''}{self.items} items "
+            f"({self.new} new, {self.changed} changed, {self.retired} retired), collision rate "
+            f"{m.get('collision_rate', 0):.2%}, "
+            f"reconstruction error {m.get('reconstruction_error', float('nan')):.4f}; "
+            f"ran on {self.ran_on}, driver peak {self.driver_peak_mb:,.0f} MiB"
+        )
 
 
 @dataclass
@@ -115,8 +118,8 @@ class Plan:
     address: list[np.ndarray]
     dims: list[int]
     weights: list[float]
-    missing: int                   # items lacking some input
-    versions: dict[str, str]       # feature -> qualified version
+    missing: int  # items lacking some input
+    versions: dict[str, str]  # feature -> qualified version
 
     @property
     def input_dim(self) -> int:
@@ -127,16 +130,28 @@ class Plan:
         return (self.sources, self.dims, self.weights, [a[which] for a in self.address])
 
 
-def plan_inputs(writer: StoreWriter, weights: dict[str, float], versions: dict[str, FeatureVersion],
-                table_versions: dict[str, int | None], runner: Runner) -> Plan:
+def plan_inputs(
+    writer: StoreWriter,
+    weights: dict[str, float],
+    versions: dict[str, FeatureVersion],
+    table_versions: dict[str, int | None],
+    runner: Runner,
+) -> Plan:
     parts = [feature_rows(writer, versions[n], table_versions.get(versions[n].table), runner) for n in weights]
     if any(p.source is None for p in parts):
         common, address = np.zeros(0, np.int64), [np.zeros(0, np.int64) for _ in parts]
     else:
         common, address = aligned_rows(parts)
     items = writer.open_table("items").count_rows()
-    return Plan(common, [p.source for p in parts], address, [p.dim for p in parts], list(weights.values()),
-                int(items - len(common)), {n: versions[n].qualified for n in weights})
+    return Plan(
+        common,
+        [p.source for p in parts],
+        address,
+        [p.dim for p in parts],
+        list(weights.values()),
+        int(items - len(common)),
+        {n: versions[n].qualified for n in weights},
+    )
 
 
 def read_inputs(sources, dims, weights, address) -> np.ndarray:
@@ -199,8 +214,9 @@ def _alternatives(last_distances: np.ndarray | None) -> np.ndarray | None:
     return order.astype(np.int32)
 
 
-def assign_block(quantizer: tuple, rows: tuple, old: TableSource | None, old_address: np.ndarray,
-                 distances: bool) -> dict[str, Any]:
+def assign_block(
+    quantizer: tuple, rows: tuple, old: TableSource | None, old_address: np.ndarray, distances: bool
+) -> dict[str, Any]:
     """One block of items: which still have the inputs their active tuple was made from
     (``same``; ``old_address`` is -1 where an item has none), and the quantizer's codes of
     the others (``prefix``), with their nearest-free alternatives."""
@@ -215,8 +231,9 @@ def assign_block(quantizer: tuple, rows: tuple, old: TableSource | None, old_add
     todo = np.flatnonzero(~same)
     prefix, alternatives = np.zeros((0, 0), np.int32), None
     if len(todo):
-        encoded = _quantizer(*quantizer).encode(read_inputs(sources, dims, weights, [a[todo] for a in address]),
-                                                distances=distances)
+        encoded = _quantizer(*quantizer).encode(
+            read_inputs(sources, dims, weights, [a[todo] for a in address]), distances=distances
+        )
         prefix, alternatives = encoded.codes.astype(np.int32), _alternatives(encoded.last_distances)
     return {"same": same, "prefix": prefix, "alternatives": alternatives}
 
@@ -232,27 +249,42 @@ def reconstruction_block(quantizer: tuple, rows: tuple, prefix: np.ndarray) -> t
     """(sum |x - decoded|^2, sum |x|^2) of one block of items with their codes."""
     x = read_inputs(*rows)
     decoded = _quantizer(*quantizer).decode(prefix.astype(np.int64))
-    return float(((x - decoded) ** 2).sum()), float((x ** 2).sum())
+    return float(((x - decoded) ** 2).sum()), float((x**2).sum())
 
 
-def write_new_rows(uri: str, options, rows: tuple, codes: np.ndarray, prefix: np.ndarray, assigned_at: datetime,
-                   width: int, levels: int) -> list[str]:
+def write_new_rows(
+    uri: str,
+    options,
+    rows: tuple,
+    codes: np.ndarray,
+    prefix: np.ndarray,
+    assigned_at: datetime,
+    width: int,
+    levels: int,
+) -> list[str]:
     """Rows of new and changed items as Lance fragments of the code table (uncommitted)."""
     from itemlens.store import lance_io
 
     sources, _, _, address = rows
     ids = read_block(sources[0], address[0], ["item_id"]).column(0)
     n = len(ids)
-    table = pa.table({
-        "item_id": ids, "codes": fixed_codes(codes, width), "prefix": fixed_codes(prefix, levels),
-        "source_hash": pa.array(source_hashes(sources, address), pa.string()),
-        "active": pa.array(np.ones(n, bool)), "assigned_at": pa.array([assigned_at] * n, TIMESTAMP),
-    }, schema=codes_schema(width, levels))
+    table = pa.table(
+        {
+            "item_id": ids,
+            "codes": fixed_codes(codes, width),
+            "prefix": fixed_codes(prefix, levels),
+            "source_hash": pa.array(source_hashes(sources, address), pa.string()),
+            "active": pa.array(np.ones(n, bool)),
+            "assigned_at": pa.array([assigned_at] * n, TIMESTAMP),
+        },
+        schema=codes_schema(width, levels),
+    )
     return lance_io.write_fragments(table, uri, options)
 
 
-def write_old_rows(uri: str, options, old: TableSource, start: int, stop: int, active: np.ndarray,
-                   width: int, levels: int) -> list[str]:
+def write_old_rows(
+    uri: str, options, old: TableSource, start: int, stop: int, active: np.ndarray, width: int, levels: int
+) -> list[str]:
     """Stored rows ``start .. stop`` (scan order) again, with their ``active`` flags of now."""
     from itemlens.store import lance_io
 
@@ -263,8 +295,15 @@ def write_old_rows(uri: str, options, old: TableSource, start: int, stop: int, a
 
 # -- uniqueness on the codes -------------------------------------------------------------------
 
-def make_unique(prefix: np.ndarray, mode: str, old_codes: np.ndarray, alternatives: np.ndarray | None = None,
-                full_order=None, codebook_size: int | None = None) -> np.ndarray:
+
+def make_unique(
+    prefix: np.ndarray,
+    mode: str,
+    old_codes: np.ndarray,
+    alternatives: np.ndarray | None = None,
+    full_order=None,
+    codebook_size: int | None = None,
+) -> np.ndarray:
     """Final codes of new items (``prefix`` [m, levels], in item-index order), given every tuple
     handed out before (``old_codes``, active and retired: never handed out again).
 
@@ -280,7 +319,7 @@ def make_unique(prefix: np.ndarray, mode: str, old_codes: np.ndarray, alternativ
         return np.zeros((0, levels + (1 if mode == "suffix" else 0)), np.int32)
     if mode == "suffix":
         group = tuple_groups(old_codes[:, :levels], prefix)
-        old_group, new_group = group[:len(old_codes)], group[len(old_codes):]
+        old_group, new_group = group[: len(old_codes)], group[len(old_codes) :]
         start = np.zeros(int(group.max()) + 1, np.int64)
         np.maximum.at(start, old_group, old_codes[:, levels].astype(np.int64) + 1)
         order = np.argsort(new_group, kind="stable")
@@ -293,25 +332,31 @@ def make_unique(prefix: np.ndarray, mode: str, old_codes: np.ndarray, alternativ
     from itemlens.store.semantic_ids import unique_kernels
 
     k = int(codebook_size or max(prefix[:, -1].max(initial=0), old_codes[:, -1].max(initial=0)) + 1)
-    parent = tuple_groups(old_codes[:, :levels - 1], prefix[:, :levels - 1])
-    old_parent, new_parent = parent[:len(old_codes)], parent[len(old_codes):]
+    parent = tuple_groups(old_codes[:, : levels - 1], prefix[:, : levels - 1])
+    old_parent, new_parent = parent[: len(old_codes)], parent[len(old_codes) :]
     old_order = np.argsort(old_parent, kind="stable")
     new_order = np.argsort(new_parent, kind="stable")
-    alternatives = (np.asarray(alternatives, np.int32) if alternatives is not None
-                    else np.zeros((m, 0), np.int32))
+    alternatives = np.asarray(alternatives, np.int32) if alternatives is not None else np.zeros((m, 0), np.int32)
     last = np.full(m, -1, np.int32)
-    failed = unique_kernels.nearest_free(old_parent[old_order], old_codes[old_order, -1], new_parent[new_order],
-                                         prefix[new_order, -1], alternatives[new_order], k, last)
+    failed = unique_kernels.nearest_free(
+        old_parent[old_order],
+        old_codes[old_order, -1],
+        new_parent[new_order],
+        prefix[new_order, -1],
+        alternatives[new_order],
+        k,
+        last,
+    )
     final = np.empty(m, np.int32)
     final[new_order] = last
-    for group in np.flatnonzero(failed):     # an item whose T alternatives are all taken: its group in full
+    for group in np.flatnonzero(failed):  # an item whose T alternatives are all taken: its group in full
         members = np.flatnonzero(new_parent == group)
         taken = set(old_codes[old_parent == group, -1].tolist())
         orders = full_order(members) if full_order is not None else None
         for j, position in enumerate(members.tolist()):
             code = int(prefix[position, -1])
             if code in taken:
-                for candidate in (orders[j].tolist() if orders is not None else []):
+                for candidate in orders[j].tolist() if orders is not None else []:
                     if candidate not in taken:
                         code = candidate
                         break
@@ -319,7 +364,8 @@ def make_unique(prefix: np.ndarray, mode: str, old_codes: np.ndarray, alternativ
                     raise StoreError(
                         f"nearest-free uniqueness: every last-level code under prefix "
                         f"{tuple(prefix[position, :-1].tolist())} is taken ({k} codes); use a larger codebook_size "
-                        "or uniqueness: suffix")
+                        "or uniqueness: suffix"
+                    )
             taken.add(code)
             final[position] = code
     out = prefix.copy()
@@ -329,8 +375,16 @@ def make_unique(prefix: np.ndarray, mode: str, old_codes: np.ndarray, alternativ
 
 # -- a run -------------------------------------------------------------------------------------
 
-def derive(writer: StoreWriter, name: str, spec: SemanticIdSpec, *, retrain: bool = False,
-           features: dict[str, FeatureVersion] | None = None, runner: Runner | None = None) -> SemanticIdReport:
+
+def derive(
+    writer: StoreWriter,
+    name: str,
+    spec: SemanticIdSpec,
+    *,
+    retrain: bool = False,
+    features: dict[str, FeatureVersion] | None = None,
+    runner: Runner | None = None,
+) -> SemanticIdReport:
     """Bring semantic-ID definition ``name`` up to date with the writer's current vectors:
     train a new version (first run, changed definition or inputs, ``retrain``), or refresh the
     current one with its frozen quantizer. ``runner`` runs the passes (default: this process).
@@ -348,15 +402,20 @@ def derive(writer: StoreWriter, name: str, spec: SemanticIdSpec, *, retrain: boo
             raise ConfigError(f"semantic IDs {name!r}: the store has no feature {feature!r}")
         versions[feature] = version
         # a feature this job wrote: its latest table version; else the one the base snapshot names
-        table_versions[version.table] = None if features and feature in features else writer.base.tables.get(version.table)
+        table_versions[version.table] = (
+            None if features and feature in features else writer.base.tables.get(version.table)
+        )
     plan = plan_inputs(writer, spec.weights, versions, table_versions, runner)
     n = len(plan.item_index)
     report.missing_inputs = plan.missing
     report.seconds["plan"] = time.perf_counter() - t0
     fingerprint = spec.fingerprint(plan.versions)
     entry = writer.base.semantic_ids.get(name)
-    existing = None if (retrain or entry is None) else next(
-        (v for v in entry.versions.values() if v.fingerprint == fingerprint), None)
+    existing = (
+        None
+        if (retrain or entry is None)
+        else next((v for v in entry.versions.values() if v.fingerprint == fingerprint), None)
+    )
     params = {**spec.model_dump(mode="json"), "device": _device(spec)}
     nearest_free = spec.uniqueness == "nearest-free"
     width, levels = spec.width, spec.levels
@@ -368,27 +427,41 @@ def derive(writer: StoreWriter, name: str, spec: SemanticIdSpec, *, retrain: boo
         label = entry.next_label() if entry else "v1"
         t = time.perf_counter()
         sample = sample_positions(n, spec)
-        whole = len(sample) == n         # the sample is every item: its codes as trained
+        whole = len(sample) == n  # the sample is every item: its codes as trained
         gpus = 1 if params["device"] == "cuda" else 0
         blob, trained_codes, trained_alternatives, history = runner.call(
-            train, spec.method, params, plan.input_dim, plan.rows(sample), whole, nearest_free, gpus=gpus)
+            train, spec.method, params, plan.input_dim, plan.rows(sample), whole, nearest_free, gpus=gpus
+        )
         report.seconds["train"] = time.perf_counter() - t
         report.trained = True
         version = SemanticIdVersion(
-            name=name, label=label, fingerprint=fingerprint, table=f"sid__{name}__{label}",
-            quantizer_table=f"sidq__{name}__{label}", spec=spec.model_dump(mode="json"), inputs=plan.versions,
-            input_dim=plan.input_dim, width=width, created_at=now_iso())
+            name=name,
+            label=label,
+            fingerprint=fingerprint,
+            table=f"sid__{name}__{label}",
+            quantizer_table=f"sidq__{name}__{label}",
+            spec=spec.model_dump(mode="json"),
+            inputs=plan.versions,
+            input_dim=plan.input_dim,
+            width=width,
+            created_at=now_iso(),
+        )
         old_source = None
     else:
         history = []
         version = existing.model_copy(deep=True)
         if plan.input_dim not in (0, version.input_dim) and n:
-            raise StoreError(f"{version.qualified} was trained on {version.input_dim}-d inputs; they are "
-                             f"{plan.input_dim}-d now: retrain")
+            raise StoreError(
+                f"{version.qualified} was trained on {version.input_dim}-d inputs; they are "
+                f"{plan.input_dim}-d now: retrain"
+            )
         # as the published snapshot has them (a run killed after writing left later versions,
         # which this run's overwrite replaces)
-        quantizer_data = open_table(writer, version.quantizer_table,
-                                    writer.base.tables.get(version.quantizer_table)).to_table().to_pylist()
+        quantizer_data = (
+            open_table(writer, version.quantizer_table, writer.base.tables.get(version.quantizer_table))
+            .to_table()
+            .to_pylist()
+        )
         blob = next(r["value"] for r in quantizer_data if r["key"] == "weights")
         old_source = table_source(writer, version.table, writer.base.tables.get(version.table))
     report.version = version.label
@@ -430,7 +503,7 @@ def derive(writer: StoreWriter, name: str, spec: SemanticIdSpec, *, retrain: boo
             alternatives = trained_alternatives
     else:
         cut = blocks(n)
-        stored_address = np.full(n, -1, np.int64)           # each item's active stored row, by address
+        stored_address = np.full(n, -1, np.int64)  # each item's active stored row, by address
         has = row_of_item >= 0
         stored_address[has] = old_address[row_of_item[has]]
         args = [(frozen, plan.rows(b), old_source, stored_address[b], nearest_free) for b in cut]
@@ -453,9 +526,13 @@ def derive(writer: StoreWriter, name: str, spec: SemanticIdSpec, *, retrain: boo
     report.unchanged = int(same.sum())
     report.new = len(todo) - report.changed
     report.items = n
-    if not report.trained and len(todo) == 0 and report.retired == 0 and \
-            open_table(writer, version.table, None).version == writer.base.tables.get(version.table):
-        report.metrics = dict(version.metrics)      # nothing changed: no new table versions
+    if (
+        not report.trained
+        and len(todo) == 0
+        and report.retired == 0
+        and open_table(writer, version.table, None).version == writer.base.tables.get(version.table)
+    ):
+        report.metrics = dict(version.metrics)  # nothing changed: no new table versions
         return _finish(report, runner, tasks_before, t0)
 
     t = time.perf_counter()
@@ -464,23 +541,38 @@ def derive(writer: StoreWriter, name: str, spec: SemanticIdSpec, *, retrain: boo
         items = todo[positions]
         return np.concatenate([runner.call(last_level_order, frozen, plan.rows(items[b])) for b in blocks(len(items))])
 
-    codes = make_unique(new_prefix[todo], spec.uniqueness, old_codes, alternatives[todo] if nearest_free else None,
-                        full_order, spec.codebook_size)
+    codes = make_unique(
+        new_prefix[todo],
+        spec.uniqueness,
+        old_codes,
+        alternatives[todo] if nearest_free else None,
+        full_order,
+        spec.codebook_size,
+    )
     report.seconds["unique"] = time.perf_counter() - t
 
     # metrics, over the active items: each item's quantizer codes
     t = time.perf_counter()
-    prefix_of_item = new_prefix                       # (int32; the new items' codes, the kept ones' stored)
+    prefix_of_item = new_prefix  # (int32; the new items' codes, the kept ones' stored)
     prefix_of_item[same] = old_prefix[kept_rows]
     metrics = code_metrics(prefix_of_item, spec.codebook_size)
-    picks = np.arange(n) if n <= RECONSTRUCTION_ITEMS else np.sort(
-        np.random.default_rng(spec.seed).choice(n, RECONSTRUCTION_ITEMS, replace=False))
+    picks = (
+        np.arange(n)
+        if n <= RECONSTRUCTION_ITEMS
+        else np.sort(np.random.default_rng(spec.seed).choice(n, RECONSTRUCTION_ITEMS, replace=False))
+    )
     if n:
-        sums = np.array(list(runner.map(reconstruction_block, [
-            (frozen, plan.rows(picks[b]), prefix_of_item[picks[b]]) for b in blocks(len(picks))]))).sum(axis=0)
+        sums = np.array(
+            list(
+                runner.map(
+                    reconstruction_block,
+                    [(frozen, plan.rows(picks[b]), prefix_of_item[picks[b]]) for b in blocks(len(picks))],
+                )
+            )
+        ).sum(axis=0)
         metrics = {**metrics, "reconstruction_error": round(float(sums[0] / max(sums[1], 1e-30)), 6)}
         metrics["reconstruction_items"] = int(len(picks))
-    if spec.uniqueness == "suffix":   # suffix values ever handed out (the tokens' vocabulary needs them all)
+    if spec.uniqueness == "suffix":  # suffix values ever handed out (the tokens' vocabulary needs them all)
         metrics["suffix_values"] = int(max(old_codes[:, -1].max(initial=-1), codes[:, -1].max(initial=-1))) + 1
     if report.trained:
         metrics["training_sample"] = int(len(sample))
@@ -499,19 +591,33 @@ def derive(writer: StoreWriter, name: str, spec: SemanticIdSpec, *, retrain: boo
     assigned_at = datetime.now(timezone.utc)
     fragments: list[str] = []
     if old_source is not None and len(active):
-        for part in runner.map(write_old_rows, [(uri, opts, old_source, b.start, b.stop, active_now[b], width, levels)
-                                                for b in blocks(len(active), 4 * BLOCK_ITEMS)]):
+        for part in runner.map(
+            write_old_rows,
+            [
+                (uri, opts, old_source, b.start, b.stop, active_now[b], width, levels)
+                for b in blocks(len(active), 4 * BLOCK_ITEMS)
+            ],
+        ):
             fragments += part
     todo_blocks = blocks(len(todo))
-    for part in runner.map(write_new_rows, [(uri, opts, plan.rows(todo[b]), codes[b], new_prefix[todo[b]], assigned_at,
-                                             width, levels) for b in todo_blocks]):
+    for part in runner.map(
+        write_new_rows,
+        [
+            (uri, opts, plan.rows(todo[b]), codes[b], new_prefix[todo[b]], assigned_at, width, levels)
+            for b in todo_blocks
+        ],
+    ):
         fragments += part
     _commit_overwrite(uri, fragments, codes_schema(width, levels), opts)
     fault_point("semantic-ids:codes")
     import lance
 
-    lance.write_dataset(pa.table({"key": ["weights", "plot"], "value": [blob, plot]}, schema=QUANTIZER_SCHEMA),
-                        writer.location.table_uri(version.quantizer_table), mode="overwrite", storage_options=opts)
+    lance.write_dataset(
+        pa.table({"key": ["weights", "plot"], "value": [blob, plot]}, schema=QUANTIZER_SCHEMA),
+        writer.location.table_uri(version.quantizer_table),
+        mode="overwrite",
+        storage_options=opts,
+    )
     fault_point("semantic-ids:quantizer")
     report.seconds["write"] = time.perf_counter() - t
     version.count = report.items
@@ -524,22 +630,24 @@ def derive(writer: StoreWriter, name: str, spec: SemanticIdSpec, *, retrain: boo
 
 def _fill(alternatives: np.ndarray, rows: np.ndarray, values: np.ndarray | None) -> np.ndarray:
     if values is not None and len(values):
-        alternatives[rows, :values.shape[1]] = values
-        if values.shape[1] < alternatives.shape[1]:       # fewer codes than ALTERNATIVES: repeat the last
-            alternatives[rows, values.shape[1]:] = values[:, -1:]
+        alternatives[rows, : values.shape[1]] = values
+        if values.shape[1] < alternatives.shape[1]:  # fewer codes than ALTERNATIVES: repeat the last
+            alternatives[rows, values.shape[1] :] = values[:, -1:]
     return alternatives
 
 
 def _commit_overwrite(uri: str, fragments: list[str], schema: pa.Schema, options) -> None:
     """Replace the table's rows with ``fragments`` (written by tasks) in one commit."""
     import lance
-    from itemlens.store import lance_io
     from lance.fragment import FragmentMetadata
+
+    from itemlens.store import lance_io
 
     existing = lance_io.open_dataset(uri, storage_options=options)
     op = lance.LanceOperation.Overwrite(schema, [FragmentMetadata.from_json(f) for f in fragments])
-    lance.LanceDataset.commit(uri, op, read_version=existing.version if existing is not None else None,
-                              storage_options=options)
+    lance.LanceDataset.commit(
+        uri, op, read_version=existing.version if existing is not None else None, storage_options=options
+    )
 
 
 def _finish(report: SemanticIdReport, runner: Runner, tasks_before: int, t0: float) -> SemanticIdReport:
@@ -561,17 +669,29 @@ def _device(spec: SemanticIdSpec) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def build(uri: str, specs: dict[str, SemanticIdSpec | dict[str, Any]], *, retrain: bool = False,
-          lock_wait: float = 0.0, storage_options: dict[str, str] | None = None, runner: Runner | None = None
-          ) -> tuple[dict[str, SemanticIdReport], int | None]:
+def build(
+    uri: str,
+    specs: dict[str, SemanticIdSpec | dict[str, Any]],
+    *,
+    retrain: bool = False,
+    lock_wait: float = 0.0,
+    storage_options: dict[str, str] | None = None,
+    runner: Runner | None = None,
+) -> tuple[dict[str, SemanticIdReport], int | None]:
     """Train or refresh semantic-ID definitions from the store's latest snapshot and publish a
     snapshot (``itemlens semantic-ids``). ``runner``: where the passes run (default: this
     process; the command line passes Ray's when Ray runs). Returns the reports and the new
     snapshot id (None when nothing changed)."""
     from itemlens.store.writer import publish_derived
 
-    return publish_derived(uri, specs, SemanticIdSpec,
-                           lambda w, n, s: derive(w, n, s, retrain=retrain, runner=runner),
-                           what="semantic IDs", section="semantic_ids", command="itemlens semantic-ids",
-                           lock_wait=lock_wait, storage_options=storage_options)
-
+    return publish_derived(
+        uri,
+        specs,
+        SemanticIdSpec,
+        lambda w, n, s: derive(w, n, s, retrain=retrain, runner=runner),
+        what="semantic IDs",
+        section="semantic_ids",
+        command="itemlens semantic-ids",
+        lock_wait=lock_wait,
+        storage_options=storage_options,
+    )

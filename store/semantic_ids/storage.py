@@ -6,10 +6,13 @@ the code-usage PNG); and the token strings and offsets generative recommenders r
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
 import numpy as np
 import pyarrow as pa
+
 from itemlens.errors import StoreError
 from itemlens.store.layout import TIMESTAMP
+
 if TYPE_CHECKING:  # pragma: no cover
     from itemlens.store.snapshots import SemanticIdVersion
     from itemlens.store.writer import StoreWriter
@@ -19,14 +22,16 @@ CODES_FIELDS = ["item_id", "codes", "prefix", "source_hash", "active", "assigned
 
 
 def codes_schema(width: int, levels: int) -> pa.Schema:
-    return pa.schema([
-        pa.field("item_id", pa.string()),
-        pa.field("codes", pa.list_(pa.int32(), width)),     # the semantic ID
-        pa.field("prefix", pa.list_(pa.int32(), levels)),   # the quantizer's codes (before uniqueness)
-        pa.field("source_hash", pa.string()),               # input hashes of the input features
-        pa.field("active", pa.bool_()),                     # false: retired, never handed out again
-        pa.field("assigned_at", TIMESTAMP),
-    ])
+    return pa.schema(
+        [
+            pa.field("item_id", pa.string()),
+            pa.field("codes", pa.list_(pa.int32(), width)),  # the semantic ID
+            pa.field("prefix", pa.list_(pa.int32(), levels)),  # the quantizer's codes (before uniqueness)
+            pa.field("source_hash", pa.string()),  # input hashes of the input features
+            pa.field("active", pa.bool_()),  # false: retired, never handed out again
+            pa.field("assigned_at", TIMESTAMP),
+        ]
+    )
 
 
 QUANTIZER_SCHEMA = pa.schema([pa.field("key", pa.string()), pa.field("value", pa.large_binary())])
@@ -56,8 +61,10 @@ def token_strings(codes: np.ndarray, present: np.ndarray) -> list[str]:
     """``<a_12><b_3><c_200><d_0>``: level letters a, b, c ... (then aa, ab ...), as LC-Rec
     and GRID print them; "" for items without an ID."""
     letters = [_letter(i) for i in range(codes.shape[1])]
-    return ["".join(f"<{letters[j]}_{c}>" for j, c in enumerate(row)) if ok else ""
-            for row, ok in zip(codes.tolist(), present.tolist())]
+    return [
+        "".join(f"<{letters[j]}_{c}>" for j, c in enumerate(row)) if ok else ""
+        for row, ok in zip(codes.tolist(), present.tolist())
+    ]
 
 
 def _letter(i: int) -> str:

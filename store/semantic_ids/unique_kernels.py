@@ -48,7 +48,7 @@ def nearest_free(old_parent, old_last, new_parent, new_last, alternatives, k, ou
                 used[code] = True
             out[i] = code
             i += 1
-        for j in range(first_old, o):          # clear what this group marked
+        for j in range(first_old, o):  # clear what this group marked
             used[old_last[j]] = False
         for j in range(first_new, i):
             if out[j] >= 0:

@@ -37,7 +37,15 @@ from itemlens.extractors.base import ItemError
 from itemlens.extractors.media import read_bytes, resolve_uri
 from itemlens.uris import local_path
 from itemlens.workflows.browse.media import (
-    ByteCache, Frames, MediaColumn, cell_values, named_media, read_image, sampled_frames, thumb_size, thumbnail,
+    ByteCache,
+    Frames,
+    MediaColumn,
+    cell_values,
+    named_media,
+    read_image,
+    sampled_frames,
+    thumb_size,
+    thumbnail,
 )
 
 try:
@@ -52,8 +60,9 @@ try:
     from starlette.staticfiles import StaticFiles
     from starlette.templating import Jinja2Templates
 except ImportError as missing:  # pragma: no cover - the extra is part of dev
-    raise MissingDependencyError(f"itemlens browse needs the browse extra ({missing.name} is missing): "
-                                 "pip install 'itemlens[browse]'") from None
+    raise MissingDependencyError(
+        f"itemlens browse needs the browse extra ({missing.name} is missing): pip install 'itemlens[browse]'"
+    ) from None
 
 log = logging.getLogger("itemlens.browse")
 
@@ -62,8 +71,28 @@ PAGE_SIZE = 48
 #: an uploaded search query larger than this is refused
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 #: file name endings an uploaded query may keep (the encoder reads the file by its kind)
-_UPLOAD_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".mp4", ".mov", ".webm",
-                    ".mkv", ".avi", ".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a")
+_UPLOAD_SUFFIXES = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".webp",
+    ".gif",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".mp4",
+    ".mov",
+    ".webm",
+    ".mkv",
+    ".avi",
+    ".wav",
+    ".flac",
+    ".mp3",
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".m4a",
+)
 #: a diff over more items than this is computed on a sample of DIFF_SAMPLE items (each against all)
 DIFF_ALL_UP_TO = 20_000
 DIFF_SAMPLE = 500
@@ -85,9 +114,17 @@ class Browser:
     Lens is not meant for several threads at once), the catalog rows, and in-memory caches of
     thumbnails, video frames, graph matrices, semantic-ID codes and diffs."""
 
-    def __init__(self, store: str | os.PathLike, *, snapshot: int | None = None, catalog: str | None = None,
-                 id_column: str | None = None, storage_options: dict[str, str] | None = None,
-                 media_cache_bytes: int = 256 * 1024**2, k: int = 10):
+    def __init__(
+        self,
+        store: str | os.PathLike,
+        *,
+        snapshot: int | None = None,
+        catalog: str | None = None,
+        id_column: str | None = None,
+        storage_options: dict[str, str] | None = None,
+        media_cache_bytes: int = 256 * 1024**2,
+        k: int = 10,
+    ):
         import itemlens
 
         self.store = os.fspath(store)
@@ -137,13 +174,15 @@ class Browser:
         record = self.lens.doc.catalog
         uri = catalog or record.get("uri")
         if not uri:
-            return [], ("this snapshot records no catalog (vectors put with put_vectors?): pass --catalog to show "
-                        "catalog fields and media")
+            return [], (
+                "this snapshot records no catalog (vectors put with put_vectors?): pass --catalog to show "
+                "catalog fields and media"
+            )
         id_column = id_column or record.get("id_column") or "item_id"
         try:
             catalogs = []
             delta = None if catalog else record.get("delta")
-            if delta and delta.get("uri"):       # the last delta's rows are newer than the catalog's
+            if delta and delta.get("uri"):  # the last delta's rows are newer than the catalog's
                 catalogs.append(CatalogRows(delta["uri"], id_column=id_column, delta=True))
             fmt = "auto" if catalog else record.get("format", "auto")
             catalogs.append(CatalogRows(uri, id_column=id_column, fmt=fmt))
@@ -161,7 +200,7 @@ class Browser:
                 break
             try:
                 rows = catalog.rows([ids[i] for i in pending])
-            except Exception as problem:   # unreadable catalog: the pages say so and go on without it
+            except Exception as problem:  # unreadable catalog: the pages say so and go on without it
                 log.warning("cannot read catalog %s: %s", catalog.uri, problem)
                 self.catalog_problem = f"cannot read catalog {catalog.uri}: {type(problem).__name__}: {problem}"
                 self.catalogs = []
@@ -197,8 +236,12 @@ class Browser:
         out = []
         for n, (item_id, (row, _)) in enumerate(zip(ids, self.rows_of(ids))):
             title = next((row[c] for c in ("title", "name") if row and isinstance(row.get(c), str)), None)
-            tile = {"id": item_id, "title": title, "thumb": self.thumb_url(item_id, row),
-                    "score": None if scores is None else scores[n]}
+            tile = {
+                "id": item_id,
+                "title": title,
+                "thumb": self.thumb_url(item_id, row),
+                "score": None if scores is None else scores[n],
+            }
             if extra:
                 tile.update(extra[n])
             out.append(tile)
@@ -222,8 +265,11 @@ class Browser:
         self.require_item(item_id)
         row, base = self.rows_of([item_id])[0]
         if row is None:
-            raise PageError(404, f"the catalog has no row for item {item_id!r}" +
-                            (f" ({self.catalog_problem})" if self.catalog_problem else ""))
+            raise PageError(
+                404,
+                f"the catalog has no row for item {item_id!r}"
+                + (f" ({self.catalog_problem})" if self.catalog_problem else ""),
+            )
         kind = named_media(row, self.media_columns).get(src)
         if kind is None:
             raise PageError(403, f"refused: {src!r} is not a media file that the catalog names for item {item_id!r}")
@@ -250,8 +296,11 @@ class Browser:
         self.require_item(item_id)
         video = self.video_features.get(feature)
         if video is None:
-            raise PageError(404, f"no video feature {feature!r} in snapshot {self.lens.snapshot}; video features: "
-                                 f"{', '.join(self.video_features) or 'none'}")
+            raise PageError(
+                404,
+                f"no video feature {feature!r} in snapshot {self.lens.snapshot}; video features: "
+                f"{', '.join(self.video_features) or 'none'}",
+            )
         row, base = self.rows_of([item_id])[0]
         values = cell_values((row or {}).get(video.video))
         if not values:
@@ -328,8 +377,9 @@ class Browser:
         key = (a.strip(), b.strip(), k)
         with self.lock:
             if key not in self._diffs:
-                (lens_a, name_a), (lens_b, name_b) = open_sides(self.store, a, b, lens=self.lens,
-                                                                storage_options=self.storage_options)
+                (lens_a, name_a), (lens_b, name_b) = open_sides(
+                    self.store, a, b, lens=self.lens, storage_options=self.storage_options
+                )
                 small = min(feature_info(lens_a, name_a).count, feature_info(lens_b, name_b).count)
                 sample = DIFF_SAMPLE if small > DIFF_ALL_UP_TO else None
                 self._diffs[key] = diff(lens_a, name_a, lens_b, name_b, k=k, sample=sample)
@@ -366,6 +416,7 @@ def _pages(total: int, page: int, size: int = PAGE_SIZE) -> dict[str, int]:
 
 # -- pages --------------------------------------------------------------------------------------------
 
+
 class Pages:
     """The routes' work, each returning (template, context) or a response; they run in Starlette's
     thread pool (the client calls are blocking)."""
@@ -376,8 +427,13 @@ class Pages:
     def common(self) -> dict[str, Any]:
         lens = self.b.lens
         searchable = [f.name for f in lens.features() if f.current and f.kind == "vector" and f.pooling == "mean"]
-        return {"store": self.b.store, "snapshot": lens.snapshot, "latest": self.b.latest, "searchable": searchable,
-                "default_search": "text" if "text" in searchable else (searchable or [None])[0]}
+        return {
+            "store": self.b.store,
+            "snapshot": lens.snapshot,
+            "latest": self.b.latest,
+            "searchable": searchable,
+            "default_search": "text" if "text" in searchable else (searchable or [None])[0],
+        }
 
     def summary(self) -> tuple[str, dict]:
         b, lens = self.b, self.b.lens
@@ -386,36 +442,56 @@ class Pages:
             snapshots = lens.snapshots()
         errors = b.errors()
         counts = Counter(zip(errors.column("feature").to_pylist(), errors.column("stage").to_pylist()))
-        sids = [v for _, e in sorted(lens.doc.semantic_ids.items())
-                for _, v in sorted(e.versions.items(), key=lambda kv: int(kv[0][1:]))]
-        graphs = [(v, e.current == v.label) for _, e in sorted(lens.doc.graphs.items())
-                  for _, v in sorted(e.versions.items(), key=lambda kv: int(kv[0][1:]))]
+        sids = [
+            v
+            for _, e in sorted(lens.doc.semantic_ids.items())
+            for _, v in sorted(e.versions.items(), key=lambda kv: int(kv[0][1:]))
+        ]
+        graphs = [
+            (v, e.current == v.label)
+            for _, e in sorted(lens.doc.graphs.items())
+            for _, v in sorted(e.versions.items(), key=lambda kv: int(kv[0][1:]))
+        ]
         versions = [f.qualified for f in features if f.kind == "vector" and f.pooling == "mean"]
         return "summary.html", {
-            "features": features, "catalog": lens.doc.catalog, "catalog_problem": b.catalog_problem,
-            "created_at": lens.doc.created_at, "items": len(b.order()[0]),
+            "features": features,
+            "catalog": lens.doc.catalog,
+            "catalog_problem": b.catalog_problem,
+            "created_at": lens.doc.created_at,
+            "items": len(b.order()[0]),
             "errors": sorted(counts.items()),
             "sids": [(v, lens.doc.semantic_ids[v.name].current == v.label) for v in sids],
-            "graphs": graphs, "snapshots": list(reversed(snapshots))[:20], "snapshot_count": len(snapshots),
-            "report": lens.doc.report, "versions": versions, "media_columns": b.media_columns,
+            "graphs": graphs,
+            "snapshots": list(reversed(snapshots))[:20],
+            "snapshot_count": len(snapshots),
+            "report": lens.doc.report,
+            "versions": versions,
+            "media_columns": b.media_columns,
             "catalog_sources": [c.uri for c in b.catalogs],
         }
 
     def items(self, page: int) -> tuple[str, dict]:
         ids, _ = self.b.order()
         pages = _pages(len(ids), page)
-        return "items.html", {"pages": pages, "tiles": self.b.tiles(ids[pages["start"]:pages["end"]])}
+        return "items.html", {"pages": pages, "tiles": self.b.tiles(ids[pages["start"] : pages["end"]])}
 
     def item(self, item_id: str, k: int) -> tuple[str, dict]:
         b, lens = self.b, self.b.lens
         b.require_item(item_id)
         row, base = b.rows_of([item_id])[0]
         media = named_media(row, b.media_columns)
-        photos = [{"src": s, "url": f"/media?item={_q(item_id)}&src={_q(s)}",
-                   "thumb": f"/thumb?item={_q(item_id)}&src={_q(s)}&size=320"}
-                  for s, kind in media.items() if kind == "image"]
-        audio = [{"src": s, "url": f"/media?item={_q(item_id)}&src={_q(s)}"}
-                 for s, kind in media.items() if kind == "audio"]
+        photos = [
+            {
+                "src": s,
+                "url": f"/media?item={_q(item_id)}&src={_q(s)}",
+                "thumb": f"/thumb?item={_q(item_id)}&src={_q(s)}&size=320",
+            }
+            for s, kind in media.items()
+            if kind == "image"
+        ]
+        audio = [
+            {"src": s, "url": f"/media?item={_q(item_id)}&src={_q(s)}"} for s, kind in media.items() if kind == "audio"
+        ]
         videos = []
         for s, kind in media.items():
             if kind != "video":
@@ -426,12 +502,15 @@ class Pages:
                     continue
                 try:
                     _, frames = b.video_frames(item_id, feature)
-                    shown = [{"index": i, "url": f"/frame?item={_q(item_id)}&feature={_q(feature)}&n={n}"}
-                             for n, i in enumerate(frames.indices)]
+                    shown = [
+                        {"index": i, "url": f"/frame?item={_q(item_id)}&feature={_q(feature)}&n={n}"}
+                        for n, i in enumerate(frames.indices)
+                    ]
                     video["sampled"].append({"feature": feature, "frames": shown, "problem": None, "spec": spec})
                 except PageError as problem:
-                    video["sampled"].append({"feature": feature, "frames": [], "problem": problem.message,
-                                             "spec": spec})
+                    video["sampled"].append(
+                        {"feature": feature, "frames": [], "problem": problem.message, "spec": spec}
+                    )
             videos.append(video)
         with b.lock:
             features = [f for f in lens.features() if f.current]
@@ -441,46 +520,76 @@ class Pages:
                     continue
                 try:
                     table = lens.captions(f.name, [item_id], output="arrow")
-                    captions.append({"feature": f.name, "version": f.version,
-                                     "text": table.column("caption")[0].as_py(),
-                                     "model": table.column("model")[0].as_py(), "note": f.note})
+                    captions.append(
+                        {
+                            "feature": f.name,
+                            "version": f.version,
+                            "text": table.column("caption")[0].as_py(),
+                            "model": table.column("model")[0].as_py(),
+                            "note": f.note,
+                        }
+                    )
                 except UnknownItemsError:
-                    captions.append({"feature": f.name, "version": f.version, "text": None, "model": f.model,
-                                     "note": f.note})
+                    captions.append(
+                        {"feature": f.name, "version": f.version, "text": None, "model": f.model, "note": f.note}
+                    )
             sids = []
             for name in sorted(lens.doc.semantic_ids):
                 info = lens.semantic_id_info(name)
                 codes = lens.semantic_ids(name, [item_id], fill=-1)[0].tolist()
                 levels = int(info.spec["levels"])
-                prefixes = [".".join(map(str, codes[:n + 1])) for n in range(levels)] if codes[0] >= 0 else []
-                sids.append({"name": name, "qualified": info.qualified, "codes": codes if codes[0] >= 0 else None,
-                             "levels": levels, "prefixes": prefixes})
+                prefixes = [".".join(map(str, codes[: n + 1])) for n in range(levels)] if codes[0] >= 0 else []
+                sids.append(
+                    {
+                        "name": name,
+                        "qualified": info.qualified,
+                        "codes": codes if codes[0] >= 0 else None,
+                        "levels": levels,
+                        "prefixes": prefixes,
+                    }
+                )
         vector_rows = []
         for f in features:
             if f.kind != "vector":
                 continue
             if f.pooling != "mean":
-                vector_rows.append({"feature": f, "tiles": None,
-                                    "note": f"one vector per {f.pooling.removeprefix('per_')}: no neighbour search"})
+                vector_rows.append(
+                    {
+                        "feature": f,
+                        "tiles": None,
+                        "note": f"one vector per {f.pooling.removeprefix('per_')}: no neighbour search",
+                    }
+                )
                 continue
             hits = b.vector_neighbours(f.name, item_id, k)
             if hits is None:
                 vector_rows.append({"feature": f, "tiles": None, "note": "no vector (see the errors below)"})
                 continue
-            vector_rows.append({"feature": f, "tiles": b.tiles([h[0] for h in hits], [h[1] for h in hits]),
-                                "note": None})
+            vector_rows.append(
+                {"feature": f, "tiles": b.tiles([h[0] for h in hits], [h[1] for h in hits]), "note": None}
+            )
         graph_rows = []
         for name in sorted(lens.doc.graphs):
             with b.lock:
                 info = lens.graph_info(name)
             neighbours = b.graph_neighbours(name, item_id)
-            graph_rows.append({"name": name, "info": info,
-                               "tiles": b.tiles([n[0] for n in neighbours], [n[1] for n in neighbours])})
+            graph_rows.append(
+                {"name": name, "info": info, "tiles": b.tiles([n[0] for n in neighbours], [n[1] for n in neighbours])}
+            )
         fields = [(column, value) for column, value in (row or {}).items()]
         return "item.html", {
-            "item_id": item_id, "fields": fields, "catalog_problem": b.catalog_problem if row is None else None,
-            "photos": photos, "videos": videos, "audio": audio, "captions": captions, "sids": sids,
-            "errors": b.errors_of(item_id), "vectors": vector_rows, "graphs": graph_rows, "k": k,
+            "item_id": item_id,
+            "fields": fields,
+            "catalog_problem": b.catalog_problem if row is None else None,
+            "photos": photos,
+            "videos": videos,
+            "audio": audio,
+            "captions": captions,
+            "sids": sids,
+            "errors": b.errors_of(item_id),
+            "vectors": vector_rows,
+            "graphs": graph_rows,
+            "k": k,
         }
 
     def search(self, feature: str, text: str | None, upload: tuple[str, bytes] | None, k: int) -> tuple[str, dict]:
@@ -488,10 +597,20 @@ class Pages:
         with b.lock:
             features = {f.name: f for f in lens.features() if f.current and f.kind == "vector" and f.pooling == "mean"}
         if feature not in features:
-            raise PageError(404, f"no feature {feature!r} to search in snapshot {lens.snapshot}; searchable features: "
-                                 f"{', '.join(features) or 'none'}")
-        context = {"feature": feature, "query": text or "", "upload": upload[0] if upload else None, "k": k,
-                   "tiles": None, "problem": None, "info": features[feature]}
+            raise PageError(
+                404,
+                f"no feature {feature!r} to search in snapshot {lens.snapshot}; searchable features: "
+                f"{', '.join(features) or 'none'}",
+            )
+        context = {
+            "feature": feature,
+            "query": text or "",
+            "upload": upload[0] if upload else None,
+            "k": k,
+            "tiles": None,
+            "problem": None,
+            "info": features[feature],
+        }
         if not text and not upload:
             return "search.html", context
         try:
@@ -499,7 +618,7 @@ class Pages:
                 if upload:
                     hits = self._search_file(feature, upload, k)
                 else:
-                    hits = lens.search(feature, text, k=k, kind="text")   # never read as a path on this machine
+                    hits = lens.search(feature, text, k=k, kind="text")  # never read as a path on this machine
         except (ItemlensError, ImportError) as problem:
             context["problem"] = f"{type(problem).__name__}: {problem}"
             return "search.html", context
@@ -532,9 +651,9 @@ class Pages:
             raise PageError(404, f"{prefix_text!r} is not a prefix of codes (write them as 12.3.200)") from None
         if len(prefix) > levels:
             raise PageError(404, f"{info.qualified} has {levels} levels; {prefix_text!r} has {len(prefix)} codes")
-        ids, codes = b.codes(info.qualified)            # sorted by codes: a prefix is one run of rows
+        ids, codes = b.codes(info.qualified)  # sorted by codes: a prefix is one run of rows
         if prefix:
-            inside = np.flatnonzero((codes[:, :len(prefix)] == np.asarray(prefix, np.int64)).all(axis=1))
+            inside = np.flatnonzero((codes[:, : len(prefix)] == np.asarray(prefix, np.int64)).all(axis=1))
             if not len(inside):
                 raise PageError(404, f"no item of {info.qualified} has an ID under {prefix_text}")
             start, end = int(inside[0]), int(inside[-1]) + 1
@@ -544,8 +663,10 @@ class Pages:
         children = []
         if len(prefix) < levels and len(run):
             values, counts = np.unique(run[:, len(prefix)], return_counts=True)
-            children = [{"code": int(v), "count": int(c), "prefix": ".".join(map(str, prefix + [int(v)]))}
-                        for v, c in zip(values, counts)]
+            children = [
+                {"code": int(v), "count": int(c), "prefix": ".".join(map(str, prefix + [int(v)]))}
+                for v, c in zip(values, counts)
+            ]
         # collisions: full tuples (the levels' codes) that several items share, which are
         # neighbours in the sorted rows, and the suffixes they got
         groups, collided_items = [], 0
@@ -558,13 +679,23 @@ class Pages:
             collided_items = int(sizes[shared].sum())
         pages = _pages(end - start, page)
         shown = range(start + pages["start"], start + pages["end"])
-        tiles = b.tiles([ids[i] for i in shown],
-                        extra=[{"codes": ".".join(map(str, codes[i].tolist()))} for i in shown])
-        trail = [{"code": c, "prefix": ".".join(map(str, prefix[:n + 1]))} for n, c in enumerate(prefix)]
+        tiles = b.tiles(
+            [ids[i] for i in shown], extra=[{"codes": ".".join(map(str, codes[i].tolist()))} for i in shown]
+        )
+        trail = [{"code": c, "prefix": ".".join(map(str, prefix[: n + 1]))} for n, c in enumerate(prefix)]
         return "sid.html", {
-            "info": info, "levels": levels, "prefix": ".".join(map(str, prefix)), "trail": trail, "children": children,
-            "groups": groups, "collided_items": collided_items, "tiles": tiles, "pages": pages,
-            "under": end - start, "suffix": info.width > levels, "method": info.spec.get("uniqueness", "suffix"),
+            "info": info,
+            "levels": levels,
+            "prefix": ".".join(map(str, prefix)),
+            "trail": trail,
+            "children": children,
+            "groups": groups,
+            "collided_items": collided_items,
+            "tiles": tiles,
+            "pages": pages,
+            "under": end - start,
+            "suffix": info.width > levels,
+            "method": info.spec.get("uniqueness", "suffix"),
         }
 
     def errors(self, feature: str | None, stage: str | None, page: int) -> tuple[str, dict]:
@@ -585,8 +716,14 @@ class Pages:
         chosen = chosen.sort_by([("feature", "ascending"), ("stage", "ascending"), ("item_id", "ascending")])
         pages = _pages(chosen.num_rows, page)
         rows = chosen.slice(pages["start"], pages["end"] - pages["start"]).to_pylist()
-        return "errors.html", {"counts": sorted(counts.items()), "feature": feature, "stage": stage, "rows": rows,
-                               "reasons": reasons, "pages": pages}
+        return "errors.html", {
+            "counts": sorted(counts.items()),
+            "feature": feature,
+            "stage": stage,
+            "rows": rows,
+            "reasons": reasons,
+            "pages": pages,
+        }
 
     def diff(self, a: str, b_side: str, k: int) -> tuple[str, dict]:
         b, lens = self.b, self.b.lens
@@ -612,21 +749,29 @@ class Pages:
 
 # -- the app ------------------------------------------------------------------------------------------
 
-def create_app(store: str | os.PathLike, *, snapshot: int | None = None, catalog: str | None = None,
-               id_column: str | None = None, storage_options: dict[str, str] | None = None,
-               allowed_hosts: list[str] | tuple[str, ...] = LOOPBACK_HOSTS) -> Starlette:
+
+def create_app(
+    store: str | os.PathLike,
+    *,
+    snapshot: int | None = None,
+    catalog: str | None = None,
+    id_column: str | None = None,
+    storage_options: dict[str, str] | None = None,
+    allowed_hosts: list[str] | tuple[str, ...] = LOOPBACK_HOSTS,
+) -> Starlette:
     """The browse app of one store snapshot. ``allowed_hosts``: Host headers it answers (by default
     loopback names only, so that a web page elsewhere cannot reach it by DNS rebinding)."""
     browser = Browser(store, snapshot=snapshot, catalog=catalog, id_column=id_column, storage_options=storage_options)
     pages = Pages(browser)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters["q"] = _q
-    templates.env.filters["num"] = lambda v, digits=3: "-" if v is None or (isinstance(v, float) and math.isnan(v)) \
-        else f"{v:.{digits}f}"
+    templates.env.filters["num"] = lambda v, digits=3: (
+        "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+    )
 
     def render(request: Request, page: tuple[str, dict], status: int = 200) -> Response:
         name, context = page
-        if context.get("problem"):       # a query that could not be used: said on the page, with a 400
+        if context.get("problem"):  # a query that could not be used: said on the page, with a 400
             status = 400
         return templates.TemplateResponse(request, name, {**pages.common(), **context}, status_code=status)
 
@@ -675,20 +820,27 @@ def create_app(store: str | os.PathLike, *, snapshot: int | None = None, catalog
 
     async def sid(request: Request) -> Response:
         page = _int(request.query_params.get("page"), 1, 1, 10**9)
-        return render(request, await run_in_threadpool(pages.sid, request.path_params["name"],
-                                                       request.query_params.get("prefix", ""), page))
+        return render(
+            request,
+            await run_in_threadpool(
+                pages.sid, request.path_params["name"], request.query_params.get("prefix", ""), page
+            ),
+        )
 
     async def errors(request: Request) -> Response:
         params = request.query_params
         page = _int(params.get("page"), 1, 1, 10**9)
-        return render(request, await run_in_threadpool(pages.errors, params.get("feature") or None,
-                                                       params.get("stage") or None, page))
+        return render(
+            request,
+            await run_in_threadpool(pages.errors, params.get("feature") or None, params.get("stage") or None, page),
+        )
 
     async def diff(request: Request) -> Response:
         params = request.query_params
         k = _int(params.get("k"), 10, 1, 100)
-        return render(request, await run_in_threadpool(pages.diff, params.get("a", "").strip(),
-                                                       params.get("b", "").strip(), k))
+        return render(
+            request, await run_in_threadpool(pages.diff, params.get("a", "").strip(), params.get("b", "").strip(), k)
+        )
 
     async def diff_png(request: Request) -> Response:
         params = request.query_params
@@ -708,10 +860,10 @@ def create_app(store: str | os.PathLike, *, snapshot: int | None = None, catalog
         except ItemlensError as problem:
             raise PageError(404, f"cannot read {src!r}: {problem}") from None
         if local is not None:
-            real = os.path.realpath(local)        # as the ingest reads it: links resolved, regular files only
+            real = os.path.realpath(local)  # as the ingest reads it: links resolved, regular files only
             if not os.path.isfile(real):
                 raise PageError(404, f"the catalog names {src!r} for item {item_id!r}, but there is no such file")
-            return FileResponse(real)             # answers Range requests: players can seek
+            return FileResponse(real)  # answers Range requests: players can seek
         from itemlens.workflows.browse.media import MAX_VIDEO_BYTES
 
         try:
@@ -740,6 +892,7 @@ def create_app(store: str | os.PathLike, *, snapshot: int | None = None, catalog
         def png():
             with browser.lock:
                 return browser.lens.semantic_id_plot(request.path_params["name"])
+
         try:
             return Response(await run_in_threadpool(png), media_type="image/png")
         except UnknownFeatureError as unknown:
@@ -749,26 +902,47 @@ def create_app(store: str | os.PathLike, *, snapshot: int | None = None, catalog
         def png():
             with browser.lock:
                 return browser.lens.graph_plot(request.path_params["name"])
+
         try:
             return Response(await run_in_threadpool(png), media_type="image/png")
         except UnknownFeatureError as unknown:
             raise PageError(404, str(unknown)) from None
 
     routes = [
-        Route("/", summary), Route("/items", items), Route("/go", go), Route("/item/{item_id:path}", item),
-        Route("/search", search, methods=["GET", "POST"]), Route("/sid/{name}", sid), Route("/errors", errors),
-        Route("/diff", diff), Route("/diff.png", diff_png), Route("/media", media), Route("/thumb", thumb),
-        Route("/frame", frame), Route("/plot/sid/{name}.png", sid_plot), Route("/plot/graph/{name}.png", graph_plot),
+        Route("/", summary),
+        Route("/items", items),
+        Route("/go", go),
+        Route("/item/{item_id:path}", item),
+        Route("/search", search, methods=["GET", "POST"]),
+        Route("/sid/{name}", sid),
+        Route("/errors", errors),
+        Route("/diff", diff),
+        Route("/diff.png", diff_png),
+        Route("/media", media),
+        Route("/thumb", thumb),
+        Route("/frame", frame),
+        Route("/plot/sid/{name}.png", sid_plot),
+        Route("/plot/graph/{name}.png", graph_plot),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
-    app = Starlette(routes=routes, exception_handlers={PageError: page_error, HTTPException: page_error},
-                    middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))])
+    app = Starlette(
+        routes=routes,
+        exception_handlers={PageError: page_error, HTTPException: page_error},
+        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))],
+    )
     app.state.browser = browser
     return app
 
 
-def serve(store: str | os.PathLike, *, snapshot: int | None = None, host: str = "127.0.0.1", port: int = 8765,
-          catalog: str | None = None, id_column: str | None = None) -> None:
+def serve(
+    store: str | os.PathLike,
+    *,
+    snapshot: int | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    catalog: str | None = None,
+    id_column: str | None = None,
+) -> None:
     """Run the app with uvicorn until interrupted (``itemlens browse``)."""
     import ipaddress
     import sys
@@ -783,11 +957,16 @@ def serve(store: str | os.PathLike, *, snapshot: int | None = None, host: str = 
     app = create_app(store, snapshot=snapshot, catalog=catalog, id_column=id_column, allowed_hosts=hosts)
     browser = app.state.browser
     shown = f"[{host}]" if ":" in host else host
-    print(f"itemlens browse: {browser.store}, snapshot {browser.lens.snapshot}, on http://{shown}:{port}/ "
-          "(read-only; Ctrl-C stops)", file=sys.stderr)
+    print(
+        f"itemlens browse: {browser.store}, snapshot {browser.lens.snapshot}, on http://{shown}:{port}/ "
+        "(read-only; Ctrl-C stops)",
+        file=sys.stderr,
+    )
     if not loopback:
-        print(f"itemlens browse: listening on {host}: anyone who can reach it sees the catalog's fields and media",
-              file=sys.stderr)
+        print(
+            f"itemlens browse: listening on {host}: anyone who can reach it sees the catalog's fields and media",
+            file=sys.stderr,
+        )
     if browser.catalog_problem:
         print(f"itemlens browse: {browser.catalog_problem}", file=sys.stderr)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -74,8 +74,12 @@ class CatalogRows:
             return sorted(f"{protocol}://{p}" for p in fs.find(path) if p.lower().endswith(suffixes))
         if os.path.isfile(uri):
             return [uri]
-        return sorted(os.path.join(root, name) for root, _, names in os.walk(uri) for name in names
-                      if name.lower().endswith(suffixes))
+        return sorted(
+            os.path.join(root, name)
+            for root, _, names in os.walk(uri)
+            for name in names
+            if name.lower().endswith(suffixes)
+        )
 
     def rows(self, ids: list[str]) -> list[dict[str, Any] | None]:
         """The catalog row of each id (a dict of its columns), None where the catalog has none."""
@@ -116,7 +120,7 @@ class CatalogRows:
                         ids.append(pc.cast(batch.column(self.id_column), pa.string()))
                     if writer is not None:
                         writer.close()
-                if writer is None:          # an empty file
+                if writer is None:  # an empty file
                     continue
                 self.disk_bytes += os.path.getsize(path)
                 tables.append(pa.ipc.open_file(pa.memory_map(path)).read_all())
@@ -126,15 +130,22 @@ class CatalogRows:
             self.rows_indexed = int(self._starts[-1])
             self.build_seconds = time.perf_counter() - started
             self._tables = tables
-            log.info("catalog %s: %d rows indexed in %.1f s (%d bytes of Arrow on the temporary disk)",
-                     self.uri, self.rows_indexed, self.build_seconds, self.disk_bytes)
+            log.info(
+                "catalog %s: %d rows indexed in %.1f s (%d bytes of Arrow on the temporary disk)",
+                self.uri,
+                self.rows_indexed,
+                self.build_seconds,
+                self.disk_bytes,
+            )
 
     def _kept(self, batch: pa.Table, uri: str) -> pa.Table:
         """The rows of a batch that describe an item: a delta's deletions and rows without an id
         (which the ingest refuses) have none."""
         if self.id_column not in batch.column_names:
-            raise CatalogError(f"catalog file {uri} has no id column {self.id_column!r} (its columns: "
-                               f"{', '.join(batch.column_names)}); pass --id-column")
+            raise CatalogError(
+                f"catalog file {uri} has no id column {self.id_column!r} (its columns: "
+                f"{', '.join(batch.column_names)}); pass --id-column"
+            )
         if self.source.delta and OP_COLUMN in batch.column_names:
             ops = pc.fill_null(pc.utf8_lower(pc.cast(batch.column(OP_COLUMN), pa.string())), "upsert")
             batch = batch.filter(pc.not_equal(ops, "delete"))

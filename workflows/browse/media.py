@@ -62,7 +62,7 @@ class ByteCache:
 @dataclass(frozen=True)
 class MediaColumn:
     column: str
-    kind: str                   # "image", "video" or "audio"
+    kind: str  # "image", "video" or "audio"
 
 
 def cell_values(cell: Any) -> list[str]:
@@ -122,8 +122,9 @@ def sampled_frames(uri: str, video_input, size: int = 320) -> Frames:
 
     from itemlens.extractors.video import read_video_frames
 
-    frames, indices = read_video_frames(read_bytes(uri, MAX_VIDEO_BYTES), video_input,
-                                        max_pixels=DEFAULT_MAX_IMAGE_PIXELS)
+    frames, indices = read_video_frames(
+        read_bytes(uri, MAX_VIDEO_BYTES), video_input, max_pixels=DEFAULT_MAX_IMAGE_PIXELS
+    )
     jpegs = []
     for frame in frames:
         image = Image.fromarray(frame, "RGB")

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import importlib
 from typing import Any
+
 import numpy as np
+
 from itemlens.errors import ConfigError
 from itemlens.store.semantic_ids.quantizers.base import TRAININGS, Encoded
 
 __all__ = ["TRAININGS", "Encoded", "build", "load", "quantizer_class", "quantizer_names", "register_quantizer", "save"]
 
 
-_QUANTIZERS: dict[str, str] = {        # method -> "module:Class"
+_QUANTIZERS: dict[str, str] = {  # method -> "module:Class"
     "rq-kmeans": "itemlens.store.semantic_ids.quantizers.rq_kmeans:RQKMeans",
     "rq-vae": "itemlens.store.semantic_ids.quantizers.rq_vae:RQVAE",
 }
@@ -33,8 +35,9 @@ def register_quantizer(name: str, target: str, *, replace: bool = False) -> None
     imported when a quantizer of that method is built. A name is registered once unless
     ``replace=True``."""
     if name in _QUANTIZERS and not replace and _QUANTIZERS[name] != target:
-        raise ValueError(f"semantic-ID method {name!r} is already registered ({_QUANTIZERS[name]}); "
-                         "pass replace=True to replace it")
+        raise ValueError(
+            f"semantic-ID method {name!r} is already registered ({_QUANTIZERS[name]}); pass replace=True to replace it"
+        )
     _QUANTIZERS[name] = target
 
 
@@ -57,8 +60,9 @@ def build(method: str, params: dict[str, Any], input_dim: int):
 def save(quantizer) -> bytes:
     from safetensors.numpy import save as save_tensors
 
-    return save_tensors({k: np.ascontiguousarray(v) for k, v in quantizer.state().items()},
-                        metadata={"method": quantizer.method})
+    return save_tensors(
+        {k: np.ascontiguousarray(v) for k, v in quantizer.state().items()}, metadata={"method": quantizer.method}
+    )
 
 
 def load(method: str, params: dict[str, Any], input_dim: int, blob: bytes):

@@ -14,5 +14,5 @@ TRAININGS = {"count": 0}
 
 @dataclass
 class Encoded:
-    codes: np.ndarray                   # [n, levels] int64
-    last_distances: np.ndarray | None   # [n, K] squared distances of the last residual to each
+    codes: np.ndarray  # [n, levels] int64
+    last_distances: np.ndarray | None  # [n, K] squared distances of the last residual to each

@@ -4,7 +4,9 @@ balanced (capacity-constrained) assignment (OneRec)."""
 from __future__ import annotations
 
 import math
+
 import numpy as np
+
 from itemlens.errors import ConfigError
 
 
@@ -34,7 +36,8 @@ def squared_distances(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """[n, k] squared L2 distances."""
     x = x.astype(np.float32, copy=False)
     return np.maximum(
-        (x * x).sum(1, keepdims=True) - 2.0 * x @ centroids.T + (centroids * centroids).sum(1)[None, :], 0.0)
+        (x * x).sum(1, keepdims=True) - 2.0 * x @ centroids.T + (centroids * centroids).sum(1)[None, :], 0.0
+    )
 
 
 def balanced_assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -54,7 +57,7 @@ def balanced_assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     pending = np.arange(n)
     while pending.size:
         choice = preference[pending, tried[pending]]
-        order = np.lexsort((pending, dist[pending, choice], choice))      # by centroid, then distance
+        order = np.lexsort((pending, dist[pending, choice], choice))  # by centroid, then distance
         pending, choice = pending[order], choice[order]
         starts = np.r_[0, np.flatnonzero(np.diff(choice)) + 1]
         rank = np.arange(choice.size) - np.repeat(starts, np.diff(np.r_[starts, choice.size]))

@@ -5,7 +5,9 @@ balanced assignment in which every code gets at most ``ceil(N / K)`` items (OneR
 from __future__ import annotations
 
 from typing import Any
+
 import numpy as np
+
 from itemlens.store.semantic_ids.quantizers.base import TRAININGS, Encoded
 from itemlens.store.semantic_ids.quantizers.kmeans import balanced_kmeans, kmeans, nearest, squared_distances
 
@@ -16,16 +18,30 @@ class RQKMeans:
     @classmethod
     def from_params(cls, params: dict[str, Any], input_dim: int) -> RQKMeans:
         """From a semantic-ID definition's fields (``SemanticIdSpec.model_dump()``)."""
-        return cls(params["levels"], params["codebook_size"], normalize_residual=params["normalize_residual"],
-                   balanced=params["balanced"], niter=params["kmeans_iterations"], seed=params["seed"])
+        return cls(
+            params["levels"],
+            params["codebook_size"],
+            normalize_residual=params["normalize_residual"],
+            balanced=params["balanced"],
+            niter=params["kmeans_iterations"],
+            seed=params["seed"],
+        )
 
-    def __init__(self, levels: int, codebook_size: int, *, normalize_residual: bool = False,
-                 balanced: bool = False, niter: int = 20, seed: int = 0):
+    def __init__(
+        self,
+        levels: int,
+        codebook_size: int,
+        *,
+        normalize_residual: bool = False,
+        balanced: bool = False,
+        niter: int = 20,
+        seed: int = 0,
+    ):
         self.levels, self.k = levels, codebook_size
         self.normalize_residual, self.balanced = normalize_residual, balanced
         self.niter, self.seed = niter, seed
-        self.codebooks: np.ndarray | None = None    # [levels, K, d]
-        self.scales: np.ndarray | None = None       # [levels] mean residual norm (normalized mode)
+        self.codebooks: np.ndarray | None = None  # [levels, K, d]
+        self.scales: np.ndarray | None = None  # [levels] mean residual norm (normalized mode)
 
     def _unit(self, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         norms = np.linalg.norm(r, axis=1)
@@ -54,7 +70,7 @@ class RQKMeans:
             codebooks.append(centroids)
             all_codes.append(codes)
             scales.append(float(norms.mean()))
-            r = r - norms[:, None] * centroids[codes]     # the residual stays in the input's scale
+            r = r - norms[:, None] * centroids[codes]  # the residual stays in the input's scale
         self.codebooks, self.scales = np.stack(codebooks), np.array(scales, np.float32)
         return Encoded(np.stack(all_codes, 1).astype(np.int64), last)
 

@@ -7,7 +7,9 @@ the rotation trick (Fifty et al., 2024)."""
 from __future__ import annotations
 
 from typing import Any
+
 import numpy as np
+
 from itemlens.store.semantic_ids.quantizers.base import TRAININGS, Encoded
 from itemlens.store.semantic_ids.quantizers.rq_kmeans import RQKMeans
 
@@ -19,15 +21,39 @@ class RQVAE:
     def from_params(cls, params: dict[str, Any], input_dim: int) -> RQVAE:
         """From a semantic-ID definition's fields (``SemanticIdSpec.model_dump()``)."""
         vae = params["vae"]
-        return cls(params["levels"], params["codebook_size"], seed=params["seed"], input_dim=input_dim,
-                   latent_dim=vae["latent_dim"], hidden=tuple(vae["hidden"]), epochs=vae["epochs"],
-                   batch_size=vae["batch_size"], lr=vae["lr"], beta=vae["beta"], gradient=vae["gradient"],
-                   restart_dead_codes=vae["restart_dead_codes"], device=params.get("device", "cpu"))
+        return cls(
+            params["levels"],
+            params["codebook_size"],
+            seed=params["seed"],
+            input_dim=input_dim,
+            latent_dim=vae["latent_dim"],
+            hidden=tuple(vae["hidden"]),
+            epochs=vae["epochs"],
+            batch_size=vae["batch_size"],
+            lr=vae["lr"],
+            beta=vae["beta"],
+            gradient=vae["gradient"],
+            restart_dead_codes=vae["restart_dead_codes"],
+            device=params.get("device", "cpu"),
+        )
 
-    def __init__(self, levels: int, codebook_size: int, *, input_dim: int, latent_dim: int = 32,
-                 hidden: tuple[int, ...] = (512, 256), epochs: int = 50, batch_size: int = 1024, lr: float = 1e-3,
-                 beta: float = 0.25, gradient: str = "ste", restart_dead_codes: bool = True, seed: int = 0,
-                 device: str = "cpu"):
+    def __init__(
+        self,
+        levels: int,
+        codebook_size: int,
+        *,
+        input_dim: int,
+        latent_dim: int = 32,
+        hidden: tuple[int, ...] = (512, 256),
+        epochs: int = 50,
+        batch_size: int = 1024,
+        lr: float = 1e-3,
+        beta: float = 0.25,
+        gradient: str = "ste",
+        restart_dead_codes: bool = True,
+        seed: int = 0,
+        device: str = "cpu",
+    ):
         import torch
 
         self.levels, self.k, self.input_dim, self.latent_dim = levels, codebook_size, input_dim, latent_dim
@@ -87,7 +113,7 @@ class RQVAE:
         TRAININGS["count"] += 1
         generator = torch.Generator().manual_seed(self.seed)
         data = torch.as_tensor(np.asarray(x, np.float32)).to(self.device)
-        with torch.no_grad():       # codebooks start as residual k-means of the initial latents
+        with torch.no_grad():  # codebooks start as residual k-means of the initial latents
             latent = self.encoder(data).cpu().numpy()
             init = RQKMeans(self.levels, self.k, niter=10, seed=self.seed).fit(latent)
             self.codebooks.copy_(torch.as_tensor(init.codebooks))
@@ -99,7 +125,7 @@ class RQVAE:
             totals = {"reconstruction": 0.0, "quantization": 0.0}
             order = torch.randperm(n, generator=generator).to(self.device)
             for start in range(0, n, self.batch_size):
-                batch = data[order[start:start + self.batch_size]]
+                batch = data[order[start : start + self.batch_size]]
                 z = self.encoder(batch)
                 codes, zq, q_loss = self._quantize(z)
                 recon = self.decoder(self._through(z, zq))
@@ -140,14 +166,16 @@ class RQVAE:
         codes, last = [], []
         with torch.no_grad():
             for start in range(0, len(x), 8192):
-                z = self.encoder(torch.as_tensor(np.asarray(x[start:start + 8192], np.float32)).to(self.device))
+                z = self.encoder(torch.as_tensor(np.asarray(x[start : start + 8192], np.float32)).to(self.device))
                 c, _, _ = self._quantize(z)
                 if distances:
                     r = z - sum(self.codebooks[i][c[:, i]] for i in range(self.levels - 1)) if self.levels > 1 else z
                     last.append((torch.cdist(r, self.codebooks[-1]) ** 2).cpu().numpy())
                 codes.append(c.cpu().numpy())
         if not codes:
-            return Encoded(np.zeros((0, self.levels), np.int64), np.zeros((0, self.k), np.float32) if distances else None)
+            return Encoded(
+                np.zeros((0, self.levels), np.int64), np.zeros((0, self.k), np.float32) if distances else None
+            )
         return Encoded(np.concatenate(codes).astype(np.int64), np.concatenate(last) if distances else None)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
@@ -167,8 +195,12 @@ class RQVAE:
     def load_state(self, tensors: dict[str, np.ndarray]) -> RQVAE:
         import torch
 
-        self.encoder.load_state_dict({k[8:]: torch.as_tensor(v) for k, v in tensors.items() if k.startswith("encoder.")})
-        self.decoder.load_state_dict({k[8:]: torch.as_tensor(v) for k, v in tensors.items() if k.startswith("decoder.")})
+        self.encoder.load_state_dict(
+            {k[8:]: torch.as_tensor(v) for k, v in tensors.items() if k.startswith("encoder.")}
+        )
+        self.decoder.load_state_dict(
+            {k[8:]: torch.as_tensor(v) for k, v in tensors.items() if k.startswith("decoder.")}
+        )
         with torch.no_grad():
             self.codebooks.copy_(torch.as_tensor(tensors["codebooks"]))
         return self
