@@ -46,10 +46,17 @@ def write_mmrec_dataset(folder, item_ids, seed=0):
     by first appearance (0rating2inter.ipynb: pd.unique, then u_id_mapping.csv and
     i_id_mapping.csv with columns asin, itemID), split labels in x_label."""
     rng = np.random.default_rng(seed)
-    raw = pd.DataFrame({"userID": rng.integers(0, 40, 600), "itemID": rng.choice(item_ids, 600),
-                        "rating": 5.0, "timestamp": np.arange(600)})
-    raw = pd.concat([raw, pd.DataFrame({"userID": 0, "itemID": item_ids, "rating": 5.0,
-                                        "timestamp": 1000})])       # every item interacted with
+    raw = pd.DataFrame(
+        {
+            "userID": rng.integers(0, 40, 600),
+            "itemID": rng.choice(item_ids, 600),
+            "rating": 5.0,
+            "timestamp": np.arange(600),
+        }
+    )
+    raw = pd.concat(
+        [raw, pd.DataFrame({"userID": 0, "itemID": item_ids, "rating": 5.0, "timestamp": 1000})]
+    )  # every item interacted with
     i_id_map = {k: i for i, k in enumerate(pd.unique(raw["itemID"]))}
     u_id_map = {k: i for i, k in enumerate(pd.unique(raw["userID"]))}
     raw["itemID"] = raw["itemID"].map(i_id_map)
@@ -57,9 +64,10 @@ def write_mmrec_dataset(folder, item_ids, seed=0):
     raw["x_label"] = rng.integers(0, 3, len(raw))
     folder.mkdir(parents=True, exist_ok=True)
     raw[["userID", "itemID", "rating", "timestamp", "x_label"]].to_csv(folder / "data.inter", sep="\t", index=False)
-    pd.DataFrame(list(i_id_map.items()), columns=["asin", "itemID"]).to_csv(folder / "i_id_mapping.csv", sep="\t",
-                                                                         index=False)
-    return folder / "data.inter", list(i_id_map)       # row i = itemID i
+    pd.DataFrame(list(i_id_map.items()), columns=["asin", "itemID"]).to_csv(
+        folder / "i_id_mapping.csv", sep="\t", index=False
+    )
+    return folder / "data.inter", list(i_id_map)  # row i = itemID i
 
 
 def mmrec_feat(path):
@@ -68,6 +76,7 @@ def mmrec_feat(path):
 
 
 # -- alignment: every way to get it wrong fails or aligns --------------------------------------
+
 
 def test_an_ids_file_aligns_or_fails_whatever_its_shape(lens, tmp_path):
     wanted = ["item042", "item007", "item000", "item089"]
@@ -81,7 +90,7 @@ def test_an_ids_file_aligns_or_fails_whatever_its_shape(lens, tmp_path):
     header.write_text("itemID\n" + "\n".join(wanted) + "\n")
     with pytest.raises(ConfigError, match=r"1 of 5 ids .* not in the store.*'itemID'.*--ids-column itemID"):
         lens.export("mmrec", tmp_path / "a", ids=header, features={"image": "image"})
-    assert not (tmp_path / "a").exists()                         # refused before anything is written
+    assert not (tmp_path / "a").exists()  # refused before anything is written
     lens.export("mmrec", tmp_path / "a", ids=header, ids_column="itemID", features={"image": "image"})
     assert np.array_equal(exported(tmp_path / "a"), expected)
 
@@ -105,7 +114,7 @@ def test_an_ids_file_aligns_or_fails_whatever_its_shape(lens, tmp_path):
     assert np.array_equal(exported(tmp_path / "d"), expected)
     csv_file = tmp_path / "items.csv"
     csv_file.write_text("item_id,title\n" + "".join(f"{i},x\n" for i in wanted))
-    lens.export("mmrec", tmp_path / "e", ids=csv_file, features={"image": "image"})     # item_id: the store's own
+    lens.export("mmrec", tmp_path / "e", ids=csv_file, features={"image": "image"})  # item_id: the store's own
     assert np.array_equal(exported(tmp_path / "e"), expected)
 
     # unknown ids: an error with how many and which, unless a fill is asked for
@@ -118,8 +127,8 @@ def test_an_ids_file_aligns_or_fails_whatever_its_shape(lens, tmp_path):
     assert np.isnan(got[[1, 3]]).all() and np.array_equal(got[[0, 2]], lens.vectors("image", ["item001", "item002"]))
     assert report.present == {"image": 2} and report.filled == {"image": 2}
     assert np.load(tmp_path / "f" / "image_mask.npy").tolist() == [True, False, True, False]
-    lens.export("mmrec", tmp_path / "f", ids=wanted, features={"image": "image"})    # a new order, nothing filled
-    assert not (tmp_path / "f" / "image_mask.npy").exists()                  # the old mask went with its export
+    lens.export("mmrec", tmp_path / "f", ids=wanted, features={"image": "image"})  # a new order, nothing filled
+    assert not (tmp_path / "f" / "image_mask.npy").exists()  # the old mask went with its export
     assert np.array_equal(exported(tmp_path / "f"), expected)
     # an empty line would shift every row after it; a repeated id would be two rows of one item
     (tmp_path / "gap.txt").write_text("item001\n\nitem002\n")
@@ -145,6 +154,19 @@ def test_items_without_a_value_are_refused_or_filled_explicitly(lens, tmp_path):
     frame = pd.read_parquet(tmp_path / "b" / "items.parquet")
     assert frame["audio_present"].sum() == 2 and frame["audio"].isna().sum() == N_STORE - 2
     assert report.filled == {"audio": N_STORE - 2} and report.order.startswith("the store's item index")
+    assert report.absent == {"audio": 0}  # no item was recorded as lacking audio: these are just not stored
+
+
+@pytest.mark.integration
+def test_filled_rows_of_items_without_such_input_are_counted_as_absent(example_store, tmp_path):
+    """The demo's two sound clips have no photo and its three products no sound: an export
+    says so per artifact, apart from rows filled for other reasons."""
+    lens = itemlens.connect(example_store["store"], snapshot=1)
+    report = lens.export("parquet", tmp_path / "x", features=["image", "audio"])
+    assert report.filled == {"image": 2, "audio": 3} and report.absent == {"image": 2, "audio": 3}
+    assert "image: 3 present, 2 filled, 2 of them absent inputs" in report.summary()
+    manifest = json.loads((tmp_path / "x" / "export.json").read_text())["exports"]["parquet"]
+    assert manifest["artifacts"]["image"]["absent"] == 2
 
 
 def test_mmrec_needs_an_order_roles_and_float32(lens, tmp_path):
@@ -178,7 +200,7 @@ def test_inter_aligns_rows_to_an_mmrec_itemid(lens, tmp_path):
     out = tmp_path / "export"
     report = lens.export("mmrec", out, inter=inter)
     frame = pd.read_csv(inter, sep="\t")
-    assert report.rows == frame["itemID"].max() + 1 == 60           # MMRec's RecDataset.item_num
+    assert report.rows == frame["itemID"].max() + 1 == 60  # MMRec's RecDataset.item_num
     image, text = mmrec_feat(out / "image_feat.npy"), mmrec_feat(out / "text_feat.npy")
     assert torch.equal(image, torch.from_numpy(lens.vectors("image", by_item_id)))
     assert torch.equal(text, torch.from_numpy(lens.vectors("text", by_item_id).astype(np.float32)))
@@ -186,8 +208,23 @@ def test_inter_aligns_rows_to_an_mmrec_itemid(lens, tmp_path):
     assert mapping["asin"].tolist() == by_item_id and mapping["itemID"].tolist() == list(range(60))
     assert "itemID of" in report.order and "via itemID of" in report.order
     # the same through the command line, which prints what it followed
-    assert cli(["export", lens.uri, "--format", "mmrec", "--out", str(tmp_path / "cli"), "--inter", str(inter),
-                "--feature", "text"]) == 0
+    assert (
+        cli(
+            [
+                "export",
+                lens.uri,
+                "--format",
+                "mmrec",
+                "--out",
+                str(tmp_path / "cli"),
+                "--inter",
+                str(inter),
+                "--feature",
+                "text",
+            ]
+        )
+        == 0
+    )
     assert torch.equal(mmrec_feat(tmp_path / "cli" / "text_feat.npy"), text)
     # without its i_id_mapping.csv an MMRec .inter says nothing about which item an itemID is
     alone = tmp_path / "alone"
@@ -201,8 +238,9 @@ def test_inter_aligns_rows_to_an_mmrec_itemid(lens, tmp_path):
 
 def test_inter_of_recbole_and_of_any_table(lens, tmp_path):
     recbole = tmp_path / "ml.inter"
-    recbole.write_text("user_id:token\titem_id:token\trating:float\n1\titem005\t3\n2\titem001\t4\n1\titem001\t5\n"
-                       "3\titem070\t1\n")
+    recbole.write_text(
+        "user_id:token\titem_id:token\trating:float\n1\titem005\t3\n2\titem001\t4\n1\titem001\t5\n3\titem070\t1\n"
+    )
     report = lens.export("npz", tmp_path / "a", inter=recbole)
     assert np.load(tmp_path / "a" / "features.npz")["item_id"].tolist() == ["item005", "item001", "item070"]
     assert "RecBole's internal item id = row + 1" in report.order
@@ -218,6 +256,7 @@ def test_inter_of_recbole_and_of_any_table(lens, tmp_path):
 
 
 # -- graphs for a named model: each model's own construction, restated --------------------------
+
 
 def freedom_knn_adj(embeddings, knn_k):
     """FREEDOM.get_knn_adj_mat and compute_normalized_laplacian (freedom.py lines 79-100; DRAGON
@@ -257,7 +296,7 @@ def lattice_adj(embeddings, topk):
     adj = (torch.zeros_like(adj)).scatter_(-1, knn_ind, knn_val)
     rowsum = torch.sum(adj, -1)
     d_inv_sqrt = torch.pow(rowsum, -0.5)
-    d_inv_sqrt[torch.isinf(d_inv_sqrt)] = 0.
+    d_inv_sqrt[torch.isinf(d_inv_sqrt)] = 0.0
     d_mat_inv_sqrt = torch.diagflat(d_inv_sqrt)
     return torch.mm(torch.mm(d_mat_inv_sqrt, adj), d_mat_inv_sqrt)
 
@@ -281,24 +320,42 @@ def mgcn_adj(embeddings, topk):
 def assert_same_sparse(got, expected):
     got, expected = got.coalesce(), expected.coalesce()
     assert got.is_sparse and got.dtype == torch.float32 and got.shape == expected.shape
-    assert torch.equal(got.indices(), expected.indices())                      # the same edges
+    assert torch.equal(got.indices(), expected.indices())  # the same edges
     assert torch.allclose(got.values(), expected.values(), rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("model, params, checks", [
-    ("freedom", None, {"mm_adj_freedomdsp_10_1.pt": lambda v, t: freedom_mm_adj(v, t, 10, 0.1)}),
-    ("freedom", {"knn_k": 5, "mm_image_weight": 0.3},
-     {"mm_adj_freedomdsp_5_3.pt": lambda v, t: freedom_mm_adj(v, t, 5, 0.3)}),
-    ("pgl", None, {"mm_adj_freedomdsp_10_1.pt": lambda v, t: freedom_mm_adj(v, t, 10, 0.1)}),
-    ("dragon", {"knn_k": 7}, {"mm_adj_7.pt": lambda v, t: freedom_mm_adj(v, t, 7, 0.1)}),
-    ("lattice", None, {"image_adj_10.pt": lambda v, t: lattice_adj(v, 10),
-                       "text_adj_10.pt": lambda v, t: lattice_adj(t, 10)}),
-    ("mgcn", None, {"image_adj_10_True.pt": lambda v, t: mgcn_adj(v, 10),
-                    "text_adj_10_True.pt": lambda v, t: mgcn_adj(t, 10)}),
-    ("smore", {"image_knn_k": "5,20", "text_knn_k": 15},
-     {"image_adj_5_True.pt": lambda v, t: mgcn_adj(v, 5), "image_adj_20_True.pt": lambda v, t: mgcn_adj(v, 20),
-      "text_adj_15_True.pt": lambda v, t: mgcn_adj(t, 15)}),
-])
+@pytest.mark.parametrize(
+    "model, params, checks",
+    [
+        ("freedom", None, {"mm_adj_freedomdsp_10_1.pt": lambda v, t: freedom_mm_adj(v, t, 10, 0.1)}),
+        (
+            "freedom",
+            {"knn_k": 5, "mm_image_weight": 0.3},
+            {"mm_adj_freedomdsp_5_3.pt": lambda v, t: freedom_mm_adj(v, t, 5, 0.3)},
+        ),
+        ("pgl", None, {"mm_adj_freedomdsp_10_1.pt": lambda v, t: freedom_mm_adj(v, t, 10, 0.1)}),
+        ("dragon", {"knn_k": 7}, {"mm_adj_7.pt": lambda v, t: freedom_mm_adj(v, t, 7, 0.1)}),
+        (
+            "lattice",
+            None,
+            {"image_adj_10.pt": lambda v, t: lattice_adj(v, 10), "text_adj_10.pt": lambda v, t: lattice_adj(t, 10)},
+        ),
+        (
+            "mgcn",
+            None,
+            {"image_adj_10_True.pt": lambda v, t: mgcn_adj(v, 10), "text_adj_10_True.pt": lambda v, t: mgcn_adj(t, 10)},
+        ),
+        (
+            "smore",
+            {"image_knn_k": "5,20", "text_knn_k": 15},
+            {
+                "image_adj_5_True.pt": lambda v, t: mgcn_adj(v, 5),
+                "image_adj_20_True.pt": lambda v, t: mgcn_adj(v, 20),
+                "text_adj_15_True.pt": lambda v, t: mgcn_adj(t, 15),
+            },
+        ),
+    ],
+)
 def test_graph_files_equal_the_models_own_construction(lens, tmp_path, model, params, checks):
     subset = [f"item{i:03d}" for i in np.random.default_rng(4).permutation(N_STORE)[:70]]
     inter, _ = write_mmrec_dataset(tmp_path / "data", subset, seed=1)
@@ -312,7 +369,7 @@ def test_graph_files_equal_the_models_own_construction(lens, tmp_path, model, pa
         expected = restated(v_feat, t_feat)
         if expected.is_sparse:
             assert_same_sparse(got, expected)
-        else:                                                   # LATTICE keeps its graphs dense
+        else:  # LATTICE keeps its graphs dense
             assert not got.is_sparse and got.dtype == torch.float32
             assert torch.equal(got != 0, expected != 0) and torch.allclose(got, expected, rtol=1e-5, atol=1e-7)
     manifest = json.loads((out / "export.json").read_text())["exports"]["mmrec"]
@@ -324,12 +381,17 @@ def test_graph_files_equal_the_models_own_construction(lens, tmp_path, model, pa
 def test_graph_files_for_one_modality_and_graph_only_and_refusals(lens, tmp_path):
     ids = [f"item{i:03d}" for i in range(0, N_STORE, 2)]
     lens.export("mmrec-adj", tmp_path / "a", ids=ids, model="freedom", features={"text": "text"})
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["export.json", "i_id_mapping.csv",
-                                                                   "mm_adj_freedomdsp_10_1.pt"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
+        "export.json",
+        "i_id_mapping.csv",
+        "mm_adj_freedomdsp_10_1.pt",
+    ]
     t_feat = torch.from_numpy(lens.vectors("text", ids).astype(np.float32))
     # FREEDOM without image features uses the text graph alone, at weight 1
-    assert_same_sparse(torch.load(tmp_path / "a" / "mm_adj_freedomdsp_10_1.pt", weights_only=True),
-                       freedom_mm_adj(None, t_feat, 10, 0.1))
+    assert_same_sparse(
+        torch.load(tmp_path / "a" / "mm_adj_freedomdsp_10_1.pt", weights_only=True),
+        freedom_mm_adj(None, t_feat, 10, 0.1),
+    )
     with pytest.raises(ConfigError, match="LGMRec caches no item graph.*interaction"):
         lens.export("mmrec", tmp_path / "b", ids=ids, model="lgmrec")
     with pytest.raises(ConfigError, match=r"FREEDOM has no parameter k; its graph parameters are knn_k"):
@@ -349,7 +411,7 @@ def test_a_models_graph_cache_never_goes_stale_beside_new_features(lens, tmp_pat
     ids = [f"item{i:03d}" for i in range(40)]
     out = tmp_path / "baby"
     lens.export("mmrec", out, ids=ids, model="freedom")
-    lens.export("mmrec", out, ids=ids)                       # the same features: the cache still holds
+    lens.export("mmrec", out, ids=ids)  # the same features: the cache still holds
     lens.put_vectors("text", ids[:5], np.ones((5, 8), np.float16))
     # new text features beside the old cache: FREEDOM would load the cache and never rebuild it
     with pytest.raises(ConfigError, match=r"graph caches \(mm_adj_freedomdsp_10_1.pt\) built from the text_feat.npy"):
@@ -358,13 +420,15 @@ def test_a_models_graph_cache_never_goes_stale_beside_new_features(lens, tmp_pat
     # a cache written beside feature files it was not built from would pair them
     with pytest.raises(ConfigError, match=r"holds text_feat.npy with other values than the features"):
         lens.export("mmrec-adj", out, ids=ids, model="freedom")
-    lens.export("mmrec", out, ids=ids, model="freedom")      # features and cache together
+    lens.export("mmrec", out, ids=ids, model="freedom")  # features and cache together
     t_feat, v_feat = mmrec_feat(out / "text_feat.npy"), mmrec_feat(out / "image_feat.npy")
-    assert_same_sparse(torch.load(out / "mm_adj_freedomdsp_10_1.pt", weights_only=True),
-                       freedom_mm_adj(v_feat, t_feat, 10, 0.1))
+    assert_same_sparse(
+        torch.load(out / "mm_adj_freedomdsp_10_1.pt", weights_only=True), freedom_mm_adj(v_feat, t_feat, 10, 0.1)
+    )
 
 
 # -- semantic IDs: what GRID's loader takes ------------------------------------------------------
+
 
 def grid_deduplicate_rows_in_tensor(data):
     """GRID's deduplicate_rows_in_tensor (src/utils/tensor_utils.py lines 146-170), on a tensor."""
@@ -380,7 +444,7 @@ def grid_deduplicate_rows_in_tensor(data):
 
 
 def test_sid_grid_is_what_grid_loads_with_its_dedup_numbering(lens, tmp_path):
-    lens.put_vectors("audio", ["extra"], np.ones((1, 4), np.float32))     # an item without a semantic ID
+    lens.put_vectors("audio", ["extra"], np.ones((1, 4), np.float32))  # an item without a semantic ID
     build_semantic_ids(lens.uri, {"sid": {"features": ["image"], "levels": 2, "codebook_size": 4}})
     lens.refresh()
     info = lens.semantic_id_info("sid")
@@ -388,19 +452,20 @@ def test_sid_grid_is_what_grid_loads_with_its_dedup_numbering(lens, tmp_path):
     out = tmp_path / "grid"
     report = lens.export("sid-grid", out, ids=rows)
     assert report.files == ["sid_semantic_ids.pt", "i_id_mapping.csv", "export.json"]
-    grid = torch.load(out / "sid_semantic_ids.pt", weights_only=True)     # GRID: torch.load(semantic_id_path)
-    assert grid.dtype == torch.int64 and grid.shape == (3, N_STORE)        # [levels + 1, N], column = item
+    grid = torch.load(out / "sid_semantic_ids.pt", weights_only=True)  # GRID: torch.load(semantic_id_path)
+    assert grid.dtype == torch.int64 and grid.shape == (3, N_STORE)  # [levels + 1, N], column = item
     codes = lens.semantic_ids("sid", rows)
     assert torch.equal(grid[:2], torch.from_numpy(codes[:, :2].T))
     expected = grid_deduplicate_rows_in_tensor(torch.from_numpy(codes[:, :2]))
     assert torch.equal(grid, expected.T)
     collided = int((expected[:, 2] > 0).sum())
-    assert collided > 10 and int((grid[2] == 0).sum()) == N_STORE - collided   # collisions are real here
+    assert collided > 10 and int((grid[2] == 0).sum()) == N_STORE - collided  # collisions are real here
     # the store's numbering (0 .. n-1 among collided items) differs, and is there when asked for by name
     assert not torch.equal(grid[2], torch.from_numpy(codes[:, 2]))
     lens.export("sid-grid", tmp_path / "store", ids=rows, dedup="store")
-    assert torch.equal(torch.load(tmp_path / "store" / "sid_semantic_ids.pt", weights_only=True),
-                       torch.from_numpy(codes.T))
+    assert torch.equal(
+        torch.load(tmp_path / "store" / "sid_semantic_ids.pt", weights_only=True), torch.from_numpy(codes.T)
+    )
     detail = json.loads((out / "export.json").read_text())["exports"]["sid-grid"]["artifacts"]["sid"]
     assert (detail["levels"], detail["codebook_size"], detail["width"]) == (2, 4, 3) and "GRID" in detail["dedup"]
     assert detail["dedup_max"] == int(expected[:, 2].max()) > 4
@@ -424,16 +489,22 @@ def test_sid_grid_is_what_grid_loads_with_its_dedup_numbering(lens, tmp_path):
     # sid-tokens states its offsets, so that nobody adds them twice
     lens.export("sid-tokens", tmp_path / "tokens", ids=rows[:3])
     vocab = json.loads((tmp_path / "tokens" / "sid_vocab.json").read_text())
-    assert vocab["offsets"] == [0, 4, 8] and vocab["offsets_applied"] == {"sid_tokens.npy": True,
-                                                                          "sid_tokens.txt": False}
+    assert vocab["offsets"] == [0, 4, 8] and vocab["offsets_applied"] == {
+        "sid_tokens.npy": True,
+        "sid_tokens.txt": False,
+    }
     assert np.array_equal(np.load(tmp_path / "tokens" / "sid_tokens.npy"), codes[:3] + np.array([0, 4, 8]))
 
 
 # -- the command line --------------------------------------------------------------------------
 
+
 def test_command_line_lists_every_format_and_prints_the_alignment(lens, tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(exports.core._FORMATS, "my-format", exports.ExportFormat("my-format", lambda a, o, p: [],
-                                                                             "features", False, True))
+    monkeypatch.setitem(
+        exports.core._FORMATS,
+        "my-format",
+        exports.ExportFormat("my-format", lambda a, o, p: [], "features", False, True),
+    )
     export_parser = build_parser()._subparsers._group_actions[0].choices["export"]
     assert set(export_parser._option_string_actions["--format"].choices) == set(exports.export_formats())
     assert "my-format" in export_parser.format_help()
@@ -444,8 +515,26 @@ def test_command_line_lists_every_format_and_prints_the_alignment(lens, tmp_path
     assert cli(["export", lens.uri, "--for", "freedom", "--out", str(tmp_path / "x"), "--ids", str(ids)]) == 2
     assert "1 of 3 ids of the lines of" in capsys.readouterr().err
     ids.write_text("".join(f"item{i:03d}\n" for i in range(30)))
-    assert cli(["export", lens.uri, "--for", "freedom", "--model-param", "knn_k=4", "--out", str(tmp_path / "x"),
-                "--ids", str(ids), "--feature", "image=image", "text=text"]) == 0
+    assert (
+        cli(
+            [
+                "export",
+                lens.uri,
+                "--for",
+                "freedom",
+                "--model-param",
+                "knn_k=4",
+                "--out",
+                str(tmp_path / "x"),
+                "--ids",
+                str(ids),
+                "--feature",
+                "image=image",
+                "text=text",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "mm_adj_freedomdsp_4_1.pt" in printed and "30 rows in the order of the lines of" in printed
     assert "image: 30 present, 0 filled" in printed and "text: 30 present, 0 filled" in printed

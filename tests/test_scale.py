@@ -15,6 +15,7 @@ command's report also states.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -30,15 +31,21 @@ import yaml
 
 import itemlens
 
-N, DIM = 200_000, 256            # the feature: 205 MB of float32
+N, DIM = 200_000, 256  # the feature: 205 MB of float32
 SID = {"features": ["emb"], "levels": 3, "codebook_size": 64, "sample": 20_000, "seed": 3}
 GRAPH = {"features": ["emb"], "k": 10, "method": "approximate", "nprobe": 8, "self_loops": True}
 
-RUN = ("import resource, sys\n"
-       "from itemlens.workflows.cli import main\n"
-       "code = main(sys.argv[1:])\n"
-       "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)\n"
-       "sys.exit(code)\n")
+# one process runs one or more itemlens commands in turn (the libraries are loaded once) and
+# prints its peak RSS: the cap and the peak cover every command it ran
+RUN = (
+    "import json, resource, sys\n"
+    "from itemlens.workflows.cli import main\n"
+    "for args in json.loads(sys.argv[1]):\n"
+    "    code = main(args)\n"
+    "    if code:\n"
+    "        sys.exit(code)\n"
+    "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)\n"
+)
 
 
 def clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -50,8 +57,8 @@ def clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
 def make_store(path: Path, x: np.ndarray) -> list[str]:
     ids = [f"item{i:07d}" for i in range(len(x))]
     lens = itemlens.create(path)
-    for start in range(0, len(x), 100_000):              # put in parts: the test process holds x anyway
-        lens.put_vectors("emb", ids[start:start + 100_000], x[start:start + 100_000])
+    for start in range(0, len(x), 100_000):  # put in parts: the test process holds x anyway
+        lens.put_vectors("emb", ids[start : start + 100_000], x[start : start + 100_000])
     return ids
 
 
@@ -78,7 +85,7 @@ class MemoryCap:
             if path.is_dir():
                 path.rmdir()
 
-    def enter(self) -> None:      # in the child, before exec
+    def enter(self) -> None:  # in the child, before exec
         if self.path is not None:
             (self.path / "cgroup.procs").write_text(str(os.getpid()))
 
@@ -92,19 +99,28 @@ class MemoryCap:
                     time.sleep(0.5)
 
 
-def itemlens_cli(args: list[str], env: dict, limit: int | None = None) -> tuple[str, float]:
-    """Run ``itemlens ARGS`` as a process (in a memory cgroup limited to ``limit`` bytes);
-    return its output and peak RSS in MiB."""
+def itemlens_cli(*commands: list[str], env: dict, limit: int | None = None) -> tuple[str, float]:
+    """Run ``itemlens ARGS`` for each of ``commands`` in one process (in a memory cgroup
+    limited to ``limit`` bytes); return its output and peak RSS in MiB."""
     cap = MemoryCap(limit) if limit else None
     try:
-        proc = subprocess.run([sys.executable, "-c", RUN, *args], env=env, capture_output=True, text=True,
-                              preexec_fn=cap.enter if cap else None, timeout=900, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-c", RUN, json.dumps(commands)],
+            env=env,
+            capture_output=True,
+            text=True,
+            preexec_fn=cap.enter if cap else None,
+            timeout=900,
+            check=False,
+        )
     finally:
         if cap:
             cap.close()
-    assert proc.returncode == 0, (f"itemlens {' '.join(args)} failed ({proc.returncode}"
-                                  f"{', killed: over its memory cap' if proc.returncode < 0 else ''}):\n"
-                                  f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    assert proc.returncode == 0, (
+        f"itemlens {' / '.join(' '.join(args) for args in commands)} failed ({proc.returncode}"
+        f"{', killed: over its memory cap' if proc.returncode < 0 else ''}):\n"
+        f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    )
     peak = [line for line in proc.stdout.splitlines() if line.startswith("PEAK_KB ")]
     return proc.stdout, int(peak[-1].split()[1]) / 1024
 
@@ -117,10 +133,24 @@ def worker_nodes(ray_session, ray_cluster):
     procs = []
     for _ in range(2):
         before = sum(1 for n in ray.nodes() if n["Alive"])
-        procs.append(subprocess.Popen(
-            [ray_cluster["ray"], "start", f"--address={ray_cluster['address']}", "--num-cpus=1", "--num-gpus=0",
-             "--object-store-memory=500000000", "--block", "--disable-usage-stats"],
-            env=ray_cluster["env"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                [
+                    ray_cluster["ray"],
+                    "start",
+                    f"--address={ray_cluster['address']}",
+                    "--num-cpus=1",
+                    "--num-gpus=0",
+                    "--object-store-memory=500000000",
+                    "--block",
+                    "--disable-usage-stats",
+                ],
+                env=ray_cluster["env"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
         deadline = time.monotonic() + 90
         while sum(1 for n in ray.nodes() if n["Alive"]) <= before:
             assert time.monotonic() < deadline, "a worker node did not join"
@@ -144,37 +174,53 @@ def test_semantic_ids_graph_and_export_under_a_driver_memory_cap(tmp_path, ray_c
     make_store(tmp_path / "tiny" / "lens", x[:1000])
     config = tmp_path / "derived.yaml"
     config.write_text(yaml.safe_dump({"semantic_ids": {"sid": SID}, "graphs": {"g": GRAPH}}))
-    env = {k: v for k, v in ray_cluster["env"].items() if k != "RAY_ADDRESS"}    # local runs: no Ray
+    env = {k: v for k, v in ray_cluster["env"].items() if k != "RAY_ADDRESS"}  # local runs: no Ray
     address = ["--address", ray_cluster["address"]]
 
     # what the commands' libraries take at start: the graph command (Ray, faiss, torch, numba) on 1,000 items
-    _, baseline = itemlens_cli(["graph", str(tmp_path / "tiny" / "lens"), "--config", str(config), *address], env)
+    _, baseline = itemlens_cli(
+        ["semantic-ids", str(tmp_path / "tiny" / "lens"), "--config", str(config), *address],
+        ["graph", str(tmp_path / "tiny" / "lens"), "--config", str(config), *address],
+        env=env,
+    )
     feature_mb = x.nbytes / 2**20
     bound = baseline + feature_mb / 2
     limit = int(bound * 2**20)
 
-    out, peak = itemlens_cli(["semantic-ids", str(tmp_path / "ray"), "--config", str(config), *address], env, limit)
-    assert "Ray tasks" in out and peak < bound, (out, peak, bound)
-    out, peak = itemlens_cli(["graph", str(tmp_path / "ray"), "--config", str(config), *address], env, limit)
-    assert "Ray tasks" in out and peak < bound, (out, peak, bound)
+    out, peak = itemlens_cli(
+        ["semantic-ids", str(tmp_path / "ray"), "--config", str(config), *address],
+        ["graph", str(tmp_path / "ray"), "--config", str(config), *address],
+        env=env,
+        limit=limit,
+    )
+    assert out.count("Ray tasks") == 2 and peak < bound, (out, peak, bound)
     # the single-process path, uncapped, on a copy of the same store
-    itemlens_cli(["semantic-ids", str(tmp_path / "local"), "--config", str(config)], env)
-    out, _ = itemlens_cli(["graph", str(tmp_path / "local"), "--config", str(config)], env)
-    assert "ran on driver" in out
+    out, _ = itemlens_cli(
+        ["semantic-ids", str(tmp_path / "local"), "--config", str(config)],
+        ["graph", str(tmp_path / "local"), "--config", str(config)],
+        env=env,
+    )
+    assert out.count("ran on driver") == 2, out
 
     on_ray, local = itemlens.connect(tmp_path / "ray"), itemlens.connect(tmp_path / "local")
     # semantic IDs: the same sample, codebooks and codes
     assert on_ray.semantic_id_info("sid").metrics["training_sample"] == SID["sample"]
-    weights = [lens._dataset(lens.semantic_id_info("sid").quantizer_table).to_table().to_pylist()[0]["value"]
-               for lens in (on_ray, local)]
+    weights = [
+        lens._dataset(lens.semantic_id_info("sid").quantizer_table).to_table().to_pylist()[0]["value"]
+        for lens in (on_ray, local)
+    ]
     assert weights[0] == weights[1]
     codes = on_ray.semantic_ids("sid", ids)
     assert np.array_equal(codes, local.semantic_ids("sid", ids))
-    assert len({tuple(c) for c in codes.tolist()}) == N          # unique
+    assert len({tuple(c) for c in codes.tolist()}) == N  # unique
 
     # the graph: the same lists, and recall@10 against exact search as the report states
-    rows = [lens._dataset(lens.graph_info("g").table).to_table(columns=["item_index", "neighbors", "scores"])
-            .sort_by("item_index") for lens in (on_ray, local)]
+    rows = [
+        lens._dataset(lens.graph_info("g").table)
+        .to_table(columns=["item_index", "neighbors", "scores"])
+        .sort_by("item_index")
+        for lens in (on_ray, local)
+    ]
     assert rows[0].equals(rows[1])
     stored_recall = on_ray.graph_info("g").stats["recall_at_k"]
     picks = np.random.default_rng(7).choice(N, 300, replace=False)
@@ -185,11 +231,20 @@ def test_semantic_ids_graph_and_export_under_a_driver_memory_cap(tmp_path, ray_c
     assert abs(measured - stored_recall) < 0.05 and measured > 0.8, (measured, stored_recall)
 
     # exports: under the cap, byte-equal to the single-process store's
-    for fmt, extra in (("mmrec", ["--feature", "text=emb", "--store-order"]), ("npz", []), ("parquet", []),
-                       ("sid-parquet", []), ("sid-tokens", [])):
-        for name, limit_now in (("ray", limit), ("local", None)):
-            itemlens_cli(["export", str(tmp_path / name), "--format", fmt, "--out", str(tmp_path / f"out-{name}"),
-                          *extra], env, limit_now)
+    formats = {
+        "mmrec": ["--feature", "text=emb", "--store-order"],
+        "npz": [],
+        "parquet": [],
+        "sid-parquet": [],
+        "sid-tokens": [],
+    }
+    for name, limit_now in (("ray", limit), ("local", None)):
+        out = str(tmp_path / f"out-{name}")
+        itemlens_cli(
+            *(["export", str(tmp_path / name), "--format", f, "--out", out, *extra] for f, extra in formats.items()),
+            env=env,
+            limit=limit_now,
+        )
     files = sorted(p.name for p in (tmp_path / "out-ray").iterdir() if p.name != "export.json")
     assert {"text_feat.npy", "features.npz", "items.parquet", "semantic_ids.parquet", "sid_tokens.npy"} <= set(files)
     for name in files:
@@ -202,23 +257,32 @@ def test_semantic_ids_graph_and_export_under_a_driver_memory_cap(tmp_path, ray_c
 
 @pytest.mark.integration
 def test_rq_vae_and_nearest_free_codes_on_ray_equal_the_single_process_ones(tmp_path, ray_cluster, worker_nodes):
-    x = np.random.default_rng(1).normal(size=(12_000, 32)).astype(np.float32)   # spread: room for nearest-free
+    x = np.random.default_rng(1).normal(size=(12_000, 32)).astype(np.float32)  # spread: room for nearest-free
     ids = make_store(tmp_path / "ray", x)
     shutil.copytree(tmp_path / "ray", tmp_path / "local")
-    vae = {"features": ["emb"], "method": "rq-vae", "levels": 3, "codebook_size": 32, "sample": 3000,
-           "device": "cpu", "vae": {"epochs": 3, "hidden": [32], "latent_dim": 8, "batch_size": 512}}
+    vae = {
+        "features": ["emb"],
+        "method": "rq-vae",
+        "levels": 3,
+        "codebook_size": 32,
+        "sample": 3000,
+        "device": "cpu",
+        "vae": {"epochs": 3, "hidden": [32], "latent_dim": 8, "batch_size": 512},
+    }
     free = {"features": ["emb"], "levels": 2, "codebook_size": 256, "sample": 5000, "uniqueness": "nearest-free"}
     config = tmp_path / "sid.yaml"
     config.write_text(yaml.safe_dump({"semantic_ids": {"vae": vae, "free": free}}))
     env = {k: v for k, v in ray_cluster["env"].items() if k != "RAY_ADDRESS"}
-    out, _ = itemlens_cli(["semantic-ids", str(tmp_path / "ray"), "--config", str(config), "--address",
-                           ray_cluster["address"]], env)
-    assert out.count("Ray tasks") == 2
-    itemlens_cli(["semantic-ids", str(tmp_path / "local"), "--config", str(config)], env)
+    out, _ = itemlens_cli(
+        ["semantic-ids", str(tmp_path / "ray"), "--config", str(config), "--address", ray_cluster["address"]],
+        ["semantic-ids", str(tmp_path / "local"), "--config", str(config)],
+        env=env,
+    )
+    assert out.count("Ray tasks") == 2 and out.count("ran on driver") == 2
     for name in ("vae", "free"):
         codes = itemlens.connect(tmp_path / "ray").semantic_ids(name, ids)
         assert np.array_equal(codes, itemlens.connect(tmp_path / "local").semantic_ids(name, ids))
-        assert len({tuple(c) for c in codes.tolist()}) == len(ids)     # unique (free: without a suffix)
+        assert len({tuple(c) for c in codes.tolist()}) == len(ids)  # unique (free: without a suffix)
     assert codes.shape[1] == 2
 
 
@@ -229,8 +293,10 @@ def test_a_derived_job_reports_where_it_ran_and_the_driver_peak(tmp_path, ray_cl
     make_store(tmp_path / "lens", x)
     config = tmp_path / "g.yaml"
     config.write_text(yaml.safe_dump({"graphs": {"g": {**GRAPH, "nprobe": 4}}}))
-    out, _ = itemlens_cli(["graph", str(tmp_path / "lens"), "--config", str(config), "--address",
-                           ray_cluster["address"]], dict(ray_cluster["env"]))
+    out, _ = itemlens_cli(
+        ["graph", str(tmp_path / "lens"), "--config", str(config), "--address", ray_cluster["address"]],
+        env=dict(ray_cluster["env"]),
+    )
     line = next(line for line in out.splitlines() if line.startswith("g@v1"))
     assert "Ray tasks" in line and "driver peak" in line
     doc = itemlens.connect(tmp_path / "lens").doc.report["graphs"]["g"]
@@ -246,7 +312,7 @@ def test_vectors_at_item_indexes_and_beyond_the_cache(tmp_path):
     index = dict(zip(lens.items().column("item_id").to_pylist(), lens.items().column("item_index").to_pylist()))
     picks = np.random.default_rng(0).integers(0, len(ids), 2000)
     indexes = np.array([index[ids[i]] for i in picks])
-    small = itemlens.connect(tmp_path / "lens", cache_bytes=1)          # nothing fits: rows come from Lance
+    small = itemlens.connect(tmp_path / "lens", cache_bytes=1)  # nothing fits: rows come from Lance
     for reader in (lens, small):
         assert np.array_equal(reader.vectors_at("emb", indexes), x[picks])
         assert np.array_equal(reader.vectors("emb", [ids[i] for i in picks]), x[picks])
@@ -260,7 +326,7 @@ def test_vectors_at_item_indexes_and_beyond_the_cache(tmp_path):
 def test_feature_exports_are_written_chunk_by_chunk_as_numpy_writes_them(tmp_path, monkeypatch):
     from itemlens.store.exports import core
 
-    monkeypatch.setattr(core, "CHUNK_ROWS", 700)           # several chunks, the last one short
+    monkeypatch.setattr(core, "CHUNK_ROWS", 700)  # several chunks, the last one short
     from itemlens.store.exports import features
 
     monkeypatch.setattr(features, "CHUNK_ROWS", 700)

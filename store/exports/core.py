@@ -38,11 +38,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from itemlens.errors import ConfigError
 from itemlens.store.exports import align as exports_align
 from itemlens.store.exports.align import MAPPING_FILE, MAPPING_HEADER, Order
 from itemlens.store.vectors import driver_peak_mb
-
-from itemlens.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from itemlens.store.client import Lens
@@ -51,7 +51,7 @@ if TYPE_CHECKING:  # pragma: no cover
 MANIFEST = "export.json"
 
 
-MMREC_CACHES = ("mm_adj_*.pt", "image_adj_*.pt", "text_adj_*.pt")     # what MMRec's graph models torch.save
+MMREC_CACHES = ("mm_adj_*.pt", "image_adj_*.pt", "text_adj_*.pt")  # what MMRec's graph models torch.save
 
 
 #: rows of one chunk of a feature export: the memory an export needs is about one chunk
@@ -71,7 +71,7 @@ class ExportedFeature:
     def chunks(self, size: int | None = None):
         size = size or CHUNK_ROWS
         for start in range(0, len(self.rows), size):
-            rows = self.rows[start:start + size]
+            rows = self.rows[start : start + size]
             found = rows >= 0
             values = self.lens._take(self.version, rows, found)
             if not found.all():
@@ -93,8 +93,9 @@ def npy_header(shape: tuple[int, ...], dtype) -> bytes:
     import io
 
     buffer = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buffer, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
-                                                   "fortran_order": False, "shape": tuple(shape)})
+    np.lib.format.write_array_header_1_0(
+        buffer, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)}
+    )
     return buffer.getvalue()
 
 
@@ -130,7 +131,7 @@ def _chunks(feature):
         array = np.ascontiguousarray(feature)
         for start in range(0, max(len(array), 1), CHUNK_ROWS):
             if len(array):
-                yield array[start:start + CHUNK_ROWS]
+                yield array[start : start + CHUNK_ROWS]
 
 
 @dataclass
@@ -138,20 +139,23 @@ class Aligned:
     """What a writer writes: every artifact with one row per item of ``order``."""
 
     order: Order
-    item_index: np.ndarray               # the store's stable index per row (-1: unknown to the store)
-    fill: float | int | None             # what filled rows hold (None: no row was filled)
+    item_index: np.ndarray  # the store's stable index per row (-1: unknown to the store)
+    fill: float | int | None  # what filled rows hold (None: no row was filled)
     dtype: str = "float32"
-    features: dict[str, Any] = field(default_factory=dict)     # file role -> [rows, dim]: ExportedFeature (chunks)
-    present: dict[str, np.ndarray] = field(default_factory=dict)      # artifact -> bool [rows]
-    versions: dict[str, str] = field(default_factory=dict)            # artifact -> its qualified version
-    semantic_ids: dict[str, np.ndarray] = field(default_factory=dict)    # name -> int64 [rows, width]; fill: absent
-    semantic_id_info: dict[str, Any] = field(default_factory=dict)       # name -> SemanticIdVersion
-    graphs: dict[str, Any] = field(default_factory=dict)                 # name -> scipy CSR [rows, rows]
-    graph_info: dict[str, Any] = field(default_factory=dict)             # name -> GraphVersion
-    graph_preset: dict[str, str] = field(default_factory=dict)           # name -> the preset it was normalized by
-    model_files: dict[str, Any] = field(default_factory=dict)            # file name -> torch tensor (model=)
-    details: dict[str, dict[str, Any]] = field(default_factory=dict)     # artifact -> what export.json records
-    notes: list[str] = field(default_factory=list)                       # what the consumer should know
+    features: dict[str, Any] = field(default_factory=dict)  # file role -> [rows, dim]: ExportedFeature (chunks)
+    present: dict[str, np.ndarray] = field(default_factory=dict)  # artifact -> bool [rows]
+    # feature artifact -> rows without a value because the item has no such input at all (an
+    # empty cell: stage "absent" in the errors table), told apart from failures in the report
+    absent: dict[str, int] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)  # artifact -> its qualified version
+    semantic_ids: dict[str, np.ndarray] = field(default_factory=dict)  # name -> int64 [rows, width]; fill: absent
+    semantic_id_info: dict[str, Any] = field(default_factory=dict)  # name -> SemanticIdVersion
+    graphs: dict[str, Any] = field(default_factory=dict)  # name -> scipy CSR [rows, rows]
+    graph_info: dict[str, Any] = field(default_factory=dict)  # name -> GraphVersion
+    graph_preset: dict[str, str] = field(default_factory=dict)  # name -> the preset it was normalized by
+    model_files: dict[str, Any] = field(default_factory=dict)  # file name -> torch tensor (model=)
+    details: dict[str, dict[str, Any]] = field(default_factory=dict)  # artifact -> what export.json records
+    notes: list[str] = field(default_factory=list)  # what the consumer should know
 
     @property
     def ids(self) -> list[str]:
@@ -165,16 +169,23 @@ Exporter = Callable[[Aligned, Path, dict[str, Any]], list[str]]
 class ExportFormat:
     name: str
     writer: Exporter
-    takes: str            # "features", "semantic_ids" or "graphs"
-    needs_order: bool     # row i is the consumer's item i and nothing else says which item that is
-    dense: bool           # writes arrays, where a row without a value must hold a fill (else nulls)
+    takes: str  # "features", "semantic_ids" or "graphs"
+    needs_order: bool  # row i is the consumer's item i and nothing else says which item that is
+    dense: bool  # writes arrays, where a row without a value must hold a fill (else nulls)
 
 
 _FORMATS: dict[str, ExportFormat] = {}
 
 
-def register_exporter(name: str, exporter: Exporter, *, takes: str = "features", needs_order: bool = False,
-                      dense: bool = True, replace: bool = False) -> None:
+def register_exporter(
+    name: str,
+    exporter: Exporter,
+    *,
+    takes: str = "features",
+    needs_order: bool = False,
+    dense: bool = True,
+    replace: bool = False,
+) -> None:
     """Add a format. ``takes``: what :func:`export` aligns for it, ``"features"`` (pooled
     vectors), ``"semantic_ids"`` (codes) or ``"graphs"`` (normalized sparse matrices);
     ``needs_order``: refuse it without an order the user gives; ``dense``: rows without a
@@ -198,37 +209,57 @@ class ExportReport:
     out: str
     snapshot: int
     rows: int
-    order: str                       # what row i is
+    order: str  # what row i is
     files: list[str]
-    present: dict[str, int]          # artifact -> rows with a value
-    filled: dict[str, int]           # artifact -> rows holding the fill (or null)
+    present: dict[str, int]  # artifact -> rows with a value
+    filled: dict[str, int]  # artifact -> rows holding the fill (or null)
     fill: float | int | None
-    versions: dict[str, str] = field(default_factory=dict)    # artifact -> its qualified version
+    absent: dict[str, int] = field(default_factory=dict)  # feature -> filled rows of items without such input
+    versions: dict[str, str] = field(default_factory=dict)  # artifact -> its qualified version
     notes: list[str] = field(default_factory=list)
     ran_on: str = "this process, chunk by chunk"
-    peak_mb: float = 0.0             # this process's peak resident memory when the export ended
+    peak_mb: float = 0.0  # this process's peak resident memory when the export ended
 
     def summary(self) -> str:
         fill = "" if self.fill is None else f" (fill {self.fill})"
-        lines = [f"wrote {', '.join(self.files)} to {self.out} (snapshot {self.snapshot})",
-                 f"{self.rows:,} rows in the order of {self.order}; ran in {self.ran_on}, peak {self.peak_mb:,.0f} MiB"]
+        lines = [
+            f"wrote {', '.join(self.files)} to {self.out} (snapshot {self.snapshot})",
+            f"{self.rows:,} rows in the order of {self.order}; ran in {self.ran_on}, peak {self.peak_mb:,.0f} MiB",
+        ]
         for name in self.present:
             version = self.versions.get(name)
             shown = name if version in (None, name) or version.split("@")[0] == name else f"{name} = {version}"
-            lines.append(f"{shown}: {self.present[name]:,} present, {self.filled[name]:,} filled"
-                         + (fill if self.filled[name] else ""))
+            absent = self.absent.get(name, 0)
+            lines.append(
+                f"{shown}: {self.present[name]:,} present, {self.filled[name]:,} filled"
+                + (fill if self.filled[name] else "")
+                + (f", {absent:,} of them absent inputs (no such input for the item)" if absent else "")
+            )
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
-def export(lens: Lens, fmt: str, out: str | os.PathLike, *,
-           features: Sequence[str] | Mapping[str, str] | None = None,
-           semantic_ids: Sequence[str] | None = None, graphs: Sequence[str] | None = None,
-           ids: Sequence[str] | str | os.PathLike | None = None, ids_column: str | None = None,
-           inter: str | os.PathLike | None = None, item_column: str | None = None, store_order: bool = False,
-           fill: float | int | None = None, dtype: str = "float32", model: str | None = None,
-           model_params: Mapping[str, Any] | None = None, preset: str | None = None, dedup: str | None = None,
-           **options: Any) -> ExportReport:
+def export(
+    lens: Lens,
+    fmt: str,
+    out: str | os.PathLike,
+    *,
+    features: Sequence[str] | Mapping[str, str] | None = None,
+    semantic_ids: Sequence[str] | None = None,
+    graphs: Sequence[str] | None = None,
+    ids: Sequence[str] | str | os.PathLike | None = None,
+    ids_column: str | None = None,
+    inter: str | os.PathLike | None = None,
+    item_column: str | None = None,
+    store_order: bool = False,
+    fill: float | int | None = None,
+    dtype: str = "float32",
+    model: str | None = None,
+    model_params: Mapping[str, Any] | None = None,
+    preset: str | None = None,
+    dedup: str | None = None,
+    **options: Any,
+) -> ExportReport:
     """Write artifacts of the reader's snapshot in format ``fmt`` under ``out``.
 
     ``features``: names, or file role -> feature (``{"image": "clip_vitl", "text": "minilm"}``:
@@ -249,15 +280,20 @@ def export(lens: Lens, fmt: str, out: str | os.PathLike, *,
     takes = spec.takes
     if model is not None:
         if fmt not in ("mmrec", "mmrec-adj"):
-            raise ConfigError(f"model (--for) writes the graph files an MMRec model caches: use it with format mmrec "
-                              f"(features and graphs) or mmrec-adj (graphs only), not {fmt}")
+            raise ConfigError(
+                f"model (--for) writes the graph files an MMRec model caches: use it with format mmrec "
+                f"(features and graphs) or mmrec-adj (graphs only), not {fmt}"
+            )
         if preset is not None or graphs is not None:
-            raise ConfigError(f"model (--for) builds the graph as {model} does, from the exported features: "
-                              "preset and graphs do not apply")
+            raise ConfigError(
+                f"model (--for) builds the graph as {model} does, from the exported features: "
+                "preset and graphs do not apply"
+            )
         takes = "features"
     elif model_params:
-        raise ConfigError("model_params (--model-param) are the graph parameters of a model: name it with model "
-                          "(--for)")
+        raise ConfigError(
+            "model_params (--model-param) are the graph parameters of a model: name it with model (--for)"
+        )
     if dedup is not None and fmt != "sid-grid":
         raise ConfigError("dedup applies to sid-grid")
     if preset is not None and takes != "graphs":
@@ -267,27 +303,38 @@ def export(lens: Lens, fmt: str, out: str | os.PathLike, *,
     if store_order and (ids is not None or inter is not None):
         raise ConfigError("store_order (--store-order) keeps the store's item order: do not give ids or inter too")
 
-    order = exports_align.resolve(lens.item_order() if ids is None and inter is None else None,
-                                  ids=ids, ids_column=ids_column, inter=inter, item_column=item_column)
+    order = exports_align.resolve(
+        lens.item_order() if ids is None and inter is None else None,
+        ids=ids,
+        ids_column=ids_column,
+        inter=inter,
+        item_column=item_column,
+    )
     if order.source == "store" and (spec.needs_order or model is not None) and not store_order:
         raise ConfigError(
             f"{fmt} rows are the consumer's item index (row i is item i of your data) and nothing in the files says "
             "which item a row is: give the order of your data with --inter DATA/<name>.inter (an MMRec .inter with its "
             "i_id_mapping.csv beside it, a RecBole .inter, or a table with --item-column) or --ids FILE (a list, "
             "or MMRec's i_id_mapping.csv); or --store-order to keep the store's item index and build your dataset "
-            "from the i_id_mapping.csv it writes")
+            "from the i_id_mapping.csv it writes"
+        )
     items = lens.items()
     known = dict(zip(items.column("item_id").to_pylist(), items.column("item_index").to_pylist()))
     item_index = np.array([known.get(i, -1) for i in order.ids], np.int64)
     unknown = item_index < 0
     if unknown.any() and fill is None:
-        _refuse(f"{int(unknown.sum()):,} of {len(order.ids):,} ids of {order.description} are not in the store "
-                f"(snapshot {lens.snapshot})", [i for i, u in zip(order.ids, unknown) if u], order,
-                "pass fill (--fill VALUE) to write them as filled rows")
+        _refuse(
+            f"{int(unknown.sum()):,} of {len(order.ids):,} ids of {order.description} are not in the store "
+            f"(snapshot {lens.snapshot})",
+            [i for i, u in zip(order.ids, unknown) if u],
+            order,
+            "pass fill (--fill VALUE) to write them as filled rows",
+        )
     aligned = Aligned(order=order, item_index=item_index, fill=fill, dtype=dtype)
     if takes == "features":
-        _gather_features(lens, aligned, features, spec, mmrec_roles=fmt == "mmrec" or model is not None,
-                         strict=model is not None)
+        _gather_features(
+            lens, aligned, features, spec, mmrec_roles=fmt == "mmrec" or model is not None, strict=model is not None
+        )
     elif takes == "semantic_ids":
         _gather_semantic_ids(lens, aligned, semantic_ids, spec, dedup)
     else:
@@ -297,7 +344,7 @@ def export(lens: Lens, fmt: str, out: str | os.PathLike, *,
     if model is not None:
         model_doc = _model_files(aligned, model, model_params, notes)
     if aligned.fill is not None and all(p.all() for p in aligned.present.values()):
-        aligned.fill = None                       # nothing was filled
+        aligned.fill = None  # nothing was filled
 
     target = Path(out)
     previous = _previous_exports(target)
@@ -306,16 +353,37 @@ def export(lens: Lens, fmt: str, out: str | os.PathLike, *,
     files = spec.writer(aligned, target, {**options, "model": model, "dedup": dedup})
     notes += aligned.notes
     report = ExportReport(
-        format=fmt, out=os.fspath(target), snapshot=lens.snapshot, rows=len(order.ids), order=order.description,
-        files=files + [MANIFEST], present={n: int(p.sum()) for n, p in aligned.present.items()},
-        filled={n: int((~p).sum()) for n, p in aligned.present.items()}, fill=aligned.fill,
-        versions=dict(aligned.versions), notes=notes, peak_mb=driver_peak_mb())
+        format=fmt,
+        out=os.fspath(target),
+        snapshot=lens.snapshot,
+        rows=len(order.ids),
+        order=order.description,
+        files=files + [MANIFEST],
+        present={n: int(p.sum()) for n, p in aligned.present.items()},
+        filled={n: int((~p).sum()) for n, p in aligned.present.items()},
+        absent=dict(aligned.absent),
+        fill=aligned.fill,
+        versions=dict(aligned.versions),
+        notes=notes,
+        peak_mb=driver_peak_mb(),
+    )
     entry = {
-        "format": fmt, "store": lens.uri, "snapshot": lens.snapshot, "rows": len(order.ids),
+        "format": fmt,
+        "store": lens.uri,
+        "snapshot": lens.snapshot,
+        "rows": len(order.ids),
         "order": {"source": order.source, "description": order.description, "digest": order.digest},
         "fill": None if aligned.fill is None else ("nan" if np.isnan(aligned.fill) else aligned.fill),
-        "artifacts": {n: {"version": aligned.versions.get(n), "present": report.present[n],
-                          "filled": report.filled[n], **aligned.details.get(n, {})} for n in aligned.present},
+        "artifacts": {
+            n: {
+                "version": aligned.versions.get(n),
+                "present": report.present[n],
+                "filled": report.filled[n],
+                **({"absent": aligned.absent[n]} if n in aligned.absent else {}),
+                **aligned.details.get(n, {}),
+            }
+            for n in aligned.present
+        },
         "files": files,
     }
     if takes == "features":
@@ -334,11 +402,23 @@ def export(lens: Lens, fmt: str, out: str | os.PathLike, *,
     return report
 
 
+def _absent_among(lens: Lens, name: str, ids: list[str], missing: np.ndarray) -> int:
+    """How many of the rows without a value are items that have no such input at all."""
+    if not missing.any():
+        return 0
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    no_input = lens.errors(name, absent=True).column("item_id")
+    wanted = pa.array([ids[i] for i in np.flatnonzero(missing)], pa.string())
+    return int(pc.sum(pc.is_in(wanted, value_set=no_input)).as_py() or 0)
+
+
 def _refuse(what: str, missing: list[str], order: Order, how: str) -> None:
     shown = ", ".join(repr(m) for m in missing[:5]) + (f" and {len(missing) - 5:,} more" if len(missing) > 5 else "")
     hint = ""
     if order.plain_list and missing and missing[0] == order.ids[0]:
-        hint = (f" (the first line {missing[0]!r} may be a header: --ids-column {missing[0]} reads it as one)")
+        hint = f" (the first line {missing[0]!r} may be a header: --ids-column {missing[0]} reads it as one)"
     raise ConfigError(f"{what}: {shown}{hint}; {how}")
 
 
@@ -359,8 +439,10 @@ def _roles(lens: Lens, features: Sequence[str] | Mapping[str, str] | None, mmrec
         roles = {r: r for r in ROLES if lens.doc.feature_version(r) is not None}
         if not roles:
             names = ", ".join(sorted(lens.doc.features)) or "none"
-            raise ConfigError(f"MMRec reads image_feat.npy and text_feat.npy; snapshot {lens.snapshot} has no feature "
-                              f"named image or text (it has {names}): name them, e.g. --feature image=NAME text=NAME")
+            raise ConfigError(
+                f"MMRec reads image_feat.npy and text_feat.npy; snapshot {lens.snapshot} has no feature "
+                f"named image or text (it has {names}): name them, e.g. --feature image=NAME text=NAME"
+            )
     else:
         roles = {}
         for name in sorted(lens.doc.features):
@@ -370,35 +452,49 @@ def _roles(lens: Lens, features: Sequence[str] | Mapping[str, str] | None, mmrec
     if mmrec_roles:
         other = sorted(set(roles) - set(ROLES))
         if other:
-            raise ConfigError(f"MMRec reads only image_feat.npy and text_feat.npy (vision_feature_file, "
-                              f"text_feature_file); a feature exported as {', '.join(other)} would be ignored: give "
-                              f"each its role, e.g. --feature text={roles[other[0]]}")
+            raise ConfigError(
+                f"MMRec reads only image_feat.npy and text_feat.npy (vision_feature_file, "
+                f"text_feature_file); a feature exported as {', '.join(other)} would be ignored: give "
+                f"each its role, e.g. --feature text={roles[other[0]]}"
+            )
     if not roles:
         raise ConfigError(f"snapshot {lens.snapshot} of {lens.uri} has no vector features to export")
     return roles
 
 
-def _gather_features(lens: Lens, aligned: Aligned, features, spec: ExportFormat, *, mmrec_roles: bool,
-                     strict: bool) -> None:
+def _gather_features(
+    lens: Lens, aligned: Aligned, features, spec: ExportFormat, *, mmrec_roles: bool, strict: bool
+) -> None:
     dtype = np.float16 if aligned.dtype == "float16" else np.float32
     for role, name in _roles(lens, features, mmrec_roles).items():
         version = lens._version(name)
         if version.kind != "vector" or version.pooling != "mean":
-            raise ConfigError(f"{version.qualified} holds {version.kind}s per {version.pooling}; exports take pooled "
-                              "vectors")
+            raise ConfigError(
+                f"{version.qualified} holds {version.kind}s per {version.pooling}; exports take pooled vectors"
+            )
         filler = 0.0 if aligned.fill is None else aligned.fill
-        rows = lens._rows(version, aligned.ids)       # the id index only: values are read chunk by chunk
+        rows = lens._rows(version, aligned.ids)  # the id index only: values are read chunk by chunk
         found = rows >= 0
         values = ExportedFeature(lens, version, rows, filler, dtype)
         missing = ~found
         if missing.any() and (strict or (spec.dense and aligned.fill is None)):
-            why = ("the model takes the cosine of every row: a filled row has none; leave these items out of the "
-                   "interaction data or give them vectors") if strict else \
-                f"pass fill (--fill VALUE) to write them as filled rows (flagged in {role}_mask.npy)"
-            _refuse(f"{version.qualified} has no vector for {int(missing.sum()):,} of {len(found):,} rows",
-                    [i for i, m in zip(aligned.ids, missing) if m], aligned.order, why)
+            why = (
+                (
+                    "the model takes the cosine of every row: a filled row has none; leave these items out of the "
+                    "interaction data or give them vectors"
+                )
+                if strict
+                else f"pass fill (--fill VALUE) to write them as filled rows (flagged in {role}_mask.npy)"
+            )
+            _refuse(
+                f"{version.qualified} has no vector for {int(missing.sum()):,} of {len(found):,} rows",
+                [i for i, m in zip(aligned.ids, missing) if m],
+                aligned.order,
+                why,
+            )
         aligned.features[role] = values
         aligned.present[role] = found
+        aligned.absent[role] = _absent_among(lens, name, aligned.ids, missing)
         aligned.versions[role] = version.qualified
         aligned.details[role] = {"dim": int(values.shape[1]), "stored_dtype": version.dtype}
 
@@ -406,8 +502,10 @@ def _gather_features(lens: Lens, aligned: Aligned, features, spec: ExportFormat,
 def _gather_semantic_ids(lens: Lens, aligned: Aligned, semantic_ids, spec: ExportFormat, dedup: str | None) -> None:
     if aligned.fill is not None:
         if not (float(aligned.fill).is_integer() and aligned.fill < 0):
-            raise ConfigError(f"fill {aligned.fill} for semantic IDs: use a negative integer, which no code is (-1 is "
-                              "GRID's padding token: the item then reads as padding)")
+            raise ConfigError(
+                f"fill {aligned.fill} for semantic IDs: use a negative integer, which no code is (-1 is "
+                "GRID's padding token: the item then reads as padding)"
+            )
         aligned.fill = int(aligned.fill)
     names = list(semantic_ids) if semantic_ids is not None else sorted(lens.doc.semantic_ids)
     if not names:
@@ -419,22 +517,30 @@ def _gather_semantic_ids(lens: Lens, aligned: Aligned, semantic_ids, spec: Expor
         codes = lens.semantic_ids(name, aligned.ids, fill=-1)
         present = (codes >= 0).all(axis=1) if codes.size else np.zeros(len(aligned.ids), bool)
         if not present.all() and spec.dense and aligned.fill is None:
-            _refuse(f"{info.qualified} has no semantic ID for {int((~present).sum()):,} of {len(present):,} rows",
-                    [i for i, p in zip(aligned.ids, present) if not p], aligned.order,
-                    "pass fill (--fill) with a negative integer to write them as filled columns (flagged in the "
-                    "mask); -1 is GRID's padding token")
+            _refuse(
+                f"{info.qualified} has no semantic ID for {int((~present).sum()):,} of {len(present):,} rows",
+                [i for i, p in zip(aligned.ids, present) if not p],
+                aligned.order,
+                "pass fill (--fill) with a negative integer to write them as filled columns (flagged in the "
+                "mask); -1 is GRID's padding token",
+            )
         if aligned.fill is not None:
             codes[~present] = int(aligned.fill)
         levels = int(info.spec["levels"])
         if spec.name == "sid-grid" and dedup == "store" and info.width == levels:
-            raise ConfigError(f"{info.qualified} makes IDs unique with {info.spec.get('uniqueness')}: it has no suffix "
-                              "to export; use GRID's numbering (dedup grid)")
+            raise ConfigError(
+                f"{info.qualified} makes IDs unique with {info.spec.get('uniqueness')}: it has no suffix "
+                "to export; use GRID's numbering (dedup grid)"
+            )
         aligned.semantic_ids[info.name] = codes
         aligned.present[info.name] = present
         aligned.semantic_id_info[info.name] = info
         aligned.versions[info.name] = info.qualified
-        aligned.details[info.name] = {"levels": levels, "codebook_size": int(info.spec["codebook_size"]),
-                                      "uniqueness": info.spec.get("uniqueness")}
+        aligned.details[info.name] = {
+            "levels": levels,
+            "codebook_size": int(info.spec["codebook_size"]),
+            "uniqueness": info.spec.get("uniqueness"),
+        }
 
 
 def _gather_graphs(lens: Lens, aligned: Aligned, graphs, spec: ExportFormat, preset: str | None) -> None:
@@ -455,9 +561,12 @@ def _gather_graphs(lens: Lens, aligned: Aligned, graphs, spec: ExportFormat, pre
             picked = _expand(picked, np.flatnonzero(known), len(rows))
         present = np.diff(picked.indptr) > 0
         if not present.all() and aligned.fill is None:
-            _refuse(f"graph {info.qualified} has no neighbours for {int((~present).sum()):,} of {len(present):,} rows",
-                    [i for i, p in zip(aligned.ids, present) if not p], aligned.order,
-                    "pass fill 0 (--fill 0) to write them as rows without edges (flagged in export.json)")
+            _refuse(
+                f"graph {info.qualified} has no neighbours for {int((~present).sum()):,} of {len(present):,} rows",
+                [i for i, p in zip(aligned.ids, present) if not p],
+                aligned.order,
+                "pass fill 0 (--fill 0) to write them as rows without edges (flagged in export.json)",
+            )
         chosen = preset or info.spec.get("preset")
         aligned.graphs[info.name] = picked
         aligned.present[info.name] = present
@@ -482,15 +591,21 @@ def _model_files(aligned: Aligned, model: str, params: Mapping[str, Any] | None,
     except ImportError:
         from itemlens.errors import MissingDependencyError
 
-        raise MissingDependencyError("graph files for a model are torch tensors: pip install 'itemlens[semantic]'")
+        raise MissingDependencyError(
+            "graph files for a model are torch tensors: pip install 'itemlens[semantic]'"
+        ) from None
     files, grid = exports_models.build(model, vectors, params, device=device)
     aligned.model_files = files
     shown = "; ".join(", ".join(f"{k}={v}" for k, v in p.items()) for p in grid)
     notes.append(f"{', '.join(files)}: {spec.name}'s graph cache as its code builds it ({shown or 'no parameters'})")
     if spec.note:
         notes.append(spec.note)
-    return {"model": spec.name, "parameters": grid, "source": spec.source,
-            "files": {name: _tensor_layout(t) for name, t in files.items()}}
+    return {
+        "model": spec.name,
+        "parameters": grid,
+        "source": spec.source,
+        "files": {name: _tensor_layout(t) for name, t in files.items()},
+    }
 
 
 def _tensor_layout(tensor) -> str:
@@ -514,15 +629,19 @@ def _check_folder(target: Path, fmt: str, order: Order, previous: dict[str, Any]
     for other, entry in previous.items():
         digest = entry.get("order", {}).get("digest")
         if other != fmt and digest not in (None, order.digest):
-            raise ConfigError(f"{target} holds a {other} export aligned to another order "
-                              f"({entry['order'].get('description')}); this one follows {order.description}. Export "
-                              "into another folder (files of two orders in one dataset folder would not line up)")
+            raise ConfigError(
+                f"{target} holds a {other} export aligned to another order "
+                f"({entry['order'].get('description')}); this one follows {order.description}. Export "
+                "into another folder (files of two orders in one dataset folder would not line up)"
+            )
     existing = _existing_mapping(target)
-    if existing is None or existing.ids[:len(order.ids)] == order.ids:
-        return                               # none, or the same rows (MMRec's own may map more items after them)
+    if existing is None or existing.ids[: len(order.ids)] == order.ids:
+        return  # none, or the same rows (MMRec's own may map more items after them)
     if not any(e.get("order", {}).get("digest") == existing.digest for e in previous.values()):
-        raise ConfigError(f"{target / MAPPING_FILE} exists and maps other items than this export's rows "
-                          f"({order.description}); export into another folder, or remove it if it is stale")
+        raise ConfigError(
+            f"{target / MAPPING_FILE} exists and maps other items than this export's rows "
+            f"({order.description}); export into another folder, or remove it if it is stale"
+        )
 
 
 def _existing_mapping(target: Path) -> Order | None:
@@ -540,7 +659,7 @@ def write_mapping(aligned: Aligned, out: Path) -> str:
     """MMRec's i_id_mapping.csv: asin<TAB>itemID, row i = itemID i. One that already maps these
     rows (MMRec's own, which may go on past them) is left as it is."""
     existing = _existing_mapping(out)
-    if existing is None or existing.ids[:len(aligned.ids)] != aligned.ids:
+    if existing is None or existing.ids[: len(aligned.ids)] != aligned.ids:
         with open(out / MAPPING_FILE, "w", encoding="utf-8", newline="") as f:
             f.write("\t".join(MAPPING_HEADER) + "\n")
             for row, item in enumerate(aligned.ids):
@@ -581,22 +700,27 @@ def check_mmrec_folder(aligned: Aligned, out: Path, writes_features: bool) -> No
     if not differs:
         return
     if not writes_features:
-        raise ConfigError(f"{out} holds {', '.join(differs)} with other values than the features these graph files are "
-                          "built from: the model would pair them. Export the features too (--format mmrec), or into "
-                          "another folder")
+        raise ConfigError(
+            f"{out} holds {', '.join(differs)} with other values than the features these graph files are "
+            "built from: the model would pair them. Export the features too (--format mmrec), or into "
+            "another folder"
+        )
     stale = sorted({p.name for pattern in MMREC_CACHES for p in out.glob(pattern)} - set(aligned.model_files))
     if stale:
-        raise ConfigError(f"{out} holds MMRec graph caches ({', '.join(stale)}) built from the {', '.join(differs)} "
-                          "this export replaces: the model would load them instead of building new ones. Export with "
-                          "--for MODEL to rewrite them, or delete them")
+        raise ConfigError(
+            f"{out} holds MMRec graph caches ({', '.join(stale)}) built from the {', '.join(differs)} "
+            "this export replaces: the model would load them instead of building new ones. Export with "
+            "--for MODEL to rewrite them, or delete them"
+        )
 
 
 def _selector(positions: np.ndarray, size: int):
     """A [len(positions), size] 0/1 matrix picking rows ``positions``."""
     import scipy.sparse as sp
 
-    return sp.csr_matrix((np.ones(len(positions)), (np.arange(len(positions)), positions)),
-                         shape=(len(positions), size))
+    return sp.csr_matrix(
+        (np.ones(len(positions)), (np.arange(len(positions)), positions)), shape=(len(positions), size)
+    )
 
 
 def _expand(matrix, rows: np.ndarray, size: int):
