@@ -27,6 +27,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import LlamaConfig
 
 #: where the loaders look; a folder holding all of these is complete and is kept
 _REQUIRED_FILES = (
@@ -634,13 +638,43 @@ def write_tiny_llava_onevision(
     return _finish(folder, LlavaOnevisionForConditionalGeneration, config, processor, tokenizer, seed)
 
 
+def _tiled_llama_parts(tokenizer) -> tuple[dict, LlamaConfig]:
+    """The vision tower (a ViT over 32 x 32 tiles) and Llama decoder that the tiny SmolVLM2 and
+    Idefics3 share: Idefics3 is SmolVLM's architecture without video."""
+    from transformers import LlamaConfig
+
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+        initializer_range=INIT_RANGE,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        initializer_range=INIT_RANGE,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    return vision, text
+
+
 def write_tiny_smolvlm(folder: str | os.PathLike, seed: int = 0, vocab_file: str | os.PathLike | None = None) -> Path:
     """A tiny SmolVLM2 (SigLIP-style ViT over 32 x 32 tiles, pixel shuffle by 2: 4 tokens a tile,
     Llama decoder) with a SmolVLMProcessor: images resized to at most 128 pixels a side and split
     into 32 x 32 tiles plus the whole image, and a video processor (one 32 x 32 tile a frame,
     prompts with each frame's timestamp)."""
     from transformers import (
-        LlamaConfig,
         SmolVLMConfig,
         SmolVLMForConditionalGeneration,
         SmolVLMImageProcessor,
@@ -670,29 +704,7 @@ def write_tiny_smolvlm(folder: str | os.PathLike, seed: int = 0, vocab_file: str
     )
     (image,) = _ids(tokenizer, "<image>")
     scale_factor = 2
-    vision = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-        initializer_range=INIT_RANGE,
-    )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        initializer_range=INIT_RANGE,
-        bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
+    vision, text = _tiled_llama_parts(tokenizer)
     config = SmolVLMConfig(
         vision_config=vision,
         text_config=text.to_dict(),
@@ -910,7 +922,6 @@ def write_tiny_idefics3(folder: str | os.PathLike, seed: int = 0, vocab_file: st
         Idefics3ForConditionalGeneration,
         Idefics3ImageProcessor,
         Idefics3Processor,
-        LlamaConfig,
     )
 
     folder = Path(folder)
@@ -934,29 +945,7 @@ def write_tiny_idefics3(folder: str | os.PathLike, seed: int = 0, vocab_file: st
     )
     (image,) = _ids(tokenizer, "<image>")
     scale_factor = 2
-    vision = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-        initializer_range=INIT_RANGE,
-    )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        initializer_range=INIT_RANGE,
-        bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
+    vision, text = _tiled_llama_parts(tokenizer)
     config = Idefics3Config(
         vision_config=vision,
         text_config=text.to_dict(),

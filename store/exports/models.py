@@ -95,19 +95,24 @@ def _per_modality(preset: str, dense: bool, file_name: Callable[[str, dict[str, 
     return files
 
 
+def _freedom_file(p: dict) -> str:
+    """FREEDOM's cache file, which PGL reads too."""
+    return f"mm_adj_freedomdsp_{p['knn_k']}_{int(10 * p['mm_image_weight'])}.pt"
+
+
 MODELS: dict[str, ModelGraphs] = {
     "freedom": ModelGraphs(
         "FREEDOM",
         {"knn_k": 10, "mm_image_weight": 0.1},
         "MMRec src/models/freedom.py lines 54-100 (file name line 55, fusion line 74, normalization lines 93-100)",
-        _fused_laplacian(lambda p: f"mm_adj_freedomdsp_{p['knn_k']}_{int(10 * p['mm_image_weight'])}.pt"),
+        _fused_laplacian(_freedom_file),
         param_types={"knn_k": int, "mm_image_weight": float},
     ),
     "pgl": ModelGraphs(
         "PGL",
         {"knn_k": 10, "mm_image_weight": 0.1},
         "MMRec src/models/pgl.py lines 52-107 (file name line 53: the same file as FREEDOM)",
-        _fused_laplacian(lambda p: f"mm_adj_freedomdsp_{p['knn_k']}_{int(10 * p['mm_image_weight'])}.pt"),
+        _fused_laplacian(_freedom_file),
         param_types={"knn_k": int, "mm_image_weight": float},
     ),
     "dragon": ModelGraphs(
