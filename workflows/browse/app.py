@@ -389,12 +389,6 @@ class Browser:
             return self._diffs[key]
 
 
-def order_array(order: list[str]):
-    import pyarrow as pa
-
-    return pa.array(order, pa.string())
-
-
 def _q(value: Any) -> str:
     """A URL query value or path segment: every reserved character encoded."""
     return quote(str(value), safe="")
