@@ -228,6 +228,10 @@ def test_a_node_lost_mid_job_loses_and_duplicates_no_item(nodes, ray_cluster, tm
         if job.poll() is None:
             job.kill()
     assert job.returncode == 0, err
+    # the job may finish before the health check (about 3 s here) declares the killed node dead
+    deadline = time.monotonic() + 60
+    while lost in {x["NodeID"] for x in ray.nodes() if x["Alive"]} and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert lost not in {x["NodeID"] for x in ray.nodes() if x["Alive"]}
 
     lens = itemlens.connect(store)
