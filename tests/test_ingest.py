@@ -63,6 +63,24 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def _assert_decode_tasks_and_encoder_actors_are_separate_streaming_stages(report) -> None:
+    """What Ray ran: decode tasks, then encoder actors, then write tasks, streaming."""
+    for feature, prepare in (("image", "prepare_images"), ("text", "prepare_texts")):
+        ops = report.features[feature].operators
+        kinds = {op["operator"].split("->")[-1]: op["kind"] for op in ops}
+        assert kinds[f"MapBatches({prepare})"] == "tasks"
+        assert kinds["MapBatches(EncodeBatches)"] == "actors"
+        assert kinds["MapBatches(write_fragments)"] == "tasks"
+        encoder_op = next(op for op in ops if op["kind"] == "actors")
+        assert "prepare" not in encoder_op["operator"]  # decoding is not fused into the actors
+        stats = report.features[feature].stats
+        assert f"MapBatches({prepare})" in stats and "MapBatches(EncodeBatches)" in stats
+        # no all-to-all stage (sort, shuffle, aggregate) gathers the catalog anywhere
+        assert not any(word in report.features[feature].plan for word in ("Sort", "Shuffle", "Aggregate", "AllToAll"))
+        # what reaches the driver is one row per written data file, not per item
+        assert report.features[feature].fragments <= 2
+
+
 def test_ingest_gives_the_libraries_own_vectors(ray_session, tmp_path, catalog, minilm_path, tiny_clip):
     import open_clip
     import torch
@@ -78,6 +96,7 @@ def test_ingest_gives_the_libraries_own_vectors(ray_session, tmp_path, catalog, 
         "image": (15, 0),
         "image_parts": (15, 0),
     }
+    _assert_decode_tasks_and_encoder_actors_are_separate_streaming_stages(report)
 
     lens = itemlens.connect(store)
     rows = _rows(catalog)
@@ -193,35 +212,19 @@ def test_bad_inputs_become_errors_rows_and_every_other_item_is_stored(
     assert retried.features["image"].errors == 7 and retried.features["image"].encoded == 0
 
 
-def test_ray_runs_decode_tasks_and_encoder_actors_as_separate_streaming_stages(
-    ray_session, tmp_path, catalog, minilm_path, tiny_clip
+def test_a_reader_on_snapshot_n_sees_n_while_a_second_ingest_writes_and_a_pin_keeps_n_through_a_prune(
+    ray_session, tmp_path, catalog, minilm_path
 ):
-    report = ingest(catalog, _config(minilm_path, tiny_clip), tmp_path / "lens", progress=False)
-    for feature, prepare in (("image", "prepare_images"), ("text", "prepare_texts")):
-        ops = report.features[feature].operators
-        kinds = {op["operator"].split("->")[-1]: op["kind"] for op in ops}
-        assert kinds[f"MapBatches({prepare})"] == "tasks"
-        assert kinds["MapBatches(EncodeBatches)"] == "actors"
-        assert kinds["MapBatches(write_fragments)"] == "tasks"
-        encoder_op = next(op for op in ops if op["kind"] == "actors")
-        assert "prepare" not in encoder_op["operator"]  # decoding is not fused into the actors
-        stats = report.features[feature].stats
-        assert f"MapBatches({prepare})" in stats and "MapBatches(EncodeBatches)" in stats
-        # no all-to-all stage (sort, shuffle, aggregate) gathers the catalog anywhere
-        assert not any(word in report.features[feature].plan for word in ("Sort", "Shuffle", "Aggregate", "AllToAll"))
-        # what reaches the driver is one row per written data file, not per item
-        assert report.features[feature].fragments <= 2
+    from itemlens.store.writer import StoreWriter
 
-
-def test_a_reader_on_snapshot_n_sees_n_while_a_second_ingest_writes(
-    ray_session, tmp_path, catalog, minilm_path, tiny_clip
-):
     store = tmp_path / "lens"
     config = {"features": {"text": text_spec(minilm_path)}}
     ingest(catalog, config, store, progress=False)
     reader = itemlens.connect(store)
     ids = [r["item_id"] for r in _rows(catalog)]
     before = reader.vectors("text", ids)
+    with StoreWriter.open(store) as writer:
+        writer.pin(1)
 
     rows = _rows(catalog)
     for row in rows:
@@ -249,28 +252,31 @@ def test_a_reader_on_snapshot_n_sees_n_while_a_second_ingest_writes(
     assert reader.refresh() == 2
     after = reader.vectors("text", ids)
     assert _cos(after, before).max() < 0.9999  # every title changed
+    # the pinned snapshot 1 outlives a prune that keeps only the newest
+    with StoreWriter.open(store) as writer:
+        assert writer.prune(keep=1)["kept"] == [1, 2]
+    assert np.array_equal(itemlens.connect(store, snapshot=1).vectors("text", ids), before)
 
 
-def test_an_index_declared_in_the_config_is_built_once_big_enough(ray_session, tmp_path, catalog, minilm_path):
-    spec = text_spec(minilm_path, index={"kind": "IVF_PQ", "min_rows": 10, "num_partitions": 2})
-    report = ingest(catalog, {"features": {"text": spec}}, tmp_path / "lens", progress=False)
-    info = itemlens.connect(tmp_path / "lens").features()[0].index
-    assert report.features["text"].encoded == 15
-    assert info["kind"] == "IVF_PQ" and info["params"]["num_partitions"] == 2 and info["rows"] == 15
-    assert 0 < info["recall_at_10"] <= 1
-
-
-def test_ingest_derives_semantic_ids_and_graphs_and_a_refresh_keeps_them(ray_session, tmp_path, catalog, minilm_path):
+def test_ingest_builds_the_declared_index_derives_semantic_ids_and_graphs_and_a_refresh_keeps_them(
+    ray_session, tmp_path, catalog, minilm_path
+):
     from itemlens.store.semantic_ids import quantizers
 
+    # the text spec declares a vector index, built once the feature has min_rows vectors
+    index = {"kind": "IVF_PQ", "min_rows": 10, "num_partitions": 2}
     config = {
-        "features": {"text": text_spec(minilm_path)},
+        "features": {"text": text_spec(minilm_path, index=index)},
         "semantic_ids": {"sid": {"features": ["text"], "levels": 2, "codebook_size": 4}},
         "graphs": {"knn": {"features": ["text"], "k": 3}},
     }
     first = ingest(catalog, config, tmp_path / "lens", progress=False)
     assert first.semantic_ids["sid"].trained and first.semantic_ids["sid"].items == 15
     lens = itemlens.connect(tmp_path / "lens")
+    info = lens.features()[0].index
+    assert first.features["text"].encoded == 15
+    assert info["kind"] == "IVF_PQ" and info["params"]["num_partitions"] == 2 and info["rows"] == 15
+    assert 0 < info["recall_at_10"] <= 1
     ids = [r["item_id"] for r in _rows(catalog)]
     before = lens.semantic_ids("sid", ids)
     assert len({tuple(c) for c in before.tolist()}) == 15 and lens.item_for("sid", before) == ids
@@ -517,24 +523,3 @@ def test_more_actors_than_the_cluster_can_feed_are_scaled_down_not_left_waiting(
     config = {"features": {"text": text_spec(minilm_path, resources={"num_gpus": 1, "concurrency": 3})}}
     report = ingest(catalog, config, tmp_path / "lens", progress=False)
     assert report.features["text"].actors == 1 and report.features["text"].encoded == 15
-
-
-def test_a_snapshot_pinned_before_an_ingest_and_a_prune_keeps_its_vectors(ray_session, tmp_path, catalog, minilm_path):
-    from itemlens.store.writer import StoreWriter
-
-    store = tmp_path / "lens"
-    config = {"features": {"text": text_spec(minilm_path)}}
-    ingest(catalog, config, store, progress=False)
-    ids = [r["item_id"] for r in _rows(catalog)]
-    before = itemlens.connect(store).vectors("text", ids)
-    with StoreWriter.open(store) as writer:
-        writer.pin(1)
-    rows = _rows(catalog)
-    for row in rows:
-        row["title"] = "New " + row["title"]
-    write_jsonl(catalog, rows)
-    assert ingest(catalog, config, store, progress=False).snapshot == 2
-    with StoreWriter.open(store) as writer:
-        assert writer.prune(keep=1)["kept"] == [1, 2]
-    assert np.array_equal(itemlens.connect(store, snapshot=1).vectors("text", ids), before)
-    assert _cos(itemlens.connect(store).vectors("text", ids), before).max() < 0.9999
