@@ -56,10 +56,11 @@ def main() -> None:
     print()
 
     from itemlens.workflows.ingest import ingest
-    from itemlens.workflows.runtime import configure_logging
+    from itemlens.workflows.runtime import configure_logging, quiet_ray_data_actor_warning
 
     configure_logging()
-    report = ingest(args.catalog, raw, args.store)
+    with quiet_ray_data_actor_warning():  # as the command line does: see docs/design.md
+        report = ingest(args.catalog, raw, args.store)
     print(report.summary())
     print()
 
