@@ -44,6 +44,15 @@ _REQUIRED_FILES = (
 IMAGE_SIZE = 32  # pixels per side the image processors resize to
 PATCH_SIZE = 8  # ViT patches: (32 / 8)^2 = 16 patches
 INIT_RANGE = 0.5  # see the module docstring
+#: the vision tower every tiny captioner shares: a 2-layer ViT of width 32 over 8 x 8 patches
+TINY_VIT = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    image_size=IMAGE_SIZE,
+    patch_size=PATCH_SIZE,
+)
 
 # A minimal chat template in the LLaVA-1.5 style ("USER: <image>\n... ASSISTANT:"): content is
 # either a string or a list of {"type": "image"} / {"type": "text", "text": ...} parts.
@@ -138,16 +147,7 @@ def write_tiny_llava(folder: str | os.PathLike, seed: int = 0, vocab_file: str |
         return folder
     tokenizer = tiny_tokenizer(vocab_file)
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        projection_dim=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-        initializer_range=INIT_RANGE,
-    )
+    vision = CLIPVisionConfig(**TINY_VIT, projection_dim=32, initializer_range=INIT_RANGE)
     text = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
@@ -209,15 +209,7 @@ def write_tiny_blip2(folder: str | os.PathLike, seed: int = 0, vocab_file: str |
         return folder
     tokenizer = tiny_tokenizer(vocab_file)
     num_query_tokens = 4
-    vision = Blip2VisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-        initializer_range=INIT_RANGE,
-    )
+    vision = Blip2VisionConfig(**TINY_VIT, initializer_range=INIT_RANGE)
     qformer = Blip2QFormerConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
@@ -590,15 +582,7 @@ def write_tiny_llava_onevision(
     )
     image, video = _ids(tokenizer, "<image>", "<video>")
     pinpoints = [[h, w] for h in (32, 64, 96) for w in (32, 64, 96)]
-    vision = SiglipVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-        vision_use_head=False,
-    )
+    vision = SiglipVisionConfig(**TINY_VIT, vision_use_head=False)
     text = Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=32,
@@ -643,15 +627,7 @@ def _tiled_llama_parts(tokenizer) -> tuple[dict, LlamaConfig]:
     Idefics3 share: Idefics3 is SmolVLM's architecture without video."""
     from transformers import LlamaConfig
 
-    vision = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-        initializer_range=INIT_RANGE,
-    )
+    vision = dict(**TINY_VIT, initializer_range=INIT_RANGE)
     text = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
@@ -756,15 +732,7 @@ def write_tiny_gemma3(folder: str | os.PathLike, seed: int = 0, vocab_file: str 
     )
     image, boi, eoi = _ids(tokenizer, *named.values())
     tokens_per_image = 4
-    vision = SiglipVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-        vision_use_head=False,
-    )
+    vision = SiglipVisionConfig(**TINY_VIT, vision_use_head=False)
     text = Gemma3TextConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
@@ -871,15 +839,12 @@ def write_tiny_internvl(folder: str | os.PathLike, seed: int = 0, vocab_file: st
     )
     (image,) = _ids(tokenizer, "<IMG_CONTEXT>")
     tokens_per_tile = (IMAGE_SIZE // PATCH_SIZE) ** 2 // 4
-    vision = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=[IMAGE_SIZE, IMAGE_SIZE],
-        patch_size=[PATCH_SIZE, PATCH_SIZE],
-        initializer_range=INIT_RANGE,
-    )
+    vision = {
+        **TINY_VIT,
+        "image_size": [IMAGE_SIZE, IMAGE_SIZE],
+        "patch_size": [PATCH_SIZE, PATCH_SIZE],
+        "initializer_range": INIT_RANGE,
+    }
     text = Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=32,
