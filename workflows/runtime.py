@@ -2,9 +2,9 @@
 
 ``itemlens ingest`` is the same command on a laptop and as the entrypoint of ``ray job
 submit``: without an address it starts a local Ray (or joins the one ``RAY_ADDRESS`` names,
-as a Ray job does). A local Ray inherits the variables that steer model loading
-(``HF_HUB_OFFLINE`` ...) through its runtime environment; on a cluster they belong in the
-job's runtime environment (see cluster/README.md).
+as a Ray job does). A local Ray's daemons, and so its workers, inherit the driver's
+environment, the variables that steer model loading (``HF_HUB_OFFLINE`` ...) included; on a
+cluster they belong in the job's runtime environment (see cluster/README.md).
 """
 
 from __future__ import annotations
@@ -27,9 +27,6 @@ from pathlib import Path
 from itemlens.errors import ItemlensError
 
 log = logging.getLogger("itemlens")
-
-# Variables the workers need to load models the way the driver would.
-PROPAGATED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "HF_HUB_CACHE", "LANCE_LOG")
 
 
 @dataclass(frozen=True)
@@ -70,9 +67,10 @@ def start_ray(address: str | None = None, *, log_to_driver: bool = False, progre
             kwargs["address"] = "local"
             started_here = True
             kwargs["include_dashboard"] = False
-            env = {k: os.environ[k] for k in PROPAGATED_ENV if k in os.environ}
-            if env:
-                kwargs["runtime_env"] = {"env_vars": env}
+            # No runtime_env: the workers inherit this process's environment through the raylet
+            # (HF_HUB_OFFLINE and the like included). A job-level runtime_env, even of env_vars
+            # alone, starts every worker through Ray's setup_worker.py, a second Python process
+            # that imports Ray before the worker itself does (bench/worker_start.py).
         with warnings.catch_warnings():
             # ray.init starts its daemons with fork+exec; lance and lancedb (already opened by
             # the writer) warn on any fork, but the children exec at once and share nothing.
