@@ -30,6 +30,11 @@ class StoreLocation:
             location = parse_location(uri, what="store URI")
         except LocationError as exc:
             raise StoreError(str(exc)) from None
+        if location.scheme and location.scheme not in _FSSPEC_KEYS:
+            raise StoreError(
+                f"store URI {location.path}: unknown scheme {location.scheme}://; a store is a local folder "
+                "(or a file:// URI) or an s3://, gs:// or az:// URI"
+            )
         return cls(location.path.rstrip("/") or "/", dict(storage_options or {}))
 
     @property
@@ -77,7 +82,7 @@ _FSSPEC_KEYS = {
     },
 }
 _FSSPEC_KEYS["gcs"] = _FSSPEC_KEYS["gs"]
-_FSSPEC_KEYS["abfs"] = _FSSPEC_KEYS["az"]
+_FSSPEC_KEYS["abfs"] = _FSSPEC_KEYS["az"]  # the schemes a store may have: Lance's and fsspec's both
 
 
 def fsspec_options(scheme: str, storage_options: dict[str, str] | None) -> dict:

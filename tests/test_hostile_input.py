@@ -157,9 +157,12 @@ def test_credentials_in_any_scheme_are_refused_without_being_repeated(uri):
     assert "SECRET" not in str(info.value) and "credentials" in str(info.value)
 
 
-def test_other_hosts_and_query_strings_are_refused():
+def test_other_hosts_query_strings_and_unknown_schemes_are_refused():
     with pytest.raises(StoreError, match="names the host 'fileserver'"):
         StoreLocation.parse("file://fileserver/share/lens")
+    with pytest.raises(StoreError, match=r"unknown scheme nope://; a store is a local folder"):
+        StoreLocation.parse("nope://bucket/lens")
+    assert StoreLocation.parse("gs://bucket/lens").uri == "gs://bucket/lens"
     with pytest.raises(StoreError, match="query string"):
         StoreLocation.parse("s3://bucket/lens?secret=1")
     # the same rules for media: a catalog's file:// image on another host is a read error
