@@ -1,10 +1,14 @@
 # The two commands of the README: `make demo` and `make test`. Both set up .venv first
 # (pinned versions from constraints.txt; torch comes from this machine's wheel cache).
 # `make test-fast` is the inner loop: the tests that need no Ray; `make lint` is ruff.
+# Both test targets run on TEST_WORKERS pytest-xdist workers, each with a Ray of its own
+# (tests/conftest.py says how the work is split); TEST_WORKERS=0 runs in this process.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.itemlens-installed
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: demo test test-fast lint bench setup clean
 
@@ -22,10 +26,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest --no-skips --durations=15
+	$(BIN)/python -m pytest $(XDIST) --no-skips --durations=15
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not integration" --durations=10
+	$(BIN)/python -m pytest $(XDIST) -m "not integration" --durations=10
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .

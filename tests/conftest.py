@@ -6,12 +6,14 @@ weights, saved to a checkpoint and loaded back through open_clip's real loading 
 
 Tests marked ``integration`` share one local Ray per session (a ``ray start --head``, joined by
 the test process and by the drivers some tests start); ``gpu`` tests are skipped without CUDA.
-With ``--no-skips`` (what CI runs) any other skip fails the run.
+With ``--no-skips`` (what CI runs) any other skip fails the run. `make test` runs the session on
+two pytest-xdist workers, each with a Ray of its own (see LONGEST_FIRST).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,28 @@ def pytest_addoption(parser):
     )
 
 
+#: `make test` runs the suite on two workers (pytest-xdist, ``--dist loadfile``), each with a Ray
+#: of its own; a module runs whole on one worker (its module-scoped fixtures are set up once).
+#: Modules start longest first, as `--durations` measured them on the 2-core machine, so that
+#: the workers end together; the others follow in collection order.
+LONGEST_FIRST = (
+    "tests/test_ingest.py",
+    "tests/test_faults.py",
+    "tests/test_multimodal_ingest.py",
+    "tests/test_refresh.py",
+    "tests/test_catalog_guards.py",
+    "tests/test_scale.py",
+    "tests/test_cluster.py",
+    "tests/test_object_storage.py",
+    "tests/test_browse.py",
+    "tests/test_jobs.py",
+)
+
+
+def _module(item) -> str:
+    return item.nodeid.split("::")[0]
+
+
 def pytest_collection_modifyitems(config, items):
     try:
         import torch
@@ -41,6 +65,11 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+    rank = {module: i for i, module in enumerate(LONGEST_FIRST)}
+    first_seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        first_seen.setdefault(_module(item), i)
+    items.sort(key=lambda item: (rank.get(_module(item), len(rank)), first_seen[_module(item)]))
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -189,7 +218,9 @@ def ray_cluster(offline_hub, s3_env) -> dict:
             "RAY_health_check_failure_threshold": "3",
             "RAY_health_check_initial_delay_ms": "1000",
         }
-        subprocess.run(
+        # in a session of its own: at the end its processes (daemons, workers) are ended by
+        # session id, which leaves any other Ray on this machine alone (`ray stop` ends them all)
+        head = subprocess.Popen(
             [
                 ray_bin,
                 "start",
@@ -203,11 +234,15 @@ def ray_cluster(offline_hub, s3_env) -> dict:
                 f"--temp-dir={temp}",
                 "--disable-usage-stats",
             ],
-            check=True,
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            start_new_session=True,
         )
+        _, err = head.communicate()
+        if head.returncode:
+            raise RuntimeError(f"`ray start --head` failed: {err.decode()[-2000:]}")
+        session = head.pid  # the session leader: its pid is the session id
         try:
             yield {
                 "address": f"127.0.0.1:{gcs}",
@@ -217,7 +252,32 @@ def ray_cluster(offline_hub, s3_env) -> dict:
                 "temp": temp,
             }
         finally:
-            subprocess.run([ray_bin, "stop", "--force"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            _end_session(session)
+
+
+def _end_session(session: int) -> None:
+    """SIGKILL every process of a session (what `ray start` started there, and their children)."""
+    import os
+    import signal
+    import time
+
+    for _ in range(3):  # a dying raylet may still be starting a worker
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                try:
+                    if os.getsid(int(entry.name)) == session:
+                        pids.append(int(entry.name))
+                except OSError:
+                    continue
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        if not pids:
+            return
+        time.sleep(0.5)
 
 
 @pytest.fixture(scope="session")
@@ -225,7 +285,9 @@ def ray_session(ray_cluster):
     """This test process as a driver of the session's Ray (integration tests only)."""
     import ray
 
-    ray.init(address=ray_cluster["address"], log_to_driver=False, runtime_env={"env_vars": OFFLINE_ENV})
+    # no runtime_env: the nodes already have OFFLINE_ENV, and a runtime_env would start every
+    # worker through Ray's setup_worker.py (bench/worker_start.py)
+    ray.init(address=ray_cluster["address"], log_to_driver=False)
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -271,26 +333,39 @@ def image_spec(tiny_clip: dict, column: str = "images", **extra) -> dict:
 
 @pytest.fixture(scope="session")
 def example_store(ray_session, tmp_path_factory) -> dict:
-    """`make demo` once per session (examples/demo.py on examples/catalog, with its labelled
-    stand-in weights: no hub here), what it printed, and then semantic IDs of text (2 levels of 2
-    codes for 5 items: a collision) and a kNN graph of text and image derived in the same store.
-    Shared by the demo's own test and the browse tests: the demo is the slowest single ingest."""
+    """`make demo` once per run (examples/demo.py on examples/catalog, with its labelled stand-in
+    weights: no hub here), what it printed, and then semantic IDs of text (2 levels of 2 codes for
+    5 items: a collision) and a kNN graph of text and image derived in the same store. Shared by
+    the demo's own test, an export test and the browse tests, which only read it: the demo is the
+    slowest single ingest. Under pytest-xdist the first worker to ask builds it in the run's
+    shared temporary folder while the others wait on a lock."""
     import contextlib
+    import fcntl
     import io
+    import os
     import runpy
     import sys
 
     from itemlens.store import graphs, semantic_ids
 
-    store = tmp_path_factory.mktemp("example") / "lens"
-    out = io.StringIO()
-    argv = sys.argv
-    sys.argv = ["demo.py", "--store", str(store)]
-    try:
-        with contextlib.redirect_stdout(out):
-            runpy.run_path(str(ROOT / "examples" / "demo.py"), run_name="__main__")
-    finally:
-        sys.argv = argv
-    semantic_ids.build(str(store), {"sid": {"features": ["text"], "levels": 2, "codebook_size": 2}})
-    graphs.build(str(store), {"knn": {"features": ["text", "image"], "k": 2}})
-    return {"store": store, "output": out.getvalue()}
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's own
+    folder, done = root / "example", root / "example" / "demo-output.txt"
+    with open(root / "example.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a worker that died while building it
+            out = io.StringIO()
+            argv = sys.argv
+            sys.argv = ["demo.py", "--store", str(folder / "lens")]
+            try:
+                with contextlib.redirect_stdout(out):
+                    runpy.run_path(str(ROOT / "examples" / "demo.py"), run_name="__main__")
+            finally:
+                sys.argv = argv
+            store = str(folder / "lens")
+            semantic_ids.build(store, {"sid": {"features": ["text"], "levels": 2, "codebook_size": 2}})
+            graphs.build(store, {"knn": {"features": ["text", "image"], "k": 2}})
+            done.write_text(out.getvalue())
+    return {"store": folder / "lens", "output": done.read_text()}

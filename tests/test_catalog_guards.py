@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -242,16 +244,28 @@ def test_a_store_on_unreachable_object_storage_is_a_message_not_a_traceback(tmp_
         itemlens.connect("s3://no-such-bucket/lens", storage_options={"aws_endpoint": "http://127.0.0.1:9"})
 
 
-def test_a_killed_drivers_local_ray_is_ended_by_the_next_run(tmp_path, minilm_path):
-    """Drivers here start their own local Ray (not the session's), as a laptop user's do."""
-    from itemlens.workflows.runtime import _RECORDS, _session_processes
+@pytest.fixture
+def short_tmpdir():
+    """A temporary folder with a short path (Ray's socket paths have a length limit)."""
+    folder = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    yield Path(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_killed_drivers_local_ray_is_ended_by_the_next_run(tmp_path, minilm_path, short_tmpdir):
+    """Drivers here start their own local Ray (not the session's), as a laptop user's do. They
+    keep their records (and Ray its files) in a temporary folder of their own: the drivers that
+    other tests start at the same time (`make test` runs two workers) must not end this Ray
+    first, as they would end any local Ray whose driver is gone."""
+    from itemlens.workflows.runtime import _session_processes
 
     rows = [{"item_id": f"i{i}", "title": f"product {i} " + "word " * (i % 13)} for i in range(200)]
     catalog = write_jsonl(tmp_path / "c.jsonl", rows)
     config = tmp_path / "lens.yaml"
     config.write_text(yaml.safe_dump({"features": {"text": text_spec(minilm_path, template="{title}")}}))
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
-    env.update(HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0")
+    temp = short_tmpdir
+    env.update(HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0", TMPDIR=str(temp))
     command = [
         ITEMLENS,
         "ingest",
@@ -263,7 +277,7 @@ def test_a_killed_drivers_local_ray_is_ended_by_the_next_run(tmp_path, minilm_pa
         "--no-progress",
     ]
     driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    record = _RECORDS / f"{driver.pid}.json"
+    record = temp / f"itemlens-ray-{os.getuid()}" / f"{driver.pid}.json"  # workflows/runtime.py's _RECORDS
     deadline = time.monotonic() + 120
     while not record.exists():
         assert time.monotonic() < deadline and driver.poll() is None, "the driver did not start Ray"
