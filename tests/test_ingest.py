@@ -450,7 +450,7 @@ def test_command_line_ingest_and_show(ray_session, tmp_path, catalog, minilm_pat
 
 
 def test_the_demo_runs_and_labels_its_stand_ins(example_store):
-    out = example_store["output"]  # `make demo`, run once per session (tests/conftest.py)
+    out = example_store["output"]  # `make demo`, run once per test run (tests/conftest.py)
     assert "STAND-IN" in out and "published snapshot 1" in out
     assert "search text 'an LED light bulb': B074M5HPBD" in out
     lens = itemlens.connect(example_store["store"], snapshot=1)
