@@ -264,8 +264,7 @@ def test_a_killed_drivers_local_ray_is_ended_by_the_next_run(tmp_path, minilm_pa
     config = tmp_path / "lens.yaml"
     config.write_text(yaml.safe_dump({"features": {"text": text_spec(minilm_path, template="{title}")}}))
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
-    temp = short_tmpdir
-    env.update(HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0", TMPDIR=str(temp))
+    env.update(HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0", TMPDIR=str(short_tmpdir))
     command = [
         ITEMLENS,
         "ingest",
@@ -277,19 +276,17 @@ def test_a_killed_drivers_local_ray_is_ended_by_the_next_run(tmp_path, minilm_pa
         "--no-progress",
     ]
     driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    record = temp / f"itemlens-ray-{os.getuid()}" / f"{driver.pid}.json"  # workflows/runtime.py's _RECORDS
+    record = short_tmpdir / f"itemlens-ray-{os.getuid()}" / f"{driver.pid}.json"  # runtime.py's _RECORDS
     deadline = time.monotonic() + 120
     while not record.exists():
         assert time.monotonic() < deadline and driver.poll() is None, "the driver did not start Ray"
         time.sleep(0.2)
-    time.sleep(1)  # Ray's node (and the agents that outlive a killed driver) is up
+    time.sleep(1)  # Ray's node is up
     session = json.loads(record.read_text())
     driver.kill()
     driver.wait()
-    time.sleep(2)
-    assert _session_processes(session["node_id"], session["session_dir"]), (
-        "expected Ray processes to outlive the killed driver (the case this test is about)"
-    )
+    # Whether some of its processes outlive it depends on timing (rarely, since a local Ray gets
+    # no runtime_env); the reaping itself is checked deterministically below.
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     # a local run says nothing users read as failures: not Ray's token-authentication notice,
@@ -297,3 +294,36 @@ def test_a_killed_drivers_local_ray_is_ended_by_the_next_run(tmp_path, minilm_pa
     assert "Token authentication" not in rerun.stderr and "has constructor arguments" not in rerun.stderr
     assert not _session_processes(session["node_id"], session["session_dir"])
     assert not record.exists()
+
+
+def test_the_reaper_ends_the_processes_of_a_dead_drivers_session_and_nothing_else(short_tmpdir, monkeypatch):
+    """A record whose driver is gone: the processes of its node (by RAY_NODE_ID in their
+    environment) are ended and the record removed; a live driver's record and other processes stay."""
+    from itemlens.workflows import runtime
+
+    monkeypatch.setattr(runtime, "_RECORDS", short_tmpdir)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    orphan = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], env={**os.environ, "RAY_NODE_ID": "n1"}
+    )
+    bystander = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], env={**os.environ, "RAY_NODE_ID": "n2"}
+    )
+    try:
+        dead = {"driver": gone.pid, "started": "0", "node_id": "n1", "session_dir": "/nonexistent/session_1"}
+        alive = {
+            "driver": os.getpid(),
+            "started": runtime._started(os.getpid()),
+            "node_id": "n2",
+            "session_dir": "/x/s2",
+        }
+        (short_tmpdir / f"{gone.pid}.json").write_text(json.dumps(dead))
+        (short_tmpdir / f"{os.getpid()}.json").write_text(json.dumps(alive))
+        assert runtime.reap_orphaned_ray() == [orphan.pid]
+        assert orphan.wait(timeout=10) == -9 and bystander.poll() is None
+        assert sorted(p.name for p in short_tmpdir.iterdir()) == [f"{os.getpid()}.json"]
+    finally:
+        for proc in (orphan, bystander):
+            proc.kill()
+            proc.wait()

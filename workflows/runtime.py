@@ -109,8 +109,8 @@ def start_ray(address: str | None = None, *, log_to_driver: bool = False, progre
 # -- a killed driver's local Ray ---------------------------------------------------------------
 #
 # A local Ray started by ``ray.init`` shares the driver's fate only in part: when the driver is
-# killed (SIGKILL, out of memory), the GCS and the raylet go, but the raylet's agents (dashboard
-# agent, runtime-env agent) linger for a minute or more, orphaned. Each driver that starts a
+# killed (SIGKILL, out of memory), the GCS and the raylet go, but some of its processes (the
+# raylet's agents, workers) can linger, orphaned, depending on timing. Each driver that starts a
 # local Ray records its session here; the next one (any itemlens job on this machine, same
 # user) ends the processes of sessions whose driver is gone. Linux only (it reads /proc).
 
