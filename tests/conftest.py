@@ -6,8 +6,8 @@ weights, saved to a checkpoint and loaded back through open_clip's real loading 
 
 Tests marked ``integration`` share one local Ray per session (a ``ray start --head``, joined by
 the test process and by the drivers some tests start); ``gpu`` tests are skipped without CUDA.
-With ``--no-skips`` (what CI runs) any other skip fails the run. ``TEST_WORKERS=2 make test`` runs
-the session on two pytest-xdist workers, each with a Ray of its own (see LONGEST_FIRST).
+With ``--no-skips`` (what CI runs) any other skip fails the run. ``make test`` runs the session
+on two pytest-xdist workers, each with a Ray of its own (see LONGEST_FIRST).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def pytest_addoption(parser):
     )
 
 
-#: `TEST_WORKERS=2 make test` runs the suite on two workers (pytest-xdist, ``--dist loadfile``), each with a Ray
+#: `make test` runs the suite on two workers (pytest-xdist, ``--dist loadfile``), each with a Ray
 #: of its own; a module runs whole on one worker (its module-scoped fixtures are set up once).
 #: Modules start longest first, as `--durations` measured them on the 2-core machine, so that
 #: the workers end together; the others follow in collection order.
@@ -124,6 +124,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def node_ports(head: bool = False) -> list[str]:
+    """`ray start` arguments giving a node free ports where Ray's defaults are fixed numbers:
+    the dashboard agent's HTTP port (52365; the job server submits through the head's agent)
+    and, on a head, the Ray client server's (10001). Two test sessions on one machine (pytest-xdist
+    workers, each with its own Ray) or worker nodes beside their head would otherwise contend for
+    them, and `ray job submit` would answer "No available agent" for as long as the test waits."""
+    ports = [f"--dashboard-agent-listen-port={_free_port()}"]
+    return ports + [f"--ray-client-server-port={_free_port()}"] if head else ports
+
+
 @pytest.fixture(scope="session")
 def tiny_llm(tmp_path_factory) -> str:
     """A tiny seeded decoder LLM (hf-text's last-token pooling), fast enough for thousands of items."""
@@ -206,9 +216,12 @@ def ray_cluster(offline_hub, s3_env) -> dict:
     # The nodes know the test S3 server's endpoint and keys, as cloud nodes know theirs (an
     # instance role); tests/test_object_storage.py greps Ray's logs for the secret.
     # Fast node-failure detection for tests/test_cluster.py (a lost node is declared dead in
-    # about 3 s instead of 30).
+    # about 3 s instead of 30). No Prometheus metrics, which no test reads: recording and
+    # exporting them in every Ray process cost ~8% of the machine's CPU per ingest
+    # (docs/performance.md), and their daemons' work is doubled by two test workers.
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_AUTH_MODE", "disabled")
+        mp.setenv("RAY_enable_metrics_collection", "0")
         env = {
             **os.environ,
             **OFFLINE_ENV,
@@ -233,6 +246,7 @@ def ray_cluster(offline_hub, s3_env) -> dict:
                 "--dashboard-host=127.0.0.1",
                 f"--temp-dir={temp}",
                 "--disable-usage-stats",
+                *node_ports(head=True),
             ],
             env=env,
             stdout=subprocess.DEVNULL,

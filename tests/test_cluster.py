@@ -17,7 +17,7 @@ import yaml
 
 import itemlens
 
-from .conftest import write_jsonl
+from .conftest import node_ports, write_jsonl
 from .test_jobs import ITEMLENS
 
 pytestmark = pytest.mark.integration
@@ -46,6 +46,7 @@ class Nodes:
                 f"--resources={json.dumps({SLOT: slots})}",
                 "--block",
                 "--disable-usage-stats",
+                *node_ports(),
             ],
             env=self.cluster["env"],
             stdout=subprocess.DEVNULL,

@@ -34,6 +34,8 @@ import yaml
 
 import itemlens
 
+from .conftest import node_ports
+
 # The feature: 102 MB of float32. The driver holds a few numbers per item, never a vector, so
 # wide vectors make the feature large against what the driver needs (a cap that tells them apart).
 N, DIM = 50_000, 512
@@ -166,6 +168,7 @@ def worker_nodes(ray_session, ray_cluster):
                     "--object-store-memory=500000000",
                     "--block",
                     "--disable-usage-stats",
+                    *node_ports(),
                 ],
                 env=ray_cluster["env"],
                 stdout=subprocess.DEVNULL,
