@@ -217,8 +217,8 @@ def ray_cluster(offline_hub, s3_env) -> dict:
     # instance role); tests/test_object_storage.py greps Ray's logs for the secret.
     # Fast node-failure detection for tests/test_cluster.py (a lost node is declared dead in
     # about 3 s instead of 30). No Prometheus metrics, which no test reads: recording and
-    # exporting them in every Ray process cost ~8% of the machine's CPU per ingest
-    # (docs/performance.md), and their daemons' work is doubled by two test workers.
+    # exporting them in every Ray process cost about 6% of the machine's CPU in small
+    # ingests (bench/ray_metrics.py), paid twice when two test workers each run a Ray.
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_AUTH_MODE", "disabled")
         mp.setenv("RAY_enable_metrics_collection", "0")
