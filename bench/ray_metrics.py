@@ -4,9 +4,9 @@ task events off too.
 Every Ray process (driver, workers, raylet, GCS, dashboard agent) records Prometheus metrics and
 the agents export them, and every worker reports its task events to the GCS each second (what
 Ray's state API lists); on a small machine running short jobs that is a visible share of the
-CPU. The tests start their Ray with ``RAY_enable_metrics_collection=0`` and
-``RAY_task_events_report_interval_ms=0`` (tests/conftest.py), since no test reads either;
-itemlens itself leaves both to the user (the dashboard's pages need them).
+CPU. The tests start their Ray with ``RAY_enable_metrics_collection=0`` (tests/conftest.py),
+since no test reads metrics; task events stay on (see docs/performance.md); itemlens itself
+leaves both to the user (the dashboard's pages need them).
 
 Each mode starts a fresh Ray as the tests do (``ray start --head`` with its dashboard, joined by a
 driver process) and runs INGESTS ingests of 30 texts (all-MiniLM-L6-v2 from the PyPI package

@@ -218,12 +218,10 @@ def ray_cluster(offline_hub, s3_env) -> dict:
     # Fast node-failure detection for tests/test_cluster.py (a lost node is declared dead in
     # about 3 s instead of 30). No Prometheus metrics, which no test reads: recording and
     # exporting them in every Ray process cost about 6% of the machine's CPU in small
-    # ingests, and reporting task events to the GCS about 4% more (bench/ray_metrics.py),
-    # paid twice when two test workers each run a Ray.
+    # ingests (bench/ray_metrics.py), paid twice when two test workers each run a Ray.
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_AUTH_MODE", "disabled")
         mp.setenv("RAY_enable_metrics_collection", "0")
-        mp.setenv("RAY_task_events_report_interval_ms", "0")  # nor the task events the state API lists
         env = {
             **os.environ,
             **OFFLINE_ENV,
