@@ -211,33 +211,30 @@ def test_ray_job_submit_runs_an_ingest_on_a_running_cluster(ray_session, ray_clu
     )
     store = tmp_path / "lens"
     runtime_env = {"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}}
-    command = [
-        ray_cluster["ray"],
-        "job",
-        "submit",
-        "--address",
-        ray_cluster["dashboard"],
-        "--runtime-env-json",
-        json.dumps(runtime_env),
-        "--",
-        ITEMLENS,
-        "ingest",
-        str(catalog),
-        "--config",
-        str(config),
-        "--store",
-        str(store),
-        "--no-progress",
-    ]
-    # The head's job agent registers some seconds after `ray start` returns (later on a loaded
-    # machine); until then the job server refuses the submission, before running anything, with
-    # "No available agent to submit job, please try again later". Try again, as it says.
-    deadline = time.monotonic() + 120
-    while True:
-        job = subprocess.run(command, env=ray_cluster["env"], capture_output=True, text=True, timeout=300)
-        if "No available agent" not in job.stdout + job.stderr or time.monotonic() > deadline:
-            break
-        time.sleep(2)
+    job = subprocess.run(
+        [
+            ray_cluster["ray"],
+            "job",
+            "submit",
+            "--address",
+            ray_cluster["dashboard"],
+            "--runtime-env-json",
+            json.dumps(runtime_env),
+            "--",
+            ITEMLENS,
+            "ingest",
+            str(catalog),
+            "--config",
+            str(config),
+            "--store",
+            str(store),
+            "--no-progress",
+        ],
+        env=ray_cluster["env"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
     assert "succeeded" in job.stdout and "joined Ray" in job.stdout + job.stderr
     lens = itemlens.connect(store)
