@@ -7,7 +7,8 @@ weights, saved to a checkpoint and loaded back through open_clip's real loading 
 Tests marked ``integration`` share one local Ray per session (a ``ray start --head``, joined by
 the test process and by the drivers some tests start); ``gpu`` tests are skipped without CUDA.
 With ``--no-skips`` (what CI runs) any other skip fails the run. ``make test`` runs the session
-on two pytest-xdist workers, each with a Ray of its own (see LONGEST_FIRST).
+in one process; ``TEST_WORKERS=2 make test`` on two pytest-xdist workers, each with a Ray of its
+own (see LONGEST_FIRST).
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ def pytest_addoption(parser):
     )
 
 
-#: `make test` runs the suite on two workers (pytest-xdist, ``--dist loadfile``), each with a Ray
-#: of its own; a module runs whole on one worker (its module-scoped fixtures are set up once).
+#: `TEST_WORKERS=2 make test` runs the suite on two workers (pytest-xdist, ``--dist loadfile``),
+#: each with a Ray of its own; a module runs whole on one worker (its module-scoped fixtures are set up once).
 #: Modules start longest first, as `--durations` measured them on the 2-core machine, so that
 #: the workers end together; the others follow in collection order.
 LONGEST_FIRST = (

@@ -255,7 +255,7 @@ def short_tmpdir():
 def test_a_killed_drivers_local_ray_is_ended_by_the_next_run(tmp_path, minilm_path, short_tmpdir):
     """Drivers here start their own local Ray (not the session's), as a laptop user's do. They
     keep their records (and Ray its files) in a temporary folder of their own: the drivers that
-    other tests start at the same time (`make test` runs two workers) must not end this Ray
+    other tests start at the same time (`TEST_WORKERS=2 make test`) must not end this Ray
     first, as they would end any local Ray whose driver is gone."""
     from itemlens.workflows.runtime import _session_processes
 
