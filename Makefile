@@ -31,7 +31,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(XDIST) --no-skips --durations=15
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -m "not integration" --durations=10
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not integration" --durations=10
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .
