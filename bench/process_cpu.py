@@ -53,7 +53,7 @@ def _role(cmdline: str) -> str:
     if program in ("raylet", "gcs_server"):  # by program: a raylet's arguments hold the worker command
         return f"ray: {program}"
     if cmdline.startswith("ray::"):
-        title = cmdline.split()[0] if cmdline.split() else cmdline
+        title = cmdline.split()[0]
         if title in ("ray::DashboardAgent", "ray::RuntimeEnvAgent"):
             return f"ray: {title[5:]}"
         if "EncodeBatches" in title:
