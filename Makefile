@@ -1,10 +1,12 @@
 # The two commands of the README: `make demo` and `make test`. Both set up .venv first
 # (pinned versions from constraints.txt; torch comes from this machine's wheel cache).
 # `make test-fast` is the inner loop: the tests that need no Ray; `make lint` is ruff.
-# `make test` runs in one process by default (TEST_WORKERS=0), as CI does; TEST_WORKERS=2 runs it
-# on two pytest-xdist workers, each with a Ray of its own (tests/conftest.py): faster on two cores,
-# but CI once lost a worker in that mode to a crash no local run has reproduced
-# (docs/performance.md). `make test-fast` starts no Ray and runs on two workers.
+# `make test` runs two pytest processes side by side: the integration tests in one process with
+# one local Ray (as CI has always run them), and beside it the tests that need no Ray, whose
+# report follows; the integration run leaves the CPUs idle while it waits on Ray and on its
+# subprocesses, and the others fill that time (docs/performance.md). TEST_WORKERS=2 runs the
+# integration tests on two pytest-xdist workers, each with a Ray of its own: CI once lost a worker
+# in that mode to a crash no local run has reproduced.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -28,7 +30,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest $(XDIST) --no-skips --durations=15
+	@log=$$(mktemp); \
+	$(BIN)/python -m pytest -m "not integration" -p no:cacheprovider --no-skips --durations=5 >$$log 2>&1 & rest=$$!; \
+	$(BIN)/python -m pytest -m integration $(XDIST) --no-skips --durations=15; integration=$$?; \
+	wait $$rest; rest=$$?; \
+	echo; echo "== the tests that need no Ray (run beside the integration tests above):"; \
+	cat $$log; rm -f $$log; \
+	exit $$(( integration != 0 || rest != 0 ))
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not integration" --durations=10
