@@ -3,8 +3,9 @@
 # `make test-fast` is the inner loop: the tests that need no Ray; `make lint` is ruff.
 # `make test` runs two pytest processes side by side: the integration tests in one process with
 # one local Ray (as CI has always run them), and beside it the tests that need no Ray, whose
-# report follows; the integration run leaves the CPUs idle while it waits on Ray and on its
-# subprocesses, and the others fill that time (docs/performance.md). TEST_WORKERS=2 runs the
+# report follows. The integration run leaves the CPUs idle while it waits on Ray and on its
+# subprocesses; the others run at the lowest priority (nice 19), so that they take that idle time
+# and not the integration run's (docs/performance.md). TEST_WORKERS=2 runs the
 # integration tests on two pytest-xdist workers, each with a Ray of its own: CI once lost a worker
 # in that mode to a crash no local run has reproduced.
 PYTHON ?= python3
@@ -31,7 +32,7 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	@log=$$(mktemp); \
-	$(BIN)/python -m pytest -m "not integration" -p no:cacheprovider --no-skips --durations=5 >$$log 2>&1 & rest=$$!; \
+	nice -n 19 $(BIN)/python -m pytest -m "not integration" -p no:cacheprovider --no-skips --durations=5 >$$log 2>&1 & rest=$$!; \
 	$(BIN)/python -m pytest -m integration $(XDIST) --no-skips --durations=15; integration=$$?; \
 	wait $$rest; rest=$$?; \
 	echo; echo "== the tests that need no Ray (run beside the integration tests above):"; \
