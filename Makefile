@@ -32,6 +32,7 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	@log=$$(mktemp); \
+	trap 'kill $$rest 2>/dev/null; rm -f $$log; exit 130' INT TERM; \
 	nice -n 19 $(BIN)/python -m pytest -m "not integration" -p no:cacheprovider --no-skips --durations=5 >$$log 2>&1 & rest=$$!; \
 	$(BIN)/python -m pytest -m integration $(XDIST) --no-skips --durations=15; integration=$$?; \
 	wait $$rest; rest=$$?; \
