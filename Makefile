@@ -1,13 +1,10 @@
 # The two commands of the README: `make demo` and `make test`. Both set up .venv first
 # (pinned versions from constraints.txt; torch comes from this machine's wheel cache).
 # `make test-fast` is the inner loop: the tests that need no Ray; `make lint` is ruff.
-# `make test` runs two pytest processes side by side: the integration tests in one process with
-# one local Ray (as CI has always run them), and beside it the tests that need no Ray, whose
-# report follows. The integration run leaves the CPUs idle while it waits on Ray and on its
-# subprocesses; the others run at the lowest priority (nice 19), so that they take that idle time
-# and not the integration run's (docs/performance.md). TEST_WORKERS=2 runs the
-# integration tests on two pytest-xdist workers, each with a Ray of its own: CI once lost a worker
-# in that mode to a crash no local run has reproduced.
+# `make test` runs the whole suite in one pytest process with one local Ray for the integration
+# tests, as every green CI run has (docs/performance.md). TEST_WORKERS=2 runs it on two
+# pytest-xdist workers, each with a Ray of its own: CI once lost a worker in that mode to a crash
+# no local run has reproduced. `make test-fast` starts no Ray and runs on two workers.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -31,14 +28,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	@log=$$(mktemp); \
-	trap 'kill $$rest 2>/dev/null; rm -f $$log; exit 130' INT TERM; \
-	nice -n 19 $(BIN)/python -m pytest -m "not integration" -p no:cacheprovider --no-skips --durations=5 >$$log 2>&1 & rest=$$!; \
-	$(BIN)/python -m pytest -m integration $(XDIST) --no-skips --durations=15; integration=$$?; \
-	wait $$rest; rest=$$?; \
-	echo; echo "== the tests that need no Ray (run beside the integration tests above):"; \
-	cat $$log; rm -f $$log; \
-	exit $$(( integration != 0 || rest != 0 ))
+	$(BIN)/python -m pytest $(XDIST) --no-skips --durations=15
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not integration" --durations=10

@@ -6,10 +6,9 @@ weights, saved to a checkpoint and loaded back through open_clip's real loading 
 
 Tests marked ``integration`` share one local Ray per session (a ``ray start --head``, joined by
 the test process and by the drivers some tests start); ``gpu`` tests are skipped without CUDA.
-With ``--no-skips`` (what CI runs) any other skip fails the run. ``make test`` runs the
-integration tests in one process and, beside it, the others in a second one (which starts no
-Ray); ``TEST_WORKERS=2 make test`` runs the integration tests on two pytest-xdist workers, each
-with a Ray of its own (see LONGEST_FIRST).
+With ``--no-skips`` (what CI runs) any other skip fails the run. ``make test`` runs the session
+in one process; ``TEST_WORKERS=2 make test`` on two pytest-xdist workers, each with a Ray of its
+own (see LONGEST_FIRST).
 """
 
 from __future__ import annotations
