@@ -240,10 +240,11 @@ def test_a_node_lost_mid_job_loses_and_duplicates_no_item(nodes, ray_cluster, tm
     assert len(stored) == n and sorted(stored) == sorted(r["item_id"] for r in rows)  # each item once
     assert lens.errors().num_rows == 0
     assert np.isfinite(lens.vectors("text", stored)).all()
-    # every item the lost node had not delivered was encoded on the node that stayed: by the
-    # actor already there, or by the lost actor's replacement on its second slot. Whether that
-    # replacement gets a batch is a race (the survivor may finish first, and Ray may declare the
-    # node dead only after the job ends); tests/test_jobs.py proves that a killed actor is replaced.
+    # every stored item was encoded by an actor of one of the two nodes (their encode logs): the
+    # items the lost node did not deliver, on the node that stayed. Which actor there took them
+    # (the one already there, or the lost actor's replacement on its second slot) is a race: the
+    # survivor may finish first, and Ray may declare the node dead only after the job ends.
+    # tests/test_jobs.py proves that a killed actor is replaced.
     by_node = _encoded_by_node(log)
     assert set(by_node) == {keep[:12], lost[:12]}
     assert set(by_node[keep[:12]]) | set(by_node[lost[:12]]) == set(stored)
