@@ -112,8 +112,39 @@ def test_remote_catalog_folders_and_files():
     assert folder.base == "s3://bucket/catalog"
     file = CatalogSource.open("s3://bucket/catalog/items.jsonl", CatalogConfig())
     assert (file.base, file.format) == ("s3://bucket/catalog", "jsonl")
-    with pytest.raises(ConfigError, match="set catalog.format"):
+    with pytest.raises(ConfigError, match="from a folder on object storage; set catalog.format"):
         CatalogSource.open("s3://bucket/catalog", CatalogConfig())
+
+
+def test_a_catalog_folder_is_the_files_its_reader_reads(tmp_path):
+    """In a folder, the pin and the bad-file message see what Ray's reader reads: the format's
+    files, not ``_SUCCESS``, checksums, a README or the media kept beside them."""
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from itemlens.workflows.catalog import CatalogSource
+    from itemlens.workflows.config import CatalogConfig
+
+    folder = tmp_path / "catalog"
+    (folder / "images").mkdir(parents=True)
+    (folder / "_SUCCESS").write_bytes(b"")
+    (folder / ".part-0.parquet.crc").write_bytes(b"crc")
+    (folder / "README.md").write_text("# the catalog")
+    (folder / "images" / "a.jpg").write_bytes(b"\xff\xd8")
+    pq.write_table(pa.table({"item_id": ["a"]}), folder / "part-0.parquet")
+    (folder / "part-1.parquet").write_bytes(b"PAR1 cut short")
+
+    source = CatalogSource.open(folder, CatalogConfig())  # the format from the files Ray reads
+    assert source.format == "parquet"
+    assert [Path(path).name for path, _ in source.files()] == ["part-0.parquet", "part-1.parquet"]
+    assert source.diagnose().startswith(f"{folder / 'part-1.parquet'}: ")  # not _SUCCESS, not the README
+    pin = source.pin()
+    (folder / "images" / "a.jpg").write_bytes(b"\xff\xd8 re-encoded")  # media and notes beside the rows:
+    (folder / "README.md").write_text("# edited")  # the catalog did not change
+    pin.check(source, "after the edits")
+    assert CatalogSource.open(folder / "_SUCCESS", CatalogConfig(format="jsonl")).files()  # a file named is read
 
 
 def _caption_config(**extra_features) -> dict:

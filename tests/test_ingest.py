@@ -318,6 +318,8 @@ def test_a_changed_spec_makes_a_new_version_and_leaves_the_rest_alone(
 
 
 def test_parquet_csv_and_jsonl_catalogs_give_the_same_vectors(ray_session, tmp_path, catalog, minilm_path, tiny_clip):
+    from sentence_transformers import SentenceTransformer
+
     rows = [{**r, "image": r["images"][0], "bullet_points": " ".join(r["bullet_points"])} for r in _rows(catalog)]
     for r in rows:
         del r["images"]
@@ -331,8 +333,10 @@ def test_parquet_csv_and_jsonl_catalogs_give_the_same_vectors(ray_session, tmp_p
         writer.writeheader()
         writer.writerows(rows)
     # text only: the readers differ in how they type and render columns, which the text shows;
-    # an image path is a string column like any other (and costs a model per ingest)
-    config = {"features": {"text": text_spec(minilm_path)}, "decode": {"text_batch_size": 8}}
+    # an image path is a string column like any other (and costs a model per ingest). The
+    # template also shows the id column, which the job reads anyway.
+    template = "{title}. {bullet_points} (sku {item_id})"
+    config = {"features": {"text": text_spec(minilm_path, template=template)}, "decode": {"text_batch_size": 8}}
     vectors = {}
     for ext in ("jsonl", "pq", "csv"):
         ingest(folder / f"flat.{ext}", config, tmp_path / ext, progress=False)
@@ -340,6 +344,21 @@ def test_parquet_csv_and_jsonl_catalogs_give_the_same_vectors(ray_session, tmp_p
         vectors[ext] = lens.vectors("text", [r["item_id"] for r in rows])
     for ext in ("pq", "csv"):
         assert _cos(vectors[ext], vectors["jsonl"]).min() >= 0.99999
+    expected = SentenceTransformer(minilm_path, device="cpu").encode(
+        [TextTemplate(template).render(r) for r in rows], normalize_embeddings=True
+    )
+    assert _cos(vectors["jsonl"], expected).min() >= 0.99999
+
+    # a folder of CSV files: its reader takes the CSV files, not the notes and markers beside them
+    from itemlens.workflows.catalog import CatalogSource
+    from itemlens.workflows.config import CatalogConfig
+
+    (tmp_path / "csv-folder").mkdir()
+    shutil.copy(folder / "flat.csv", tmp_path / "csv-folder" / "part-0.csv")
+    (tmp_path / "csv-folder" / "README.md").write_text("# Exported nightly\nColumns: item_id, title, ...\n")
+    (tmp_path / "csv-folder" / "_SUCCESS").write_text("")
+    source = CatalogSource.open(tmp_path / "csv-folder", CatalogConfig())
+    assert sorted(source.read(["item_id"]).to_pandas()["item_id"]) == sorted(r["item_id"] for r in rows)
 
 
 def test_bad_catalogs_and_weights_fail_before_any_work(ray_session, tmp_path, catalog, minilm_path, tiny_clip):

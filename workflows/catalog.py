@@ -28,6 +28,19 @@ OP_COLUMN = "_op"
 _OPS = ("upsert", "delete")
 
 _EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv"}
+# Text catalogs may be compressed; Arrow infers the codec from these suffixes.
+_COMPRESSED = ("", ".gz", ".bz2", ".br", ".zst", ".lz4")
+#: each format's file names in a folder catalog, as given to Ray's reader (``file_extensions``):
+#: the readers skip every other file, so a README or the media kept beside the catalog's files
+#: are not read as rows
+FILE_EXTENSIONS = {
+    "parquet": ["parquet", "pq"],
+    "jsonl": [f"{ext}{c}" for ext in ("jsonl", "json") for c in _COMPRESSED],
+    "csv": [f"csv{c}" for c in _COMPRESSED],
+}
+#: Ray's readers also skip the files of a folder whose path in it starts with these (``_SUCCESS``,
+#: ``.crc`` files, ``_temporary/``); ``CatalogSource.files`` skips the same files
+_HIDDEN = (".", "_")
 
 
 @dataclass(frozen=True)
@@ -67,7 +80,8 @@ class CatalogSource:
         ds = self._read_all()
         if self.delta and OP_COLUMN in (ds.schema().names if ds.schema() is not None else []):
             ds = ds.map_batches(_rows_with_op, fn_kwargs={"op": "upsert"}, batch_format="pyarrow")
-        return ds.select_columns(columns) if columns else ds
+        # a column asked for twice (a template that also shows the id) is selected once
+        return ds.select_columns(list(dict.fromkeys(columns))) if columns else ds
 
     def deleted_ids(self) -> list[str]:
         """A delta's deletions (empty for a full catalog); an unknown ``_op`` is an error."""
@@ -99,26 +113,37 @@ class CatalogSource:
     def _read_all(self) -> ray.data.Dataset:
         import ray.data
 
+        extensions = FILE_EXTENSIONS[self.format]
         if self.format == "parquet":
-            ds = ray.data.read_parquet(self.uri, file_extensions=["parquet", "pq"])
+            ds = ray.data.read_parquet(self.uri, file_extensions=extensions)
         elif self.format == "jsonl":
-            ds = ray.data.read_json(self.uri, lines=True)
+            ds = ray.data.read_json(self.uri, lines=True, file_extensions=extensions)
         else:
             from pyarrow import csv
 
             # Ids stay strings: "00123" must not become the integer 123.
             ds = ray.data.read_csv(
-                self.uri, convert_options=csv.ConvertOptions(column_types={self.id_column: pa.string()})
+                self.uri,
+                file_extensions=extensions,
+                convert_options=csv.ConvertOptions(column_types={self.id_column: pa.string()}),
             )
         return ds
 
     def files(self) -> list[tuple[str, str]]:
         """The catalog's files and a stamp of each one's current content, without reading it:
         local files by size, inode, modification and change times (the change time moves on
-        any write and cannot be set back); object storage by size and ETag (or version id)."""
+        any write and cannot be set back); object storage by size and ETag (or version id).
+        In a folder, only the files Ray's reader reads (see ``FILE_EXTENSIONS``)."""
         if not has_scheme(self.uri):
             root = Path(self.uri)
-            paths = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+            if root.is_dir():
+                paths = sorted(
+                    p
+                    for p in root.rglob("*")
+                    if p.is_file() and _is_catalog_file(p.relative_to(root).as_posix(), self.format)
+                )
+            else:
+                paths = [root]
             stamps = []
             for p in paths:
                 st = p.stat()
@@ -128,9 +153,12 @@ class CatalogSource:
 
         fs, root = fsspec.core.url_to_fs(self.uri)
         infos = fs.find(root, detail=True) if fs.isdir(root) else {root: fs.info(root)}
+        folder = root.rstrip("/") + "/"
         stamps = []
         for path, info in sorted(infos.items()):
             if info.get("type", "file") != "file":
+                continue
+            if path.startswith(folder) and not _is_catalog_file(path[len(folder) :], self.format):
                 continue
             stamp = next((info[k] for k in ("VersionId", "ETag", "etag", "mtime", "LastModified") if info.get(k)), "")
             stamps.append((path, f"{info.get('size')}:{stamp}"))
@@ -228,14 +256,26 @@ def _rows_with_op(batch: pa.Table, *, op: str) -> pa.Table:
     return batch.filter(pc.equal(ops, op)).drop_columns([OP_COLUMN])
 
 
+def _is_catalog_file(relative: str, fmt: str) -> bool:
+    """Whether Ray's reader of ``fmt`` reads the file at ``relative`` in a folder catalog."""
+    name = relative.lower()
+    return not relative.startswith(_HIDDEN) and any(name.endswith("." + ext) for ext in FILE_EXTENSIONS[fmt])
+
+
 def _detect_format(uri: str, is_dir: bool) -> str:
+    """The format from the file's extension or, for a local folder, from its files'. A folder on
+    object storage is not listed here: its configuration names the format."""
     candidates = [uri]
     if is_dir and not has_scheme(uri):
         candidates = sorted(str(p) for p in Path(uri).iterdir() if p.is_file())
     for candidate in candidates:
+        name = candidate.rsplit("/", 1)[-1].lower()
+        if is_dir and name.startswith(_HIDDEN):  # files Ray's readers skip
+            continue
         for ext, fmt in _EXTENSIONS.items():
-            if candidate.lower().endswith(ext) or candidate.lower().endswith(ext + ".gz"):
+            if any(name.endswith(ext + c) for c in _COMPRESSED):
                 return fmt
+    where = "a folder on object storage" if is_dir and has_scheme(uri) else "its name"
     raise ConfigError(
-        f"cannot tell the format of catalog {uri} from its name; set catalog.format to parquet, jsonl or csv"
+        f"cannot tell the format of catalog {uri} from {where}; set catalog.format to parquet, jsonl or csv"
     )

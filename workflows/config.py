@@ -80,7 +80,11 @@ _Strict = StrictModel
 
 class CatalogConfig(_Strict):
     id_column: str = Field("item_id", description="the column of item ids (strings or integers)")
-    format: Literal["auto", "parquet", "jsonl", "csv"] = Field("auto", description="auto: by the file extension")
+    format: Literal["auto", "parquet", "jsonl", "csv"] = Field(
+        "auto",
+        description="auto: by the file's extension (in a local folder, its files'); "
+        "a folder on object storage needs it named",
+    )
     max_removed_share: float = Field(
         0.5,
         ge=0,
