@@ -31,6 +31,17 @@ def test_gpu_requests_fall_back_to_cpu_with_a_message(caplog):
         _place("text", _spec(num_gpus=2), RayRuntime(True, 1.0, 8, 1, 8), CFG)
 
 
+def test_an_actor_bigger_than_every_node_is_refused_not_left_waiting():
+    # four nodes of 1 GPU and 4 CPUs: 4 GPUs and 16 CPUs in all, but an actor runs on one node
+    cluster = RayRuntime(False, 1.0, 16, 4, 4, nodes=4, resources={"CPU": 4.0, "GPU": 1.0})
+    with pytest.raises(ConfigError, match=r"num_gpus=2 per actor; no node .*the largest has 1 of its 4 GPUs"):
+        _place("text", _spec(num_gpus=2), cluster, CFG)
+    with pytest.raises(ConfigError, match=r"num_cpus=6 per actor; no node .*the largest has 4 of its 16 CPUs"):
+        _place("text", _spec(num_gpus=1, num_cpus=6), cluster, CFG)
+    fits = _place("text", _spec(num_gpus=1, num_cpus=4, concurrency=3), cluster, CFG)
+    assert (fits.device, fits.num_gpus, fits.concurrency) == ("cuda", 1, 3)
+
+
 def test_actors_always_leave_cpus_to_the_decode_tasks(caplog):
     placement = _place("text", _spec(num_gpus=0, concurrency=3), RayRuntime(True, 1.0, 2, 0, 2), CFG)
     assert placement.concurrency == 1 and "running 1" in caplog.text

@@ -232,9 +232,11 @@ def place(name: str, spec, runtime: RayRuntime, cfg: IngestConfig) -> Placement:
     if num_gpus > 0 and runtime.gpus == 0:
         log.warning("no GPU in the Ray cluster: feature %r runs on CPU (its spec asks for num_gpus=%g)", name, num_gpus)
         num_gpus = 0.0
-    elif num_gpus > runtime.gpus:
+    elif num_gpus > runtime.resources.get("GPU", runtime.gpus):
+        # an actor runs on one node: a request no node can meet would leave the pool waiting forever
         raise ConfigError(
-            f"feature {name!r} asks for num_gpus={num_gpus:g} per actor; the cluster has {runtime.gpus:g} GPUs in all"
+            f"feature {name!r} asks for num_gpus={num_gpus:g} per actor; no node of the cluster has that many "
+            f"(the largest has {runtime.resources.get('GPU', runtime.gpus):g} of its {runtime.gpus:g} GPUs)"
         )
     missing = {r: n for r, n in spec.resources.resources.items() if runtime.resources.get(r, 0) < n}
     if missing:
@@ -243,6 +245,11 @@ def place(name: str, spec, runtime: RayRuntime, cfg: IngestConfig) -> Placement:
             f"(custom resources of its nodes: {', '.join(sorted(_custom(runtime.resources))) or 'none'})"
         )
     actor_cpus = spec.resources.num_cpus or 1.0
+    if actor_cpus > runtime.node_cpus:
+        raise ConfigError(
+            f"feature {name!r} asks for num_cpus={actor_cpus:g} per actor; no node of the cluster has that many "
+            f"(the largest has {runtime.node_cpus:g} of its {runtime.cpus:g} CPUs)"
+        )
     concurrency = spec.resources.concurrency
     fits = int((runtime.cpus - cfg.decode.num_cpus) // actor_cpus)  # write tasks can wait their turn
     if fits < 1:
