@@ -269,6 +269,7 @@ class StoreWriter:
         work = lance.write_dataset(
             pa.table({"item_id": ids, "row_hash": pa.array(hashes, pa.int64())}, schema=WORK_IDS_SCHEMA),
             self.work_ids_uri,
+            storage_options=self.location.options(),
         )
         return self._register(work, "item_id")
 

@@ -93,6 +93,26 @@ def test_a_dead_writers_lease_runs_out_and_a_writer_whose_lease_was_taken_stops(
         taker.release()
 
 
+def test_put_vectors_on_object_storage_uses_the_stores_own_options(s3_server, monkeypatch):
+    """The endpoint and keys given to ``connect`` reach every write of ``put_vectors``, with
+    nothing in the environment to fall back on."""
+    options = {
+        "aws_access_key_id": s3_server["env"]["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": s3_server["secret"],
+        "aws_endpoint": s3_server["endpoint"],
+        "aws_region": "us-east-1",
+        "allow_http": "true",
+    }
+    uri = f"s3://{_bucket('lens-put')}/options-only"
+    for key in s3_server["env"]:
+        monkeypatch.delenv(key)
+    lens = itemlens.connect(uri, create=True, storage_options=options)
+    vectors = np.arange(12, dtype=np.float32).reshape(3, 4)
+    lens.put_vectors("emb", ["a", "b", "c"], vectors)
+    again = itemlens.connect(uri, storage_options=options)
+    assert np.array_equal(again.vectors("emb", ["c", "a"]), vectors[[2, 0]])
+
+
 def test_a_torn_lock_object_does_not_lock_the_store_forever(s3_server):
     location = StoreLocation.parse(f"s3://{_bucket('lens-lock')}/torn")
     _s3().pipe_file(location.path("_itemlens_writer.lock").removeprefix("s3://"), b'{"pid": 12')
