@@ -375,6 +375,28 @@ def test_zero_and_duplicate_vectors_give_no_nan(tmp_path):
     assert lens.neighbors("g", [ids[3]]) == [[]]
 
 
+def test_zero_vectors_have_no_neighbours_in_an_approximate_graph_and_its_refresh(tmp_path):
+    """A third of the vectors are zero: more lists asked for than vectors with a direction still
+    build, and a refresh (new items searched from the stored lists) leaves the zero ones empty,
+    as a rebuild does."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(60, 8)).astype(np.float32)
+    x[:20] = 0
+    lens, ids = _store(tmp_path, {"emb": x}, 60)
+    spec = {"g": {"features": ["emb"], "k": 3, "method": "approximate", "nlist": 50, "self_loops": False}}
+    build(lens.uri, spec)
+    lens.refresh()
+    assert lens.neighbors("g", ids[:20]) == [[]] * 20
+    assert all(len(row) == 3 for row in lens.neighbors("g", ids[20:]))
+    lens.put_vectors("emb", [f"new{i}" for i in range(10)], rng.normal(size=(10, 8)).astype(np.float32))
+    build(lens.uri, spec)
+    lens.refresh()
+    assert lens.neighbors("g", ids[:20]) == [[]] * 20
+    lens.put_vectors("none", ids, np.zeros_like(x))
+    with pytest.raises(ConfigError, match="every sampled vector is zero"):
+        build(lens.uri, {"h": {"features": ["none"], "k": 3, "method": "approximate"}})
+
+
 def test_neighbors_are_the_cosine_top_k(tmp_path):
     rng = np.random.default_rng(3)
     x = rng.normal(size=(300, 16)).astype(np.float32)

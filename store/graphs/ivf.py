@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from itemlens.errors import ConfigError
 from itemlens.store.graphs.knn import NO_NEIGHBOUR, unit
 from itemlens.store.vectors import TableSource, blocks, read_block, vectors_of
 
@@ -90,6 +91,10 @@ def train_centroids(source: TableSource, address: np.ndarray, dim: int, nlist: i
 
     xu, valid = unit(vectors_of(read_block(source, address, ["vector"]), dim))
     xu = xu[valid]
+    if not len(xu):
+        raise ConfigError("an approximate graph needs vectors with a direction: every sampled vector is zero")
+    # zero vectors have no direction and train nothing: at most one list per vector that does
+    nlist = min(nlist, len(xu))
     quantizer = faiss.IndexFlatIP(dim)
     index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = seed
@@ -333,9 +338,11 @@ def refresh_block(
         # the new and changed items of each list's probed lists
         if fresh_shards is not None:
             extra = 0 if search.self_loops else 1
-            xq, _ = unit(_vectors_for(source, address[kept], search.dim))  # queries: the items' own vectors
+            xq, directed = unit(_vectors_for(source, address[kept], search.dim))  # queries: the items' own vectors
             parts = search.caller(fresh_shards, "search", xq, probes[kept], depth + extra)
             cand, cand_scores = merge_parts(parts, depth, None if search.self_loops else item_index[kept])
+            # a zero vector has no direction and no neighbours (as in a rebuild), not 0-score ones
+            cand[~directed], cand_scores[~directed] = NO_NEIGHBOUR, -np.inf
             new_lists, new_sims = merge_parts([(sims, lists), (cand_scores, cand)], depth, None)
             changed = (new_lists != lists).any(axis=1)
             touched[kept[changed]] = True
