@@ -473,6 +473,38 @@ def test_cooccurrence_from_interactions(tmp_path):
         )
 
 
+def test_interaction_ids_that_look_like_numbers_stay_text(tmp_path):
+    StoreWriter.open(tmp_path / "lens").close()
+    lens = itemlens.connect(tmp_path / "lens")
+    ids = ["0001", "0002", "0003", "0004"]
+    lens.put_vectors("emb", ids, np.eye(4, dtype=np.float32) + 0.01)
+    interactions = tmp_path / "interactions.csv"
+    interactions.write_text("user_id,item_id\n007,0001\n007,0002\n008,0002\n008,0003\n")
+    build(lens.uri, {"co": {"features": ["emb"], "k": 2, "interactions": {"path": str(interactions)}}})
+    lens.refresh()
+    table = lens._dataset(lens.graph_info("co").table).to_table().to_pylist()
+    lists = {r["item_id"]: r["neighbors"] for r in table if r["feature"] == "cooccurrence"}
+    assert lists == {"0001": [1], "0002": [0, 2], "0003": [1]}
+
+
+def test_a_hypergraph_keeps_every_knn_edge_even_at_cosine_zero(tmp_path):
+    """Orthogonal items: each one's 3 nearest have cosine 0, and are still its hyperedge."""
+    n = 6
+    lens, ids = _store(tmp_path, {"emb": np.eye(n, dtype=np.float32)}, n)
+    build(lens.uri, {"g": {"features": ["emb"], "k": 3, "self_loops": False}})
+    lens.refresh()
+    h = np.zeros((n, n))  # hyperedge j: item j's kNN list, as stored
+    for j, row in enumerate(lens.neighbors("g", ids)):
+        assert len(row) == 3
+        for neighbour, _ in row:
+            h[ids.index(neighbour), j] = 1
+    dv, de = h.sum(1), h.sum(0)
+    expected = (dv**-0.5)[:, None] * (h / de[None, :]) @ h.T * (dv**-0.5)[None, :]
+    got = lens.graph("g", "hypergraph")[0].toarray()
+    assert np.array_equal(got != 0, expected != 0) and np.abs(got - expected).max() < 1e-9
+    assert lens.graph("g", "freedom")[0].nnz > 0
+
+
 def test_graph_exports_load_with_their_libraries(tmp_path):
     import torch
 

@@ -28,7 +28,9 @@ def _read_interactions(spec: InteractionsSpec) -> pa.Table:
         table = pjson.read_json(path)
     elif path.endswith((".csv", ".tsv", ".txt")):
         options = pcsv.ParseOptions(delimiter="\t" if path.endswith((".tsv", ".txt")) else ",")
-        table = pcsv.read_csv(path, parse_options=options)
+        # ids stay text: "0001" must not become the integer 1, which no stored id equals
+        text_ids = pcsv.ConvertOptions(column_types={spec.user_column: pa.string(), spec.item_column: pa.string()})
+        table = pcsv.read_csv(path, parse_options=options, convert_options=text_ids)
     else:
         raise ConfigError(f"interactions file {path!r}: use .parquet, .jsonl or .csv/.tsv")
     for column in (spec.user_column, spec.item_column):

@@ -86,6 +86,14 @@ def knn_matrix(table: pa.Table, feature: str, size: int, k: int | None = None):
     return sp.csr_matrix((v.astype(np.float64), (r, c)), shape=(size, size))
 
 
+def _incidence(a):
+    """1 for every stored edge of a kNN matrix, whatever its score (a cosine of exactly 0 is
+    still an edge: it is among the item's k nearest)."""
+    b = a.astype(np.float64, copy=True)
+    b.data[:] = 1.0
+    return b
+
+
 def depth_read(definition: GraphSpec, feature: str) -> int | None:
     return None if feature == COOCCURRENCE else definition.k
 
@@ -140,10 +148,7 @@ def fused_matrix(table: pa.Table, spec: dict[str, Any], size: int, preset: str |
     if get_preset(preset).normalization == "hypergraph":
         # B_f = A_f^T: column j holds item j's neighbours
         return hypergraph(
-            [
-                (knn_matrix(table, f, size, depth_read(definition, f)) != 0).astype(np.float64).T.tocsr()
-                for f in weights
-            ],
+            [_incidence(knn_matrix(table, f, size, depth_read(definition, f))).T.tocsr() for f in weights],
             list(weights.values()),
         )
     total = None
