@@ -495,6 +495,13 @@ def test_sid_grid_is_what_grid_loads_with_its_dedup_numbering(lens, tmp_path):
     }
     assert np.array_equal(np.load(tmp_path / "tokens" / "sid_tokens.npy"), codes[:3] + np.array([0, 4, 8]))
 
+    # two versions of one name would write the same files: refused, not the last one kept
+    build_semantic_ids(lens.uri, {"sid": {"features": ["image"], "levels": 2, "codebook_size": 8}})
+    lens.refresh()
+    assert lens.semantic_id_info("sid").qualified == "sid@v2"
+    with pytest.raises(ConfigError, match=r"sid@v2 and sid@v1 are two versions of 'sid'"):
+        lens.export("sid-tokens", tmp_path / "both", ids=rows[:3], semantic_ids=["sid", "sid@v1"])
+
 
 # -- the command line --------------------------------------------------------------------------
 

@@ -514,6 +514,7 @@ def _gather_semantic_ids(lens: Lens, aligned: Aligned, semantic_ids, spec: Expor
         raise ConfigError(f"dedup must be 'grid' (GRID's numbering) or 'store' (the store's suffix), not {dedup!r}")
     for name in names:
         info = lens.semantic_id_info(name)
+        _one_version_per_name(aligned.semantic_ids, aligned.versions, info, "semantic IDs")
         codes = lens.semantic_ids(name, aligned.ids, fill=-1)
         present = (codes >= 0).all(axis=1) if codes.size else np.zeros(len(aligned.ids), bool)
         if not present.all() and spec.dense and aligned.fill is None:
@@ -543,6 +544,16 @@ def _gather_semantic_ids(lens: Lens, aligned: Aligned, semantic_ids, spec: Expor
         }
 
 
+def _one_version_per_name(gathered: dict, versions: dict, info, what: str) -> None:
+    """An export's files are named by the artifact's name: two versions of one name would write
+    the same files, the last one winning."""
+    if info.name in gathered:
+        raise ConfigError(
+            f"{what} {versions[info.name]} and {info.qualified} are two versions of {info.name!r}: their files "
+            "would have the same names; export them one at a time (each to its own folder)"
+        )
+
+
 def _gather_graphs(lens: Lens, aligned: Aligned, graphs, spec: ExportFormat, preset: str | None) -> None:
     if aligned.fill is not None and aligned.fill != 0:
         raise ConfigError(f"fill {aligned.fill} for a graph: the only fill of a graph row is none (0: no edges)")
@@ -551,6 +562,7 @@ def _gather_graphs(lens: Lens, aligned: Aligned, graphs, spec: ExportFormat, pre
         raise ConfigError(f"snapshot {lens.snapshot} of {lens.uri} has no graphs to export as {spec.name}")
     for name in names:
         info = lens.graph_info(name)
+        _one_version_per_name(aligned.graphs, aligned.versions, info, "graph")
         matrix, store_ids = lens.graph(name, preset)
         position = {item: p for p, item in enumerate(store_ids)}
         rows = np.array([position.get(i, -1) for i in aligned.ids], np.int64)
