@@ -255,6 +255,7 @@ class StoreWriter:
         are removed (values and errors rows; a full catalog's refresh). Older snapshots keep
         them: Lance removes rows in a new table version. ``removals`` bounds how many that may
         be (an empty catalog is always refused); nothing is written when it refuses."""
+        self.lock.check()
         work = lance_io.commit_fragments(self.work_ids_uri, fragments, WORK_IDS_SCHEMA, self.location.options())
         return self._register(work, id_column, remove_missing, removals or RemovalPolicy())
 
@@ -263,6 +264,8 @@ class StoreWriter:
         import hashlib
 
         import lance
+
+        self.lock.check()
 
         self.reset_work_ids()
         hashes = [int.from_bytes(hashlib.sha256(i.encode()).digest()[:8], "little", signed=True) for i in ids]
@@ -336,6 +339,9 @@ class StoreWriter:
 
     def _append_items(self, work) -> None:
         """Give the work table's ids the next item indexes, in its order, in one append."""
+        # every commit checks the lock first; here it matters most: a writer whose lease was taken
+        # would give out the item indexes that the new holder gives too
+        self.lock.check()
         import lance
 
         work = lance.dataset(self.work_ids_uri, storage_options=self.location.options())
@@ -477,6 +483,7 @@ class StoreWriter:
         """Remove ``ids`` (a delta's deletions) from these feature versions, values and errors
         rows; returns the most any one version held in the published snapshot. Older snapshots
         keep them."""
+        self.lock.check()
         if not ids:
             return 0
         source = pa.table({"item_id": pa.array(ids, pa.string())})
@@ -732,6 +739,7 @@ class StoreWriter:
     # -- vector indexes ---------------------------------------------------------------------
     def build_index(self, version: FeatureVersion, kind: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         """Build (or rebuild) the version's vector index and measure its recall@10."""
+        self.lock.check()
         from itemlens.store import indexes
 
         if version.kind != "vector" or version.pooling != "mean":
@@ -766,6 +774,7 @@ class StoreWriter:
     # -- pins and pruning ----------------------------------------------------------------------
     def pin(self, snapshot_id: int) -> None:
         """Protect a snapshot from pruning: a Lance tag on every table version it names."""
+        self.lock.check()
         doc = read_doc(self.location, snapshot_id)
         for table, version in doc.tables.items():
             tags = self.open_table(table).tags
@@ -773,6 +782,7 @@ class StoreWriter:
                 tags.create(pin_tag(snapshot_id), version)
 
     def unpin(self, snapshot_id: int) -> None:
+        self.lock.check()
         doc = read_doc(self.location, snapshot_id)
         for table in doc.tables:
             dataset = self.open_table(table)

@@ -113,6 +113,34 @@ def test_put_vectors_on_object_storage_uses_the_stores_own_options(s3_server, mo
     assert np.array_equal(again.vectors("emb", ["c", "a"]), vectors[[2, 0]])
 
 
+def test_a_writer_whose_lease_was_taken_commits_nothing_more(s3_server):
+    """Every commit of a store writer checks its lease first: registering ids (which gives out
+    item indexes), pins and indexes as well as staging, merges and publishing."""
+    from itemlens.store.writer import StoreWriter
+
+    uri = f"s3://{_bucket('lens-lease')}/taken"
+    lens = itemlens.connect(uri, create=True)
+    lens.put_vectors("emb", ["a", "b"], np.eye(2, dtype=np.float32))
+    writer = StoreWriter.open(uri)
+    try:
+        writer.lock._lost = "another writer took over this store's lock (its lease had run out)"
+        version = writer.base.feature_version("emb")
+        for commit in (
+            lambda: writer.register_ids(["c"]),
+            lambda: writer.remove_items([version], ["a"]),
+            lambda: writer.build_index(version, "ivf_flat"),
+            lambda: writer.pin(1),
+        ):
+            with pytest.raises(StoreLockedError, match="took over"):
+                commit()
+    finally:
+        writer.lock._lost = None
+        writer.close()
+    after = itemlens.connect(uri)
+    assert sorted(after.ids("emb")) == ["a", "b"] and after._dataset("items").count_rows() == 2
+    assert not after.snapshots()[0]["pinned"]
+
+
 def test_a_torn_lock_object_does_not_lock_the_store_forever(s3_server):
     location = StoreLocation.parse(f"s3://{_bucket('lens-lock')}/torn")
     _s3().pipe_file(location.path("_itemlens_writer.lock").removeprefix("s3://"), b'{"pid": 12')
