@@ -69,6 +69,25 @@ def test_unknown_ids_and_return_types(store):
     assert np.array_equal(np.stack(frame["vector"].to_numpy()), values[[2, 1]])
     with pytest.raises(ConfigError, match="output"):
         lens.vectors("emb", ["a"], output="list")
+    # what vectors() returns is a query as it is: a tensor row, a list of numpy floats
+    row = lens.vectors("emb", ["b"], output="torch")[0]
+    assert lens.search("emb", row, k=1)[0].item_id == "b"
+    assert lens.search("emb", list(values[2]), k=1)[0].item_id == "c"
+
+
+def test_a_put_spec_must_be_plain_json_before_anything_is_written(store):
+    import lance
+
+    lens = itemlens.connect(store)
+    before = lens.snapshot
+    with pytest.raises(ConfigError, match="spec of 'emb' must be plain JSON"):
+        lens.put_vectors("emb", ["a"], _unit(1, 4), spec={"run": np.int64(42)})
+    with pytest.raises(ConfigError, match="spec of 'emb' must be plain JSON"):
+        lens.put_vectors("emb", ["a"], _unit(1, 4), spec={"nan": float("nan")})
+    assert itemlens.connect(store).snapshot == before
+    assert lance.dataset(str(store / "items.lance")).count_rows() == 0  # no id registered either
+    lens.put_vectors("emb", ["a"], _unit(1, 4), spec={"model": "m", "run": 42})
+    assert [(f.name, f.model) for f in itemlens.connect(store).features()] == [("emb", "m")]
 
 
 class _Rows:

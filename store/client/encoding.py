@@ -4,6 +4,7 @@ nearest stored vectors (a Lance vector index where one exists)."""
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -171,9 +172,17 @@ class Encoding(LensBase):
 
 
 def _is_vector(query: Any) -> bool:
-    if isinstance(query, np.ndarray):
-        return query.dtype.kind in "fiu"
-    return isinstance(query, (list, tuple)) and bool(query) and all(isinstance(x, (int, float)) for x in query)
+    """An array of numbers (numpy, a torch tensor, anything with ``__array__``) or a list of them."""
+    if hasattr(query, "__array__") and not isinstance(query, (str, bytes)):
+        try:
+            return np.asarray(query).dtype.kind in "fiu"
+        except (TypeError, ValueError, RuntimeError):  # e.g. a PIL image that cannot be read
+            return False
+    return (
+        isinstance(query, (list, tuple))
+        and bool(query)
+        and all(isinstance(x, numbers.Real) and not isinstance(x, bool) for x in query)
+    )
 
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif")

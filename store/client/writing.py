@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from itemlens.errors import (
+    ConfigError,
     UnknownFeatureError,
 )
 from itemlens.store import lance_io
@@ -96,7 +97,12 @@ class Writing(LensBase):
         dim: int | None,
         lock_wait: float,
     ) -> int:
-        fingerprint = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        try:  # the spec is stored in the snapshot document as JSON: check it before anything is written
+            text = json.dumps(spec, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"spec of {name!r} must be plain JSON (strings, numbers, lists, dicts): {exc}") from None
+        spec = json.loads(text)
+        fingerprint = hashlib.sha256(text.encode()).hexdigest()[:16]
         with StoreWriter.open(
             self.location.uri, storage_options=self.location.options(), lock_wait=lock_wait, command=f"put ({name!r})"
         ) as writer:
