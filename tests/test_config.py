@@ -287,3 +287,17 @@ def test_fingerprints_of_existing_stores_do_not_move(spec, expected):
     from itemlens.extractors.spec import fingerprint
 
     assert fingerprint(FeatureSpec.model_validate(spec), "weights", "enc/1") == expected
+
+
+def test_a_report_file_that_cannot_be_written_is_an_error_before_the_job(tmp_path, capsys):
+    from itemlens.workflows.cli import main
+
+    command = ["ingest", str(tmp_path / "catalog.jsonl"), "--config", str(tmp_path / "lens.yaml")]
+    command += ["--store", str(tmp_path / "lens")]
+    for report, why in (
+        (tmp_path / "no-such-folder" / "r.json", "does not exist"),
+        (tmp_path, "is a folder"),
+    ):
+        assert main([*command, "--report", str(report)]) == 2
+        assert why in capsys.readouterr().err
+    assert not (tmp_path / "lens").exists()  # nothing started: no store, no Ray

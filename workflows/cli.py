@@ -23,10 +23,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from collections import Counter
+from pathlib import Path
 
-from itemlens.errors import ItemlensError
+from itemlens.errors import ConfigError, ItemlensError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -313,6 +315,8 @@ def _ingest(args) -> int:
     from itemlens.workflows.runtime import configure_logging, quiet_ray_data_actor_warning
 
     configure_logging(args.verbose)
+    if args.report:
+        _check_writable(args.report)
     if args.dry_run:
         report = plan(
             args.catalog,
@@ -349,6 +353,19 @@ def _ingest(args) -> int:
         with open(args.report, "w") as f:
             json.dump({**report.to_doc(), "snapshot": report.snapshot, "store": report.store}, f, indent=2)
     return 0
+
+
+def _check_writable(path: str) -> None:
+    """A report file that cannot be written is an error before the job, not a traceback after it
+    published (the folder must exist, and the file be writable where it does)."""
+    target = Path(path).expanduser()
+    folder = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise ConfigError(f"--report {path}: is a folder; give a file name")
+    if not folder.is_dir():
+        raise ConfigError(f"--report {path}: folder {folder} does not exist")
+    if not os.access(target if target.exists() else folder, os.W_OK):
+        raise ConfigError(f"--report {path}: not writable")
 
 
 def _snapshots(args) -> int:
