@@ -849,18 +849,25 @@ class StoreWriter:
         report: dict[str, Any],
         current: dict[str, FeatureVersion] | None = None,
         force: bool = False,
+        rewritten: list[FeatureVersion] | None = None,
     ) -> SnapshotDoc | None:
         """Append the snapshot naming the latest version of every table it covers.
 
         ``current`` maps feature names to the version the configuration now specifies (default:
-        every version this job touched). The writer holds the lock, so the latest versions are
-        this job's writes, or those of a job that died after merging and before publishing:
-        either way they belong in the next snapshot. Returns None when nothing changed.
+        every version this job touched). ``rewritten``: versions whose tables changed without
+        becoming current (an index built on an older version): the snapshot names their new
+        table versions and records them as they are now. The writer holds the lock, so the
+        latest versions are this job's writes, or those of a job that died after merging and
+        before publishing: either way they belong in the next snapshot. Returns None when
+        nothing changed.
         """
         self.lock.check()
         current = self._touched if current is None else current
         doc = self.base.model_copy(deep=True)
         changed = force
+        for version in rewritten or []:
+            doc.tables[version.table] = self.open_table(version.table).version
+            doc.features[version.name].versions[version.label] = version
         errors = self.open_table(ERRORS_TABLE)
         for name, version in current.items():
             dataset = self.open_table(version.table)

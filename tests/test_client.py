@@ -154,6 +154,21 @@ def test_an_index_finds_the_same_top1_as_exact_search(store):
     assert lens.search("emb", _unit(1, 32, seed=9)[0], k=1)[0].item_id == "new"
 
 
+def test_an_index_on_an_older_version_is_in_the_table_version_the_snapshot_names(store):
+    n = 2_000
+    ids = [f"i{i}" for i in range(n)]
+    lens = itemlens.connect(store)
+    lens.put_vectors("emb", ids, _unit(n, 16), spec={"model": "m1"})
+    lens.put_vectors("emb", ids[:10], _unit(10, 8), spec={"model": "m2"})  # emb@v2, now current
+    info = lens.create_index("emb@v1", kind="IVF_PQ")
+    reader = itemlens.connect(store)
+    v1 = next(f for f in reader.features() if f.version == "v1")
+    assert not v1.current and v1.index["recall_at_10"] == info["recall_at_10"]
+    table = reader.doc.features["emb"].versions["v1"].table
+    assert "vector_idx" in [i.name for i in reader._dataset(table).describe_indices()]  # in the version named
+    assert next(f for f in reader.features() if f.version == "v2").current
+
+
 def test_pins_survive_writes_and_pruning(store):
     lens = itemlens.connect(store)
     for generation in range(1, 5):  # snapshots 1..4, every value rewritten each time

@@ -165,6 +165,7 @@ class Writing(LensBase):
                 force=True,
                 report={"summary": f"index {latest.qualified}: {kind}, recall@10 {info['recall_at_10']}"},
                 current={latest.name: latest} if entry.current == latest.label else {},
+                rewritten=[] if entry.current == latest.label else [latest],
             )
         if doc is not None:
             self.doc = doc
