@@ -66,17 +66,17 @@ class QueryError(ItemlensError, ValueError):
 
 
 class UnknownItemsError(ItemlensError, KeyError):
-    """Some requested item ids have no value in this snapshot.
+    """Some requested item ids (or, from ``vectors_at``, item indexes) have no value in this snapshot.
 
     ``missing`` holds all of them; the message names the first few.
     """
 
-    def __init__(self, feature: str, missing: Sequence[str], *, detail: str = ""):
+    def __init__(self, feature: str, missing: Sequence[str | int], *, detail: str = "", what: str = "id(s)"):
         self.feature = feature
         self.missing = list(missing)
         shown = ", ".join(repr(m) for m in self.missing[:5])
         more = f" and {len(self.missing) - 5} more" if len(self.missing) > 5 else ""
-        msg = f"{len(self.missing)} id(s) have no {feature!r} vector in this snapshot: {shown}{more}"
+        msg = f"{len(self.missing)} {what} have no {feature!r} vector in this snapshot: {shown}{more}"
         if detail:
             msg += f" ({detail})"
         msg += "; pass fill=... to get a fill value instead"

@@ -95,4 +95,4 @@ def recall_at_k(dataset, kind: str, k: int = 10, queries: int = RECALL_QUERIES, 
         approx = approx.column("item_id").to_pylist()
         exact = dataset.to_table(columns=["item_id"], nearest={**nearest, "use_index": False})
         hits += len(set(approx) & set(exact.column("item_id").to_pylist()))
-    return hits / (len(vectors) * k)
+    return hits / (len(vectors) * min(k, rows))  # a table of fewer than k rows has fewer to find

@@ -73,6 +73,11 @@ def test_unknown_ids_and_return_types(store):
     row = lens.vectors("emb", ["b"], output="torch")[0]
     assert lens.search("emb", row, k=1)[0].item_id == "b"
     assert lens.search("emb", list(values[2]), k=1)[0].item_id == "c"
+    with pytest.raises(ConfigError, match="k must be a whole number of at least 1, not 0"):
+        lens.search("emb", values[0], k=0)
+    lens.put_captions("cap", ["a"], ["a red lamp"])
+    with pytest.raises(ConfigError, match="cap@v1 holds captions, not vectors"):
+        lens.search("cap", "lamp")
 
 
 def test_a_put_spec_must_be_plain_json_before_anything_is_written(store):
@@ -167,6 +172,17 @@ def test_an_index_on_an_older_version_is_in_the_table_version_the_snapshot_names
     table = reader.doc.features["emb"].versions["v1"].table
     assert "vector_idx" in [i.name for i in reader._dataset(table).describe_indices()]  # in the version named
     assert next(f for f in reader.features() if f.version == "v2").current
+
+
+def test_recall_of_a_table_smaller_than_k_counts_what_there_is_to_find(tmp_path):
+    import lance
+    import pyarrow as pa
+
+    from itemlens.store.indexes import recall_at_k
+
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(_unit(5, 4).reshape(-1)), 4)
+    table = lance.write_dataset(pa.table({"item_id": list("abcde"), "vector": vectors}), tmp_path / "t.lance")
+    assert recall_at_k(table, "IVF_PQ", k=10) == 1.0  # no index: exact both ways, all 5 found
 
 
 def test_pins_survive_writes_and_pruning(store):

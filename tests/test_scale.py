@@ -341,8 +341,11 @@ def test_vectors_at_item_indexes_and_beyond_the_cache(tmp_path):
     for reader in (lens, small):
         assert np.array_equal(reader.vectors_at("emb", indexes), x[picks])
         assert np.array_equal(reader.vectors("emb", [ids[i] for i in picks]), x[picks])
-        with pytest.raises(UnknownItemsError):
-            reader.vectors_at("emb", [indexes[0], 10**6])
+        with pytest.raises(
+            UnknownItemsError, match=r"^1 item index\(es\) have no 'emb@v1' vector .*: 1000000;"
+        ) as info:
+            reader.vectors_at("emb", [indexes[0], 10**6, 10**6])
+        assert info.value.missing == [10**6]
         filled = reader.vectors_at("emb", [indexes[0], -1], fill=np.nan)
         assert np.array_equal(filled[0], x[picks[0]]) and np.isnan(filled[1]).all()
     assert small._cache.nbytes < x.nbytes / 10

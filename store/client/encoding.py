@@ -137,8 +137,16 @@ class Encoding(LensBase):
         otherwise); ``exact=True`` scans every vector instead.
         """
         version = self._version(name)
+        if version.kind != "vector":
+            raise ConfigError(
+                f"{version.qualified} holds {version.kind}s, not vectors: search a feature encoded from them "
+                "(input: {feature: NAME})"
+            )
         if version.pooling != "mean":
             raise ConfigError(f"{version.qualified} keeps one vector per image; search needs a pooled feature")
+        if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1:
+            raise ConfigError(f"k must be a whole number of at least 1, not {k!r}")
+        k = int(k)
         if version.count == 0:
             return []
         if _is_vector(query):

@@ -162,7 +162,8 @@ class Reading(LensBase):
         found = rows >= 0
         complete = bool(found.all())
         if not complete and fill is None:
-            self._raise_missing(version, [str(i) for i in indexes[~found][:20].tolist()])
+            missing = list(dict.fromkeys(indexes[~found].tolist()))
+            raise UnknownItemsError(version.qualified, missing, what="item index(es)")
         if entry.values is not None and len(entry.values):
             values = entry.values[rows] if complete else entry.values[np.where(found, rows, 0)]
         else:
