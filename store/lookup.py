@@ -30,10 +30,15 @@ class StoredHashes:
     errors_version: int | None
     fingerprint: str
     storage_options: dict[str, str] | None = None
+    # a dry run's view of work a dead job left staged (the next run merges it before encoding):
+    # its rows count as stored, its errors rows too unless errors are retried
+    staging_uri: str | None = None
+    staging_version: int | None = None
+    retry_errors: bool = False
 
     @property
     def empty(self) -> bool:
-        return self.feature_uri is None and self.errors_uri is None
+        return self.feature_uri is None and self.errors_uri is None and self.staging_uri is None
 
     def _dataset(self, uri: str, version: int | None):
         return _open_pinned(uri, version, tuple(sorted((self.storage_options or {}).items())))
@@ -55,6 +60,14 @@ class StoredHashes:
         if self.feature_uri is not None:
             feature = self._dataset(self.feature_uri, self.feature_version)
             found.update(_pairs(feature.to_table(columns=columns, filter=lance_io.isin_filter("item_id", ids))))
+        if self.staging_uri is not None:  # merged last, so it wins, as the merge's upsert does
+            import pyarrow.compute as pc
+
+            staging = self._dataset(self.staging_uri, self.staging_version)
+            flt = lance_io.isin_filter("item_id", ids)
+            if self.retry_errors:  # a staged failure is not stored either
+                flt = flt & pc.field("error_stage").is_null()
+            found.update(_pairs(staging.to_table(columns=columns, filter=flt)))
         return {k: v for k, v in found.items() if v[0] is not None}
 
 

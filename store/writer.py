@@ -574,14 +574,20 @@ class StoreWriter:
         lance_io.commit_fragments(self.staging_uri(version), fragments, schema, self.location.options())
         fault_point("staging:commit")
 
-    def stored_hashes(self, version: FeatureVersion, *, retry_errors: bool = False):
-        """What workers compare input hashes against: this version's rows as they are now."""
+    def stored_hashes(self, version: FeatureVersion, *, retry_errors: bool = False, with_staging: bool = False):
+        """What workers compare input hashes against: this version's rows as they are now; with
+        ``with_staging`` (a dry run, which merges nothing), also what a dead job left staged."""
         from itemlens.store.lookup import StoredHashes
 
         feature = self.open_table(version.table)
         has_values = feature is not None and feature.count_rows() > 0
         errors = self.open_table(ERRORS_TABLE)
         has_errors = not retry_errors and errors.count_rows(filter=f"version = '{version.fingerprint}'") > 0
+        staging = (
+            lance_io.open_dataset(self.staging_uri(version), storage_options=self.location.options())
+            if with_staging
+            else None
+        )
         return StoredHashes(
             feature_uri=self._uri(version.table) if has_values else None,
             feature_version=feature.version if has_values else None,
@@ -589,6 +595,9 @@ class StoreWriter:
             errors_version=errors.version if has_errors else None,
             fingerprint=version.fingerprint,
             storage_options=self.location.options(),
+            staging_uri=self.staging_uri(version) if staging is not None else None,
+            staging_version=staging.version if staging is not None else None,
+            retry_errors=retry_errors,
         )
 
     def stored_values(self, version: FeatureVersion):

@@ -494,6 +494,7 @@ def test_work_staged_by_a_dead_job_is_merged_not_encoded_again(ray_session, tmp_
     from itemlens.store.layout import staging_schema
     from itemlens.store.writer import StoreWriter
     from itemlens.workflows.config import load_config
+    from itemlens.workflows.plan import plan
 
     store = tmp_path / "lens"
     config = {"features": {"text": text_spec(minilm_path)}}
@@ -526,6 +527,9 @@ def test_work_staged_by_a_dead_job_is_merged_not_encoded_again(ray_session, tmp_
         )
         writer.commit_staged(version, lance_io.write_fragments(staged, writer.staging_uri(version)), schema)
     assert itemlens.connect(store).snapshot == 0  # staged work is not visible
+    # a dry run counts the staged items as done, as the run (which merges them first) does
+    planned = plan(catalog, config, store).features["text"]
+    assert (planned.new, planned.changed, planned.unchanged) == (10, 0, 5)
 
     report = ingest(catalog, config, store, progress=False)
     feature = report.features["text"]

@@ -82,7 +82,8 @@ def plan(
                     "spec_json": spec.model_dump_json(),
                     "id_column": source.id_column,
                     "base": source.base,
-                    "stored": writer.stored_hashes(version, retry_errors=retry_errors),
+                    # work a dead job staged is merged by the next run before it encodes
+                    "stored": writer.stored_hashes(version, retry_errors=retry_errors, with_staging=True),
                     "limits": cfg.decode.limits(spec.input.kind),
                     "source": writer.stored_values(versions[ref]) if ref else None,
                     "dependents": ray.put(planned[ref]) if ref else None,
