@@ -16,7 +16,10 @@ def kmeans(x: np.ndarray, k: int, *, niter: int, seed: int) -> np.ndarray:
 
     n, d = x.shape
     if n < k:
-        raise ConfigError(f"k-means with {k} codes needs at least {k} vectors; got {n} (lower codebook_size)")
+        raise ConfigError(
+            f"k-means with {k} codes needs at least {k} vectors; got {n} "
+            "(lower codebook_size, or raise sample where the feature has more vectors)"
+        )
     km = faiss.Kmeans(d, k, niter=niter, seed=seed, verbose=False, max_points_per_centroid=256)
     km.train(np.ascontiguousarray(x, dtype=np.float32))
     return km.centroids.copy()
