@@ -175,6 +175,16 @@ def test_a_delta_upserts_and_deletes_and_leaves_the_rest(ray_session, tmp_path, 
     want = model.encode(["a brand new title", rows[5]["title"]], normalize_embeddings=True)
     assert np.min(np.sum(got * want, axis=1)) >= 0.99999
 
+    # a delta split over files, only the second with an _op column: its deletions still count
+    from itemlens.workflows.catalog import CatalogSource
+    from itemlens.workflows.config import CatalogConfig
+
+    write_jsonl(folder / "split" / "part-0.jsonl", [{"item_id": "item-0006", "title": "renamed"}])
+    write_jsonl(folder / "split" / "part-1.jsonl", [{"item_id": "item-0007", "_op": "delete"}])
+    split = CatalogSource.open(folder / "split", CatalogConfig(), delta=True)
+    assert split.deleted_ids() == ["item-0007"]
+    assert split.read(["item_id", "title"]).take_all() == [{"item_id": "item-0006", "title": "renamed"}]
+
     clash = write_jsonl(
         folder / "clash.jsonl", [{"item_id": "item-0004", "title": "x"}, {"item_id": "item-0004", "_op": "delete"}]
     )

@@ -78,10 +78,13 @@ class CatalogSource:
         """The catalog as a Ray Dataset (Ray pushes a column selection down into Parquet reads);
         for a delta, its upserts."""
         ds = self._read_all()
-        if self.delta and OP_COLUMN in (ds.schema().names if ds.schema() is not None else []):
-            ds = ds.map_batches(_rows_with_op, fn_kwargs={"op": "upsert"}, batch_format="pyarrow")
         # a column asked for twice (a template that also shows the id) is selected once
-        return ds.select_columns(list(dict.fromkeys(columns))) if columns else ds
+        columns = list(dict.fromkeys(columns)) if columns else None
+        if self.delta:
+            # per block: a delta split over files may have an _op column in some of them only
+            # (a dataset's schema is its first block's), and a row without one is an upsert
+            return ds.map_batches(_upserts, fn_kwargs={"columns": columns}, batch_format="pyarrow")
+        return ds.select_columns(columns) if columns else ds
 
     def deleted_ids(self) -> list[str]:
         """A delta's deletions (empty for a full catalog); an unknown ``_op`` is an error."""
@@ -89,23 +92,19 @@ class CatalogSource:
 
         if not self.delta:
             return []
-        ds = self._read_all()
-        if OP_COLUMN not in (ds.schema().names if ds.schema() is not None else []):
-            return []
-        batches = list(
-            ds.select_columns([self.id_column, OP_COLUMN]).iter_batches(batch_size=None, batch_format="pyarrow")
-        )
-        table = pa.concat_tables(batches, promote_options="permissive") if batches else None
+        ops = self._read_all().map_batches(_ops_of, fn_kwargs={"id_column": self.id_column}, batch_format="pyarrow")
+        batches = list(ops.iter_batches(batch_size=None, batch_format="pyarrow"))
+        table = pa.concat_tables(batches) if batches else None
         if table is None or table.num_rows == 0:
             return []
-        op = pc.fill_null(pc.utf8_lower(pc.cast(table.column(OP_COLUMN), pa.string())), "upsert")
+        op = table.column("op")
         unknown = sorted(set(op.to_pylist()) - set(_OPS))
         if unknown:
             raise CatalogError(
                 f"delta {self.uri}: column {OP_COLUMN!r} holds {', '.join(map(repr, unknown))}; "
                 "use 'upsert' or 'delete'"
             )
-        ids = pc.cast(table.column(self.id_column), pa.string()).filter(pc.equal(op, "delete")).to_pylist()
+        ids = table.column("id").filter(pc.equal(op, "delete")).to_pylist()
         if any(i is None for i in ids):
             raise CatalogError(f"delta {self.uri}: a deletion has no {self.id_column!r}")
         return ids
@@ -249,11 +248,39 @@ class CatalogChangedError(CatalogError):
     """The catalog changed during a job; nothing was published."""
 
 
-def _rows_with_op(batch: pa.Table, *, op: str) -> pa.Table:
+def _op_column(batch: pa.Table) -> pa.Array:
+    """Each row's operation, lower-cased; a row without one (or a file without the column) upserts."""
     import pyarrow.compute as pc
 
-    ops = pc.fill_null(pc.utf8_lower(pc.cast(batch.column(OP_COLUMN), pa.string())), "upsert")
-    return batch.filter(pc.equal(ops, op)).drop_columns([OP_COLUMN])
+    if OP_COLUMN not in batch.column_names:
+        return pa.array(["upsert"] * batch.num_rows, pa.string())
+    return pc.fill_null(pc.utf8_lower(pc.cast(batch.column(OP_COLUMN), pa.string())), "upsert")
+
+
+def _upserts(batch: pa.Table, *, columns: list[str] | None) -> pa.Table:
+    """A delta block's upserts, without the _op column, as ``columns`` where given. A block of
+    deletions only (a file of ids and _op) has none of the other columns: it gives no rows."""
+    import pyarrow.compute as pc
+
+    kept = batch.filter(pc.equal(_op_column(batch), "upsert"))
+    kept = kept.drop_columns([OP_COLUMN]) if OP_COLUMN in kept.column_names else kept
+    if columns is None:
+        return kept
+    if kept.num_rows == 0:
+        return pa.table({c: kept.column(c) if c in kept.column_names else pa.nulls(0) for c in columns})
+    return kept.select(columns)
+
+
+def _ops_of(batch: pa.Table, *, id_column: str) -> pa.Table:
+    """A delta block's ids (as text) and operations."""
+    import pyarrow.compute as pc
+
+    ids = (
+        pc.cast(batch.column(id_column), pa.string())
+        if id_column in batch.column_names
+        else pa.nulls(batch.num_rows, pa.string())
+    )
+    return pa.table({"id": ids, "op": _op_column(batch)})
 
 
 def _is_catalog_file(relative: str, fmt: str) -> bool:
