@@ -93,6 +93,8 @@ def test_a_put_spec_must_be_plain_json_before_anything_is_written(store):
     assert lance.dataset(str(store / "items.lance")).count_rows() == 0  # no id registered either
     lens.put_vectors("emb", ["a"], _unit(1, 4), spec={"model": "m", "run": 42})
     assert [(f.name, f.model) for f in itemlens.connect(store).features()] == [("emb", "m")]
+    lens.put_vectors("emb", ["a", "b", "c"], _unit(3, 4), spec={"model": "m", "run": 42})
+    assert [s["items"] for s in lens.snapshots()] == [1, 3]  # the items each snapshot knows
 
 
 class _Rows:

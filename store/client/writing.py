@@ -126,7 +126,7 @@ class Writing(LensBase):
             )
             stats = writer.merge_staged(version)
             catalog = dict(writer.base.catalog)
-            catalog["items"] = catalog.get("items") or registration.seen
+            catalog["items"] = (catalog.get("items") or 0) + registration.new  # the ids this put adds
             doc = writer.publish(
                 catalog=catalog,
                 report={
