@@ -80,6 +80,18 @@ def test_missing_weights_say_where_they_looked(tmp_path, tiny_clip):
     with pytest.raises(WeightsNotFoundError):  # loading fails the same way: no random weights
         tag.load("cpu")
 
+    # weights in the cache under the name open_clip's download gives them: found
+    import huggingface_hub.constants
+
+    repo = tmp_path / "hub" / "models--laion--CLIP-ViT-B-32-laion2B-s34B-b79K"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "snapshots" / "abc123" / "open_clip_model.safetensors").write_bytes(b"weights")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+        tag.check_weights()
+
     missing = tmp_path / "nope.safetensors"
     ckpt = build_encoder(FeatureSpec(**{**tiny_clip, "checkpoint": str(missing)}, input={"image": "i"}))
     with pytest.raises(WeightsNotFoundError, match=str(missing)):

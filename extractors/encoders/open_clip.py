@@ -152,9 +152,13 @@ class OpenClipEncoder(Encoder):
             return  # workers download on first use
         hub = cfg.get("hf_hub", "")
         if hub:
+            from open_clip.constants import HF_WEIGHTS_NAME
+            from open_clip.pretrained import _get_safe_alternatives
+
             repo_id, filename = os.path.split(hub)
-            filename = filename or "open_clip_pytorch_model.bin"
-            candidates = [str(Path(filename).with_suffix(".safetensors")), filename]
+            filename = filename or HF_WEIGHTS_NAME
+            # the files open_clip's own download looks for, in its order (safetensors first)
+            candidates = [*_get_safe_alternatives(filename), filename]
             if cached_hub_file(repo_id, candidates) is None:
                 raise missing_hub_weights(
                     f"open_clip weights for {self.spec.model} (pretrained={self.spec.pretrained!r})",
