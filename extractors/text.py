@@ -36,7 +36,7 @@ class _Cell:
         self.column = column
 
     def __format__(self, spec: str) -> str:
-        if spec:
+        if spec and not _missing(self.value):  # a missing value is empty, with or without a spec
             return format(self.value, spec)
         return cell_text(self.value, self.column)
 
@@ -44,14 +44,19 @@ class _Cell:
         return cell_text(self.value, self.column)
 
 
+def _missing(value: Any) -> bool:
+    """None, or a NaN of any float type (pandas gives NaN for a missing number)."""
+    if value is None:
+        return True
+    return isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and math.isnan(value)
+
+
 def cell_text(value: Any, column: str = "", *, nested: bool = False) -> str:
     """A catalog cell as text by the rules above; ItemError("input") for a value that is not one."""
-    if value is None:
+    if _missing(value):
         return ""
     if isinstance(value, str):
         return value
-    if isinstance(value, float) and math.isnan(value):
-        return ""
     if isinstance(value, numbers.Real):  # Python and numpy numbers (and bools)
         return str(value)
     if isinstance(value, bytes):
@@ -86,7 +91,7 @@ class TextTemplate:
 
 def _blank(value: Any) -> bool:
     """A missing value: None, NaN, a string of spaces, or a list of such values."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _missing(value):
         return True
     if isinstance(value, str):
         return not value.strip()

@@ -79,6 +79,13 @@ def test_encoder_specific_rules():
         FeatureSpec.model_validate(
             dict(encoder="open-clip", model="ViT-B-32", pretrained="x", pooling="per_frame", input={"image": "images"})
         )
+    for encoder, pooling in (("open-clip", "per_image"), ("video-frames", "per_frame")):
+        with pytest.raises(ConfigError, match=f"text input and pooling '{pooling}': a text is one vector"):
+            build_encoder(
+                FeatureSpec.model_validate(
+                    dict(encoder=encoder, model="ViT-B-32", pretrained="x", pooling=pooling, input={"template": "{t}"})
+                )
+            )
     with pytest.raises(ConfigError, match="cannot encode image input"):
         build_encoder(
             FeatureSpec.model_validate(dict(encoder="sentence-transformers", model="m", input={"image": "images"}))

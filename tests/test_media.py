@@ -77,6 +77,11 @@ def test_text_templates():
     t = TextTemplate("{title}. {bullets} ({price:.2f})")
     assert t.render({"title": "Bag", "bullets": ["a", None, "b"], "price": 3.5}) == "Bag. a; b (3.50)"
     assert TextTemplate("{title}. {desc}").render({"title": "Bag", "desc": float("nan")}) == "Bag."
+    # a missing number is empty with a format spec too (pandas gives NaN for one), not "nan" or an error
+    priced = TextTemplate("{title} costs {price:.2f}")
+    for missing in (None, float("nan"), np.float32("nan")):
+        assert priced.render({"title": "Hat", "price": missing}) == "Hat costs"
+    assert priced.render({"title": "Hat", "price": np.float32(2)}) == "Hat costs 2.00"
     with pytest.raises(ItemError, match="no text: title, desc empty") as info:  # nothing to embed: absent
         TextTemplate("{title}. {desc}").render({"title": None, "desc": "  "})
     assert info.value.stage == "absent"

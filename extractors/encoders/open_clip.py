@@ -90,6 +90,12 @@ class OpenClipEncoder(Encoder):
                 f"open-clip model {spec.model!r}: give an architecture name (see open_clip.list_models()) "
                 "with `pretrained:` (a tag) or `checkpoint:` (a local file), not a schema prefix"
             )
+        if spec.input.kind == "text" and spec.pooling != "mean":
+            raise ConfigError(
+                f"{spec.encoder} feature with text input and pooling {spec.pooling!r}: a text is one vector; "
+                f"{spec.pooling} keeps one per {'image' if spec.pooling == 'per_image' else 'frame'}, "
+                "so it takes image or video input"
+            )
         if (spec.pretrained is None) == (spec.checkpoint is None):
             raise ConfigError(
                 f"open-clip feature with model {spec.model!r} needs exactly one of `pretrained:` (an open_clip "
