@@ -36,7 +36,7 @@ _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode image bytes to an 8-bit RGB PIL image, or raise ItemError("decode", ...)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
@@ -53,8 +53,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Ima
                     f"> max_image_pixels {max_pixels:,} (decompression-bomb guard)",
                 )
             img.load()
-            img = ImageOps.exif_transpose(img)
-            return to_rgb(img)
+            return upright_rgb(img)
     except ItemError:
         raise
     except UnidentifiedImageError:
@@ -116,6 +115,14 @@ def hf_preprocessed_size(size: dict | None, width: int, height: int) -> tuple[in
     if "longest_edge" in size:
         return resized_size(int(size["longest_edge"]), "longest", width, height)
     return None
+
+
+def upright_rgb(img: Image.Image) -> Image.Image:
+    """An opened image as the pipeline encodes it: turned by its EXIF orientation, then 8-bit RGB
+    (``Lens.search`` and ``Lens.encode`` give PIL images the same treatment)."""
+    from PIL import ImageOps
+
+    return to_rgb(ImageOps.exif_transpose(img))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -1,11 +1,13 @@
 """Bad media becomes an ItemError with a stage and a reason; odd but usable images decode right."""
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from itemlens.extractors import ItemError
-from itemlens.extractors.images import decode_image
+from itemlens.extractors.images import decode_image, upright_rgb
 from itemlens.extractors.media import read_bytes, resolve_uri
 from itemlens.extractors.text import TextTemplate
 
@@ -56,6 +58,9 @@ def test_exif_orientation_is_applied():
     exif[0x0112] = 6  # rotate 90 degrees on display
     decoded = decode_image(jpeg_bytes(image, exif=exif.tobytes()))
     assert decoded.size == (20, 60)
+    # a PIL image given as a query (Lens.search, Lens.encode) is turned the same way
+    opened = Image.open(io.BytesIO(jpeg_bytes(image, exif=exif.tobytes())))
+    assert upright_rgb(opened).size == (20, 60)
 
 
 def test_limits_and_paths(tmp_path):

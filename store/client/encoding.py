@@ -73,7 +73,7 @@ class Encoding(LensBase):
         if kinds == {"text"}:
             return encoder.encode_texts([str(x) for x in inputs])
         from itemlens.extractors import ItemError, items
-        from itemlens.extractors.images import check_preprocessed_size, decode_image, to_rgb
+        from itemlens.extractors.images import check_preprocessed_size, decode_image, upright_rgb
         from itemlens.extractors.media import MediaLimits
 
         # the pipeline's default bounds (the decode section of a configuration)
@@ -108,10 +108,10 @@ class Encoding(LensBase):
                 transform(
                     decode_image(image_limits.read(_path(x)), image_limits.max_pixels)
                     if isinstance(x, (str, os.PathLike))
-                    else to_rgb(x)
+                    else upright_rgb(x)
                 )
                 for x in inputs
-            ]  # a PIL image: the same mode rules as the pipeline
+            ]  # a PIL image: the same orientation and mode rules as the pipeline
         except ItemError as error:
             raise QueryError(f"cannot use {media} query: {error.reason}") from None
         return encoder.encode_images(np.stack(pixels))
