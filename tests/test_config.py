@@ -308,3 +308,21 @@ def test_a_report_file_that_cannot_be_written_is_an_error_before_the_job(tmp_pat
         assert main([*command, "--report", str(report)]) == 2
         assert why in capsys.readouterr().err
     assert not (tmp_path / "lens").exists()  # nothing started: no store, no Ray
+
+
+def test_commands_that_change_a_store_refuse_a_path_without_one(tmp_path, capsys):
+    from itemlens.workflows.cli import main
+
+    config = tmp_path / "derived.yaml"
+    config.write_text("semantic_ids:\n  sid: {features: [emb]}\ngraphs:\n  g: {features: [emb]}\n")
+    nope = str(tmp_path / "mistyped")
+    for command in (
+        ["prune", nope, "--keep", "2"],
+        ["pin", nope, "1"],
+        ["unpin", nope, "1"],
+        ["semantic-ids", nope, "--config", str(config)],
+        ["graph", nope, "--config", str(config)],
+    ):
+        assert main(command) == 2, command
+        assert "no itemlens store at" in capsys.readouterr().err
+    assert not (tmp_path / "mistyped").exists()  # nothing made there
