@@ -364,15 +364,20 @@ def test_catalog_rows_from_parquet_csv_jsonl_folders_and_a_delta(tmp_path):
     (tmp_path / "pq").mkdir()
     pq.write_table(table.slice(0, 1200), tmp_path / "pq" / "part-0.parquet", row_group_size=500)
     pq.write_table(table.slice(1200), tmp_path / "pq" / "part-1.parquet", row_group_size=500)
+    # what the ingest's reader skips, browse skips too: a job's leftovers, a marker
+    (tmp_path / "pq" / "_temporary").mkdir()
+    stale = [{**r, "title": "stale"} for r in rows[:3]] + [{"item_id": "leftover", "title": "x", "tags": []}]
+    pq.write_table(pa.Table.from_pylist(stale), tmp_path / "pq" / "_temporary" / "part-0.parquet")
+    (tmp_path / "pq" / "_SUCCESS").write_text("")
     write_jsonl(tmp_path / "catalog.jsonl", rows)
     (tmp_path / "catalog.csv").write_text("item_id,title\n" + "".join(f"{r['item_id']},{r['title']}\n" for r in rows))
-    wanted = ["00000", "02499", "01200", "01199", "00017", "nope", "00017"]
+    wanted = ["00000", "02499", "01200", "01199", "00017", "leftover", "00017"]
     for uri in (tmp_path / "pq", tmp_path / "catalog.jsonl", tmp_path / "catalog.csv"):
         catalog = CatalogRows(str(uri))
         got = catalog.rows(wanted)
         assert got[5] is None
         for item, row in zip(wanted, got):
-            if item != "nope":
+            if item != "leftover":
                 assert row["item_id"] == item and row["title"] == f"t{int(item)}"  # "00017" stays a string
         assert catalog.rows_indexed == 2500 and catalog.disk_bytes > 0
     assert CatalogRows(str(tmp_path / "pq")).rows(["00003"])[0]["tags"] == ["a3", "b"]

@@ -101,6 +101,12 @@ def test_ingest_gives_the_libraries_own_vectors(ray_session, tmp_path, catalog, 
     lens = itemlens.connect(store)
     rows = _rows(catalog)
     ids = [r["item_id"] for r in rows]
+    # what browse needs to read the catalog's rows again
+    assert {k: lens.doc.catalog[k] for k in ("format", "id_column", "items")} == {
+        "format": "jsonl",
+        "id_column": "item_id",
+        "items": 15,
+    }
 
     texts = [TextTemplate("{title}. {bullet_points}").render(r) for r in rows]
     expected_text = SentenceTransformer(minilm_path, device="cpu").encode(texts, normalize_embeddings=True)

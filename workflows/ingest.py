@@ -199,7 +199,13 @@ def ingest(
                 "delta": {"uri": source.uri, "upserts": registration.seen, "deletions": len(deletions)},
             }
             if delta
-            else {"uri": source.uri, "format": source.format, "digest": registration.digest, "items": registration.seen}
+            else {
+                "uri": source.uri,
+                "format": source.format,
+                "id_column": source.id_column,  # browse reads the catalog's rows by it
+                "digest": registration.digest,
+                "items": registration.seen,
+            }
         )
         doc = writer.publish(catalog=catalog_doc, report=report.to_doc())
         report.snapshot = doc.snapshot_id if doc is not None else None

@@ -33,8 +33,6 @@ from itemlens.workflows.config import CatalogConfig
 
 log = logging.getLogger("itemlens.browse")
 
-_SUFFIXES = {"parquet": (".parquet", ".pq"), "jsonl": (".jsonl", ".json"), "csv": (".csv",)}
-
 
 class CatalogRows:
     """Rows of one catalog by item id. ``base`` is the folder its relative media paths resolve
@@ -60,26 +58,14 @@ class CatalogRows:
         return self.source.base
 
     def files(self) -> list[str]:
-        """The catalog's files, in name order (a folder: every file of its format, recursively)."""
+        """The catalog's files, in name order: in a folder, the files the ingest's reader reads
+        (of its format, not ``_SUCCESS`` or ``.crc`` files: ``CatalogSource.files``)."""
         uri = self.source.uri
-        suffixes = _SUFFIXES[self.source.format]
-        suffixes = suffixes + tuple(s + ".gz" for s in suffixes)
-        if has_scheme(uri) and not uri.startswith("file://"):
-            import fsspec
-
-            fs, path = fsspec.core.url_to_fs(uri)
-            if fs.isfile(path):
-                return [uri]
+        paths = [path for path, _ in self.source.files()]
+        if has_scheme(uri):  # fsspec lists object-storage keys without their scheme
             protocol = uri.split("://", 1)[0]
-            return sorted(f"{protocol}://{p}" for p in fs.find(path) if p.lower().endswith(suffixes))
-        if os.path.isfile(uri):
-            return [uri]
-        return sorted(
-            os.path.join(root, name)
-            for root, _, names in os.walk(uri)
-            for name in names
-            if name.lower().endswith(suffixes)
-        )
+            return [p if "://" in p else f"{protocol}://{p}" for p in paths]
+        return paths
 
     def rows(self, ids: list[str]) -> list[dict[str, Any] | None]:
         """The catalog row of each id (a dict of its columns), None where the catalog has none."""
