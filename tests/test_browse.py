@@ -198,6 +198,8 @@ def test_media_are_served_only_as_the_catalog_names_them_for_that_item(small, cl
     path = small["catalog"].parent / photo
     good = client.get(f"/media?item={item}&src={quote(photo, safe='')}")
     assert good.status_code == 200 and good.content == path.read_bytes()
+    # a catalog's file is data: were it an SVG or HTML page, its scripts would not run on this origin
+    assert good.headers["content-security-policy"].startswith("sandbox") and good.headers["x-content-type-options"]
     foreign = next(p for p in small["rows"][other]["images"] if p not in small["rows"][item]["images"])
     folder, name = photo.rsplit("/", 1)
     refused = [
@@ -238,6 +240,7 @@ def test_unknown_items_features_and_pages_give_a_clear_404_page(small, client):
         "/sid/sid?prefix=9.9": "no item of sid@v1 has an ID under 9.9",
         "/sid/sid?prefix=1.2.3.4": "sid@v1 has 2 levels",
         "/sid/sid?prefix=x": "is not a prefix of codes",
+        "/sid/sid?prefix=99999999999999999999999": "no item of sid@v1 has an ID under 99999999999999999999999",
         "/errors?feature=nope": "no feature 'nope'",
         "/diff?a=nope&b=text": "has no feature 'nope'",
         "/plot/sid/nope.png": "has no semantic IDs 'nope'",
@@ -257,6 +260,8 @@ def test_search_says_why_a_feature_cannot_embed_a_query(small, client):
     assert "put by the user" in html.unescape(answer.text)  # put_vectors: no encoder to embed text
     upload = client.post("/search", data={"feature": "image"}, files={"file": ("q.jpg", PHOTOS[0].read_bytes())})
     assert upload.status_code == 400 and "put by the user" in html.unescape(upload.text)
+    as_file = client.post("/search", data={"feature": "text"}, files={"q": ("q.txt", b"a red bag")})
+    assert as_file.status_code == 200  # a q sent as a file part is no text query: the form again
     form = client.get("/search?feature=image")
     assert form.status_code == 200 and 'enctype="multipart/form-data"' in form.text
 
@@ -304,6 +309,15 @@ def test_a_foreign_host_header_is_refused(small, client):
     # a web page elsewhere that points its own name at 127.0.0.1 (DNS rebinding) gets nothing
     assert client.get("/", headers={"host": "attacker.example"}).status_code == 400
     assert client.get("/", headers={"host": "localhost:8765"}).status_code == 200
+    # --host names another loopback address: the URL it prints is answered
+    from itemlens.workflows.browse.app import answered_hosts
+
+    assert answered_hosts("0.0.0.0") == (False, ["*"])
+    for host, header in (("::1", "[::1]:8765"), ("127.0.0.2", "127.0.0.2:8765")):
+        loopback, hosts = answered_hosts(host)
+        on = _client(create_app(small["store"], catalog=str(small["catalog"]), allowed_hosts=hosts))
+        assert loopback and on.get("/", headers={"host": header}).status_code == 200, host
+        assert on.get("/", headers={"host": "attacker.example"}).status_code == 400
 
 
 @pytest.fixture(scope="module")

@@ -98,6 +98,26 @@ DIFF_ALL_UP_TO = 20_000
 DIFF_SAMPLE = 500
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 
+#: what /media sends with a catalog's file: the file is data, never a page of this origin (a
+#: seller's SVG or HTML would otherwise run its scripts where every page of the store is readable)
+MEDIA_HEADERS = {"Content-Security-Policy": "sandbox; default-src 'none'", "X-Content-Type-Options": "nosniff"}
+
+
+def answered_hosts(host: str) -> tuple[bool, list[str]]:
+    """Whether ``host`` (what ``--host`` names) is loopback, and the Host headers the app then
+    answers: on loopback, the loopback names and ``host`` itself as a URL spells it (``[::1]``,
+    ``127.0.0.2``), so that a page served to another site through DNS rebinding is refused;
+    elsewhere any."""
+    import ipaddress
+
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        return False, ["*"]
+    return True, list(dict.fromkeys([*LOOPBACK_HOSTS, f"[{host}]" if ":" in host else host]))
+
 
 class PageError(Exception):
     """A request the app answers with an explanation page (404: no such item/feature; 403: a
@@ -643,6 +663,8 @@ class Pages:
             prefix = [int(p) for p in prefix_text.split(".")] if prefix_text.strip() else []
         except ValueError:
             raise PageError(404, f"{prefix_text!r} is not a prefix of codes (write them as 12.3.200)") from None
+        if any(not 0 <= p < 2**31 for p in prefix):  # codes are small non-negative integers
+            raise PageError(404, f"no item of {info.qualified} has an ID under {prefix_text}")
         if len(prefix) > levels:
             raise PageError(404, f"{info.qualified} has {levels} levels; {prefix_text!r} has {len(prefix)} codes")
         ids, codes = b.codes(info.qualified)  # sorted by codes: a prefix is one run of rows
@@ -807,6 +829,8 @@ def create_app(
                         raise PageError(413, f"upload larger than {MAX_UPLOAD_BYTES // 1024**2} MiB")
                     upload = (file.filename, data)
                 feature, text, k = params.get("feature", ""), params.get("q", ""), params.get("k")
+                if not isinstance(text, str):  # a q sent as a file part: no text query
+                    text = ""
         else:
             feature, text, k = params.get("feature", ""), params.get("q", ""), params.get("k")
         k = _int(k, browser.k, 1, 100)
@@ -857,7 +881,7 @@ def create_app(
             real = os.path.realpath(local)  # as the ingest reads it: links resolved, regular files only
             if not os.path.isfile(real):
                 raise PageError(404, f"the catalog names {src!r} for item {item_id!r}, but there is no such file")
-            return FileResponse(real)  # answers Range requests: players can seek
+            return FileResponse(real, headers=MEDIA_HEADERS)  # answers Range requests: players can seek
         from itemlens.workflows.browse.media import MAX_VIDEO_BYTES
 
         try:
@@ -866,7 +890,9 @@ def create_app(
             raise PageError(404, f"cannot read {src!r}: {error.reason}") from None
         import mimetypes
 
-        return Response(data, media_type=mimetypes.guess_type(uri)[0] or "application/octet-stream")
+        return Response(
+            data, media_type=mimetypes.guess_type(uri)[0] or "application/octet-stream", headers=MEDIA_HEADERS
+        )
 
     async def thumb(request: Request) -> Response:
         params = request.query_params
@@ -938,16 +964,11 @@ def serve(
     id_column: str | None = None,
 ) -> None:
     """Run the app with uvicorn until interrupted (``itemlens browse``)."""
-    import ipaddress
     import sys
 
     import uvicorn
 
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    hosts = LOOPBACK_HOSTS if loopback else ["*"]
+    loopback, hosts = answered_hosts(host)
     app = create_app(store, snapshot=snapshot, catalog=catalog, id_column=id_column, allowed_hosts=hosts)
     browser = app.state.browser
     shown = f"[{host}]" if ":" in host else host
