@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from itemlens.errors import ConfigError
+
 KINDS = ("IVF_PQ", "IVF_HNSW_SQ")
 RECALL_QUERIES = 100
 
@@ -64,6 +66,11 @@ def build(dataset, kind: str, overrides: dict[str, Any] | None = None) -> dict[s
     rows = dataset.count_rows()
     dim = dataset.schema.field("vector").type.list_size
     params = {**default_params(kind, rows, dim), **(overrides or {})}
+    sub_vectors = params.get("num_sub_vectors")
+    if sub_vectors is not None and (sub_vectors < 1 or dim % sub_vectors):
+        raise ConfigError(f"num_sub_vectors {sub_vectors} must divide the vectors' {dim} dimensions")
+    if params["num_partitions"] < 1:
+        raise ConfigError(f"num_partitions must be at least 1, not {params['num_partitions']}")
     start = time.perf_counter()
     dataset.create_index("vector", index_type=kind, metric="cosine", replace=True, **params)
     seconds = time.perf_counter() - start

@@ -321,3 +321,28 @@ def test_command_line_snapshots_pin_prune_index_export(store, tmp_path):
     assert "features.npz" in out
     archive = np.load(tmp_path / "x" / "features.npz")
     assert archive["item_id"].tolist() == ["i5", "not-there", "i1"] and np.isnan(archive["text"][1]).all()
+
+
+def test_command_line_arguments_that_cannot_work_are_one_message_with_exit_2(store, tmp_path, capsys):
+    from itemlens.workflows.cli import main
+
+    itemlens.connect(store).put_vectors("emb", [f"i{i}" for i in range(40)], _unit(40, 8), spec={"model": "m"})
+    taken = tmp_path / "taken.txt"
+    taken.write_text("a file, not a folder")
+    for args, message in (
+        (["index", str(store), "emb", "--num-sub-vectors", "3"], "num_sub_vectors 3 must divide the vectors' 8"),
+        (["export", str(store), "--format", "npz", "--out", str(taken)], "taken.txt"),
+        (["export", str(store), "--format", "npz", "--out", str(tmp_path / "x"), "--ids", str(tmp_path)], "Is a dir"),
+    ):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("itemlens: error:") and message in err and "Traceback" not in err, (args, err)
+    for args in (
+        ["diff", str(store), "emb", "emb", "--sample", "-3"],
+        ["diff", str(store), "emb", "emb", "--sample", "0"],
+        ["browse", str(store), "--port", "99999"],
+        ["prune", str(store), "--keep", "0"],
+    ):
+        with pytest.raises(SystemExit) as info:  # argparse's usage error
+            main(args)
+        assert info.value.code == 2 and "out of range" in capsys.readouterr().err, args

@@ -107,16 +107,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="delete all but the newest K snapshots (and the pinned ones)")
     p.add_argument("store", help="the store: a folder, or an s3:// gs:// az:// URI")
     p.add_argument(
-        "--keep", type=int, required=True, metavar="K", help="keep the newest K snapshots (and the pinned ones); K >= 1"
+        "--keep",
+        type=_at_least(1),
+        required=True,
+        metavar="K",
+        help="keep the newest K snapshots (and the pinned ones); K >= 1",
     )
     p = sub.add_parser("index", help="build a vector index on a feature and measure its recall@10")
     p.add_argument("store", help="the store: a folder, or an s3:// gs:// az:// URI")
     p.add_argument("feature", help="a pooled vector feature (name, or name@vN)")
     p.add_argument("--kind", default="IVF_PQ", choices=["IVF_PQ", "IVF_HNSW_SQ"])
-    p.add_argument("--num-partitions", type=int, default=None, help="IVF partitions (default: about sqrt(rows))")
+    p.add_argument(
+        "--num-partitions", type=_at_least(1), default=None, help="IVF partitions (default: about sqrt(rows))"
+    )
     p.add_argument(
         "--num-sub-vectors",
-        type=int,
+        type=_at_least(1),
         default=None,
         help="PQ sub-vectors (default: 16 or 8 values each, at least 8 where the size allows)",
     )
@@ -234,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("store", help="the store: a folder, or an s3:// gs:// az:// URI")
     p.add_argument("--snapshot", type=int, default=None, help="browse this snapshot (default: the latest)")
-    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--port", type=_at_least(1, 65535), default=8765)
     p.add_argument(
         "--host",
         default="127.0.0.1",
@@ -255,15 +261,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", help="the store: a folder, or an s3:// gs:// az:// URI")
     p.add_argument("a", help="NAME@vN (a feature version), NAME@sN (the feature in snapshot N) or NAME@vN@sN")
     p.add_argument("b", help="the other side, written the same way")
-    p.add_argument("--k", type=int, default=10, help="neighbours per item (default 10)")
+    p.add_argument("--k", type=_at_least(1), default=10, help="neighbours per item (default 10)")
     p.add_argument("--snapshot", type=int, default=None, help="snapshot of the sides without @sN (default: the latest)")
     p.add_argument(
         "--sample",
-        type=int,
+        type=_at_least(1),
         default=None,
         help="compare this many items drawn at random (each against all items) instead of every item",
     )
-    p.add_argument("--movers", type=int, default=10, help="how many of the items that moved most to print")
+    p.add_argument("--movers", type=_at_least(0), default=10, help="how many of the items that moved most to print")
     p.add_argument("--out", default=None, help="write diff.json, items.csv and histogram.png to this folder")
     for p in sub.choices.values():
         if "--wait-for-lock" not in p._option_string_actions and p.prog.split()[-1] in (
@@ -284,6 +290,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _at_least(low: int, high: int | None = None):
+    """An argparse type: a whole number in [low, high]; anything else is argparse's usage error."""
+
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(
+                f"{value} is out of range ({low} or more{f', {high} at most' if high is not None else ''})"
+            )
+        return value
+
+    whole.__name__ = "int"  # argparse names the type in its messages
+    return whole
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -302,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
             "diff": _diff,
         }[args.command](args)
     except ItemlensError as exc:
+        print(f"itemlens: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path given that cannot be used as asked: an existing file as --out ...
         print(f"itemlens: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
