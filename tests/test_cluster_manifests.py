@@ -53,6 +53,10 @@ def _check_cluster_spec(spec: dict) -> set[str]:
             gpu_groups.append(group["groupName"])
         for c in containers:  # credentials come from a secret or the pod's identity, never inline
             assert not [e for e in c.get("env", []) if "SECRET" in e["name"] and "value" in e]
+        # the weights on every node: actors load the models, decode tasks a captioner's processor
+        assert {m["mountPath"] for c in containers for m in c.get("volumeMounts", [])} >= {"/models"}, group[
+            "groupName"
+        ]
     assert gpu_groups, "no GPU worker group"
     assert len(images) == 1
     return images
