@@ -206,6 +206,13 @@ def test_several_weighted_inputs_and_items_missing_one(tmp_path):
     assert (lens.semantic_ids("sid", ids[:50], fill=-1) == -1).all()
     with pytest.raises(KeyError):
         lens.semantic_ids("sid", ids[:1])
+    # the same mapping written in the other order is the same definition: nothing changes
+    codes = lens.semantic_ids("sid", ids[50:])
+    again, _ = build(lens.uri, {"sid": {"features": {"text": 0.1, "image": 1.0}, "levels": 2, "codebook_size": 16}})
+    assert (again["sid"].trained, again["sid"].changed, again["sid"].retired) == (False, 0, 0)
+    lens.refresh()
+    assert lens.semantic_id_info("sid").qualified == "sid@v1"
+    assert np.array_equal(lens.semantic_ids("sid", ids[50:]), codes)
 
 
 def test_metrics_plot_and_exports(tmp_path):

@@ -416,6 +416,12 @@ def derive(
         if (retrain or entry is None)
         else next((v for v in entry.versions.values() if v.fingerprint == fingerprint), None)
     )
+    stored_order = list(existing.spec["features"]) if existing and isinstance(existing.spec["features"], dict) else []
+    if stored_order and stored_order != list(spec.weights):
+        # the same definition with its features mapping written in another order (the fingerprint
+        # sorts keys): the frozen quantizer takes its inputs in the order it was trained on
+        plan = plan_inputs(writer, {f: spec.weights[f] for f in stored_order}, versions, table_versions, runner)
+        n = len(plan.item_index)
     params = {**spec.model_dump(mode="json"), "device": _device(spec)}
     nearest_free = spec.uniqueness == "nearest-free"
     width, levels = spec.width, spec.levels
