@@ -584,6 +584,47 @@ def test_command_line_graph_show_and_refresh(tmp_path, capsys):
         )
 
 
+def test_refreshes_that_delete_add_and_delete_again_keep_every_list_exact(tmp_path):
+    """A list an earlier refresh shortened is not a list that held every item: three refreshes
+    in a row (deletions, additions, deletions) leave every first k, and every prefix the graph
+    says is exact, equal to a brute-force search."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 8)).astype(np.float32)
+    lens, ids = _store(tmp_path, {"emb": x}, 300)
+    vectors = dict(zip(ids, x))
+    spec = {"g": {"features": ["emb"], "k": 3, "depth": 6, "self_loops": False}}
+    build(lens.uri, spec)
+
+    def delete(count):
+        gone = [ids_now[i] for i in rng.choice(len(ids_now), count, replace=False)]
+        with StoreWriter.open(lens.uri) as writer:
+            version = writer.base.feature_version("emb")
+            writer.remove_items([version], gone)
+            writer.publish(catalog=dict(writer.base.catalog), report={"summary": "delete"}, current={"emb": version})
+        for item in gone:
+            del vectors[item]
+
+    for step in ("delete", "add", "delete"):
+        ids_now = list(vectors)
+        if step == "delete":
+            delete(60)
+        else:
+            new = rng.normal(size=(60, 8)).astype(np.float32)
+            lens.put_vectors("emb", [f"new{i}" for i in range(60)], new)
+            vectors.update(zip([f"new{i}" for i in range(60)], new))
+        build(lens.uri, spec)
+        lens.refresh()
+        table = lens._dataset(lens.graph_info("g").table).to_table().to_pylist()
+        index = {r["item_id"]: r["item_index"] for r in table}
+        order = sorted(vectors, key=index.get)
+        s = _cos(np.stack([vectors[i] for i in order]).astype(np.float64))
+        np.fill_diagonal(s, -np.inf)
+        truth = {order[a]: [index[order[b]] for b in np.argsort(-s[a])[:6]] for a in range(len(order))}
+        for row in table:
+            assert row["neighbors"][:3] == truth[row["item_id"]][:3], (step, row["item_id"])
+            assert row["neighbors"][: row["exact"]] == truth[row["item_id"]][: row["exact"]], (step, row["item_id"])
+
+
 @pytest.mark.parametrize("self_loops", [True, False])
 def test_an_approximate_refresh_equals_a_rebuild_with_the_same_index_and_touches_only_affected_lists(
     tmp_path, self_loops

@@ -489,8 +489,12 @@ def _refresh_lists(old: pa.Table, inputs: FeatureInputs, spec: GraphSpec, device
         lost,
     )
     # what the unchanged items can vouch for: every score above the last exact one is known
+    # A list is complete when it still holds every unchanged item with a direction (itself aside
+    # without self loops): then no unchanged item is missing under its last score. Its stored
+    # length alone does not say so: a list an earlier refresh shortened is short too.
     complete = np.zeros(n, bool)
-    complete[kept] = lengths[old_row[kept]] < depth  # the list held every item it could
+    need = int(valid[kept].sum()) - (valid[kept] & (not spec.self_loops)).astype(np.int64)
+    complete[kept] = (lists[kept] != knn.NO_NEIGHBOUR).sum(axis=1) >= need
     bound = np.full(n, np.inf, np.float32)
     has_prefix = np.flatnonzero(exact > 0)
     bound[has_prefix] = scores[has_prefix, exact[has_prefix] - 1]

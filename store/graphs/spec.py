@@ -45,7 +45,10 @@ class GraphSpec(StrictModel):
     )
     method: Literal["exact", "approximate"] = Field(
         "exact",
-        description=("exact: blocked matrix products; approximate: a faiss IVF index (rebuilt whole on refresh)"),
+        description=(
+            "exact: blocked matrix products; approximate: a faiss IVF index (a refresh searches with the stored "
+            "centroids; --rebuild trains new ones)"
+        ),
     )
     nprobe: int = Field(32, ge=1, description="approximate: IVF lists searched per item")
     nlist: int | None = Field(
