@@ -319,22 +319,23 @@ def refresh_block(
         probes[kept] = np.asarray(
             old.column("probes").take(pa.array(at)).combine_chunks().flatten().to_numpy()
         ).reshape(len(kept), -1)
-        lengths = (lists >= 0).sum(axis=1)
         gone = (lists >= 0) & moved[np.maximum(lists, 0)]
         lost = gone.any(axis=1)
         touched[kept[lost]] = True
-        # what a stored list vouches for: its entries down to the last one that stayed
+        # what a stored list vouches for: its exact prefix, less the entries that left it (they
+        # keep their order, so the survivors of the prefix come first)
+        vouched_left = stored_exact - (gone & (np.arange(depth)[None, :] < stored_exact[:, None])).sum(axis=1)
         survivors = np.where(gone, NO_NEIGHBOUR, lists)
         order = np.argsort(survivors < 0, axis=1, kind="stable")
         lists, sims = (
             np.take_along_axis(survivors, order, 1),
             np.take_along_axis(np.where(gone, -np.inf, sims), order, 1),
         )
-        remaining = (lists >= 0).sum(axis=1)
-        bound = np.where(remaining > 0, sims[np.arange(len(kept)), np.maximum(remaining - 1, 0)], np.inf)
-        complete = lengths < depth  # the list held every item of its probes
-        bound = np.where(complete, -np.inf, bound)
-        prefix = np.minimum(np.where(lost, remaining, stored_exact), remaining)
+        prefix = np.minimum(vouched_left, (lists >= 0).sum(axis=1))
+        # New and changed items merge in as exact down to the last vouched score. No list counts
+        # as holding every item of its probes (a short list may be one a refresh shortened, and
+        # the probed lists' sizes are not stored): a list left unsure of its first k is searched again.
+        bound = np.where(prefix > 0, sims[np.arange(len(kept)), np.maximum(prefix - 1, 0)], np.inf)
         # the new and changed items of each list's probed lists
         if fresh_shards is not None:
             extra = 0 if search.self_loops else 1
