@@ -471,7 +471,6 @@ def _refresh_lists(old: pa.Table, inputs: FeatureInputs, spec: GraphSpec, device
     owner[old_row[kept]] = kept
     neighbors = old.column("neighbors").combine_chunks()
     offsets = neighbors.offsets.to_numpy()
-    lengths = np.diff(offsets)
     lists = np.full((n, depth), knn.NO_NEIGHBOUR, np.int64)
     scores = np.full((n, depth), -np.inf, np.float32)
     exact, lost = np.zeros(n, np.int64), np.zeros(n, np.int64)
