@@ -365,6 +365,10 @@ def test_parquet_csv_and_jsonl_catalogs_give_the_same_vectors(ray_session, tmp_p
     (tmp_path / "csv-folder" / "_SUCCESS").write_text("")
     source = CatalogSource.open(tmp_path / "csv-folder", CatalogConfig())
     assert sorted(source.read(["item_id"]).to_pandas()["item_id"]) == sorted(r["item_id"] for r in rows)
+    # a file named is read whatever its name, in the format the configuration gives
+    shutil.copy(folder / "flat.csv", tmp_path / "export.txt")
+    named = CatalogSource.open(tmp_path / "export.txt", CatalogConfig(format="csv"))
+    assert sorted(named.read(["item_id"]).to_pandas()["item_id"]) == sorted(r["item_id"] for r in rows)
 
 
 def test_bad_catalogs_and_weights_fail_before_any_work(ray_session, tmp_path, catalog, minilm_path, tiny_clip):

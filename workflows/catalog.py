@@ -74,6 +74,10 @@ class CatalogSource:
         base = text.rstrip("/") if is_dir else (os.path.dirname(text) if not remote else text.rsplit("/", 1)[0])
         return cls(uri=text, format=fmt, base=base, id_column=config.id_column, delta=delta)
 
+    @property
+    def is_folder(self) -> bool:
+        return self.base == self.uri.rstrip("/")
+
     def read(self, columns: list[str] | None = None) -> ray.data.Dataset:
         """The catalog as a Ray Dataset (Ray pushes a column selection down into Parquet reads);
         for a delta, its upserts."""
@@ -112,7 +116,15 @@ class CatalogSource:
     def _read_all(self) -> ray.data.Dataset:
         import ray.data
 
-        extensions = FILE_EXTENSIONS[self.format]
+        # in a folder, the files of the format; a file named is read whatever its name (Ray's
+        # Parquet reader takes None for its default, .parquet only: it gets the file's own suffix)
+        name = self.uri.rsplit("/", 1)[-1]
+        if self.is_folder:
+            extensions = FILE_EXTENSIONS[self.format]
+        elif self.format == "parquet" and "." in name:
+            extensions = [name.split(".", 1)[1]]
+        else:
+            extensions = None
         if self.format == "parquet":
             ds = ray.data.read_parquet(self.uri, file_extensions=extensions)
         elif self.format == "jsonl":
