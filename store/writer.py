@@ -266,7 +266,6 @@ class StoreWriter:
         import lance
 
         self.lock.check()
-
         self.reset_work_ids()
         hashes = [int.from_bytes(hashlib.sha256(i.encode()).digest()[:8], "little", signed=True) for i in ids]
         work = lance.write_dataset(

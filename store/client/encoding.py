@@ -180,7 +180,10 @@ class Encoding(LensBase):
 
 
 def _is_vector(query: Any) -> bool:
-    """An array of numbers (numpy, a torch tensor, anything with ``__array__``) or a list of them."""
+    """An array of numbers (numpy, a torch tensor, anything with ``__array__``) or a list of them;
+    never an image, whatever array protocol its library gives it."""
+    if type(query).__module__.split(".")[0] == "PIL":
+        return False
     if hasattr(query, "__array__") and not isinstance(query, (str, bytes)):
         try:
             return np.asarray(query).dtype.kind in "fiu"
