@@ -157,9 +157,14 @@ class StoreWriter:
         storage_options: dict[str, str] | None = None,
         lock_wait: float = 0.0,
         command: str | None = None,
+        create: bool = True,
     ) -> StoreWriter:
-        """Take the writer lock on ``uri`` (creating the store if needed) and return a writer."""
+        """Take the writer lock on ``uri`` and return a writer; the store is made there if there
+        is none, unless ``create`` is false (commands that change a store refuse a path without
+        one: a mistyped path must not become an empty store)."""
         location = StoreLocation.parse(uri, storage_options)
+        if not create:
+            check_store_format(location)
         lock = WriterLock(location).acquire(wait=lock_wait, command=command)
         try:
             return cls(location, lock)
@@ -935,7 +940,9 @@ def publish_derived(
     for name in parsed:
         if not NAME.match(name):
             raise ConfigError(f"{what} name {name!r}: use a letter, then letters, digits or '_'")
-    with StoreWriter.open(uri, storage_options=storage_options, lock_wait=lock_wait, command=command) as writer:
+    with StoreWriter.open(
+        uri, storage_options=storage_options, lock_wait=lock_wait, command=command, create=False
+    ) as writer:
         if writer.base.snapshot_id == 0:
             raise StoreError(f"{writer.location.uri} has no snapshot yet: ingest features first")
         reports = {name: derive(writer, name, spec) for name, spec in parsed.items()}

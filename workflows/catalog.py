@@ -27,12 +27,11 @@ if TYPE_CHECKING:  # pragma: no cover
 OP_COLUMN = "_op"
 _OPS = ("upsert", "delete")
 
-_EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv"}
 # Text catalogs may be compressed; Arrow infers the codec from these suffixes.
 _COMPRESSED = ("", ".gz", ".bz2", ".br", ".zst", ".lz4")
-#: each format's file names in a folder catalog, as given to Ray's reader (``file_extensions``):
-#: the readers skip every other file, so a README or the media kept beside the catalog's files
-#: are not read as rows
+#: each format's file names, as given to Ray's reader of a folder (``file_extensions``): the
+#: readers skip every other file, so a README or the media kept beside the catalog's files are
+#: not read as rows; ``format: auto`` tells a file's format by the same names
 FILE_EXTENSIONS = {
     "parquet": ["parquet", "pq"],
     "jsonl": [f"{ext}{c}" for ext in ("jsonl", "json") for c in _COMPRESSED],
@@ -66,8 +65,7 @@ class CatalogSource:
             text = str(path)
             is_dir = path.is_dir()
         else:  # a remote URI names a folder unless it ends in a catalog file's extension
-            name = text.rstrip("/").rsplit("/", 1)[-1].lower()
-            is_dir = not any(name.endswith(ext) or name.endswith(ext + ".gz") for ext in _EXTENSIONS)
+            is_dir = _format_of(text.rstrip("/")) is None
         fmt = config.format
         if fmt == "auto":
             fmt = _detect_format(text, is_dir)
@@ -295,10 +293,15 @@ def _ops_of(batch: pa.Table, *, id_column: str) -> pa.Table:
     return pa.table({"id": ids, "op": _op_column(batch)})
 
 
+def _format_of(path: str) -> str | None:
+    """The format a file's name says (``FILE_EXTENSIONS``), or None."""
+    name = path.rsplit("/", 1)[-1].lower()
+    return next((fmt for fmt, exts in FILE_EXTENSIONS.items() if any(name.endswith("." + e) for e in exts)), None)
+
+
 def _is_catalog_file(relative: str, fmt: str) -> bool:
     """Whether Ray's reader of ``fmt`` reads the file at ``relative`` in a folder catalog."""
-    name = relative.lower()
-    return not relative.startswith(_HIDDEN) and any(name.endswith("." + ext) for ext in FILE_EXTENSIONS[fmt])
+    return not relative.startswith(_HIDDEN) and _format_of(relative) == fmt
 
 
 def _detect_format(uri: str, is_dir: bool) -> str:
@@ -308,12 +311,10 @@ def _detect_format(uri: str, is_dir: bool) -> str:
     if is_dir and not has_scheme(uri):
         candidates = sorted(str(p) for p in Path(uri).iterdir() if p.is_file())
     for candidate in candidates:
-        name = candidate.rsplit("/", 1)[-1].lower()
-        if is_dir and name.startswith(_HIDDEN):  # files Ray's readers skip
+        if is_dir and candidate.rsplit("/", 1)[-1].startswith(_HIDDEN):  # files Ray's readers skip
             continue
-        for ext, fmt in _EXTENSIONS.items():
-            if any(name.endswith(ext + c) for c in _COMPRESSED):
-                return fmt
+        if fmt := _format_of(candidate):
+            return fmt
     where = "a folder on object storage" if is_dir and has_scheme(uri) else "its name"
     raise ConfigError(
         f"cannot tell the format of catalog {uri} from {where}; set catalog.format to parquet, jsonl or csv"

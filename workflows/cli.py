@@ -386,7 +386,7 @@ def _check_writable(path: str) -> None:
     """A report file that cannot be written is an error before the job, not a traceback after it
     published (the folder must exist, and the file be writable where it does)."""
     target = Path(path).expanduser()
-    folder = target.parent if str(target.parent) else Path(".")
+    folder = target.parent
     if target.is_dir():
         raise ConfigError(f"--report {path}: is a folder; give a file name")
     if not folder.is_dir():
@@ -408,19 +408,11 @@ def _snapshots(args) -> int:
     return 0
 
 
-def _existing_store(uri: str, storage_options: dict | None = None) -> None:
-    """Commands that change a store refuse a path with none (a writer would make one there)."""
-    from itemlens.store.location import StoreLocation
-    from itemlens.store.writer import check_store_format
-
-    check_store_format(StoreLocation.parse(uri, storage_options))
-
-
 def _pin(args) -> int:
     from itemlens.store.writer import StoreWriter
 
-    _existing_store(args.store)
-    with StoreWriter.open(args.store, lock_wait=args.wait_for_lock, command=f"itemlens {args.command}") as writer:
+    command = f"itemlens {args.command}"
+    with StoreWriter.open(args.store, lock_wait=args.wait_for_lock, command=command, create=False) as writer:
         (writer.pin if args.command == "pin" else writer.unpin)(args.snapshot)
     print(f"snapshot {args.snapshot} {'pinned' if args.command == 'pin' else 'unpinned'}")
     return 0
@@ -429,8 +421,7 @@ def _pin(args) -> int:
 def _prune(args) -> int:
     from itemlens.store.writer import StoreWriter
 
-    _existing_store(args.store)
-    with StoreWriter.open(args.store, lock_wait=args.wait_for_lock, command="itemlens prune") as writer:
+    with StoreWriter.open(args.store, lock_wait=args.wait_for_lock, command="itemlens prune", create=False) as writer:
         report = writer.prune(args.keep)
     print(
         f"kept snapshots {report['kept']} (pinned: {report['pinned']}); dropped {report['dropped']}; "
@@ -549,7 +540,6 @@ def _derive(args, section: str, what: str, build) -> int:
 
     configure_logging(False)
     cfg = load_derived_config(args.config)
-    _existing_store(args.store, cfg.storage_options or None)
     specs = getattr(cfg, section)
     names = args.name or list(specs)
     unknown = [n for n in names if n not in specs]

@@ -10,7 +10,7 @@ import os
 
 from itemlens.extractors import build_encoder
 from itemlens.store.location import StoreLocation
-from itemlens.store.writer import RemovalPolicy, StoreWriter, check_store_format
+from itemlens.store.writer import RemovalPolicy, StoreWriter
 from itemlens.workflows import stages
 from itemlens.workflows.catalog import CatalogSource
 from itemlens.workflows.config import IngestConfig, load_config
@@ -41,12 +41,12 @@ def plan(
     removals = RemovalPolicy(cfg.catalog.max_removed_share, allowed_removals(allow_removals))
     encoders = {name: build_encoder(spec) for name, spec in cfg.feature_order()}
     report = PlanReport(catalog=source.uri, store=location.uri, delta=delta)
-    check_store_format(location)  # a dry run creates nothing, a store included
     with StoreWriter.open(
         location.uri,
         storage_options=cfg.storage_options,
         lock_wait=lock_wait,
         command=f"itemlens ingest --dry-run {source.uri}",
+        create=False,  # a dry run creates nothing, a store included
     ) as writer:
         start_ray(address, progress=False)
         checked = catalog_read(source, lambda: check_catalog(source, cfg))

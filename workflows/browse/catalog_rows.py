@@ -64,7 +64,7 @@ class CatalogRows:
         paths = [path for path, _ in self.source.files()]
         if has_scheme(uri):  # fsspec lists object-storage keys without their scheme
             protocol = uri.split("://", 1)[0]
-            return [p if "://" in p else f"{protocol}://{p}" for p in paths]
+            return [f"{protocol}://{p}" for p in paths]
         return paths
 
     def rows(self, ids: list[str]) -> list[dict[str, Any] | None]:
