@@ -7,7 +7,9 @@ used are brought to 8-bit RGB the way a product catalog needs:
 * EXIF orientation is applied (phone photos are often stored rotated);
 * transparency (RGBA, LA, palette with a transparent colour) is composited on white,
   where a plain ``convert("RGB")`` would turn transparent backgrounds black;
-* 16-bit greyscale keeps its top 8 bits (a plain convert clips everything above 255 to white);
+* 16-bit greyscale keeps its top 8 bits (a plain convert clips everything above 255 to white),
+  however dark the image is; Pillow's 32-bit ``I`` mode (e.g. a 16-bit PPM) declares no range,
+  so it is taken as 16-bit only when a value exceeds 255;
 * CMYK and other modes go through Pillow's own conversion.
 """
 
@@ -132,7 +134,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
     mode = img.mode
     if mode in _SIXTEEN_BIT_MODES or mode == "I":
         arr = np.asarray(img).astype(np.int64)
-        arr = np.clip(arr, 0, 65535) >> 8 if arr.max(initial=0) > 255 else np.clip(arr, 0, 255)
+        sixteen_bit = mode in _SIXTEEN_BIT_MODES or arr.max(initial=0) > 255
+        arr = np.clip(arr, 0, 65535) >> 8 if sixteen_bit else np.clip(arr, 0, 255)
         return Image.fromarray(arr.astype(np.uint8), "L").convert("RGB")
     if mode == "F":
         arr = np.nan_to_num(np.asarray(img, dtype=np.float64))

@@ -46,6 +46,10 @@ def test_odd_images_decode_to_rgb_correctly(bad):
     gray = np.asarray(load("gray16"))
     assert gray[0, 0].tolist() == [0, 0, 0] and gray[-1, -1].tolist() == [255, 255, 255]
     assert 100 < gray[24, 32, 0] < 160  # mid-range 16-bit values keep their grey, not clipped to white
+    # a dark 16-bit image stays dark (its values are out of 65535, however small they all are)
+    dark = io.BytesIO()
+    Image.fromarray(np.full((8, 8), 200, np.uint16)).save(dark, "PNG")
+    assert np.asarray(decode_image(dark.getvalue())).max() == 0
     assert np.asarray(load("transparent")).min() == 255  # transparent composites on white, not black
     cmyk = np.asarray(load("cmyk")).astype(int)
     original = np.asarray(Image.open(REAL_JPEG).convert("RGB").resize((96, 80))).astype(int)
