@@ -473,6 +473,25 @@ def test_cooccurrence_from_interactions(tmp_path):
         )
 
 
+@pytest.mark.parametrize("method", ["exact", "approximate"])
+def test_a_graph_with_interactions_counts_and_describes_the_cooccurrence_input(tmp_path, method):
+    """The item count and statistics cover every input, co-occurrence included, whichever the
+    method: the statistics equal those of the stored table read back."""
+    lens, ids = _store(tmp_path, {"emb": np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)}, 6)
+    interactions = tmp_path / "interactions.csv"
+    interactions.write_text("user_id,item_id\nu1,item0000\nu1,item0001\nu2,item0001\nu2,item0005\n")
+    spec = {"co": {"features": ["emb"], "k": 2, "method": method, "interactions": {"path": str(interactions)}}}
+    report = build(lens.uri, spec)[0]["co"]
+    lens.refresh()
+    stored = lens._dataset(lens.graph_info("co").table).to_table()
+    assert set(report.stats["inputs"]) == {"emb", "cooccurrence"}
+    assert {k: v for k, v in report.stats.items() if k not in ("recall_at_k", "index")} == graph_stats(
+        stored, GraphSpec(**spec["co"])
+    )
+    assert report.stats["inputs"]["cooccurrence"]["edges"] == 4  # 0-1, 1-0, 1-5, 5-1
+    assert report.items == len(set(stored.column("item_id").to_pylist())) == lens.graph_info("co").count
+
+
 def test_interaction_ids_that_look_like_numbers_stay_text(tmp_path):
     StoreWriter.open(tmp_path / "lens").close()
     lens = itemlens.connect(tmp_path / "lens")

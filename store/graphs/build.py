@@ -346,11 +346,13 @@ def _derive_by_blocks(
             report.merged[feature] = lists.touched - lists.recomputed
             report.deleted[feature] = deleted
             report.seconds[f"knn:{feature}"] = time.perf_counter() - t
+        cooccurrence = None  # the co-occurrence lists, for the item count and statistics
         if spec.interactions is not None:
             t = time.perf_counter()
-            rows = with_feature(
+            cooccurrence = with_feature(
                 cooccurrence_lists(spec.interactions, _item_indexes(items_in_order(writer))), COOCCURRENCE
             )
+            rows = cooccurrence
             if not exact:
                 rows = rows.append_column("probes", pa.nulls(rows.num_rows, pa.list_(pa.int32())))
             previous = 0 if stored is None else stored.open().count_rows(filter=f"feature = '{COOCCURRENCE}'")
@@ -385,9 +387,14 @@ def _derive_by_blocks(
             )
         report.seconds["write"] = time.perf_counter() - t
         t = time.perf_counter()
-        listed = np.unique(np.concatenate([rows.item_index for _, rows in done.values()])) if done else []
-        report.items = int(len(listed))
-        report.stats = summarize({f: ivf.stats(lists, rows) for f, (lists, rows) in done.items()})
+        inputs = {f: ivf.stats(lists, rows) for f, (lists, rows) in done.items()}
+        listed = [rows.item_index for _, rows in done.values()]
+        if cooccurrence is not None:
+            order = cooccurrence.column("item_index").to_numpy()
+            inputs[COOCCURRENCE] = list_stats(held_lists(cooccurrence, order, depth_read(spec, COOCCURRENCE)))
+            listed.append(order)
+        report.items = int(len(np.unique(np.concatenate(listed)))) if listed else 0
+        report.stats = summarize(inputs)
         if not exact:
             recalls = [ivf.recall(runner, lists, rows, spec) for lists, rows in done.values() if len(rows.item_index)]
             report.stats["recall_at_k"] = round(float(np.mean(recalls)), 4) if recalls else 0.0
