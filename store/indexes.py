@@ -44,13 +44,16 @@ def _sub_vectors(dim: int) -> int:
     return dim // 16 if dim % 16 == 0 else 1
 
 
-def refine_factor(kind: str, k: int, requested: int | None = None) -> int | None:
-    """How many times k candidates an IVF_PQ search re-ranks exactly: at least 500 in all.
-    (1M x 128 clustered vectors, 1,000 partitions, 8 sub-vectors: recall@10 0.52 re-ranking
-    100 candidates, 0.93 re-ranking 500, at ~108 and ~70 queries/s on the 2-CPU VM.)"""
+def refine_factor(kind: str, k: int, requested: int | None = None) -> int:
+    """How many times k candidates a search re-ranks on the stored vectors. IVF_PQ: at least 500
+    in all (1M x 128 clustered vectors, 1,000 partitions, 8 sub-vectors: recall@10 0.52
+    re-ranking 100 candidates, 0.93 re-ranking 500, at ~108 and ~70 queries/s on the 2-CPU VM).
+    IVF_HNSW_SQ: its own k, re-scored: the index's distance is the squared L2 of quantized unit
+    vectors (about 2 - 2 cos), not a cosine distance. At least 1 either way, so that every score
+    a search returns is the stored vectors' cosine."""
     if requested is not None:
-        return requested
-    return max(10, math.ceil(500 / max(k, 1))) if kind == "IVF_PQ" else None
+        return max(1, requested)
+    return max(10, math.ceil(500 / max(k, 1))) if kind == "IVF_PQ" else 1
 
 
 def vector_index(dataset) -> dict[str, Any] | None:
@@ -95,10 +98,7 @@ def recall_at_k(dataset, kind: str, k: int = 10, queries: int = RECALL_QUERIES, 
     hits = 0
     for q in vectors:
         nearest = {"column": "vector", "q": q, "k": k, "metric": "cosine"}
-        refine = refine_factor(kind, k)
-        approx = dataset.to_table(
-            columns=["item_id"], nearest={**nearest, **({"refine_factor": refine} if refine else {})}
-        )
+        approx = dataset.to_table(columns=["item_id"], nearest={**nearest, "refine_factor": refine_factor(kind, k)})
         approx = approx.column("item_id").to_pylist()
         exact = dataset.to_table(columns=["item_id"], nearest={**nearest, "use_index": False})
         hits += len(set(approx) & set(exact.column("item_id").to_pylist()))

@@ -161,6 +161,22 @@ def test_an_index_finds_the_same_top1_as_exact_search(store):
     assert lens.search("emb", _unit(1, 32, seed=9)[0], k=1)[0].item_id == "new"
 
 
+@pytest.mark.parametrize("kind", ["IVF_PQ", "IVF_HNSW_SQ"])
+def test_scores_through_an_index_are_the_cosines_of_an_exact_search(store, kind):
+    """An index's own distance is not always a cosine distance (IVF_HNSW_SQ's is an L2 of
+    quantized vectors): what a search through it returns must still be the stored cosines."""
+    n = 500
+    values = np.random.default_rng(0).normal(size=(n, 32)).astype(np.float32)
+    lens = itemlens.connect(store)
+    lens.put_vectors("emb", [f"i{i}" for i in range(n)], values)
+    lens.create_index("emb", kind=kind)
+    unit = values / np.linalg.norm(values, axis=1, keepdims=True)
+    for query in np.random.default_rng(1).normal(size=(5, 32)):
+        cosines = unit @ (query / np.linalg.norm(query))
+        for hit in lens.search("emb", query, k=5):
+            assert hit.score == pytest.approx(cosines[int(hit.item_id[1:])], abs=1e-5), hit
+
+
 def test_an_index_on_an_older_version_is_in_the_table_version_the_snapshot_names(store):
     n = 2_000
     ids = [f"i{i}" for i in range(n)]

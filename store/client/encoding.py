@@ -132,9 +132,10 @@ class Encoding(LensBase):
 
         ``query`` is a vector, or raw text / an image (path, URI or PIL image) encoded with the
         feature's own spec; an open-clip image feature takes text queries through its text tower.
-        With a vector index (``create_index``) the search is approximate: IVF_PQ results are
-        re-ranked on the stored vectors (at least 500 candidates unless ``refine_factor`` says
-        otherwise); ``exact=True`` scans every vector instead.
+        With a vector index (``create_index``) the search is approximate: the candidates are
+        re-ranked on the stored vectors (IVF_PQ: at least 500 unless ``refine_factor`` says
+        otherwise), so every score is the stored vectors' cosine; ``exact=True`` scans every
+        vector instead.
         """
         version = self._version(name)
         if version.kind != "vector":
@@ -169,9 +170,7 @@ class Encoding(LensBase):
 
             if nprobes is not None:
                 query_builder = query_builder.nprobes(nprobes)
-            factor = refine(version.index["kind"], k, refine_factor)
-            if factor:
-                query_builder = query_builder.refine_factor(factor)
+            query_builder = query_builder.refine_factor(refine(version.index["kind"], k, refine_factor))
         hits = query_builder.select(["item_id", "_distance"]).to_arrow()
         return [
             SearchResult(i, 1.0 - float(d))
