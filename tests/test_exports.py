@@ -184,6 +184,14 @@ def test_mmrec_needs_an_order_roles_and_float32(lens, tmp_path):
         lens.export("mmrec", tmp_path / "y", store_order=True, features=["image", "text16"])
     lens.export("mmrec", tmp_path / "y", store_order=True, features={"image": "image", "text": "text16"})
     assert np.load(tmp_path / "y" / "text_feat.npy").shape == (N_STORE, 3)
+    # the same format in another order replaces the earlier export: no file keeps the old order
+    reverse = lens.item_order()[::-1]
+    report = lens.export("mmrec", tmp_path / "y", ids=reverse, features=["image"])
+    assert not (tmp_path / "y" / "text_feat.npy").exists() and "text_feat.npy" in " ".join(report.notes)
+    assert np.array_equal(np.load(tmp_path / "y" / "image_feat.npy"), lens.vectors("image", reverse))
+    manifest = json.loads((tmp_path / "y" / "export.json").read_text())["exports"]["mmrec"]
+    assert manifest["files"] == ["image_feat.npy", "i_id_mapping.csv"] and list(manifest["artifacts"]) == ["image"]
+    lens.export("mmrec", tmp_path / "y", store_order=True, features={"image": "image", "text": "text16"})
     # one folder, one order: files of two orders would not line up
     with pytest.raises(ConfigError, match=r"holds a mmrec export aligned to another order"):
         lens.export("mmrec-adj", tmp_path / "y", ids=["item001", "item000"], model="mgcn", model_params={"knn_k": 1})

@@ -10,8 +10,10 @@ a consumer would misread, and only then writes. Refused before anything is writt
 - ids the store does not know, and rows without a value in a format that writes dense arrays,
   unless ``fill`` is given (features: any number or nan; semantic IDs: a negative integer, never
   a code; graphs: 0, an empty row); Parquet formats write nulls for known items without a value;
-- a folder that already holds an export aligned to another order (``export.json`` records each
-  format's order digest), or an ``i_id_mapping.csv`` that maps other items;
+- a folder that already holds an export of another format aligned to another order
+  (``export.json`` records each format's order digest), or an ``i_id_mapping.csv`` that maps
+  other items (an export of the same format in another order replaces the earlier one: its
+  files are removed first, so that none is left in the old order);
 - MMRec features that would leave a model's graph cache in the folder stale, and a model's graph
   cache beside feature files it was not built from (MMRec loads a cache whenever it exists).
 
@@ -349,9 +351,12 @@ def export(
     target = Path(out)
     previous = _previous_exports(target)
     _check_folder(target, fmt, order, previous)
+    replaced = _remove_earlier_order(target, fmt, order, previous)
     target.mkdir(parents=True, exist_ok=True)
     files = spec.writer(aligned, target, {**options, "model": model, "dedup": dedup})
     notes += aligned.notes
+    if replaced:
+        notes.append(f"removed the earlier {fmt} export's files of another order: {', '.join(replaced)}")
     report = ExportReport(
         format=fmt,
         out=os.fspath(target),
@@ -654,6 +659,27 @@ def _check_folder(target: Path, fmt: str, order: Order, previous: dict[str, Any]
             f"{target / MAPPING_FILE} exists and maps other items than this export's rows "
             f"({order.description}); export into another folder, or remove it if it is stale"
         )
+
+
+def _remove_earlier_order(target: Path, fmt: str, order: Order, previous: dict[str, Any]) -> list[str]:
+    """An export of ``fmt`` in another order replaces the earlier one of that format: the files it
+    listed that this one may not rewrite (another role, another model's graphs) would keep the
+    old row order beside the new. They are removed (and its entry, in export.json at once)
+    before anything is written; a file another export lists stays. Returns the removed files."""
+    earlier = previous.get(fmt)
+    if earlier is None or earlier.get("order", {}).get("digest") in (None, order.digest):
+        return []
+    listed_by_others = {f for other, entry in previous.items() if other != fmt for f in entry.get("files", [])}
+    root, removed = target.resolve(), []
+    for name in earlier.get("files", []):
+        path = (target / name).resolve()
+        if name in listed_by_others or name == MANIFEST or not path.is_relative_to(root) or not path.is_file():
+            continue
+        path.unlink()
+        removed.append(name)
+    del previous[fmt]
+    (target / MANIFEST).write_text(json.dumps({"exports": previous}, indent=2))
+    return removed
 
 
 def _existing_mapping(target: Path) -> Order | None:
