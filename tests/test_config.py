@@ -154,6 +154,27 @@ def test_a_catalog_folder_is_the_files_its_reader_reads(tmp_path):
     assert CatalogSource.open(folder / "_SUCCESS", CatalogConfig(format="jsonl")).files()  # a file named is read
 
 
+def test_json_lines_keep_the_json_types_of_their_values(tmp_path):
+    """Ids and text that look like numbers or dates stay the strings the file holds (pandas'
+    type guessing, which Ray's own JSON-lines reader keeps on, made "00123" the number 123)."""
+    import pyarrow.fs
+
+    from itemlens.workflows import catalog
+
+    path = tmp_path / "items.jsonl"
+    path.write_text(
+        '{"item_id": "00123", "sku": "000042", "added": "2024-01-01", "price": 9.5}\n'
+        '{"item_id": "007", "sku": "1e3", "added": "2024-01-02", "price": 3}\n'
+        '{"item_id": "7", "sku": null}\n'
+    )
+    source = catalog._json_lines(str(path), None)
+    with pyarrow.fs.LocalFileSystem().open_input_stream(str(path)) as f:
+        rows = [row for frame in source._read_stream(f, str(path)) for row in frame.to_dict("records")]
+    assert [r["item_id"] for r in rows] == ["00123", "007", "7"]
+    assert [r["sku"] for r in rows[:2]] == ["000042", "1e3"] and rows[0]["added"] == "2024-01-01"
+    assert rows[0]["price"] == 9.5
+
+
 def _caption_config(**extra_features) -> dict:
     caption = {"encoder": "caption", "model": "m", "input": {"image": "images"}}
     text = {"encoder": "sentence-transformers", "model": "m", "input": "caption"}
