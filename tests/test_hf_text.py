@@ -8,7 +8,9 @@ practice:
 * ``left``: the same, padding on the left (Qwen3-Embedding's own setting);
 * ``bos_only``: e5-mistral/Llama-like, BOS in front and no EOS (the encoder appends it for
   last-token pooling) and no pad token (the encoder pads with EOS, so the pad id equals a real
-  token's id and only the attention mask tells them apart), padding on the left.
+  token's id and only the attention mask tells them apart), padding on the left;
+* ``own_end``: Qwen3-Embedding's exact shape: the tokenizer appends an end token that is not
+  its EOS (``<|endoftext|>``; its EOS is ``<|im_end|>``), which is pooled as it is.
 
 Every pooling is checked against a direct computation, one text at a time, with the model
 and tokenizer loaded independently. The real all-MiniLM-L6-v2 (a BERT encoder) through hf-text
@@ -58,11 +60,13 @@ def variants(llm, tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("hf-text-variants")
     out = {"right": llm}
-    for name in ("left", "bos_only"):
+    for name in ("left", "bos_only", "own_end"):
         folder = root / name
         shutil.copytree(llm, folder)
         tokenizer = AutoTokenizer.from_pretrained(folder)
         tokenizer.padding_side = "left"
+        if name == "own_end":
+            tokenizer.eos_token = "[MASK]"  # the tokenizer still appends [SEP]
         if name == "bos_only":
             bos = tokenizer.convert_tokens_to_ids("[CLS]")
             tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
@@ -77,6 +81,8 @@ def variants(llm, tmp_path_factory) -> dict[str, Path]:
     assert loaded["bos_only"].pad_token is None and loaded["right"].pad_token == "[PAD]"
     assert loaded["right"]("red shoes")["input_ids"][-1] == loaded["right"].eos_token_id
     assert loaded["bos_only"]("red shoes")["input_ids"][-1] != loaded["bos_only"].eos_token_id
+    own_end = loaded["own_end"]
+    assert own_end("red shoes")["input_ids"][-1] == own_end.convert_tokens_to_ids("[SEP]") != own_end.eos_token_id
     return out
 
 
@@ -120,7 +126,7 @@ def test_normalize(llm, pooling):
     np.testing.assert_allclose(unit, raw / norms[:, None], atol=1e-5)
 
 
-@pytest.mark.parametrize("variant", ["right", "left", "bos_only"])
+@pytest.mark.parametrize("variant", ["right", "left", "bos_only", "own_end"])
 @pytest.mark.parametrize("pooling", ["mean", "last_token", "cls"])
 def test_pooling_is_batch_invariant_and_matches_direct_computation(variants, direct_model, variant, pooling):
     import torch
@@ -128,7 +134,8 @@ def test_pooling_is_batch_invariant_and_matches_direct_computation(variants, dir
 
     enc = encoder(variants[variant], token_pooling=pooling, normalize=False)
     assert enc.tokenizer.padding_side == ("right" if variant == "right" else "left")
-    # Only last-token pooling needs the EOS, and only the bos_only tokenizer lacks it.
+    # Only last-token pooling needs the EOS, and only the bos_only tokenizer ends with no token
+    # of its own (own_end's is not its EOS, and is pooled as the model card pools it).
     appends_eos = variant == "bos_only" and pooling == "last_token"
     assert enc.describe()["appends_eos"] == appends_eos
 
@@ -150,6 +157,21 @@ def test_pooling_is_batch_invariant_and_matches_direct_computation(variants, dir
     if pooling == "cls" and variant == "bos_only":
         return  # the first token is BOS for every text, and a decoder's BOS sees nothing after it
     assert min(np.abs(batch[i] - batch[j]).max() for i in range(len(TEXTS)) for j in range(i)) > 0.05
+
+
+def test_only_features_pooled_on_a_tokenizers_own_end_token_change_fingerprint(variants):
+    """The fix for tokenizers like Qwen3-Embedding's re-encodes those features only."""
+    from itemlens.extractors.spec import fingerprint
+
+    for variant in ("right", "left", "bos_only", "own_end"):
+        for pooling in ("mean", "last_token"):
+            enc = build_encoder(
+                FeatureSpec(
+                    encoder="hf-text", model=str(variants[variant]), input={"template": "{t}"}, token_pooling=pooling
+                )
+            )
+            common = fingerprint(enc.spec, enc.weights_identity(), "hf-text/1")
+            assert (enc.fingerprint() != common) == (variant == "own_end" and pooling == "last_token")
 
 
 def test_sub_batches_restore_order(llm):

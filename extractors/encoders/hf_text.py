@@ -47,7 +47,7 @@ from pydantic import Field
 
 from itemlens.errors import ConfigError, WeightsNotFoundError
 from itemlens.extractors.base import Encoder, ItemError
-from itemlens.extractors.spec import HubModelSpec
+from itemlens.extractors.spec import HubModelSpec, fingerprint
 from itemlens.extractors.weights import ModelFiles
 
 _CONFIG_FILES = ["config.json"]
@@ -100,17 +100,38 @@ class HFTextEncoder(Encoder):
     def check_weights(self) -> None:
         self.files.require(_CONFIG_FILES, _WEIGHT_FILES)
 
+    @functools.cached_property
+    def _fingerprint(self) -> str:
+        """The common fingerprint; a last-token feature whose tokenizer ends a sequence with a
+        token of its own other than its EOS (Qwen3-Embedding: ``<|endoftext|>``, EOS
+        ``<|im_end|>``) also has that in its recipe: such features were once pooled on an EOS
+        appended after it, so their stored vectors are encoded again. Every other feature keeps
+        its fingerprint (the tokenizer is only read for last-token pooling)."""
+        processing = f"{self.name}/{self.processing_version}"
+        if self.token_pooling == "last_token" and _ends_with_own_token(self._tokenizer()):
+            processing += "/own-end-token"
+        return fingerprint(self.spec, self.weights_identity(), processing)
+
+    def _tokenizer(self):
+        from transformers import AutoTokenizer
+
+        self.files.require(_CONFIG_FILES, _WEIGHT_FILES)
+        try:
+            return AutoTokenizer.from_pretrained(self.files.source, **self.files.options())
+        except OSError as exc:
+            raise self.files.load_error(exc, _CONFIG_FILES) from exc
+
     # -- model ------------------------------------------------------------------------
     def _load(self, device: str) -> None:
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # a bar per actor per load is noise in a pipeline
         self.check_weights()
         source, options = self.files.source, self.files.options()
         dtype = _model_dtype(device, self.spec.precision)
+        tokenizer = self._tokenizer()
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source, **options)
             model, info = AutoModel.from_pretrained(source, dtype=dtype, output_loading_info=True, **options)
         except OSError as exc:
             raise self.files.load_error(exc, _CONFIG_FILES + _WEIGHT_FILES) from exc
@@ -238,11 +259,21 @@ def _model_dtype(device: str, precision: str):
 
 
 def _needs_eos(tokenizer) -> bool:
-    """True when the tokenizer does not end a sequence with its EOS token by itself."""
+    """True when the tokenizer ends a sequence with no end token of its own (Llama's, which
+    e5-mistral's recipe follows with an appended EOS). One that appends its EOS, or another
+    token (Qwen3-Embedding's ``<|endoftext|>``, whose EOS is ``<|im_end|>``), is followed as it
+    is, as the model cards and sentence-transformers do."""
     if tokenizer.eos_token_id is None:
         return False  # nothing to append: the last token of the text is pooled
     probe = tokenizer("a", truncation=False)["input_ids"]
-    return not probe or probe[-1] != tokenizer.eos_token_id
+    return not probe or (probe[-1] != tokenizer.eos_token_id and not _ends_with_own_token(tokenizer))
+
+
+def _ends_with_own_token(tokenizer) -> bool:
+    """True when the tokenizer's template appends a token other than its EOS after the text."""
+    probe = tokenizer("a", truncation=False)["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    return bool(probe) and probe[-1] != tokenizer.eos_token_id and probe[-1:] != plain[-1:]
 
 
 def _length_groups(lengths: list[int], tokens_per_batch: int) -> list[list[int]]:
