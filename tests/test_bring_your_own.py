@@ -76,3 +76,7 @@ def test_neighbors_build_the_graph_once_per_reader(tmp_path, monkeypatch):
     matrix, order = lens.graph("g")
     matrix.data[:] = 0  # a caller's copy: the reader's stays intact
     assert lens.neighbors("g", ids[:1]) == first[:1]
+    # more items under the same graph table version: the reader builds the matrix again
+    lens.put_vectors("w", ["new"], np.ones((1, 2), np.float32))
+    matrix, order = lens.graph("g")
+    assert matrix.shape == (41, 41) and order[-1] == "new" and lens.neighbors("g", ["new"]) == [[]]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import itemlens
-from itemlens.errors import ConfigError, SnapshotNotFoundError, UnknownItemsError
+from itemlens.errors import ConfigError, SnapshotNotFoundError, StoreError, UnknownItemsError
 from itemlens.store.writer import StoreWriter
 
 
@@ -91,6 +91,18 @@ def test_a_put_spec_must_be_plain_json_before_anything_is_written(store):
         lens.put_vectors("emb", ["a"], _unit(1, 4), spec={"nan": float("nan")})
     assert itemlens.connect(store).snapshot == before
     assert lance.dataset(str(store / "items.lance")).count_rows() == 0  # no id registered either
+    # refused inputs register no id either: a bad name, missing ids or captions, overflow
+    with pytest.raises(StoreError, match="feature name 'my-emb' is not allowed"):
+        lens.put_vectors("my-emb", ["ghost"], _unit(1, 4))
+    with pytest.raises(ValueError, match="1 ids are missing"):
+        lens.put_vectors("emb", ["a", None], _unit(2, 4))
+    with pytest.raises(ValueError, match="1 ids are missing"):
+        lens.put_vectors("emb", np.array(["a", np.nan], dtype=object), _unit(2, 4))
+    with pytest.raises(ValueError, match="1 captions are missing"):
+        lens.put_captions("cap", ["a", "b"], ["a red lamp", None])
+    with pytest.raises(ValueError, match=r"NaN or infinite values \(as float32"):
+        lens.put_vectors("emb", ["a"], np.array([[1e39, 1.0, 1.0, 1.0]]))  # float64 beyond float32
+    assert lance.dataset(str(store / "items.lance")).count_rows() == 0
     lens.put_vectors("emb", ["a"], _unit(1, 4), spec={"model": "m", "run": 42})
     assert [(f.name, f.model) for f in itemlens.connect(store).features()] == [("emb", "m")]
     lens.put_vectors("emb", ["a", "b", "c"], _unit(3, 4), spec={"model": "m", "run": 42})

@@ -213,7 +213,11 @@ def _as_output(values: np.ndarray, ids: list[str], column: str, output: str) -> 
 
 
 def _unique_ids(ids: Sequence[Any]) -> list[str]:
-    ids = _strings(_as_ids(ids))
+    ids = _as_ids(ids)
+    missing = sum(1 for i in ids if i is None or (isinstance(i, float) and i != i))
+    if missing:  # str() would store the items "None" and "nan"
+        raise ValueError(f"{missing} ids are missing (None or NaN); every item needs an id")
+    ids = _strings(ids)
     if len(set(ids)) != len(ids):
         raise ValueError("ids must be unique")
     return ids

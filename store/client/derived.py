@@ -154,9 +154,17 @@ class Derived(LensBase):
     def _graph_entry(self, name: str, preset: str | None) -> _GraphEntry:
         from itemlens.store import graphs
         from itemlens.store.cache import IdIndex
+        from itemlens.store.layout import ITEMS_TABLE
 
         version = self.graph_info(name)
-        key = (version.table, self.doc.tables[version.table], preset or version.spec.get("preset"))
+        # the items table's version too: the matrix is [items, items], and a later snapshot may
+        # hold more items under the same graph table version
+        key = (
+            version.table,
+            self.doc.tables[version.table],
+            self.doc.tables.get(ITEMS_TABLE),
+            preset or version.spec.get("preset"),
+        )
         entry = self._graphs.get(key)
         if entry is None:
             items = self.items().sort_by("item_index")

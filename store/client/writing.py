@@ -43,10 +43,12 @@ class Writing(LensBase):
         array = np.asarray(vectors)
         if array.ndim != 2 or array.shape[0] != len(ids):
             raise ValueError(f"vectors must be [len(ids), dim]; got {array.shape} for {len(ids)} ids")
-        if not np.isfinite(array).all():
-            raise ValueError("vectors contain NaN or infinite values")
         dtype = "float16" if array.dtype == np.float16 else "float32"
-        array = array.astype(np.float16 if dtype == "float16" else np.float32, copy=False)
+        with np.errstate(over="ignore", invalid="ignore"):
+            stored = array.astype(np.float16 if dtype == "float16" else np.float32, copy=False)
+        if not np.isfinite(stored).all():  # checked as stored: float64 beyond float32's range is inf
+            raise ValueError(f"vectors contain NaN or infinite values (as {dtype}, how they are stored)")
+        array = stored
         dim = int(array.shape[1])
         # The size and dtype are part of the version: other vectors under the same words are
         # still other vectors.
@@ -67,7 +69,11 @@ class Writing(LensBase):
         """Store your own captions as feature ``name`` (``spec``: the model, prompt ... that
         wrote them) and publish a new snapshot. Returns its id."""
         ids = _unique_ids(ids)
-        texts = [str(c) for c in captions]
+        texts = list(captions)
+        missing = [i for i, t in zip(ids, texts) if t is None or (isinstance(t, float) and np.isnan(t))]
+        if missing:
+            raise ValueError(f"{len(missing)} captions are missing (None or NaN), e.g. for {missing[0]!r}")
+        texts = [str(c) for c in texts]
         if len(texts) != len(ids):
             raise ValueError(f"{len(texts)} captions for {len(ids)} ids")
         spec = {**(spec or {}), "encoder": "external", "kind": "caption"}
@@ -106,10 +112,11 @@ class Writing(LensBase):
         with StoreWriter.open(
             self.location.uri, storage_options=self.location.options(), lock_wait=lock_wait, command=f"put ({name!r})"
         ) as writer:
-            registration = writer.register_ids(ids)
+            # the version first: a refused name or kind must not leave the ids registered
             version = writer.resolve_version(
                 name, fingerprint, spec, dtype=dtype, pooling="mean", kind=kind, encoder={"encoder": "external"}
             )
+            registration = writer.register_ids(ids)
             writer.recover_staging(version)
             schema = staging_schema(dtype, dim, "mean", kind)
             rows = staging_rows(
