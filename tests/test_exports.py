@@ -192,6 +192,13 @@ def test_mmrec_needs_an_order_roles_and_float32(lens, tmp_path):
     manifest = json.loads((tmp_path / "y" / "export.json").read_text())["exports"]["mmrec"]
     assert manifest["files"] == ["image_feat.npy", "i_id_mapping.csv"] and list(manifest["artifacts"]) == ["image"]
     lens.export("mmrec", tmp_path / "y", store_order=True, features={"image": "image", "text": "text16"})
+    # two versions of one name, or a name the archive uses itself, would overwrite a column
+    lens.put_vectors("text16", lens.item_order(), np.zeros((N_STORE, 3), np.float32), spec={"run": 2})
+    with pytest.raises(ConfigError, match=r"text16@v1 and text16@v2 would both be exported as 'text16'"):
+        lens.export("npz", tmp_path / "z", store_order=True, features=["text16@v1", "text16@v2"])
+    lens.put_vectors("item_id", lens.item_order(), np.ones((N_STORE, 2), np.float32))
+    with pytest.raises(ConfigError, match=r"would overwrite the export's own 'item_id' column"):
+        lens.export("npz", tmp_path / "z", store_order=True, features=["item_id"])
     # one folder, one order: files of two orders would not line up
     with pytest.raises(ConfigError, match=r"holds a mmrec export aligned to another order"):
         lens.export("mmrec-adj", tmp_path / "y", ids=["item001", "item000"], model="mgcn", model_params={"knn_k": 1})

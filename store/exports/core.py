@@ -439,6 +439,11 @@ def _roles(lens: Lens, features: Sequence[str] | Mapping[str, str] | None, mmrec
         roles = {}
         for item in features:
             role, _, name = item.partition("=") if "=" in item else (item.split("@")[0], "", item)
+            if role in roles:  # two versions of one name: the later would overwrite the earlier's column
+                raise ConfigError(
+                    f"{roles[role]} and {name} would both be exported as {role!r}: give each a name of its "
+                    f"own, e.g. --feature {role}_a={roles[role]} {role}_b={name}"
+                )
             roles[role] = name
     elif mmrec_roles:
         roles = {r: r for r in ROLES if lens.doc.feature_version(r) is not None}
@@ -464,6 +469,14 @@ def _roles(lens: Lens, features: Sequence[str] | Mapping[str, str] | None, mmrec
             )
     if not roles:
         raise ConfigError(f"snapshot {lens.snapshot} of {lens.uri} has no vector features to export")
+    # the npz archive's own members, and <name>_mask beside each feature's matrix
+    taken = {"item_id", "item_index"} | {f"{role}_mask" for role in roles}
+    clash = sorted(set(roles) & taken)
+    if clash:
+        raise ConfigError(
+            f"a feature exported as {clash[0]!r} would overwrite the export's own {clash[0]!r} column: "
+            f"give it another name, e.g. --feature {clash[0]}_feature={roles[clash[0]]}"
+        )
     return roles
 
 
