@@ -318,9 +318,16 @@ def template_columns(template: str) -> list[str]:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
         raise ValueError(f"template {template!r} is not a valid format string: {exc}") from None
-    for _, field, _, _ in parsed:
+    for _, field, format_spec, conversion in parsed:
         if field is None:
             continue
+        if conversion in ("r", "a"):  # repr() of a cell is no text anyone meant to embed
+            raise ValueError(f"template {template!r}: {{{field}!{conversion}}} is not supported; write {{{field}}}")
+        if format_spec and "{" in format_spec:
+            raise ValueError(
+                f"template {template!r}: a field inside a format spec ({{{field}:{format_spec}}}) is not "
+                "supported; give the format spec itself, e.g. {price:.2f}"
+            )
         if field == "" or field.isdigit():
             raise ValueError(f"template {template!r}: use column names in braces, e.g. {{title}}")
         if "." in field or "[" in field:

@@ -1,8 +1,8 @@
 """Turning catalog rows into the texts that text features encode.
 
 A template like ``"{title}. {bullet_points}"`` is filled per row: strings as they are, missing
-values (None, NaN) empty, numbers through ``str`` (or a format spec: ``{price:.2f}``), bytes
-decoded as UTF-8, lists of those joined with ``"; "``. Anything else (a dict from a JSON object
+values (None, NaN) empty, numbers (decimals too) through ``str`` (or a format spec:
+``{price:.2f}``), bytes decoded as UTF-8, lists of those joined with ``"; "``. Anything else (a dict from a JSON object
 or a struct column, a list of lists) is an ``input`` error naming the column: its Python repr
 is not a text anyone meant to embed. A row whose template columns are all empty has no text:
 an ``absent`` input, recorded apart from failures. A text with no word character left (``". "``
@@ -11,6 +11,7 @@ from a lone full stop) is an ``input`` error, not a vector of punctuation.
 
 from __future__ import annotations
 
+import decimal
 import hashlib
 import math
 import numbers
@@ -45,9 +46,11 @@ class _Cell:
 
 
 def _missing(value: Any) -> bool:
-    """None, or a NaN of any float type (pandas gives NaN for a missing number)."""
+    """None, or a NaN of any float or decimal type (pandas gives NaN for a missing number)."""
     if value is None:
         return True
+    if isinstance(value, decimal.Decimal):
+        return value.is_nan()
     return isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and math.isnan(value)
 
 
@@ -57,7 +60,7 @@ def cell_text(value: Any, column: str = "", *, nested: bool = False) -> str:
         return ""
     if isinstance(value, str):
         return value
-    if isinstance(value, numbers.Real):  # Python and numpy numbers (and bools)
+    if isinstance(value, (numbers.Real, decimal.Decimal)):  # Python and numpy numbers, bools, decimals
         return str(value)
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
@@ -82,7 +85,7 @@ class TextTemplate:
         values = {name: _Cell(row.get(name), name) for name in self.columns}
         try:
             text = self._formatter.vformat(self.template, (), values).strip()
-        except (ValueError, TypeError) as exc:  # e.g. {price:.2f} on a string cell
+        except (ValueError, TypeError, KeyError, IndexError) as exc:  # e.g. {price:.2f} on a string cell
             raise ItemError("input", f"template {self.template!r} does not apply to this row: {exc}") from None
         if not _WORD.search(text):
             raise ItemError("input", f"empty text (template {self.template!r} gave {text!r})")

@@ -109,6 +109,12 @@ def test_templates_use_plain_column_names():
         load_config(_features(input={"template": "{meta.brand}"}))
     with pytest.raises(ConfigError, match=r"\{tags\[0\]\} reaches into a column"):
         load_config(_features(input={"template": "{tags[0]}"}))
+    # repr() of a cell, and fields inside a format spec, are refused before any work
+    with pytest.raises(ConfigError, match=r"\{title!r\} is not supported"):
+        load_config(_features(input={"template": "{title!r}"}))
+    with pytest.raises(ConfigError, match=r"a field inside a format spec"):
+        load_config(_features(input={"template": "{title:<{width}}"}))
+    load_config(_features(input={"template": "{title!s} {price:>8.2f}"}))
 
 
 def test_remote_catalog_folders_and_files():

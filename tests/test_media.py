@@ -91,6 +91,12 @@ def test_text_templates():
     for missing in (None, float("nan"), np.float32("nan")):
         assert priced.render({"title": "Hat", "price": missing}) == "Hat costs"
     assert priced.render({"title": "Hat", "price": np.float32(2)}) == "Hat costs 2.00"
+    # a Parquet decimal column (prices) is a number like any other; its NaN is missing
+    from decimal import Decimal
+
+    plain = TextTemplate("{title} costs {price}")
+    assert plain.render({"title": "Hat", "price": Decimal("19.90")}) == "Hat costs 19.90"
+    assert priced.render({"title": "Hat", "price": Decimal("NaN")}) == "Hat costs"
     with pytest.raises(ItemError, match="no text: title, desc empty") as info:  # nothing to embed: absent
         TextTemplate("{title}. {desc}").render({"title": None, "desc": "  "})
     assert info.value.stage == "absent"
