@@ -5,8 +5,8 @@ ends in an :class:`ItemError` with a reason, never in a crashed worker. Images t
 used are brought to 8-bit RGB the way a product catalog needs:
 
 * EXIF orientation is applied (phone photos are often stored rotated);
-* transparency (RGBA, LA, palette with a transparent colour) is composited on white,
-  where a plain ``convert("RGB")`` would turn transparent backgrounds black;
+* transparency (RGBA, LA, a palette, greyscale or RGB image with a transparent key colour) is
+  composited on white, where a plain ``convert("RGB")`` would turn transparent backgrounds black;
 * 16-bit greyscale keeps its top 8 bits (a plain convert clips everything above 255 to white),
   however dark the image is; Pillow's 32-bit ``I`` mode (e.g. a 16-bit PPM) declares no range,
   so it is taken as 16-bit only when a value exceeds 255;
@@ -141,7 +141,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
         arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
         scale = 255.0 if arr.max(initial=0.0) <= 1.0 else 1.0
         return Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), "L").convert("RGB")
-    if mode == "P" and "transparency" in img.info:
+    if mode in ("P", "1", "L", "RGB") and "transparency" in img.info:
+        # a transparent key colour (PNG tRNS; optimisers write RGBA with only clear or opaque
+        # pixels this way): composited on white like any transparency
         img, mode = img.convert("RGBA"), "RGBA"
     if mode in _TRANSPARENT_MODES:
         rgba = img.convert("RGBA")

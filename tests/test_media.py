@@ -51,6 +51,12 @@ def test_odd_images_decode_to_rgb_correctly(bad):
     Image.fromarray(np.full((8, 8), 200, np.uint16)).save(dark, "PNG")
     assert np.asarray(decode_image(dark.getvalue())).max() == 0
     assert np.asarray(load("transparent")).min() == 255  # transparent composites on white, not black
+    for mode, key in (("RGB", (0, 0, 0)), ("L", 0)):  # a transparent key colour (PNG tRNS) too
+        keyed, data = Image.new(mode, (8, 8), key), io.BytesIO()
+        keyed.paste(Image.new(mode, (4, 4), (200, 0, 0) if mode == "RGB" else 128), (2, 2))
+        keyed.save(data, "PNG", transparency=key)
+        pixels = np.asarray(decode_image(data.getvalue()))
+        assert pixels[0, 0].tolist() == [255, 255, 255] and pixels[4, 4].tolist() != [255, 255, 255]
     cmyk = np.asarray(load("cmyk")).astype(int)
     original = np.asarray(Image.open(REAL_JPEG).convert("RGB").resize((96, 80))).astype(int)
     assert np.abs(cmyk - original).mean() < 12
