@@ -398,6 +398,20 @@ def test_the_frames_times_reach_the_model(family, loaded):
         assert fast.tensors["second_per_grid_ts"].tolist() == [1.0]
         assert slow.tensors["second_per_grid_ts"].tolist() == [100.0]
         assert np.array_equal(fast.tensors["input_ids"], slow.tensors["input_ids"])
+        # in a bf16 model the pixels take its dtype, the times stay exact (bf16 would round
+        # 61.7 s / 32 frames, moving later frames' positions)
+        import copy
+
+        import torch
+
+        from itemlens.extractors.encoders.caption_inputs import GenerationSettings, generate
+
+        half, seen = copy.deepcopy(loaded(family)[1]).to(torch.bfloat16), {}
+        real = half.generate
+        half.generate = lambda **kw: seen.update(kw) or real(**kw)
+        generate(half, inputs.assemble([fast]), GenerationSettings(max_new_tokens=2))
+        assert seen["pixel_values_videos"].dtype == torch.bfloat16
+        assert seen["second_per_grid_ts"].dtype == torch.float32
     else:
         assert not np.array_equal(fast.tensors["input_ids"], slow.tensors["input_ids"])
         text = inputs.tokenizer.decode(slow.tensors["input_ids"][0])

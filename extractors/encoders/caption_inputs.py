@@ -740,12 +740,16 @@ class Generated:
 
 def generate(model, batch: AssembledBatch, settings: GenerationSettings = GenerationSettings()) -> Generated:
     """Run ``model.generate`` on an assembled batch; the one place captions are generated (a
-    serving engine would replace this function, not preparation). Floating-point inputs take the
-    model's dtype, as ``BatchFeature.to(device, dtype)`` does."""
+    serving engine would replace this function, not preparation). Pixel inputs take the model's
+    dtype; other floating-point inputs keep theirs: Qwen2.5-VL multiplies ``second_per_grid_ts``
+    into its temporal position ids, which bf16 would round (the model card moves the inputs to
+    the device and leaves their dtypes)."""
     import torch
 
     inputs = {
-        k: v.to(model.device, dtype=model.dtype) if torch.is_floating_point(v) else v.to(model.device)
+        k: v.to(model.device, dtype=model.dtype)
+        if k.startswith("pixel_values") and torch.is_floating_point(v)
+        else v.to(model.device)
         for k, v in batch.inputs.items()
     }
     with torch.inference_mode():
