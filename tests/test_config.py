@@ -160,6 +160,28 @@ def test_a_catalog_folder_is_the_files_its_reader_reads(tmp_path):
     assert CatalogSource.open(folder / "_SUCCESS", CatalogConfig(format="jsonl")).files()  # a file named is read
 
 
+def test_a_delta_row_with_an_empty_op_cell_is_an_upsert():
+    """A CSV delta's empty _op cell reads as "" (not null): it is a row without an operation."""
+    import pyarrow as pa
+
+    from itemlens.workflows.catalog import _ops_of, _upserts
+
+    block = pa.table({"item_id": ["1", "2", "3"], "title": ["new", None, "other"], "_op": ["", " Delete", "upsert"]})
+    assert _ops_of(block, id_column="item_id").column("op").to_pylist() == ["upsert", "delete", "upsert"]
+    assert _upserts(block, columns=["item_id", "title"]).column("item_id").to_pylist() == ["1", "3"]
+
+
+def test_report_and_encode_log_paths_expand_a_home_folder(monkeypatch, tmp_path):
+    """`--report=~/r.json` reaches argparse with its ~ (no shell expands it there)."""
+    from itemlens.workflows.cli import build_parser
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    args = build_parser().parse_args(
+        ["ingest", "c.jsonl", "--config", "c.yaml", "--store", "lens", "--report=~/r.json", "--encode-log=~/audit"]
+    )
+    assert (args.report, args.encode_log) == (str(tmp_path / "r.json"), str(tmp_path / "audit"))
+
+
 def test_json_lines_keep_the_json_types_of_their_values(tmp_path):
     """Ids and text that look like numbers or dates stay the strings the file holds (pandas'
     type guessing, which Ray's own JSON-lines reader keeps on, made "00123" the number 123)."""

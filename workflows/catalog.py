@@ -259,12 +259,14 @@ class CatalogChangedError(CatalogError):
 
 
 def _op_column(batch: pa.Table) -> pa.Array:
-    """Each row's operation, lower-cased; a row without one (or a file without the column) upserts."""
+    """Each row's operation, lower-cased and trimmed; a row without one (null, or an empty CSV
+    cell) or a file without the column upserts."""
     import pyarrow.compute as pc
 
     if OP_COLUMN not in batch.column_names:
         return pa.array(["upsert"] * batch.num_rows, pa.string())
-    return pc.fill_null(pc.utf8_lower(pc.cast(batch.column(OP_COLUMN), pa.string())), "upsert")
+    ops = pc.utf8_trim_whitespace(pc.utf8_lower(pc.cast(batch.column(OP_COLUMN), pa.string())))
+    return pc.fill_null(pc.if_else(pc.equal(ops, ""), pa.scalar(None, pa.string()), ops), "upsert")
 
 
 def _upserts(batch: pa.Table, *, columns: list[str] | None) -> pa.Table:

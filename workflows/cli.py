@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="CATALOG is a delta: upserts and deletions (column _op: upsert|delete); items it does "
         "not mention stay (default: a full catalog; items it lacks leave the new snapshot)",
     )
-    p.add_argument("--report", metavar="FILE", help="also write the job report as JSON")
+    # `--report=~/r.json` reaches us unexpanded (the shell expands ~ only at a word's start)
+    p.add_argument("--report", metavar="FILE", type=os.path.expanduser, help="also write the job report as JSON")
     p.add_argument(
         "--dry-run",
         action="store_true",
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--encode-log",
         metavar="DIR",
+        type=os.path.expanduser,
         default=None,
         help="an audit: encoder actors append the ids they encode to "
         "DIR/<feature>.<run>.encoded.<node>-<pid>.log, decode tasks the media files they read "
@@ -385,7 +387,7 @@ def _ingest(args) -> int:
 def _check_writable(path: str) -> None:
     """A report file that cannot be written is an error before the job, not a traceback after it
     published (the folder must exist, and the file be writable where it does)."""
-    target = Path(path).expanduser()
+    target = Path(path)
     folder = target.parent
     if target.is_dir():
         raise ConfigError(f"--report {path}: is a folder; give a file name")
