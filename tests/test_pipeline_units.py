@@ -99,3 +99,20 @@ def test_a_broken_model_fails_the_job_instead_of_recording_every_item():
         EncodeBatches._isolating(["a", "b"], _encoder(set(), broken=True), canary="ok")
     with pytest.raises(ValueError):
         EncodeBatches._isolating(["a"], _encoder(set(), broken=True), canary="ok")
+
+
+def test_categorical_and_string_view_ids_are_strings():
+    """A pandas categorical id column reads back from Parquet as a dictionary of strings."""
+    import pyarrow as pa
+
+    from itemlens.workflows.stages import catalog_ids, item_ids
+
+    for column in (
+        pa.array(["a", "b", "a"]).dictionary_encode(),
+        pa.array([3, 4, 3]).dictionary_encode(),
+        pa.array(["x", "y", "z"], pa.string_view()),
+    ):
+        batch = pa.table({"item_id": column, "title": ["t"] * 3})
+        expected = [str(v) for v in column.to_pylist()]
+        assert catalog_ids(batch, id_column="item_id").column("item_id").to_pylist() == expected
+        assert item_ids(batch, "item_id") == expected

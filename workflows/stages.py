@@ -173,10 +173,14 @@ def catalog_ids(batch: pa.Table, *, id_column: str) -> pa.Table:
 
 def check_id_type(dtype: pa.DataType, id_column: str, column=None) -> None:
     """Refuse an id column that is not strings or integers (nulls alone are fine here: the
-    driver's id check names them)."""
+    driver's id check names them). A dictionary of them (a pandas categorical written to
+    Parquet) is one too."""
+    if pa.types.is_dictionary(dtype):
+        dtype = dtype.value_type
     if (
         pa.types.is_string(dtype)
         or pa.types.is_large_string(dtype)
+        or pa.types.is_string_view(dtype)
         or pa.types.is_integer(dtype)
         or pa.types.is_null(dtype)
     ):
