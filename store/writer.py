@@ -882,14 +882,17 @@ class StoreWriter:
             doc.tables[version.table] = self.open_table(version.table).version
             doc.features[version.name].versions[version.label] = version
         errors = self.open_table(ERRORS_TABLE)
-        for name, version in current.items():
-            dataset = self.open_table(version.table)
+
+        def recount(version: FeatureVersion, dataset) -> None:
             version.count = dataset.count_rows() if dataset is not None else 0
             own = f"version = '{version.fingerprint}'"
             version.absent = errors.count_rows(filter=f"{own} AND stage = '{ABSENT}'")
             version.errors = errors.count_rows(filter=own) - version.absent
             if dataset is not None:
                 doc.tables[version.table] = dataset.version
+
+        for name, version in current.items():
+            recount(version, self.open_table(version.table))
             entry = doc.features.get(name)
             if entry is None:
                 doc.features[name] = FeatureEntry(current=version.label, versions={version.label: version})
@@ -898,6 +901,18 @@ class StoreWriter:
                 changed |= entry.current != version.label or version.label not in entry.versions
                 entry.versions[version.label] = version
                 entry.current = version.label
+        # A job that died after merging a feature and before publishing left that feature's table
+        # and its errors rows ahead of the snapshot. The errors table moves to its latest version
+        # below, so the feature's table moves with it, whichever job publishes next: else an item
+        # could have both a value and an errors row, or neither.
+        mine = {(v.name, v.label) for v in [*current.values(), *(rewritten or [])]}
+        for name, entry in doc.features.items():
+            for label, version in entry.versions.items():
+                if (name, label) in mine or version.table not in doc.tables:
+                    continue
+                dataset = self.open_table(version.table)
+                if dataset is not None and dataset.version != doc.tables[version.table]:
+                    recount(version, dataset)
         for sid in self._semantic_ids.values():
             for table in (sid.table, sid.quantizer_table):
                 doc.tables[table] = self.open_table(table).version

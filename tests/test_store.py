@@ -220,6 +220,42 @@ def test_work_merged_by_a_job_that_died_before_publishing_is_published_next_time
     assert np.array_equal(itemlens.connect(store).vectors("emb", ["b"]), _vectors(1, seed=2))
 
 
+def test_a_merge_left_by_a_dead_job_is_published_with_its_errors_by_any_next_writer(store):
+    """A job merged feature X (item a now fails, b has a new value) and died before publishing;
+    the next writer is a put of another feature. Its snapshot must name X's merged table beside
+    the errors table that holds a's failure: a has an errors row and no value, b its new value."""
+    import pyarrow as pa
+
+    from itemlens.store import lance_io
+    from itemlens.store.layout import staging_rows, staging_schema
+
+    lens = itemlens.connect(store)
+    lens.put_vectors("x", ["a", "b"], np.ones((2, 4), np.float32), spec={"m": 1})
+    writer = StoreWriter.open(store)
+    old = writer.base.feature_version("x")
+    version = writer.resolve_version("x", old.fingerprint, old.spec, dtype="float32", pooling="mean")
+    schema = staging_schema("float32", 4, "mean", "vector")
+    rows = staging_rows(
+        schema,
+        pa.array(["a", "b"]),
+        pa.FixedSizeListArray.from_arrays(pa.array(np.full(8, 2, np.float32)), 4),
+        n_parts=np.ones(2, np.int32),
+        input_hash=pa.array(["h1", "h2"]),
+        fingerprint=version.fingerprint,
+        run_id=writer.run_id,
+        error_stage=pa.array(["decode", None]),
+        error_reason=pa.array(["corrupt", None]),
+    )
+    writer.commit_staged(version, lance_io.write_fragments(rows, writer.staging_uri(version)), schema)
+    writer.merge_staged(version)
+    writer.close()  # died: nothing published
+    lens.put_vectors("y", ["c"], np.ones((1, 4), np.float32))
+    assert lens.ids("x") == ["b"] and [r["item_id"] for r in lens.errors("x").to_pylist()] == ["a"]
+    assert np.array_equal(lens.vectors("x", ["b"]), np.full((1, 4), 2, np.float32))
+    x = next(f for f in lens.features() if f.name == "x")
+    assert (x.count, x.errors) == (1, 1)
+
+
 def test_other_sizes_and_dtypes_make_new_versions(store):
     lens = itemlens.connect(store)
     lens.put_vectors("emb", ["a"], _vectors(1, dim=4), spec={"model": "m"})
