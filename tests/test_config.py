@@ -203,6 +203,29 @@ def test_json_lines_keep_the_json_types_of_their_values(tmp_path):
     assert rows[0]["price"] == 9.5
 
 
+def test_a_block_without_an_optional_column_gives_nulls_for_it(tmp_path):
+    """A chunk of lines none of which has a sparse key is a block without that column: the
+    selection of columns is per block, with nulls, not a crash of the read task."""
+    import pyarrow as pa
+    import pyarrow.fs
+
+    from itemlens.workflows import catalog
+
+    path = tmp_path / "items.jsonl"
+    path.write_text(
+        '{"item_id": "a", "title": "t"}\n{"item_id": "b", "title": "u"}\n{"item_id": "c", "video": "c.mp4"}\n'
+    )
+    source = catalog._json_lines(str(path), None, chunk_rows=2)
+    with pyarrow.fs.LocalFileSystem().open_input_stream(str(path)) as f:
+        blocks = [pa.Table.from_pandas(frame, preserve_index=False) for frame in source._read_stream(f, str(path))]
+    assert [b.column_names for b in blocks] == [["item_id", "title"], ["item_id", "video"]]
+    selected = [catalog._select(b, columns=["item_id", "video"]).to_pylist() for b in blocks]
+    assert selected == [
+        [{"item_id": "a", "video": None}, {"item_id": "b", "video": None}],
+        [{"item_id": "c", "video": "c.mp4"}],
+    ]
+
+
 def _caption_config(**extra_features) -> dict:
     caption = {"encoder": "caption", "model": "m", "input": {"image": "images"}}
     text = {"encoder": "sentence-transformers", "model": "m", "input": "caption"}

@@ -366,6 +366,17 @@ def test_parquet_csv_and_jsonl_catalogs_give_the_same_vectors(ray_session, tmp_p
     (tmp_path / "csv-folder" / "_SUCCESS").write_text("")
     source = CatalogSource.open(tmp_path / "csv-folder", CatalogConfig())
     assert sorted(source.read(["item_id"]).to_pandas()["item_id"]) == sorted(r["item_id"] for r in rows)
+    # a later file without an optional column: its rows have none (nulls), and the catalog has it
+    (tmp_path / "csv-folder" / "part-1.csv").write_text("item_id,title\nlate-1,a lamp\n")
+    assert "bullet_points" in source.column_names()
+    late = source.read(["item_id", "bullet_points"]).to_pandas().set_index("item_id")["bullet_points"]
+    assert late.isna().sum() == 1 and late.isna()["late-1"]
+    # a delta whose first file holds only deletions still has the upserts' columns
+    delta = tmp_path / "delta"
+    delta.mkdir()
+    (delta / "a.csv").write_text("item_id,_op\n00001,delete\n")
+    (delta / "b.csv").write_text("item_id,title\nnew-1,a chair\n")
+    assert CatalogSource.open(delta, CatalogConfig(), delta=True).column_names() == ["item_id", "title"]
     # a file named is read whatever its name, in the format the configuration gives
     shutil.copy(folder / "flat.csv", tmp_path / "export.txt")
     named = CatalogSource.open(tmp_path / "export.txt", CatalogConfig(format="csv"))

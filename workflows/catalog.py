@@ -86,7 +86,28 @@ class CatalogSource:
             # per block: a delta split over files may have an _op column in some of them only
             # (a dataset's schema is its first block's), and a row without one is an upsert
             return ds.map_batches(_upserts, fn_kwargs={"columns": columns}, batch_format="pyarrow")
-        return ds.select_columns(columns) if columns else ds
+        if not columns:
+            return ds
+        if self.format == "parquet":
+            return ds.select_columns(columns)  # pushed down into the Parquet reads
+        # JSON lines and CSV: a block has the columns its rows have (a key that no line of a chunk
+        # holds, a file without an optional column), so the selection is per block, nulls where
+        # a block lacks a column
+        return ds.map_batches(_select, fn_kwargs={"columns": columns}, batch_format="pyarrow")
+
+    def column_names(self) -> list[str]:
+        """Every column of the catalog (a delta: of its upserts, without ``_op``). Parquet: its
+        schema; JSON lines and CSV: every column some block has, since blocks differ (a file
+        without an optional column, a chunk of lines none of which has a sparse key)."""
+        if self.format == "parquet" and not self.delta:
+            schema = self.read().schema()
+            return list(schema.names) if schema is not None else []
+        names: dict[str, None] = {}
+        blocks = self.read().map_batches(_names, batch_format="pyarrow")
+        for batch in blocks.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for block in batch.column("names").to_pylist():
+                names.update(dict.fromkeys(block))
+        return list(names)
 
     def deleted_ids(self) -> list[str]:
         """A delta's deletions (empty for a full catalog); an unknown ``_op`` is an error."""
@@ -278,9 +299,17 @@ def _upserts(batch: pa.Table, *, columns: list[str] | None) -> pa.Table:
     kept = kept.drop_columns([OP_COLUMN]) if OP_COLUMN in kept.column_names else kept
     if columns is None:
         return kept
-    if kept.num_rows == 0:
-        return pa.table({c: kept.column(c) if c in kept.column_names else pa.nulls(0) for c in columns})
-    return kept.select(columns)
+    return _select(kept, columns=columns)
+
+
+def _select(batch: pa.Table, *, columns: list[str]) -> pa.Table:
+    """``columns`` of a block, nulls for those it lacks."""
+    return pa.table({c: batch.column(c) if c in batch.column_names else pa.nulls(batch.num_rows) for c in columns})
+
+
+def _names(batch: pa.Table) -> pa.Table:
+    """A block's column names, as one row."""
+    return pa.table({"names": [batch.column_names]})
 
 
 def _ops_of(batch: pa.Table, *, id_column: str) -> pa.Table:
@@ -327,7 +356,7 @@ def _detect_format(uri: str, is_dir: bool) -> str:
 JSON_LINES_CHUNK_ROWS = 10_000
 
 
-def _json_lines(uri: str, extensions: list[str] | None):
+def _json_lines(uri: str, extensions: list[str] | None, chunk_rows: int = JSON_LINES_CHUNK_ROWS):
     """A Ray datasource of JSON-lines files that keeps every value's JSON type.
 
     Written by hand because ``ray.data.read_json(lines=True)`` hands each file to pandas with its
@@ -340,7 +369,7 @@ def _json_lines(uri: str, extensions: list[str] | None):
         def _read_stream(self, f, path: str):
             import pandas as pd
 
-            with pd.read_json(f, lines=True, dtype=False, chunksize=JSON_LINES_CHUNK_ROWS) as reader:
+            with pd.read_json(f, lines=True, dtype=False, chunksize=chunk_rows) as reader:
                 yield from reader
 
     return JsonLines(uri, file_extensions=extensions)

@@ -221,14 +221,14 @@ def ingest(
 def check_catalog(source: CatalogSource, cfg: IngestConfig) -> list[str]:
     """Refuse what cannot be ingested, before any write; returns a delta's deletions."""
     deletions = source.deleted_ids()
-    schema = source.read().schema()  # a delta's: its upserts', without the _op column
-    if schema is not None and not source.delta and OP_COLUMN in schema.names:
+    names = source.column_names()  # a delta's: its upserts', without the _op column
+    if not source.delta and OP_COLUMN in names:
         raise CatalogError(
             f"catalog {source.uri} has an {OP_COLUMN!r} column: is it a delta? Pass --delta "
             "(a full catalog's rows are all items)"
         )
-    if schema is not None and not (source.delta and source.read().count() == 0):  # deletions only: no columns
-        source.check_columns(list(schema.names), {n: s.input.columns for n, s in cfg.features.items()})
+    if names and not (source.delta and source.read().count() == 0):  # deletions only: no columns
+        source.check_columns(names, {n: s.input.columns for n, s in cfg.features.items()})
     clash = sorted(set(deletions) & set(run_ray_step(lambda: _ids(source))))[:5] if deletions else []
     if clash:
         raise CatalogError(
