@@ -145,6 +145,7 @@ class ObjectStoreLock(_LockBase):
         self._etag: str | None = None
         self._body: dict | None = None
         self._lost: str | None = None
+        self._renewed_at: float | None = None  # monotonic time of the last write of our lease
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -218,6 +219,7 @@ class ObjectStoreLock(_LockBase):
         self._body = _holder(command)
         deadline = time.monotonic() + max(wait, 0.0)
         while True:
+            self._renewed_at = time.monotonic()  # the lease we may write now starts no earlier
             if self._create():
                 break
             info, etag = self._read()
@@ -261,6 +263,7 @@ class ObjectStoreLock(_LockBase):
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.lease / 4):
+            started = time.monotonic()
             try:
                 if self._s3:
                     if not self._replace(self._etag):
@@ -273,12 +276,21 @@ class ObjectStoreLock(_LockBase):
                         self._lost = "another writer took over this store's lock (its lease had run out)"
                         return
                     self.fs.pipe_file(self.path, self._payload())
+                self._renewed_at = started
             except Exception as e:  # a transient error: the lease still has 3/4 of its time
                 sys.stderr.write(f"itemlens: renewing the store lock failed ({type(e).__name__}); retrying\n")
 
     def check(self) -> None:
         if self._lost:
             raise StoreLockedError(f"store {self.location.uri}: {self._lost}; this job stops before committing")
+        # renewals that keep failing (the store unreachable) let the lease run out, and another
+        # writer may then take it without this one seeing it: stop while a quarter of it is left
+        since = time.monotonic() - self._renewed_at if self._renewed_at is not None else 0.0
+        if since > 0.75 * self.lease:
+            raise StoreLockedError(
+                f"store {self.location.uri}: this writer could not renew its lease for {since:.0f} s (the lease "
+                f"is {self.lease:.0f} s, after which another writer may take over); this job stops before committing"
+            )
 
     def release(self) -> None:
         if self._thread is None:

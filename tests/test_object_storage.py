@@ -93,6 +93,22 @@ def test_a_dead_writers_lease_runs_out_and_a_writer_whose_lease_was_taken_stops(
         taker.release()
 
 
+def test_a_writer_that_cannot_renew_its_lease_stops_before_it_runs_out(s3_server, monkeypatch):
+    """Renewals failing (the store unreachable) for most of the lease: another writer may take
+    the lock without this one seeing it, so this one must not commit."""
+    location = StoreLocation.parse(f"s3://{_bucket('lens-lock')}/unreachable")
+    lock = ObjectStoreLock(location, lease_seconds=2).acquire(command="cut off")
+    try:
+        lock.check()
+        monkeypatch.setattr(lock, "_replace", lambda etag: (_ for _ in ()).throw(OSError("connection reset")))
+        time.sleep(1.7)
+        with pytest.raises(StoreLockedError, match="could not renew its lease"):
+            lock.check()
+    finally:
+        monkeypatch.undo()
+        lock.release()
+
+
 def test_put_vectors_on_object_storage_uses_the_stores_own_options(s3_server, monkeypatch):
     """The endpoint and keys given to ``connect`` reach every write of ``put_vectors``, with
     nothing in the environment to fall back on."""
