@@ -140,6 +140,27 @@ def test_fingerprint_follows_the_output_not_the_execution(tmp_path, tiny_clip, m
     assert fp(checkpoint=str(other)) != base
 
 
+def test_two_architecture_files_of_one_name_do_not_take_each_others_place(tmp_path, tiny_clip):
+    """open_clip registers architectures by file stem: a second tiny-clip.json (another size)
+    used by another feature must not change what the first feature builds or its fingerprint."""
+    import json
+
+    from itemlens.extractors.standins.clip import write_open_clip_checkpoint
+
+    wide = json.loads(open(tiny_clip["model_config_file"]).read())
+    wide["embed_dim"] = 48
+    (tmp_path / "v2").mkdir()
+    (tmp_path / "v2" / "tiny-clip.json").write_text(json.dumps(wide))
+    checkpoint = write_open_clip_checkpoint(tmp_path / "v2" / "tiny-clip.json", tmp_path / "v2" / "w.safetensors")
+    first = build_encoder(FeatureSpec(**tiny_clip, input={"image": "images"}))
+    before = first.fingerprint()
+    other = {**tiny_clip, "model_config_file": str(tmp_path / "v2" / "tiny-clip.json"), "checkpoint": str(checkpoint)}
+    second = build_encoder(FeatureSpec(**other, input={"image": "images"})).load("cpu")
+    assert second.dim == 48
+    again = build_encoder(FeatureSpec(**tiny_clip, input={"image": "images"}))
+    assert again.fingerprint() == before and again.load("cpu").dim == 32
+
+
 def test_registry_is_lazy_and_refuses_silent_replacement(monkeypatch):
     from itemlens.extractors import registry
 

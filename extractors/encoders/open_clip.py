@@ -44,11 +44,17 @@ if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
 
-@functools.cache
 def _register_model_config(path: str) -> None:
+    """Make open_clip's architecture named after ``path``'s stem the one that file defines.
+    open_clip keeps one registry keyed by file stem, so two features whose config files share a
+    name (two versions of tiny-clip.json) would take each other's: every use registers its own
+    file again when the registry holds another."""
     import open_clip
 
-    open_clip.add_model_config(path)
+    with open(path) as f:
+        wanted = json.load(f)
+    if open_clip.get_model_config(Path(path).stem) != wanted:
+        open_clip.add_model_config(path)
 
 
 class OpenClipSpec(FeatureSpec):
