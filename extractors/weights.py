@@ -36,10 +36,20 @@ def file_digest(path: str | os.PathLike) -> str:
 
 
 def folder_digest(path: str | os.PathLike) -> str:
-    """SHA-256 over the relative paths and contents of the files in a model folder."""
+    """SHA-256 over the relative paths and contents of the files in a model folder, linked
+    sub-folders included (a folder assembled with links, e.g. sentence-transformers' 2_Dense/,
+    loads through them; ``Path.rglob`` does not descend into them)."""
     root = Path(path)
     h = hashlib.sha256()
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+    files, seen = [], set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back up the tree
+            dirs[:] = []
+            continue
+        seen.add(real)
+        files += [Path(folder) / n for n in names if (Path(folder) / n).is_file()]
+    for file in sorted(files):
         rel = file.relative_to(root)
         if rel.name in _IGNORED_NAMES or any(part.startswith(".") for part in rel.parts):
             continue

@@ -174,3 +174,29 @@ def test_registry_is_lazy_and_refuses_silent_replacement(monkeypatch):
     register_encoder("not-installed", "itemlens_missing_plugin.module:Encoder", extra="fancy")
     with pytest.raises(MissingDependencyError, match=r"pip install 'itemlens\[fancy\]'"):
         encoder_class("not-installed")
+
+
+def test_a_model_folders_digest_covers_linked_sub_folders_and_is_unchanged_without_them(tmp_path):
+    from itemlens.extractors.weights import folder_digest
+
+    model, dense = tmp_path / "model", tmp_path / "dense-weights"
+    (model / "1_Pooling").mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    (model / "1_Pooling" / "config.json").write_text('{"mean": true}')
+    plain = folder_digest(model)
+    # the digest of a folder without links is the one stores already hold (rglob order, rglob files)
+    import hashlib
+
+    from itemlens.extractors.weights import file_digest
+
+    h = hashlib.sha256()
+    for file in sorted(p for p in model.rglob("*") if p.is_file()):
+        h.update(str(file.relative_to(model)).encode() + b"\0" + file_digest(file).encode() + b"\n")
+    assert plain == h.hexdigest()
+    dense.mkdir()
+    (dense / "model.safetensors").write_bytes(b"weights v1")
+    (model / "2_Dense").symlink_to(dense, target_is_directory=True)
+    (model / "2_Dense" / "loop").symlink_to(model, target_is_directory=True)  # a cycle is walked once
+    linked = folder_digest(model)
+    (dense / "model.safetensors").write_bytes(b"weights v2")  # retrained, behind the link
+    assert len({plain, linked, folder_digest(model)}) == 3
