@@ -340,6 +340,14 @@ def test_a_dynamic_resolution_payload_is_bounded_by_max_pixels(models, photos):
         assert pixels.dtype == np.float32 and pixels.size <= bound * 2 * 3
         width, height = encoder.preprocessed_size(4000, 3000)
         assert width * height <= bound and payload.tensors["image_grid_thw"].tolist() == [[1, height // 4, width // 4]]
+    # the bounds may also come as the processor's own size option; min_pixels / max_pixels win
+    size = {"images_kwargs": {"size": {"shortest_edge": 256, "longest_edge": 1024}}}
+    given = build_encoder(spec(models("qwen2_5_vl"), processor_options=size))
+    assert given.inputs.pixel_bounds == (256, 1024) and given.preprocessed_size(4000, 3000)[0] * 3 <= 1024 * 4
+    assert build_encoder(spec(models("qwen2_5_vl"), processor_options=size, max_pixels=2048)).inputs.pixel_bounds == (
+        256,
+        2048,
+    )
 
 
 def test_size_guards_apply_to_caption_inputs(tmp_path, models):

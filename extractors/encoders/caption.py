@@ -94,13 +94,14 @@ class CaptionSpec(HubModelSpec):
         None,
         ge=1,
         description="dynamic-resolution models (Qwen-VL kind): the fewest pixels an image is resized to "
-        "(default: the processor's own)",
+        "(default: processor_options' images_kwargs.size.shortest_edge, else the processor's own)",
     )
     max_pixels: int | None = Field(
         None,
         ge=1,
         description="dynamic-resolution models (Qwen-VL kind): the most pixels an image is resized to "
-        "(default: the processor's own, at most 1003520 = 1280 x 28 x 28)",
+        "(default: processor_options' images_kwargs.size.longest_edge, else the processor's own, at most "
+        "1003520 = 1280 x 28 x 28)",
     )
     processor_options: dict[str, Any] = Field(
         default_factory=dict,
@@ -255,18 +256,17 @@ class CaptionEncoder(Encoder):
         if own is not None:
             from itemlens.extractors.encoders.caption_inputs import DEFAULT_MAX_PIXELS
 
-            high = self.spec.max_pixels if self.spec.max_pixels is not None else min(own[1], DEFAULT_MAX_PIXELS)
-            low = self.spec.min_pixels if self.spec.min_pixels is not None else min(own[0], high)
+            # the bounds: min_pixels / max_pixels, else a size given in processor_options, else
+            # the processor's own (its maximum capped)
+            images_kwargs = dict(options.get("images_kwargs") or {})
+            given = dict(images_kwargs.get("size") or {})
+            high = self.spec.max_pixels or given.get("longest_edge") or min(own[1], DEFAULT_MAX_PIXELS)
+            low = self.spec.min_pixels or given.get("shortest_edge") or min(own[0], high)
             if low > high:
                 raise ConfigError(
                     f"caption model {self.spec.model!r}: min_pixels {low} is larger than max_pixels {high}"
                 )
-            images_kwargs = dict(options.get("images_kwargs") or {})
-            images_kwargs["size"] = {
-                **dict(images_kwargs.get("size") or {}),
-                "shortest_edge": low,
-                "longest_edge": high,
-            }
+            images_kwargs["size"] = {**given, "shortest_edge": low, "longest_edge": high}
             options["images_kwargs"] = images_kwargs
         return VisionInputs(
             processor,
