@@ -2,8 +2,9 @@
 
 The flow (see DESIGN.md, "Flow of one ingestion or refresh"):
 
-1. validate the configuration, the catalog's columns and the weights (before any work);
-2. take the store's writer lock, start or join Ray; merge what a dead job left staged;
+1. validate the configuration and the weights (before any work);
+2. take the store's writer lock, start or join Ray; check the catalog's columns (and a delta's
+   operations); merge what a dead job left staged;
 3. register the catalog's ids (refusing duplicates; new ids get item indexes) and remove the
    items a full catalog no longer has (or a delta deletes) from the configured feature versions;
 4. per feature (captions first): run read -> prepare -> encode -> write as one streaming Ray
@@ -107,6 +108,9 @@ def ingest(
                 runtime.nodes,
             )
 
+        # the catalog's columns, an _op column in a full catalog, a delta's clashes: refused
+        # before any item is registered or staged work merged (reading the catalog needs Ray)
+        deletions = catalog_read(source, lambda: check_catalog(source, cfg))
         versions = {
             name: writer.resolve_version(
                 name,
@@ -124,7 +128,6 @@ def ingest(
             log.info("dropped %s, staged by an interrupted run for a spec no longer configured", dropped)
         recovered = {name: writer.recover_staging(version) for name, version in versions.items()}
         t = time.perf_counter()
-        deletions = catalog_read(source, lambda: check_catalog(source, cfg))
         registration = run_ray_step(
             lambda: register_items(source, writer, None if delta else list(versions.values()), removals)
         )

@@ -40,6 +40,8 @@ def plan(
     source = CatalogSource.open(catalog, cfg.catalog, delta=delta)
     removals = RemovalPolicy(cfg.catalog.max_removed_share, allowed_removals(allow_removals))
     encoders = {name: build_encoder(spec) for name, spec in cfg.feature_order()}
+    for encoder in encoders.values():
+        encoder.check_weights()  # what the real run would refuse before any work, refused here too
     report = PlanReport(catalog=source.uri, store=location.uri, delta=delta)
     with StoreWriter.open(
         location.uri,
