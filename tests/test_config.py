@@ -182,6 +182,47 @@ def test_report_and_encode_log_paths_expand_a_home_folder(monkeypatch, tmp_path)
     assert (args.report, args.encode_log) == (str(tmp_path / "r.json"), str(tmp_path / "audit"))
 
 
+def test_folder_formats_are_told_from_the_files_read_and_a_folder_without_any_is_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from itemlens.errors import CatalogError
+    from itemlens.workflows.catalog import CatalogSource
+    from itemlens.workflows.config import CatalogConfig
+
+    hive = tmp_path / "hive" / "date=2024-01-01"
+    hive.mkdir(parents=True)
+    pq.write_table(pa.table({"item_id": ["a"]}), hive / "part-0.parquet")
+    (tmp_path / "hive" / "_SUCCESS").write_text("")
+    assert CatalogSource.open(tmp_path / "hive", CatalogConfig()).format == "parquet"  # found in a subfolder
+    (tmp_path / "hive" / "dataset_info.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"holds jsonl and parquet files; set catalog.format"):
+        CatalogSource.open(tmp_path / "hive", CatalogConfig())
+    assert CatalogSource.open(tmp_path / "hive", CatalogConfig(format="parquet")).format == "parquet"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CatalogError, match=r"holds no Parquet, JSONL or CSV files"):
+        CatalogSource.open(tmp_path / "empty", CatalogConfig())
+    (tmp_path / "nd").mkdir()
+    (tmp_path / "nd" / "items.ndjson").write_text('{"item_id": "a"}\n')
+    with pytest.raises(CatalogError, match=r"holds no jsonl files \(the jsonl reader reads .jsonl, .json"):
+        CatalogSource.open(tmp_path / "nd", CatalogConfig(format="jsonl"))
+
+
+def test_a_remote_catalogs_bad_line_is_named_with_its_uri():
+    """Files on object storage are listed with their scheme, so the diagnosis reads them there."""
+    import fsspec
+
+    from itemlens.workflows.catalog import CatalogSource
+    from itemlens.workflows.config import CatalogConfig
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/review-bucket/catalog/a.jsonl", b'{"item_id": "a"}\n{"item_id": \n')
+    source = CatalogSource.open("memory://review-bucket/catalog", CatalogConfig(format="jsonl"))
+    [(path, _)] = source.files()
+    assert path.startswith("memory://") and path.endswith("review-bucket/catalog/a.jsonl")
+    assert source.diagnose().startswith(f"{path}, line 2: not valid JSON")
+
+
 def test_json_lines_keep_the_json_types_of_their_values(tmp_path):
     """Ids and text that look like numbers or dates stay the strings the file holds (pandas'
     type guessing, which Ray's own JSON-lines reader keeps on, made "00123" the number 123)."""

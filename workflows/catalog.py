@@ -69,6 +69,11 @@ class CatalogSource:
         fmt = config.format
         if fmt == "auto":
             fmt = _detect_format(text, is_dir)
+        elif is_dir and not remote and not any(_format_of(f) == fmt for f in _folder_files(Path(text))):
+            raise CatalogError(
+                f"catalog folder {text} holds no {fmt} files (the {fmt} reader reads {_extensions_shown(fmt)}, "
+                "compressed too)"
+            )
         base = text.rstrip("/") if is_dir else (os.path.dirname(text) if not remote else text.rsplit("/", 1)[0])
         return cls(uri=text, format=fmt, base=base, id_column=config.id_column, delta=delta)
 
@@ -191,7 +196,7 @@ class CatalogSource:
             if path.startswith(folder) and not _is_catalog_file(path[len(folder) :], self.format):
                 continue
             stamp = next((info[k] for k in ("VersionId", "ETag", "etag", "mtime", "LastModified") if info.get(k)), "")
-            stamps.append((path, f"{info.get('size')}:{stamp}"))
+            stamps.append((fs.unstrip_protocol(path), f"{info.get('size')}:{stamp}"))  # s3://..., not bucket/...
         return stamps
 
     def diagnose(self, limit_lines: int = 10_000_000) -> str | None:
@@ -200,12 +205,12 @@ class CatalogSource:
         file shows a problem this way."""
         import json
 
+        import fsspec
+
         paths = [path for path, _ in self.files()]
         for path in paths:
             try:
                 if self.format == "jsonl":
-                    import fsspec
-
                     with fsspec.open(path, "rt", compression="infer") as f:
                         for number, line in enumerate(f, 1):
                             if number > limit_lines:
@@ -218,11 +223,13 @@ class CatalogSource:
                 elif self.format == "parquet":
                     import pyarrow.parquet as pq
 
-                    pq.ParquetFile(path).read()
+                    with fsspec.open(path, "rb") as f:
+                        pq.ParquetFile(f).read()
                 else:
                     from pyarrow import csv
 
-                    csv.read_csv(path)
+                    with fsspec.open(path, "rb", compression="infer") as f:
+                        csv.read_csv(f)
             except Exception as exc:  # the reader's own words, with the file's name
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 return f"{path}: {first}"
@@ -336,20 +343,38 @@ def _is_catalog_file(relative: str, fmt: str) -> bool:
 
 
 def _detect_format(uri: str, is_dir: bool) -> str:
-    """The format from the file's extension or, for a local folder, from its files'. A folder on
-    object storage is not listed here: its configuration names the format."""
-    candidates = [uri]
-    if is_dir and not has_scheme(uri):
-        candidates = sorted(str(p) for p in Path(uri).iterdir() if p.is_file())
-    for candidate in candidates:
-        if is_dir and candidate.rsplit("/", 1)[-1].startswith(_HIDDEN):  # files Ray's readers skip
-            continue
-        if fmt := _format_of(candidate):
+    """The format from the file's extension or, for a local folder, from the files its readers
+    would read (subfolders too, as in a Hive layout). A folder on object storage is not listed
+    here: its configuration names the format."""
+    if not is_dir or has_scheme(uri):
+        if fmt := _format_of(uri):
             return fmt
-    where = "a folder on object storage" if is_dir and has_scheme(uri) else "its name"
-    raise ConfigError(
-        f"cannot tell the format of catalog {uri} from {where}; set catalog.format to parquet, jsonl or csv"
+        where = "a folder on object storage" if is_dir else "its name"
+        raise ConfigError(
+            f"cannot tell the format of catalog {uri} from {where}; set catalog.format to parquet, jsonl or csv"
+        )
+    formats = sorted({fmt for fmt in map(_format_of, _folder_files(Path(uri))) if fmt})
+    if len(formats) == 1:
+        return formats[0]
+    if formats:
+        raise ConfigError(
+            f"catalog folder {uri} holds {' and '.join(formats)} files; set catalog.format to the one that "
+            "holds the items (the others are not read)"
+        )
+    raise CatalogError(f"catalog folder {uri} holds no Parquet, JSONL or CSV files ({_extensions_shown()})")
+
+
+def _folder_files(root: Path) -> list[str]:
+    """A local folder catalog's files that a reader may read (not ``_SUCCESS``, ``.crc`` ...),
+    relative to it."""
+    return sorted(
+        rel for p in root.rglob("*") if p.is_file() and not (rel := p.relative_to(root).as_posix()).startswith(_HIDDEN)
     )
+
+
+def _extensions_shown(fmt: str | None = None) -> str:
+    formats = [fmt] if fmt else list(FILE_EXTENSIONS)
+    return ", ".join("." + e for f in formats for e in FILE_EXTENSIONS[f] if e.count(".") == 0)
 
 
 #: rows per block of a JSON-lines file (pandas reads it this many lines at a time)

@@ -281,6 +281,9 @@ def catalog_read(source: CatalogSource, step):
     except ItemlensError:
         raise
     except Exception as exc:
+        if isinstance(exc, ValueError) and ("No input files found" in str(exc) or "No files found" in str(exc)):
+            # a folder (on object storage: not listed beforehand) without a file of the format
+            raise CatalogError(f"catalog {source.uri} holds no {source.format} files") from None
         if "ray::Read" not in str(exc) and not _is_arrow_error(exc):
             raise
         detail = source.diagnose() or _root_message(exc)
