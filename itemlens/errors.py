@@ -71,15 +71,25 @@ class UnknownItemsError(ItemlensError, KeyError):
     ``missing`` holds all of them; the message names the first few.
     """
 
-    def __init__(self, feature: str, missing: Sequence[str | int], *, detail: str = "", what: str = "id(s)"):
+    def __init__(
+        self,
+        feature: str,
+        missing: Sequence[str | int],
+        *,
+        detail: str = "",
+        what: str = "id(s)",
+        noun: str = "vector",
+        takes_fill: bool = True,
+    ):
         self.feature = feature
         self.missing = list(missing)
         shown = ", ".join(repr(m) for m in self.missing[:5])
         more = f" and {len(self.missing) - 5} more" if len(self.missing) > 5 else ""
-        msg = f"{len(self.missing)} {what} have no {feature!r} vector in this snapshot: {shown}{more}"
+        msg = f"{len(self.missing)} {what} have no {feature!r} {noun} in this snapshot: {shown}{more}"
         if detail:
             msg += f" ({detail})"
-        msg += "; pass fill=... to get a fill value instead"
+        if takes_fill:  # only where the call has a fill argument
+            msg += "; pass fill=... to get a fill value instead"
         super().__init__(msg)
 
     def __str__(self) -> str:  # KeyError would repr() the message

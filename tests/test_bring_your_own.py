@@ -80,3 +80,5 @@ def test_neighbors_build_the_graph_once_per_reader(tmp_path, monkeypatch):
     lens.put_vectors("w", ["new"], np.ones((1, 2), np.float32))
     matrix, order = lens.graph("g")
     assert matrix.shape == (41, 41) and order[-1] == "new" and lens.neighbors("g", ["new"]) == [[]]
+    with pytest.raises(KeyError, match=r"no 'g' neighbour list in this snapshot: 'nope' \(not in the store\)$"):
+        lens.neighbors("g", ["nope"])  # neighbors() has no fill: the message offers none

@@ -144,7 +144,7 @@ def test_captions(store):
     )
     assert lens.captions("caption", ["b", "a", "b"]) == ["an LED bulb", "a grey yoga bag", "an LED bulb"]
     assert lens.captions("caption", ["zz"], fill="") == [""]
-    with pytest.raises(UnknownItemsError):
+    with pytest.raises(UnknownItemsError, match=r"have no 'caption@v1' caption in this snapshot: 'zz'; pass fill"):
         lens.captions("caption", ["zz"])
     table = lens.captions("caption", ["a"], output="arrow")
     assert table.column("model").to_pylist() == ["llava-tiny"]

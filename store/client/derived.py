@@ -67,8 +67,8 @@ class Derived(LensBase):
             raise UnknownItemsError(
                 version.qualified,
                 missing,
-                detail="no semantic ID (no vector for "
-                f"every input of {', '.join(version.inputs.values())}, or not in this snapshot)",
+                noun="semantic ID",
+                detail=f"no vector for every input of {', '.join(version.inputs.values())}, or not in this snapshot",
             )
         codes = (
             entry.values[np.where(found, rows, 0)]
@@ -187,7 +187,7 @@ class Derived(LensBase):
         rows = entry.index.rows(ids)
         unknown = [i for i, r in zip(ids, rows) if r < 0]
         if unknown:
-            raise UnknownItemsError(name, unknown, detail="not in the store")
+            raise UnknownItemsError(name, unknown, detail="not in the store", noun="neighbour list", takes_fill=False)
         matrix, order = entry.matrix, entry.order
         out = []
         for row in rows.tolist():

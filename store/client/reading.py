@@ -103,7 +103,7 @@ class Reading(LensBase):
         if version.kind != "vector" or version.pooling == "mean":
             raise ConfigError(f"{version.qualified} has no per-image vectors: use lens.vectors()")
         dtype = np.float16 if version.dtype == "float16" else np.float32
-        values, _ = self._lookup(version, _as_ids(ids), None)
+        values, _ = self._lookup(version, _as_ids(ids), None, takes_fill=False)
         return [np.asarray(v, dtype=dtype).reshape(-1, version.dim) for v in values]
 
     @snapshot_guard
@@ -198,14 +198,16 @@ class Reading(LensBase):
             entry = self._cache.get(("ids",) + key, lambda budget: load_table(dataset, column, 0))
         return entry.index.rows(ids)
 
-    def _lookup(self, version: FeatureVersion, ids: list[str], fill: Any) -> tuple[np.ndarray, np.ndarray]:
+    def _lookup(
+        self, version: FeatureVersion, ids: list[str], fill: Any, *, takes_fill: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Values of ``ids`` (fill where missing, or raise) and a mask of those found."""
         entry = self._entry(version)
         rows = entry.index.rows(ids)
         found = rows >= 0
         complete = bool(found.all())
         if not complete and fill is None:
-            self._raise_missing(version, _strings([i for i, ok in zip(ids, found) if not ok]))
+            self._raise_missing(version, _strings([i for i, ok in zip(ids, found) if not ok]), takes_fill)
         if entry.values is not None and len(entry.values):
             values = entry.values[rows] if complete else entry.values[np.where(found, rows, 0)]
         else:
@@ -243,7 +245,7 @@ class Reading(LensBase):
                 out[position] = objects[j]
         return out
 
-    def _raise_missing(self, version: FeatureVersion, missing: list[str]) -> None:
+    def _raise_missing(self, version: FeatureVersion, missing: list[str], takes_fill: bool = True) -> None:
         missing = list(dict.fromkeys(missing))
         detail = ""
         errors = self._dataset(ERRORS_TABLE)
@@ -252,7 +254,8 @@ class Reading(LensBase):
             rows = errors.to_table(columns=["item_id", "stage", "reason"], filter=flt).to_pylist()
             if rows:
                 detail = "; ".join(f"{r['item_id']!r} failed at {r['stage']}: {r['reason']}" for r in rows[:3])
-        raise UnknownItemsError(version.qualified, missing, detail=detail)
+        noun = {"caption": "caption"}.get(version.kind, "vector" if version.pooling == "mean" else "per-image vectors")
+        raise UnknownItemsError(version.qualified, missing, detail=detail, noun=noun, takes_fill=takes_fill)
 
     @snapshot_guard
     def item_order(self) -> list[str]:
