@@ -82,23 +82,20 @@ class CatalogSource:
         return self.base == self.uri.rstrip("/")
 
     def read(self, columns: list[str] | None = None) -> ray.data.Dataset:
-        """The catalog as a Ray Dataset (Ray pushes a column selection down into Parquet reads);
-        for a delta, its upserts."""
-        ds = self._read_all()
+        """The catalog as a Ray Dataset of ``columns`` (all by default); for a delta, its upserts.
+        The selection is the reader's own (Parquet: pushed down into the reads). JSON lines and
+        CSV blocks each have the columns their rows have (a key that no line of a chunk holds, a
+        file without an optional column), so their readers give nulls where a block lacks one."""
         # a column asked for twice (a template that also shows the id) is selected once
         columns = list(dict.fromkeys(columns)) if columns else None
         if self.delta:
             # per block: a delta split over files may have an _op column in some of them only
             # (a dataset's schema is its first block's), and a row without one is an upsert
-            return ds.map_batches(_upserts, fn_kwargs={"columns": columns}, batch_format="pyarrow")
-        if not columns:
-            return ds
+            return self._read_all().map_batches(_upserts, fn_kwargs={"columns": columns}, batch_format="pyarrow")
         if self.format == "parquet":
-            return ds.select_columns(columns)  # pushed down into the Parquet reads
-        # JSON lines and CSV: a block has the columns its rows have (a key that no line of a chunk
-        # holds, a file without an optional column), so the selection is per block, nulls where
-        # a block lacks a column
-        return ds.map_batches(_select, fn_kwargs={"columns": columns}, batch_format="pyarrow")
+            ds = self._read_all()
+            return ds.select_columns(columns) if columns else ds  # pushed down into the Parquet reads
+        return self._read_all(columns)
 
     def column_names(self) -> list[str]:
         """Every column of the catalog (a delta: of its upserts, without ``_op``). Parquet: its
@@ -108,7 +105,9 @@ class CatalogSource:
             schema = self.read().schema()
             return list(schema.names) if schema is not None else []
         names: dict[str, None] = {}
-        blocks = self.read().map_batches(_names, batch_format="pyarrow")
+        # JSON lines stay pandas frames here: converting a column of mixed values (a string in
+        # one line, an object in another) to Arrow is the stages' business, not this check's
+        blocks = self.read().map_batches(_names, batch_format="pandas" if self.format == "jsonl" else "pyarrow")
         for batch in blocks.iter_batches(batch_size=None, batch_format="pyarrow"):
             for block in batch.column("names").to_pylist():
                 names.update(dict.fromkeys(block))
@@ -137,7 +136,9 @@ class CatalogSource:
             raise CatalogError(f"delta {self.uri}: a deletion has no {self.id_column!r}")
         return ids
 
-    def _read_all(self) -> ray.data.Dataset:
+    def _read_all(self, columns: list[str] | None = None) -> ray.data.Dataset:
+        """The reader of the catalog's files; ``columns`` (JSON lines and CSV): only those, nulls
+        where a block lacks one."""
         import ray.data
 
         # in a folder, the files of the format; a file named is read whatever its name (Ray's
@@ -152,7 +153,7 @@ class CatalogSource:
         if self.format == "parquet":
             ds = ray.data.read_parquet(self.uri, file_extensions=extensions)
         elif self.format == "jsonl":
-            ds = ray.data.read_datasource(_json_lines(self.uri, extensions))
+            ds = ray.data.read_datasource(_json_lines(self.uri, extensions, columns=columns))
         else:
             from pyarrow import csv
 
@@ -160,7 +161,11 @@ class CatalogSource:
             ds = ray.data.read_csv(
                 self.uri,
                 file_extensions=extensions,
-                convert_options=csv.ConvertOptions(column_types={self.id_column: pa.string()}),
+                convert_options=csv.ConvertOptions(
+                    column_types={self.id_column: pa.string()},
+                    include_columns=columns,
+                    include_missing_columns=columns is not None,
+                ),
             )
         return ds
 
@@ -314,9 +319,9 @@ def _select(batch: pa.Table, *, columns: list[str]) -> pa.Table:
     return pa.table({c: batch.column(c) if c in batch.column_names else pa.nulls(batch.num_rows) for c in columns})
 
 
-def _names(batch: pa.Table) -> pa.Table:
+def _names(batch) -> pa.Table:
     """A block's column names, as one row."""
-    return pa.table({"names": [batch.column_names]})
+    return pa.table({"names": [list(batch.column_names if isinstance(batch, pa.Table) else batch.columns)]})
 
 
 def _ops_of(batch: pa.Table, *, id_column: str) -> pa.Table:
@@ -381,13 +386,16 @@ def _extensions_shown(fmt: str | None = None) -> str:
 JSON_LINES_CHUNK_ROWS = 10_000
 
 
-def _json_lines(uri: str, extensions: list[str] | None, chunk_rows: int = JSON_LINES_CHUNK_ROWS):
+def _json_lines(
+    uri: str, extensions: list[str] | None, chunk_rows: int = JSON_LINES_CHUNK_ROWS, columns: list[str] | None = None
+):
     """A Ray datasource of JSON-lines files that keeps every value's JSON type.
 
     Written by hand because ``ray.data.read_json(lines=True)`` hands each file to pandas with its
     type guessing on: the string ids ``"00123"`` and ``"007"`` came back as the numbers 123 and 7
     (a wrong id, a false duplicate, a delete that matched nothing) and ISO dates as timestamps.
-    This reads the same way (pandas, a chunk of lines at a time) with ``dtype=False``."""
+    This reads the same way (pandas, a chunk of lines at a time) with ``dtype=False``.
+    ``columns``: each chunk as those columns, None where none of its lines has the key."""
     from ray.data.datasource import FileBasedDatasource
 
     class JsonLines(FileBasedDatasource):
@@ -395,6 +403,13 @@ def _json_lines(uri: str, extensions: list[str] | None, chunk_rows: int = JSON_L
             import pandas as pd
 
             with pd.read_json(f, lines=True, dtype=False, chunksize=chunk_rows) as reader:
-                yield from reader
+                for frame in reader:
+                    if columns is not None:
+                        frame = frame[[c for c in columns if c in frame.columns]].copy()
+                        for c in columns:
+                            if c not in frame.columns:
+                                frame[c] = None  # no line of this chunk has the key
+                        frame = frame[columns]
+                    yield frame
 
     return JsonLines(uri, file_extensions=extensions)
