@@ -189,6 +189,17 @@ def test_a_refresh_through_the_store_equals_a_rebuild_and_its_statistics_are_the
     assert stats["in_degree_histogram"] == np.bincount(binary.sum(axis=0).astype(np.int64)).tolist()
 
 
+@pytest.mark.parametrize("method", ["exact", "approximate"])
+def test_the_smallest_in_degree_is_counted_not_floored_at_zero(tmp_path, method):
+    """Items evenly on a circle: each one's 2 nearest are its neighbours on either side, so
+    every item is a neighbour of exactly 2 others."""
+    angles = np.arange(8) * 2 * np.pi / 8
+    lens, _ = _store(tmp_path, {"emb": np.stack([np.cos(angles), np.sin(angles)], 1).astype(np.float32)}, 8)
+    spec = {"g": {"features": ["emb"], "k": 2, "self_loops": False, "method": method}}
+    in_degree = build(lens.uri, spec)[0]["g"].stats["inputs"]["emb"]["in_degree"]
+    assert (in_degree["min"], in_degree["max"], in_degree["zero"]) == (2, 2, 0)
+
+
 def test_merge_lists_equals_a_stable_sort_of_both_lists():
     rng = np.random.default_rng(8)
     for _ in range(200):

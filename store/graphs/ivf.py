@@ -607,7 +607,7 @@ def stats(lists: Lists, rows) -> dict[str, Any]:
         "edges": int(lists.edges),
         "mutual_share": round(mutual, 4),
         "in_degree": {
-            "min": int(in_degree.min(initial=0)),
+            "min": int(in_degree.min()) if len(in_degree) else 0,  # initial=0 would floor it at 0
             "median": float(np.median(in_degree)) if n else 0.0,
             "max": int(in_degree.max(initial=0)),
             "zero": int((in_degree == 0).sum()),

@@ -50,7 +50,7 @@ def list_stats(held: np.ndarray) -> dict[str, Any]:
         "edges": int(edges),
         "mutual_share": round(mutual / edges, 4) if edges else 0.0,
         "in_degree": {
-            "min": int(in_degree.min(initial=0)),
+            "min": int(in_degree.min()) if len(in_degree) else 0,  # initial=0 would floor it at 0
             "median": float(np.median(in_degree)) if len(held) else 0.0,
             "max": int(in_degree.max(initial=0)),
             "zero": int((in_degree == 0).sum()),
