@@ -29,6 +29,7 @@ import pytest
 from starlette.testclient import TestClient
 
 import itemlens
+from itemlens.errors import ItemlensError
 from itemlens.store import graphs, semantic_ids
 from itemlens.store.diff import diff
 from itemlens.store.writer import StoreWriter
@@ -401,6 +402,46 @@ def test_catalog_rows_from_parquet_csv_jsonl_folders_and_a_delta(tmp_path):
     )
     rows = CatalogRows(str(delta), delta=True).rows(["00005", "00006"])
     assert rows[0]["title"] == "new" and rows[1] is None
+
+
+def test_what_a_store_or_a_request_may_hold_is_a_page_not_a_crash(small, tmp_path):
+    """A snapshot pruned while it is browsed, a put_vectors video spec in words of its own, a
+    delta recorded with the format it was read in, form fields sent as files, a port in use."""
+    import json
+
+    from itemlens.workflows.browse import serve
+
+    store = tmp_path / "lens"
+    shutil.copytree(small["store"], store)
+    lens = itemlens.connect(store)
+    lens.put_vectors("clip", ["item-001"], np.ones((1, 4), np.float32), spec={"input": {"video": "clip", "fps": 2}})
+    delta = tmp_path / "changes.data"  # a name that tells no format: the ingest read it as jsonl
+    delta.write_text(json.dumps({"item_id": "item-001", "title": "a newer title"}) + "\n")
+    with StoreWriter.open(store) as writer:
+        record = {"uri": str(small["catalog"]), "format": "jsonl", "id_column": "item_id"}
+        writer.publish(catalog={**record, "delta": {"uri": str(delta), "format": "jsonl"}}, report={}, force=True)
+    app = create_app(store)  # the video spec did not stop it
+    client = _client(app)
+    assert app.state.browser.catalog_problem is None
+    assert "a newer title" in client.get("/item/item-001").text
+    bad_k = client.post("/search", files={"k": ("k.txt", b"5"), "feature": ("f.txt", b"text")})
+    assert bad_k.status_code < 500
+    untouched = _client(create_app(store))  # nothing of its snapshot read yet
+    # the same spec: a later version of the same tables, and a prune drops the ones it reads
+    for name, dim, spec in (
+        ("text", 16, {"model": "text-b"}),
+        ("image", 8, {"model": "image-a", "input": {"image": "images"}}),
+    ):
+        lens.put_vectors(name, ["item-003"], np.ones((1, dim), np.float32), spec=spec)
+    with StoreWriter.open(store) as writer:
+        writer.prune(keep=1)
+    page = untouched.get("/item/item-003")
+    assert page.status_code == 410 and "was pruned" in page.text and "start browse again" in page.text
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(ItemlensError, match="cannot listen on 127.0.0.1"):
+            serve(store, port=taken.getsockname()[1])
 
 
 def test_the_command_line_serves_the_store_on_loopback(small):

@@ -255,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="read catalog fields and media from this catalog instead of the one the snapshot records",
     )
     p.add_argument("--id-column", default=None, help="the catalog's id column (default: as recorded, else item_id)")
+    p.add_argument(
+        "--catalog-format",
+        choices=["parquet", "jsonl", "csv"],
+        default=None,
+        help="the --catalog's format, where its name does not tell (a folder on object storage)",
+    )
     p = sub.add_parser(
         "diff",
         help="per item, how much its top-k neighbours change between two feature versions "
@@ -701,6 +707,7 @@ def _browse(args) -> int:
         port=args.port,
         catalog=args.catalog,
         id_column=args.id_column,
+        catalog_format=args.catalog_format,
     )
     return 0
 

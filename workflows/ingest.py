@@ -199,7 +199,12 @@ def ingest(
         catalog_doc = (
             {
                 **writer.base.catalog,
-                "delta": {"uri": source.uri, "upserts": registration.seen, "deletions": len(deletions)},
+                "delta": {
+                    "uri": source.uri,
+                    "format": source.format,  # browse reads it as the ingest did
+                    "upserts": registration.seen,
+                    "deletions": len(deletions),
+                },
             }
             if delta
             else {

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import tempfile
 import threading
 from collections import Counter, OrderedDict
@@ -32,7 +33,13 @@ from urllib.parse import quote
 
 import numpy as np
 
-from itemlens.errors import ItemlensError, MissingDependencyError, UnknownFeatureError, UnknownItemsError
+from itemlens.errors import (
+    ItemlensError,
+    MissingDependencyError,
+    SnapshotNotFoundError,
+    UnknownFeatureError,
+    UnknownItemsError,
+)
 from itemlens.extractors.base import ItemError
 from itemlens.extractors.media import read_bytes, resolve_uri
 from itemlens.uris import local_path
@@ -144,6 +151,7 @@ class Browser:
         storage_options: dict[str, str] | None = None,
         media_cache_bytes: int = 256 * 1024**2,
         k: int = 10,
+        catalog_format: str | None = None,
     ):
         import itemlens
 
@@ -155,7 +163,7 @@ class Browser:
         self.k = k
         self.media_columns = self._media_columns()
         self.video_features = self._video_features()
-        self.catalogs, self.catalog_problem = self._open_catalogs(catalog, id_column)
+        self.catalogs, self.catalog_problem = self._open_catalogs(catalog, id_column, catalog_format)
         self.thumbs = ByteCache(media_cache_bytes)
         self.frames = ByteCache(media_cache_bytes // 2)
         self._order: tuple[list[str], Any] | None = None
@@ -179,16 +187,21 @@ class Browser:
 
     def _video_features(self) -> dict[str, Any]:
         """Current video features -> their VideoInput (how frames were sampled)."""
+        from pydantic import ValidationError
+
         from itemlens.extractors.spec import VideoInput
 
         out = {}
         for info in self.lens.features():
             spec_input = info.spec.get("input")
             if info.current and isinstance(spec_input, dict) and "video" in spec_input:
-                out[info.name] = VideoInput.model_validate(spec_input)
+                try:
+                    out[info.name] = VideoInput.model_validate(spec_input)
+                except ValidationError:  # a put_vectors spec in words of its own: its frames not shown
+                    log.info("feature %s: input %r is not an ingest's video input", info.name, spec_input)
         return out
 
-    def _open_catalogs(self, catalog: str | None, id_column: str | None):
+    def _open_catalogs(self, catalog: str | None, id_column: str | None, catalog_format: str | None = None):
         from itemlens.workflows.browse.catalog_rows import CatalogRows
 
         record = self.lens.doc.catalog
@@ -199,16 +212,21 @@ class Browser:
                 "catalog fields and media"
             )
         id_column = id_column or record.get("id_column") or "item_id"
+        fmt = catalog_format or ("auto" if catalog else record.get("format", "auto"))
+        catalogs, problems = [], []
+        delta = None if catalog else record.get("delta")
+        if delta and delta.get("uri"):  # the last delta's rows are newer than the catalog's
+            try:  # read with the format the ingest read it with (its catalog.format)
+                catalogs.append(
+                    CatalogRows(delta["uri"], id_column=id_column, delta=True, fmt=delta.get("format", fmt))
+                )
+            except ItemlensError as problem:
+                problems.append(f"{problem} (item pages show the catalog's rows, not the delta's)")
         try:
-            catalogs = []
-            delta = None if catalog else record.get("delta")
-            if delta and delta.get("uri"):  # the last delta's rows are newer than the catalog's
-                catalogs.append(CatalogRows(delta["uri"], id_column=id_column, delta=True))
-            fmt = "auto" if catalog else record.get("format", "auto")
             catalogs.append(CatalogRows(uri, id_column=id_column, fmt=fmt))
-            return catalogs, None
         except ItemlensError as problem:
-            return [], f"{problem} (item pages show no catalog fields or media)"
+            problems.append(f"{problem} (item pages show no catalog fields or media)")
+        return catalogs, "; ".join(problems) or None
 
     def rows_of(self, ids: list[str]) -> list[tuple[dict[str, Any] | None, str | None]]:
         """(catalog row, the folder its media resolve against) per id; (None, None) where the
@@ -774,10 +792,18 @@ def create_app(
     id_column: str | None = None,
     storage_options: dict[str, str] | None = None,
     allowed_hosts: list[str] | tuple[str, ...] = LOOPBACK_HOSTS,
+    catalog_format: str | None = None,
 ) -> Starlette:
     """The browse app of one store snapshot. ``allowed_hosts``: Host headers it answers (by default
     loopback names only, so that a web page elsewhere cannot reach it by DNS rebinding)."""
-    browser = Browser(store, snapshot=snapshot, catalog=catalog, id_column=id_column, storage_options=storage_options)
+    browser = Browser(
+        store,
+        snapshot=snapshot,
+        catalog=catalog,
+        id_column=id_column,
+        storage_options=storage_options,
+        catalog_format=catalog_format,
+    )
     pages = Pages(browser)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters["q"] = _q
@@ -794,6 +820,10 @@ def create_app(
     async def page_error(request: Request, error: Exception) -> Response:
         if isinstance(error, HTTPException):
             status, message = error.status_code, ("no such page" if error.status_code == 404 else str(error.detail))
+        elif isinstance(error, SnapshotNotFoundError):  # pruned under this page: the snapshot is gone
+            status, message = 410, f"{error}; start browse again (or pin the snapshot you browse)"
+        elif isinstance(error, ItemlensError):  # what the client refused, in its own words
+            status, message = 409, str(error)
         else:
             status, message = error.status, error.message
         return render(request, ("error.html", {"status": status, "message": message}), status)
@@ -828,9 +858,9 @@ def create_app(
                     if len(data) > MAX_UPLOAD_BYTES:
                         raise PageError(413, f"upload larger than {MAX_UPLOAD_BYTES // 1024**2} MiB")
                     upload = (file.filename, data)
-                feature, text, k = params.get("feature", ""), params.get("q", ""), params.get("k")
-                if not isinstance(text, str):  # a q sent as a file part: no text query
-                    text = ""
+                # a field sent as a file part is no text: left out
+                feature, text, k = (v if isinstance(v, str) else None for v in map(params.get, ("feature", "q", "k")))
+                feature, text = feature or "", text or ""
         else:
             feature, text, k = params.get("feature", ""), params.get("q", ""), params.get("k")
         k = _int(k, browser.k, 1, 100)
@@ -947,7 +977,7 @@ def create_app(
     ]
     app = Starlette(
         routes=routes,
-        exception_handlers={PageError: page_error, HTTPException: page_error},
+        exception_handlers={PageError: page_error, HTTPException: page_error, ItemlensError: page_error},
         middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))],
     )
     app.state.browser = browser
@@ -962,6 +992,7 @@ def serve(
     port: int = 8765,
     catalog: str | None = None,
     id_column: str | None = None,
+    catalog_format: str | None = None,
 ) -> None:
     """Run the app with uvicorn until interrupted (``itemlens browse``)."""
     import sys
@@ -969,8 +1000,20 @@ def serve(
     import uvicorn
 
     loopback, hosts = answered_hosts(host)
-    app = create_app(store, snapshot=snapshot, catalog=catalog, id_column=id_column, allowed_hosts=hosts)
+    app = create_app(
+        store,
+        snapshot=snapshot,
+        catalog=catalog,
+        id_column=id_column,
+        allowed_hosts=hosts,
+        catalog_format=catalog_format,
+    )
     browser = app.state.browser
+    # bound before the banner: a port in use is one message (exit 2), not a URL of another server
+    try:
+        sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except OSError as exc:
+        raise ItemlensError(f"browse cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     shown = f"[{host}]" if ":" in host else host
     print(
         f"itemlens browse: {browser.store}, snapshot {browser.lens.snapshot}, on http://{shown}:{port}/ "
@@ -984,4 +1027,5 @@ def serve(
         )
     if browser.catalog_problem:
         print(f"itemlens browse: {browser.catalog_problem}", file=sys.stderr)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server.run(sockets=[sock])
