@@ -426,6 +426,15 @@ def test_what_a_store_or_a_request_may_hold_is_a_page_not_a_crash(small, tmp_pat
     assert "a newer title" in client.get("/item/item-001").text
     bad_k = client.post("/search", files={"k": ("k.txt", b"5"), "feature": ("f.txt", b"text")})
     assert bad_k.status_code < 500
+    # ids a browser would resolve as dot segments, or the go box would strip, are reachable
+    lens.put_vectors("text", [".", "..", " lead"], np.ones((3, 16), np.float32), spec={"model": "text-b"})
+    client = _client(create_app(store))
+    listed = "".join(client.get("/items", params={"page": page}).text for page in (1, 2, 3))
+    for item_id in (".", ".."):
+        assert f'href="/item?id={item_id}"' in listed
+        assert client.get("/item", params={"id": item_id}).status_code == 200
+    assert client.get("/go", params={"id": " lead"}, follow_redirects=True).status_code == 200
+    assert client.get("/go", params={"id": " item-004 "}, follow_redirects=True).status_code == 200
     untouched = _client(create_app(store))  # nothing of its snapshot read yet
     # the same spec: a later version of the same tables, and a prune drops the ones it reads
     for name, dim, spec in (

@@ -5,7 +5,7 @@ rendered on the server from Jinja2 templates (no JavaScript).
 ``/``                                       the store: features and versions, counts, errors,
                                             semantic IDs and graphs with their plots, snapshots
 ``/items?page=N``                           items in item-index order, a page at a time
-``/item/{id}``                              one item: catalog fields, photos, video with the
+``/item/{id}`` (``/item?id=`` for . and ..)  one item: catalog fields, photos, video with the
                                             frames that were embedded, audio, captions,
                                             semantic IDs, errors, neighbours per feature/graph
 ``/search?feature=F&q=TEXT`` (POST: a file) the feature's own encoder through ``lens.search``
@@ -264,9 +264,11 @@ class Browser:
             self._order = (ids.to_pylist(), IdIndex(ids))
         return self._order
 
+    def known(self, item_id: str) -> bool:
+        return bool(self.order()[1].rows([item_id])[0] >= 0)
+
     def require_item(self, item_id: str) -> None:
-        ids, index = self.order()
-        if index.rows([item_id])[0] < 0:
+        if not self.known(item_id):
             raise PageError(404, f"no item {item_id!r} in snapshot {self.lens.snapshot} of {self.store}")
 
     def tiles(self, ids: list[str], scores: list[float] | None = None, extra: list[dict] | None = None) -> list[dict]:
@@ -430,6 +432,13 @@ class Browser:
 def _q(value: Any) -> str:
     """A URL query value or path segment: every reserved character encoded."""
     return quote(str(value), safe="")
+
+
+def _item_url(item_id: Any) -> str:
+    """An item page's URL: ``/item/<id>``, or ``/item?id=`` for the ids ``.`` and ``..``, which
+    a browser would resolve as dot segments (encoded or not) before sending."""
+    text = str(item_id)
+    return f"/item?id={_q(text)}" if text in (".", "..") else f"/item/{_q(text)}"
 
 
 def _int(value: str | None, default: int, low: int, high: int) -> int:
@@ -807,6 +816,7 @@ def create_app(
     pages = Pages(browser)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters["q"] = _q
+    templates.env.filters["item_url"] = _item_url
     templates.env.filters["num"] = lambda v, digits=3: (
         "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
     )
@@ -836,12 +846,15 @@ def create_app(
         return render(request, await run_in_threadpool(pages.items, page))
 
     async def go(request: Request) -> Response:
-        item_id = request.query_params.get("id", "").strip()
-        return RedirectResponse(f"/item/{_q(item_id)}", status_code=303)
+        item_id = request.query_params.get("id", "")
+        if item_id.strip() != item_id and not browser.known(item_id):  # typed with a stray space
+            item_id = item_id.strip()
+        return RedirectResponse(_item_url(item_id), status_code=303)
 
     async def item(request: Request) -> Response:
         k = _int(request.query_params.get("k"), browser.k, 1, 100)
-        return render(request, await run_in_threadpool(pages.item, request.path_params["item_id"], k))
+        item_id = request.path_params.get("item_id") or request.query_params.get("id", "")
+        return render(request, await run_in_threadpool(pages.item, item_id, k))
 
     async def search(request: Request) -> Response:
         params = request.query_params
@@ -963,6 +976,7 @@ def create_app(
         Route("/items", items),
         Route("/go", go),
         Route("/item/{item_id:path}", item),
+        Route("/item", item),  # ?id=, for the ids . and ..
         Route("/search", search, methods=["GET", "POST"]),
         Route("/sid/{name}", sid),
         Route("/errors", errors),
