@@ -127,6 +127,10 @@ def test_an_ids_file_aligns_or_fails_whatever_its_shape(lens, tmp_path):
     assert np.isnan(got[[1, 3]]).all() and np.array_equal(got[[0, 2]], lens.vectors("image", ["item001", "item002"]))
     assert report.present == {"image": 2} and report.filled == {"image": 2}
     assert np.load(tmp_path / "f" / "image_mask.npy").tolist() == [True, False, True, False]
+    for fill, written in ((np.nan, "nan"), (np.inf, "inf")):  # strict JSON: no NaN or Infinity
+        lens.export("npz", tmp_path / "g", ids=unknown, fill=fill, features={"image": "image"})
+        manifest = (tmp_path / "g" / "export.json").read_text()
+        assert json.loads(manifest, parse_constant=lambda c: pytest.fail(c))["exports"]["npz"]["fill"] == written
     lens.export("mmrec", tmp_path / "f", ids=wanted, features={"image": "image"})  # a new order, nothing filled
     assert not (tmp_path / "f" / "image_mask.npy").exists()  # the old mask went with its export
     assert np.array_equal(exported(tmp_path / "f"), expected)

@@ -378,7 +378,8 @@ def export(
         "snapshot": lens.snapshot,
         "rows": len(order.ids),
         "order": {"source": order.source, "description": order.description, "digest": order.digest},
-        "fill": None if aligned.fill is None else ("nan" if np.isnan(aligned.fill) else aligned.fill),
+        # strict JSON has no NaN or Infinity: those are written as the strings Python reads back
+        "fill": None if aligned.fill is None else (aligned.fill if np.isfinite(aligned.fill) else str(aligned.fill)),
         "artifacts": {
             n: {
                 "version": aligned.versions.get(n),
