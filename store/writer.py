@@ -974,12 +974,13 @@ def publish_derived(
 
 def _make_current(entries: dict, version, entry_type) -> bool:
     """Record a derived artifact's version (semantic IDs, graph) as its name's current one;
-    True when the name now resolves to another version."""
+    True when the name now resolves to another version, or that version's record changed (a
+    graph's read-time preset or fusion weights)."""
     entry = entries.get(version.name)
     if entry is None:
         entries[version.name] = entry_type(current=version.label, versions={version.label: version})
         return True
-    moved = entry.current != version.label
+    moved = entry.current != version.label or entry.versions.get(version.label) != version
     entry.versions[version.label] = version
     entry.current = version.label
     return moved

@@ -200,6 +200,27 @@ def test_the_smallest_in_degree_is_counted_not_floored_at_zero(tmp_path, method)
     assert (in_degree["min"], in_degree["max"], in_degree["zero"]) == (2, 2, 0)
 
 
+def test_read_time_settings_and_a_definition_gone_back_to_are_published_without_new_lists(tmp_path):
+    """Fusion weights and the preset apply when read: changing them needs no new lists but a
+    new snapshot that records them; going back to an earlier definition makes it current again."""
+    rng = np.random.default_rng(0)
+    lens, ids = _store(tmp_path, {"a": rng.normal(size=(30, 4)), "b": rng.normal(size=(30, 4))}, 30)
+    spec = {"features": {"a": 0.1, "b": 0.9}, "k": 3, "preset": "freedom"}
+    build(lens.uri, {"g": spec})
+    lens.refresh()
+    first = lens.graph("g")[0]
+    _, snapshot = build(lens.uri, {"g": {**spec, "features": {"a": 0.5, "b": 0.5}, "preset": "lattice"}})
+    lens.refresh()
+    assert snapshot == lens.snapshot and lens.graph_info("g").label == "v1"
+    assert lens.graph_info("g").spec["preset"] == "lattice" and lens.graph_info("g").spec["features"]["a"] == 0.5
+    assert build(lens.uri, {"g": {**spec, "features": {"a": 0.5, "b": 0.5}, "preset": "lattice"}})[1] is None
+    build(lens.uri, {"g": {**spec, "k": 4}})
+    _, snapshot = build(lens.uri, {"g": spec})  # v1's definition again: its lists stand
+    lens.refresh()
+    assert snapshot == lens.snapshot and lens.graph_info("g").label == "v1"
+    assert abs(lens.graph("g")[0] - first).max() == 0 and lens.graph_info("g").spec["preset"] == "freedom"
+
+
 def test_merge_lists_equals_a_stable_sort_of_both_lists():
     rng = np.random.default_rng(8)
     for _ in range(200):

@@ -193,6 +193,29 @@ def test_retraining_is_explicit_and_makes_a_new_version(tmp_path):
     assert lens.semantic_ids("sid@v1", ids).shape == (300, 3)  # older versions stay readable
 
 
+def test_a_definition_gone_back_to_is_current_again_and_a_refresh_without_items_retires_all(tmp_path):
+    x, _ = clustered(seed=6, clusters=5, per=12)
+    lens, ids = new_store(tmp_path, x)
+    small = {"features": ["emb"], "levels": 2, "codebook_size": 4}
+    build(lens.uri, {"sid": small})
+    build(lens.uri, {"sid": {**small, "codebook_size": 8}})
+    reports, snapshot = build(lens.uri, {"sid": small})  # v1's definition: its codes stand, it is current again
+    lens.refresh()
+    assert not reports["sid"].trained and snapshot == lens.snapshot and lens.semantic_id_info("sid").label == "v1"
+    assert lens.semantic_ids("sid", ids)[:, :2].max() < 4
+    assert build(lens.uri, {"sid": small})[1] is None  # and then nothing changes
+    # every item loses one of two inputs: no item has an ID any more, every tuple retires
+    lens.put_vectors("other", ids, np.ones((len(ids), 3), np.float32))
+    both = {"features": ["emb", "other"], "levels": 2, "codebook_size": 4}
+    build(lens.uri, {"both": both})
+    with StoreWriter.open(lens.uri) as writer:
+        other = writer.base.feature_version("other")
+        writer.remove_items([other], ids)
+        writer.publish(catalog={}, report={}, current={"other": other})
+    reports, _ = build(lens.uri, {"both": both})
+    assert (reports["both"].items, reports["both"].retired) == (0, len(ids))
+
+
 def test_several_weighted_inputs_and_items_missing_one(tmp_path):
     x, labels = clustered(seed=5, clusters=20, per=20)
     lens, ids = new_store(tmp_path, x, name="image")

@@ -492,7 +492,7 @@ def derive(
     # each current item's active stored row (-1: none)
     active_rows = np.flatnonzero(active)
     row_of_item = np.full(n, -1, np.int64)
-    if len(active_rows):
+    if len(active_rows) and n:  # n == 0: no item has every input, and every stored tuple retires
         at = np.searchsorted(plan.item_index, old_item[active_rows])
         hit = (at < n) & (plan.item_index[np.minimum(at, max(n - 1, 0))] == old_item[active_rows])
         row_of_item[at[hit]] = active_rows[hit]
@@ -539,6 +539,9 @@ def derive(
         and open_table(writer, version.table, None).version == writer.base.tables.get(version.table)
     ):
         report.metrics = dict(version.metrics)  # nothing changed: no new table versions
+        from itemlens.store.graphs.build import stage_if_moved
+
+        stage_if_moved(writer, entry, version, writer.stage_semantic_ids)
         return _finish(report, runner, tasks_before, t0)
 
     t = time.perf_counter()
