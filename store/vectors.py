@@ -116,8 +116,7 @@ def feature_rows(
     """Where the vectors of one pooled vector feature are (the id join runs on ``runner``)."""
     if version.kind != "vector" or version.pooling != "mean":
         raise ConfigError(
-            f"semantic IDs and graphs take pooled vector features; {version.qualified} holds "
-            f"{version.kind}s per {version.pooling}"
+            f"semantic IDs and graphs take pooled vector features; {version.qualified} holds {holds(version)}"
         )
     source = table_source(writer, version.table, table_version)
     if source is None:
@@ -178,8 +177,7 @@ def read_vectors(
 
     if version.kind != "vector" or version.pooling != "mean":
         raise ConfigError(
-            f"semantic IDs and graphs take pooled vector features; {version.qualified} holds "
-            f"{version.kind}s per {version.pooling}"
+            f"semantic IDs and graphs take pooled vector features; {version.qualified} holds {holds(version)}"
         )
     n = len(item_ids)
     dataset = lance_io.open_dataset(writer.location.table_uri(version.table), table_version, writer.location.options())
@@ -255,3 +253,11 @@ class LocalRunner(Runner):
     @property
     def where(self) -> str:
         return "driver"
+
+
+def holds(version) -> str:
+    """What a feature version holds, in words: captions, one vector per item, or one per image or frame."""
+    if version.kind == "caption":
+        return "captions"
+    per = "item" if version.pooling == "mean" else version.pooling.removeprefix("per_")
+    return f"one vector per {per}"

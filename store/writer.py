@@ -794,13 +794,17 @@ class StoreWriter:
             if pin_tag(snapshot_id) not in tags.list():
                 tags.create(pin_tag(snapshot_id), version)
 
-    def unpin(self, snapshot_id: int) -> None:
+    def unpin(self, snapshot_id: int) -> bool:
+        """Remove a snapshot's pin; False when it had none."""
         self.lock.check()
         doc = read_doc(self.location, snapshot_id)
+        removed = False
         for table in doc.tables:
             dataset = self.open_table(table)
             if dataset is not None and pin_tag(snapshot_id) in dataset.tags.list():
                 dataset.tags.delete(pin_tag(snapshot_id))
+                removed = True
+        return removed
 
     def prune(self, keep: int) -> dict[str, Any]:
         """Keep the newest ``keep`` snapshots and the pinned ones; delete every other snapshot

@@ -327,6 +327,7 @@ def test_command_line_snapshots_pin_prune_index_export(store, tmp_path):
         return run.stdout
 
     assert "snapshot 1 pinned" in cli("pin", str(store), "1")
+    assert "snapshot 2 was not pinned" in cli("unpin", str(store), "2")
     listing = cli("snapshots", str(store))
     assert listing.splitlines()[0].startswith("*    1") and "    3" in listing
     assert "kept snapshots [1, 3]" in cli("prune", str(store), "--keep", "1")

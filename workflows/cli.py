@@ -421,7 +421,11 @@ def _pin(args) -> int:
 
     command = f"itemlens {args.command}"
     with StoreWriter.open(args.store, lock_wait=args.wait_for_lock, command=command, create=False) as writer:
-        (writer.pin if args.command == "pin" else writer.unpin)(args.snapshot)
+        if args.command == "pin":
+            writer.pin(args.snapshot)
+        elif not writer.unpin(args.snapshot):
+            print(f"snapshot {args.snapshot} was not pinned")
+            return 0
     print(f"snapshot {args.snapshot} {'pinned' if args.command == 'pin' else 'unpinned'}")
     return 0
 

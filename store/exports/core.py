@@ -488,9 +488,9 @@ def _gather_features(
     for role, name in _roles(lens, features, mmrec_roles).items():
         version = lens._version(name)
         if version.kind != "vector" or version.pooling != "mean":
-            raise ConfigError(
-                f"{version.qualified} holds {version.kind}s per {version.pooling}; exports take pooled vectors"
-            )
+            from itemlens.store.vectors import holds
+
+            raise ConfigError(f"{version.qualified} holds {holds(version)}; exports take one vector per item")
         filler = 0.0 if aligned.fill is None else aligned.fill
         rows = lens._rows(version, aligned.ids)  # the id index only: values are read chunk by chunk
         found = rows >= 0

@@ -16,10 +16,8 @@ def kmeans(x: np.ndarray, k: int, *, niter: int, seed: int) -> np.ndarray:
 
     n, d = x.shape
     if n < k:
-        raise ConfigError(
-            f"k-means with {k} codes needs at least {k} vectors; got {n} "
-            "(lower codebook_size, or raise sample where the feature has more vectors)"
-        )
+        how = "lower codebook_size, or raise sample where the feature has more vectors" if k > 2 else "add items"
+        raise ConfigError(f"k-means with {k} codes needs at least {k} vectors; got {n} ({how})")
     km = faiss.Kmeans(d, k, niter=niter, seed=seed, verbose=False, max_points_per_centroid=256)
     km.train(np.ascontiguousarray(x, dtype=np.float32))
     return km.centroids.copy()
