@@ -116,3 +116,17 @@ def test_categorical_and_string_view_ids_are_strings():
         expected = [str(v) for v in column.to_pylist()]
         assert catalog_ids(batch, id_column="item_id").column("item_id").to_pylist() == expected
         assert item_ids(batch, "item_id") == expected
+
+
+def test_a_dry_run_refuses_missing_weights_as_the_run_does(tmp_path):
+    """Before any work (no store opened, no Ray started): what the real run refuses first. The
+    folder has its config but no weights: its fingerprint can be taken, its weights not loaded."""
+    from itemlens.errors import WeightsNotFoundError
+    from itemlens.workflows.plan import plan
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text('{"model_type": "bert"}')
+    (tmp_path / "catalog.jsonl").write_text('{"item_id": "a", "title": "lamp"}\n')
+    spec = {"encoder": "hf-text", "model": str(tmp_path / "model"), "input": {"template": "{title}"}}
+    with pytest.raises(WeightsNotFoundError):
+        plan(tmp_path / "catalog.jsonl", {"features": {"text": spec}}, tmp_path / "lens")
