@@ -49,9 +49,9 @@ def register_encoder(name: str, target: str, *, extra: str | None = None, replac
     """
     _load_entry_points()
     if ":" not in target:
-        raise ValueError(f"encoder target must look like 'package.module:Class', got {target!r}")
+        raise ConfigError(f"encoder target must look like 'package.module:Class', got {target!r}")
     if name in _registry and not replace and _registry[name].target != target:
-        raise ValueError(
+        raise ConfigError(
             f"encoder {name!r} is already registered ({_registry[name].target}); pass replace=True to replace it"
         )
     _registry[name] = EncoderEntry(target, extra)
@@ -95,7 +95,7 @@ def _load_entry_points() -> None:
     _entry_points_loaded = True
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in _registry and _registry[ep.name].target != ep.value:
-            raise ValueError(
+            raise ConfigError(
                 f"entry point {ep.name!r} = {ep.value!r} clashes with the registered encoder "
                 f"{_registry[ep.name].target!r}"
             )

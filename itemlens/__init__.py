@@ -24,8 +24,13 @@ _LAZY = {
     "StoreError": "itemlens.errors",
     "StoreFormatError": "itemlens.errors",
     "StoreLockedError": "itemlens.errors",
+    "StoreNotFoundError": "itemlens.errors",
+    "SnapshotNotFoundError": "itemlens.errors",
+    "UnknownFeatureError": "itemlens.errors",
     "UnknownItemsError": "itemlens.errors",
+    "InputError": "itemlens.errors",
     "QueryError": "itemlens.errors",
+    "MissingDependencyError": "itemlens.errors",
     "WeightsNotFoundError": "itemlens.errors",
 }
 
@@ -35,11 +40,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from itemlens.errors import (  # noqa: F401
         CatalogError,
         ConfigError,
+        InputError,
         ItemlensError,
+        MissingDependencyError,
         QueryError,
+        SnapshotNotFoundError,
         StoreError,
         StoreFormatError,
         StoreLockedError,
+        StoreNotFoundError,
+        UnknownFeatureError,
         UnknownItemsError,
         WeightsNotFoundError,
     )

@@ -21,6 +21,11 @@ class CatalogError(ItemlensError, ValueError):
     """The catalog as a whole cannot be used (missing id column, duplicate ids, ...)."""
 
 
+class InputError(ItemlensError, ValueError):
+    """Values handed to the client that cannot be stored (missing or repeated ids, vectors of
+    the wrong shape, NaN or infinite values)."""
+
+
 class LocationError(ItemlensError, ValueError):
     """A path or URI that cannot be used as given (credentials in it, a file: URI naming another
     host, ...); the message says why, without repeating any secret."""
@@ -37,7 +42,7 @@ class WeightsNotFoundError(ItemlensError, FileNotFoundError):
     """
 
 
-class StoreError(ItemlensError):
+class StoreError(ItemlensError, RuntimeError):
     """Something is wrong with the store itself."""
 
 

@@ -94,7 +94,7 @@ def test_a_put_spec_must_be_plain_json_before_anything_is_written(store):
     # refused inputs register no id either: a bad name, missing ids or captions, overflow
     with pytest.raises(StoreError, match="feature name 'my-emb' is not allowed"):
         lens.put_vectors("my-emb", ["ghost"], _unit(1, 4))
-    with pytest.raises(ValueError, match="1 ids are missing"):
+    with pytest.raises(itemlens.InputError, match="1 ids are missing"):  # an ItemlensError, and a ValueError
         lens.put_vectors("emb", ["a", None], _unit(2, 4))
     with pytest.raises(ValueError, match="1 ids are missing"):
         lens.put_vectors("emb", np.array(["a", np.nan], dtype=object), _unit(2, 4))

@@ -40,3 +40,13 @@ def test_extractors_and_store_import_without_workflows():
     loaded = _modules_after("import itemlens.extractors, itemlens.store")
     assert "itemlens.workflows" not in loaded
     assert "ray" not in loaded
+
+
+def test_every_error_the_docs_name_is_an_itemlens_error_and_a_builtin():
+    """docs/client.md: catch the itemlens type or the usual Python one, from ``itemlens`` itself."""
+    import itemlens
+
+    for name in [n for n in itemlens.__all__ if n.endswith("Error") and n != "ItemlensError"]:
+        error = getattr(itemlens, name)
+        assert issubclass(error, itemlens.ItemlensError), name
+        assert any(b.__module__ == "builtins" and b is not Exception for b in error.__mro__[1:]), name

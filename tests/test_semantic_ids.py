@@ -97,7 +97,7 @@ def test_every_item_has_a_unique_tuple_and_item_for_inverts_it(tmp_path, uniquen
         # the quantizer's own codes where free; a collision moved to another last-level code
         prefix = lens._dataset(info.table).to_table(columns=["prefix"]).column("prefix").to_pylist()
         assert np.array_equal(np.array(prefix)[:, 0], codes[:, 0]) and (np.array(prefix)[:, 1] != codes[:, 1]).any()
-    with pytest.raises(KeyError, match="no item holds"):
+    with pytest.raises(itemlens.UnknownItemsError, match=r"1 code tuple\(s\) have no 'sid@v1' item"):
         lens.item_for("sid", [15, 15, 999] if uniqueness == "suffix" else [99, 99])
     with pytest.raises(KeyError, match="nobody"):
         lens.semantic_ids("sid", ["nobody"])

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from itemlens.errors import (
     ConfigError,
+    InputError,
     QueryError,
     SnapshotNotFoundError,
     UnknownFeatureError,
@@ -216,10 +217,10 @@ def _unique_ids(ids: Sequence[Any]) -> list[str]:
     ids = _as_ids(ids)
     missing = sum(1 for i in ids if i is None or (isinstance(i, float) and i != i))
     if missing:  # str() would store the items "None" and "nan"
-        raise ValueError(f"{missing} ids are missing (None or NaN); every item needs an id")
+        raise InputError(f"{missing} ids are missing (None or NaN); every item needs an id")
     ids = _strings(ids)
     if len(set(ids)) != len(ids):
-        raise ValueError("ids must be unique")
+        raise InputError("ids must be unique")
     return ids
 
 

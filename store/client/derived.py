@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from itemlens.errors import (
+    InputError,
     UnknownFeatureError,
     UnknownItemsError,
 )
@@ -87,7 +88,7 @@ class Derived(LensBase):
         array = np.asarray(codes, dtype=np.int64)
         single = array.ndim == 1
         if array.ndim not in (1, 2) or (array.size and array.shape[-1] != version.width):
-            raise ValueError(f"{version.qualified} IDs have {version.width} codes; got an array of shape {array.shape}")
+            raise InputError(f"{version.qualified} IDs have {version.width} codes; got an array of shape {array.shape}")
         array = array.reshape(-1, version.width)
         key = ("reverse", version.table, self.doc.tables[version.table])
         reverse = self._reverse.get(key)
@@ -101,10 +102,7 @@ class Derived(LensBase):
                 unknown.append(row)
             out.append(item)
         if unknown:
-            raise KeyError(
-                f"{version.qualified}: no item holds {', '.join(map(str, unknown[:5]))}"
-                + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else "")
-            )
+            raise UnknownItemsError(version.qualified, unknown, what="code tuple(s)", noun="item", takes_fill=False)
         return out[0] if single else out
 
     @snapshot_guard

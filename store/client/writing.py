@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from itemlens.errors import (
     ConfigError,
+    InputError,
     UnknownFeatureError,
 )
 from itemlens.store import lance_io
@@ -42,12 +43,12 @@ class Writing(LensBase):
         ids = _unique_ids(ids)
         array = np.asarray(vectors)
         if array.ndim != 2 or array.shape[0] != len(ids):
-            raise ValueError(f"vectors must be [len(ids), dim]; got {array.shape} for {len(ids)} ids")
+            raise InputError(f"vectors must be [len(ids), dim]; got {array.shape} for {len(ids)} ids")
         dtype = "float16" if array.dtype == np.float16 else "float32"
         with np.errstate(over="ignore", invalid="ignore"):
             stored = array.astype(np.float16 if dtype == "float16" else np.float32, copy=False)
         if not np.isfinite(stored).all():  # checked as stored: float64 beyond float32's range is inf
-            raise ValueError(f"vectors contain NaN or infinite values (as {dtype}, how they are stored)")
+            raise InputError(f"vectors contain NaN or infinite values (as {dtype}, how they are stored)")
         array = stored
         dim = int(array.shape[1])
         # The size and dtype are part of the version: other vectors under the same words are
@@ -72,10 +73,10 @@ class Writing(LensBase):
         texts = list(captions)
         missing = [i for i, t in zip(ids, texts) if t is None or (isinstance(t, float) and np.isnan(t))]
         if missing:
-            raise ValueError(f"{len(missing)} captions are missing (None or NaN), e.g. for {missing[0]!r}")
+            raise InputError(f"{len(missing)} captions are missing (None or NaN), e.g. for {missing[0]!r}")
         texts = [str(c) for c in texts]
         if len(texts) != len(ids):
-            raise ValueError(f"{len(texts)} captions for {len(ids)} ids")
+            raise InputError(f"{len(texts)} captions for {len(ids)} ids")
         spec = {**(spec or {}), "encoder": "external", "kind": "caption"}
         hashes = [hashlib.sha256(t.encode()).hexdigest() for t in texts]
         return self._put(

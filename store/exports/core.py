@@ -193,9 +193,9 @@ def register_exporter(
     ``needs_order``: refuse it without an order the user gives; ``dense``: rows without a
     value need an explicit ``fill`` (else the writer gets them as absent and writes nulls)."""
     if name in _FORMATS and not replace:
-        raise ValueError(f"exporter {name!r} is already registered; pass replace=True to replace it")
+        raise ConfigError(f"exporter {name!r} is already registered; pass replace=True to replace it")
     if takes not in ("features", "semantic_ids", "graphs"):
-        raise ValueError("takes must be 'features', 'semantic_ids' or 'graphs'")
+        raise ConfigError("takes must be 'features', 'semantic_ids' or 'graphs'")
     _FORMATS[name] = ExportFormat(name, exporter, takes, needs_order, dense)
 
 

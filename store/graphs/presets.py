@@ -42,7 +42,7 @@ def register_preset(name: str, preset: Preset, *, replace: bool = False) -> None
     """Add a preset (``graphs: {g: {preset: NAME}}``, ``lens.graph(g, NAME)``, ``--preset NAME``).
     A second registration of a name is an error unless ``replace=True``."""
     if name in _PRESETS and not replace:
-        raise ValueError(f"graph preset {name!r} is already registered; pass replace=True to replace it")
+        raise ConfigError(f"graph preset {name!r} is already registered; pass replace=True to replace it")
     _PRESETS[name] = preset
 
 
@@ -119,7 +119,7 @@ def normalize(a, preset: str):
         if norm == "rw":
             d = np.where(degree > 0, 1.0 / degree, 0.0)
             return (sp.diags(d) @ a).tocsr()
-    raise ValueError(norm)
+    raise ConfigError(f"unknown normalization {norm!r}")
 
 
 def hypergraph(incidences: list, weights: list[float] | None = None):

@@ -35,7 +35,7 @@ def register_quantizer(name: str, target: str, *, replace: bool = False) -> None
     imported when a quantizer of that method is built. A name is registered once unless
     ``replace=True``."""
     if name in _QUANTIZERS and not replace and _QUANTIZERS[name] != target:
-        raise ValueError(
+        raise ConfigError(
             f"semantic-ID method {name!r} is already registered ({_QUANTIZERS[name]}); pass replace=True to replace it"
         )
     _QUANTIZERS[name] = target
