@@ -358,6 +358,8 @@ def _detect_format(uri: str, is_dir: bool) -> str:
         raise ConfigError(
             f"cannot tell the format of catalog {uri} from {where}; set catalog.format to parquet, jsonl or csv"
         )
+    # every file the readers would read, subfolders too (a Hive layout: date=.../part-0.parquet;
+    # the job's pin lists the same files again)
     formats = sorted({fmt for fmt in map(_format_of, _folder_files(Path(uri))) if fmt})
     if len(formats) == 1:
         return formats[0]
@@ -369,12 +371,12 @@ def _detect_format(uri: str, is_dir: bool) -> str:
     raise CatalogError(f"catalog folder {uri} holds no Parquet, JSONL or CSV files ({_extensions_shown()})")
 
 
-def _folder_files(root: Path) -> list[str]:
+def _folder_files(root: Path):
     """A local folder catalog's files that a reader may read (not ``_SUCCESS``, ``.crc`` ...),
-    relative to it."""
-    return sorted(
-        rel for p in root.rglob("*") if p.is_file() and not (rel := p.relative_to(root).as_posix()).startswith(_HIDDEN)
-    )
+    relative to it, as they are found (``any`` over them stops at the first match)."""
+    for p in root.rglob("*"):
+        if p.is_file() and not (rel := p.relative_to(root).as_posix()).startswith(_HIDDEN):
+            yield rel
 
 
 def _extensions_shown(fmt: str | None = None) -> str:
