@@ -85,7 +85,7 @@ class TextTemplate:
         values = {name: _Cell(row.get(name), name) for name in self.columns}
         try:
             text = self._formatter.vformat(self.template, (), values).strip()
-        except (ValueError, TypeError, KeyError, IndexError) as exc:  # e.g. {price:.2f} on a string cell
+        except (ValueError, TypeError) as exc:  # e.g. {price:.2f} on a string cell
             raise ItemError("input", f"template {self.template!r} does not apply to this row: {exc}") from None
         if not _WORD.search(text):
             raise ItemError("input", f"empty text (template {self.template!r} gave {text!r})")

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from itemlens.errors import ConfigError
+from itemlens.store.vectors import require_pooled
 
 if TYPE_CHECKING:  # pragma: no cover
     from itemlens.store.client import Lens
@@ -106,9 +107,7 @@ def open_sides(
                 readers[key] = itemlens.connect(uri, snapshot=key, storage_options=storage_options)
         reader = readers[key]
         info = feature_info(reader, side.feature)
-        if info.kind != "vector" or info.pooling != "mean":
-            what = "captions" if info.kind != "vector" else f"one vector per {info.pooling.removeprefix('per_')}"
-            raise ConfigError(f"{side.text}: {info.qualified} holds {what}; a diff compares pooled vectors")
+        require_pooled(info, f"{side.text}: a diff compares pooled vectors")
         out.append((reader, info.qualified))
     (lens_a, name_a), (lens_b, name_b) = out
     if name_a == name_b and _table_version(lens_a, name_a) == _table_version(lens_b, name_b):

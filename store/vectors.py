@@ -114,10 +114,7 @@ def feature_rows(
     writer: StoreWriter, version: FeatureVersion, table_version: int | None, runner: Runner
 ) -> FeatureRows:
     """Where the vectors of one pooled vector feature are (the id join runs on ``runner``)."""
-    if version.kind != "vector" or version.pooling != "mean":
-        raise ConfigError(
-            f"semantic IDs and graphs take pooled vector features; {version.qualified} holds {holds(version)}"
-        )
+    require_pooled(version, "semantic IDs and graphs take pooled vector features")
     source = table_source(writer, version.table, table_version)
     if source is None:
         return FeatureRows(None, int(version.dim or 0), version.dtype, np.zeros(0, np.int64), np.zeros(0, np.int64))
@@ -175,10 +172,7 @@ def read_vectors(
 
     from itemlens.store import lance_io
 
-    if version.kind != "vector" or version.pooling != "mean":
-        raise ConfigError(
-            f"semantic IDs and graphs take pooled vector features; {version.qualified} holds {holds(version)}"
-        )
+    require_pooled(version, "semantic IDs and graphs take pooled vector features")
     n = len(item_ids)
     dataset = lance_io.open_dataset(writer.location.table_uri(version.table), table_version, writer.location.options())
     if dataset is None:
@@ -253,6 +247,12 @@ class LocalRunner(Runner):
     @property
     def where(self) -> str:
         return "driver"
+
+
+def require_pooled(version, purpose: str) -> None:
+    """ConfigError unless ``version`` holds one vector per item: ``purpose`` says what needs it."""
+    if version.kind != "vector" or version.pooling != "mean":
+        raise ConfigError(f"{purpose}; {version.qualified} holds {holds(version)}")
 
 
 def holds(version) -> str:

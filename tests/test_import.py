@@ -49,4 +49,5 @@ def test_every_error_the_docs_name_is_an_itemlens_error_and_a_builtin():
     for name in [n for n in itemlens.__all__ if n.endswith("Error") and n != "ItemlensError"]:
         error = getattr(itemlens, name)
         assert issubclass(error, itemlens.ItemlensError), name
-        assert any(b.__module__ == "builtins" and b is not Exception for b in error.__mro__[1:]), name
+        builtin = [b for b in error.__mro__[1:] if b.__module__ == "builtins"]
+        assert [b for b in builtin if b not in (Exception, BaseException, object)], name

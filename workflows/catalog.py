@@ -97,10 +97,11 @@ class CatalogSource:
             return ds.select_columns(columns) if columns else ds  # pushed down into the Parquet reads
         return self._read_all(columns)
 
-    def column_names(self) -> list[str]:
-        """Every column of the catalog (a delta: of its upserts, without ``_op``). Parquet: its
-        schema; JSON lines and CSV: every column some block has, since blocks differ (a file
-        without an optional column, a chunk of lines none of which has a sparse key)."""
+    def column_names(self, until: set[str] | None = None) -> list[str]:
+        """The catalog's columns (a delta: its upserts', without ``_op``). Parquet: its schema;
+        JSON lines and CSV: the columns of its blocks, which differ (a file without an optional
+        column, a chunk of lines none of which has a sparse key), read until every column of
+        ``until`` is seen (all of them when one is missing, or without ``until``)."""
         if self.format == "parquet" and not self.delta:
             schema = self.read().schema()
             return list(schema.names) if schema is not None else []
@@ -111,6 +112,8 @@ class CatalogSource:
         for batch in blocks.iter_batches(batch_size=None, batch_format="pyarrow"):
             for block in batch.column("names").to_pylist():
                 names.update(dict.fromkeys(block))
+            if until is not None and until <= names.keys():
+                break
         return list(names)
 
     def deleted_ids(self) -> list[str]:
@@ -177,11 +180,7 @@ class CatalogSource:
         if not has_scheme(self.uri):
             root = Path(self.uri)
             if root.is_dir():
-                paths = sorted(
-                    p
-                    for p in root.rglob("*")
-                    if p.is_file() and _is_catalog_file(p.relative_to(root).as_posix(), self.format)
-                )
+                paths = sorted(root / rel for rel in _folder_files(root) if _format_of(rel) == self.format)
             else:
                 paths = [root]
             stamps = []
@@ -291,7 +290,7 @@ class CatalogChangedError(CatalogError):
     """The catalog changed during a job; nothing was published."""
 
 
-def _op_column(batch: pa.Table) -> pa.Array:
+def op_column(batch: pa.Table) -> pa.Array:
     """Each row's operation, lower-cased and trimmed; a row without one (null, or an empty CSV
     cell) or a file without the column upserts."""
     import pyarrow.compute as pc
@@ -307,7 +306,7 @@ def _upserts(batch: pa.Table, *, columns: list[str] | None) -> pa.Table:
     deletions only (a file of ids and _op) has none of the other columns: it gives no rows."""
     import pyarrow.compute as pc
 
-    kept = batch.filter(pc.equal(_op_column(batch), "upsert"))
+    kept = batch.filter(pc.equal(op_column(batch), "upsert"))
     kept = kept.drop_columns([OP_COLUMN]) if OP_COLUMN in kept.column_names else kept
     if columns is None:
         return kept
@@ -333,7 +332,7 @@ def _ops_of(batch: pa.Table, *, id_column: str) -> pa.Table:
         if id_column in batch.column_names
         else pa.nulls(batch.num_rows, pa.string())
     )
-    return pa.table({"id": ids, "op": _op_column(batch)})
+    return pa.table({"id": ids, "op": op_column(batch)})
 
 
 def _format_of(path: str) -> str | None:

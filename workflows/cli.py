@@ -333,10 +333,8 @@ def main(argv: list[str] | None = None) -> int:
             "browse": _browse,
             "diff": _diff,
         }[args.command](args)
-    except ItemlensError as exc:
-        print(f"itemlens: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a path given that cannot be used as asked: an existing file as --out ...
+    # OSError: a path given that cannot be used as asked (an existing file as --out ...)
+    except (ItemlensError, OSError) as exc:
         print(f"itemlens: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

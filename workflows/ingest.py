@@ -79,12 +79,7 @@ def ingest(
     location = StoreLocation.parse(store, cfg.storage_options)  # refuses credentials before anything is logged
     source = CatalogSource.open(catalog, cfg.catalog, delta=delta)
     removals = RemovalPolicy(cfg.catalog.max_removed_share, allowed_removals(allow_removals))
-    encoders = {}
-    for name, spec in cfg.feature_order():  # captions before the features that read them
-        encoder = build_encoder(spec)
-        encoder.check_weights()  # missing weights: an error now, not after an hour of decoding
-        encoder.fingerprint()
-        encoders[name] = encoder
+    encoders = checked_encoders(cfg)
     report = IngestReport(catalog=source.uri, store=location.uri, delta=delta)
     timings["validate"] = time.perf_counter() - t_start
     log.info("catalog %s (%s) -> store %s", source.uri, source.format, report.store)
@@ -226,17 +221,32 @@ def ingest(
 # -- catalog steps -----------------------------------------------------------------------------------------
 
 
+def checked_encoders(cfg: IngestConfig) -> dict:
+    """The configured features' encoders, captions before the features that read them, each
+    with its weights found and its fingerprint taken: a missing model is an error now, not
+    after an hour of decoding (the dry run refuses what the run refuses)."""
+    encoders = {}
+    for name, spec in cfg.feature_order():
+        encoder = build_encoder(spec)
+        encoder.check_weights()
+        encoder.fingerprint()
+        encoders[name] = encoder
+    return encoders
+
+
 def check_catalog(source: CatalogSource, cfg: IngestConfig) -> list[str]:
     """Refuse what cannot be ingested, before any write; returns a delta's deletions."""
     deletions = source.deleted_ids()
-    names = source.column_names()  # a delta's: its upserts', without the _op column
+    needed = {n: s.input.columns for n, s in cfg.features.items()}
+    # a delta's: its upserts', without the _op column; read until every column used is seen
+    names = source.column_names(until={source.id_column, *(c for cs in needed.values() for c in cs)})
     if not source.delta and OP_COLUMN in names:
         raise CatalogError(
             f"catalog {source.uri} has an {OP_COLUMN!r} column: is it a delta? Pass --delta "
             "(a full catalog's rows are all items)"
         )
     if names and not (source.delta and source.read().count() == 0):  # deletions only: no columns
-        source.check_columns(names, {n: s.input.columns for n, s in cfg.features.items()})
+        source.check_columns(names, needed)
     clash = sorted(set(deletions) & set(run_ray_step(lambda: _ids(source))))[:5] if deletions else []
     if clash:
         raise CatalogError(

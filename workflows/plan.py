@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import os
 
-from itemlens.extractors import build_encoder
 from itemlens.store.location import StoreLocation
 from itemlens.store.writer import RemovalPolicy, StoreWriter
 from itemlens.workflows import stages
 from itemlens.workflows.catalog import CatalogSource
 from itemlens.workflows.config import IngestConfig, load_config
-from itemlens.workflows.ingest import allowed_removals, catalog_read, check_catalog, write_catalog_ids
+from itemlens.workflows.ingest import (
+    allowed_removals,
+    catalog_read,
+    check_catalog,
+    checked_encoders,
+    write_catalog_ids,
+)
 from itemlens.workflows.reports import FeaturePlan, PlanReport
 from itemlens.workflows.runtime import run_ray_step, start_ray
 
@@ -39,9 +44,7 @@ def plan(
     location = StoreLocation.parse(store, cfg.storage_options)
     source = CatalogSource.open(catalog, cfg.catalog, delta=delta)
     removals = RemovalPolicy(cfg.catalog.max_removed_share, allowed_removals(allow_removals))
-    encoders = {name: build_encoder(spec) for name, spec in cfg.feature_order()}
-    for encoder in encoders.values():
-        encoder.check_weights()  # what the real run would refuse before any work, refused here too
+    encoders = checked_encoders(cfg)
     report = PlanReport(catalog=source.uri, store=location.uri, delta=delta)
     with StoreWriter.open(
         location.uri,

@@ -108,14 +108,18 @@ class HFTextEncoder(Encoder):
         appended after it, so their stored vectors are encoded again. Every other feature keeps
         its fingerprint (the tokenizer is only read for last-token pooling)."""
         processing = f"{self.name}/{self.processing_version}"
-        if self.token_pooling == "last_token" and _ends_with_own_token(self._tokenizer()):
-            processing += "/own-end-token"
+        if self.token_pooling == "last_token":
+            end = _appended_token(self.tokenizer)
+            if end not in (None, self.tokenizer.eos_token_id):
+                processing += "/own-end-token"
         return fingerprint(self.spec, self.weights_identity(), processing)
 
-    def _tokenizer(self):
+    @functools.cached_property
+    def tokenizer(self):
+        """The model's own tokenizer (no weights), read once for the fingerprint and the load."""
         from transformers import AutoTokenizer
 
-        self.files.require(_CONFIG_FILES, _WEIGHT_FILES)
+        self.check_weights()
         try:
             return AutoTokenizer.from_pretrained(self.files.source, **self.files.options())
         except OSError as exc:
@@ -130,7 +134,7 @@ class HFTextEncoder(Encoder):
         self.check_weights()
         source, options = self.files.source, self.files.options()
         dtype = _model_dtype(device, self.spec.precision)
-        tokenizer = self._tokenizer()
+        tokenizer = self.tokenizer
         try:
             model, info = AutoModel.from_pretrained(source, dtype=dtype, output_loading_info=True, **options)
         except OSError as exc:
@@ -163,7 +167,6 @@ class HFTextEncoder(Encoder):
         self._inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in accepted else [])
         self._pass_positions = "position_ids" in accepted
         self.model = model.to(device).eval()
-        self.tokenizer = tokenizer
         self._dtype = dtype
 
     @property
@@ -263,17 +266,14 @@ def _needs_eos(tokenizer) -> bool:
     e5-mistral's recipe follows with an appended EOS). One that appends its EOS, or another
     token (Qwen3-Embedding's ``<|endoftext|>``, whose EOS is ``<|im_end|>``), is followed as it
     is, as the model cards and sentence-transformers do."""
-    if tokenizer.eos_token_id is None:
-        return False  # nothing to append: the last token of the text is pooled
-    probe = tokenizer("a", truncation=False)["input_ids"]
-    return not probe or (probe[-1] != tokenizer.eos_token_id and not _ends_with_own_token(tokenizer))
+    return tokenizer.eos_token_id is not None and _appended_token(tokenizer) is None
 
 
-def _ends_with_own_token(tokenizer) -> bool:
-    """True when the tokenizer's template appends a token other than its EOS after the text."""
+def _appended_token(tokenizer) -> int | None:
+    """The token the tokenizer's template puts after the text, or None."""
     probe = tokenizer("a", truncation=False)["input_ids"]
     plain = tokenizer("a", add_special_tokens=False)["input_ids"]
-    return bool(probe) and probe[-1] != tokenizer.eos_token_id and probe[-1:] != plain[-1:]
+    return probe[-1] if probe and probe[-1:] != plain[-1:] else None
 
 
 def _length_groups(lengths: list[int], tokens_per_batch: int) -> list[list[int]]:

@@ -5,6 +5,7 @@ snapshot into :class:`SnapshotNotFoundError`."""
 from __future__ import annotations
 
 import functools
+import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -215,7 +216,7 @@ def _as_output(values: np.ndarray, ids: list[str], column: str, output: str) -> 
 
 def _unique_ids(ids: Sequence[Any]) -> list[str]:
     ids = _as_ids(ids)
-    missing = sum(1 for i in ids if i is None or (isinstance(i, float) and i != i))
+    missing = sum(1 for i in ids if i is None or (isinstance(i, numbers.Real) and i != i))  # NaN of any float type
     if missing:  # str() would store the items "None" and "nan"
         raise InputError(f"{missing} ids are missing (None or NaN); every item needs an id")
     ids = _strings(ids)

@@ -254,7 +254,8 @@ class Reading(LensBase):
             rows = errors.to_table(columns=["item_id", "stage", "reason"], filter=flt).to_pylist()
             if rows:
                 detail = "; ".join(f"{r['item_id']!r} failed at {r['stage']}: {r['reason']}" for r in rows[:3])
-        noun = {"caption": "caption"}.get(version.kind, "vector" if version.pooling == "mean" else "per-image vectors")
+        per = version.pooling.removeprefix("per_")
+        noun = "caption" if version.kind == "caption" else "vector" if per == "mean" else f"vectors per {per}"
         raise UnknownItemsError(version.qualified, missing, detail=detail, noun=noun, takes_fill=takes_fill)
 
     @snapshot_guard

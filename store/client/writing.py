@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -71,7 +72,7 @@ class Writing(LensBase):
         wrote them) and publish a new snapshot. Returns its id."""
         ids = _unique_ids(ids)
         texts = list(captions)
-        missing = [i for i, t in zip(ids, texts) if t is None or (isinstance(t, float) and np.isnan(t))]
+        missing = [i for i, t in zip(ids, texts) if t is None or (isinstance(t, numbers.Real) and t != t)]
         if missing:
             raise InputError(f"{len(missing)} captions are missing (None or NaN), e.g. for {missing[0]!r}")
         texts = [str(c) for c in texts]

@@ -44,7 +44,7 @@ import numpy as np
 from itemlens.errors import ConfigError
 from itemlens.store.exports import align as exports_align
 from itemlens.store.exports.align import MAPPING_FILE, MAPPING_HEADER, Order
-from itemlens.store.vectors import driver_peak_mb
+from itemlens.store.vectors import driver_peak_mb, require_pooled
 
 if TYPE_CHECKING:  # pragma: no cover
     from itemlens.store.client import Lens
@@ -404,7 +404,7 @@ def export(
         entry["files"] = files + [f for f in earlier.get("files", []) if f not in files and (target / f).is_file()]
         entry["artifacts"] = {**earlier.get("artifacts", {}), **entry["artifacts"]}
     previous[fmt] = entry
-    (target / MANIFEST).write_text(json.dumps({"exports": previous}, indent=2))
+    _write_manifest(target, previous)
     return report
 
 
@@ -487,10 +487,7 @@ def _gather_features(
     dtype = np.float16 if aligned.dtype == "float16" else np.float32
     for role, name in _roles(lens, features, mmrec_roles).items():
         version = lens._version(name)
-        if version.kind != "vector" or version.pooling != "mean":
-            from itemlens.store.vectors import holds
-
-            raise ConfigError(f"{version.qualified} holds {holds(version)}; exports take one vector per item")
+        require_pooled(version, "exports take one vector per item")
         filler = 0.0 if aligned.fill is None else aligned.fill
         rows = lens._rows(version, aligned.ids)  # the id index only: values are read chunk by chunk
         found = rows >= 0
@@ -675,6 +672,10 @@ def _check_folder(target: Path, fmt: str, order: Order, previous: dict[str, Any]
         )
 
 
+def _write_manifest(target: Path, exports: dict[str, Any]) -> None:
+    (target / MANIFEST).write_text(json.dumps({"exports": exports}, indent=2))
+
+
 def _remove_earlier_order(target: Path, fmt: str, order: Order, previous: dict[str, Any]) -> list[str]:
     """An export of ``fmt`` in another order replaces the earlier one of that format: the files it
     listed that this one may not rewrite (another role, another model's graphs) would keep the
@@ -692,7 +693,7 @@ def _remove_earlier_order(target: Path, fmt: str, order: Order, previous: dict[s
         path.unlink()
         removed.append(name)
     del previous[fmt]
-    (target / MANIFEST).write_text(json.dumps({"exports": previous}, indent=2))
+    _write_manifest(target, previous)
     return removed
 
 

@@ -224,7 +224,7 @@ def derive(
         report.items = version.count
         report.stats = dict(version.stats)
         report.seconds["total"] = time.perf_counter() - t0
-        stage_if_moved(writer, writer.base.graphs.get(name), version, writer.stage_graph)
+        writer.stage_graph(version)  # a definition gone back to, or new read-time settings: publish decides
         return report
     write_lists(
         writer,
@@ -247,14 +247,6 @@ def derive(
     version.count, version.stats, version.refreshed_at = report.items, report.stats, now_iso()
     writer.stage_graph(version)
     return _finish(report, LocalRunner(), 0, t0)
-
-
-def stage_if_moved(writer: StoreWriter, entry, version, stage) -> None:
-    """A derived artifact whose tables need nothing new is still staged (named by the next
-    snapshot) when it is not its name's current version (a definition gone back to) or its
-    read-time settings changed (a graph's preset and fusion weights), so that neither is lost."""
-    if entry is None or entry.current != version.label or entry.versions.get(version.label) != version:
-        stage(version)
 
 
 def _finish(report: GraphReport, runner: Runner, tasks_before: int, t0: float) -> GraphReport:
@@ -378,7 +370,7 @@ def _derive_by_blocks(
             changed = True
         if not changed:  # nothing new, changed or gone: the published lists stand
             report.items, report.stats = version.count, dict(version.stats)
-            stage_if_moved(writer, entry, version, writer.stage_graph)
+            writer.stage_graph(version)  # publish decides whether it moved (see above)
             return _finish(report, runner, tasks_before, t0)
         t = time.perf_counter()
         from itemlens.store.semantic_ids.build import _commit_overwrite

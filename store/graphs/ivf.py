@@ -602,17 +602,13 @@ def stats(lists: Lists, rows) -> dict[str, Any]:
     n = len(rows.item_index)
     in_degree = lists.in_degree[rows.item_index]
     mutual = _mutual(lists.sampled_lists.astype(np.int64), rows.item_index[lists.sampled])
+    from itemlens.store.graphs.stats import in_degree_summary
+
     return {
         "items": int(n),
         "edges": int(lists.edges),
         "mutual_share": round(mutual, 4),
-        "in_degree": {
-            "min": int(in_degree.min()) if len(in_degree) else 0,  # initial=0 would floor it at 0
-            "median": float(np.median(in_degree)) if n else 0.0,
-            "max": int(in_degree.max(initial=0)),
-            "zero": int((in_degree == 0).sum()),
-        },
-        "in_degree_histogram": np.bincount(in_degree).tolist(),
+        **in_degree_summary(in_degree),
         **({"mutual_share_sample": len(lists.sampled)} if len(lists.sampled) < n else {}),
     }
 

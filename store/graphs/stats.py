@@ -49,9 +49,17 @@ def list_stats(held: np.ndarray) -> dict[str, Any]:
         "items": int(len(held)),
         "edges": int(edges),
         "mutual_share": round(mutual / edges, 4) if edges else 0.0,
+        **in_degree_summary(in_degree),
+    }
+
+
+def in_degree_summary(in_degree: np.ndarray) -> dict[str, Any]:
+    """The in-degree figures of one input's statistics (an exact or an approximate graph's)."""
+    n = len(in_degree)
+    return {
         "in_degree": {
-            "min": int(in_degree.min()) if len(in_degree) else 0,  # initial=0 would floor it at 0
-            "median": float(np.median(in_degree)) if len(held) else 0.0,
+            "min": int(in_degree.min()) if n else 0,
+            "median": float(np.median(in_degree)) if n else 0.0,
             "max": int(in_degree.max(initial=0)),
             "zero": int((in_degree == 0).sum()),
         },

@@ -405,23 +405,21 @@ def derive(
         table_versions[version.table] = (
             None if features and feature in features else writer.base.tables.get(version.table)
         )
-    plan = plan_inputs(writer, spec.weights, versions, table_versions, runner)
-    n = len(plan.item_index)
-    report.missing_inputs = plan.missing
-    report.seconds["plan"] = time.perf_counter() - t0
-    fingerprint = spec.fingerprint(plan.versions)
+    fingerprint = spec.fingerprint({f: v.qualified for f, v in versions.items()})
     entry = writer.base.semantic_ids.get(name)
     existing = (
         None
         if (retrain or entry is None)
         else next((v for v in entry.versions.values() if v.fingerprint == fingerprint), None)
     )
+    # the same definition may write its features mapping in another order (the fingerprint sorts
+    # keys): a frozen quantizer takes its inputs in the order it was trained on
     stored_order = list(existing.spec["features"]) if existing and isinstance(existing.spec["features"], dict) else []
-    if stored_order and stored_order != list(spec.weights):
-        # the same definition with its features mapping written in another order (the fingerprint
-        # sorts keys): the frozen quantizer takes its inputs in the order it was trained on
-        plan = plan_inputs(writer, {f: spec.weights[f] for f in stored_order}, versions, table_versions, runner)
-        n = len(plan.item_index)
+    weights = {f: spec.weights[f] for f in stored_order} if stored_order else spec.weights
+    plan = plan_inputs(writer, weights, versions, table_versions, runner)
+    n = len(plan.item_index)
+    report.missing_inputs = plan.missing
+    report.seconds["plan"] = time.perf_counter() - t0
     params = {**spec.model_dump(mode="json"), "device": _device(spec)}
     nearest_free = spec.uniqueness == "nearest-free"
     width, levels = spec.width, spec.levels
@@ -539,9 +537,7 @@ def derive(
         and open_table(writer, version.table, None).version == writer.base.tables.get(version.table)
     ):
         report.metrics = dict(version.metrics)  # nothing changed: no new table versions
-        from itemlens.store.graphs.build import stage_if_moved
-
-        stage_if_moved(writer, entry, version, writer.stage_semantic_ids)
+        writer.stage_semantic_ids(version)  # a definition gone back to: publish makes it current
         return _finish(report, runner, tasks_before, t0)
 
     t = time.perf_counter()

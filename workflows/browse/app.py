@@ -1014,20 +1014,25 @@ def serve(
     import uvicorn
 
     loopback, hosts = answered_hosts(host)
-    app = create_app(
-        store,
-        snapshot=snapshot,
-        catalog=catalog,
-        id_column=id_column,
-        allowed_hosts=hosts,
-        catalog_format=catalog_format,
-    )
-    browser = app.state.browser
-    # bound before the banner: a port in use is one message (exit 2), not a URL of another server
+    # bound first: a port in use is one message (exit 2) before the store is opened, not a URL
+    # of another server
     try:
         sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     except OSError as exc:
         raise ItemlensError(f"browse cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        app = create_app(
+            store,
+            snapshot=snapshot,
+            catalog=catalog,
+            id_column=id_column,
+            allowed_hosts=hosts,
+            catalog_format=catalog_format,
+        )
+    except BaseException:
+        sock.close()
+        raise
+    browser = app.state.browser
     shown = f"[{host}]" if ":" in host else host
     print(
         f"itemlens browse: {browser.store}, snapshot {browser.lens.snapshot}, on http://{shown}:{port}/ "

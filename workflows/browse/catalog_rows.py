@@ -27,8 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from itemlens.errors import CatalogError
-from itemlens.uris import has_scheme
-from itemlens.workflows.catalog import OP_COLUMN, CatalogSource
+from itemlens.workflows.catalog import OP_COLUMN, CatalogSource, op_column
 from itemlens.workflows.config import CatalogConfig
 
 log = logging.getLogger("itemlens.browse")
@@ -60,12 +59,7 @@ class CatalogRows:
     def files(self) -> list[str]:
         """The catalog's files, in name order: in a folder, the files the ingest's reader reads
         (of its format, not ``_SUCCESS`` or ``.crc`` files: ``CatalogSource.files``)."""
-        uri = self.source.uri
-        paths = [path for path, _ in self.source.files()]
-        if has_scheme(uri):  # fsspec lists object-storage keys without their scheme
-            protocol = uri.split("://", 1)[0]
-            return [f"{protocol}://{p}" for p in paths]
-        return paths
+        return [path for path, _ in self.source.files()]
 
     def rows(self, ids: list[str]) -> list[dict[str, Any] | None]:
         """The catalog row of each id (a dict of its columns), None where the catalog has none."""
@@ -132,9 +126,8 @@ class CatalogRows:
                 f"catalog file {uri} has no id column {self.id_column!r} (its columns: "
                 f"{', '.join(batch.column_names)}); pass --id-column"
             )
-        if self.source.delta and OP_COLUMN in batch.column_names:
-            ops = pc.fill_null(pc.utf8_lower(pc.cast(batch.column(OP_COLUMN), pa.string())), "upsert")
-            batch = batch.filter(pc.not_equal(ops, "delete"))
+        if self.source.delta and OP_COLUMN in batch.column_names:  # the ingest's reading of _op
+            batch = batch.filter(pc.not_equal(op_column(batch), "delete"))
         return batch.filter(pc.is_valid(batch.column(self.id_column)))
 
     def _batches(self, uri: str):
