@@ -706,3 +706,15 @@ def test_a_real_browser_loads_the_photos_and_neighbour_thumbnails_and_searches(e
         target.mkdir(parents=True, exist_ok=True)
         for shot in artifacts.iterdir():
             shutil.copy(shot, target / shot.name)
+
+
+def test_remote_catalog_rows_read_the_files_as_listed():
+    """Files of a catalog on object storage are listed with their scheme once (s3://b/k, not s3://s3://...)."""
+    import fsspec
+
+    from itemlens.workflows.browse.catalog_rows import CatalogRows
+
+    fsspec.filesystem("memory").pipe("/browse-bucket/catalog/a.jsonl", b'{"item_id": "x", "title": "lamp"}\n')
+    rows = CatalogRows("memory://browse-bucket/catalog", fmt="jsonl")
+    [path] = rows.files()
+    assert path.count("memory:") == 1 and rows.rows(["x"])[0]["title"] == "lamp"
