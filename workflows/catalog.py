@@ -97,11 +97,12 @@ class CatalogSource:
             return ds.select_columns(columns) if columns else ds  # pushed down into the Parquet reads
         return self._read_all(columns)
 
-    def column_names(self, until: set[str] | None = None) -> list[str]:
+    def column_names(self) -> list[str]:
         """The catalog's columns (a delta: its upserts', without ``_op``). Parquet: its schema;
-        JSON lines and CSV: the columns of its blocks, which differ (a file without an optional
-        column, a chunk of lines none of which has a sparse key), read until every column of
-        ``until`` is seen (all of them when one is missing, or without ``until``)."""
+        JSON lines and CSV: every column some block has, since blocks differ (a file without an
+        optional column, a chunk of lines none of which has a sparse key). Every block is read:
+        leaving the iteration early cancels Ray Data's tasks in flight, and on the pinned Ray
+        that hit a reference-counting check that ended the driver (reference_counter.cc:624)."""
         if self.format == "parquet" and not self.delta:
             schema = self.read().schema()
             return list(schema.names) if schema is not None else []
@@ -112,8 +113,6 @@ class CatalogSource:
         for batch in blocks.iter_batches(batch_size=None, batch_format="pyarrow"):
             for block in batch.column("names").to_pylist():
                 names.update(dict.fromkeys(block))
-            if until is not None and until <= names.keys():
-                break
         return list(names)
 
     def deleted_ids(self) -> list[str]:

@@ -238,8 +238,7 @@ def check_catalog(source: CatalogSource, cfg: IngestConfig) -> list[str]:
     """Refuse what cannot be ingested, before any write; returns a delta's deletions."""
     deletions = source.deleted_ids()
     needed = {n: s.input.columns for n, s in cfg.features.items()}
-    # a delta's: its upserts', without the _op column; read until every column used is seen
-    names = source.column_names(until={source.id_column, *(c for cs in needed.values() for c in cs)})
+    names = source.column_names()  # a delta's: its upserts', without the _op column
     if not source.delta and OP_COLUMN in names:
         raise CatalogError(
             f"catalog {source.uri} has an {OP_COLUMN!r} column: is it a delta? Pass --delta "
