@@ -231,6 +231,11 @@ def ray_cluster(offline_hub, s3_env) -> dict:
             "RAY_health_check_period_ms": "1000",
             "RAY_health_check_failure_threshold": "3",
             "RAY_health_check_initial_delay_ms": "1000",
+            # Encoder actors on CPU use models kept in encoder hosts (workflows/encoder_hosts.py)
+            # instead of each loading its own: most of the suite's CPU time was encoder actors
+            # importing their libraries and loading the same few models again. Tests that start
+            # a Ray of their own run the default path.
+            "ITEMLENS_ENCODER_HOSTS": "6",
         }
         # in a session of its own: at the end its processes (daemons, workers) are ended by
         # session id, which leaves any other Ray on this machine alone (`ray stop` ends them all)

@@ -1,7 +1,9 @@
 """Several Ray nodes on one machine: the session's head (no encoder resource) joined by worker
 nodes started with ``ray start --address`` that declare a custom resource standing in for GPUs.
 Encoder actors go where that resource is; a node lost mid-job loses no item; a multi-node run
-with an s3:// catalog and store (no shared disk needed) gives the single-node vectors."""
+with an s3:// catalog and store (no shared disk needed) gives the single-node vectors. The worker
+nodes run without encoder hosts (workflows/encoder_hosts.py), so that run also checks the
+default path, a model loaded in each actor, against the head's hosted one."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import pytest
 import yaml
 
 import itemlens
+from itemlens.workflows.encoder_hosts import HOSTS_ENV
 
 from .conftest import node_ports, write_jsonl
 from .test_jobs import ITEMLENS
@@ -48,7 +51,9 @@ class Nodes:
                 "--disable-usage-stats",
                 *node_ports(),
             ],
-            env=self.cluster["env"],
+            # without encoder hosts: actors on these nodes load their models themselves, the
+            # default path, checked against the head's hosted models by the vectors below
+            env={k: v for k, v in self.cluster["env"].items() if k != HOSTS_ENV},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,

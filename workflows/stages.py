@@ -37,10 +37,7 @@ from itemlens.extractors.images import check_preprocessed_size, decode_image
 from itemlens.extractors.items import (
     audio_waveform,
     caption_image_payload,
-    caption_payload_items,
     caption_video_payload,
-    encode_audio_items,
-    encode_pixel_items,
     video_pixels,
 )
 from itemlens.extractors.media import MediaLimits, media_key, resolve_uri
@@ -48,6 +45,7 @@ from itemlens.extractors.text import TextTemplate, text_hash
 from itemlens.store import lance_io
 from itemlens.store.layout import WORK_IDS_SCHEMA, staging_rows, staging_schema
 from itemlens.store.lookup import StoredHashes, StoredValues
+from itemlens.workflows.encoder_hosts import HostedModel, LocalModel, load_model
 
 PREPARED_TEXT_SCHEMA = pa.schema(
     [
@@ -747,7 +745,7 @@ class EncodeBatches:
         feature: str = "",
         encode_log: str | None = None,
     ):
-        self.spec = _spec(spec_json)
+        self.spec_json, self.spec = spec_json, _spec(spec_json)
         # An audit of what the actors encode (``itemlens ingest --encode-log DIR``): each actor
         # appends the ids it gave a value to DIR/<feature>.<run>.encoded.<node>-<pid>.log, as it
         # goes (<node>: the first 12 hex digits of its Ray node id; DIR is on that node's disk).
@@ -765,15 +763,13 @@ class EncodeBatches:
         self.output = self.encoder.output_kind  # "vector" or "caption"
         self.dtype = np.float16 if self.spec.dtype == "float16" else np.float32
         self.schema: pa.Schema | None = None
+        self.model: LocalModel | HostedModel | None = None
 
     def _load(self) -> None:
         if self.schema is None:
-            if self.device == "cpu":
-                import torch
-
-                torch.set_num_threads(self.cpu_threads)
-            self.encoder.load(self.device)
-            self.dim = self.encoder.dim if self.output == "vector" else None
+            # loaded here, or an encoder host's (workflows/encoder_hosts.py: off by default)
+            self.model = load_model(self.encoder, self.spec_json, self.device, self.cpu_threads)
+            self.dim = self.model.dim
             self.schema = staging_schema(self.spec.dtype, self.dim, self.spec.pooling, self.output)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -785,7 +781,7 @@ class EncodeBatches:
         if self.kind == "text":
             texts = batch.column("text").to_pylist()
             inputs = [texts[i] for i in todo]
-            results = self._isolating(inputs, self.encoder.encode_texts, canary="itemlens self-check")
+            results = self._isolating(inputs, self._encode_texts, canary="itemlens self-check")
         elif self.output == "caption":  # a captioner's prepared items arrive as processor payloads
             from itemlens.extractors.encoders.caption_inputs import VisionPayload
 
@@ -821,19 +817,22 @@ class EncodeBatches:
         channels, n = (batch.column(c)[i].as_py() for c in ("channels", "n_samples"))
         return np.frombuffer(batch.column("samples")[i].as_py(), np.float32).reshape(channels, n)
 
+    def _encode_texts(self, texts: list[str]):
+        return self.model.run("texts", texts)
+
     def _encode_items(self, items: list[np.ndarray]) -> list[np.ndarray]:
-        return encode_pixel_items(self.encoder, items)
+        return self.model.run("pixels", items)
 
     def _caption_items(self, payloads: list) -> list:
-        return caption_payload_items(self.encoder, payloads)
+        return self.model.run("captions", payloads)
 
     @functools.cached_property
     def _caption_canary(self):
         """A known-good caption input (a probe image through the processor), made once per actor."""
-        return self.encoder.inputs.probe_payload()
+        return self.model.run("caption_probe", None)
 
     def _encode_audio_items(self, items: list[np.ndarray]) -> list[np.ndarray]:
-        return encode_audio_items(self.encoder, items)
+        return self.model.run("audio", items)
 
     @staticmethod
     def _isolating(inputs: list, encode, canary) -> list:
