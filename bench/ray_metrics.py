@@ -79,8 +79,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_mode(ingests: int, env: dict) -> dict:
-    """A fresh ``ray start --head`` (in a process session of its own, ended after) and a driver."""
+def run_mode(ingests: int, env: dict, script: str = __file__) -> dict:
+    """A fresh ``ray start --head`` (in a process session of its own, ended after) and a driver
+    (``script --one``: this file's, or a bench that reuses these helpers)."""
     port = _free_port()
     with tempfile.TemporaryDirectory(prefix="ray", dir="/tmp") as temp:
         head = subprocess.Popen(
@@ -96,7 +97,7 @@ def run_mode(ingests: int, env: dict) -> dict:
         try:
             time.sleep(10)  # the head's start-up work done
             out = subprocess.run(
-                [sys.executable, __file__, "--one", "--ingests", str(ingests), "--address", f"127.0.0.1:{port}"],
+                [sys.executable, script, "--one", "--ingests", str(ingests), "--address", f"127.0.0.1:{port}"],
                 capture_output=True,
                 text=True,
                 env=env,

@@ -25,13 +25,15 @@ ROWS = [
 ]
 
 
-def _hosts_created() -> int:
+def _hosts_created(dashboard: str) -> int:
     from ray.util.state import list_actors
 
-    return len(list_actors(filters=[("class_name", "=", "EncoderHost")], limit=10_000))
+    return len(list_actors(address=dashboard, filters=[("class_name", "=", "EncoderHost")], limit=10_000))
 
 
-def test_features_of_one_model_share_a_host_and_store_the_librarys_vectors(ray_session, tmp_path, minilm_path):
+def test_features_of_one_model_share_a_host_and_store_the_librarys_vectors(
+    ray_session, ray_cluster, tmp_path, minilm_path
+):
     from sentence_transformers import SentenceTransformer
 
     ray = ray_session
@@ -40,10 +42,10 @@ def test_features_of_one_model_share_a_host_and_store_the_librarys_vectors(ray_s
         "title": text_spec(minilm_path, template="{title}"),
         "brand": text_spec(minilm_path, template="{brand}: {title}"),
     }
-    before = _hosts_created()
+    before = _hosts_created(ray_cluster["dashboard"])
     ingest(catalog, {"features": specs}, tmp_path / "lens", progress=False)
     # one model, two templates: one host (none new when an earlier test left this model's host)
-    assert _hosts_created() - before <= 1
+    assert _hosts_created(ray_cluster["dashboard"]) - before <= 1
     node = ray.get_runtime_context().get_node_id()
     keys = {model_key(build_encoder(FeatureSpec.model_validate(spec)), 2, node) for spec in specs.values()}
     assert len(keys) == 1
