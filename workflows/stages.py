@@ -728,7 +728,8 @@ def _node() -> str:
 
 class EncodeBatches:
     """A Ray Data callable class: one model per actor, loaded on the first batch with work
-    (a run where nothing changed loads no model).
+    (a run where nothing changed loads no model), or an encoder host's where the Ray asks for
+    them (workflows/encoder_hosts.py).
 
     When a batch fails, its items are encoded one by one so that one bad item becomes an
     ``encode`` error row instead of failing the job; when every item fails alone too, the
