@@ -1,8 +1,9 @@
 """Encoder hosts (workflows/encoder_hosts.py) on the session's Ray, which turns them on
 (tests/conftest.py): features of one model share a host and store the library's own vectors,
-a failure in the host reaches the encoder actor as itself, and the registry ends the host used
-least recently. The default path, a model loaded in each actor, is what every Ray without
-``ITEMLENS_ENCODER_HOSTS`` runs: tests/test_cluster.py's worker nodes check it against these."""
+a failure in the host reaches the encoder actor as itself, an actor whose host died gets a new
+one, and the registry ends the host used least recently. The default path, a model loaded in
+each actor, is what every Ray without ``ITEMLENS_ENCODER_HOSTS`` runs: tests/test_cluster.py's
+worker nodes check it against these."""
 
 from __future__ import annotations
 
@@ -10,8 +11,18 @@ import numpy as np
 import pytest
 
 import itemlens
+from itemlens.errors import ConfigError
 from itemlens.extractors import FeatureSpec, build_encoder
-from itemlens.workflows.encoder_hosts import NAMESPACE, REGISTRY, HostedModel, HostRegistry, _actor, model_key
+from itemlens.workflows.encoder_hosts import (
+    HOSTS_ENV,
+    NAMESPACE,
+    REGISTRY,
+    HostedModel,
+    HostRegistry,
+    _actor,
+    hosts_to_keep,
+    model_key,
+)
 from itemlens.workflows.ingest import ingest
 
 from .conftest import text_spec, write_jsonl
@@ -70,6 +81,28 @@ def test_a_failure_in_the_host_is_raised_in_the_actor_as_itself(ray_session, min
     assert np.asarray(vectors).shape == (1, 384)
     with pytest.raises(ValueError, match="unknown model call 'sing'"):
         model.run("sing", ["a grey yoga bag"])
+
+
+def test_an_actor_whose_host_died_gets_a_new_one(ray_session, minilm_path):
+    ray = ray_session
+    spec = FeatureSpec.model_validate(text_spec(minilm_path, template="{title}"))
+    model = HostedModel(build_encoder(spec), spec.model_dump_json(), 1, keep=6)
+    before = np.asarray(model.run("texts", ["a grey yoga bag"]))
+    dead = model.host
+    ray.kill(dead)  # as the registry ends a host for another model, or a crash would
+    after = np.asarray(model.run("texts", ["a grey yoga bag"]))
+    assert model.host != dead
+    np.testing.assert_allclose(after, before, atol=1e-6)
+
+
+def test_a_bad_number_of_hosts_is_a_clear_error(monkeypatch):
+    for value, keep in (("", 0), ("0", 0), (" 3 ", 3)):
+        monkeypatch.setenv(HOSTS_ENV, value)
+        assert hosts_to_keep() == keep
+    for value in ("yes", "-1", "2.5"):
+        monkeypatch.setenv(HOSTS_ENV, value)
+        with pytest.raises(ConfigError, match=f"{HOSTS_ENV}='{value}'"):
+            hosts_to_keep()
 
 
 def test_the_registry_ends_the_host_used_least_recently(ray_session, minilm_path):

@@ -8,7 +8,8 @@ it then encodes. Where many small ingests run one after another on one long-live
 test suite's do, that start-up is most of the work. With ``ITEMLENS_ENCODER_HOSTS=N`` in the
 environment of the Ray nodes, an encoder actor on CPU asks for an *encoder host* instead: a
 detached actor on the actor's own node that loads one model and keeps it for the datasets after
-it. At most N hosts are kept; the one used least recently is ended first.
+it. At most N hosts are kept; the one used least recently is ended first (an actor still using
+it gets a new one, which loads the model again).
 
 Only the model's calls cross to the host (load, and encoding a list of prepared inputs):
 batching, the per-item isolation of failures, staging rows and the encode log stay in
@@ -28,6 +29,7 @@ import pickle
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
+from itemlens.errors import ConfigError
 from itemlens.extractors.items import caption_payload_items, encode_audio_items, encode_pixel_items
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -70,13 +72,25 @@ class LocalModel:
 def load_model(encoder: Encoder, spec_json: str, device: str, cpu_threads: int) -> LocalModel | HostedModel:
     """The model an encoder actor uses: a host's where ``ITEMLENS_ENCODER_HOSTS`` asks for them
     (CPU features in a Ray worker), else loaded here."""
-    keep = int(os.environ.get(HOSTS_ENV) or 0)
+    keep = hosts_to_keep()
     if keep > 0 and device == "cpu":
         import ray
 
         if ray.is_initialized():
             return HostedModel(encoder, spec_json, cpu_threads, keep)
     return LocalModel(encoder, device, cpu_threads)
+
+
+def hosts_to_keep() -> int:
+    """``ITEMLENS_ENCODER_HOSTS`` of this node: how many hosts to keep (unset: 0, none)."""
+    value = os.environ.get(HOSTS_ENV, "").strip()
+    try:
+        keep = int(value or 0)
+    except ValueError:
+        keep = -1
+    if keep < 0:
+        raise ConfigError(f"{HOSTS_ENV}={value!r}: the number of encoder hosts to keep (0 or unset: none)")
+    return keep
 
 
 def model_key(encoder: Encoder, cpu_threads: int, node_id: str) -> str:
@@ -110,7 +124,8 @@ class HostedModel:
             .options(name=REGISTRY, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, num_cpus=0)
             .remote()
         )
-        self.host = ray.get(self.registry.host.remote(self.key, spec_json, cpu_threads, node_id, keep))
+        self.request = (self.key, spec_json, cpu_threads, node_id, keep)
+        self.host = ray.get(self.registry.host.remote(*self.request))
         self.dim: int | None = self._call("load", None)
 
     def run(self, call: str, inputs: Any) -> Any:
@@ -122,8 +137,11 @@ class HostedModel:
         try:
             failed, value = ray.get(self.host.run.remote(call, inputs))
         except ray.exceptions.RayActorError:
-            self.registry.forget.remote(self.key)  # a host that died (its node, a kill) is not handed out again
-            raise
+            # The host is gone: ended for another model (the registry keeps N), or killed.
+            # Once more with a new one, which loads the model again.
+            ray.get(self.registry.forget.remote(self.key, self.host))
+            self.host = ray.get(self.registry.host.remote(*self.request))
+            failed, value = ray.get(self.host.run.remote(call, inputs))
         if failed:
             raise value
         return value
@@ -188,8 +206,10 @@ class HostRegistry:
         )
         return self.hosts[key]
 
-    def forget(self, key: str) -> None:
-        self.hosts.pop(key, None)
+    def forget(self, key: str, host) -> None:
+        """A host found dead is not handed out again (unless another actor replaced it already)."""
+        if self.hosts.get(key) == host:
+            del self.hosts[key]
 
     def keys(self) -> list[str]:
         """The model keys of the hosts kept, least recently used first."""
