@@ -59,6 +59,9 @@ class ItemError(Exception):
         self.stage = stage
         self.reason = reason
 
+    def __reduce__(self):  # pickled as itself (from an encoder host, workflows/encoder_hosts.py)
+        return type(self), (self.stage, self.reason)
+
 
 class Encoder(ABC):
     """Base class of the registered encoders."""

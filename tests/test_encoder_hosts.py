@@ -7,12 +7,14 @@ worker nodes check it against these."""
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 
 import itemlens
 from itemlens.errors import ConfigError
-from itemlens.extractors import FeatureSpec, build_encoder
+from itemlens.extractors import FeatureSpec, ItemError, build_encoder
 from itemlens.workflows.encoder_hosts import (
     HOSTS_ENV,
     NAMESPACE,
@@ -20,7 +22,9 @@ from itemlens.workflows.encoder_hosts import (
     HostedModel,
     HostRegistry,
     _actor,
+    _portable,
     hosts_to_keep,
+    model_identity,
     model_key,
 )
 from itemlens.workflows.ingest import ingest
@@ -58,7 +62,7 @@ def test_features_of_one_model_share_a_host_and_store_the_librarys_vectors(
     # one model, two templates: one host (none new when an earlier test left this model's host)
     assert _hosts_created(ray_cluster["dashboard"]) - before <= 1
     node = ray.get_runtime_context().get_node_id()
-    keys = {model_key(build_encoder(FeatureSpec.model_validate(spec)), 2, node) for spec in specs.values()}
+    keys = {model_key(model_identity(build_encoder(FeatureSpec.model_validate(s))), 2, node) for s in specs.values()}
     assert len(keys) == 1
     registry = ray.get_actor(REGISTRY, namespace=NAMESPACE)
     assert ray.get(registry.keys.remote())[-1] == keys.pop()  # the one used last
@@ -93,6 +97,13 @@ def test_an_actor_whose_host_died_gets_a_new_one(ray_session, minilm_path):
     after = np.asarray(model.run("texts", ["a grey yoga bag"]))
     assert model.host != dead
     np.testing.assert_allclose(after, before, atol=1e-6)
+
+
+def test_an_item_error_reaches_the_actor_as_itself():
+    # an encoder's per-item error (hf-text: a text with no tokens) is stored with its own words
+    error = _portable(ItemError("input", "the text has no tokens"))
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is ItemError and (again.stage, again.reason) == ("input", "the text has no tokens")
 
 
 def test_a_bad_number_of_hosts_is_a_clear_error(monkeypatch):

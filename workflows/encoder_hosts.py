@@ -69,15 +69,23 @@ class LocalModel:
         raise ValueError(f"unknown model call {call!r}")
 
 
-def load_model(encoder: Encoder, spec_json: str, device: str, cpu_threads: int) -> LocalModel | HostedModel:
+class ModelUnavailable(RuntimeError):
+    """The host of an encoder actor's model was lost twice in one call: the actor fails (its
+    items are not recorded as errors of their own)."""
+
+
+def load_model(
+    encoder: Encoder, spec_json: str, device: str, cpu_threads: int, identity: str | None = None
+) -> LocalModel | HostedModel:
     """The model an encoder actor uses: a host's where ``ITEMLENS_ENCODER_HOSTS`` asks for them
-    (CPU features in a Ray worker), else loaded here."""
+    (CPU features in a Ray worker), else loaded here. ``identity``: :func:`model_identity`, as
+    the driver computed it."""
     keep = hosts_to_keep()
     if keep > 0 and device == "cpu":
         import ray
 
         if ray.is_initialized():
-            return HostedModel(encoder, spec_json, cpu_threads, keep)
+            return HostedModel(encoder, spec_json, cpu_threads, keep, identity)
     return LocalModel(encoder, device, cpu_threads)
 
 
@@ -93,32 +101,34 @@ def hosts_to_keep() -> int:
     return keep
 
 
-def model_key(encoder: Encoder, cpu_threads: int, node_id: str) -> str:
-    """What a host's model is: the spec without the fields its model never sees (a text
-    feature's template or caption source is applied before the model; the note and index
-    after; the actor pool's resources around it, except a captioner's batch size, which bounds
-    its generate calls), the weights' identity (their content, for a local file), the thread
-    count and the node."""
+def model_identity(encoder: Encoder) -> str:
+    """What a host's model is, wherever it runs: the spec without the fields its model never
+    sees (an input's column, template or caption source and its frame sampling are applied
+    before the model, only the input's kind reaches it; the note and index come after; the actor
+    pool's resources around it, except a captioner's batch size, which bounds its generate
+    calls), and the weights' identity (their content, for a local file). The driver computes it
+    (it has the weights' identity already) and hands it to the actors."""
     spec = encoder.spec.model_dump(mode="json", exclude={"note", "index", "resources"})
-    if encoder.spec.input.kind == "text":
-        spec["input"] = {"kind": "text"}
+    spec["input"] = {"kind": encoder.spec.input.kind}
     if encoder.output_kind == "caption":
         spec["batch_size"] = encoder.spec.resources.batch_size
-    blob = json.dumps(
-        {"spec": spec, "weights": encoder.weights_identity(), "threads": cpu_threads, "node": node_id},
-        sort_keys=True,
-    )
+    blob = json.dumps({"spec": spec, "weights": encoder.weights_identity()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def model_key(identity: str, cpu_threads: int, node_id: str) -> str:
+    """A host's key: its model, thread count and node."""
+    return f"{identity}-{cpu_threads}-{node_id[:12]}"
 
 
 class HostedModel:
     """An encoder host's model, used as a :class:`LocalModel` is."""
 
-    def __init__(self, encoder: Encoder, spec_json: str, cpu_threads: int, keep: int):
+    def __init__(self, encoder: Encoder, spec_json: str, cpu_threads: int, keep: int, identity: str | None = None):
         import ray
 
         node_id = ray.get_runtime_context().get_node_id()
-        self.key = model_key(encoder, cpu_threads, node_id)
+        self.key = model_key(identity or model_identity(encoder), cpu_threads, node_id)
         self.registry = (
             _actor(HostRegistry)
             .options(name=REGISTRY, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, num_cpus=0)
@@ -139,9 +149,12 @@ class HostedModel:
         except ray.exceptions.RayActorError:
             # The host is gone: ended for another model (the registry keeps N), or killed.
             # Once more with a new one, which loads the model again.
-            ray.get(self.registry.forget.remote(self.key, self.host))
-            self.host = ray.get(self.registry.host.remote(*self.request))
-            failed, value = ray.get(self.host.run.remote(call, inputs))
+            try:
+                ray.get(self.registry.forget.remote(self.key, self.host))
+                self.host = ray.get(self.registry.host.remote(*self.request))
+                failed, value = ray.get(self.host.run.remote(call, inputs))
+            except ray.exceptions.RayError as exc:
+                raise ModelUnavailable(f"the encoder host of this model was lost twice: {exc}") from exc
         if failed:
             raise value
         return value

@@ -23,6 +23,7 @@ from itemlens.store.writer import MergeStats, StoreWriter
 from itemlens.workflows import stages
 from itemlens.workflows.catalog import CatalogSource
 from itemlens.workflows.config import IngestConfig
+from itemlens.workflows.encoder_hosts import model_identity
 from itemlens.workflows.reports import FeatureReport
 from itemlens.workflows.runtime import RayRuntime
 
@@ -147,6 +148,9 @@ class FeatureJob:
                 "run_id": writer.run_id,
                 "feature": version.name,
                 "encode_log": ctx.encode_log,
+                # for encoder hosts (workflows/encoder_hosts.py, where the nodes ask for them):
+                # computed here, where the weights' identity is known, not again in every actor
+                "model_identity": model_identity(self.encoder),
             },
             compute=ray.data.ActorPoolStrategy(size=placement.concurrency),
             num_gpus=placement.num_gpus,

@@ -45,7 +45,7 @@ from itemlens.extractors.text import TextTemplate, text_hash
 from itemlens.store import lance_io
 from itemlens.store.layout import WORK_IDS_SCHEMA, staging_rows, staging_schema
 from itemlens.store.lookup import StoredHashes, StoredValues
-from itemlens.workflows.encoder_hosts import HostedModel, LocalModel, load_model
+from itemlens.workflows.encoder_hosts import HostedModel, LocalModel, ModelUnavailable, load_model
 
 PREPARED_TEXT_SCHEMA = pa.schema(
     [
@@ -745,8 +745,10 @@ class EncodeBatches:
         run_id: str,
         feature: str = "",
         encode_log: str | None = None,
+        model_identity: str | None = None,
     ):
         self.spec_json, self.spec = spec_json, _spec(spec_json)
+        self.model_identity = model_identity  # the key of an encoder host's model, from the driver
         # An audit of what the actors encode (``itemlens ingest --encode-log DIR``): each actor
         # appends the ids it gave a value to DIR/<feature>.<run>.encoded.<node>-<pid>.log, as it
         # goes (<node>: the first 12 hex digits of its Ray node id; DIR is on that node's disk).
@@ -769,7 +771,7 @@ class EncodeBatches:
     def _load(self) -> None:
         if self.schema is None:
             # loaded here, or an encoder host's (workflows/encoder_hosts.py: off by default)
-            self.model = load_model(self.encoder, self.spec_json, self.device, self.cpu_threads)
+            self.model = load_model(self.encoder, self.spec_json, self.device, self.cpu_threads, self.model_identity)
             self.dim = self.model.dim
             self.schema = staging_schema(self.spec.dtype, self.dim, self.spec.pooling, self.output)
 
@@ -844,6 +846,8 @@ class EncodeBatches:
             return []
         try:
             return list(encode(inputs))
+        except ModelUnavailable:
+            raise  # no item's fault
         except Exception as batch_error:
             results: list = []
             for x in inputs if len(inputs) > 1 else []:
