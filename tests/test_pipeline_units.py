@@ -8,6 +8,7 @@ import pytest
 from itemlens.errors import ConfigError
 from itemlens.extractors import FeatureSpec, ItemError
 from itemlens.workflows.config import load_config
+from itemlens.workflows.encoder_hosts import ModelUnavailable
 from itemlens.workflows.feature_job import place as _place
 from itemlens.workflows.runtime import RayRuntime
 from itemlens.workflows.stages import EncodeBatches
@@ -92,6 +93,25 @@ def test_one_bad_item_becomes_an_error_row_in_any_batch_size():
     assert [r.tolist() for r in (results[0], results[2])] == [[2, 2], [1, 1]]
     alone = EncodeBatches._isolating(["BAD"], _encoder({"BAD"}), canary="ok")  # an incremental run of one
     assert isinstance(alone[0], ItemError) and "cannot encode" in alone[0].reason
+
+
+def test_a_lost_model_fails_the_actor_and_records_no_item():
+    # an encoder host lost twice (workflows/encoder_hosts.py): in the batch, or while the items
+    # of a failed batch are tried one by one
+    def lost_after(calls: int):
+        seen = []
+
+        def encode(items):
+            seen.append(items)
+            if len(seen) > calls:
+                raise ModelUnavailable("the encoder host of this model was lost twice")
+            raise ValueError("a bad batch")
+
+        return encode
+
+    for calls in (0, 1):
+        with pytest.raises(ModelUnavailable):
+            EncodeBatches._isolating(["a", "b"], lost_after(calls), canary="ok")
 
 
 def test_a_broken_model_fails_the_job_instead_of_recording_every_item():

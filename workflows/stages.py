@@ -853,6 +853,8 @@ class EncodeBatches:
             for x in inputs if len(inputs) > 1 else []:
                 try:
                     results.append(encode([x])[0])
+                except ModelUnavailable:
+                    raise
                 except Exception as exc:
                     results.append(ItemError("encode", f"{type(exc).__name__}: {exc}"))
             if len(inputs) == 1:
