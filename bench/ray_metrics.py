@@ -108,8 +108,11 @@ def run_mode(ingests: int, env: dict, script: str = __file__) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def compare(modes: dict[str, dict], name: str, script: str, doc: str) -> None:
+    """The command line of a bench that runs ``modes`` (environment variables over a base) on
+    fresh Rays alternately, and prints each against the first: this file's, and
+    bench/encoder_hosts.py's."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--ingests", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
@@ -118,25 +121,25 @@ def main() -> None:
     if args.one:
         print(json.dumps(one_mode(args.ingests, args.address)))
         return
-    runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
+    runs: dict[str, list[dict]] = {mode: [] for mode in modes}
     base = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     for _ in range(args.repeats):
-        for mode, extra in MODES.items():  # alternating, so that drift on a shared machine hits both alike
-            runs[mode].append(run_mode(args.ingests, {**base, **extra}))
+        for mode, extra in modes.items():  # alternating, so that drift on a shared machine hits both alike
+            runs[mode].append(run_mode(args.ingests, {**base, **extra}, script=script))
     result = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "modes": {}}
     for mode, samples in runs.items():
         result["modes"][mode] = {
             key: statistics.median(s[key] for s in samples) for key in ("wall_s", "busy_cpu_s")
         } | {"runs": samples}
-    on = result["modes"]["metrics on"]
+    first = result["modes"][next(iter(modes))]
     for mode, row in result["modes"].items():
         print(
-            f"{mode:26s} {args.ingests} ingests: wall {row['wall_s']:.1f} s ({row['wall_s'] / on['wall_s']:.2f}x), "
-            f"busy CPU {row['busy_cpu_s']:.1f} s ({row['busy_cpu_s'] / on['busy_cpu_s']:.2f}x)"
+            f"{mode:28s} {args.ingests} ingests: wall {row['wall_s']:.1f} s ({row['wall_s'] / first['wall_s']:.2f}x), "
+            f"busy CPU {row['busy_cpu_s']:.1f} s ({row['busy_cpu_s'] / first['busy_cpu_s']:.2f}x)"
         )
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "ray_metrics.json").write_text(json.dumps(result, indent=2))
+    (OUT / f"{name}.json").write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    compare(MODES, "ray_metrics", __file__, __doc__)
